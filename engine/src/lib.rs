@@ -1,0 +1,1 @@
+//! Trackshift engine: chunking, hashing and (in later issues) QUIC transport and jobs.
