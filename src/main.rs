@@ -1,1 +1,443 @@
-fn main() {}
+//! `trackshift`: the command-line interface (and, in later issues, the gateway).
+
+mod demo;
+mod size;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use trackshift_crypto::{
+    CryptoError, Document, FileKeyStore, KeyBackend as _, KeyId, Manifest, Purpose, Receipt,
+    Signable as _, Timestamp,
+};
+
+/// Exit code when a document was checked and rejected.
+const EXIT_REJECTED: u8 = 1;
+/// Exit code for unreadable or malformed input and other errors.
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "trackshift",
+    version,
+    about = "High-throughput data transfer with post-quantum signed manifests",
+    long_about = "Trackshift moves data from a source to destinations and proves what arrived:\n\
+        every transfer has a manifest (files, sizes, BLAKE3 chunk hashes) signed with ML-DSA-65\n\
+        and, per destination, a receipt signed with Ed25519. Auditors check both offline with\n\
+        the public key file alone.\n\n\
+        Start with `trackshift demo`, which runs the whole flow on generated data.",
+    after_help = "Exit codes: 0 success, 1 verification failed (bad signature, unknown, revoked or\n\
+        expired key, hash mismatch), 2 malformed input, I/O or usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole flow on generated data: keys, manifest, delivery, receipt, verification.
+    Demo(demo::DemoArgs),
+    /// Create, rotate, revoke, list and export signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Build and sign transfer manifests.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Sign delivery receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+    /// Verify a signed manifest or receipt offline, with public keys only (for auditors).
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key store with one active key per purpose (manifest: ML-DSA-65, receipt: Ed25519).
+    Init {
+        /// Directory for the key store (created 0700; secret files are 0600).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Retire the active key of a purpose and activate a new one; old signatures keep verifying.
+    Rotate {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Which key to rotate.
+        #[arg(long, value_parser = ["manifest", "receipt"])]
+        purpose: String,
+    },
+    /// Revoke a key: nothing it ever signed verifies any more. Re-export the public keys after.
+    Revoke {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Id of the key (64 hex digits, see `keys list`).
+        #[arg(long)]
+        key_id: String,
+    },
+    /// List keys with their purpose, status and validity window.
+    List {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write the public key file auditors verify with (no secret material).
+    ExportPublic {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Hash a local file or directory into a manifest (streaming, constant memory, parallel).
+    Create(CreateArgs),
+    /// Sign a manifest with the key store's active manifest key (ML-DSA-65).
+    Sign {
+        /// The manifest JSON file.
+        file: PathBuf,
+        /// The key store directory.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Where to write the signed manifest (default: replace FILE).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// File or directory to describe.
+    path: PathBuf,
+    /// Output manifest file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Chunk size: a power of two from 1KiB to 1GiB (accepts KiB, MiB, GiB suffixes).
+    #[arg(long, default_value = "4MiB", value_parser = size::parse_size)]
+    chunk_size: u64,
+    /// Job id (default: a new UUID).
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Tenant owning the job.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Destination URI (repeatable), recorded in the manifest.
+    #[arg(long = "dest")]
+    destinations: Vec<String>,
+    /// Sign right away with this key store's active manifest key.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Sign a receipt with the key store's active receipt key (Ed25519).
+    Sign {
+        /// The receipt JSON file.
+        file: PathBuf,
+        /// The key store directory.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Where to write the signed receipt (default: replace FILE).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The signed manifest or receipt (JSON).
+    file: PathBuf,
+    /// Public key file from `trackshift keys export-public`.
+    #[arg(long)]
+    public_keys: PathBuf,
+    /// For a receipt: the signed manifest it confirms (checks the binding too).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// For a manifest: the data it describes; every file is re-hashed and compared.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let rejected = err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<CryptoError>())
+                .any(CryptoError::is_verification_failure);
+            if rejected {
+                eprintln!("FAILED: {err:#}");
+                ExitCode::from(EXIT_REJECTED)
+            } else {
+                eprintln!("error: {err:#}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Keys(cmd) => keys(cmd),
+        Command::Manifest(ManifestCommand::Create(args)) => manifest_create(args),
+        Command::Manifest(ManifestCommand::Sign { file, keys, out }) => {
+            let mut m = Manifest::from_json(&read(&file)?)?;
+            sign_with_store(&mut m, &keys)?;
+            write_doc(out.as_deref().unwrap_or(&file), &m.to_json())
+        }
+        Command::Receipt(ReceiptCommand::Sign { file, keys, out }) => {
+            let mut r = Receipt::from_json(&read(&file)?)?;
+            sign_with_store(&mut r, &keys)?;
+            write_doc(out.as_deref().unwrap_or(&file), &r.to_json())
+        }
+        Command::Verify(args) => verify(args),
+    }
+}
+
+fn keys(cmd: KeysCommand) -> Result<()> {
+    let now = Timestamp::now();
+    match cmd {
+        KeysCommand::Init { dir } => {
+            let store = FileKeyStore::init(&dir, now)?;
+            println!("created key store {}", dir.display());
+            print_keys(&store)?;
+        }
+        KeysCommand::Rotate { dir, purpose } => {
+            let mut store = FileKeyStore::open(&dir)?;
+            let id = store.rotate(purpose.parse::<Purpose>()?, now)?;
+            println!("new active {purpose} key {id}; export the public keys again for auditors");
+        }
+        KeysCommand::Revoke { dir, key_id } => {
+            let mut store = FileKeyStore::open(&dir)?;
+            let id = KeyId::from_hex(&key_id)?;
+            store.revoke(&id, now)?;
+            println!("revoked {id}; export the public keys again for auditors");
+        }
+        KeysCommand::List { dir } => print_keys(&FileKeyStore::open(&dir)?)?,
+        KeysCommand::ExportPublic { dir, out } => {
+            let ring = FileKeyStore::open(&dir)?.public_keyring()?;
+            write_doc(&out, &ring.to_json())?;
+            println!("wrote {} public keys to {}", ring.keys.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_keys(store: &FileKeyStore) -> Result<()> {
+    for k in store.public_keyring()?.keys {
+        let until = k
+            .not_after
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:<9} {:<8} {}  from {} until {}",
+            k.purpose.as_str(),
+            k.algorithm.as_str(),
+            format!("{:?}", k.status).to_lowercase(),
+            k.id,
+            k.not_before,
+            until
+        );
+    }
+    Ok(())
+}
+
+fn manifest_create(args: CreateArgs) -> Result<()> {
+    let files = trackshift_engine::scan_path(&args.path, args.chunk_size)?;
+    let source = source_uri(&args.path)?;
+    let job_id = args
+        .job_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut m = Manifest::new(
+        job_id,
+        args.tenant,
+        Timestamp::now(),
+        source,
+        args.destinations,
+        files,
+    )?;
+    if let Some(keys) = &args.keys {
+        sign_with_store(&mut m, keys)?;
+    }
+    write_doc(&args.out, &m.to_json())?;
+    println!(
+        "manifest {}: {} files, {} bytes, root {}{}",
+        args.out.display(),
+        m.files.len(),
+        m.total_bytes(),
+        m.root_hash,
+        if m.signature.is_some() {
+            ", signed"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// `file://` URI of a local path (absolute).
+fn source_uri(path: &Path) -> Result<String> {
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    Ok(format!("file://{}", abs.display()))
+}
+
+fn sign_with_store<D: trackshift_crypto::Signable>(doc: &mut D, keys: &Path) -> Result<()> {
+    let store = FileKeyStore::open(keys)?;
+    let now = Timestamp::now();
+    let signer = store.signer(D::PURPOSE, now)?;
+    doc.sign_with(signer.as_ref(), now)?;
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let ring = trackshift_crypto::PublicKeyring::from_json(&read(&args.public_keys)?)
+        .with_context(|| format!("public key file {}", args.public_keys.display()))?;
+    let doc = Document::from_json(&read(&args.file)?)
+        .with_context(|| format!("{}", args.file.display()))?;
+    match doc {
+        Document::Manifest(m) => {
+            if args.manifest.is_some() {
+                bail!(
+                    "--manifest applies to receipts; {} is a manifest",
+                    args.file.display()
+                );
+            }
+            let key = m.verify_signature(&ring)?;
+            let sig = m.signature.as_ref().expect("verified manifests are signed");
+            if let Some(data) = &args.data {
+                check_data(&m, data)?;
+            }
+            println!(
+                "OK manifest {} (job {}, tenant {}): {} files, {} bytes, root {}",
+                args.file.display(),
+                m.job_id,
+                m.tenant,
+                m.files.len(),
+                m.total_bytes(),
+                m.root_hash
+            );
+            println!(
+                "   signed {} by {} key {} at {}",
+                key.algorithm, key.purpose, key.id, sig.signed_at
+            );
+            if args.data.is_some() {
+                println!("   data re-hashed: every file matches");
+            }
+        }
+        Document::Receipt(r) => {
+            if args.data.is_some() {
+                bail!(
+                    "--data applies to manifests; {} is a receipt",
+                    args.file.display()
+                );
+            }
+            let manifest = match &args.manifest {
+                Some(p) => {
+                    let m = Manifest::from_json(&read(p)?)
+                        .with_context(|| format!("{}", p.display()))?;
+                    m.verify_signature(&ring)
+                        .with_context(|| format!("manifest {}", p.display()))?;
+                    Some(m)
+                }
+                None => None,
+            };
+            let key = r.verify(&ring, manifest.as_ref())?;
+            let sig = r.signature.as_ref().expect("verified receipts are signed");
+            println!(
+                "OK receipt {} (job {}, tenant {}): {} to {}, {} bytes",
+                args.file.display(),
+                r.job_id,
+                r.tenant,
+                r.status.as_str(),
+                r.destination,
+                r.bytes
+            );
+            println!(
+                "   signed {} by {} key {} at {}",
+                key.algorithm, key.purpose, key.id, sig.signed_at
+            );
+            if manifest.is_some() {
+                println!("   bound to manifest {}", r.manifest_hash);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-hashes `data` and compares it file by file with the manifest.
+fn check_data(m: &Manifest, data: &Path) -> Result<()> {
+    let chunk_size = m
+        .files
+        .first()
+        .map_or(trackshift_crypto::hash::DEFAULT_CHUNK_SIZE, |f| {
+            f.chunk_size
+        });
+    let found = trackshift_engine::scan_path(data, chunk_size)?;
+    for want in &m.files {
+        let Some(got) = found.iter().find(|f| f.path == want.path) else {
+            return Err(CryptoError::HashMismatch(format!(
+                "file {:?} is missing from {}",
+                want.path,
+                data.display()
+            ))
+            .into());
+        };
+        if got.size != want.size || got.blake3 != want.blake3 {
+            return Err(CryptoError::HashMismatch(format!(
+                "file {:?}: data has {} bytes, BLAKE3 {}; manifest says {} bytes, BLAKE3 {}",
+                want.path, got.size, got.blake3, want.size, want.blake3
+            ))
+            .into());
+        }
+    }
+    if let Some(extra) = found
+        .iter()
+        .find(|f| !m.files.iter().any(|w| w.path == f.path))
+    {
+        return Err(CryptoError::HashMismatch(format!(
+            "file {:?} is in the data but not in the manifest",
+            extra.path
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > trackshift_crypto::document::MAX_DOCUMENT_BYTES as u64 {
+        bail!(
+            "{}: {} bytes is too large for a document",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn write_doc(path: &Path, json: &str) -> Result<()> {
+    let mut text = json.to_string();
+    text.push('\n');
+    trackshift_crypto::filestore::write_atomic(path, text.as_bytes(), 0o644)?;
+    Ok(())
+}

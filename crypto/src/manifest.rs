@@ -186,7 +186,8 @@ impl Manifest {
     }
 }
 
-fn compute_root_hash(files: &[FileEntry]) -> Hash32 {
+/// The root hash of a file list (`str(ROOT_HASH_DOMAIN) || list(files)`, BLAKE3).
+pub fn compute_root_hash(files: &[FileEntry]) -> Hash32 {
     let mut e = Encoder::new();
     e.str(ROOT_HASH_DOMAIN).list(files, |e, f| f.encode(e));
     Hash32::blake3(&e.into_bytes())

@@ -1,1 +1,6 @@
-//! Trackshift engine: chunking, hashing and (in later issues) QUIC transport and jobs.
+//! Trackshift engine: chunking and hashing of sources; QUIC transport and jobs follow in
+//! later issues.
+
+pub mod scan;
+
+pub use scan::{ScanError, scan_path};
