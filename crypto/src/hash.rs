@@ -72,13 +72,21 @@ impl fmt::Display for Hash32 {
 }
 
 impl Serialize for Hash32 {
+    /// Hex in human-readable formats (JSON), 32 raw bytes in binary ones (wire frames).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Hash32 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return <[u8; 32]>::deserialize(d).map(Self);
+        }
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         if s.len() != 64 {
             return Err(serde::de::Error::custom(format!(
@@ -160,6 +168,16 @@ impl ChunkLayout {
         Hash32(h.finalize_non_root())
     }
 
+    /// An incremental hasher for chunk `index`, for data that arrives in pieces.
+    pub fn chunk_hasher(&self, index: u64) -> ChunkHasher {
+        let mut inner = blake3::Hasher::new();
+        let root = self.chunk_count() == 1;
+        if !root {
+            inner.set_input_offset(self.offset(index));
+        }
+        ChunkHasher { inner, root }
+    }
+
     /// Checks a received chunk: right length and right hash.
     pub fn verify_chunk(
         &self,
@@ -211,6 +229,30 @@ impl ChunkLayout {
         }
         let (left, right) = chunks.split_at(left_len(chunks.len()));
         Ok(merge_subtrees_root(&subtree_cv(left), &subtree_cv(right), Mode::Hash).into())
+    }
+}
+
+/// Hashes one chunk incrementally; gives the same value as [`ChunkLayout::chunk_hash`].
+#[derive(Clone)]
+pub struct ChunkHasher {
+    inner: blake3::Hasher,
+    root: bool,
+}
+
+impl ChunkHasher {
+    /// Feeds the next piece of the chunk.
+    pub fn update(&mut self, piece: &[u8]) -> &mut Self {
+        self.inner.update(piece);
+        self
+    }
+
+    /// The chunk hash of everything fed so far.
+    pub fn finalize(&self) -> Hash32 {
+        if self.root {
+            self.inner.finalize().into()
+        } else {
+            Hash32(self.inner.finalize_non_root())
+        }
     }
 }
 
@@ -279,6 +321,23 @@ mod tests {
                     Hash32::blake3(&bytes),
                     "len={len} chunk={chunk_size}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_hasher_matches_one_shot() {
+        let bytes = data(10_000);
+        for chunk_size in [1024u64, 16384] {
+            let layout = ChunkLayout::new(bytes.len() as u64, chunk_size).unwrap();
+            for i in 0..layout.chunk_count() {
+                let start = layout.offset(i) as usize;
+                let chunk = &bytes[start..start + layout.chunk_len(i) as usize];
+                let mut h = layout.chunk_hasher(i);
+                for piece in chunk.chunks(333) {
+                    h.update(piece);
+                }
+                assert_eq!(h.finalize(), layout.chunk_hash(i, chunk));
             }
         }
     }

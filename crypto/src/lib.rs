@@ -40,7 +40,7 @@ pub mod timestamp;
 pub use document::{Document, Signable, SignatureBlock};
 pub use error::{CryptoError, Result};
 pub use filestore::FileKeyStore;
-pub use hash::{ChunkLayout, Hash32};
+pub use hash::{ChunkHasher, ChunkLayout, Hash32};
 pub use keys::{Algorithm, KeyId, KeyStatus, PublicKeyRecord, PublicKeyring, Purpose};
 pub use manifest::{FileEntry, Manifest};
 pub use receipt::{Confirmation, DeliveryStatus, Receipt};

@@ -193,7 +193,9 @@ pub fn compute_root_hash(files: &[FileEntry]) -> Hash32 {
     Hash32::blake3(&e.into_bytes())
 }
 
-fn check_path(p: &str) -> std::result::Result<(), String> {
+/// Checks a manifest file path: 1 to [`MAX_PATH_BYTES`] bytes, relative, `/`-separated, no
+/// NUL or backslash, no empty, `.` or `..` component. Returns the reason when refused.
+pub fn check_path(p: &str) -> std::result::Result<(), String> {
     if p.is_empty() || p.len() > MAX_PATH_BYTES {
         return Err(format!("path must be 1 to {MAX_PATH_BYTES} bytes"));
     }
