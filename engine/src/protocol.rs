@@ -137,15 +137,15 @@ pub enum ServerFrame {
         /// Tenant the token belongs to.
         tenant: String,
     },
-    /// The job is open; `held` is a bitset per file of chunks the gateway already holds
-    /// durably (non-empty when resuming).
+    /// The job is open; `held` lists, per file, the chunks the gateway already holds
+    /// durably with their verified hashes (non-empty when resuming).
     JobReady {
         /// Job id.
         job_id: String,
         /// Handle for chunk headers and later frames.
         handle: u32,
-        /// Bit `i % 8` of byte `i / 8` set when chunk `i` is held.
-        held: Vec<Vec<u8>>,
+        /// Per file: (chunk index, chunk hash) of every held chunk.
+        held: Vec<Vec<(u64, Hash32)>>,
     },
     /// These chunks are verified and durable.
     Acks {
@@ -284,11 +284,7 @@ pub fn check_hello(version: u16) -> Result<(), ProtocolError> {
 }
 
 fn layouts(open: &OpenJob) -> Result<Vec<ChunkLayout>, ProtocolError> {
-    if open.job_id.is_empty() || open.job_id.len() > 128 {
-        return Err(ProtocolError::InvalidJob(
-            "job id must be 1 to 128 bytes".into(),
-        ));
-    }
+    check_id("job id", &open.job_id)?;
     if open.files.len() > MAX_FILES_PER_JOB {
         return Err(ProtocolError::InvalidJob(format!(
             "{} files (at most {MAX_FILES_PER_JOB})",
@@ -318,9 +314,20 @@ fn layouts(open: &OpenJob) -> Result<Vec<ChunkLayout>, ProtocolError> {
     Ok(out)
 }
 
-fn bitset_get(bits: &[u8], i: u64) -> bool {
-    bits.get((i / 8) as usize)
-        .is_some_and(|b| b & (1 << (i % 8)) != 0)
+/// Checks an identifier used as a directory name (job id, tenant): 1 to 128 characters from
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn check_id(what: &str, id: &str) -> Result<(), ProtocolError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtocolError::InvalidJob(format!(
+            "{what} must be 1 to 128 characters of A-Z a-z 0-9 . _ - and not start with a dot"
+        )))
+    }
 }
 
 /// What the receiver should do with an incoming chunk header.
@@ -425,18 +432,15 @@ impl ReceiverJob {
         }
     }
 
-    /// Bitsets of held chunks, per file (for `JobReady`).
-    pub fn held_bitsets(&self) -> Vec<Vec<u8>> {
+    /// Held chunks with their hashes, per file (for `JobReady`).
+    pub fn held_chunks(&self) -> Vec<Vec<(u64, Hash32)>> {
         self.hashes
             .iter()
             .map(|f| {
-                let mut bits = vec![0u8; f.len().div_ceil(8)];
-                for (i, h) in f.iter().enumerate() {
-                    if h.is_some() {
-                        bits[i / 8] |= 1 << (i % 8);
-                    }
-                }
-                bits
+                f.iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| h.map(|h| (i as u64, h)))
+                    .collect()
             })
             .collect()
     }
@@ -492,6 +496,7 @@ enum ChunkState {
 pub struct SenderJob {
     layouts: Vec<ChunkLayout>,
     state: Vec<Vec<ChunkState>>,
+    hashes: Vec<Vec<Option<Hash32>>>,
     queue: VecDeque<ChunkRef>,
     attempts: HashMap<ChunkRef, u32>,
     acked: u64,
@@ -508,9 +513,14 @@ impl SenderJob {
             .map(|l| vec![ChunkState::Pending; l.chunk_count() as usize])
             .collect();
         let total = layouts.iter().map(ChunkLayout::chunk_count).sum();
+        let hashes = layouts
+            .iter()
+            .map(|l| vec![None; l.chunk_count() as usize])
+            .collect();
         Ok(Self {
             layouts,
             state,
+            hashes,
             queue: VecDeque::new(),
             attempts: HashMap::new(),
             acked: 0,
@@ -524,9 +534,10 @@ impl SenderJob {
         &self.layouts[file as usize]
     }
 
-    /// The gateway's `JobReady`: chunks it holds count as acknowledged; every other chunk
-    /// (including any that were in flight on a lost connection) is queued, in file order.
-    pub fn on_ready(&mut self, held: &[Vec<u8>]) -> Result<(), ProtocolError> {
+    /// The gateway's `JobReady`: chunks it holds count as acknowledged (with the hashes it
+    /// verified); every other chunk, including any in flight on a lost connection, is queued
+    /// in file order.
+    pub fn on_ready(&mut self, held: &[Vec<(u64, Hash32)>]) -> Result<(), ProtocolError> {
         if held.len() != self.layouts.len() {
             return Err(ProtocolError::Unexpected(format!(
                 "JobReady lists {} files, the job has {}",
@@ -535,14 +546,24 @@ impl SenderJob {
             )));
         }
         self.queue.clear();
-        for (f, (states, bits)) in self.state.iter_mut().zip(held).enumerate() {
+        for (f, list) in held.iter().enumerate() {
+            for (i, h) in list {
+                let slot = self.hashes[f].get_mut(*i as usize).ok_or_else(|| {
+                    ProtocolError::Unexpected(format!(
+                        "JobReady lists chunk {i} of file {f}, out of range"
+                    ))
+                })?;
+                *slot = Some(*h);
+            }
+        }
+        for (f, states) in self.state.iter_mut().enumerate() {
+            let held: std::collections::HashSet<u64> = held[f].iter().map(|(i, _)| *i).collect();
             for (i, st) in states.iter_mut().enumerate() {
                 let chunk = ChunkRef {
                     file: f as u32,
                     index: i as u64,
                 };
-                let held = bitset_get(bits, i as u64);
-                match (*st, held) {
+                match (*st, held.contains(&(i as u64))) {
                     (ChunkState::Acked, _) => {}
                     (_, true) => {
                         *st = ChunkState::Acked;
@@ -618,6 +639,35 @@ impl SenderJob {
     /// Every chunk is acknowledged.
     pub fn is_complete(&self) -> bool {
         self.acked == self.total
+    }
+
+    /// Records the hash the sender computed for a chunk it read (before sending it).
+    pub fn set_hash(&mut self, c: ChunkRef, hash: Hash32) {
+        if let Some(slot) = self
+            .hashes
+            .get_mut(c.file as usize)
+            .and_then(|f| f.get_mut(c.index as usize))
+        {
+            *slot = Some(hash);
+        }
+    }
+
+    /// The BLAKE3 of every file, merged from the chunk hashes (for `FinishJob`).
+    pub fn file_hashes(&self) -> Result<Vec<Hash32>, ProtocolError> {
+        self.layouts
+            .iter()
+            .zip(&self.hashes)
+            .enumerate()
+            .map(|(f, (layout, hashes))| {
+                let chunks: Option<Vec<Hash32>> = hashes.iter().copied().collect();
+                let chunks = chunks.ok_or_else(|| {
+                    ProtocolError::Unexpected(format!("file {f} has chunks with no known hash"))
+                })?;
+                layout
+                    .file_hash(&chunks)
+                    .map_err(|e| ProtocolError::InvalidJob(e.to_string()))
+            })
+            .collect()
     }
 
     /// (acknowledged chunks, acknowledged bytes, total chunks).
@@ -785,9 +835,11 @@ mod tests {
             ReceiverJob::new(job(&[u64::MAX], 1024)).is_err(),
             "too many chunks"
         );
-        let mut j = job(&[1], 1024);
-        j.job_id = String::new();
-        assert!(ReceiverJob::new(j).is_err());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            let mut j = job(&[1], 1024);
+            j.job_id = bad.to_string();
+            assert!(ReceiverJob::new(j).is_err(), "{bad:?}");
+        }
     }
 
     /// Drives a sender and a receiver against each other with no network: a corrupted
@@ -804,7 +856,7 @@ mod tests {
         let open = job(&sizes, 1024);
         let mut rx = ReceiverJob::new(open.clone()).unwrap();
         let mut tx = SenderJob::new(&open).unwrap();
-        tx.on_ready(&rx.held_bitsets()).unwrap();
+        tx.on_ready(&rx.held_chunks()).unwrap();
 
         let mut sent = 0;
         let mut corrupted = false;
@@ -827,9 +879,10 @@ mod tests {
             }
             // Simulate a dropped connection halfway: in-flight chunks are lost.
             if sent == 8 {
-                tx.on_ready(&rx.held_bitsets()).unwrap();
+                tx.on_ready(&rx.held_chunks()).unwrap();
                 continue;
             }
+            tx.set_hash(c, header.hash);
             let Disposition::Accept(l) = rx.check_header(&header).unwrap() else {
                 tx.on_ack(c).unwrap();
                 continue;
@@ -849,6 +902,7 @@ mod tests {
             "the corrupted and the lost chunks were sent again"
         );
         let hashes: Vec<Hash32> = files.iter().map(|f| Hash32::blake3(f)).collect();
+        assert_eq!(tx.file_hashes().unwrap(), hashes, "sender merges its chunk hashes");
         let entries = rx.finish(&hashes).unwrap();
         assert_eq!(entries.len(), sizes.len());
         let mut wrong = hashes.clone();
@@ -885,14 +939,14 @@ mod tests {
         other.hash = Hash32::blake3(b"x");
         assert!(rx.check_header(&other).is_err());
         assert!(rx.finish(&[Hash32::default()]).is_err(), "not complete");
-        assert_eq!(rx.held_bitsets(), vec![vec![1]]);
+        assert_eq!(rx.held_chunks(), vec![vec![(0, Hash32::default())]]);
     }
 
     #[test]
     fn sender_gives_up_after_repeated_rejects() {
         let open = job(&[10], 1024);
         let mut tx = SenderJob::new(&open).unwrap();
-        tx.on_ready(&[vec![0]]).unwrap();
+        tx.on_ready(&[vec![]]).unwrap();
         for _ in 0..MAX_CHUNK_ATTEMPTS - 1 {
             let c = tx.next_chunk().unwrap();
             tx.on_reject(c).unwrap();
