@@ -1,32 +1,30 @@
-//! `trackshift demo`: the whole signing flow on generated data, with embedded defaults.
-//!
-//! Until the QUIC engine lands, delivery is a local copy (temporary name, fsync, rename);
-//! everything else is the real code path: key store, streaming chunk hashing, ML-DSA-65
-//! manifest, Ed25519 receipt, offline verification with the public key file only.
+//! `trackshift demo`: the main job on embedded defaults. Creates a data directory and keys
+//! if absent, starts a gateway in-process on loopback, generates a sample dataset, sends it
+//! over QUIC, verifies the signed manifest and receipt as an auditor would (public keys
+//! only), and prints a summary.
 
 use std::fs;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use trackshift_crypto::manifest::compute_root_hash;
-use trackshift_crypto::{
-    Confirmation, DeliveryStatus, FileKeyStore, KeyBackend as _, Manifest, PublicKeyring, Purpose,
-    Receipt, Signable as _, Timestamp,
-};
+use trackshift_crypto::{Manifest, PublicKeyring, Receipt, Signable as _};
+use trackshift_engine::gateway::{Gateway, GatewayConfig};
+use trackshift_engine::sender::SendConfig;
+use trackshift_engine::tls::ServerTrust;
 
 const MARKER: &str = ".trackshift-demo";
 
 /// Options of `trackshift demo`; every one has a default.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Working directory (recreated on each run; must be empty or an earlier demo's).
+    /// Working directory (created if absent; must be empty or an earlier demo's).
     #[arg(long, default_value = ".trackshift-demo")]
-    dir: PathBuf,
+    dir: std::path::PathBuf,
     /// Total size of the generated source data.
-    #[arg(long, default_value = "64MiB", value_parser = crate::size::parse_size)]
+    #[arg(long, default_value = "256MiB", value_parser = crate::size::parse_size)]
     size: u64,
     /// Number of generated files.
     #[arg(long, default_value_t = 8)]
@@ -37,136 +35,92 @@ pub struct DemoArgs {
 }
 
 /// Runs the demo and prints what happened and how to check it.
-pub fn run(args: DemoArgs) -> Result<()> {
+pub async fn run(args: DemoArgs) -> Result<()> {
     if args.files == 0 {
         bail!("--files must be at least 1");
     }
     prepare_dir(&args.dir)?;
-    let keys_dir = args.dir.join("keys");
-    let source = args.dir.join("source");
-    let dest = args.dir.join("destination");
-    let public_keys = args.dir.join("public-keys.json");
-    let manifest_path = args.dir.join("manifest.json");
-    let receipt_path = args.dir.join("receipt.json");
-    let now = Timestamp::now();
+    let dir = fs::canonicalize(&args.dir)?;
+    let data_dir = dir.join("gateway");
+    let source = dir.join("source");
+    let dest = dir.join("destination");
+    fs::create_dir_all(&dest)?;
+    let public_keys = dir.join("public-keys.json");
 
-    let store = FileKeyStore::init(&keys_dir, now)?;
-    let ring = store.public_keyring()?;
-    crate::write_doc(&public_keys, &ring.to_json())?;
+    let token = trackshift_engine::gateway::generate_token();
+    trackshift_engine::gateway::add_tenant(&data_dir, "demo", &token)?;
+    let gateway =
+        Arc::new(Gateway::bind(GatewayConfig::new("127.0.0.1:0".parse()?, &data_dir)).await?);
+    let serving = {
+        let g = gateway.clone();
+        tokio::spawn(async move { g.serve().await })
+    };
+    crate::write_doc(&public_keys, &gateway.public_keyring()?.to_json())?;
     println!(
-        "1. key store {} (ML-DSA-65 manifest key, Ed25519 receipt key)",
-        keys_dir.display()
+        "1. gateway on {} (QUIC, TLS 1.3, X25519MLKEM768), data in {}",
+        gateway.local_addr(),
+        data_dir.display()
     );
 
-    generate(&source, args.size, args.files)?;
+    regenerate(&source, args.size, args.files)?;
     println!(
-        "2. generated {} bytes in {} files under {}",
+        "2. sample data: {} bytes in {} files under {}",
         args.size,
         args.files,
         source.display()
     );
 
-    let started = Instant::now();
-    let files = trackshift_engine::scan_path(&source, args.chunk_size)?;
-    let hash_secs = started.elapsed().as_secs_f64();
-    let job_id = uuid::Uuid::new_v4().to_string();
-    let dest_uri = format!(
-        "file://{}",
-        fs::canonicalize(&args.dir)?.join("destination").display()
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(gateway.fingerprint(), &mut pin)?;
+    let mut cfg = SendConfig::new(
+        gateway.local_addr(),
+        ServerTrust::Fingerprint(pin),
+        token,
+        format!("file://{}", dest.display()),
     );
-    let mut manifest = Manifest::new(
-        job_id.clone(),
-        "demo",
-        Timestamp::now(),
-        format!("file://{}", fs::canonicalize(&source)?.display()),
-        vec![dest_uri.clone()],
-        files,
-    )?;
-    manifest.sign_with(
-        store.signer(Purpose::Manifest, now)?.as_ref(),
-        Timestamp::now(),
-    )?;
-    crate::write_doc(&manifest_path, &manifest.to_json())?;
-    let chunks: usize = manifest.files.iter().map(|f| f.chunks.len()).sum();
+    cfg.chunk_size = args.chunk_size;
+    let report = crate::transfer::send_with_progress(&source, &cfg).await?;
+    let receipts = dir.join("receipts").join(&report.job_id);
+    let (manifest_path, receipt_path) = crate::transfer::write_documents(&receipts, &report)?;
     println!(
-        "3. manifest {}: {} chunks hashed at {:.2} GB/s, root {}, signed with ML-DSA-65",
-        manifest_path.display(),
-        chunks,
-        args.size as f64 / hash_secs.max(1e-9) / 1e9,
-        manifest.root_hash
+        "3. sent {} bytes in {:.2} s: {:.2} Gbit/s, {} chunk streams, every chunk verified (BLAKE3) before it was acknowledged",
+        report.bytes,
+        report.elapsed.as_secs_f64(),
+        crate::transfer::gbps(report.bytes, report.elapsed),
+        report.chunks_sent
     );
 
-    deliver(&source, &dest, &manifest)?;
-    let delivered = trackshift_engine::scan_path(&dest, args.chunk_size)?;
-    let size: u64 = delivered.iter().map(|f| f.size).sum();
-    let root = compute_root_hash(&delivered);
-    let status = if root == manifest.root_hash && size == manifest.total_bytes() {
-        DeliveryStatus::Confirmed
-    } else {
-        DeliveryStatus::Failed
-    };
-    let mut receipt = Receipt {
-        format: trackshift_crypto::receipt::RECEIPT_FORMAT.to_string(),
-        job_id,
-        tenant: "demo".into(),
-        manifest_hash: manifest.document_hash()?,
-        destination: dest_uri,
-        bytes: size,
-        confirmation: Confirmation {
-            size,
-            etag: None,
-            blake3: Some(root),
-        },
-        status,
-        detail: (status == DeliveryStatus::Failed).then(|| "destination content differs".into()),
-        correlation_id: None,
-        completed_at: Timestamp::now(),
-        signature: None,
-        ledger_proof: None,
-    };
-    receipt.sign_with(
-        store.signer(Purpose::Receipt, now)?.as_ref(),
-        Timestamp::now(),
-    )?;
-    crate::write_doc(&receipt_path, &receipt.to_json())?;
-    println!(
-        "4. delivered to {} and re-hashed: {}; receipt {} signed with Ed25519",
-        dest.display(),
-        status.as_str(),
-        receipt_path.display()
-    );
-
-    // The auditor's view: nothing but the public key file and the documents.
-    let auditor_ring = PublicKeyring::from_json(&fs::read(&public_keys)?)?;
-    let m = Manifest::from_json(&fs::read(&manifest_path)?)?;
-    m.verify_signature(&auditor_ring)
+    // The auditor's view: only the public key file and the documents.
+    let ring = PublicKeyring::from_json(&fs::read(&public_keys)?)?;
+    let manifest = Manifest::from_json(&fs::read(&manifest_path)?)?;
+    manifest
+        .verify_signature(&ring)
         .context("manifest verification")?;
-    let r = Receipt::from_json(&fs::read(&receipt_path)?)?;
-    r.verify(&auditor_ring, Some(&m))
+    let receipt = Receipt::from_json(&fs::read(&receipt_path)?)?;
+    receipt
+        .verify(&ring, Some(&manifest))
         .context("receipt verification")?;
-    if status != DeliveryStatus::Confirmed {
-        bail!("delivery was not confirmed");
-    }
+    crate::check_data(&manifest, &dest).context("destination check")?;
     println!(
-        "5. verified offline with {} only: manifest OK, receipt OK",
+        "4. manifest (ML-DSA-65) and receipt (Ed25519) verified with {} only; destination re-hashed and matches",
         public_keys.display()
     );
+    println!("   receipt: {}", receipt_path.display());
     println!("\nCheck it yourself:");
-    let bin = std::env::args()
-        .next()
-        .unwrap_or_else(|| "trackshift".into());
     println!(
-        "  {bin} verify {} --public-keys {} --data {}",
-        manifest_path.display(),
-        public_keys.display(),
-        dest.display()
-    );
-    println!(
-        "  {bin} verify {} --public-keys {} --manifest {}",
+        "  trackshift verify {} --public-keys {} --manifest {}",
         receipt_path.display(),
         public_keys.display(),
         manifest_path.display()
     );
+    println!(
+        "  trackshift verify {} --public-keys {} --data {}",
+        manifest_path.display(),
+        public_keys.display(),
+        dest.display()
+    );
+    gateway.close();
+    serving.abort();
     Ok(())
 }
 
@@ -179,7 +133,6 @@ fn prepare_dir(dir: &Path) -> Result<()> {
                 dir.display()
             );
         }
-        fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::write(
@@ -189,8 +142,12 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Deterministic pseudo-random files (BLAKE3 XOF stream), sizes spread unevenly.
-fn generate(dir: &Path, total: u64, files: u64) -> Result<()> {
+/// Deterministic pseudo-random files (BLAKE3 XOF stream), sizes spread unevenly; the
+/// directory is recreated so it holds exactly this dataset.
+fn regenerate(dir: &Path, total: u64, files: u64) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
     let mut left = total;
     for i in 0..files {
         let size = if i + 1 == files {
@@ -203,7 +160,10 @@ fn generate(dir: &Path, total: u64, files: u64) -> Result<()> {
         let path = dir.join(format!("part-{i:03}/data-{i:03}.bin"));
         fs::create_dir_all(path.parent().expect("has parent"))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&path)?);
-        let mut xof = blake3_xof(i);
+        let mut h = blake3::Hasher::new();
+        h.update(b"trackshift demo data");
+        h.update(&i.to_le_bytes());
+        let mut xof = h.finalize_xof();
         let mut buf = vec![0u8; 1 << 20];
         let mut remaining = size;
         while remaining > 0 {
@@ -213,32 +173,6 @@ fn generate(dir: &Path, total: u64, files: u64) -> Result<()> {
             remaining -= n as u64;
         }
         out.flush()?;
-    }
-    Ok(())
-}
-
-fn blake3_xof(i: u64) -> blake3::OutputReader {
-    let mut h = blake3::Hasher::new();
-    h.update(b"trackshift demo data");
-    h.update(&i.to_le_bytes());
-    h.finalize_xof()
-}
-
-/// Local delivery: each file goes to a temporary name, is fsynced, then renamed into place.
-fn deliver(source: &Path, dest: &Path, manifest: &Manifest) -> Result<()> {
-    for f in &manifest.files {
-        let target = dest.join(&f.path);
-        let parent = target.parent().expect("paths have a parent");
-        fs::create_dir_all(parent)?;
-        let tmp = parent.join(format!(
-            ".{}.partial",
-            target.file_name().expect("file name").to_string_lossy()
-        ));
-        let mut input = fs::File::open(source.join(&f.path))?;
-        let mut output = fs::File::create(&tmp)?;
-        std::io::copy(&mut input, &mut output)?;
-        output.sync_all()?;
-        fs::rename(&tmp, &target)?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! `trackshift`: the command-line interface (and, in later issues, the gateway).
+//! `trackshift`: the command-line interface and the gateway.
 
 mod demo;
 mod size;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,8 +39,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole flow on generated data: keys, manifest, delivery, receipt, verification.
+    /// Run the whole flow on generated data: gateway, QUIC transfer, signed manifest and receipt, verification.
     Demo(demo::DemoArgs),
+    /// Run the receiving gateway.
+    Serve(transfer::ServeArgs),
+    /// Send a file or directory to a gateway.
+    Send(transfer::SendArgs),
     /// Create, rotate, revoke, list and export signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -196,7 +201,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Serve(args) => runtime()?.block_on(transfer::serve(args)),
+        Command::Send(args) => runtime()?.block_on(transfer::send(args)),
         Command::Keys(cmd) => keys(cmd),
         Command::Manifest(ManifestCommand::Create(args)) => manifest_create(args),
         Command::Manifest(ManifestCommand::Sign { file, keys, out }) => {
@@ -211,6 +218,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify(args) => verify(args),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn keys(cmd: KeysCommand) -> Result<()> {

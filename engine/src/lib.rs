@@ -1,7 +1,17 @@
-//! Trackshift engine: chunking and hashing of sources; QUIC transport and jobs follow in
-//! later issues.
+//! Trackshift engine: chunking and hashing of sources, the `trackshift/1` wire protocol,
+//! the QUIC transport, the receiving gateway and the sender.
+//!
+//! - [`scan`]: list and hash local sources (manifests without a transfer).
+//! - [`protocol`]: frames, codec and the sender/receiver state machines (no I/O).
+//! - [`tls`], [`transport`]: rustls + quinn set-up (post-quantum key exchange, tuning).
+//! - [`gateway`]: receives jobs, verifies chunks, writes through connectors, signs.
+//! - [`sender`]: reads a source and drives a job to completion, resuming after faults.
 
+pub mod gateway;
 pub mod protocol;
 pub mod scan;
+pub mod sender;
+pub mod tls;
+pub mod transport;
 
 pub use scan::{ScanError, scan_path};

@@ -320,7 +320,9 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ProtocolError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -902,7 +904,11 @@ mod tests {
             "the corrupted and the lost chunks were sent again"
         );
         let hashes: Vec<Hash32> = files.iter().map(|f| Hash32::blake3(f)).collect();
-        assert_eq!(tx.file_hashes().unwrap(), hashes, "sender merges its chunk hashes");
+        assert_eq!(
+            tx.file_hashes().unwrap(),
+            hashes,
+            "sender merges its chunk hashes"
+        );
         let entries = rx.finish(&hashes).unwrap();
         assert_eq!(entries.len(), sizes.len());
         let mut wrong = hashes.clone();

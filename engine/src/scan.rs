@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use trackshift_crypto::{ChunkLayout, CryptoError, FileEntry, Hash32};
 
+use crate::protocol::FileSpec;
+
 /// Why a scan failed. Every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -47,13 +49,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
 /// Bytes read ahead per batch (per batch; two batches are alive at once).
 const BATCH_BYTES: u64 = 16 << 20;
 
-/// Scans `root` (a file, or a directory walked recursively in path order) into manifest file
-/// entries with chunks of `chunk_size` bytes. A single file is named by its file name;
-/// files under a directory by their `/`-separated path relative to it.
-pub fn scan_path(root: &Path, chunk_size: u64) -> Result<Vec<FileEntry>, ScanError> {
-    ChunkLayout::new(0, chunk_size)?;
+/// Lists the regular files under `root` (or `root` itself when it is a file), in path
+/// order, with the name each gets in a manifest: the file name for a single file, the
+/// `/`-separated path relative to `root` for a directory. Symlinks and special files are
+/// refused, as are names that are not UTF-8.
+pub fn list_files(root: &Path) -> Result<Vec<(PathBuf, FileSpec)>, ScanError> {
     let meta = std::fs::symlink_metadata(root).map_err(io_err(root))?;
-    let mut entries = Vec::new();
     if meta.is_file() {
         let name = root
             .file_name()
@@ -62,8 +63,11 @@ pub fn scan_path(root: &Path, chunk_size: u64) -> Result<Vec<FileEntry>, ScanErr
                 path: root.to_path_buf(),
                 reason: "file name is not valid UTF-8",
             })?;
-        entries.push(hash_file(root, name.to_string(), chunk_size)?);
-        return Ok(entries);
+        let spec = FileSpec {
+            path: name.to_string(),
+            size: meta.len(),
+        };
+        return Ok(vec![(root.to_path_buf(), spec)]);
     }
     if !meta.is_dir() {
         return Err(ScanError::Unsupported {
@@ -71,6 +75,7 @@ pub fn scan_path(root: &Path, chunk_size: u64) -> Result<Vec<FileEntry>, ScanErr
             reason: "not a regular file or directory",
         });
     }
+    let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -107,9 +112,30 @@ pub fn scan_path(root: &Path, chunk_size: u64) -> Result<Vec<FileEntry>, ScanErr
                 reason: "path is not valid UTF-8",
             })?
             .join("/");
-        entries.push(hash_file(entry.path(), name, chunk_size)?);
+        let size = entry
+            .metadata()
+            .map_err(|e| ScanError::Io {
+                path: entry.path().to_path_buf(),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("stat failed")),
+            })?
+            .len();
+        files.push((entry.path().to_path_buf(), FileSpec { path: name, size }));
     }
-    Ok(entries)
+    // Walk order sorts each directory's entries by name; manifests sort by full path bytes.
+    files.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+    Ok(files)
+}
+
+/// Scans `root` (see [`list_files`]) into manifest file entries with chunks of `chunk_size`
+/// bytes.
+pub fn scan_path(root: &Path, chunk_size: u64) -> Result<Vec<FileEntry>, ScanError> {
+    ChunkLayout::new(0, chunk_size)?;
+    list_files(root)?
+        .into_iter()
+        .map(|(path, spec)| hash_file(&path, spec.path, chunk_size))
+        .collect()
 }
 
 /// Hashes one file into a manifest entry named `name`.

@@ -1,0 +1,68 @@
+//! Connector errors.
+
+use std::path::PathBuf;
+
+/// Why a destination operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The destination URI is not understood.
+    #[error("invalid destination: {0}")]
+    InvalidUri(String),
+    /// An object path is not a safe relative path.
+    #[error("invalid object path {0:?}")]
+    InvalidPath(String),
+    /// The destination does not exist or is not usable.
+    #[error("destination unavailable: {0}")]
+    Unavailable(String),
+    /// A file-system operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination does not hold what was written.
+    #[error("{path}: destination holds {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        /// Object.
+        path: String,
+        /// Bytes the job wrote.
+        expected: u64,
+        /// Bytes the destination reports.
+        actual: u64,
+    },
+    /// A write outside the object's declared size.
+    #[error("{path}: write of {len} bytes at offset {offset} exceeds size {size}")]
+    OutOfRange {
+        /// Object.
+        path: String,
+        /// Write offset.
+        offset: u64,
+        /// Write length.
+        len: u64,
+        /// Declared size.
+        size: u64,
+    },
+}
+
+impl ConnectorError {
+    /// Whether retrying the same operation later may succeed (network blips, timeouts),
+    /// as opposed to permanent failures (bad path, full disk, permissions).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `null://`: a destination that discards data (benchmarks measure the engine alone).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter};
+
+/// Discards every byte; confirms the number of bytes it was given.
+#[derive(Debug, Clone)]
+pub struct NullConnector {
+    uri: String,
+}
+
+impl NullConnector {
+    /// A null connector for `uri`.
+    pub fn new(uri: &str) -> Self {
+        Self {
+            uri: uri.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for NullConnector {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        _resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        crate::check_object_path(&spec.path)?;
+        Ok(Arc::new(NullWriter {
+            spec: spec.clone(),
+            written: AtomicU64::new(0),
+        }))
+    }
+}
+
+struct NullWriter {
+    spec: ObjectSpec,
+    written: AtomicU64,
+}
+
+#[async_trait]
+impl ObjectWriter for NullWriter {
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
+        let len = data.len() as u64;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.spec.size)
+        {
+            return Err(ConnectorError::OutOfRange {
+                path: self.spec.path.clone(),
+                offset,
+                len,
+                size: self.spec.size,
+            });
+        }
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        Ok(Confirmation {
+            size: self.spec.size,
+            etag: None,
+        })
+    }
+
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}

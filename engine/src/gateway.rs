@@ -1,0 +1,921 @@
+//! The receiving gateway: accepts QUIC connections, authenticates tenants, receives and
+//! verifies chunks, writes them through connectors, makes them durable before
+//! acknowledging (group commit), and on completion signs the manifest and the receipt.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! DATA/keys/                       signing keys (crypto::FileKeyStore)
+//! DATA/tls/                        gateway certificate and key
+//! DATA/tenants.json                tenants and SHA-256 digests of their tokens
+//! DATA/jobs/<tenant>/<job id>/
+//!     job.json                     the job as opened (OpenJob)
+//!     chunks.log                   durable chunks: append-only records (protocol::encode_log_record)
+//!     manifest.json, receipt.json  once complete
+//! ```
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut as _, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::{debug, info, warn};
+use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter};
+use trackshift_crypto::{
+    Confirmation, DeliveryStatus, FileKeyStore, Hash32, KeyBackend as _, Manifest, PublicKeyring,
+    Purpose, Receipt, Signable as _, Timestamp,
+};
+
+use crate::protocol::{
+    self, ChunkHeader, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError,
+    ReceiverJob, ServerFrame,
+};
+use crate::tls::GatewayIdentity;
+
+/// Why the gateway could not start or a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// File-system problem in the data directory.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Keys or signing.
+    #[error(transparent)]
+    Crypto(#[from] trackshift_crypto::CryptoError),
+    /// The peer broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A destination failed.
+    #[error("destination: {0}")]
+    Connector(#[from] trackshift_connectors::ConnectorError),
+    /// TLS identity or endpoint set-up.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// Tenant configuration problem.
+    #[error("tenant configuration: {0}")]
+    Tenants(String),
+    /// A job was refused or failed (message is safe to send to the tenant).
+    #[error("{0}")]
+    Job(String),
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> GatewayError + 'a {
+    move |source| GatewayError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory (created if absent).
+    pub data_dir: PathBuf,
+    /// Refuse clients that cannot do the X25519MLKEM768 key exchange.
+    pub pq_only: bool,
+    /// Most chunk payload bytes buffered at once across all connections.
+    pub memory_budget: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults: 512 MiB memory budget, hybrid key exchange preferred but not required.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            pq_only: false,
+            memory_budget: 512 << 20,
+        }
+    }
+}
+
+/// One tenant's entry in `tenants.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantEntry {
+    /// Tenant id.
+    pub tenant: String,
+    /// SHA-256 of the token, hex.
+    pub token_sha256: Hash32,
+}
+
+/// The tenant file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    /// Tenants.
+    pub tenants: Vec<TenantEntry>,
+}
+
+fn token_digest(token: &str) -> Hash32 {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Hash32(out)
+}
+
+/// Creates a random token (URL-safe, 256 bits).
+pub fn generate_token() -> String {
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).expect("system random generator");
+    hex::encode(raw)
+}
+
+/// Adds (or replaces) a tenant's token in `DATA/tenants.json`.
+pub fn add_tenant(data_dir: &Path, tenant: &str, token: &str) -> Result<(), GatewayError> {
+    protocol::check_id("tenant", tenant).map_err(|e| GatewayError::Tenants(e.to_string()))?;
+    fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
+    let path = data_dir.join("tenants.json");
+    let mut file = read_tenants(data_dir)?;
+    file.tenants.retain(|t| t.tenant != tenant);
+    file.tenants.push(TenantEntry {
+        tenant: tenant.to_string(),
+        token_sha256: token_digest(token),
+    });
+    let json = serde_json::to_string_pretty(&file).expect("tenant file serialises");
+    trackshift_crypto::filestore::write_atomic(&path, json.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+fn read_tenants(data_dir: &Path) -> Result<TenantFile, GatewayError> {
+    let path = data_dir.join("tenants.json");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let file: TenantFile = serde_json::from_slice(&bytes)
+                .map_err(|e| GatewayError::Tenants(format!("{}: {e}", path.display())))?;
+            for t in &file.tenants {
+                protocol::check_id("tenant", &t.tenant)
+                    .map_err(|e| GatewayError::Tenants(e.to_string()))?;
+            }
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TenantFile::default()),
+        Err(e) => Err(io("reading", &path)(e)),
+    }
+}
+
+/// A chunk that is written and waits to become durable before it is acknowledged.
+struct Pending {
+    chunk: ChunkRef,
+    hash: Hash32,
+    handle: u32,
+    reply: mpsc::UnboundedSender<ServerFrame>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A job known to the gateway (in progress or finished).
+struct Job {
+    tenant: String,
+    dir: PathBuf,
+    state: Mutex<ReceiverJob>,
+    connector: Arc<dyn Connector>,
+    writers: Vec<OnceCell<Arc<dyn ObjectWriter>>>,
+    resume: bool,
+    commit_tx: mpsc::UnboundedSender<Pending>,
+    finished: tokio::sync::Mutex<Option<(String, String)>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl Job {
+    fn open(&self) -> OpenJob {
+        self.state.lock().expect("job lock").open().clone()
+    }
+
+    async fn writer(&self, file: u32) -> Result<Arc<dyn ObjectWriter>, GatewayError> {
+        let cell = self
+            .writers
+            .get(file as usize)
+            .ok_or_else(|| GatewayError::Job(format!("file index {file} out of range")))?;
+        let w = cell
+            .get_or_try_init(|| async {
+                let open = self.open();
+                let f = &open.files[file as usize];
+                let spec = ObjectSpec {
+                    job_id: open.job_id.clone(),
+                    path: f.path.clone(),
+                    size: f.size,
+                };
+                self.connector.open(&spec, self.resume).await
+            })
+            .await?;
+        Ok(w.clone())
+    }
+
+    fn fail(&self, reason: String) {
+        let mut f = self.failed.lock().expect("job lock");
+        if f.is_none() {
+            *f = Some(reason);
+        }
+    }
+}
+
+struct Shared {
+    data_dir: PathBuf,
+    keys: FileKeyStore,
+    tenants: Vec<TenantEntry>,
+    jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
+    budget: Arc<Semaphore>,
+    budget_max: u32,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    identity: GatewayIdentity,
+}
+
+impl Gateway {
+    /// Binds the endpoint and loads (or creates on first start) the keys and TLS identity.
+    pub async fn bind(cfg: GatewayConfig) -> Result<Self, GatewayError> {
+        let data = &cfg.data_dir;
+        fs::create_dir_all(data.join("jobs")).map_err(io("creating", data))?;
+        let keys_dir = data.join("keys");
+        let keys = if keys_dir.join("keyring.json").exists() {
+            FileKeyStore::open(&keys_dir)?
+        } else {
+            FileKeyStore::init(&keys_dir, Timestamp::now())?
+        };
+        let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
+            .map_err(crate::transport::TransportError::from)?;
+        let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
+        let tenants = read_tenants(data)?.tenants;
+        if tenants.is_empty() {
+            warn!(
+                "no tenants configured in {}: every sender will be refused",
+                data.join("tenants.json").display()
+            );
+        }
+        let budget_max = u32::try_from(cfg.memory_budget)
+            .unwrap_or(u32::MAX)
+            .max(1 << 20);
+        let shared = Arc::new(Shared {
+            data_dir: data.clone(),
+            keys,
+            tenants,
+            jobs: tokio::sync::Mutex::new(HashMap::new()),
+            budget: Arc::new(Semaphore::new(budget_max as usize)),
+            budget_max,
+        });
+        info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), "gateway listening");
+        Ok(Self {
+            endpoint,
+            shared,
+            identity,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    /// SHA-256 fingerprint of the gateway certificate (what senders pin).
+    pub fn fingerprint(&self) -> String {
+        self.identity.fingerprint()
+    }
+
+    /// The public keys auditors need to verify this gateway's manifests and receipts.
+    pub fn public_keyring(&self) -> Result<PublicKeyring, GatewayError> {
+        Ok(self.shared.keys.public_keyring()?)
+    }
+
+    /// Serves connections until [`Gateway::close`] is called (or the endpoint fails).
+    pub async fn serve(&self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        let peer = conn.remote_address();
+                        if let Err(e) = handle_connection(shared, conn).await {
+                            debug!(%peer, error = %e, "connection ended");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "handshake failed"),
+                }
+            });
+        }
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"gateway shutting down");
+    }
+}
+
+impl Shared {
+    fn authenticate(&self, token: &str) -> Option<String> {
+        let digest = token_digest(token);
+        let mut found = None;
+        // Constant time in the token: every entry is compared in full.
+        for t in &self.tenants {
+            if bool::from(subtle::ConstantTimeEq::ct_eq(
+                &t.token_sha256.0[..],
+                &digest.0[..],
+            )) {
+                found = Some(t.tenant.clone());
+            }
+        }
+        found
+    }
+
+    async fn open_job(
+        self: &Arc<Self>,
+        tenant: &str,
+        open: OpenJob,
+    ) -> Result<Arc<Job>, GatewayError> {
+        let state = ReceiverJob::new(open.clone())?;
+        let key = (tenant.to_string(), open.job_id.clone());
+        let mut jobs = self.jobs.lock().await;
+        if let Some(job) = jobs.get(&key) {
+            if job.open() != open {
+                return Err(GatewayError::Job(format!(
+                    "job {} already exists with different files or destination",
+                    open.job_id
+                )));
+            }
+            return Ok(job.clone());
+        }
+        let dir = self.data_dir.join("jobs").join(tenant).join(&open.job_id);
+        let job_file = dir.join("job.json");
+        let mut state = state;
+        let resume = job_file.exists();
+        if resume {
+            let bytes = fs::read(&job_file).map_err(io("reading", &job_file))?;
+            let stored: OpenJob = serde_json::from_slice(&bytes).map_err(|e| {
+                GatewayError::Job(format!("stored job {}: {e}", job_file.display()))
+            })?;
+            if stored != open {
+                return Err(GatewayError::Job(format!(
+                    "job {} already exists with different files or destination",
+                    open.job_id
+                )));
+            }
+            let log_path = dir.join("chunks.log");
+            let bytes = match fs::read(&log_path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io("reading", &log_path)(e)),
+            };
+            let log = protocol::decode_chunk_log(&bytes)
+                .map_err(|e| GatewayError::Job(format!("{}: {e}", log_path.display())))?;
+            if log.valid_len != bytes.len() {
+                warn!(job = %open.job_id, cut = bytes.len() - log.valid_len, "cutting torn tail of chunk log");
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&log_path)
+                    .map_err(io("opening", &log_path))?;
+                f.set_len(log.valid_len as u64)
+                    .map_err(io("truncating", &log_path))?;
+                f.sync_all().map_err(io("syncing", &log_path))?;
+            }
+            for (c, h) in log.records {
+                state.record(c, h)?;
+            }
+            info!(job = %open.job_id, held = state.progress().0, "resuming job");
+        } else {
+            fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+            let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
+            trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
+        }
+        let connector = trackshift_connectors::from_uri(&open.destination)?;
+        connector.check().await?;
+        let finished = read_finished(&dir);
+        let log_path = dir.join("chunks.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io("opening", &log_path))?;
+        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+        let job = Arc::new(Job {
+            tenant: tenant.to_string(),
+            dir,
+            writers: (0..open.files.len()).map(|_| OnceCell::new()).collect(),
+            state: Mutex::new(state),
+            connector,
+            resume,
+            commit_tx,
+            finished: tokio::sync::Mutex::new(finished),
+            failed: Mutex::new(None),
+        });
+        tokio::spawn(committer(job.clone(), log, commit_rx));
+        jobs.insert(key, job.clone());
+        Ok(job)
+    }
+}
+
+fn read_finished(dir: &Path) -> Option<(String, String)> {
+    let m = fs::read_to_string(dir.join("manifest.json")).ok()?;
+    let r = fs::read_to_string(dir.join("receipt.json")).ok()?;
+    Some((m, r))
+}
+
+/// Group commit: takes every chunk written since the last round, syncs the files they went
+/// to, appends their records to the chunk log with one fsync, then acknowledges them.
+async fn committer(job: Arc<Job>, log: fs::File, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let log = Arc::new(Mutex::new(log));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            batch.push(p);
+        }
+        let result = commit_batch(&job, &log, &batch).await;
+        match result {
+            Ok(()) => {
+                // One Acks frame per (connection, handle).
+                let mut acks: Vec<(u32, mpsc::UnboundedSender<ServerFrame>, Vec<ChunkRef>)> =
+                    Vec::new();
+                for p in &batch {
+                    match acks
+                        .iter_mut()
+                        .find(|(h, tx, _)| *h == p.handle && tx.same_channel(&p.reply))
+                    {
+                        Some((_, _, chunks)) => chunks.push(p.chunk),
+                        None => acks.push((p.handle, p.reply.clone(), vec![p.chunk])),
+                    }
+                }
+                for (handle, reply, chunks) in acks {
+                    let _ = reply.send(ServerFrame::Acks { handle, chunks });
+                }
+            }
+            Err(e) => {
+                let reason = format!("making chunks durable failed: {e}");
+                warn!(tenant = %job.tenant, error = %e, "job failed");
+                job.fail(reason.clone());
+                for p in &batch {
+                    let _ = p.reply.send(ServerFrame::JobFailed {
+                        handle: p.handle,
+                        job_id: job.open().job_id,
+                        reason: reason.clone(),
+                        permanent: false,
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(
+    job: &Arc<Job>,
+    log: &Arc<Mutex<fs::File>>,
+    batch: &[Pending],
+) -> Result<(), GatewayError> {
+    let mut files: Vec<u32> = batch.iter().map(|p| p.chunk.file).collect();
+    files.sort_unstable();
+    files.dedup();
+    for f in files {
+        job.writer(f).await?.sync().await?;
+    }
+    let mut records = Vec::with_capacity(batch.len() * protocol::LOG_RECORD_LEN);
+    for p in batch {
+        records.extend_from_slice(&protocol::encode_log_record(p.chunk, &p.hash));
+    }
+    let log = log.clone();
+    let path = job.dir.join("chunks.log");
+    tokio::task::spawn_blocking(move || {
+        let mut f = log.lock().expect("log lock");
+        f.write_all(&records)?;
+        f.sync_data()
+    })
+    .await
+    .expect("log task does not panic")
+    .map_err(io("appending to", &path))?;
+    let mut state = job.state.lock().expect("job lock");
+    for p in batch {
+        state.record(p.chunk, p.hash)?;
+    }
+    Ok(())
+}
+
+struct ConnState {
+    tenant: String,
+    handles: Mutex<HashMap<u32, Arc<Job>>>,
+    next_handle: AtomicU32,
+    out: mpsc::UnboundedSender<ServerFrame>,
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder<ClientFrame>,
+) -> Result<Option<ClientFrame>, GatewayError> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if let Some(f) = dec.next_frame()? {
+            return Ok(Some(f));
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => dec.push(&buf[..n]),
+            Ok(None) => {
+                dec.finish()?;
+                return Ok(None);
+            }
+            Err(e) => return Err(GatewayError::Job(format!("control stream: {e}"))),
+        }
+    }
+}
+
+async fn handle_connection(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+) -> Result<(), GatewayError> {
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| GatewayError::Job(format!("no control stream: {e}")))?;
+    let mut dec = FrameDecoder::<ClientFrame>::new(protocol::MAX_CONTROL_FRAME);
+    let tenant = match read_frame(&mut recv, &mut dec).await? {
+        Some(ClientFrame::Hello { version, token }) => {
+            let tenant = protocol::check_hello(version)
+                .map_err(GatewayError::from)
+                .and_then(|()| {
+                    shared
+                        .authenticate(&token.0)
+                        .ok_or_else(|| GatewayError::Job("unknown tenant token".into()))
+                });
+            match tenant {
+                Ok(t) => t,
+                Err(e) => {
+                    let refusal = protocol::encode_frame(&ServerFrame::Refused {
+                        reason: e.to_string(),
+                    });
+                    let _ = send.write_all(&refusal).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    conn.close(1u32.into(), b"refused");
+                    return Err(e);
+                }
+            }
+        }
+        _ => {
+            conn.close(2u32.into(), b"expected Hello");
+            return Err(ProtocolError::Unexpected("first frame must be Hello".into()).into());
+        }
+    };
+    info!(tenant = %tenant, peer = %conn.remote_address(), "sender authenticated");
+    let (out, mut out_rx) = mpsc::unbounded_channel::<ServerFrame>();
+    tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if send
+                .write_all(&protocol::encode_frame(&frame))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+    let _ = out.send(ServerFrame::Welcome {
+        version: protocol::VERSION,
+        tenant: tenant.clone(),
+    });
+    let state = Arc::new(ConnState {
+        tenant,
+        handles: Mutex::new(HashMap::new()),
+        next_handle: AtomicU32::new(0),
+        out,
+    });
+    let uni = {
+        let conn = conn.clone();
+        let shared = shared.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Ok(stream) = conn.accept_uni().await {
+                let shared = shared.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_chunk_stream(&shared, &state, stream).await {
+                        debug!(error = %e, "chunk stream failed");
+                    }
+                });
+            }
+        })
+    };
+    let result = control_loop(&shared, &state, &mut recv, &mut dec).await;
+    uni.abort();
+    result
+}
+
+async fn control_loop(
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder<ClientFrame>,
+) -> Result<(), GatewayError> {
+    while let Some(frame) = read_frame(recv, dec).await? {
+        match frame {
+            ClientFrame::Hello { .. } => {
+                return Err(ProtocolError::Unexpected("second Hello".into()).into());
+            }
+            ClientFrame::OpenJob(open) => {
+                let job_id = open.job_id.clone();
+                match shared.open_job(&state.tenant, open).await {
+                    Ok(job) => {
+                        let handle = state.next_handle.fetch_add(1, Ordering::Relaxed);
+                        let held = job.state.lock().expect("job lock").held_chunks();
+                        state
+                            .handles
+                            .lock()
+                            .expect("handles lock")
+                            .insert(handle, job);
+                        info!(tenant = %state.tenant, job = %job_id, handle, "job open");
+                        let _ = state.out.send(ServerFrame::JobReady {
+                            job_id,
+                            handle,
+                            held,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(tenant = %state.tenant, job = %job_id, error = %e, "job refused");
+                        let _ = state.out.send(ServerFrame::JobFailed {
+                            handle: u32::MAX,
+                            job_id,
+                            reason: e.to_string(),
+                            permanent: !matches!(&e, GatewayError::Connector(c) if c.is_transient()),
+                        });
+                    }
+                }
+            }
+            ClientFrame::FinishJob {
+                handle,
+                file_hashes,
+            } => {
+                let job = state
+                    .handles
+                    .lock()
+                    .expect("handles lock")
+                    .get(&handle)
+                    .cloned();
+                let Some(job) = job else {
+                    return Err(ProtocolError::Unexpected(format!(
+                        "FinishJob for unknown handle {handle}"
+                    ))
+                    .into());
+                };
+                let out = state.out.clone();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let frame = match finish_job(&shared, &job, &file_hashes).await {
+                        Ok((manifest, receipt)) => ServerFrame::JobDone {
+                            handle,
+                            manifest,
+                            receipt,
+                        },
+                        Err(e) => {
+                            warn!(tenant = %job.tenant, error = %e, "job failed at finish");
+                            job.fail(e.to_string());
+                            ServerFrame::JobFailed {
+                                handle,
+                                job_id: job.open().job_id,
+                                reason: e.to_string(),
+                                permanent: true,
+                            }
+                        }
+                    };
+                    let _ = out.send(frame);
+                });
+            }
+            ClientFrame::CancelJob { handle, reason } => {
+                let job = state.handles.lock().expect("handles lock").remove(&handle);
+                if let Some(job) = job {
+                    info!(tenant = %job.tenant, job = %job.open().job_id, %reason, "job cancelled");
+                    for w in &job.writers {
+                        if let Some(w) = w.get() {
+                            let _ = w.abort().await;
+                        }
+                    }
+                    let key = (job.tenant.clone(), job.open().job_id);
+                    shared.jobs.lock().await.remove(&key);
+                    let _ = fs::remove_dir_all(&job.dir);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn handle_chunk_stream(
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
+    mut recv: quinn::RecvStream,
+) -> Result<(), GatewayError> {
+    let hlen = recv
+        .read_u32()
+        .await
+        .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))? as usize;
+    if hlen > protocol::MAX_CHUNK_HEADER {
+        let _ = recv.stop(1u32.into());
+        return Err(ProtocolError::FrameTooLarge {
+            len: hlen,
+            max: protocol::MAX_CHUNK_HEADER,
+        }
+        .into());
+    }
+    let mut hbuf = vec![0u8; hlen];
+    recv.read_exact(&mut hbuf)
+        .await
+        .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))?;
+    let header: ChunkHeader =
+        postcard::from_bytes(&hbuf).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let job = state
+        .handles
+        .lock()
+        .expect("handles lock")
+        .get(&header.handle)
+        .cloned();
+    let Some(job) = job else {
+        let _ = recv.stop(1u32.into());
+        return Err(
+            ProtocolError::InvalidChunk(format!("unknown job handle {}", header.handle)).into(),
+        );
+    };
+    if let Some(reason) = job.failed.lock().expect("job lock").clone() {
+        let _ = recv.stop(1u32.into());
+        return Err(GatewayError::Job(reason));
+    }
+    let disposition = job.state.lock().expect("job lock").check_header(&header);
+    let layout = match disposition {
+        Ok(Disposition::Accept(layout)) => layout,
+        Ok(Disposition::AlreadyHeld) => {
+            let _ = recv.stop(0u32.into());
+            let _ = state.out.send(ServerFrame::Acks {
+                handle: header.handle,
+                chunks: vec![header.chunk],
+            });
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = recv.stop(1u32.into());
+            let _ = state.out.send(ServerFrame::Reject {
+                handle: header.handle,
+                chunk: header.chunk,
+                reason: e.to_string(),
+            });
+            return Err(e.into());
+        }
+    };
+    let len = header.len as usize;
+    let permits = u32::try_from(len)
+        .unwrap_or(u32::MAX)
+        .clamp(1, shared.budget_max);
+    let permit = shared
+        .budget
+        .clone()
+        .acquire_many_owned(permits)
+        .await
+        .expect("budget semaphore is never closed");
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let before = buf.len();
+        let mut limited = (&mut buf).limit(len - before);
+        match recv.read_buf(&mut limited).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(GatewayError::Job(format!("chunk payload: {e}"))),
+        }
+    }
+    let extra = recv.read_chunk(1, true).await;
+    if buf.len() != len || !matches!(extra, Ok(None)) {
+        let _ = state.out.send(ServerFrame::Reject {
+            handle: header.handle,
+            chunk: header.chunk,
+            reason: format!("payload is not {len} bytes"),
+        });
+        return Err(ProtocolError::InvalidChunk("payload length mismatch".into()).into());
+    }
+    let data = buf.freeze();
+    let (data, hash) = {
+        let data = data.clone();
+        let index = header.chunk.index;
+        tokio::task::spawn_blocking(move || {
+            let h = layout.chunk_hash(index, &data);
+            (data, h)
+        })
+        .await
+        .expect("hashing does not panic")
+    };
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &hash.0[..],
+        &header.hash.0[..],
+    )) {
+        warn!(tenant = %state.tenant, chunk = ?header.chunk, "chunk failed verification; asking for it again");
+        let _ = state.out.send(ServerFrame::Reject {
+            handle: header.handle,
+            chunk: header.chunk,
+            reason: "chunk hash mismatch".into(),
+        });
+        return Ok(());
+    }
+    let writer = job.writer(header.chunk.file).await?;
+    if let Err(e) = writer
+        .write_at(layout.offset(header.chunk.index), data)
+        .await
+    {
+        let reason = format!("writing to destination: {e}");
+        job.fail(reason.clone());
+        let _ = state.out.send(ServerFrame::JobFailed {
+            handle: header.handle,
+            job_id: job.open().job_id,
+            reason,
+            permanent: !e.is_transient(),
+        });
+        return Err(e.into());
+    }
+    let _ = job.commit_tx.send(Pending {
+        chunk: header.chunk,
+        hash,
+        handle: header.handle,
+        reply: state.out.clone(),
+        _permit: permit,
+    });
+    Ok(())
+}
+
+async fn finish_job(
+    shared: &Arc<Shared>,
+    job: &Arc<Job>,
+    sender_hashes: &[Hash32],
+) -> Result<(String, String), GatewayError> {
+    let mut finished = job.finished.lock().await;
+    if let Some(done) = finished.as_ref() {
+        return Ok(done.clone());
+    }
+    if let Some(reason) = job.failed.lock().expect("job lock").clone() {
+        return Err(GatewayError::Job(reason));
+    }
+    let entries = job.state.lock().expect("job lock").finish(sender_hashes)?;
+    let open = job.open();
+    let mut size = 0u64;
+    let mut etag = None;
+    for (i, _) in open.files.iter().enumerate() {
+        let conf = job.writer(i as u32).await?.commit().await?;
+        size += conf.size;
+        if open.files.len() == 1 {
+            etag = conf.etag;
+        }
+    }
+    let now = Timestamp::now();
+    let mut manifest = Manifest::new(
+        open.job_id.clone(),
+        job.tenant.clone(),
+        now,
+        open.source.clone(),
+        vec![open.destination.clone()],
+        entries,
+    )?;
+    manifest.sign_with(shared.keys.signer(Purpose::Manifest, now)?.as_ref(), now)?;
+    let mut receipt = Receipt {
+        format: trackshift_crypto::receipt::RECEIPT_FORMAT.to_string(),
+        job_id: open.job_id.clone(),
+        tenant: job.tenant.clone(),
+        manifest_hash: manifest.document_hash()?,
+        destination: open.destination.clone(),
+        bytes: manifest.total_bytes(),
+        confirmation: Confirmation {
+            size,
+            etag,
+            blake3: Some(manifest.root_hash),
+        },
+        status: DeliveryStatus::Confirmed,
+        detail: None,
+        correlation_id: open.correlation_id.clone(),
+        completed_at: now,
+        signature: None,
+        ledger_proof: None,
+    };
+    receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
+    let (m, r) = (manifest.to_json(), receipt.to_json());
+    trackshift_crypto::filestore::write_atomic(
+        &job.dir.join("manifest.json"),
+        m.as_bytes(),
+        0o644,
+    )?;
+    trackshift_crypto::filestore::write_atomic(&job.dir.join("receipt.json"), r.as_bytes(), 0o644)?;
+    info!(tenant = %job.tenant, job = %open.job_id, bytes = manifest.total_bytes(), "job complete; manifest and receipt signed");
+    *finished = Some((m.clone(), r.clone()));
+    Ok((m, r))
+}

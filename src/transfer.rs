@@ -1,0 +1,220 @@
+//! `trackshift serve` and `trackshift send`: the gateway and the sender on the command line.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use trackshift_engine::gateway::{Gateway, GatewayConfig};
+use trackshift_engine::sender::{Progress, SendConfig, SendReport, send_path};
+use trackshift_engine::tls::ServerTrust;
+
+/// Options of `trackshift serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// Data directory: keys, TLS identity, tenants, jobs (created on first start).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Refuse senders that cannot use the post-quantum X25519MLKEM768 key exchange.
+    #[arg(long)]
+    pq_only: bool,
+    /// Most received chunk bytes held in memory at once.
+    #[arg(long, default_value = "512MiB", value_parser = crate::size::parse_size)]
+    memory_budget: u64,
+}
+
+/// Options of `trackshift send`.
+#[derive(Args)]
+pub struct SendArgs {
+    /// File or directory to send.
+    path: PathBuf,
+    /// Gateway address.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Destination at the gateway: `file:///dir` or `null://`.
+    #[arg(long)]
+    dest: String,
+    /// Pin the gateway certificate by its SHA-256 fingerprint (printed by `serve`).
+    #[arg(long, conflicts_with = "ca")]
+    fingerprint: Option<String>,
+    /// Trust gateway certificates issued by this CA (PEM).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Name on the gateway certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Tenant token (better: the TRACKSHIFT_TOKEN environment variable or --token-file).
+    #[arg(long, env = "TRACKSHIFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the tenant token.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Chunk size (power of two, 1KiB to 1GiB).
+    #[arg(long, default_value = "4MiB", value_parser = crate::size::parse_size)]
+    chunk_size: u64,
+    /// Most chunk bytes read but not yet acknowledged (the sender's memory bound).
+    #[arg(long, default_value = "256MiB", value_parser = crate::size::parse_size)]
+    in_flight: u64,
+    /// Job id (reuse one to resume an interrupted send; default: a new UUID).
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Where to write the signed manifest and receipt (default: ./trackshift-receipts/JOB).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Offer only the post-quantum X25519MLKEM768 key exchange.
+    #[arg(long)]
+    pq_only: bool,
+}
+
+/// Ensures the gateway has a tenant; on first start creates `default` with a fresh token
+/// written to DATA/default.token (0600).
+fn ensure_default_tenant(data_dir: &Path) -> Result<()> {
+    let tenants = data_dir.join("tenants.json");
+    if tenants.exists() {
+        return Ok(());
+    }
+    let token = trackshift_engine::gateway::generate_token();
+    trackshift_engine::gateway::add_tenant(data_dir, "default", &token)?;
+    let token_path = data_dir.join("default.token");
+    trackshift_crypto::filestore::write_atomic(&token_path, token.as_bytes(), 0o600)?;
+    println!(
+        "created tenant \"default\"; its token is in {} (mode 0600)",
+        token_path.display()
+    );
+    Ok(())
+}
+
+/// Runs the gateway until interrupted.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    ensure_default_tenant(&args.data_dir)?;
+    let mut cfg = GatewayConfig::new(args.listen, &args.data_dir);
+    cfg.pq_only = args.pq_only;
+    cfg.memory_budget = usize::try_from(args.memory_budget).unwrap_or(usize::MAX);
+    let gateway = Gateway::bind(cfg).await?;
+    println!(
+        "gateway listening on {} (QUIC, ALPN trackshift/1)",
+        gateway.local_addr()
+    );
+    println!("certificate fingerprint: {}", gateway.fingerprint());
+    println!(
+        "auditors: trackshift keys export-public --dir {} --out public-keys.json",
+        args.data_dir.join("keys").display()
+    );
+    tokio::select! {
+        () = gateway.serve() => {}
+        _ = tokio::signal::ctrl_c() => {
+            println!("shutting down");
+            gateway.close();
+        }
+    }
+    Ok(())
+}
+
+fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<ServerTrust> {
+    match (fingerprint, ca) {
+        (Some(fp), None) => {
+            let mut pin = [0u8; 32];
+            hex::decode_to_slice(fp.trim(), &mut pin)
+                .context("--fingerprint must be 64 hex digits (the SHA-256 printed by `serve`)")?;
+            Ok(ServerTrust::Fingerprint(pin))
+        }
+        (None, Some(ca)) => Ok(ServerTrust::CaFile(ca.to_path_buf())),
+        _ => bail!("say how to trust the gateway: --fingerprint HEX or --ca FILE"),
+    }
+}
+
+/// Sends a file or directory and writes the signed manifest and receipt.
+pub async fn send(args: SendArgs) -> Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), None) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        _ => bail!("no tenant token: set TRACKSHIFT_TOKEN or pass --token-file"),
+    };
+    let mut cfg = SendConfig::new(
+        args.to,
+        trust(args.fingerprint.as_deref(), args.ca.as_deref())?,
+        token,
+        &args.dest,
+    );
+    cfg.server_name = args.server_name.clone();
+    cfg.chunk_size = args.chunk_size;
+    cfg.in_flight_bytes = args.in_flight;
+    cfg.job_id = args.job_id.clone();
+    cfg.pq_only = args.pq_only;
+    let report = send_with_progress(&args.path, &cfg).await?;
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("trackshift-receipts").join(&report.job_id));
+    let (manifest, receipt) = write_documents(&out_dir, &report)?;
+    println!(
+        "sent {} bytes in {:.2} s ({:.2} Gbit/s), job {}",
+        report.bytes,
+        report.elapsed.as_secs_f64(),
+        gbps(report.bytes, report.elapsed),
+        report.job_id
+    );
+    println!("manifest: {}", manifest.display());
+    println!("receipt:  {}", receipt.display());
+    Ok(())
+}
+
+/// Writes `manifest.json` and `receipt.json` of a finished send into `dir`.
+pub fn write_documents(dir: &Path, report: &SendReport) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let m = dir.join("manifest.json");
+    let r = dir.join("receipt.json");
+    crate::write_doc(&m, report.manifest.trim_end())?;
+    crate::write_doc(&r, report.receipt.trim_end())?;
+    Ok((m, r))
+}
+
+/// Bits per second in Gbit/s.
+pub fn gbps(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 * 8.0 / elapsed.as_secs_f64().max(1e-9) / 1e9
+}
+
+/// Runs a send with a progress bar on a terminal, plain lines every few seconds otherwise.
+pub async fn send_with_progress(path: &Path, cfg: &SendConfig) -> Result<SendReport> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let last_line = std::sync::Mutex::new(Instant::now());
+    let progress = |p: Progress| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.acked_bytes);
+        } else {
+            let mut last = last_line.lock().expect("progress lock");
+            if last.elapsed() >= Duration::from_secs(2) || p.acked_bytes == p.total_bytes {
+                *last = Instant::now();
+                eprintln!(
+                    "progress: {}/{} bytes, {:.2} Gbit/s",
+                    p.acked_bytes,
+                    p.total_bytes,
+                    gbps(p.acked_bytes, p.elapsed)
+                );
+            }
+        }
+    };
+    let result = send_path(path, cfg, progress).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    Ok(result?)
+}
