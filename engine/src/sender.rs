@@ -49,6 +49,9 @@ pub enum SendError {
     /// Endpoint set-up.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    /// A source file could not be read during the send (removed, truncated, I/O error).
+    #[error("reading the source: {0}")]
+    SourceRead(String),
     /// Gave up after repeated connection failures.
     #[error("gave up after {attempts} connection attempts; last error: {last}")]
     GaveUp {
@@ -276,6 +279,7 @@ enum Event {
     ControlClosed(String),
     Sent(ChunkRef, Hash32),
     SendFailed(String),
+    SourceFailed(String),
 }
 
 async fn session(
@@ -396,6 +400,13 @@ async fn session(
                     }
                     Event::Sent(c, h) => job.set_hash(c, h),
                     Event::SendFailed(e) | Event::ControlClosed(e) => return Err(SendError::Connection(e)),
+                    Event::SourceFailed(e) => {
+                        let _ = send.write_all(&protocol::encode_frame(&ClientFrame::CancelJob {
+                            handle: handle.unwrap_or(u32::MAX),
+                            reason: "source unreadable".into(),
+                        })).await;
+                        return Err(SendError::SourceRead(e));
+                    }
                 }
             }
         }
@@ -474,8 +485,14 @@ fn spawn_chunk(
                 Ok((Bytes::from(buf), hash))
             })
             .await
-            .map_err(|e| e.to_string())??;
-            let (data, hash) = read;
+            .map_err(|e| e.to_string())?;
+            let (data, hash) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = events.send(Event::SourceFailed(e));
+                    return Ok(());
+                }
+            };
             // Report the hash before the data leaves, so it is recorded before any ack.
             let _ = events.send(Event::Sent(c, hash));
             let header = ChunkHeader {

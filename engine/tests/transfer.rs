@@ -1,0 +1,440 @@
+//! End-to-end transfers over real QUIC connections on 127.0.0.1: correctness, the
+//! post-quantum key exchange, authentication, corrupt chunks, dropped connections, gateway
+//! restarts and destination failures.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rustls::crypto::aws_lc_rs;
+use trackshift_crypto::{Manifest, Receipt, Signable as _};
+use trackshift_engine::gateway::{Gateway, GatewayConfig, add_tenant};
+use trackshift_engine::sender::{SendConfig, SendError, SendReport, send_path};
+use trackshift_engine::tls::ServerTrust;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Running {
+    gateway: Arc<Gateway>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(data: &Path, pq_only: bool) -> Self {
+        add_tenant(data, "acme", TOKEN).unwrap();
+        let mut cfg = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), data);
+        cfg.pq_only = pq_only;
+        let gateway = Arc::new(Gateway::bind(cfg).await.unwrap());
+        let g = gateway.clone();
+        let task = tokio::spawn(async move { g.serve().await });
+        Self { gateway, task }
+    }
+
+    fn send_config(&self, dest: &Path) -> SendConfig {
+        let mut cfg = SendConfig::new(
+            self.gateway.local_addr(),
+            ServerTrust::fingerprint(&self.gateway.fingerprint()).unwrap(),
+            TOKEN,
+            format!("file://{}", dest.display()),
+        );
+        cfg.chunk_size = 64 << 10;
+        cfg.in_flight_bytes = 1 << 20;
+        cfg.max_reconnects = 5;
+        cfg
+    }
+
+    async fn stop(self) {
+        self.gateway.close();
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A deterministic source tree: an empty file, a small one, a nested multi-chunk one.
+fn make_source(root: &Path, big: usize) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("nested/deeper")).unwrap();
+    fs::write(src.join("empty.txt"), b"").unwrap();
+    fs::write(src.join("hello.txt"), b"hello, trackshift\n").unwrap();
+    let data: Vec<u8> = (0..big).map(|i| (i * 31 + i / 977) as u8).collect();
+    fs::write(src.join("nested/deeper/big.bin"), data).unwrap();
+    src
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    for rel in ["empty.txt", "hello.txt", "nested/deeper/big.bin"] {
+        assert_eq!(
+            fs::read(a.join(rel)).unwrap(),
+            fs::read(b.join(rel)).unwrap(),
+            "{rel} differs"
+        );
+    }
+    let leftovers: Vec<_> = walk(b)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tspart"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn check_documents(running: &Running, report: &SendReport, src_bytes: u64) {
+    let ring = running.gateway.public_keyring().unwrap();
+    let manifest = Manifest::from_json(report.manifest.as_bytes()).unwrap();
+    manifest.verify_signature(&ring).unwrap();
+    assert_eq!(manifest.total_bytes(), src_bytes);
+    assert_eq!(manifest.tenant, "acme");
+    let receipt = Receipt::from_json(report.receipt.as_bytes()).unwrap();
+    receipt.verify(&ring, Some(&manifest)).unwrap();
+    assert_eq!(receipt.bytes, src_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_a_tree_bit_identical_with_signed_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 1_000_003);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let report = send_path(&src, &gw.send_config(&dest), |_| {})
+        .await
+        .unwrap();
+    assert_same_tree(&src, &dest);
+    check_documents(&gw, &report, 1_000_003 + 18);
+    assert_eq!(report.reconnects, 0);
+    // Stored with the job at the gateway.
+    let job_dir = tmp.path().join("gw/jobs/acme").join(&report.job_id);
+    assert_eq!(
+        fs::read_to_string(job_dir.join("manifest.json")).unwrap(),
+        report.manifest
+    );
+    assert_eq!(
+        fs::read_to_string(job_dir.join("receipt.json")).unwrap(),
+        report.receipt
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_jobs_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 300_000);
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let dest = tmp.path().join(format!("dest{i}"));
+        fs::create_dir(&dest).unwrap();
+        let cfg = gw.send_config(&dest);
+        let src = src.clone();
+        tasks.push(tokio::spawn(async move {
+            send_path(&src, &cfg, |_| {}).await.map(|_| dest)
+        }));
+    }
+    for t in tasks {
+        let dest = t.await.unwrap().unwrap();
+        assert_same_tree(&src, &dest);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pq_only_sender_connects_to_the_gateway() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 10_000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    // Both ends offer only X25519MLKEM768.
+    let gw = Running::start(&tmp.path().join("gw"), true).await;
+    let mut cfg = gw.send_config(&dest);
+    cfg.pq_only = true;
+    send_path(&src, &cfg, |_| {}).await.unwrap();
+    assert_same_tree(&src, &dest);
+    gw.stop().await;
+}
+
+/// Connects with a client whose only key-exchange group is `group`.
+async fn handshake_with_group(
+    gw: &Running,
+    ca: &Path,
+    group: &'static dyn rustls::crypto::SupportedKxGroup,
+) -> Result<(), String> {
+    let mut provider = aws_lc_rs::default_provider();
+    provider.kx_groups = vec![group];
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![trackshift_engine::transport::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let result = match ep
+        .connect(gw.gateway.local_addr(), "localhost")
+        .unwrap()
+        .await
+    {
+        Ok(conn) => {
+            conn.close(0u32.into(), b"bye");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    ep.wait_idle().await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pq_only_gateway_refuses_classical_only_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("gw");
+    let ca = data.join("tls/ca.pem");
+    let gw = Running::start(&data, true).await;
+    handshake_with_group(&gw, &ca, aws_lc_rs::kx_group::X25519MLKEM768)
+        .await
+        .expect("a client offering only X25519MLKEM768 connects");
+    let err = handshake_with_group(&gw, &ca, aws_lc_rs::kx_group::X25519)
+        .await
+        .expect_err("a classical-only client must be refused");
+    assert!(
+        err.to_lowercase().contains("handshake") || err.contains("failure"),
+        "{err}"
+    );
+    gw.stop().await;
+
+    // The same classical client is accepted by a gateway that is not PQ-only: the refusal
+    // above is the key exchange policy, not something else.
+    let data2 = tmp.path().join("gw2");
+    let gw2 = Running::start(&data2, false).await;
+    handshake_with_group(&gw2, &data2.join("tls/ca.pem"), aws_lc_rs::kx_group::X25519)
+        .await
+        .unwrap();
+    gw2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_pins_the_gateway_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 1000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let mut cfg = gw.send_config(&dest);
+    cfg.trust = ServerTrust::Fingerprint([7u8; 32]);
+    cfg.max_reconnects = 0;
+    let err = send_path(&src, &cfg, |_| {}).await.unwrap_err();
+    assert!(matches!(err, SendError::GaveUp { .. }), "{err}");
+    assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    // A CA file works too (the gateway's generated CA).
+    cfg.trust = ServerTrust::CaFile(tmp.path().join("gw/tls/ca.pem"));
+    send_path(&src, &cfg, |_| {}).await.unwrap();
+    assert_same_tree(&src, &dest);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_token_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 1000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let mut cfg = gw.send_config(&dest);
+    cfg.token = "not-a-valid-token".into();
+    let err = send_path(&src, &cfg, |_| {}).await.unwrap_err();
+    match &err {
+        SendError::Refused(reason) => {
+            assert!(reason.contains("unknown tenant"), "{reason}");
+            assert!(
+                !reason.contains("not-a-valid-token"),
+                "token echoed: {reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunk_is_rejected_and_sent_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 500_000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let cfg = gw.send_config(&dest);
+    cfg.faults.corrupt_first_chunk.store(true, Ordering::SeqCst);
+    let report = send_path(&src, &cfg, |_| {}).await.unwrap();
+    assert!(
+        !cfg.faults.corrupt_first_chunk.load(Ordering::SeqCst),
+        "fault fired"
+    );
+    // 500_000 / 64 KiB = 8 chunks + 1 + 1 (empty file) = 10 chunks; one was resent.
+    let manifest = Manifest::from_json(report.manifest.as_bytes()).unwrap();
+    let chunks: u64 = manifest.files.iter().map(|f| f.chunks.len() as u64).sum();
+    assert_eq!(report.chunks_sent, chunks + 1);
+    assert_same_tree(&src, &dest);
+    check_documents(&gw, &report, 500_018);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_resumes_without_losing_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 4_000_000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let cfg = gw.send_config(&dest);
+    *cfg.faults.drop_connection_after.lock().unwrap() = Some(20);
+    let report = send_path(&src, &cfg, |_| {}).await.unwrap();
+    assert!(
+        report.reconnects >= 1,
+        "the connection was dropped and resumed"
+    );
+    assert_same_tree(&src, &dest);
+    check_documents(&gw, &report, 4_000_018);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restart_resumes_sending_only_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 4_000_000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let data = tmp.path().join("gw");
+    let gw = Running::start(&data, false).await;
+    let mut cfg = gw.send_config(&dest);
+    cfg.job_id = Some("resume-job".into());
+    cfg.max_reconnects = 0;
+    *cfg.faults.drop_connection_after.lock().unwrap() = Some(30);
+    let err = send_path(&src, &cfg, |_| {}).await.unwrap_err();
+    assert!(matches!(err, SendError::GaveUp { .. }), "{err}");
+    let log = fs::metadata(data.join("jobs/acme/resume-job/chunks.log"))
+        .unwrap()
+        .len();
+    assert!(log > 0, "some chunks were made durable before the cut");
+    assert!(
+        !dest.join("nested/deeper/big.bin").exists(),
+        "no partial file under the final name"
+    );
+    gw.stop().await;
+
+    // A new gateway process on the same data directory; same job id.
+    let gw = Running::start(&data, false).await;
+    let mut cfg2 = gw.send_config(&dest);
+    cfg2.job_id = Some("resume-job".into());
+    let report = send_path(&src, &cfg2, |_| {}).await.unwrap();
+    let total_chunks = 4_000_000u64.div_ceil(64 << 10) + 2;
+    assert!(
+        report.chunks_sent < total_chunks,
+        "only missing chunks are sent again ({} of {total_chunks})",
+        report.chunks_sent
+    );
+    assert_same_tree(&src, &dest);
+    check_documents(&gw, &report, 4_000_018);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_destination_fails_the_job_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 1000);
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let dest = tmp.path().join("no-such-dir");
+    let err = send_path(&src, &gw.send_config(&dest), |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        SendError::JobFailed { reason, permanent } => {
+            assert!(*permanent);
+            assert!(reason.contains("no-such-dir"), "{reason}");
+        }
+        other => panic!("expected a job failure, got {other}"),
+    }
+    assert!(!dest.exists());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_source_fails_without_retrying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = send_path(
+        &tmp.path().join("missing"),
+        &SendConfig::new(
+            "127.0.0.1:9".parse().unwrap(),
+            ServerTrust::Fingerprint([0; 32]),
+            TOKEN,
+            "file:///tmp",
+        ),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SendError::Source(_)), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_the_stream_and_the_gateway_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("gw");
+    let gw = Running::start(&data, false).await;
+    let trust = ServerTrust::CaFile(data.join("tls/ca.pem"));
+    let ep = trackshift_engine::transport::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &trust,
+        false,
+    )
+    .unwrap();
+    for garbage in [
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], // absurd length prefix
+        vec![0, 0, 0, 3, 0xde, 0xad, 0xbe],    // undecodable body
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ] {
+        let conn = trackshift_engine::transport::connect(&ep, gw.gateway.local_addr(), "localhost")
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&garbage).await.unwrap();
+        let _ = send.finish();
+        // The gateway closes the connection instead of waiting for more.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let _ = recv.read_to_end(1 << 20).await;
+            conn.closed().await
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "gateway did not close a connection sending {garbage:?}"
+        );
+    }
+    // Still serving.
+    let src = make_source(tmp.path(), 1000);
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    send_path(&src, &gw.send_config(&dest), |_| {})
+        .await
+        .unwrap();
+    assert_same_tree(&src, &dest);
+    gw.stop().await;
+}
