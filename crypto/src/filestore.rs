@@ -89,14 +89,16 @@ impl FileKeyStore {
         &self.dir
     }
 
-    /// Retires the active key of `purpose` (its window ends at `now`) and makes a new key
-    /// active from `now`. Returns the new key's id. Documents signed by the old key keep
-    /// verifying.
+    /// Retires the active key of `purpose` and makes a new key active from `now`. Returns
+    /// the new key's id. Documents signed by the old key keep verifying: its window ends at
+    /// the end of the current second (`now + 1 s`, exclusive), because signing times have
+    /// whole-second resolution and a document signed earlier in this second carries
+    /// `signed_at = now`.
     pub fn rotate(&mut self, purpose: Purpose, now: Timestamp) -> Result<KeyId> {
         for k in &mut self.ring.keys {
             if k.purpose == purpose && k.status == KeyStatus::Active {
                 k.status = KeyStatus::Retired;
-                k.not_after = Some(now);
+                k.not_after = Some(Timestamp::from_unix(now.unix().saturating_add(1)));
             }
         }
         let id = self.add_new_key(purpose, now)?;

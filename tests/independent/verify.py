@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Independent verifier for Trackshift manifests and receipts.
+
+Written from docs/FORMATS.md alone: it shares no code with Trackshift and uses third-party
+implementations of ML-DSA-65 (dilithium-py), Ed25519 (cryptography), BLAKE3 (blake3) and
+SHA-256 (hashlib). BLAKE3 chunk chaining values (FORMATS.md 4.3), which the blake3 package
+does not expose, are computed with the small pure-Python BLAKE3 compression below.
+
+Usage:
+  verify.py --public-keys KEYS.json [--manifest M.json] [--data DIR] FILE...
+
+Exit status: 0 when every FILE verifies, 1 when any is rejected, 2 on usage errors.
+"""
+
+import argparse
+import base64
+import datetime
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+
+import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from dilithium_py.ml_dsa import ML_DSA_65
+
+
+class Rejected(Exception):
+    """The document does not verify."""
+
+
+# ---------------------------------------------------------------- BLAKE3 (spec section 2)
+
+IV = [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19]
+PERM = [2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8]
+CHUNK_START, CHUNK_END, PARENT, ROOT = 1, 2, 4, 8
+M32 = 0xFFFFFFFF
+
+
+def _g(s, a, b, c, d, x, y):
+    s[a] = (s[a] + s[b] + x) & M32
+    s[d] = ((s[d] ^ s[a]) >> 16 | (s[d] ^ s[a]) << 16) & M32
+    s[c] = (s[c] + s[d]) & M32
+    s[b] = ((s[b] ^ s[c]) >> 12 | (s[b] ^ s[c]) << 20) & M32
+    s[a] = (s[a] + s[b] + y) & M32
+    s[d] = ((s[d] ^ s[a]) >> 8 | (s[d] ^ s[a]) << 24) & M32
+    s[c] = (s[c] + s[d]) & M32
+    s[b] = ((s[b] ^ s[c]) >> 7 | (s[b] ^ s[c]) << 25) & M32
+
+
+def compress(cv, block, counter, block_len, flags):
+    m = list(struct.unpack("<16I", block))
+    s = list(cv) + IV[:4] + [counter & M32, (counter >> 32) & M32, block_len, flags]
+    for r in range(7):
+        _g(s, 0, 4, 8, 12, m[0], m[1])
+        _g(s, 1, 5, 9, 13, m[2], m[3])
+        _g(s, 2, 6, 10, 14, m[4], m[5])
+        _g(s, 3, 7, 11, 15, m[6], m[7])
+        _g(s, 0, 5, 10, 15, m[8], m[9])
+        _g(s, 1, 6, 11, 12, m[10], m[11])
+        _g(s, 2, 7, 8, 13, m[12], m[13])
+        _g(s, 3, 4, 9, 14, m[14], m[15])
+        if r < 6:
+            m = [m[i] for i in PERM]
+    return [s[i] ^ s[i + 8] for i in range(8)]
+
+
+def words(b):
+    return list(struct.unpack("<8I", b))
+
+
+def to_bytes(w):
+    return struct.pack("<8I", *w)
+
+
+def chunk_cv(data, counter):
+    """Chaining value of one 1024-byte BLAKE3 chunk (non-root)."""
+    cv = IV
+    blocks = [data[i:i + 64] for i in range(0, len(data), 64)] or [b""]
+    for i, blk in enumerate(blocks):
+        flags = (CHUNK_START if i == 0 else 0) | (CHUNK_END if i == len(blocks) - 1 else 0)
+        cv = compress(cv, blk.ljust(64, b"\0"), counter, len(blk), flags)
+    return cv
+
+
+def parent_cv(left, right, root=False):
+    return compress(IV, to_bytes(left) + to_bytes(right), 0, 64, PARENT | (ROOT if root else 0))
+
+
+def merge(cvs, root):
+    """Merges subtree chaining values: the left part holds the largest power of two below n."""
+    if len(cvs) == 1:
+        return cvs[0]
+    split = 1
+    while split * 2 < len(cvs):
+        split *= 2
+    return parent_cv(merge(cvs[:split], False), merge(cvs[split:], False), root)
+
+
+def subtree_cv(data, offset):
+    """BLAKE3 chaining value (non-root) of `data` placed at byte `offset` of a file."""
+    counter = offset // 1024
+    cvs = [chunk_cv(data[i:i + 1024], counter + k) for k, i in enumerate(range(0, len(data), 1024))]
+    return merge(cvs, False)
+
+
+def merge_to_root(chunk_hashes):
+    return to_bytes(merge([words(h) for h in chunk_hashes], True))
+
+
+# ---------------------------------------------------------------- canonical encoding (1.1)
+
+def u32(n):
+    return struct.pack(">I", n)
+
+
+def u64(n):
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 2**64:
+        raise Rejected(f"not a u64: {n!r}")
+    return struct.pack(">Q", n)
+
+
+def s(text):
+    b = text.encode("utf-8")
+    return u32(len(b)) + b
+
+
+def hsh(text):
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise Rejected(f"not a hash: {text!r}")
+    return bytes.fromhex(text)
+
+
+def ts_seconds(text):
+    if not isinstance(text, str):
+        raise Rejected(f"not a timestamp: {text!r}")
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(Z|[+-]\d\d:\d\d)", text)
+    if not m:
+        raise Rejected(f"not a whole-second RFC 3339 timestamp: {text!r}")
+    zone = "+00:00" if m.group(2) == "Z" else m.group(2)
+    t = datetime.datetime.fromisoformat(m.group(1) + zone)
+    secs = int(t.timestamp())
+    if secs < 0:
+        raise Rejected(f"timestamp before 1970: {text!r}")
+    return secs
+
+
+def ts(text):
+    return u64(ts_seconds(text))
+
+
+def opt(value, enc):
+    return b"\x00" if value is None else b"\x01" + enc(value)
+
+
+def lst(items, enc):
+    return u32(len(items)) + b"".join(enc(i) for i in items)
+
+
+def file_entry(f):
+    return s(f["path"]) + u64(f["size"]) + u64(f["chunk_size"]) + lst(f["chunks"], hsh) + hsh(f["blake3"])
+
+
+# ---------------------------------------------------------------- documents
+
+MANIFEST_FIELDS = {"format", "job_id", "tenant", "created_at", "source", "destinations", "files", "root_hash", "signature"}
+FILE_FIELDS = {"path", "size", "chunk_size", "chunks", "blake3"}
+RECEIPT_FIELDS = {"format", "job_id", "tenant", "manifest_hash", "destination", "bytes", "confirmation", "status",
+                  "detail", "correlation_id", "completed_at", "signature", "ledger_proof"}
+CONFIRMATION_FIELDS = {"size", "etag", "blake3"}
+SIGNATURE_FIELDS = {"algorithm", "key_id", "signed_at", "value"}
+KEY_FIELDS = {"id", "purpose", "algorithm", "public_key", "not_before", "not_after", "status", "revoked_at"}
+ALGORITHMS = {"ML-DSA-65": ("manifest", 1952, 3309), "Ed25519": ("receipt", 32, 64)}
+
+
+def closed(obj, allowed, what):
+    if not isinstance(obj, dict):
+        raise Rejected(f"{what} is not an object")
+    unknown = set(obj) - allowed
+    if unknown:
+        raise Rejected(f"{what} has unknown fields {sorted(unknown)}")
+
+
+def b64(text):
+    try:
+        return base64.b64decode(text, validate=True)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a rejection
+        raise Rejected(f"bad base64: {e}") from None
+
+
+def manifest_body(m):
+    return (s(m["job_id"]) + s(m["tenant"]) + ts(m["created_at"]) + s(m["source"])
+            + lst(m["destinations"], s) + lst(m["files"], file_entry) + hsh(m["root_hash"]))
+
+
+def receipt_body(r):
+    c = r["confirmation"]
+    return (s(r["job_id"]) + s(r["tenant"]) + hsh(r["manifest_hash"]) + s(r["destination"]) + u64(r["bytes"])
+            + u64(c["size"]) + opt(c.get("etag"), s) + opt(c.get("blake3"), hsh) + s(r["status"])
+            + opt(r.get("detail"), s) + opt(r.get("correlation_id"), s) + ts(r["completed_at"]))
+
+
+def signed_parts(doc, body):
+    sig = doc.get("signature")
+    if sig is None:
+        raise Rejected("unsigned")
+    closed(sig, SIGNATURE_FIELDS, "signature")
+    message = s(doc["format"]) + s(sig["algorithm"]) + hsh(sig["key_id"]) + ts(sig["signed_at"]) + body
+    value = b64(sig["value"])
+    return sig, message, value
+
+
+def document_hash(doc, body):
+    _, message, value = signed_parts(doc, body)
+    return blake3.blake3(message + u32(len(value)) + value).digest()
+
+
+def load_keys(path):
+    with open(path, "rb") as fh:
+        ring = json.load(fh)
+    closed(ring, {"format", "keys"}, "public key file")
+    if ring.get("format") != "trackshift.public-keys.v1":
+        raise Rejected("public key file: unknown format")
+    keys, active = {}, set()
+    for k in ring["keys"]:
+        closed(k, KEY_FIELDS, "key")
+        alg = k["algorithm"]
+        if alg not in ALGORITHMS or ALGORITHMS[alg][0] != k["purpose"]:
+            raise Rejected(f"key {k['id']}: purpose/algorithm mismatch")
+        pk = b64(k["public_key"])
+        if len(pk) != ALGORITHMS[alg][1]:
+            raise Rejected(f"key {k['id']}: wrong public key length")
+        if hashlib.sha256(pk).hexdigest() != k["id"]:
+            raise Rejected(f"key {k['id']}: id is not SHA-256 of the public key")
+        if k["id"] in keys:
+            raise Rejected(f"key {k['id']}: duplicate id")
+        if k["status"] not in ("active", "retired", "revoked"):
+            raise Rejected(f"key {k['id']}: unknown status")
+        if (k["status"] == "revoked") != (k.get("revoked_at") is not None):
+            raise Rejected(f"key {k['id']}: revoked_at must be present exactly when revoked")
+        if k["status"] == "active":
+            if k["purpose"] in active:
+                raise Rejected(f"two active {k['purpose']} keys")
+            active.add(k["purpose"])
+        nb = ts_seconds(k["not_before"])
+        na = ts_seconds(k["not_after"]) if k.get("not_after") is not None else None
+        if na is not None and na < nb:
+            raise Rejected(f"key {k['id']}: not_after before not_before")
+        keys[k["id"]] = {**k, "pk": pk, "nb": nb, "na": na}
+    return keys
+
+
+def check_signature(doc, body, purpose, keys):
+    sig, message, value = signed_parts(doc, body)
+    key = keys.get(sig["key_id"])
+    if key is None:
+        raise Rejected("unknown key")
+    if key["purpose"] != purpose:
+        raise Rejected(f"key is for {key['purpose']}s, not {purpose}s")
+    if key["status"] == "revoked":
+        raise Rejected("key is revoked")
+    at = ts_seconds(sig["signed_at"])
+    if at < key["nb"] or (key["na"] is not None and at >= key["na"]):
+        raise Rejected("signed outside the key's validity window")
+    if sig["algorithm"] != key["algorithm"]:
+        raise Rejected("algorithm does not match the key")
+    if len(value) != ALGORITHMS[key["algorithm"]][2]:
+        raise Rejected("wrong signature length")
+    if key["algorithm"] == "ML-DSA-65":
+        ok = ML_DSA_65.verify(key["pk"], message, value, ctx=b"")
+    else:
+        try:
+            Ed25519PublicKey.from_public_bytes(key["pk"]).verify(value, message)
+            ok = True
+        except InvalidSignature:
+            ok = False
+    if not ok:
+        raise Rejected("bad signature")
+
+
+def check_path(p):
+    b = p.encode("utf-8") if isinstance(p, str) else b""
+    if not 1 <= len(b) <= 4096 or p.startswith("/") or "\0" in p or "\\" in p:
+        return False
+    return all(c not in ("", ".", "..") for c in p.split("/"))
+
+
+def check_manifest(m):
+    closed(m, MANIFEST_FIELDS, "manifest")
+    if m.get("format") != "trackshift.manifest.v1":
+        raise Rejected("not a trackshift.manifest.v1")
+    if not m["job_id"] or not m["tenant"]:
+        raise Rejected("empty job_id or tenant")
+    paths = []
+    for f in m["files"]:
+        closed(f, FILE_FIELDS, "file")
+        if not check_path(f["path"]):
+            raise Rejected(f"unsafe path {f['path']!r}")
+        paths.append(f["path"])
+        cs, size = f["chunk_size"], f["size"]
+        if cs < 1024 or cs > 2**30 or cs & (cs - 1):
+            raise Rejected(f"{f['path']}: bad chunk size")
+        n = max(1, -(-size // cs))
+        if len(f["chunks"]) != n:
+            raise Rejected(f"{f['path']}: {len(f['chunks'])} chunk hashes, expected {n}")
+        chunks = [hsh(c) for c in f["chunks"]]
+        whole = hsh(f["blake3"])
+        if (chunks[0] if n == 1 else merge_to_root(chunks)) != whole:
+            raise Rejected(f"{f['path']}: chunk hashes do not merge to the file hash")
+    encoded = [p.encode("utf-8") for p in paths]
+    if encoded != sorted(encoded) or len(set(encoded)) != len(encoded):
+        raise Rejected("paths not sorted or not unique")
+    as_dirs = {p + b"/" for p in encoded}
+    for p in encoded:
+        for i in range(len(p)):
+            if p[i:i + 1] == b"/" and p[:i + 1] in as_dirs:
+                raise Rejected("a path is also a directory of another")
+    root = blake3.blake3(s("trackshift.manifest.files.v1") + lst(m["files"], file_entry)).digest()
+    if root != hsh(m["root_hash"]):
+        raise Rejected("root_hash mismatch")
+
+
+def check_receipt(r):
+    closed(r, RECEIPT_FIELDS, "receipt")
+    closed(r["confirmation"], CONFIRMATION_FIELDS, "confirmation")
+    if r.get("format") != "trackshift.receipt.v1":
+        raise Rejected("not a trackshift.receipt.v1")
+    if not r["job_id"] or not r["tenant"] or not r["destination"]:
+        raise Rejected("empty job_id, tenant or destination")
+    if r["status"] not in ("confirmed", "unconfirmed", "failed"):
+        raise Rejected("unknown status")
+    if r["status"] == "failed" and r.get("detail") is None:
+        raise Rejected("failed receipt without detail")
+    if r["status"] == "confirmed" and r["confirmation"]["size"] != r["bytes"]:
+        raise Rejected("confirmed size differs from bytes")
+    if r.get("ledger_proof") is not None:
+        raise Rejected("carries a ledger proof this verifier cannot check")
+
+
+def check_binding(r, m):
+    if document_hash(m, manifest_body(m)).hex() != r["manifest_hash"]:
+        raise Rejected("manifest_hash does not match the manifest")
+    if r["job_id"] != m["job_id"] or r["tenant"] != m["tenant"]:
+        raise Rejected("job or tenant differs from the manifest")
+    if r["status"] == "confirmed":
+        if r["bytes"] != sum(f["size"] for f in m["files"]):
+            raise Rejected("bytes differ from the manifest")
+        b3 = r["confirmation"].get("blake3")
+        if b3 is not None and b3 != m["root_hash"]:
+            raise Rejected("confirmation.blake3 differs from root_hash")
+
+
+def check_data(m, root):
+    for f in m["files"]:
+        path = os.path.join(root, *f["path"].split("/"))
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if len(data) != f["size"]:
+            raise Rejected(f"{f['path']}: size {len(data)}, expected {f['size']}")
+        if blake3.blake3(data).hexdigest() != f["blake3"]:
+            raise Rejected(f"{f['path']}: BLAKE3 mismatch")
+        cs = f["chunk_size"]
+        if len(f["chunks"]) > 1:
+            for i, expected in enumerate(f["chunks"]):
+                cv = to_bytes(subtree_cv(data[i * cs:(i + 1) * cs], i * cs))
+                if cv.hex() != expected:
+                    raise Rejected(f"{f['path']}: chunk {i} mismatch")
+
+
+def verify_file(path, keys, manifest_path, data_dir):
+    with open(path, "rb") as fh:
+        doc = json.load(fh)
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == "trackshift.manifest.v1":
+        check_signature(doc, manifest_body(doc), "manifest", keys)
+        check_manifest(doc)
+        if data_dir:
+            check_data(doc, data_dir)
+        return "manifest"
+    if kind == "trackshift.receipt.v1":
+        check_signature(doc, receipt_body(doc), "receipt", keys)
+        check_receipt(doc)
+        if manifest_path:
+            with open(manifest_path, "rb") as fh:
+                m = json.load(fh)
+            check_signature(m, manifest_body(m), "manifest", keys)
+            check_manifest(m)
+            check_binding(doc, m)
+        return "receipt"
+    raise Rejected(f"unknown format {kind!r}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--public-keys", required=True)
+    ap.add_argument("--manifest")
+    ap.add_argument("--data")
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args()
+    try:
+        keys = load_keys(args.public_keys)
+    except (Rejected, KeyError, TypeError, ValueError, OSError) as e:
+        print(f"REJECTED {args.public_keys}: {e}")
+        return 1
+    bad = 0
+    for path in args.files:
+        try:
+            kind = verify_file(path, keys, args.manifest, args.data)
+            print(f"OK {path}: {kind} verified")
+        except (Rejected, KeyError, TypeError, ValueError, OSError) as e:
+            # KeyError/TypeError: a required field is missing or of the wrong type.
+            print(f"REJECTED {path}: {type(e).__name__}: {e}")
+            bad += 1
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
