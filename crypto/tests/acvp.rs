@@ -27,8 +27,14 @@ struct KeyGenCase {
     sk: String,
 }
 
-fn cases() -> Vec<(u32, [u8; 32], Vec<u8>, Vec<u8>)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/acvp/ML-DSA-65-keyGen.json");
+/// One keyGen case: (tcId, seed ξ, expected pk, expected sk).
+type Case = (u32, [u8; 32], Vec<u8>, Vec<u8>);
+
+fn cases() -> Vec<Case> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/acvp/ML-DSA-65-keyGen.json"
+    );
     let file: KeyGenFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(file.parameter_set, "ML-DSA-65");
     let cases: Vec<_> = file
@@ -36,10 +42,18 @@ fn cases() -> Vec<(u32, [u8; 32], Vec<u8>, Vec<u8>)> {
         .into_iter()
         .map(|t| {
             let seed: [u8; 32] = hex::decode(&t.seed).unwrap().try_into().unwrap();
-            (t.tc_id, seed, hex::decode(&t.pk).unwrap(), hex::decode(&t.sk).unwrap())
+            (
+                t.tc_id,
+                seed,
+                hex::decode(&t.pk).unwrap(),
+                hex::decode(&t.sk).unwrap(),
+            )
         })
         .collect();
-    assert!(cases.len() >= 10, "the vector file must hold at least 10 cases");
+    assert!(
+        cases.len() >= 10,
+        "the vector file must hold at least 10 cases"
+    );
     cases
 }
 
@@ -58,8 +72,16 @@ fn aws_lc_rs_key_generation_matches_nist_vectors() {
 fn rustcrypto_ml_dsa_key_generation_matches_nist_vectors() {
     for (tc, seed, pk, sk) in cases() {
         let key = SigningKey::<MlDsa65>::from_seed(&seed.into());
-        assert_eq!(key.expanded_key().verifying_key().encode().as_slice(), &pk[..], "tcId {tc}: public key");
-        assert_eq!(key.expanded_key().to_expanded().as_slice(), &sk[..], "tcId {tc}: secret key");
+        assert_eq!(
+            key.expanded_key().verifying_key().encode().as_slice(),
+            &pk[..],
+            "tcId {tc}: public key"
+        );
+        assert_eq!(
+            key.expanded_key().to_expanded().as_slice(),
+            &sk[..],
+            "tcId {tc}: secret key"
+        );
     }
 }
 
@@ -84,17 +106,28 @@ fn signatures_cross_verify_between_implementations_on_vector_keys() {
         assert_eq!(n, 3309);
         let vk = VerifyingKey::<MlDsa65>::decode(&pk[..].try_into().unwrap());
         let parsed = Signature::<MlDsa65>::try_from(&sig[..]).unwrap();
-        assert!(vk.verify_with_context(&msg, b"", &parsed), "tcId {tc}: aws-lc → ml-dsa");
+        assert!(
+            vk.verify_with_context(&msg, b"", &parsed),
+            "tcId {tc}: aws-lc → ml-dsa"
+        );
         assert!(!vk.verify_with_context(b"other message", b"", &parsed));
 
         // ml-dsa signs deterministically → aws-lc-rs verifies.
         let sk = SigningKey::<MlDsa65>::from_seed(&seed.into());
-        let sig2 = sk.expanded_key().sign_deterministic(&msg, b"").unwrap().encode();
+        let sig2 = sk
+            .expanded_key()
+            .sign_deterministic(&msg, b"")
+            .unwrap()
+            .encode();
         UnparsedPublicKey::new(&ML_DSA_65, &pk)
             .verify(&msg, sig2.as_slice())
             .unwrap_or_else(|_| panic!("tcId {tc}: ml-dsa → aws-lc"));
         let mut bad = sig2.as_slice().to_vec();
         bad[100] ^= 1;
-        assert!(UnparsedPublicKey::new(&ML_DSA_65, &pk).verify(&msg, &bad).is_err());
+        assert!(
+            UnparsedPublicKey::new(&ML_DSA_65, &pk)
+                .verify(&msg, &bad)
+                .is_err()
+        );
     }
 }
