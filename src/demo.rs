@@ -44,6 +44,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let data_dir = dir.join("gateway");
     let source = dir.join("source");
     let dest = dir.join("destination");
+    // A fresh destination each run, so the final check compares exactly this transfer.
+    if dest.exists() {
+        fs::remove_dir_all(&dest).with_context(|| format!("clearing {}", dest.display()))?;
+    }
     fs::create_dir_all(&dest)?;
     let public_keys = dir.join("public-keys.json");
 

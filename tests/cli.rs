@@ -1,0 +1,333 @@
+//! End-to-end tests of the `trackshift` binary: help text, key management, manifest
+//! signing and verification with their exit codes (0 valid, 1 rejected, 2 malformed),
+//! secrecy of key material, and the demo.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn ts() -> Command {
+    Command::cargo_bin("trackshift").unwrap()
+}
+
+fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = ts().args(args).current_dir(cwd).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+fn data_dir(root: &Path) {
+    fs::create_dir_all(root.join("data/sub/deeper")).unwrap();
+    fs::write(root.join("data/empty"), b"").unwrap();
+    fs::write(root.join("data/hello.txt"), b"hello\n").unwrap();
+    let big: Vec<u8> = (0..6000u32).map(|i| (i * 7) as u8).collect();
+    fs::write(root.join("data/sub/deeper/big.bin"), big).unwrap();
+}
+
+#[test]
+fn help_lists_the_commands() {
+    ts().arg("--help").assert().success().stdout(
+        predicate::str::contains("demo")
+            .and(predicate::str::contains("verify"))
+            .and(predicate::str::contains("keys")),
+    );
+    for sub in [
+        ["keys", "--help"],
+        ["manifest", "--help"],
+        ["verify", "--help"],
+        ["demo", "--help"],
+    ] {
+        ts().args(sub)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage"));
+    }
+    ts().arg("no-such-command").assert().code(2);
+}
+
+#[test]
+fn key_store_is_private_and_init_never_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, _, _) = run(&["keys", "init", "--dir", "keys"], tmp.path());
+    assert_eq!(code, 0);
+    let secret = tmp.path().join("keys/secret");
+    assert_eq!(
+        fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let before = fs::read(tmp.path().join("keys/keyring.json")).unwrap();
+    for e in fs::read_dir(&secret).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            p.display()
+        );
+    }
+    let (code, _, err) = run(&["keys", "init", "--dir", "keys"], tmp.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("keys"), "{err}");
+    assert_eq!(
+        fs::read(tmp.path().join("keys/keyring.json")).unwrap(),
+        before
+    );
+}
+
+fn seeds(keys: &Path) -> Vec<String> {
+    fs::read_dir(keys.join("secret"))
+        .unwrap()
+        .map(|e| {
+            let v: Value = serde_json::from_slice(&fs::read(e.unwrap().path()).unwrap()).unwrap();
+            v["seed"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn sign_and_verify_with_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    data_dir(dir);
+    let mut outputs = String::new();
+    let mut step = |args: &[&str], want: i32| {
+        let (code, out, err) = run(args, dir);
+        assert_eq!(code, want, "{args:?}\nstdout: {out}\nstderr: {err}");
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+        (out, err)
+    };
+    step(&["keys", "init", "--dir", "keys"], 0);
+    step(
+        &[
+            "manifest",
+            "create",
+            "data",
+            "--out",
+            "m1.json",
+            "--chunk-size",
+            "1KiB",
+            "--tenant",
+            "acme",
+        ],
+        0,
+    );
+    step(&["manifest", "sign", "m1.json", "--keys", "keys"], 0);
+    step(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            "keys",
+            "--out",
+            "pub.json",
+        ],
+        0,
+    );
+    step(&["verify", "m1.json", "--public-keys", "pub.json"], 0);
+    step(
+        &[
+            "verify",
+            "m1.json",
+            "--public-keys",
+            "pub.json",
+            "--data",
+            "data",
+        ],
+        0,
+    );
+
+    // One changed data byte.
+    fs::write(dir.join("data/hello.txt"), b"hellO\n").unwrap();
+    let (out, err) = step(
+        &[
+            "verify",
+            "m1.json",
+            "--public-keys",
+            "pub.json",
+            "--data",
+            "data",
+        ],
+        1,
+    );
+    assert!(format!("{out}{err}").contains("hello.txt"), "{out}{err}");
+    fs::write(dir.join("data/hello.txt"), b"hello\n").unwrap();
+
+    // Tampered content and signature.
+    let m: Value = serde_json::from_slice(&fs::read(dir.join("m1.json")).unwrap()).unwrap();
+    let mut t = m.clone();
+    t["tenant"] = "mallory".into();
+    fs::write(dir.join("t.json"), t.to_string()).unwrap();
+    step(&["verify", "t.json", "--public-keys", "pub.json"], 1);
+    let mut t = m.clone();
+    let sig = t["signature"]["value"].as_str().unwrap().to_string();
+    let flipped = format!(
+        "{}{}",
+        if sig.starts_with('A') { "B" } else { "A" },
+        &sig[1..]
+    );
+    t["signature"]["value"] = flipped.into();
+    fs::write(dir.join("t.json"), t.to_string()).unwrap();
+    step(&["verify", "t.json", "--public-keys", "pub.json"], 1);
+
+    // Rotation: both generations verify; revoking the old one rejects only its documents.
+    step(
+        &["keys", "rotate", "--dir", "keys", "--purpose", "manifest"],
+        0,
+    );
+    step(
+        &[
+            "manifest", "create", "data", "--out", "m2.json", "--keys", "keys",
+        ],
+        0,
+    );
+    step(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            "keys",
+            "--out",
+            "pub2.json",
+        ],
+        0,
+    );
+    step(&["verify", "m1.json", "--public-keys", "pub2.json"], 0);
+    step(&["verify", "m2.json", "--public-keys", "pub2.json"], 0);
+    let (list, _) = step(&["keys", "list", "--dir", "keys"], 0);
+    assert!(
+        list.contains("retired") && list.contains("active"),
+        "{list}"
+    );
+    let old = m["signature"]["key_id"].as_str().unwrap().to_string();
+    step(&["keys", "revoke", "--dir", "keys", "--key-id", &old], 0);
+    step(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            "keys",
+            "--out",
+            "pub3.json",
+        ],
+        0,
+    );
+    let (out, err) = step(&["verify", "m1.json", "--public-keys", "pub3.json"], 1);
+    assert!(format!("{out}{err}").contains("revoked"), "{out}{err}");
+    step(&["verify", "m2.json", "--public-keys", "pub3.json"], 0);
+
+    // Malformed input: exit 2 with a message, never a panic.
+    fs::write(dir.join("junk.json"), b"{not json").unwrap();
+    step(&["verify", "junk.json", "--public-keys", "pub3.json"], 2);
+    fs::write(
+        dir.join("trunc.json"),
+        &fs::read(dir.join("m2.json")).unwrap()[..200],
+    )
+    .unwrap();
+    step(&["verify", "trunc.json", "--public-keys", "pub3.json"], 2);
+    step(&["verify", "m2.json", "--public-keys", "junk.json"], 2);
+    let (_, err) = step(&["verify", "missing.json", "--public-keys", "pub3.json"], 2);
+    assert!(err.contains("missing.json"), "{err}");
+
+    // No command ever printed secret key material.
+    for seed in seeds(&dir.join("keys")) {
+        assert!(!outputs.contains(&seed), "a secret seed was printed");
+    }
+}
+
+#[test]
+fn readable_secret_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    data_dir(dir);
+    assert_eq!(run(&["keys", "init", "--dir", "keys"], dir).0, 0);
+    for e in fs::read_dir(dir.join("keys/secret")).unwrap() {
+        fs::set_permissions(e.unwrap().path(), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (code, out, err) = run(
+        &[
+            "manifest", "create", "data", "--out", "m.json", "--keys", "keys",
+        ],
+        dir,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("chmod") || err.contains("permission") || err.contains("readable"),
+        "{err}"
+    );
+    for seed in seeds(&dir.join("keys")) {
+        assert!(!out.contains(&seed) && !err.contains(&seed));
+    }
+}
+
+#[test]
+fn demo_runs_end_to_end_and_its_documents_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (code, out, err) = run(
+        &[
+            "demo",
+            "--dir",
+            "demo",
+            "--size",
+            "2MiB",
+            "--files",
+            "3",
+            "--chunk-size",
+            "64KiB",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("X25519MLKEM768"), "{out}");
+    let receipts = dir.join("demo/receipts");
+    let job = fs::read_dir(&receipts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (m, r) = (job.join("manifest.json"), job.join("receipt.json"));
+    let keys = dir.join("demo/public-keys.json");
+    let (code, _, err) = run(
+        &[
+            "verify",
+            r.to_str().unwrap(),
+            "--public-keys",
+            keys.to_str().unwrap(),
+            "--manifest",
+            m.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "verify",
+            m.to_str().unwrap(),
+            "--public-keys",
+            keys.to_str().unwrap(),
+            "--data",
+            dir.join("demo/destination").to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    // A second run in the same directory works too (the demo is repeatable).
+    assert_eq!(
+        run(
+            &["demo", "--dir", "demo", "--size", "1MiB", "--files", "2"],
+            dir
+        )
+        .0,
+        0
+    );
+}
