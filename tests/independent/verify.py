@@ -124,6 +124,8 @@ def u64(n):
 
 
 def s(text):
+    if not isinstance(text, str):
+        raise Rejected(f"not a string: {text!r}")
     b = text.encode("utf-8")
     return u32(len(b)) + b
 
@@ -137,11 +139,11 @@ def hsh(text):
 def ts_seconds(text):
     if not isinstance(text, str):
         raise Rejected(f"not a timestamp: {text!r}")
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(Z|[+-]\d\d:\d\d)", text)
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[Tt](\d\d:\d\d:\d\d)([Zz]|[+-]\d\d:\d\d)", text)
     if not m:
         raise Rejected(f"not a whole-second RFC 3339 timestamp: {text!r}")
-    zone = "+00:00" if m.group(2) == "Z" else m.group(2)
-    t = datetime.datetime.fromisoformat(m.group(1) + zone)
+    zone = "+00:00" if m.group(3) in ("Z", "z") else m.group(3)
+    t = datetime.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}{zone}")
     secs = int(t.timestamp())
     if secs < 0:
         raise Rejected(f"timestamp before 1970: {text!r}")
@@ -157,6 +159,8 @@ def opt(value, enc):
 
 
 def lst(items, enc):
+    if not isinstance(items, list):
+        raise Rejected(f"not a list: {items!r}")
     return u32(len(items)) + b"".join(enc(i) for i in items)
 
 
@@ -184,11 +188,35 @@ def closed(obj, allowed, what):
         raise Rejected(f"{what} has unknown fields {sorted(unknown)}")
 
 
+def no_duplicates(pairs):
+    """json object hook: a repeated name would let two readers see different values."""
+    obj = {}
+    for name, value in pairs:
+        if name in obj:
+            raise Rejected(f"duplicate field {name!r}")
+        obj[name] = value
+    return obj
+
+
+def bad_constant(name):
+    raise Rejected(f"not JSON: {name}")
+
+
+def load_json(path):
+    with open(path, "rb") as fh:
+        return json.loads(fh.read().decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=bad_constant)
+
+
 def b64(text):
+    if not isinstance(text, str):
+        raise Rejected(f"not base64: {text!r}")
     try:
-        return base64.b64decode(text, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except Exception as e:  # noqa: BLE001 - any decoding failure is a rejection
         raise Rejected(f"bad base64: {e}") from None
+    if base64.b64encode(raw).decode() != text:
+        raise Rejected("non-canonical base64 (padding or unused bits)")
+    return raw
 
 
 def manifest_body(m):
@@ -219,12 +247,13 @@ def document_hash(doc, body):
 
 
 def load_keys(path):
-    with open(path, "rb") as fh:
-        ring = json.load(fh)
+    ring = load_json(path)
     closed(ring, {"format", "keys"}, "public key file")
     if ring.get("format") != "trackshift.public-keys.v1":
         raise Rejected("public key file: unknown format")
     keys, active = {}, set()
+    if not isinstance(ring["keys"], list):
+        raise Rejected("public key file: keys is not a list")
     for k in ring["keys"]:
         closed(k, KEY_FIELDS, "key")
         alg = k["algorithm"]
@@ -241,6 +270,8 @@ def load_keys(path):
             raise Rejected(f"key {k['id']}: unknown status")
         if (k["status"] == "revoked") != (k.get("revoked_at") is not None):
             raise Rejected(f"key {k['id']}: revoked_at must be present exactly when revoked")
+        if k.get("revoked_at") is not None:
+            ts_seconds(k["revoked_at"])
         if k["status"] == "active":
             if k["purpose"] in active:
                 raise Rejected(f"two active {k['purpose']} keys")
@@ -272,17 +303,44 @@ def check_signature(doc, body, purpose, keys):
     if key["algorithm"] == "ML-DSA-65":
         ok = ML_DSA_65.verify(key["pk"], message, value, ctx=b"")
     else:
-        try:
-            Ed25519PublicKey.from_public_bytes(key["pk"]).verify(value, message)
-            ok = True
-        except InvalidSignature:
-            ok = False
+        ok = ed25519_verify_strict(key["pk"], message, value)
     if not ok:
         raise Rejected("bad signature")
 
 
+ED_P = 2**255 - 19
+ED_L = 2**252 + 27742317777372353535851937790883648493
+# y coordinates of the 8 points of small order (x = 0, order 1, 2, 4 and the order-8 points).
+ED_SMALL_ORDER_Y = {0, 1, ED_P - 1} | {
+    int.from_bytes(bytes.fromhex(h), "little")
+    for h in ("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+              "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05")}
+
+
+def ed25519_point_ok(enc):
+    """Canonical encoding (y < p) of a point that is not of small order."""
+    y = int.from_bytes(enc, "little") & ((1 << 255) - 1)
+    return y < ED_P and y not in ED_SMALL_ORDER_Y
+
+
+def ed25519_verify_strict(pk, message, sig):
+    if not ed25519_point_ok(pk):
+        raise Rejected("Ed25519 public key is non-canonical or of small order")
+    if not ed25519_point_ok(sig[:32]):
+        raise Rejected("Ed25519 signature R is non-canonical or of small order")
+    if int.from_bytes(sig[32:], "little") >= ED_L:
+        raise Rejected("Ed25519 signature S is not canonical (S >= L)")
+    try:
+        Ed25519PublicKey.from_public_bytes(pk).verify(sig, message)
+        return True
+    except InvalidSignature:
+        return False
+
+
 def check_path(p):
-    b = p.encode("utf-8") if isinstance(p, str) else b""
+    if not isinstance(p, str):
+        return False
+    b = p.encode("utf-8")
     if not 1 <= len(b) <= 4096 or p.startswith("/") or "\0" in p or "\\" in p:
         return False
     return all(c not in ("", ".", "..") for c in p.split("/"))
@@ -301,6 +359,7 @@ def check_manifest(m):
             raise Rejected(f"unsafe path {f['path']!r}")
         paths.append(f["path"])
         cs, size = f["chunk_size"], f["size"]
+        u64(cs), u64(size)
         if cs < 1024 or cs > 2**30 or cs & (cs - 1):
             raise Rejected(f"{f['path']}: bad chunk size")
         n = max(1, -(-size // cs))
@@ -371,25 +430,23 @@ def check_data(m, root):
 
 
 def verify_file(path, keys, manifest_path, data_dir):
-    with open(path, "rb") as fh:
-        doc = json.load(fh)
+    doc = load_json(path)
     kind = doc.get("format") if isinstance(doc, dict) else None
     if kind == "trackshift.manifest.v1":
         check_signature(doc, manifest_body(doc), "manifest", keys)
         check_manifest(doc)
         if data_dir:
             check_data(doc, data_dir)
-        return "manifest"
+        return "manifest", document_hash(doc, manifest_body(doc)).hex()
     if kind == "trackshift.receipt.v1":
         check_signature(doc, receipt_body(doc), "receipt", keys)
         check_receipt(doc)
         if manifest_path:
-            with open(manifest_path, "rb") as fh:
-                m = json.load(fh)
+            m = load_json(manifest_path)
             check_signature(m, manifest_body(m), "manifest", keys)
             check_manifest(m)
             check_binding(doc, m)
-        return "receipt"
+        return "receipt", document_hash(doc, receipt_body(doc)).hex()
     raise Rejected(f"unknown format {kind!r}")
 
 
@@ -402,16 +459,15 @@ def main():
     args = ap.parse_args()
     try:
         keys = load_keys(args.public_keys)
-    except (Rejected, KeyError, TypeError, ValueError, OSError) as e:
-        print(f"REJECTED {args.public_keys}: {e}")
+    except Exception as e:  # noqa: BLE001 - any failure rejects the key file
+        print(f"REJECTED {args.public_keys}: {type(e).__name__}: {e}")
         return 1
     bad = 0
     for path in args.files:
         try:
-            kind = verify_file(path, keys, args.manifest, args.data)
-            print(f"OK {path}: {kind} verified")
-        except (Rejected, KeyError, TypeError, ValueError, OSError) as e:
-            # KeyError/TypeError: a required field is missing or of the wrong type.
+            kind, doc_hash = verify_file(path, keys, args.manifest, args.data)
+            print(f"OK {path}: {kind} verified, document_hash {doc_hash}")
+        except Exception as e:  # noqa: BLE001 - KeyError: missing field; TypeError: wrong type; ...
             print(f"REJECTED {path}: {type(e).__name__}: {e}")
             bad += 1
     return 1 if bad else 0
