@@ -36,6 +36,21 @@ pub struct ObjectSpec {
     pub size: u64,
 }
 
+impl ObjectSpec {
+    /// Refuses a write of `len` bytes at `offset` that would reach past the object's size.
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<(), ConnectorError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(ConnectorError::OutOfRange {
+                path: self.path.clone(),
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a destination confirmed about a committed object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmation {

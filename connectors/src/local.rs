@@ -187,18 +187,7 @@ impl LocalWriter {
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
-        let len = data.len() as u64;
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.spec.size)
-        {
-            return Err(ConnectorError::OutOfRange {
-                path: self.spec.path.clone(),
-                offset,
-                len,
-                size: self.spec.size,
-            });
-        }
+        self.spec.check_range(offset, data.len() as u64)?;
         let file = self.file()?;
         let temp = self.temp.clone();
         blocking(move || {

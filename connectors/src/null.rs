@@ -54,19 +54,8 @@ struct NullWriter {
 #[async_trait]
 impl ObjectWriter for NullWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
-        let len = data.len() as u64;
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.spec.size)
-        {
-            return Err(ConnectorError::OutOfRange {
-                path: self.spec.path.clone(),
-                offset,
-                len,
-                size: self.spec.size,
-            });
-        }
-        self.written.fetch_add(len, Ordering::Relaxed);
+        self.spec.check_range(offset, data.len() as u64)?;
+        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use std::fs;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut as _, BytesMut};
@@ -236,6 +236,20 @@ struct Shared {
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
     budget: Arc<Semaphore>,
     budget_max: u32,
+    connections: AtomicU64,
+    jobs_completed: AtomicU64,
+    jobs_failed: AtomicU64,
+}
+
+/// Counters of a running gateway since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Sender connections that completed the QUIC handshake.
+    pub connections: u64,
+    /// Jobs that completed with a signed receipt.
+    pub jobs_completed: u64,
+    /// Jobs refused at open or failed at finish (verification or commit).
+    pub jobs_failed: u64,
 }
 
 /// A running gateway.
@@ -276,6 +290,9 @@ impl Gateway {
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             budget: Arc::new(Semaphore::new(budget_max as usize)),
             budget_max,
+            connections: AtomicU64::new(0),
+            jobs_completed: AtomicU64::new(0),
+            jobs_failed: AtomicU64::new(0),
         });
         info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), "gateway listening");
         Ok(Self {
@@ -302,6 +319,15 @@ impl Gateway {
         Ok(self.shared.keys.public_keyring()?)
     }
 
+    /// Counters since start.
+    pub fn stats(&self) -> GatewayStats {
+        GatewayStats {
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            jobs_completed: self.shared.jobs_completed.load(Ordering::Relaxed),
+            jobs_failed: self.shared.jobs_failed.load(Ordering::Relaxed),
+        }
+    }
+
     /// Serves connections until [`Gateway::close`] is called (or the endpoint fails).
     pub async fn serve(&self) {
         while let Some(incoming) = self.endpoint.accept().await {
@@ -309,6 +335,7 @@ impl Gateway {
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => {
+                        shared.connections.fetch_add(1, Ordering::Relaxed);
                         let peer = conn.remote_address();
                         if let Err(e) = handle_connection(shared, conn).await {
                             debug!(%peer, error = %e, "connection ended");
@@ -350,6 +377,14 @@ impl Shared {
         let state = ReceiverJob::new(open.clone())?;
         let key = (tenant.to_string(), open.job_id.clone());
         let mut jobs = self.jobs.lock().await;
+        // A job that failed (say the disk filled up) is reloaded from its directory when
+        // opened again, so it resumes from the chunks it holds once the cause is fixed.
+        if jobs
+            .get(&key)
+            .is_some_and(|j| j.failed.lock().expect("job lock").is_some())
+        {
+            jobs.remove(&key);
+        }
         if let Some(job) = jobs.get(&key) {
             if job.open() != open {
                 return Err(GatewayError::Job(format!(
@@ -651,6 +686,7 @@ async fn control_loop(
                     }
                     Err(e) => {
                         warn!(tenant = %state.tenant, job = %job_id, error = %e, "job refused");
+                        shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
                         let _ = state.out.send(ServerFrame::JobFailed {
                             handle: u32::MAX,
                             job_id,
@@ -680,12 +716,16 @@ async fn control_loop(
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let frame = match finish_job(&shared, &job, &file_hashes).await {
-                        Ok((manifest, receipt)) => ServerFrame::JobDone {
-                            handle,
-                            manifest,
-                            receipt,
-                        },
+                        Ok((manifest, receipt)) => {
+                            shared.jobs_completed.fetch_add(1, Ordering::Relaxed);
+                            ServerFrame::JobDone {
+                                handle,
+                                manifest,
+                                receipt,
+                            }
+                        }
                         Err(e) => {
+                            shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
                             warn!(tenant = %job.tenant, error = %e, "job failed at finish");
                             job.fail(e.to_string());
                             ServerFrame::JobFailed {
@@ -753,8 +793,17 @@ async fn handle_chunk_stream(
             ProtocolError::InvalidChunk(format!("unknown job handle {}", header.handle)).into(),
         );
     };
-    if let Some(reason) = job.failed.lock().expect("job lock").clone() {
+    let failed = job.failed.lock().expect("job lock").clone();
+    if let Some(reason) = failed {
         let _ = recv.stop(1u32.into());
+        // Tell the sender: a stopped stream alone can go unnoticed when its data was
+        // already written, and the sender would wait for an ack that never comes.
+        let _ = state.out.send(ServerFrame::JobFailed {
+            handle: header.handle,
+            job_id: job.open().job_id,
+            reason: reason.clone(),
+            permanent: true,
+        });
         return Err(GatewayError::Job(reason));
     }
     let disposition = job.state.lock().expect("job lock").check_header(&header);

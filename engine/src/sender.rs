@@ -183,6 +183,31 @@ impl Source {
     }
 }
 
+/// One job of a multi-job send: what to send and where.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// File or directory tree to send.
+    pub path: PathBuf,
+    /// Destination URI at the gateway.
+    pub destination: String,
+    /// Job id (default: a new UUID). Reuse one to resume an interrupted job.
+    pub job_id: Option<String>,
+    /// Correlation id recorded in logs and the receipt.
+    pub correlation_id: Option<String>,
+}
+
+impl JobRequest {
+    /// A job sending `path` to `destination` with a fresh job id.
+    pub fn new(path: impl Into<PathBuf>, destination: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            destination: destination.into(),
+            job_id: None,
+            correlation_id: None,
+        }
+    }
+}
+
 /// Sends `path` (a file or a directory tree) to the gateway and returns the signed manifest
 /// and receipt. `progress` is called as chunks are acknowledged.
 pub async fn send_path(
@@ -190,107 +215,282 @@ pub async fn send_path(
     cfg: &SendConfig,
     progress: impl Fn(Progress) + Send + Sync,
 ) -> Result<SendReport, SendError> {
-    let started = Instant::now();
-    let listed = crate::scan::list_files(path)?;
-    let source_uri = format!(
-        "file://{}",
-        std::fs::canonicalize(path)
-            .map_err(|e| crate::scan::ScanError::Io {
-                path: path.to_path_buf(),
-                source: e
-            })?
-            .display()
-    );
-    let open = OpenJob {
-        job_id: cfg
-            .job_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    let request = JobRequest {
+        path: path.to_path_buf(),
         destination: cfg.destination.clone(),
-        chunk_size: cfg.chunk_size,
-        source: source_uri,
-        files: listed.iter().map(|(_, spec)| spec.clone()).collect(),
+        job_id: cfg.job_id.clone(),
         correlation_id: cfg.correlation_id.clone(),
     };
-    let mut job = SenderJob::new(&open)?;
-    let total_bytes: u64 = open.files.iter().map(|f| f.size).sum();
-    let source = Arc::new(Source {
-        handles: listed.iter().map(|_| std::sync::OnceLock::new()).collect(),
-        files: listed,
-    });
+    send_jobs(vec![request], cfg, |_, p| progress(p))
+        .await
+        .pop()
+        .expect("one result per job")
+}
+
+/// Sends several jobs over one QUIC connection (one control stream, chunks of all jobs
+/// interleaved on parallel streams, one shared in-flight budget). Returns one result per
+/// request, in order: a job that fails (unreadable source, refused destination) does not
+/// stop the others. `progress` gets the job's index and its progress. After a dropped
+/// connection every unfinished job resumes on the new one. `cfg.destination`, `cfg.job_id`
+/// and `cfg.correlation_id` are ignored here; each request carries its own.
+pub async fn send_jobs(
+    requests: Vec<JobRequest>,
+    cfg: &SendConfig,
+    progress: impl Fn(usize, Progress) + Send + Sync,
+) -> Vec<Result<SendReport, SendError>> {
+    let started = Instant::now();
+    let mut jobs: Vec<JobState> = Vec::with_capacity(requests.len());
+    let mut results: Vec<Option<Result<SendReport, SendError>>> = Vec::new();
+    for req in &requests {
+        match JobState::prepare(req, cfg.chunk_size) {
+            Ok(j) => {
+                jobs.push(j);
+                results.push(None);
+            }
+            Err(e) => {
+                // Placeholder state so indices line up; it is never opened.
+                jobs.push(JobState::failed());
+                results.push(Some(Err(e)));
+            }
+        }
+    }
+    for (job, res) in jobs.iter_mut().zip(&results) {
+        job.done = res.is_some();
+    }
+    let finish = |jobs: Vec<JobState>,
+                  mut results: Vec<Option<Result<SendReport, SendError>>>,
+                  reconnects: u32| {
+        jobs.into_iter()
+            .zip(results.iter_mut())
+            .map(|(job, slot)| {
+                slot.take().unwrap_or_else(|| match job.outcome {
+                    Some(Ok((manifest, receipt))) => Ok(SendReport {
+                        job_id: job.open.job_id.clone(),
+                        manifest,
+                        receipt,
+                        bytes: job.total_bytes,
+                        chunks_sent: job.chunks_sent,
+                        reconnects,
+                        elapsed: job.finished.unwrap_or_else(|| started.elapsed()),
+                    }),
+                    Some(Err(e)) => Err(e),
+                    None => Err(SendError::Connection("the send ended early".into())),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    if jobs.iter().all(|j| j.done) {
+        return finish(jobs, results, 0);
+    }
     let bind: SocketAddr = if cfg.gateway.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
     } else {
         "[::]:0".parse().expect("valid")
     };
-    let endpoint = crate::transport::client_endpoint(bind, &cfg.trust, cfg.pq_only)?;
-    let mut reconnects = 0u32;
-    let mut chunks_sent = 0u64;
-    let report = |p: u64| {
-        progress(Progress {
-            acked_bytes: p,
-            total_bytes,
-            elapsed: started.elapsed(),
-        })
-    };
-    loop {
-        match session(
-            &endpoint,
-            cfg,
-            &open,
-            &mut job,
-            &source,
-            &mut chunks_sent,
-            &report,
-        )
-        .await
-        {
-            Ok((manifest, receipt)) => {
-                endpoint.close(0u32.into(), b"done");
-                return Ok(SendReport {
-                    job_id: open.job_id.clone(),
-                    manifest,
-                    receipt,
-                    bytes: total_bytes,
-                    chunks_sent,
-                    reconnects,
-                    elapsed: started.elapsed(),
-                });
-            }
-            Err(e) if e.retryable() => {
-                if reconnects >= cfg.max_reconnects {
-                    return Err(SendError::GaveUp {
-                        attempts: reconnects + 1,
-                        last: e.to_string(),
-                    });
+    let endpoint = match crate::transport::client_endpoint(bind, &cfg.trust, cfg.pq_only) {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = e.to_string();
+            for (job, slot) in jobs.iter().zip(results.iter_mut()) {
+                if !job.done {
+                    *slot = Some(Err(SendError::Connection(format!(
+                        "setting up the endpoint: {msg}"
+                    ))));
                 }
+            }
+            return finish(jobs, results, 0);
+        }
+    };
+    let report = |i: usize, acked: u64, total: u64| {
+        progress(
+            i,
+            Progress {
+                acked_bytes: acked,
+                total_bytes: total,
+                elapsed: started.elapsed(),
+            },
+        )
+    };
+    let mut reconnects = 0u32;
+    loop {
+        let outcome = connection(&endpoint, cfg, &mut jobs, started, &report).await;
+        match outcome {
+            Ok(()) => break,
+            Err(e) if e.retryable() && reconnects < cfg.max_reconnects => {
                 reconnects += 1;
                 let backoff = Duration::from_millis((100u64 << reconnects.min(6)).min(5_000));
-                warn!(job = %open.job_id, error = %e, attempt = reconnects, ?backoff, "connection lost; resuming");
+                warn!(error = %e, attempt = reconnects, ?backoff, "connection lost; resuming");
                 tokio::time::sleep(backoff).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                let e = if e.retryable() {
+                    SendError::GaveUp {
+                        attempts: reconnects + 1,
+                        last: e.to_string(),
+                    }
+                } else {
+                    e
+                };
+                // Every unfinished job gets the error: the first one the error itself, the
+                // others a copy of its text (refusals keep their kind).
+                let mut e = Some(e);
+                for job in jobs.iter_mut().filter(|j| j.outcome.is_none() && !j.done) {
+                    let copy = match e.as_ref() {
+                        Some(SendError::Refused(r)) => SendError::Refused(r.clone()),
+                        Some(other) => SendError::Connection(other.to_string()),
+                        None => unreachable!("the original is taken last"),
+                    };
+                    job.outcome = Some(Err(copy));
+                }
+                if let Some(job) = jobs
+                    .iter_mut()
+                    .find(|j| matches!(j.outcome, Some(Err(_))) && !j.done)
+                {
+                    job.outcome = e.take().map(Err);
+                }
+                break;
+            }
         }
+    }
+    endpoint.close(0u32.into(), b"done");
+    finish(jobs, results, reconnects)
+}
+
+/// One job's sending state across connections.
+struct JobState {
+    open: OpenJob,
+    job: Option<SenderJob>,
+    source: Arc<Source>,
+    total_bytes: u64,
+    /// Handle on the current connection, once the gateway answered `JobReady`.
+    handle: Option<u32>,
+    /// The next chunk to send, taken from `job` and waiting for budget.
+    next: Option<ChunkRef>,
+    in_flight: HashMap<ChunkRef, OwnedSemaphorePermit>,
+    finish_sent: bool,
+    chunks_sent: u64,
+    /// Transient gateway failures of this job survived (the job is reopened).
+    reopens: u32,
+    /// Set when the job can no longer change (success or final error).
+    done: bool,
+    outcome: Option<Result<(String, String), SendError>>,
+    finished: Option<Duration>,
+}
+
+impl JobState {
+    fn prepare(req: &JobRequest, chunk_size: u64) -> Result<Self, SendError> {
+        let listed = crate::scan::list_files(&req.path)?;
+        let source_uri = format!(
+            "file://{}",
+            std::fs::canonicalize(&req.path)
+                .map_err(|e| crate::scan::ScanError::Io {
+                    path: req.path.clone(),
+                    source: e
+                })?
+                .display()
+        );
+        let open = OpenJob {
+            job_id: req
+                .job_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            destination: req.destination.clone(),
+            chunk_size,
+            source: source_uri,
+            files: listed.iter().map(|(_, spec)| spec.clone()).collect(),
+            correlation_id: req.correlation_id.clone(),
+        };
+        let job = SenderJob::new(&open)?;
+        Ok(Self {
+            total_bytes: open.files.iter().map(|f| f.size).sum(),
+            source: Arc::new(Source {
+                handles: listed.iter().map(|_| std::sync::OnceLock::new()).collect(),
+                files: listed,
+            }),
+            open,
+            job: Some(job),
+            handle: None,
+            next: None,
+            in_flight: HashMap::new(),
+            finish_sent: false,
+            chunks_sent: 0,
+            reopens: 0,
+            done: false,
+            outcome: None,
+            finished: None,
+        })
+    }
+
+    fn failed() -> Self {
+        Self {
+            open: OpenJob {
+                job_id: String::new(),
+                destination: String::new(),
+                chunk_size: 0,
+                source: String::new(),
+                files: Vec::new(),
+                correlation_id: None,
+            },
+            job: None,
+            source: Arc::new(Source {
+                files: Vec::new(),
+                handles: Vec::new(),
+            }),
+            total_bytes: 0,
+            handle: None,
+            next: None,
+            in_flight: HashMap::new(),
+            finish_sent: false,
+            chunks_sent: 0,
+            reopens: 0,
+            done: true,
+            outcome: None,
+            finished: None,
+        }
+    }
+
+    fn sender(&mut self) -> &mut SenderJob {
+        self.job.as_mut().expect("only prepared jobs are driven")
+    }
+
+    /// Forgets per-connection state (handles, in-flight chunks).
+    fn detach(&mut self) {
+        self.handle = None;
+        self.next = None;
+        self.in_flight.clear();
+        self.finish_sent = false;
+    }
+
+    fn settle(&mut self, outcome: Result<(String, String), SendError>, at: Duration) {
+        self.detach();
+        self.done = true;
+        self.outcome = Some(outcome);
+        self.finished = Some(at);
     }
 }
 
 enum Event {
     Frame(ServerFrame),
     ControlClosed(String),
-    Sent(ChunkRef, Hash32),
-    SendFailed(String),
-    SourceFailed(String),
+    Sent(usize, ChunkRef, Hash32),
+    /// A chunk stream failed: (job, handle it was sent under, error).
+    SendFailed(usize, u32, String),
+    SourceFailed(usize, String),
+    Reopen(usize),
 }
 
-async fn session(
+/// Drives every unfinished job over one connection until all are settled (`Ok`) or the
+/// connection fails (`Err`, the caller reconnects).
+async fn connection(
     endpoint: &quinn::Endpoint,
     cfg: &SendConfig,
-    open: &OpenJob,
-    job: &mut SenderJob,
-    source: &Arc<Source>,
-    chunks_sent: &mut u64,
-    report: &(impl Fn(u64) + Send + Sync),
-) -> Result<(String, String), SendError> {
+    jobs: &mut [JobState],
+    started: Instant,
+    report: &(impl Fn(usize, u64, u64) + Send + Sync),
+) -> Result<(), SendError> {
+    for j in jobs.iter_mut() {
+        j.detach();
+    }
     let conn = crate::transport::connect(endpoint, cfg.gateway, &cfg.server_name)
         .await
         .map_err(|e| SendError::Connection(e.to_string()))?;
@@ -306,9 +506,13 @@ async fn session(
     send.write_all(&protocol::encode_frame(&hello))
         .await
         .map_err(conn_err)?;
-    send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(open.clone())))
+    for j in jobs.iter().filter(|j| !j.done) {
+        send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(
+            j.open.clone(),
+        )))
         .await
         .map_err(conn_err)?;
+    }
 
     let (events, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let reader = tokio::spawn(read_control(recv, events.clone()));
@@ -318,43 +522,67 @@ async fn session(
         .unwrap_or(u32::MAX)
         .max(1);
     let budget = Arc::new(Semaphore::new(budget_max as usize));
-    let mut in_flight: HashMap<ChunkRef, OwnedSemaphorePermit> = HashMap::new();
-    let mut handle = None;
-    let mut next: Option<ChunkRef> = None;
-    let mut finish_sent = false;
+    let mut by_handle: HashMap<u32, usize> = HashMap::new();
+    let by_id: HashMap<String, usize> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| !j.done)
+        .map(|(i, j)| (j.open.job_id.clone(), i))
+        .collect();
+    // Round-robin cursor: which job gets the next budget grant.
+    let mut cursor = 0usize;
+    let mut chunks_this_conn = 0u64;
 
     loop {
-        if let Some(h) = handle {
-            if next.is_none() {
-                next = job.next_chunk();
+        if jobs.iter().all(|j| j.done) {
+            let _ = send.finish();
+            conn.close(0u32.into(), b"done");
+            return Ok(());
+        }
+        for j in jobs.iter_mut().filter(|j| !j.done) {
+            let Some(h) = j.handle else { continue };
+            if j.next.is_none() {
+                j.next = j.sender().next_chunk();
             }
-            if job.is_complete() && !finish_sent {
+            if j.sender().is_complete() && !j.finish_sent {
                 let frame = ClientFrame::FinishJob {
                     handle: h,
-                    file_hashes: job.file_hashes()?,
+                    file_hashes: j.sender().file_hashes()?,
                 };
                 send.write_all(&protocol::encode_frame(&frame))
                     .await
                     .map_err(conn_err)?;
-                finish_sent = true;
+                j.finish_sent = true;
             }
         }
-        let want = next.map(|c| {
-            let len = job.layout(c.file).chunk_len(c.index);
+        // The next job (round robin from the cursor) with a chunk ready to go.
+        let n = jobs.len();
+        let pick = (0..n)
+            .map(|k| (cursor + k) % n)
+            .find(|&i| !jobs[i].done && jobs[i].handle.is_some() && jobs[i].next.is_some());
+        let want = pick.map(|i| {
+            let j = &mut jobs[i];
+            let c = j.next.expect("picked jobs have a next chunk");
+            let len = j.sender().layout(c.file).chunk_len(c.index);
             u32::try_from(len).unwrap_or(u32::MAX).clamp(1, budget_max)
         });
         tokio::select! {
-            permit = budget.clone().acquire_many_owned(want.unwrap_or(1)), if want.is_some() && handle.is_some() => {
+            permit = budget.clone().acquire_many_owned(want.unwrap_or(1)), if want.is_some() => {
                 let permit = permit.expect("budget is never closed");
-                let c = next.take().expect("want implies next");
-                in_flight.insert(c, permit);
-                *chunks_sent += 1;
-                let layout = *job.layout(c.file);
-                spawn_chunk(conn.clone(), source.clone(), layout, handle.expect("open"), c, cfg.faults.clone(), events.clone());
+                let i = pick.expect("want implies pick");
+                cursor = (i + 1) % n;
+                let j = &mut jobs[i];
+                let c = j.next.take().expect("picked jobs have a next chunk");
+                j.in_flight.insert(c, permit);
+                j.chunks_sent += 1;
+                chunks_this_conn += 1;
+                let layout = *j.sender().layout(c.file);
+                let task = ChunkTask { job: i, handle: j.handle.expect("open"), chunk: c, layout };
+                spawn_chunk(conn.clone(), j.source.clone(), task, cfg.faults.clone(), events.clone());
                 let drop_now = {
                     let mut d = cfg.faults.drop_connection_after.lock().expect("fault lock");
                     match *d {
-                        Some(n) if *chunks_sent >= n => { *d = None; true }
+                        Some(n) if chunks_this_conn >= n => { *d = None; true }
                         _ => false,
                     }
                 };
@@ -363,54 +591,123 @@ async fn session(
                 }
             }
             ev = ev_rx.recv() => {
-                match ev.expect("the session holds a sender") {
+                let at = started.elapsed();
+                match ev.expect("the connection task holds a sender") {
                     Event::Frame(ServerFrame::Welcome { tenant, .. }) => debug!(%tenant, "authenticated"),
                     Event::Frame(ServerFrame::Refused { reason }) => return Err(SendError::Refused(reason)),
-                    Event::Frame(ServerFrame::JobReady { handle: h, held, .. }) => {
-                        job.on_ready(&held)?;
-                        handle = Some(h);
-                        next = None;
-                        in_flight.clear();
-                        let (acked, bytes, total) = job.progress();
-                        info!(job = %open.job_id, held = acked, total, "job ready");
-                        report(bytes);
+                    Event::Frame(ServerFrame::JobReady { job_id, handle: h, held }) => {
+                        let Some(&i) = by_id.get(&job_id) else {
+                            return Err(ProtocolError::Unexpected(format!("JobReady for a job never opened: {job_id}")).into());
+                        };
+                        let j = &mut jobs[i];
+                        if j.done {
+                            continue;
+                        }
+                        j.sender().on_ready(&held)?;
+                        j.detach();
+                        j.handle = Some(h);
+                        by_handle.insert(h, i);
+                        let (acked, bytes, total) = j.sender().progress();
+                        info!(job = %job_id, held = acked, total, "job ready");
+                        report(i, bytes, j.total_bytes);
                     }
-                    Event::Frame(ServerFrame::Acks { chunks, .. }) => {
+                    Event::Frame(ServerFrame::Acks { handle: h, chunks }) => {
+                        let i = job_for(&by_handle, h)?;
+                        let j = &mut jobs[i];
+                        if j.done {
+                            continue;
+                        }
                         for c in chunks {
-                            job.on_ack(c)?;
-                            in_flight.remove(&c);
+                            j.sender().on_ack(c)?;
+                            j.in_flight.remove(&c);
                         }
-                        report(job.progress().1);
+                        let bytes = j.sender().progress().1;
+                        report(i, bytes, j.total_bytes);
                     }
-                    Event::Frame(ServerFrame::Reject { chunk, reason, .. }) => {
-                        warn!(job = %open.job_id, ?chunk, %reason, "chunk rejected; sending it again");
-                        in_flight.remove(&chunk);
-                        if next == Some(chunk) {
-                            next = None;
+                    Event::Frame(ServerFrame::Reject { handle: h, chunk, reason }) => {
+                        let i = job_for(&by_handle, h)?;
+                        let j = &mut jobs[i];
+                        if j.done {
+                            continue;
                         }
-                        job.on_reject(chunk)?;
+                        warn!(job = %j.open.job_id, ?chunk, %reason, "chunk rejected; sending it again");
+                        j.in_flight.remove(&chunk);
+                        if j.next == Some(chunk) {
+                            j.next = None;
+                        }
+                        j.sender().on_reject(chunk)?;
                     }
-                    Event::Frame(ServerFrame::JobDone { manifest, receipt, .. }) => {
-                        let _ = send.finish();
-                        conn.close(0u32.into(), b"done");
-                        return Ok((manifest, receipt));
+                    Event::Frame(ServerFrame::JobDone { handle: h, manifest, receipt }) => {
+                        let i = job_for(&by_handle, h)?;
+                        if jobs[i].done {
+                            continue;
+                        }
+                        info!(job = %jobs[i].open.job_id, "job done");
+                        jobs[i].settle(Ok((manifest, receipt)), at);
                     }
-                    Event::Frame(ServerFrame::JobFailed { reason, permanent, .. }) => {
-                        return Err(SendError::JobFailed { reason, permanent });
+                    Event::Frame(ServerFrame::JobFailed { handle: h, job_id, reason, permanent }) => {
+                        let i = match by_handle.get(&h) {
+                            Some(&i) => i,
+                            None => *by_id.get(&job_id).ok_or_else(|| {
+                                ProtocolError::Unexpected(format!("JobFailed for a job never opened: {job_id}"))
+                            })?,
+                        };
+                        let j = &mut jobs[i];
+                        if j.done || j.handle.is_none() && h != u32::MAX {
+                            continue; // already settled, or a repeat for a job being reopened
+                        }
+                        if permanent || j.reopens >= cfg.max_reconnects {
+                            warn!(job = %job_id, %reason, permanent, "job failed");
+                            j.settle(Err(SendError::JobFailed { reason, permanent }), at);
+                        } else {
+                            j.reopens += 1;
+                            j.detach();
+                            let backoff = Duration::from_millis((100u64 << j.reopens.min(6)).min(5_000));
+                            warn!(job = %job_id, %reason, attempt = j.reopens, ?backoff, "job failed at the gateway; reopening");
+                            let events = events.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(backoff).await;
+                                let _ = events.send(Event::Reopen(i));
+                            });
+                        }
                     }
-                    Event::Sent(c, h) => job.set_hash(c, h),
-                    Event::SendFailed(e) | Event::ControlClosed(e) => return Err(SendError::Connection(e)),
-                    Event::SourceFailed(e) => {
+                    Event::Reopen(i) => {
+                        if !jobs[i].done {
+                            send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(jobs[i].open.clone())))
+                                .await
+                                .map_err(conn_err)?;
+                        }
+                    }
+                    Event::Sent(i, c, h) => {
+                        if !jobs[i].done {
+                            jobs[i].sender().set_hash(c, h);
+                        }
+                    }
+                    // A stream of a job that has since settled or been reopened: stale.
+                    Event::SendFailed(i, h, _) if jobs[i].done || jobs[i].handle != Some(h) => {}
+                    Event::SendFailed(_, _, e) | Event::ControlClosed(e) => return Err(SendError::Connection(e)),
+                    Event::SourceFailed(i, e) => {
+                        let j = &mut jobs[i];
+                        if j.done {
+                            continue;
+                        }
                         let _ = send.write_all(&protocol::encode_frame(&ClientFrame::CancelJob {
-                            handle: handle.unwrap_or(u32::MAX),
+                            handle: j.handle.unwrap_or(u32::MAX),
                             reason: "source unreadable".into(),
                         })).await;
-                        return Err(SendError::SourceRead(e));
+                        warn!(job = %j.open.job_id, error = %e, "source unreadable; job cancelled");
+                        j.settle(Err(SendError::SourceRead(e)), at);
                     }
                 }
             }
         }
     }
+}
+
+fn job_for(by_handle: &HashMap<u32, usize>, handle: u32) -> Result<usize, SendError> {
+    by_handle.get(&handle).copied().ok_or_else(|| {
+        ProtocolError::Unexpected(format!("frame for unknown job handle {handle}")).into()
+    })
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -455,15 +752,30 @@ async fn read_control(mut recv: quinn::RecvStream, events: mpsc::UnboundedSender
     }
 }
 
+/// Which chunk of which job a chunk stream carries.
+#[derive(Clone, Copy)]
+struct ChunkTask {
+    /// Index of the job in the send.
+    job: usize,
+    /// The job's handle on this connection.
+    handle: u32,
+    chunk: ChunkRef,
+    layout: ChunkLayout,
+}
+
 fn spawn_chunk(
     conn: quinn::Connection,
     source: Arc<Source>,
-    layout: ChunkLayout,
-    handle: u32,
-    c: ChunkRef,
+    task: ChunkTask,
     faults: Arc<FaultInjection>,
     events: mpsc::UnboundedSender<Event>,
 ) {
+    let ChunkTask {
+        job,
+        handle,
+        chunk: c,
+        layout,
+    } = task;
     tokio::spawn(async move {
         let result = async {
             let read = tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), String> {
@@ -489,12 +801,12 @@ fn spawn_chunk(
             let (data, hash) = match read {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = events.send(Event::SourceFailed(e));
+                    let _ = events.send(Event::SourceFailed(job, e));
                     return Ok(());
                 }
             };
             // Report the hash before the data leaves, so it is recorded before any ack.
-            let _ = events.send(Event::Sent(c, hash));
+            let _ = events.send(Event::Sent(job, c, hash));
             let header = ChunkHeader {
                 handle,
                 chunk: c,
@@ -513,7 +825,7 @@ fn spawn_chunk(
         }
         .await;
         if let Err(e) = result {
-            let _ = events.send(Event::SendFailed(e));
+            let _ = events.send(Event::SendFailed(job, handle, e));
         }
     });
 }

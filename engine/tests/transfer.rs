@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 use rustls::crypto::aws_lc_rs;
 use trackshift_crypto::{Manifest, Receipt, Signable as _};
 use trackshift_engine::gateway::{Gateway, GatewayConfig, add_tenant};
-use trackshift_engine::sender::{SendConfig, SendError, SendReport, send_path};
+use trackshift_engine::sender::{
+    JobRequest, SendConfig, SendError, SendReport, send_jobs, send_path,
+};
 use trackshift_engine::tls::ServerTrust;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -437,4 +439,186 @@ async fn malformed_frames_close_the_stream_and_the_gateway_keeps_serving() {
         .unwrap();
     assert_same_tree(&src, &dest);
     gw.stop().await;
+}
+
+fn job(root: &Path, name: &str, size: usize) -> (PathBuf, PathBuf, JobRequest) {
+    let src = make_source(&root.join(name), size);
+    let dest = root.join(format!("{name}-dest"));
+    fs::create_dir_all(&dest).unwrap();
+    let req = JobRequest::new(&src, format!("file://{}", dest.display()));
+    (src, dest, req)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_jobs_share_one_connection_and_fail_independently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let sizes = [700_001usize, 3, 1_300_000];
+    let mut requests = Vec::new();
+    let mut trees = Vec::new();
+    for (k, size) in sizes.iter().enumerate() {
+        let (src, dest, req) = job(tmp.path(), &format!("j{k}"), *size);
+        trees.push((src, dest));
+        requests.push(req);
+    }
+    // A fourth job whose destination does not exist: it fails, the others do not.
+    let missing = tmp.path().join("no-such-dir");
+    requests.insert(
+        1,
+        JobRequest::new(&trees[0].0, format!("file://{}", missing.display())),
+    );
+    let cfg = gw.send_config(tmp.path());
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let results = send_jobs(requests, &cfg, |i, _| {
+        seen.lock().unwrap().insert(i);
+    })
+    .await;
+    assert_eq!(results.len(), 4);
+    match &results[1] {
+        Err(SendError::JobFailed { reason, permanent }) => {
+            assert!(*permanent);
+            assert!(reason.contains("no-such-dir"), "{reason}");
+        }
+        other => panic!("expected the job to fail, got {other:?}"),
+    }
+    let ok: Vec<&SendReport> = [0, 2, 3]
+        .iter()
+        .map(|&i| results[i].as_ref().unwrap())
+        .collect();
+    for ((src, dest), (report, size)) in trees.iter().zip(ok.iter().zip(sizes)) {
+        assert_same_tree(src, dest);
+        check_documents(&gw, report, size as u64 + 18);
+        assert_eq!(report.reconnects, 0);
+    }
+    let ids: std::collections::HashSet<_> = ok.iter().map(|r| r.job_id.clone()).collect();
+    assert_eq!(ids.len(), 3, "each job has its own id");
+    assert!(!missing.exists());
+    let stats = gw.gateway.stats();
+    assert_eq!(stats.connections, 1, "all jobs used one connection");
+    assert_eq!(stats.jobs_completed, 3);
+    assert_eq!(stats.jobs_failed, 1);
+    assert!(seen.lock().unwrap().contains(&3));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_jobs_resume_together_after_a_dropped_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let mut requests = Vec::new();
+    let mut trees = Vec::new();
+    for k in 0..3 {
+        let (src, dest, req) = job(tmp.path(), &format!("j{k}"), 1_000_000 + k);
+        trees.push((src, dest));
+        requests.push(req);
+    }
+    let cfg = gw.send_config(tmp.path());
+    *cfg.faults.drop_connection_after.lock().unwrap() = Some(20);
+    let results = send_jobs(requests, &cfg, |_, _| {}).await;
+    for ((src, dest), result) in trees.iter().zip(&results) {
+        let report = result.as_ref().unwrap();
+        assert_same_tree(src, dest);
+        assert_eq!(report.reconnects, 1);
+    }
+    assert_eq!(gw.gateway.stats().connections, 2);
+    assert_eq!(gw.gateway.stats().jobs_completed, 3);
+    gw.stop().await;
+}
+
+/// A tmpfs of a given size mounted for one test (the machine runs tests as root), unmounted
+/// on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "the full-disk test mounts a small tmpfs and needs root (CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_the_job_and_leaves_completed_files_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("small-disk");
+    let disk = Tmpfs::mount(&dest, "1m");
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+
+    // A first job fits and completes.
+    let first = make_source(&tmp.path().join("first"), 200_000);
+    send_path(&first, &gw.send_config(&dest), |_| {})
+        .await
+        .unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> = walk(&dest)
+        .into_iter()
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    assert_eq!(before.len(), 3);
+
+    // A second one does not: clear, permanent failure naming the cause.
+    let second = tmp.path().join("second");
+    fs::create_dir_all(&second).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(second.join("large.bin"), &data).unwrap();
+    let mut cfg = gw.send_config(&dest);
+    cfg.job_id = Some("fills-the-disk".into());
+    let err = send_path(&second, &cfg, |_| {}).await.unwrap_err();
+    match &err {
+        SendError::JobFailed { reason, permanent } => {
+            assert!(*permanent, "a full disk is not retried blindly");
+            assert!(reason.contains("No space left on device"), "{reason}");
+        }
+        other => panic!("expected a job failure, got {other}"),
+    }
+    // Nothing completed was touched and no partial file appeared under its final name.
+    for (p, b) in &before {
+        assert_eq!(&fs::read(p).unwrap(), b, "{} changed", p.display());
+    }
+    assert!(!dest.join("large.bin").exists());
+
+    // Once there is room, the same job resumes and completes.
+    disk.resize("8m");
+    let report = send_path(&second, &cfg, |_| {}).await.unwrap();
+    assert_eq!(fs::read(dest.join("large.bin")).unwrap(), data);
+    assert_eq!(report.bytes, 3_000_000);
+    for (p, b) in &before {
+        assert_eq!(&fs::read(p).unwrap(), b);
+    }
+    let leftovers: Vec<_> = walk(&dest)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tspart"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    gw.stop().await;
+    drop(disk);
 }
