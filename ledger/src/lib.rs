@@ -1,4 +1,20 @@
 //! Trackshift ledger: the append-only, verifiable log of signed manifests and receipts.
 //!
-//! The log follows RFC 9162 (SHA-256 Merkle tree) with C2SP checkpoints. It is built in
-//! a later issue; this crate exists now so the workspace layout is fixed from day one.
+//! - A Merkle-tree log in the RFC 9162 construction (SHA-256, leaf = H(0x00 ‖ entry), node =
+//!   H(0x01 ‖ left ‖ right)); tree arithmetic and proofs come from `tlog_tiles`, a port of
+//!   Go's `golang.org/x/mod/sumdb/tlog`.
+//! - Checkpoints in the C2SP `tlog-checkpoint` format, signed as C2SP `signed-note` with
+//!   Ed25519 and co-signed with ML-DSA-44 (C2SP `tlog-cosignature`), see [`note`].
+//! - Durable, group-committed storage with crash recovery, see [`store`].
+//! - Offline verification of inclusion and consistency proofs and C2SP `tlog-proof` files,
+//!   see [`proof`].
+
+pub mod error;
+pub mod note;
+pub mod proof;
+pub mod store;
+
+pub use error::{LedgerError, Result};
+pub use note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
+pub use proof::{TlogProof, leaf_hash, verify_consistency, verify_inclusion};
+pub use store::{Appended, Ledger, SignedCheckpoint};

@@ -1,0 +1,789 @@
+//! Durable storage of the log: three append-only files and the latest signed checkpoint.
+//!
+//! ```text
+//! DIR/entries.log    frames: u32 BE length ‖ entry ‖ u32 BE CRC-32 of (length ‖ entry)
+//! DIR/index.log      u64 BE offset of each entry's frame in entries.log
+//! DIR/hashes.log     every stored tree hash (32 bytes), in the Crosby–Wallach order of
+//!                    `tlog_tiles::stored_hash_index`: level-0 leaf hashes and completed
+//!                    subtree hashes, so any proof reads O(log n) hashes from disk
+//! DIR/checkpoint     the latest signed checkpoint (the commit point)
+//! DIR/keys/          log-ed25519.key, cosigner-mldsa44.key (0600)
+//! ```
+//!
+//! Appends are group-committed by one writer thread: every request waiting when a batch
+//! starts is written, the three files are fdatasync'ed, the new tree is checked to be
+//! consistent with the previous checkpoint, a checkpoint is signed and atomically replaces
+//! `checkpoint`, and only then are the appends acknowledged. Memory use does not depend on
+//! the log's size: hashes and entries are read from disk with positioned reads.
+//!
+//! On open, the checkpoint names the committed size. Data past it was never acknowledged
+//! (a crash between the write and the checkpoint) and is cut. Data up to it must be intact:
+//! a bad frame, a wrong index, missing bytes or a root that does not match refuse the open
+//! with an error naming the entry.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tlog_tiles::{Hash, HashReader};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::error::{LedgerError, Result};
+use crate::note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
+use crate::proof::TlogProof;
+
+/// Largest entry the ledger accepts.
+pub const MAX_ENTRY_LEN: usize = 16 << 20;
+/// Most entries written in one group commit.
+pub const MAX_BATCH: usize = 8192;
+
+const ENTRIES: &str = "entries.log";
+const INDEX: &str = "index.log";
+const HASHES: &str = "hashes.log";
+const CHECKPOINT: &str = "checkpoint";
+
+/// The outcome of an acknowledged append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// Index of the first entry of the request; the others follow contiguously.
+    pub first_index: u64,
+    /// Number of entries appended.
+    pub count: u64,
+    /// The signed checkpoint of the batch that committed them (its size covers them).
+    pub checkpoint: Arc<SignedCheckpoint>,
+}
+
+/// A checkpoint the log signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    /// Tree size.
+    pub size: u64,
+    /// Root hash.
+    pub root: [u8; 32],
+    /// The signed note text.
+    pub note: String,
+}
+
+struct Request {
+    entries: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+struct Files {
+    entries: File,
+    index: File,
+    hashes: File,
+}
+
+struct State {
+    size: u64,
+    /// End of the last committed frame in entries.log.
+    entries_len: u64,
+    checkpoint: Arc<SignedCheckpoint>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    keys: LedgerKeys,
+    public: LedgerPublicKeys,
+    files: Files,
+    state: RwLock<State>,
+    stopped: Mutex<Option<String>>,
+}
+
+/// The append-only log.
+pub struct Ledger {
+    inner: Arc<Inner>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("dir", &self.inner.dir)
+            .field("size", &self.size())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads stored hashes from `hashes.log`, with hashes of the batch being written layered on
+/// top (they are not on disk yet).
+struct DiskHashes<'a> {
+    file: &'a File,
+    path: &'a Path,
+    /// Stored hashes on disk (committed).
+    on_disk: u64,
+    pending: &'a [Hash],
+}
+
+impl HashReader for DiskHashes<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        let mut out = Vec::with_capacity(indexes.len());
+        for &i in indexes {
+            if i >= self.on_disk {
+                let k = usize::try_from(i - self.on_disk)
+                    .map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
+                out.push(
+                    *self
+                        .pending
+                        .get(k)
+                        .ok_or(tlog_tiles::Error::IndexesNotInTree)?,
+                );
+            } else {
+                let mut h = [0u8; 32];
+                self.file.read_exact_at(&mut h, i * 32).map_err(|e| {
+                    tlog_tiles::Error::InvalidInput(format!("{}: {e}", self.path.display()))
+                })?;
+                out.push(Hash(h));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn frame(entry: &[u8]) -> Vec<u8> {
+    let len = (entry.len() as u32).to_be_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(entry);
+    let mut f = Vec::with_capacity(entry.len() + 8);
+    f.extend_from_slice(&len);
+    f.extend_from_slice(entry);
+    f.extend_from_slice(&crc.finalize().to_be_bytes());
+    f
+}
+
+/// Reads one frame from a sequential reader: `Ok(None)` at a clean end.
+fn read_frame(r: &mut impl std::io::Read) -> std::result::Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err("frame header cut short".into()),
+            Ok(n) => got += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_ENTRY_LEN {
+        return Err(format!("frame claims {n} bytes, more than any entry"));
+    }
+    let mut body = vec![0u8; n + 4];
+    r.read_exact(&mut body)
+        .map_err(|_| "frame cut short".to_string())?;
+    let (entry, crc) = body.split_at(n);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(entry);
+    if h.finalize().to_be_bytes() != crc {
+        return Err("checksum mismatch (the entry's bytes changed)".into());
+    }
+    body.truncate(n);
+    Ok(Some(body))
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(LedgerError::io("opening", path))
+}
+
+fn file_len(f: &File, path: &Path) -> Result<u64> {
+    Ok(f.metadata()
+        .map_err(LedgerError::io("reading", path))?
+        .len())
+}
+
+impl Ledger {
+    /// Opens (or creates) the log in `dir`, checks it and starts the writer thread.
+    /// `origin` names the log in its checkpoints; it must match the stored one.
+    pub fn open(dir: impl AsRef<Path>, origin: &str) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(LedgerError::io("creating", &dir))?;
+        let keys = LedgerKeys::load_or_generate(&dir.join("keys"), origin)?;
+        let public = keys.public_keys();
+        let cp_path = dir.join(CHECKPOINT);
+        let fresh = !dir.join(ENTRIES).exists() && !cp_path.exists();
+        let files = Files {
+            entries: open_rw(&dir.join(ENTRIES))?,
+            index: open_rw(&dir.join(INDEX))?,
+            hashes: open_rw(&dir.join(HASHES))?,
+        };
+        let checkpoint = if fresh {
+            let root = tlog_tiles::EMPTY_HASH.0;
+            let note = keys.sign_checkpoint(0, root, now_secs())?;
+            trackshift_crypto::filestore::write_atomic(&cp_path, note.as_bytes(), 0o644)
+                .map_err(|e| LedgerError::Damaged(e.to_string()))?;
+            info!(dir = %dir.display(), origin, "created ledger");
+            SignedCheckpoint {
+                size: 0,
+                root,
+                note,
+            }
+        } else {
+            let note = match std::fs::read_to_string(&cp_path) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(LedgerError::Damaged(format!(
+                        "{} is missing but the log has data; refusing to guess its size",
+                        cp_path.display()
+                    )));
+                }
+                Err(e) => return Err(LedgerError::io("reading", &cp_path)(e)),
+            };
+            let v = verify_checkpoint(&note, &public)
+                .map_err(|e| LedgerError::Damaged(format!("{}: {e}", cp_path.display())))?;
+            SignedCheckpoint {
+                size: v.size,
+                root: v.root,
+                note,
+            }
+        };
+        let entries_len = recover(&dir, &files, &checkpoint)?;
+        let inner = Arc::new(Inner {
+            dir,
+            keys,
+            public,
+            files,
+            state: RwLock::new(State {
+                size: checkpoint.size,
+                entries_len,
+                checkpoint: Arc::new(checkpoint),
+            }),
+            stopped: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel::<Request>();
+        let writer_inner = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer_loop(&writer_inner, &rx))
+            .map_err(LedgerError::io(
+                "starting the writer thread for",
+                &inner.dir,
+            ))?;
+        Ok(Self {
+            inner,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Public keys auditors use to verify checkpoints.
+    pub fn public_keys(&self) -> &LedgerPublicKeys {
+        &self.inner.public
+    }
+
+    /// Number of committed entries.
+    pub fn size(&self) -> u64 {
+        self.inner.state.read().expect("state lock").size
+    }
+
+    /// The latest signed checkpoint.
+    pub fn checkpoint(&self) -> Arc<SignedCheckpoint> {
+        self.inner
+            .state
+            .read()
+            .expect("state lock")
+            .checkpoint
+            .clone()
+    }
+
+    fn submit(&self, entries: Vec<Vec<u8>>) -> Result<oneshot::Receiver<Result<Appended>>> {
+        if entries.is_empty() {
+            return Err(LedgerError::InvalidRequest("nothing to append".into()));
+        }
+        for e in &entries {
+            if e.len() > MAX_ENTRY_LEN {
+                return Err(LedgerError::EntryTooLarge {
+                    len: e.len(),
+                    max: MAX_ENTRY_LEN,
+                });
+            }
+        }
+        if entries.len() > MAX_BATCH {
+            return Err(LedgerError::InvalidRequest(format!(
+                "at most {MAX_BATCH} entries per append"
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.lock().expect("tx lock");
+        let tx = tx
+            .as_ref()
+            .ok_or_else(|| LedgerError::Stopped("closed".into()))?;
+        tx.send(Request { entries, reply })
+            .map_err(|_| LedgerError::Stopped("the writer thread ended".into()))?;
+        Ok(rx)
+    }
+
+    /// Appends entries (kept adjacent, in order) and waits until they are durable and
+    /// covered by a signed checkpoint.
+    pub async fn append(&self, entries: Vec<Vec<u8>>) -> Result<Appended> {
+        self.submit(entries)?
+            .await
+            .map_err(|_| LedgerError::Stopped("the writer thread ended".into()))?
+    }
+
+    /// [`Ledger::append`] for callers outside an async runtime.
+    pub fn append_blocking(&self, entries: Vec<Vec<u8>>) -> Result<Appended> {
+        self.submit(entries)?
+            .blocking_recv()
+            .map_err(|_| LedgerError::Stopped("the writer thread ended".into()))?
+    }
+
+    /// Reads entry `index`.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>> {
+        let size = self.size();
+        if index >= size {
+            return Err(LedgerError::InvalidRequest(format!(
+                "entry {index} does not exist (the log has {size})"
+            )));
+        }
+        let inner = &self.inner;
+        let ipath = inner.dir.join(INDEX);
+        let mut off = [0u8; 8];
+        inner
+            .files
+            .index
+            .read_exact_at(&mut off, index * 8)
+            .map_err(LedgerError::io("reading", &ipath))?;
+        let off = u64::from_be_bytes(off);
+        let epath = inner.dir.join(ENTRIES);
+        let mut len = [0u8; 4];
+        inner
+            .files
+            .entries
+            .read_exact_at(&mut len, off)
+            .map_err(LedgerError::io("reading", &epath))?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_ENTRY_LEN {
+            return Err(LedgerError::Corrupt {
+                entry: index,
+                what: "frame length out of range".into(),
+            });
+        }
+        let mut body = vec![0u8; n + 4];
+        inner
+            .files
+            .entries
+            .read_exact_at(&mut body, off + 4)
+            .map_err(LedgerError::io("reading", &epath))?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&len);
+        h.update(&body[..n]);
+        if h.finalize().to_be_bytes() != body[n..] {
+            return Err(LedgerError::Corrupt {
+                entry: index,
+                what: "checksum mismatch".into(),
+            });
+        }
+        body.truncate(n);
+        Ok(body)
+    }
+
+    fn reader(&self) -> DiskHashes<'_> {
+        DiskHashes {
+            file: &self.inner.files.hashes,
+            path: Path::new(HASHES),
+            on_disk: u64::MAX,
+            pending: &[],
+        }
+    }
+
+    /// Root hash of the tree of the first `size` entries.
+    pub fn root_at(&self, size: u64) -> Result<[u8; 32]> {
+        self.check_size(size)?;
+        tlog_tiles::tree_hash(size, &self.reader())
+            .map(|h| h.0)
+            .map_err(|e| LedgerError::Damaged(format!("reading tree hashes: {e}")))
+    }
+
+    fn check_size(&self, size: u64) -> Result<()> {
+        let have = self.size();
+        if size > have {
+            return Err(LedgerError::InvalidRequest(format!(
+                "tree size {size} is larger than the log ({have})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries (RFC 9162 audit path).
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>> {
+        self.check_size(size)?;
+        if index >= size {
+            return Err(LedgerError::InvalidRequest(format!(
+                "entry {index} is not in a tree of {size} entries"
+            )));
+        }
+        tlog_tiles::prove_record(size, index, &self.reader())
+            .map(|p| p.into_iter().map(|h| h.0).collect())
+            .map_err(|e| LedgerError::Damaged(format!("building an inclusion proof: {e}")))
+    }
+
+    /// Consistency proof from the tree of `old` entries to the tree of `new` entries.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
+        self.check_size(new)?;
+        if old > new {
+            return Err(LedgerError::InvalidRequest(format!(
+                "old size {old} is larger than new size {new}"
+            )));
+        }
+        if old == 0 || old == new {
+            return Ok(Vec::new());
+        }
+        tlog_tiles::prove_tree(new, old, &self.reader())
+            .map(|p| p.into_iter().map(|h| h.0).collect())
+            .map_err(|e| LedgerError::Damaged(format!("building a consistency proof: {e}")))
+    }
+
+    /// A C2SP tlog-proof of entry `index` against the latest checkpoint.
+    pub fn tlog_proof(&self, index: u64) -> Result<TlogProof> {
+        let cp = self.checkpoint();
+        Ok(TlogProof {
+            extra: None,
+            index,
+            proof: self.inclusion_proof(index, cp.size)?,
+            checkpoint: cp.note.clone(),
+        })
+    }
+
+    /// Re-checks the whole log: every frame's checksum and index, every stored hash
+    /// recomputed from the entries, the root against the signed checkpoint and the
+    /// checkpoint's signatures. `check_entry` is called on every entry (to verify the
+    /// documents' own signatures); its error is reported with the entry's index.
+    pub fn verify_all(
+        &self,
+        mut check_entry: impl FnMut(u64, &[u8]) -> std::result::Result<(), String>,
+    ) -> Result<VerifiedCheckpoint> {
+        let cp = self.checkpoint();
+        let verified = verify_checkpoint(&cp.note, &self.inner.public)?;
+        let inner = &self.inner;
+        let epath = inner.dir.join(ENTRIES);
+        let ipath = inner.dir.join(INDEX);
+        let hpath = inner.dir.join(HASHES);
+        let mut entries = BufReader::with_capacity(
+            1 << 20,
+            File::open(&epath).map_err(LedgerError::io("opening", &epath))?,
+        );
+        let mut index =
+            BufReader::new(File::open(&ipath).map_err(LedgerError::io("opening", &ipath))?);
+        let mut hashes =
+            BufReader::new(File::open(&hpath).map_err(LedgerError::io("opening", &hpath))?);
+        let mut offset = 0u64;
+        let reader = DiskHashes {
+            file: &inner.files.hashes,
+            path: &hpath,
+            on_disk: u64::MAX,
+            pending: &[],
+        };
+        for i in 0..verified.size {
+            let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
+            let entry = read_frame(&mut entries)
+                .map_err(corrupt)?
+                .ok_or_else(|| corrupt("entries.log ends before this entry".into()))?;
+            let mut off = [0u8; 8];
+            index
+                .read_exact(&mut off)
+                .map_err(|_| corrupt("index.log ends before this entry".into()))?;
+            if u64::from_be_bytes(off) != offset {
+                return Err(corrupt("index.log points elsewhere".into()));
+            }
+            offset += entry.len() as u64 + 8;
+            let want = tlog_tiles::stored_hashes(i, &entry, &reader)
+                .map_err(|e| corrupt(format!("recomputing tree hashes: {e}")))?;
+            for (k, w) in want.iter().enumerate() {
+                let mut h = [0u8; 32];
+                hashes
+                    .read_exact(&mut h)
+                    .map_err(|_| corrupt("hashes.log ends early".into()))?;
+                if h != w.0 {
+                    return Err(corrupt(if k == 0 {
+                        "stored leaf hash does not match the entry".into()
+                    } else {
+                        "stored subtree hash does not match the entries".into()
+                    }));
+                }
+            }
+            check_entry(i, &entry).map_err(corrupt)?;
+        }
+        let root = tlog_tiles::tree_hash(verified.size, &reader)
+            .map_err(|e| LedgerError::Damaged(format!("reading tree hashes: {e}")))?;
+        if root.0 != verified.root {
+            return Err(LedgerError::Damaged(
+                "the tree's root does not match the signed checkpoint".into(),
+            ));
+        }
+        Ok(verified)
+    }
+
+    /// Stops the writer thread after the appends already queued.
+    pub fn close(&self) {
+        self.tx.lock().expect("tx lock").take();
+        if let Some(w) = self.writer.lock().expect("writer lock").take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Checks the committed part of the log against the checkpoint and cuts anything after it.
+/// Returns the length of the committed part of entries.log.
+fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
+    let epath = dir.join(ENTRIES);
+    let ipath = dir.join(INDEX);
+    let hpath = dir.join(HASHES);
+    let n = cp.size;
+    let need_hashes = tlog_tiles::stored_hash_count(n) * 32;
+    let hashes_len = file_len(&files.hashes, &hpath)?;
+    let index_len = file_len(&files.index, &ipath)?;
+    if index_len < n * 8 {
+        return Err(LedgerError::Corrupt {
+            entry: index_len / 8,
+            what: format!("index.log is missing entries (the checkpoint covers {n})"),
+        });
+    }
+    if hashes_len < need_hashes {
+        return Err(LedgerError::Damaged(format!(
+            "hashes.log holds {hashes_len} bytes, the checkpoint of {n} entries needs {need_hashes}"
+        )));
+    }
+    let mut entries = BufReader::with_capacity(1 << 20, &files.entries);
+    let mut index = BufReader::new(&files.index);
+    let mut offset = 0u64;
+    for i in 0..n {
+        let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
+        let entry = read_frame(&mut entries)
+            .map_err(corrupt)?
+            .ok_or_else(|| corrupt("entries.log ends before this committed entry".into()))?;
+        let mut off = [0u8; 8];
+        index
+            .read_exact(&mut off)
+            .map_err(|e| corrupt(format!("index.log: {e}")))?;
+        if u64::from_be_bytes(off) != offset {
+            return Err(corrupt("index.log points elsewhere".into()));
+        }
+        offset += entry.len() as u64 + 8;
+    }
+    let reader = DiskHashes {
+        file: &files.hashes,
+        path: &hpath,
+        on_disk: u64::MAX,
+        pending: &[],
+    };
+    let root = tlog_tiles::tree_hash(n, &reader)
+        .map_err(|e| LedgerError::Damaged(format!("reading tree hashes: {e}")))?;
+    if root.0 != cp.root {
+        return Err(LedgerError::Damaged(
+            "the stored tree hashes do not match the signed checkpoint".into(),
+        ));
+    }
+    // Cut what no checkpoint covers: appends that were written but never acknowledged.
+    let entries_len = file_len(&files.entries, &epath)?;
+    let mut cut = false;
+    for (f, path, keep, len) in [
+        (&files.entries, &epath, offset, entries_len),
+        (&files.index, &ipath, n * 8, index_len),
+        (&files.hashes, &hpath, need_hashes, hashes_len),
+    ] {
+        if len > keep {
+            f.set_len(keep)
+                .map_err(LedgerError::io("truncating", path))?;
+            f.sync_all().map_err(LedgerError::io("syncing", path))?;
+            cut = true;
+        }
+    }
+    if cut {
+        warn!(
+            size = n,
+            dropped_bytes = entries_len - offset,
+            "cut an unacknowledged tail from the ledger"
+        );
+    }
+    Ok(offset)
+}
+
+fn writer_loop(inner: &Inner, rx: &mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut count = batch[0].entries.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => {
+                    count += r.entries.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let stopped = inner.stopped.lock().expect("stopped lock").clone();
+        if let Some(reason) = stopped {
+            for r in batch {
+                let _ = r.reply.send(Err(LedgerError::Stopped(reason.clone())));
+            }
+            continue;
+        }
+        match commit(inner, &batch) {
+            Ok((firsts, cp)) => {
+                for (r, first) in batch.into_iter().zip(firsts) {
+                    let count = r.entries.len() as u64;
+                    let _ = r.reply.send(Ok(Appended {
+                        first_index: first,
+                        count,
+                        checkpoint: cp.clone(),
+                    }));
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                warn!(error = %reason, "ledger append failed");
+                if rollback(inner).is_err() {
+                    *inner.stopped.lock().expect("stopped lock") = Some(reason.clone());
+                }
+                let mut e = Some(e);
+                for r in batch {
+                    let err = e
+                        .take()
+                        .unwrap_or_else(|| LedgerError::Stopped(reason.clone()));
+                    let _ = r.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// Cuts the files back to the committed state after a failed batch.
+fn rollback(inner: &Inner) -> Result<()> {
+    let st = inner.state.read().expect("state lock");
+    let n = st.size;
+    for (f, name, keep) in [
+        (&inner.files.entries, ENTRIES, st.entries_len),
+        (&inner.files.index, INDEX, n * 8),
+        (
+            &inner.files.hashes,
+            HASHES,
+            tlog_tiles::stored_hash_count(n) * 32,
+        ),
+    ] {
+        let path = inner.dir.join(name);
+        f.set_len(keep)
+            .map_err(LedgerError::io("truncating", &path))?;
+    }
+    Ok(())
+}
+
+type Committed = (Vec<u64>, Arc<SignedCheckpoint>);
+
+fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
+    let (old_size, entries_len, old_cp) = {
+        let st = inner.state.read().expect("state lock");
+        (st.size, st.entries_len, st.checkpoint.clone())
+    };
+    let hpath = inner.dir.join(HASHES);
+    let on_disk = tlog_tiles::stored_hash_count(old_size);
+    let mut frames = Vec::new();
+    let mut offsets = Vec::new();
+    let mut pending: Vec<Hash> = Vec::new();
+    let mut firsts = Vec::with_capacity(batch.len());
+    let mut n = old_size;
+    for r in batch {
+        firsts.push(n);
+        for e in &r.entries {
+            offsets.extend_from_slice(&(entries_len + frames.len() as u64).to_be_bytes());
+            frames.extend_from_slice(&frame(e));
+            let reader = DiskHashes {
+                file: &inner.files.hashes,
+                path: &hpath,
+                on_disk,
+                pending: &pending,
+            };
+            let hs = tlog_tiles::stored_hashes(n, e, &reader)
+                .map_err(|e| LedgerError::Damaged(format!("computing tree hashes: {e}")))?;
+            pending.extend(hs);
+            n += 1;
+        }
+    }
+    let hash_bytes: Vec<u8> = pending.iter().flat_map(|h| h.0).collect();
+    let f = &inner.files;
+    let epath = inner.dir.join(ENTRIES);
+    let ipath = inner.dir.join(INDEX);
+    f.entries
+        .write_all_at(&frames, entries_len)
+        .map_err(LedgerError::io("writing", &epath))?;
+    f.index
+        .write_all_at(&offsets, old_size * 8)
+        .map_err(LedgerError::io("writing", &ipath))?;
+    f.hashes
+        .write_all_at(&hash_bytes, on_disk * 32)
+        .map_err(LedgerError::io("writing", &hpath))?;
+    f.entries
+        .sync_data()
+        .map_err(LedgerError::io("syncing", &epath))?;
+    f.index
+        .sync_data()
+        .map_err(LedgerError::io("syncing", &ipath))?;
+    f.hashes
+        .sync_data()
+        .map_err(LedgerError::io("syncing", &hpath))?;
+    let reader = DiskHashes {
+        file: &f.hashes,
+        path: &hpath,
+        on_disk: u64::MAX,
+        pending: &[],
+    };
+    let root = tlog_tiles::tree_hash(n, &reader)
+        .map_err(|e| LedgerError::Damaged(format!("computing the root: {e}")))?
+        .0;
+    // Never sign a checkpoint that is not an extension of the previous one.
+    if old_size > 0 {
+        let proof = tlog_tiles::prove_tree(n, old_size, &reader)
+            .map_err(|e| LedgerError::Damaged(format!("consistency proof: {e}")))?;
+        tlog_tiles::check_tree(&proof, n, Hash(root), old_size, Hash(old_cp.root)).map_err(
+            |e| {
+                LedgerError::Damaged(format!(
+                    "new tree is not consistent with the last checkpoint: {e}"
+                ))
+            },
+        )?;
+    }
+    let note = inner.keys.sign_checkpoint(n, root, now_secs())?;
+    let cp_path = inner.dir.join(CHECKPOINT);
+    trackshift_crypto::filestore::write_atomic(&cp_path, note.as_bytes(), 0o644)
+        .map_err(|e| LedgerError::Damaged(format!("writing the checkpoint: {e}")))?;
+    let cp = Arc::new(SignedCheckpoint {
+        size: n,
+        root,
+        note,
+    });
+    let mut st = inner.state.write().expect("state lock");
+    st.size = n;
+    st.entries_len = entries_len + frames.len() as u64;
+    st.checkpoint = cp.clone();
+    Ok((firsts, cp))
+}
