@@ -1,6 +1,7 @@
 //! `trackshift`: the command-line interface and the gateway.
 
 mod demo;
+mod ledger_cmd;
 mod size;
 mod transfer;
 
@@ -56,6 +57,9 @@ enum Command {
     Receipt(ReceiptCommand),
     /// Verify a signed manifest or receipt offline, with public keys only (for auditors).
     Verify(VerifyArgs),
+    /// Check the append-only ledger of signed manifests and receipts.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCommand),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +102,10 @@ enum KeysCommand {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// Include the checkpoint keys of this ledger directory (default: the `ledger`
+        /// directory next to the key store, when there is one).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
     },
 }
 
@@ -184,10 +192,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let rejected = err
-                .chain()
-                .filter_map(|e| e.downcast_ref::<CryptoError>())
-                .any(CryptoError::is_verification_failure);
+            let rejected = err.chain().any(|e| {
+                e.downcast_ref::<CryptoError>()
+                    .is_some_and(CryptoError::is_verification_failure)
+                    || e.downcast_ref::<trackshift_ledger::LedgerError>()
+                        .is_some_and(trackshift_ledger::LedgerError::is_verification_failure)
+            });
             if rejected {
                 eprintln!("FAILED: {err:#}");
                 ExitCode::from(EXIT_REJECTED)
@@ -217,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             write_doc(out.as_deref().unwrap_or(&file), &r.to_json())
         }
         Command::Verify(args) => verify(args),
+        Command::Ledger(cmd) => ledger_cmd::run(cmd),
     }
 }
 
@@ -246,8 +257,19 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             println!("revoked {id}; export the public keys again for auditors");
         }
         KeysCommand::List { dir } => print_keys(&FileKeyStore::open(&dir)?)?,
-        KeysCommand::ExportPublic { dir, out } => {
-            let ring = FileKeyStore::open(&dir)?.public_keyring()?;
+        KeysCommand::ExportPublic { dir, out, ledger } => {
+            let mut ring = FileKeyStore::open(&dir)?.public_keyring()?;
+            let ledger = ledger.or_else(|| {
+                let sibling = dir.parent()?.join("ledger");
+                sibling.join("checkpoint").exists().then_some(sibling)
+            });
+            if let Some(l) = ledger {
+                let path = l.join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
+                ring.ledger = Some(
+                    serde_json::from_slice(&read(&path)?)
+                        .with_context(|| format!("ledger public keys {}", path.display()))?,
+                );
+            }
             write_doc(&out, &ring.to_json())?;
             println!("wrote {} public keys to {}", ring.keys.len(), out.display());
         }
@@ -391,6 +413,24 @@ fn verify(args: VerifyArgs) -> Result<()> {
             );
             if manifest.is_some() {
                 println!("   bound to manifest {}", r.manifest_hash);
+            }
+            if let Some(text) = &r.ledger_proof {
+                let keys = ring.ledger.as_ref().with_context(|| {
+                    format!(
+                        "the receipt carries a ledger proof but {} has no ledger keys",
+                        args.public_keys.display()
+                    )
+                })?;
+                let proof = trackshift_ledger::TlogProof::parse(text)?;
+                let cp = proof.verify(&r.signed_bytes()?, keys)?;
+                println!(
+                    "   recorded in ledger {} as entry {} of {} (root {}, cosigned with ML-DSA-44 at {})",
+                    cp.origin,
+                    proof.index,
+                    cp.size,
+                    hex::encode(cp.root),
+                    trackshift_crypto::Timestamp::from_unix(cp.cosigned_at)
+                );
             }
         }
     }

@@ -331,3 +331,126 @@ fn demo_runs_end_to_end_and_its_documents_verify() {
         0
     );
 }
+
+#[test]
+fn ledger_records_every_job_and_auditors_check_it_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let demo = |size: &str| {
+        let (code, out, err) = run(
+            &["demo", "--dir", "demo", "--size", size, "--files", "2"],
+            dir,
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(out.contains("recorded in the append-only ledger"), "{out}");
+    };
+    let gw = dir.join("demo/gateway");
+    let gw = gw.to_str().unwrap();
+    let keys = dir.join("demo/public-keys.json");
+    let keys = keys.to_str().unwrap();
+    demo("1MiB");
+    let (code, old, err) = run(&["ledger", "checkpoint", "--data-dir", gw], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(old.starts_with("trackshift.local/ledger\n2\n"), "{old}");
+    fs::write(dir.join("old.checkpoint"), &old).unwrap();
+    demo("512KiB");
+    let (_, new, _) = run(&["ledger", "checkpoint", "--data-dir", gw], dir);
+    fs::write(dir.join("new.checkpoint"), &new).unwrap();
+
+    // The log only grew.
+    let (code, out, err) = run(
+        &[
+            "ledger",
+            "consistency",
+            "old.checkpoint",
+            "new.checkpoint",
+            "--public-keys",
+            keys,
+            "--data-dir",
+            gw,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("grew from 2 to 4 entries"), "{out}");
+    // Checkpoints in the wrong order are a usage error; a forged one is rejected.
+    let (code, _, _) = run(
+        &[
+            "ledger",
+            "consistency",
+            "new.checkpoint",
+            "old.checkpoint",
+            "--public-keys",
+            keys,
+            "--data-dir",
+            gw,
+        ],
+        dir,
+    );
+    assert_eq!(code, 2);
+    fs::write(
+        dir.join("forged.checkpoint"),
+        new.replacen("\n4\n", "\n5\n", 1),
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &[
+            "ledger",
+            "consistency",
+            "old.checkpoint",
+            "forged.checkpoint",
+            "--public-keys",
+            keys,
+            "--data-dir",
+            gw,
+        ],
+        dir,
+    );
+    assert_eq!(code, 1, "{err}");
+
+    // Every receipt carries an inclusion proof that `verify` checks.
+    let receipts: Vec<_> = fs::read_dir(dir.join("demo/receipts"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("receipt.json"))
+        .collect();
+    assert_eq!(receipts.len(), 2);
+    for r in &receipts {
+        let (code, out, err) = run(&["verify", r.to_str().unwrap(), "--public-keys", keys], dir);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("recorded in ledger trackshift.local/ledger as entry"),
+            "{out}"
+        );
+    }
+    // A receipt whose proof names another index is rejected.
+    let text = fs::read_to_string(&receipts[0]).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let proof = json["ledger_proof"].as_str().unwrap().to_string();
+    let idx_line = proof.lines().nth(1).unwrap().to_string();
+    let other = if idx_line == "index 1" {
+        "index 3"
+    } else {
+        "index 1"
+    };
+    json["ledger_proof"] = serde_json::Value::String(proof.replacen(&idx_line, other, 1));
+    let bad = dir.join("bad-receipt.json");
+    fs::write(&bad, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let (code, _, err) = run(
+        &["verify", bad.to_str().unwrap(), "--public-keys", keys],
+        dir,
+    );
+    assert_eq!(code, 1, "{err}");
+
+    // The whole ledger re-verifies; a flipped byte in it is reported with its entry.
+    let (code, out, err) = run(&["ledger", "verify", "--data-dir", gw], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4 entries (2 manifests, 2 receipts)"), "{out}");
+    let entries = dir.join("demo/gateway/ledger/entries.log");
+    let mut bytes = fs::read(&entries).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x01;
+    fs::write(&entries, &bytes).unwrap();
+    let (code, _, err) = run(&["ledger", "verify", "--data-dir", gw], dir);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("entry 3"), "{err}");
+}

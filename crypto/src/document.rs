@@ -191,3 +191,68 @@ impl Document {
         }
     }
 }
+
+/// Verifies a signed document given as its canonical signed bytes ([`Signable::signed_bytes`],
+/// what the ledger records) without its JSON form: reads the format, algorithm, key id and
+/// signing time from the signed-message header, splits off the signature, and checks it
+/// against `keys` (purpose, validity window, revocation). Returns the format and the key.
+pub fn verify_signed_bytes<'k>(
+    bytes: &[u8],
+    keys: &'k PublicKeyring,
+) -> Result<(&'static str, &'k PublicKeyRecord)> {
+    let bad = |why: &str| CryptoError::malformed("signed document bytes", why);
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let end = pos.checked_add(n).filter(|&e| e <= bytes.len());
+        let end = end.ok_or_else(|| bad("cut short"))?;
+        let s = &bytes[pos..end];
+        pos = end;
+        Ok(s)
+    };
+    let len = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
+    let n = len(take(4)?);
+    let format = take(n)?;
+    let (what, purpose, format) = match format {
+        f if f == crate::manifest::MANIFEST_FORMAT.as_bytes() => (
+            "manifest",
+            Purpose::Manifest,
+            crate::manifest::MANIFEST_FORMAT,
+        ),
+        f if f == crate::receipt::RECEIPT_FORMAT.as_bytes() => {
+            ("receipt", Purpose::Receipt, crate::receipt::RECEIPT_FORMAT)
+        }
+        _ => return Err(bad("unknown document format")),
+    };
+    let n = len(take(4)?);
+    let algorithm = match take(n)? {
+        a if a == Algorithm::MlDsa65.as_str().as_bytes() => Algorithm::MlDsa65,
+        a if a == Algorithm::Ed25519.as_str().as_bytes() => Algorithm::Ed25519,
+        _ => return Err(bad("unknown algorithm")),
+    };
+    let key_id = KeyId(take(32)?.try_into().expect("32 bytes"));
+    let signed_at = Timestamp::from_unix(u64::from_be_bytes(take(8)?.try_into().expect("8 bytes")));
+    let sig_len = match algorithm {
+        Algorithm::MlDsa65 => 3309,
+        Algorithm::Ed25519 => 64,
+    };
+    let split = bytes
+        .len()
+        .checked_sub(4 + sig_len)
+        .filter(|&s| s >= pos)
+        .ok_or_else(|| bad("no room for the signature"))?;
+    if len(&bytes[split..split + 4]) != sig_len {
+        return Err(bad("signature length does not match the algorithm"));
+    }
+    let key = keys.verify(
+        what,
+        purpose,
+        &key_id,
+        signed_at,
+        &bytes[..split],
+        &bytes[split + 4..],
+    )?;
+    if key.algorithm != algorithm {
+        return Err(CryptoError::BadSignature { what, key_id });
+    }
+    Ok((format, key))
+}

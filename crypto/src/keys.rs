@@ -337,6 +337,22 @@ pub struct PublicKeyring {
     pub format: String,
     /// Every key ever issued, including retired and revoked ones.
     pub keys: Vec<PublicKeyRecord>,
+    /// The verifier keys of the gateway's ledger checkpoints, when exported with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerPublicKeys>,
+}
+
+/// What an auditor needs to check a ledger's signed checkpoints: the log's origin and its
+/// two C2SP signed-note verifier keys (`docs/FORMATS.md`, ledger section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerPublicKeys {
+    /// The log's origin line.
+    pub origin: String,
+    /// Ed25519 verifier key of the log (`vkey`, signature type 0x01).
+    pub log_key: String,
+    /// ML-DSA-44 verifier key of the log's cosigner (`vkey`, signature type 0x06).
+    pub cosigner_key: String,
 }
 
 impl Default for PublicKeyring {
@@ -344,6 +360,7 @@ impl Default for PublicKeyring {
         Self {
             format: PUBLIC_KEYS_FORMAT.to_string(),
             keys: Vec::new(),
+            ledger: None,
         }
     }
 }

@@ -37,11 +37,13 @@ pub mod receipt;
 pub mod signer;
 pub mod timestamp;
 
-pub use document::{Document, Signable, SignatureBlock};
+pub use document::{Document, Signable, SignatureBlock, verify_signed_bytes};
 pub use error::{CryptoError, Result};
 pub use filestore::FileKeyStore;
 pub use hash::{ChunkHasher, ChunkLayout, Hash32};
-pub use keys::{Algorithm, KeyId, KeyStatus, PublicKeyRecord, PublicKeyring, Purpose};
+pub use keys::{
+    Algorithm, KeyId, KeyStatus, LedgerPublicKeys, PublicKeyRecord, PublicKeyring, Purpose,
+};
 pub use manifest::{FileEntry, Manifest};
 pub use receipt::{Confirmation, DeliveryStatus, Receipt};
 pub use signer::{KeyBackend, SecretSeed, Signer, SoftwareSigner};

@@ -128,13 +128,9 @@ impl Receipt {
         keys: &'k PublicKeyring,
         manifest: Option<&Manifest>,
     ) -> Result<&'k PublicKeyRecord> {
+        // `ledger_proof` is not covered by the signature; it is checked against the
+        // ledger's signed checkpoint by `trackshift_ledger::TlogProof::verify`.
         let key = self.verify_signature(keys)?;
-        if self.ledger_proof.is_some() {
-            return Err(CryptoError::malformed(
-                "receipt",
-                "carries a ledger proof, which this version cannot check yet",
-            ));
-        }
         if let Some(m) = manifest {
             let h = m.document_hash()?;
             if h != self.manifest_hash {

@@ -300,10 +300,8 @@ fn every_receipt_field_is_covered_and_bound_to_the_manifest() {
             "completed_at",
             Box::new(|v| v["completed_at"] = json!("2026-09-21T00:00:00Z")),
         ),
-        (
-            "ledger_proof",
-            Box::new(|v| v["ledger_proof"] = json!("unverifiable")),
-        ),
+        // `ledger_proof` is not signed: it is checked against the ledger's signed checkpoint
+        // (trackshift-ledger, and `trackshift verify` end to end).
     ];
     for (name, edit) in edits {
         assert!(
@@ -613,5 +611,40 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+}
+
+#[test]
+fn signed_bytes_verify_on_their_own_as_the_ledger_records_them() {
+    let k = keys();
+    let m = signed_manifest(&k, T0 + 5);
+    let r = signed_receipt(&k, &m, T0 + 11);
+    let keyring = ring(&k);
+    let mb = m.signed_bytes().unwrap();
+    let rb = r.signed_bytes().unwrap();
+    let (f, key) = trackshift_crypto::verify_signed_bytes(&mb, &keyring).unwrap();
+    assert_eq!(
+        (f, key.purpose),
+        ("trackshift.manifest.v1", Purpose::Manifest)
+    );
+    let (f, key) = trackshift_crypto::verify_signed_bytes(&rb, &keyring).unwrap();
+    assert_eq!(
+        (f, key.purpose),
+        ("trackshift.receipt.v1", Purpose::Receipt)
+    );
+    // Any changed byte, any cut, and another ring are refused (and nothing panics).
+    for bytes in [&mb, &rb] {
+        for pos in (0..bytes.len()).step_by(97) {
+            let mut b = bytes.clone();
+            b[pos] ^= 0x04;
+            assert!(
+                trackshift_crypto::verify_signed_bytes(&b, &keyring).is_err(),
+                "byte {pos}"
+            );
+        }
+        for cut in [0, 3, 40, bytes.len() / 2, bytes.len() - 1] {
+            assert!(trackshift_crypto::verify_signed_bytes(&bytes[..cut], &keyring).is_err());
+        }
+        assert!(trackshift_crypto::verify_signed_bytes(bytes, &ring(&keys())).is_err());
     }
 }

@@ -56,6 +56,9 @@ pub enum GatewayError {
     /// Keys or signing.
     #[error(transparent)]
     Crypto(#[from] trackshift_crypto::CryptoError),
+    /// The ledger refused or failed an operation.
+    #[error(transparent)]
+    Ledger(#[from] trackshift_ledger::LedgerError),
     /// The peer broke the protocol.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -95,7 +98,12 @@ pub struct GatewayConfig {
     pub pq_only: bool,
     /// Most chunk payload bytes buffered at once across all connections.
     pub memory_budget: usize,
+    /// Origin line of the gateway's ledger checkpoints (names the log to auditors).
+    pub ledger_origin: String,
 }
+
+/// Default ledger origin.
+pub const DEFAULT_LEDGER_ORIGIN: &str = "trackshift.local/ledger";
 
 impl GatewayConfig {
     /// Defaults: 512 MiB memory budget, hybrid key exchange preferred but not required.
@@ -105,6 +113,7 @@ impl GatewayConfig {
             data_dir: data_dir.into(),
             pq_only: false,
             memory_budget: 512 << 20,
+            ledger_origin: DEFAULT_LEDGER_ORIGIN.to_string(),
         }
     }
 }
@@ -234,6 +243,7 @@ struct Shared {
     keys: FileKeyStore,
     tenants: Vec<TenantEntry>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
+    ledger: Arc<trackshift_ledger::Ledger>,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -283,8 +293,13 @@ impl Gateway {
         let budget_max = u32::try_from(cfg.memory_budget)
             .unwrap_or(u32::MAX)
             .max(1 << 20);
+        let ledger = Arc::new(trackshift_ledger::Ledger::open(
+            data.join("ledger"),
+            &cfg.ledger_origin,
+        )?);
         let shared = Arc::new(Shared {
             data_dir: data.clone(),
+            ledger,
             keys,
             tenants,
             jobs: tokio::sync::Mutex::new(HashMap::new()),
@@ -314,9 +329,17 @@ impl Gateway {
         self.identity.fingerprint()
     }
 
-    /// The public keys auditors need to verify this gateway's manifests and receipts.
+    /// The public keys auditors need to verify this gateway's manifests, receipts and
+    /// ledger checkpoints.
     pub fn public_keyring(&self) -> Result<PublicKeyring, GatewayError> {
-        Ok(self.shared.keys.public_keyring()?)
+        let mut ring = self.shared.keys.public_keyring()?;
+        ring.ledger = Some(self.shared.ledger.public_keys().clone());
+        Ok(ring)
+    }
+
+    /// The gateway's ledger (read-only use: checkpoints and proofs for auditors).
+    pub fn ledger(&self) -> &Arc<trackshift_ledger::Ledger> {
+        &self.shared.ledger
     }
 
     /// Counters since start.
@@ -957,6 +980,22 @@ async fn finish_job(
         ledger_proof: None,
     };
     receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
+    // Record both in the ledger (adjacent: manifest, then receipt) and give the tenant the
+    // receipt's inclusion proof against the checkpoint that committed it.
+    let appended = shared
+        .ledger
+        .append(vec![manifest.signed_bytes()?, receipt.signed_bytes()?])
+        .await?;
+    let receipt_index = appended.first_index + 1;
+    let proof = trackshift_ledger::TlogProof {
+        extra: None,
+        index: receipt_index,
+        proof: shared
+            .ledger
+            .inclusion_proof(receipt_index, appended.checkpoint.size)?,
+        checkpoint: appended.checkpoint.note.clone(),
+    };
+    receipt.ledger_proof = Some(proof.to_text());
     let (m, r) = (manifest.to_json(), receipt.to_json());
     trackshift_crypto::filestore::write_atomic(
         &job.dir.join("manifest.json"),

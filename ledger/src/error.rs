@@ -30,9 +30,12 @@ pub enum LedgerError {
     /// A checkpoint or note failed to parse or verify.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    /// A proof failed to parse or verify.
+    /// A proof did not verify.
     #[error("proof: {0}")]
     Proof(String),
+    /// An input (proof file, checkpoint, key) is not well-formed.
+    #[error("malformed {0}")]
+    Malformed(String),
     /// A key could not be loaded, parsed or used.
     #[error("key: {0}")]
     Key(String),
@@ -54,6 +57,16 @@ pub enum LedgerError {
 }
 
 impl LedgerError {
+    /// True when something did not verify (bad signature, proof that does not match,
+    /// damaged or altered log data): auditors treat this as a rejection rather than a usage
+    /// error.
+    pub fn is_verification_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Proof(_) | Self::Checkpoint(_) | Self::Corrupt { .. } | Self::Damaged(_)
+        )
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

@@ -10,7 +10,6 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::{Deserialize, Serialize};
 use signed_note::{Note, Verifier, VerifierList};
 use tlog_tiles::{Checkpoint, Hash};
 use zeroize::Zeroizing;
@@ -72,7 +71,7 @@ pub struct VerifierKey {
 impl VerifierKey {
     /// Parses `name+hex8+base64(type ‖ key)`, checking the key id and the key length.
     pub fn parse(vkey: &str) -> Result<Self> {
-        let bad = |why: &str| LedgerError::Key(format!("verifier key: {why}"));
+        let bad = |why: &str| LedgerError::Malformed(format!("verifier key: {why}"));
         let mut parts = vkey.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected name+keyid+key"));
@@ -114,17 +113,7 @@ impl VerifierKey {
     }
 }
 
-/// What an auditor needs to check a ledger's checkpoints: its origin and both verifier keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LedgerPublicKeys {
-    /// The log's origin line.
-    pub origin: String,
-    /// Ed25519 verifier key of the log (`vkey`, type 0x01).
-    pub log_key: String,
-    /// ML-DSA-44 verifier key of the log's cosigner (`vkey`, type 0x06).
-    pub cosigner_key: String,
-}
+pub use trackshift_crypto::LedgerPublicKeys;
 
 /// The ledger's signing keys (Ed25519 for the log, ML-DSA-44 for the cosigner).
 pub struct LedgerKeys {
@@ -419,7 +408,7 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
         seen_timestamp: std::sync::Mutex::new(None),
     });
     let parsed = Note::from_bytes(note.as_bytes())
-        .map_err(|e| LedgerError::Checkpoint(format!("not a signed note: {e}")))?;
+        .map_err(|e| LedgerError::Malformed(format!("signed checkpoint: {e}")))?;
     let list = VerifierList::new(vec![Box::new(ed), Box::new(SharedVerifier(ml.clone()))]);
     let (verified, _unknown) = parsed
         .verify(&list)

@@ -128,7 +128,7 @@ impl TlogProof {
     /// Parses C2SP tlog-proof text strictly (canonical numbers and base64, 32-byte hashes,
     /// bounded size).
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = |why: String| LedgerError::Proof(format!("malformed tlog-proof: {why}"));
+        let bad = |why: String| LedgerError::Malformed(format!("tlog-proof: {why}"));
         if text.len() > crate::note::MAX_NOTE_LEN + MAX_PROOF_HASHES * 50 + 4096 {
             return Err(bad("too long".into()));
         }

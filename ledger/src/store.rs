@@ -45,6 +45,8 @@ const ENTRIES: &str = "entries.log";
 const INDEX: &str = "index.log";
 const HASHES: &str = "hashes.log";
 const CHECKPOINT: &str = "checkpoint";
+/// File in the log directory holding the public keys auditors need (JSON, not secret).
+pub const PUBLIC_KEYS_FILE: &str = "public-keys.json";
 
 /// The outcome of an acknowledged append.
 #[derive(Debug, Clone)]
@@ -93,6 +95,8 @@ struct Inner {
     files: Files,
     state: RwLock<State>,
     stopped: Mutex<Option<String>>,
+    /// Exclusive lock on `DIR/lock`: one writer process per log.
+    _lock: File,
 }
 
 /// The append-only log.
@@ -219,6 +223,14 @@ impl Ledger {
         std::fs::create_dir_all(&dir).map_err(LedgerError::io("creating", &dir))?;
         let keys = LedgerKeys::load_or_generate(&dir.join("keys"), origin)?;
         let public = keys.public_keys();
+        let lock_path = dir.join("lock");
+        let lock = open_rw(&lock_path)?;
+        lock.try_lock().map_err(|_| {
+            LedgerError::InvalidRequest(format!(
+                "{} is in use by another process (a running gateway?)",
+                dir.display()
+            ))
+        })?;
         let cp_path = dir.join(CHECKPOINT);
         let fresh = !dir.join(ENTRIES).exists() && !cp_path.exists();
         let files = Files {
@@ -257,6 +269,12 @@ impl Ledger {
             }
         };
         let entries_len = recover(&dir, &files, &checkpoint)?;
+        let pk_path = dir.join(PUBLIC_KEYS_FILE);
+        let pk_json = serde_json::to_string_pretty(&public).expect("keys serialise") + "\n";
+        if std::fs::read_to_string(&pk_path).ok().as_deref() != Some(pk_json.as_str()) {
+            trackshift_crypto::filestore::write_atomic(&pk_path, pk_json.as_bytes(), 0o644)
+                .map_err(|e| LedgerError::Damaged(e.to_string()))?;
+        }
         let inner = Arc::new(Inner {
             dir,
             keys,
@@ -268,6 +286,7 @@ impl Ledger {
                 checkpoint: Arc::new(checkpoint),
             }),
             stopped: Mutex::new(None),
+            _lock: lock,
         });
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_inner = inner.clone();
@@ -283,6 +302,20 @@ impl Ledger {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Opens an existing log, taking its origin from the stored checkpoint.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cp = dir.join(CHECKPOINT);
+        let text = std::fs::read_to_string(&cp).map_err(LedgerError::io("reading", &cp))?;
+        let origin = text
+            .lines()
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| LedgerError::Damaged(format!("{} has no origin line", cp.display())))?
+            .to_string();
+        Self::open(dir, &origin)
     }
 
     /// The log directory.

@@ -248,7 +248,7 @@ def document_hash(doc, body):
 
 def load_keys(path):
     ring = load_json(path)
-    closed(ring, {"format", "keys"}, "public key file")
+    closed(ring, {"format", "keys", "ledger"}, "public key file")
     if ring.get("format") != "trackshift.public-keys.v1":
         raise Rejected("public key file: unknown format")
     keys, active = {}, set()

@@ -1,0 +1,122 @@
+//! `trackshift ledger ...`: auditor and operator commands over the gateway's ledger.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+use trackshift_crypto::{FileKeyStore, KeyBackend as _, PublicKeyring};
+use trackshift_ledger::{Ledger, verify_checkpoint, verify_consistency};
+
+/// Ledger subcommands.
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Re-check the whole ledger of a gateway: every entry's signature, every hash, the root
+    /// against the latest signed checkpoint (stop the gateway first).
+    Verify {
+        /// The gateway's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Print the latest signed checkpoint (save it to check consistency later).
+    Checkpoint {
+        /// The gateway's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Prove that the log only grew between two saved checkpoints: both signatures and the
+    /// consistency proof (from the gateway's ledger) are verified locally.
+    Consistency {
+        /// The earlier signed checkpoint.
+        old: PathBuf,
+        /// The later signed checkpoint.
+        new: PathBuf,
+        /// Public key file (with the ledger keys) from `keys export-public`.
+        #[arg(long)]
+        public_keys: PathBuf,
+        /// The gateway's data directory (where the proof comes from).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// The ledger directory of a gateway data directory.
+pub fn ledger_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("ledger")
+}
+
+/// Runs a ledger subcommand.
+pub fn run(cmd: LedgerCommand) -> Result<()> {
+    match cmd {
+        LedgerCommand::Verify { data_dir } => {
+            let ring = FileKeyStore::open(data_dir.join("keys"))?.public_keyring()?;
+            let ledger = Ledger::open_existing(ledger_dir(&data_dir))?;
+            let (mut manifests, mut receipts) = (0u64, 0u64);
+            let v = ledger.verify_all(|_, entry| {
+                let (format, _) = trackshift_crypto::verify_signed_bytes(entry, &ring)
+                    .map_err(|e| format!("document signature: {e}"))?;
+                if format.contains("manifest") {
+                    manifests += 1;
+                } else {
+                    receipts += 1;
+                }
+                Ok(())
+            })?;
+            println!(
+                "OK ledger {} ({}): {} entries ({manifests} manifests, {receipts} receipts), root {}",
+                ledger.dir().display(),
+                v.origin,
+                v.size,
+                hex::encode(v.root)
+            );
+            println!("   every signature, hash and the signed checkpoint verify");
+        }
+        LedgerCommand::Checkpoint { data_dir } => {
+            let path = ledger_dir(&data_dir).join("checkpoint");
+            let note = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            print!("{note}");
+        }
+        LedgerCommand::Consistency {
+            old,
+            new,
+            public_keys,
+            data_dir,
+        } => {
+            let ring = PublicKeyring::from_json(&crate::read(&public_keys)?)
+                .with_context(|| format!("public key file {}", public_keys.display()))?;
+            let keys = ring.ledger.as_ref().with_context(|| {
+                format!(
+                    "{} has no ledger keys; export them from the gateway",
+                    public_keys.display()
+                )
+            })?;
+            let read = |p: &Path| -> Result<String> {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let a = verify_checkpoint(&read(&old)?, keys)
+                .with_context(|| format!("checkpoint {}", old.display()))?;
+            let b = verify_checkpoint(&read(&new)?, keys)
+                .with_context(|| format!("checkpoint {}", new.display()))?;
+            if a.size > b.size {
+                bail!(
+                    "{} is larger ({}) than {} ({}); pass the earlier checkpoint first",
+                    old.display(),
+                    a.size,
+                    new.display(),
+                    b.size
+                );
+            }
+            let ledger = Ledger::open_existing(ledger_dir(&data_dir))?;
+            let proof = ledger.consistency_proof(a.size, b.size)?;
+            drop(ledger);
+            verify_consistency(a.size, b.size, &a.root, &b.root, &proof)?;
+            println!(
+                "OK the log grew from {} to {} entries without rewriting history ({} proof hashes)",
+                a.size,
+                b.size,
+                proof.len()
+            );
+        }
+    }
+    Ok(())
+}
