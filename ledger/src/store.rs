@@ -199,6 +199,34 @@ fn read_frame(r: &mut impl std::io::Read) -> std::result::Result<Option<Vec<u8>>
     Ok(Some(body))
 }
 
+/// Reads the first `n` frames of entries.log with the matching index.log records, checking
+/// each frame's checksum and offset, and hands each entry to `f`. Returns the end offset of
+/// the last frame. Errors name the entry.
+fn walk_entries(
+    entries: &mut impl std::io::Read,
+    index: &mut impl std::io::Read,
+    n: u64,
+    mut f: impl FnMut(u64, Vec<u8>) -> Result<()>,
+) -> Result<u64> {
+    let mut offset = 0u64;
+    for i in 0..n {
+        let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
+        let entry = read_frame(entries)
+            .map_err(corrupt)?
+            .ok_or_else(|| corrupt("entries.log ends before this committed entry".into()))?;
+        let mut off = [0u8; 8];
+        index
+            .read_exact(&mut off)
+            .map_err(|e| corrupt(format!("index.log: {e}")))?;
+        if u64::from_be_bytes(off) != offset {
+            return Err(corrupt("index.log points elsewhere".into()));
+        }
+        offset += entry.len() as u64 + 8;
+        f(i, entry)?;
+    }
+    Ok(offset)
+}
+
 fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -225,12 +253,17 @@ impl Ledger {
         let public = keys.public_keys();
         let lock_path = dir.join("lock");
         let lock = open_rw(&lock_path)?;
-        lock.try_lock().map_err(|_| {
-            LedgerError::InvalidRequest(format!(
-                "{} is in use by another process (a running gateway?)",
-                dir.display()
-            ))
-        })?;
+        // A previous instance that is shutting down gets a few seconds to let go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lock.try_lock().is_err() {
+            if std::time::Instant::now() >= deadline {
+                return Err(LedgerError::InvalidRequest(format!(
+                    "{} is in use by another process (a running gateway?)",
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let cp_path = dir.join(CHECKPOINT);
         let fresh = !dir.join(ENTRIES).exists() && !cp_path.exists();
         let files = Files {
@@ -524,26 +557,14 @@ impl Ledger {
             BufReader::new(File::open(&ipath).map_err(LedgerError::io("opening", &ipath))?);
         let mut hashes =
             BufReader::new(File::open(&hpath).map_err(LedgerError::io("opening", &hpath))?);
-        let mut offset = 0u64;
         let reader = DiskHashes {
             file: &inner.files.hashes,
             path: &hpath,
             on_disk: u64::MAX,
             pending: &[],
         };
-        for i in 0..verified.size {
+        walk_entries(&mut entries, &mut index, verified.size, |i, entry| {
             let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
-            let entry = read_frame(&mut entries)
-                .map_err(corrupt)?
-                .ok_or_else(|| corrupt("entries.log ends before this entry".into()))?;
-            let mut off = [0u8; 8];
-            index
-                .read_exact(&mut off)
-                .map_err(|_| corrupt("index.log ends before this entry".into()))?;
-            if u64::from_be_bytes(off) != offset {
-                return Err(corrupt("index.log points elsewhere".into()));
-            }
-            offset += entry.len() as u64 + 8;
             let want = tlog_tiles::stored_hashes(i, &entry, &reader)
                 .map_err(|e| corrupt(format!("recomputing tree hashes: {e}")))?;
             for (k, w) in want.iter().enumerate() {
@@ -559,8 +580,8 @@ impl Ledger {
                     }));
                 }
             }
-            check_entry(i, &entry).map_err(corrupt)?;
-        }
+            check_entry(i, &entry).map_err(corrupt)
+        })?;
         let root = tlog_tiles::tree_hash(verified.size, &reader)
             .map_err(|e| LedgerError::Damaged(format!("reading tree hashes: {e}")))?;
         if root.0 != verified.root {
@@ -609,21 +630,7 @@ fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
     }
     let mut entries = BufReader::with_capacity(1 << 20, &files.entries);
     let mut index = BufReader::new(&files.index);
-    let mut offset = 0u64;
-    for i in 0..n {
-        let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
-        let entry = read_frame(&mut entries)
-            .map_err(corrupt)?
-            .ok_or_else(|| corrupt("entries.log ends before this committed entry".into()))?;
-        let mut off = [0u8; 8];
-        index
-            .read_exact(&mut off)
-            .map_err(|e| corrupt(format!("index.log: {e}")))?;
-        if u64::from_be_bytes(off) != offset {
-            return Err(corrupt("index.log points elsewhere".into()));
-        }
-        offset += entry.len() as u64 + 8;
-    }
+    let offset = walk_entries(&mut entries, &mut index, n, |_, _| Ok(()))?;
     let reader = DiskHashes {
         file: &files.hashes,
         path: &hpath,
