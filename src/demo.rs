@@ -109,19 +109,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "4. manifest (ML-DSA-65) and receipt (Ed25519) verified with {} only; destination re-hashed and matches",
         public_keys.display()
     );
-    let ledger_keys = ring
-        .ledger
-        .as_ref()
-        .context("the public key file has no ledger keys")?;
-    let proof = trackshift_ledger::TlogProof::parse(
-        receipt
-            .ledger_proof
-            .as_deref()
-            .context("the receipt carries no ledger proof")?,
-    )?;
-    let cp = proof
-        .verify(&receipt.signed_bytes()?, ledger_keys)
-        .context("ledger proof")?;
+    let (proof, cp) = crate::check_ledger_proof(&receipt, &ring)
+        .context("ledger proof")?
+        .context("the receipt carries no ledger proof")?;
     println!(
         "5. receipt recorded in the append-only ledger as entry {} of {}: inclusion proof and checkpoint (Ed25519 + ML-DSA-44) verified",
         proof.index, cp.size

@@ -414,15 +414,9 @@ fn verify(args: VerifyArgs) -> Result<()> {
             if manifest.is_some() {
                 println!("   bound to manifest {}", r.manifest_hash);
             }
-            if let Some(text) = &r.ledger_proof {
-                let keys = ring.ledger.as_ref().with_context(|| {
-                    format!(
-                        "the receipt carries a ledger proof but {} has no ledger keys",
-                        args.public_keys.display()
-                    )
-                })?;
-                let proof = trackshift_ledger::TlogProof::parse(text)?;
-                let cp = proof.verify(&r.signed_bytes()?, keys)?;
+            if let Some((proof, cp)) = check_ledger_proof(&r, &ring).with_context(|| {
+                format!("ledger proof (keys from {})", args.public_keys.display())
+            })? {
                 println!(
                     "   recorded in ledger {} as entry {} of {} (root {}, cosigned with ML-DSA-44 at {})",
                     cp.origin,
@@ -435,6 +429,29 @@ fn verify(args: VerifyArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks a receipt's ledger proof (the checkpoint's signatures and the inclusion of the
+/// receipt's signed bytes) with the ledger keys of `ring`; `None` when it carries none.
+pub(crate) fn check_ledger_proof(
+    r: &Receipt,
+    ring: &trackshift_crypto::PublicKeyring,
+) -> Result<
+    Option<(
+        trackshift_ledger::TlogProof,
+        trackshift_ledger::VerifiedCheckpoint,
+    )>,
+> {
+    let Some(text) = &r.ledger_proof else {
+        return Ok(None);
+    };
+    let keys = ring
+        .ledger
+        .as_ref()
+        .context("the receipt carries a ledger proof but the public key file has no ledger keys")?;
+    let proof = trackshift_ledger::TlogProof::parse(text)?;
+    let cp = proof.verify(&r.signed_bytes()?, keys)?;
+    Ok(Some((proof, cp)))
 }
 
 /// Re-hashes `data` and compares it file by file with the manifest.

@@ -986,15 +986,9 @@ async fn finish_job(
         .ledger
         .append(vec![manifest.signed_bytes()?, receipt.signed_bytes()?])
         .await?;
-    let receipt_index = appended.first_index + 1;
-    let proof = trackshift_ledger::TlogProof {
-        extra: None,
-        index: receipt_index,
-        proof: shared
-            .ledger
-            .inclusion_proof(receipt_index, appended.checkpoint.size)?,
-        checkpoint: appended.checkpoint.note.clone(),
-    };
+    let proof = shared
+        .ledger
+        .tlog_proof_in(appended.first_index + 1, &appended.checkpoint)?;
     receipt.ledger_proof = Some(proof.to_text());
     let (m, r) = (manifest.to_json(), receipt.to_json());
     trackshift_crypto::filestore::write_atomic(

@@ -333,20 +333,18 @@ pub async fn send_jobs(
                 };
                 // Every unfinished job gets the error: the first one the error itself, the
                 // others a copy of its text (refusals keep their kind).
-                let mut e = Some(e);
+                let refused = match &e {
+                    SendError::Refused(r) => Some(r.clone()),
+                    _ => None,
+                };
+                let text = e.to_string();
+                let mut original = Some(e);
                 for job in jobs.iter_mut().filter(|j| j.outcome.is_none() && !j.done) {
-                    let copy = match e.as_ref() {
-                        Some(SendError::Refused(r)) => SendError::Refused(r.clone()),
-                        Some(other) => SendError::Connection(other.to_string()),
-                        None => unreachable!("the original is taken last"),
-                    };
-                    job.outcome = Some(Err(copy));
-                }
-                if let Some(job) = jobs
-                    .iter_mut()
-                    .find(|j| matches!(j.outcome, Some(Err(_))) && !j.done)
-                {
-                    job.outcome = e.take().map(Err);
+                    let err = original.take().unwrap_or_else(|| match &refused {
+                        Some(r) => SendError::Refused(r.clone()),
+                        None => SendError::Connection(text.clone()),
+                    });
+                    job.outcome = Some(Err(err));
                 }
                 break;
             }

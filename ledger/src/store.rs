@@ -132,6 +132,18 @@ struct DiskHashes<'a> {
     pending: &'a [Hash],
 }
 
+impl<'a> DiskHashes<'a> {
+    /// Reads committed hashes only (nothing pending).
+    fn committed(file: &'a File, path: &'a Path) -> Self {
+        Self {
+            file,
+            path,
+            on_disk: u64::MAX,
+            pending: &[],
+        }
+    }
+}
+
 impl HashReader for DiskHashes<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
         let mut out = Vec::with_capacity(indexes.len());
@@ -157,16 +169,20 @@ impl HashReader for DiskHashes<'_> {
     }
 }
 
-fn frame(entry: &[u8]) -> Vec<u8> {
+/// CRC-32 of a frame's length field and entry.
+fn frame_crc(len: [u8; 4], entry: &[u8]) -> [u8; 4] {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(entry);
+    h.finalize().to_be_bytes()
+}
+
+/// Appends the frame of `entry` (length, entry, checksum) to `out`.
+fn append_frame(out: &mut Vec<u8>, entry: &[u8]) {
     let len = (entry.len() as u32).to_be_bytes();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
-    crc.update(entry);
-    let mut f = Vec::with_capacity(entry.len() + 8);
-    f.extend_from_slice(&len);
-    f.extend_from_slice(entry);
-    f.extend_from_slice(&crc.finalize().to_be_bytes());
-    f
+    out.extend_from_slice(&len);
+    out.extend_from_slice(entry);
+    out.extend_from_slice(&frame_crc(len, entry));
 }
 
 /// Reads one frame from a sequential reader: `Ok(None)` at a clean end.
@@ -189,10 +205,7 @@ fn read_frame(r: &mut impl std::io::Read) -> std::result::Result<Option<Vec<u8>>
     r.read_exact(&mut body)
         .map_err(|_| "frame cut short".to_string())?;
     let (entry, crc) = body.split_at(n);
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len);
-    h.update(entry);
-    if h.finalize().to_be_bytes() != crc {
+    if frame_crc(len, entry) != crc {
         return Err("checksum mismatch (the entry's bytes changed)".into());
     }
     body.truncate(n);
@@ -455,10 +468,7 @@ impl Ledger {
             .entries
             .read_exact_at(&mut body, off + 4)
             .map_err(LedgerError::io("reading", &epath))?;
-        let mut h = crc32fast::Hasher::new();
-        h.update(&len);
-        h.update(&body[..n]);
-        if h.finalize().to_be_bytes() != body[n..] {
+        if frame_crc(len, &body[..n]) != body[n..] {
             return Err(LedgerError::Corrupt {
                 entry: index,
                 what: "checksum mismatch".into(),
@@ -469,12 +479,7 @@ impl Ledger {
     }
 
     fn reader(&self) -> DiskHashes<'_> {
-        DiskHashes {
-            file: &self.inner.files.hashes,
-            path: Path::new(HASHES),
-            on_disk: u64::MAX,
-            pending: &[],
-        }
+        DiskHashes::committed(&self.inner.files.hashes, Path::new(HASHES))
     }
 
     /// Root hash of the tree of the first `size` entries.
@@ -526,12 +531,17 @@ impl Ledger {
 
     /// A C2SP tlog-proof of entry `index` against the latest checkpoint.
     pub fn tlog_proof(&self, index: u64) -> Result<TlogProof> {
-        let cp = self.checkpoint();
+        self.tlog_proof_in(index, &self.checkpoint())
+    }
+
+    /// A C2SP tlog-proof of entry `index` against the given checkpoint of this log (for
+    /// example the one an append returned).
+    pub fn tlog_proof_in(&self, index: u64, checkpoint: &SignedCheckpoint) -> Result<TlogProof> {
         Ok(TlogProof {
             extra: None,
             index,
-            proof: self.inclusion_proof(index, cp.size)?,
-            checkpoint: cp.note.clone(),
+            proof: self.inclusion_proof(index, checkpoint.size)?,
+            checkpoint: checkpoint.note.clone(),
         })
     }
 
@@ -557,12 +567,7 @@ impl Ledger {
             BufReader::new(File::open(&ipath).map_err(LedgerError::io("opening", &ipath))?);
         let mut hashes =
             BufReader::new(File::open(&hpath).map_err(LedgerError::io("opening", &hpath))?);
-        let reader = DiskHashes {
-            file: &inner.files.hashes,
-            path: &hpath,
-            on_disk: u64::MAX,
-            pending: &[],
-        };
+        let reader = DiskHashes::committed(&inner.files.hashes, &hpath);
         walk_entries(&mut entries, &mut index, verified.size, |i, entry| {
             let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
             let want = tlog_tiles::stored_hashes(i, &entry, &reader)
@@ -631,12 +636,7 @@ fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
     let mut entries = BufReader::with_capacity(1 << 20, &files.entries);
     let mut index = BufReader::new(&files.index);
     let offset = walk_entries(&mut entries, &mut index, n, |_, _| Ok(()))?;
-    let reader = DiskHashes {
-        file: &files.hashes,
-        path: &hpath,
-        on_disk: u64::MAX,
-        pending: &[],
-    };
+    let reader = DiskHashes::committed(&files.hashes, &hpath);
     let root = tlog_tiles::tree_hash(n, &reader)
         .map_err(|e| LedgerError::Damaged(format!("reading tree hashes: {e}")))?;
     if root.0 != cp.root {
@@ -756,7 +756,7 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
         firsts.push(n);
         for e in &r.entries {
             offsets.extend_from_slice(&(entries_len + frames.len() as u64).to_be_bytes());
-            frames.extend_from_slice(&frame(e));
+            append_frame(&mut frames, e);
             let reader = DiskHashes {
                 file: &inner.files.hashes,
                 path: &hpath,
@@ -791,12 +791,7 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
     f.hashes
         .sync_data()
         .map_err(LedgerError::io("syncing", &hpath))?;
-    let reader = DiskHashes {
-        file: &f.hashes,
-        path: &hpath,
-        on_disk: u64::MAX,
-        pending: &[],
-    };
+    let reader = DiskHashes::committed(&f.hashes, &hpath);
     let root = tlog_tiles::tree_hash(n, &reader)
         .map_err(|e| LedgerError::Damaged(format!("computing the root: {e}")))?
         .0;
