@@ -11,7 +11,7 @@ use trackshift_ledger::{Ledger, verify_checkpoint, verify_consistency};
 #[derive(Subcommand)]
 pub enum LedgerCommand {
     /// Re-check the whole ledger of a gateway: every entry's signature, every hash, the root
-    /// against the latest signed checkpoint (stop the gateway first).
+    /// against the latest signed checkpoint (read-only: the gateway may keep running).
     Verify {
         /// The gateway's data directory.
         #[arg(long)]
@@ -19,12 +19,11 @@ pub enum LedgerCommand {
     },
     /// Print the latest signed checkpoint (save it to check consistency later).
     Checkpoint {
-        /// The gateway's data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        from: Source,
     },
     /// Prove that the log only grew between two saved checkpoints: both signatures and the
-    /// consistency proof (from the gateway's ledger) are verified locally.
+    /// consistency proof (from the gateway) are verified locally.
     Consistency {
         /// The earlier signed checkpoint.
         old: PathBuf,
@@ -33,10 +32,21 @@ pub enum LedgerCommand {
         /// Public key file (with the ledger keys) from `keys export-public`.
         #[arg(long)]
         public_keys: PathBuf,
-        /// The gateway's data directory (where the proof comes from).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        from: Source,
     },
+}
+
+/// Where ledger data comes from: the gateway's data directory or its HTTP endpoint.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Source {
+    /// The gateway's data directory (read-only access).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The gateway's HTTP endpoint, e.g. http://127.0.0.1:8480 (`serve --http`).
+    #[arg(long)]
+    gateway: Option<String>,
 }
 
 /// The ledger directory of a gateway data directory.
@@ -49,7 +59,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
     match cmd {
         LedgerCommand::Verify { data_dir } => {
             let ring = FileKeyStore::open(data_dir.join("keys"))?.public_keyring()?;
-            let ledger = Ledger::open_existing(ledger_dir(&data_dir))?;
+            let ledger = Ledger::open_read_only(ledger_dir(&data_dir), None)?;
             let (mut manifests, mut receipts) = (0u64, 0u64);
             let v = ledger.verify_all(|_, entry| {
                 let (format, _) = trackshift_crypto::verify_signed_bytes(entry, &ring)
@@ -70,17 +80,23 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             );
             println!("   every signature, hash and the signed checkpoint verify");
         }
-        LedgerCommand::Checkpoint { data_dir } => {
-            let path = ledger_dir(&data_dir).join("checkpoint");
-            let note = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+        LedgerCommand::Checkpoint { from } => {
+            let note = match (&from.data_dir, &from.gateway) {
+                (Some(dir), _) => {
+                    let path = ledger_dir(dir).join("checkpoint");
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                }
+                (None, Some(url)) => fetch(url, "/checkpoint")?,
+                (None, None) => unreachable!("clap requires one source"),
+            };
             print!("{note}");
         }
         LedgerCommand::Consistency {
             old,
             new,
             public_keys,
-            data_dir,
+            from,
         } => {
             let ring = PublicKeyring::from_json(&crate::read(&public_keys)?)
                 .with_context(|| format!("public key file {}", public_keys.display()))?;
@@ -106,9 +122,20 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                     b.size
                 );
             }
-            let ledger = Ledger::open_existing(ledger_dir(&data_dir))?;
-            let proof = ledger.consistency_proof(a.size, b.size)?;
-            drop(ledger);
+            let proof = match (&from.data_dir, &from.gateway) {
+                (Some(dir), _) => Ledger::open_read_only(ledger_dir(dir), Some(keys.clone()))?
+                    .consistency_proof(a.size, b.size)?,
+                (None, Some(url)) => {
+                    let body = fetch(
+                        url,
+                        &format!("/v1/ledger/proof/consistency?old={}&new={}", a.size, b.size),
+                    )?;
+                    let served: crate::http::ConsistencyProof = serde_json::from_str(&body)
+                        .context("the gateway's consistency proof is malformed")?;
+                    crate::http::decode_proof(&served)?
+                }
+                (None, None) => unreachable!("clap requires one source"),
+            };
             verify_consistency(a.size, b.size, &a.root, &b.root, &proof)?;
             println!(
                 "OK the log grew from {} to {} entries without rewriting history ({} proof hashes)",
@@ -119,4 +146,10 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fetches a path from a gateway's HTTP endpoint (a small runtime of its own: the ledger
+/// commands are otherwise synchronous).
+fn fetch(base: &str, path: &str) -> Result<String> {
+    crate::runtime()?.block_on(crate::http::fetch(base, path))
 }

@@ -1,6 +1,7 @@
 //! `trackshift`: the command-line interface and the gateway.
 
 mod demo;
+mod http;
 mod ledger_cmd;
 mod size;
 mod transfer;

@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// Most received chunk bytes held in memory at once.
     #[arg(long, default_value = "512MiB", value_parser = crate::size::parse_size)]
     memory_budget: u64,
+    /// TCP address for the read-only HTTP endpoints: /health, the ledger's checkpoint,
+    /// tiles and proofs for auditors (off unless given).
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 /// Options of `trackshift send`.
@@ -105,8 +109,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "auditors: trackshift keys export-public --dir {} --out public-keys.json",
         args.data_dir.join("keys").display()
     );
+    let http = match args.http {
+        Some(addr) => {
+            let (local, serving) = crate::http::bind(addr, gateway.ledger().clone()).await?;
+            println!("HTTP (health, ledger checkpoint, tiles, proofs) on http://{local}");
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     tokio::select! {
         () = gateway.serve() => {}
+        Some(Ok(Err(e))) = async { match http { Some(h) => Some(h.await), None => None } } => {
+            gateway.close();
+            return Err(e).context("the HTTP endpoint failed");
+        }
         _ = tokio::signal::ctrl_c() => {
             println!("shutting down");
             gateway.close();

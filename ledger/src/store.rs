@@ -40,6 +40,8 @@ use crate::proof::TlogProof;
 pub const MAX_ENTRY_LEN: usize = 16 << 20;
 /// Most entries written in one group commit.
 pub const MAX_BATCH: usize = 8192;
+/// Height of the hash tiles served by [`Ledger::tile`] (C2SP `tlog-tiles`: 256 hashes).
+pub const TILE_HEIGHT: u8 = 8;
 
 const ENTRIES: &str = "entries.log";
 const INDEX: &str = "index.log";
@@ -90,13 +92,14 @@ struct State {
 
 struct Inner {
     dir: PathBuf,
-    keys: LedgerKeys,
+    /// Signing keys; `None` when opened read-only.
+    keys: Option<LedgerKeys>,
     public: LedgerPublicKeys,
     files: Files,
     state: RwLock<State>,
     stopped: Mutex<Option<String>>,
-    /// Exclusive lock on `DIR/lock`: one writer process per log.
-    _lock: File,
+    /// Exclusive lock on `DIR/lock` (one writer process per log); `None` when read-only.
+    _lock: Option<File>,
 }
 
 /// The append-only log.
@@ -146,6 +149,24 @@ impl<'a> DiskHashes<'a> {
 
 impl HashReader for DiskHashes<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        // A tile's hashes lie close together on disk: read their span at once.
+        if let (Some(&lo), Some(&hi)) = (indexes.iter().min(), indexes.iter().max())
+            && indexes.len() > 8
+            && hi < self.on_disk
+            && hi - lo < 4 * indexes.len() as u64
+        {
+            let mut buf = vec![0u8; usize::try_from(hi - lo + 1).unwrap_or(0) * 32];
+            self.file.read_exact_at(&mut buf, lo * 32).map_err(|e| {
+                tlog_tiles::Error::InvalidInput(format!("{}: {e}", self.path.display()))
+            })?;
+            return Ok(indexes
+                .iter()
+                .map(|&i| {
+                    let at = usize::try_from(i - lo).unwrap_or(0) * 32;
+                    Hash(buf[at..at + 32].try_into().expect("32 bytes"))
+                })
+                .collect());
+        }
         let mut out = Vec::with_capacity(indexes.len());
         for &i in indexes {
             if i >= self.on_disk {
@@ -296,23 +317,7 @@ impl Ledger {
                 note,
             }
         } else {
-            let note = match std::fs::read_to_string(&cp_path) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(LedgerError::Damaged(format!(
-                        "{} is missing but the log has data; refusing to guess its size",
-                        cp_path.display()
-                    )));
-                }
-                Err(e) => return Err(LedgerError::io("reading", &cp_path)(e)),
-            };
-            let v = verify_checkpoint(&note, &public)
-                .map_err(|e| LedgerError::Damaged(format!("{}: {e}", cp_path.display())))?;
-            SignedCheckpoint {
-                size: v.size,
-                root: v.root,
-                note,
-            }
+            load_checkpoint(&cp_path, &public)?
         };
         let entries_len = recover(&dir, &files, &checkpoint)?;
         let pk_path = dir.join(PUBLIC_KEYS_FILE);
@@ -323,7 +328,7 @@ impl Ledger {
         }
         let inner = Arc::new(Inner {
             dir,
-            keys,
+            keys: Some(keys),
             public,
             files,
             state: RwLock::new(State {
@@ -332,7 +337,7 @@ impl Ledger {
                 checkpoint: Arc::new(checkpoint),
             }),
             stopped: Mutex::new(None),
-            _lock: lock,
+            _lock: Some(lock),
         });
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_inner = inner.clone();
@@ -362,6 +367,150 @@ impl Ledger {
             .ok_or_else(|| LedgerError::Damaged(format!("{} has no origin line", cp.display())))?
             .to_string();
         Self::open(dir, &origin)
+    }
+
+    /// Opens a log for reading only: no lock, no private keys, nothing written or cut, so
+    /// it is safe next to a running gateway. It reads only what its checkpoint covers (the
+    /// writer makes data durable before it publishes a checkpoint); [`Ledger::refresh`]
+    /// moves to a newer checkpoint. Checkpoints are verified with `public` when given (an
+    /// auditor's pinned keys), else with the log's own `public-keys.json`. Opening checks
+    /// the checkpoint's signatures and root against the stored hashes in O(log n) reads;
+    /// [`Ledger::verify_all`] re-checks every entry.
+    pub fn open_read_only(dir: impl AsRef<Path>, public: Option<LedgerPublicKeys>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let public = match public {
+            Some(p) => p,
+            None => {
+                let path = dir.join(PUBLIC_KEYS_FILE);
+                let text =
+                    std::fs::read_to_string(&path).map_err(LedgerError::io("reading", &path))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| LedgerError::Damaged(format!("{}: {e}", path.display())))?
+            }
+        };
+        let open = |name: &str| {
+            let path = dir.join(name);
+            File::open(&path).map_err(LedgerError::io("opening", &path))
+        };
+        let files = Files {
+            entries: open(ENTRIES)?,
+            index: open(INDEX)?,
+            hashes: open(HASHES)?,
+        };
+        let checkpoint = load_checkpoint(&dir.join(CHECKPOINT), &public)?;
+        check_covers(&dir, &files, &checkpoint)?;
+        let inner = Arc::new(Inner {
+            dir,
+            keys: None,
+            public,
+            files,
+            state: RwLock::new(State {
+                size: checkpoint.size,
+                entries_len: 0,
+                checkpoint: Arc::new(checkpoint),
+            }),
+            stopped: Mutex::new(None),
+            _lock: None,
+        });
+        Ok(Self {
+            inner,
+            tx: Mutex::new(None),
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// Whether this handle was opened with [`Ledger::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.keys.is_none()
+    }
+
+    /// Moves a read-only handle to the latest checkpoint on disk, after checking its
+    /// signatures, that the stored hashes give its root and that it extends the checkpoint
+    /// held so far (a log that shrank or forked is refused). A writable handle is always
+    /// current. Returns the checkpoint now held.
+    pub fn refresh(&self) -> Result<Arc<SignedCheckpoint>> {
+        let held = self.checkpoint();
+        if !self.is_read_only() {
+            return Ok(held);
+        }
+        let inner = &self.inner;
+        let cp_path = inner.dir.join(CHECKPOINT);
+        let text =
+            std::fs::read_to_string(&cp_path).map_err(LedgerError::io("reading", &cp_path))?;
+        if text == held.note {
+            return Ok(held);
+        }
+        let cp = load_checkpoint(&cp_path, &inner.public)?;
+        if cp.size < held.size {
+            return Err(LedgerError::Damaged(format!(
+                "the log's checkpoint went back from {} to {} entries",
+                held.size, cp.size
+            )));
+        }
+        check_covers(&inner.dir, &inner.files, &cp)?;
+        let reader = self.reader();
+        if held.size > 0 && held.size < cp.size {
+            let proof = tlog_tiles::prove_tree(cp.size, held.size, &reader)
+                .map_err(|e| LedgerError::Damaged(format!("consistency proof: {e}")))?;
+            tlog_tiles::check_tree(&proof, cp.size, Hash(cp.root), held.size, Hash(held.root))
+                .map_err(|e| {
+                    LedgerError::Damaged(format!(
+                        "the new checkpoint does not extend the one held: {e}"
+                    ))
+                })?;
+        } else if held.size == cp.size && held.root != cp.root {
+            return Err(LedgerError::Damaged(
+                "two signed checkpoints of the same size have different roots".into(),
+            ));
+        }
+        let cp = Arc::new(cp);
+        let mut st = inner.state.write().expect("state lock");
+        st.size = cp.size;
+        st.checkpoint = cp.clone();
+        Ok(cp)
+    }
+
+    /// Tile `path` of the log's hash tiles in the C2SP `tlog-tiles` layout (height 8), for
+    /// example `tile/0/x001/234` or `tile/1/000.p/7`, built from the stored hashes and
+    /// bounded by the checkpoint held. Entry bundles (`tile/entries/...`) are not served:
+    /// entries are tenants' signed documents, which auditors already hold.
+    pub fn tile(&self, path: &str) -> Result<Vec<u8>> {
+        let bad = || LedgerError::InvalidRequest(format!("not a hash tile path: {path:?}"));
+        let rest = path.strip_prefix("tile/").ok_or_else(bad)?;
+        if rest.starts_with("entries/") || rest.starts_with("data/") {
+            return Err(LedgerError::InvalidRequest(
+                "entry bundles are not served (entries are tenants' documents)".into(),
+            ));
+        }
+        // Tile::new asserts its ranges: check level and width before parsing.
+        let level_ok = rest
+            .split('/')
+            .next()
+            .and_then(|l| l.parse::<u8>().ok())
+            .is_some_and(|l| l < 64);
+        let width_ok = rest.rsplit_once(".p/").is_none_or(|(_, w)| {
+            w.parse::<u32>()
+                .is_ok_and(|w| (1..1 << TILE_HEIGHT).contains(&w))
+        });
+        if !level_ok || !width_ok {
+            return Err(bad());
+        }
+        let tile = tlog_tiles::Tile::from_path(&format!("tile/{TILE_HEIGHT}/{rest}"))
+            .map_err(|_| bad())?;
+        let size = self.size();
+        let shift = u32::from(tile.level()) * u32::from(TILE_HEIGHT);
+        let level_size = size.checked_shr(shift).unwrap_or(0);
+        let end = tile
+            .level_index()
+            .checked_mul(1 << TILE_HEIGHT)
+            .and_then(|s| s.checked_add(u64::from(tile.width())));
+        if end.is_none_or(|end| end > level_size) {
+            return Err(LedgerError::InvalidRequest(format!(
+                "tile {path} is beyond the tree of {size} entries"
+            )));
+        }
+        tile.read_data(&self.reader())
+            .map_err(|e| LedgerError::Damaged(format!("reading tile {path}: {e}")))
     }
 
     /// The log directory.
@@ -612,10 +761,30 @@ impl Drop for Ledger {
     }
 }
 
-/// Checks the committed part of the log against the checkpoint and cuts anything after it.
-/// Returns the length of the committed part of entries.log.
-fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
-    let epath = dir.join(ENTRIES);
+/// Reads and verifies the stored checkpoint.
+fn load_checkpoint(cp_path: &Path, public: &LedgerPublicKeys) -> Result<SignedCheckpoint> {
+    let note = match std::fs::read_to_string(cp_path) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LedgerError::Damaged(format!(
+                "{} is missing but the log has data; refusing to guess its size",
+                cp_path.display()
+            )));
+        }
+        Err(e) => return Err(LedgerError::io("reading", cp_path)(e)),
+    };
+    let v = verify_checkpoint(&note, public)
+        .map_err(|e| LedgerError::Damaged(format!("{}: {e}", cp_path.display())))?;
+    Ok(SignedCheckpoint {
+        size: v.size,
+        root: v.root,
+        note,
+    })
+}
+
+/// Checks that the index and hash files hold everything checkpoint `cp` covers and that the
+/// stored hashes give its root (O(log n) reads). Returns the two files' lengths.
+fn check_covers(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<(u64, u64)> {
     let ipath = dir.join(INDEX);
     let hpath = dir.join(HASHES);
     let n = cp.size;
@@ -633,9 +802,6 @@ fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
             "hashes.log holds {hashes_len} bytes, the checkpoint of {n} entries needs {need_hashes}"
         )));
     }
-    let mut entries = BufReader::with_capacity(1 << 20, &files.entries);
-    let mut index = BufReader::new(&files.index);
-    let offset = walk_entries(&mut entries, &mut index, n, |_, _| Ok(()))?;
     let reader = DiskHashes::committed(&files.hashes, &hpath);
     let root = tlog_tiles::tree_hash(n, &reader)
         .map_err(|e| LedgerError::Damaged(format!("reading tree hashes: {e}")))?;
@@ -644,6 +810,21 @@ fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
             "the stored tree hashes do not match the signed checkpoint".into(),
         ));
     }
+    Ok((index_len, hashes_len))
+}
+
+/// Checks the committed part of the log against the checkpoint and cuts anything after it.
+/// Returns the length of the committed part of entries.log.
+fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
+    let epath = dir.join(ENTRIES);
+    let ipath = dir.join(INDEX);
+    let hpath = dir.join(HASHES);
+    let n = cp.size;
+    let need_hashes = tlog_tiles::stored_hash_count(n) * 32;
+    let (index_len, hashes_len) = check_covers(dir, files, cp)?;
+    let mut entries = BufReader::with_capacity(1 << 20, &files.entries);
+    let mut index = BufReader::new(&files.index);
+    let offset = walk_entries(&mut entries, &mut index, n, |_, _| Ok(()))?;
     // Cut what no checkpoint covers: appends that were written but never acknowledged.
     let entries_len = file_len(&files.entries, &epath)?;
     let mut cut = false;
@@ -807,7 +988,11 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
             },
         )?;
     }
-    let note = inner.keys.sign_checkpoint(n, root, now_secs())?;
+    let keys = inner
+        .keys
+        .as_ref()
+        .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
+    let note = keys.sign_checkpoint(n, root, now_secs())?;
     let cp_path = inner.dir.join(CHECKPOINT);
     trackshift_crypto::filestore::write_atomic(&cp_path, note.as_bytes(), 0o644)
         .map_err(|e| LedgerError::Damaged(format!("writing the checkpoint: {e}")))?;

@@ -1,0 +1,211 @@
+//! The gateway's read-only HTTP endpoints for auditors and operators.
+//!
+//! ```text
+//! GET /health                                   liveness ("ok")
+//! GET /checkpoint                               latest signed checkpoint (C2SP tlog-tiles)
+//! GET /tile/<L>/<N>[.p/<W>]                     hash tiles (C2SP tlog-tiles; no entry bundles)
+//! GET /v1/ledger/checkpoint                     the same checkpoint
+//! GET /v1/ledger/proof/inclusion?index=I        C2SP tlog-proof of entry I (latest checkpoint)
+//! GET /v1/ledger/proof/consistency?old=M&new=N  JSON: consistency proof from size M to N
+//! ```
+//!
+//! Everything served is verifiable by the client with the ledger's public keys (signed
+//! checkpoints, Merkle proofs), so a client trusts the signatures, not the connection.
+//! Entries themselves are tenants' signed documents and are not served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use trackshift_ledger::{Ledger, LedgerError};
+
+/// A consistency proof as served at `/v1/ledger/proof/consistency`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsistencyProof {
+    /// The older tree size.
+    pub old_size: u64,
+    /// The newer tree size.
+    pub new_size: u64,
+    /// Proof hashes, standard base64 (RFC 9162 section 2.1.4 order).
+    pub proof: Vec<String>,
+}
+
+/// Errors as JSON: `{"error": "..."}` with a 4xx status for bad requests.
+struct ApiError(StatusCode, String);
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::InvalidRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            other => {
+                tracing::error!(error = %other, "ledger read failed");
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the ledger could not be read; see the gateway's log".into(),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Shared = Arc<Ledger>;
+
+/// The router over a ledger (the gateway's own handle, or a read-only one).
+pub fn router(ledger: Arc<Ledger>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/checkpoint", get(checkpoint))
+        .route("/tile/{*path}", get(tile))
+        .route("/v1/ledger/checkpoint", get(checkpoint))
+        .route("/v1/ledger/proof/inclusion", get(inclusion))
+        .route("/v1/ledger/proof/consistency", get(consistency))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .with_state(ledger)
+}
+
+/// Binds `addr` and serves [`router`] until the future is dropped. Returns the bound address
+/// and the serving future.
+pub async fn bind(
+    addr: SocketAddr,
+    ledger: Arc<Ledger>,
+) -> Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP endpoint {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((local, axum::serve(listener, router(ledger)).into_future()))
+}
+
+fn text(body: String, cache: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn checkpoint(State(ledger): State<Shared>) -> Result<Response, ApiError> {
+    let cp = ledger.refresh()?;
+    Ok(text(cp.note.clone(), "no-store"))
+}
+
+async fn tile(
+    State(ledger): State<Shared>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    ledger.refresh()?;
+    // A tile the tree does not have (yet) is "not found", as tile clients expect.
+    let data = ledger.tile(&format!("tile/{path}")).map_err(|e| match e {
+        LedgerError::InvalidRequest(m) => ApiError(StatusCode::NOT_FOUND, m),
+        other => other.into(),
+    })?;
+    // Full tiles never change; partial ones are superseded as the log grows.
+    let cache = if path.contains(".p/") {
+        "no-store"
+    } else {
+        "public, max-age=31536000, immutable"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        data,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    index: u64,
+}
+
+async fn inclusion(
+    State(ledger): State<Shared>,
+    query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let cp = ledger.refresh()?;
+    let proof = ledger.tlog_proof_in(q.index, &cp)?;
+    Ok(text(proof.to_text(), "no-store"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    old: u64,
+    new: Option<u64>,
+}
+
+async fn consistency(
+    State(ledger): State<Shared>,
+    query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let cp = ledger.refresh()?;
+    let new = q.new.unwrap_or(cp.size);
+    let proof = ledger.consistency_proof(q.old, new)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Json(ConsistencyProof {
+        old_size: q.old,
+        new_size: new,
+        proof: proof.iter().map(|h| b64.encode(h)).collect(),
+    }))
+}
+
+/// Fetches `path` from a gateway's HTTP endpoint (`base` like `http://host:port`), as text.
+pub async fn fetch(base: &str, path: &str) -> Result<String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("requesting {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!("{url}: {status}: {reason}");
+    }
+    Ok(body)
+}
+
+/// Decodes a served consistency proof.
+pub fn decode_proof(p: &ConsistencyProof) -> Result<Vec<[u8; 32]>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    p.proof
+        .iter()
+        .map(|h| {
+            b64.decode(h)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .context("the gateway's proof holds a malformed hash")
+        })
+        .collect()
+}
