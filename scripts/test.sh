@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every crate's tests, and the
 # independent auditor check (a Python verifier written from docs/FORMATS.md alone).
-# Needs: the Rust toolchain and python3 with venv (PyPI reachable for the auditor check).
+# Needs: the Rust toolchain, python3 with venv and Node.js with npm (PyPI and the npm
+# registry reachable: the auditor check and the test servers install from them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,14 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test (workspace)"
+step "test servers (S3: moto, Azure Blob: Azurite) on 127.0.0.1"
+scripts/test-servers.sh stop
+trap 'scripts/test-servers.sh stop' EXIT
+scripts/test-servers.sh start s3 azure
+# shellcheck disable=SC1090
+source <(scripts/test-servers.sh env)
+
+step "cargo test (workspace, including the connector conformance suite)"
 cargo test --workspace --locked
 
 step "independent auditor verification (tests/independent)"

@@ -40,7 +40,8 @@ pub struct SendArgs {
     /// Gateway address.
     #[arg(long)]
     to: SocketAddr,
-    /// Destination at the gateway: `file:///dir` or `null://`.
+    /// Destination at the gateway: `file:///DIR`, `s3://BUCKET/PREFIX`,
+    /// `az://CONTAINER/PREFIX` or `null://` (the gateway holds the credentials).
     #[arg(long)]
     dest: String,
     /// Pin the gateway certificate by its SHA-256 fingerprint (printed by `serve`).
@@ -58,9 +59,10 @@ pub struct SendArgs {
     /// File holding the tenant token.
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
-    /// Chunk size (power of two, 1KiB to 1GiB).
-    #[arg(long, default_value = "4MiB", value_parser = crate::size::parse_size)]
-    chunk_size: u64,
+    /// Chunk size (power of two, 1KiB to 1GiB; default 4MiB, 8MiB for s3:// whose parts
+    /// must be at least 5 MiB).
+    #[arg(long, value_parser = crate::size::parse_size)]
+    chunk_size: Option<u64>,
     /// Most chunk bytes read but not yet acknowledged (the sender's memory bound).
     #[arg(long, default_value = "256MiB", value_parser = crate::size::parse_size)]
     in_flight: u64,
@@ -161,7 +163,13 @@ pub async fn send(args: SendArgs) -> Result<()> {
         &args.dest,
     );
     cfg.server_name = args.server_name.clone();
-    cfg.chunk_size = args.chunk_size;
+    cfg.chunk_size = args
+        .chunk_size
+        .unwrap_or(if args.dest.starts_with("s3://") {
+            8 << 20
+        } else {
+            4 << 20
+        });
     cfg.in_flight_bytes = args.in_flight;
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;

@@ -35,6 +35,30 @@ pub enum ConnectorError {
         /// Bytes the destination reports.
         actual: u64,
     },
+    /// The destination holds other bytes than were written.
+    #[error("{path}: content does not match what was sent: {what}")]
+    HashMismatch {
+        /// Object.
+        path: String,
+        /// What differed.
+        what: String,
+    },
+    /// The request cannot be served by this destination (for example chunks too small
+    /// for its part-size limits).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A remote service refused or failed an operation.
+    #[error("{op} {destination}: {reason}")]
+    Remote {
+        /// The destination URI (no credentials).
+        destination: String,
+        /// What was being done.
+        op: &'static str,
+        /// Whether retrying later may succeed.
+        transient: bool,
+        /// The service's answer (credentials and signatures removed).
+        reason: String,
+    },
     /// A write outside the object's declared size.
     #[error("{path}: write of {len} bytes at offset {offset} exceeds size {size}")]
     OutOfRange {
@@ -62,6 +86,7 @@ impl ConnectorError {
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
             ),
+            Self::Remote { transient, .. } => *transient,
             _ => false,
         }
     }

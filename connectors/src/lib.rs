@@ -15,6 +15,7 @@
 mod error;
 mod local;
 mod null;
+pub mod object;
 
 use std::sync::Arc;
 
@@ -24,6 +25,35 @@ use bytes::Bytes;
 pub use error::ConnectorError;
 pub use local::LocalConnector;
 pub use null::NullConnector;
+pub use object::ObjectStoreConnector;
+
+/// How far a connector confirms what it wrote before a job may succeed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// The destination reports the expected size.
+    #[default]
+    Size,
+    /// Fail-closed (`CONNECTOR_STRICT=true`): size and content, by the service's own hash
+    /// where it gives one (S3's MD5 ETag of the parts sent), else by reading the object back
+    /// and hashing it with BLAKE3.
+    Strict,
+    /// Always read the object back and hash it with BLAKE3 (`verify=full`).
+    Full,
+}
+
+impl VerifyMode {
+    /// `CONNECTOR_STRICT=true|1|yes` gives [`VerifyMode::Strict`], anything else
+    /// [`VerifyMode::Size`].
+    pub fn from_env() -> Self {
+        match std::env::var("CONNECTOR_STRICT")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
+            Ok(v) if matches!(v.as_str(), "true" | "1" | "yes") => Self::Strict,
+            _ => Self::Size,
+        }
+    }
+}
 
 /// The object a job writes: one file of the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +64,12 @@ pub struct ObjectSpec {
     pub path: String,
     /// Final size in bytes.
     pub size: u64,
+    /// The job's chunk size: writes come as whole chunks at multiples of it (the last
+    /// chunk may be shorter).
+    pub chunk_size: u64,
+    /// A local file where the connector may keep what it needs to resume this object after
+    /// a restart (upload and part ids); the gateway puts it in the job's directory.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl ObjectSpec {
@@ -58,6 +94,9 @@ pub struct Confirmation {
     pub size: u64,
     /// Entity tag or version the destination assigned, where it has one.
     pub etag: Option<String>,
+    /// BLAKE3 of the object as read back from the destination, when it was read back
+    /// ([`VerifyMode::Full`], or [`VerifyMode::Strict`] where the service gives no hash).
+    pub blake3: Option<[u8; 32]>,
 }
 
 /// A destination.
@@ -67,6 +106,15 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     fn uri(&self) -> &str;
     /// Checks the destination is reachable and writable; called when a job opens.
     async fn check(&self) -> Result<(), ConnectorError>;
+    /// Smallest chunk size this destination accepts for an object of `size` bytes.
+    fn min_chunk_size(&self, _size: u64) -> u64 {
+        1
+    }
+    /// Size of the committed object at `path`, or `None` when there is none (temporary
+    /// and unfinished uploads are not objects).
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError>;
+    /// Reads the committed object at `path` back: its size and BLAKE3 hash.
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError>;
     /// Opens (or, with `resume`, reopens keeping synced data) the object for `spec`.
     async fn open(
         &self,
@@ -89,20 +137,29 @@ pub trait ObjectWriter: Send + Sync {
     async fn abort(&self) -> Result<(), ConnectorError>;
 }
 
+/// Creates the connector for a destination URI, with the verification policy of the
+/// environment ([`VerifyMode::from_env`]).
+pub fn from_uri(uri: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
+    from_uri_with(uri, VerifyMode::from_env())
+}
+
 /// Creates the connector for a destination URI.
 ///
-/// Supported: `file:///ABSOLUTE/DIR` (local disk) and `null://` (discards data; for
-/// benchmarks).
-pub fn from_uri(uri: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
+/// Supported: `file:///ABSOLUTE/DIR` (local disk), `s3://BUCKET[/PREFIX]` and
+/// `az://CONTAINER[/PREFIX]` (see [`object`]), and `null://` (discards data; benchmarks).
+pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>, ConnectorError> {
     if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(Arc::new(LocalConnector::new(path)?));
+        return Ok(Arc::new(LocalConnector::new(path)?.with_verify(verify)));
+    }
+    if uri.starts_with("s3://") || uri.starts_with("az://") {
+        return Ok(Arc::new(ObjectStoreConnector::from_uri(uri, verify)?));
     }
     if uri == "null://" || uri.starts_with("null://") {
         return Ok(Arc::new(NullConnector::new(uri)));
     }
     let scheme = uri.split_once("://").map_or("", |(s, _)| s);
     Err(ConnectorError::InvalidUri(format!(
-        "unsupported destination scheme {scheme:?} (supported: file://, null://)"
+        "unsupported destination scheme {scheme:?} (supported: file://, s3://, az://, null://)"
     )))
 }
 

@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, check_object_path};
+use crate::{
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
+    check_object_path,
+};
 
 fn io<'a>(
     action: &'static str,
@@ -40,6 +43,7 @@ async fn blocking<T: Send + 'static>(
 pub struct LocalConnector {
     uri: String,
     root: PathBuf,
+    verify: VerifyMode,
 }
 
 impl LocalConnector {
@@ -54,7 +58,15 @@ impl LocalConnector {
         Ok(Self {
             uri: format!("file://{root}"),
             root: path,
+            verify: VerifyMode::Size,
         })
+    }
+
+    /// The same connector with verification policy `verify` (any mode other than
+    /// [`VerifyMode::Size`] reads each committed file back and hashes it with BLAKE3).
+    pub fn with_verify(mut self, verify: VerifyMode) -> Self {
+        self.verify = verify;
+        self
     }
 
     /// The destination directory.
@@ -77,6 +89,15 @@ impl LocalConnector {
     }
 }
 
+/// Size and BLAKE3 of a file, read back from disk.
+fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), ConnectorError> {
+    let f = File::open(path).map_err(io("reading back", path))?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))
+        .map_err(io("reading back", path))?;
+    Ok((h.count(), *h.finalize().as_bytes()))
+}
+
 /// Temporary name of `final_path` while `job_id` writes it.
 fn temp_path(final_path: &Path, job_id: &str) -> PathBuf {
     let name = final_path
@@ -95,6 +116,24 @@ impl Connector for LocalConnector {
     async fn check(&self) -> Result<(), ConnectorError> {
         let this = self.clone();
         blocking(move || this.check_root()).await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        check_object_path(path)?;
+        let p = self.root.join(path);
+        blocking(move || match fs::metadata(&p) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("checking", &p)(e)),
+        })
+        .await
+    }
+
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        check_object_path(path)?;
+        let p = self.root.join(path);
+        blocking(move || hash_file(&p)).await
     }
 
     async fn open(
@@ -127,6 +166,7 @@ impl Connector for LocalConnector {
                     temp,
                     file: None,
                     committed: AtomicBool::new(true),
+                    verify: this.verify,
                 });
             }
             let file = OpenOptions::new()
@@ -142,6 +182,7 @@ impl Connector for LocalConnector {
                 temp,
                 file: Some(Arc::new(file)),
                 committed: AtomicBool::new(false),
+                verify: this.verify,
             })
         })
         .await?;
@@ -155,6 +196,7 @@ struct LocalWriter {
     temp: PathBuf,
     file: Option<Arc<File>>,
     committed: AtomicBool,
+    verify: VerifyMode,
 }
 
 impl LocalWriter {
@@ -168,7 +210,11 @@ impl LocalWriter {
         }
     }
 
-    fn confirm(final_path: &Path, spec: &ObjectSpec) -> Result<Confirmation, ConnectorError> {
+    fn confirm(
+        final_path: &Path,
+        spec: &ObjectSpec,
+        verify: VerifyMode,
+    ) -> Result<Confirmation, ConnectorError> {
         let m = fs::metadata(final_path).map_err(io("checking", final_path))?;
         if m.len() != spec.size {
             return Err(ConnectorError::SizeMismatch {
@@ -177,9 +223,15 @@ impl LocalWriter {
                 actual: m.len(),
             });
         }
+        let blake3 = if verify == VerifyMode::Size {
+            None
+        } else {
+            Some(hash_file(final_path)?.1)
+        };
         Ok(Confirmation {
             size: m.len(),
             etag: None,
+            blake3,
         })
     }
 }
@@ -208,14 +260,15 @@ impl ObjectWriter for LocalWriter {
 
     async fn commit(&self) -> Result<Confirmation, ConnectorError> {
         if self.committed.load(Ordering::Acquire) {
-            let (p, s) = (self.final_path.clone(), self.spec.clone());
-            return blocking(move || Self::confirm(&p, &s)).await;
+            let (p, s, v) = (self.final_path.clone(), self.spec.clone(), self.verify);
+            return blocking(move || Self::confirm(&p, &s, v)).await;
         }
         let file = self.file()?;
-        let (temp, final_path, spec) = (
+        let (temp, final_path, spec, verify) = (
             self.temp.clone(),
             self.final_path.clone(),
             self.spec.clone(),
+            self.verify,
         );
         let conf = blocking(move || {
             file.sync_all().map_err(io("syncing", &temp))?;
@@ -232,7 +285,7 @@ impl ObjectWriter for LocalWriter {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io("syncing directory", dir))?;
-            Self::confirm(&final_path, &spec)
+            Self::confirm(&final_path, &spec, verify)
         })
         .await?;
         self.committed.store(true, Ordering::Release);
@@ -262,6 +315,8 @@ mod tests {
             job_id: "job-1".into(),
             path: path.into(),
             size,
+            chunk_size: 1 << 20,
+            state_file: None,
         }
     }
 
@@ -365,6 +420,7 @@ mod tests {
             temp: PathBuf::from("/dev/full"),
             file: Some(file),
             committed: AtomicBool::new(false),
+            verify: VerifyMode::Size,
         };
         let e = w
             .write_at(0, Bytes::from_static(b"data"))

@@ -33,6 +33,17 @@ impl Connector for NullConnector {
         Ok(())
     }
 
+    async fn stat(&self, _path: &str) -> Result<Option<u64>, ConnectorError> {
+        Ok(None)
+    }
+
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        Err(ConnectorError::Unsupported(format!(
+            "{}: null:// keeps nothing to read back ({path})",
+            self.uri
+        )))
+    }
+
     async fn open(
         &self,
         spec: &ObjectSpec,
@@ -67,6 +78,7 @@ impl ObjectWriter for NullWriter {
         Ok(Confirmation {
             size: self.spec.size,
             etag: None,
+            blake3: None,
         })
     }
 

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
-use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter};
+use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter, VerifyMode};
 use trackshift_crypto::{
     Confirmation, DeliveryStatus, FileKeyStore, Hash32, KeyBackend as _, Manifest, PublicKeyring,
     Purpose, Receipt, Signable as _, Timestamp,
@@ -100,6 +100,8 @@ pub struct GatewayConfig {
     pub memory_budget: usize,
     /// Origin line of the gateway's ledger checkpoints (names the log to auditors).
     pub ledger_origin: String,
+    /// How destinations confirm what they wrote (`CONNECTOR_STRICT=true`: fail-closed).
+    pub verify: VerifyMode,
 }
 
 /// Default ledger origin.
@@ -114,6 +116,7 @@ impl GatewayConfig {
             pq_only: false,
             memory_budget: 512 << 20,
             ledger_origin: DEFAULT_LEDGER_ORIGIN.to_string(),
+            verify: VerifyMode::from_env(),
         }
     }
 }
@@ -223,6 +226,8 @@ impl Job {
                     job_id: open.job_id.clone(),
                     path: f.path.clone(),
                     size: f.size,
+                    chunk_size: open.chunk_size,
+                    state_file: Some(self.dir.join(format!("upload-{file}.json"))),
                 };
                 self.connector.open(&spec, self.resume).await
             })
@@ -244,6 +249,7 @@ struct Shared {
     tenants: Vec<TenantEntry>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
     ledger: Arc<trackshift_ledger::Ledger>,
+    verify: VerifyMode,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -300,6 +306,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             data_dir: data.clone(),
             ledger,
+            verify: cfg.verify,
             keys,
             tenants,
             jobs: tokio::sync::Mutex::new(HashMap::new()),
@@ -459,7 +466,19 @@ impl Shared {
             let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
             trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
         }
-        let connector = trackshift_connectors::from_uri(&open.destination)?;
+        let connector = trackshift_connectors::from_uri_with(&open.destination, self.verify)?;
+        for f in &open.files {
+            let min = connector.min_chunk_size(f.size);
+            if f.size > open.chunk_size && open.chunk_size < min {
+                return Err(GatewayError::Job(format!(
+                    "{} needs chunks of at least {min} bytes for {} ({} bytes); this job uses {}",
+                    connector.uri(),
+                    f.path,
+                    f.size,
+                    open.chunk_size
+                )));
+            }
+        }
         connector.check().await?;
         let finished = read_finished(&dir);
         let log_path = dir.join("chunks.log");
@@ -943,8 +962,19 @@ async fn finish_job(
     let open = job.open();
     let mut size = 0u64;
     let mut etag = None;
-    for (i, _) in open.files.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         let conf = job.writer(i as u32).await?.commit().await?;
+        // A destination that read the object back must have read what the manifest says.
+        if let Some(seen) = conf.blake3
+            && seen != entry.blake3.0
+        {
+            let e = trackshift_connectors::ConnectorError::HashMismatch {
+                path: entry.path.clone(),
+                what: "the BLAKE3 of the object read back differs from the file's".into(),
+            };
+            job.fail(e.to_string());
+            return Err(e.into());
+        }
         size += conf.size;
         if open.files.len() == 1 {
             etag = conf.etag;

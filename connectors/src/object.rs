@@ -1,0 +1,750 @@
+//! Object stores: `s3://BUCKET/PREFIX` (S3 and compatible servers) and
+//! `az://CONTAINER/PREFIX` (Azure Blob Storage), through `object_store`'s multipart API.
+//!
+//! Each chunk of a job becomes one part (S3 multipart upload part, Azure staged block) with
+//! its index taken from its offset, uploaded as soon as it arrives, in any order and
+//! concurrently, straight from the pipeline's `Bytes`. Nothing is visible under the final
+//! name until [`ObjectWriter::commit`] completes the upload; [`ObjectWriter::abort`] aborts
+//! it. The upload id and the ids of uploaded parts are kept in the object's state file (in
+//! the gateway's job directory) at every [`ObjectWriter::sync`], so a job resumes after a
+//! restart without sending acknowledged chunks again.
+//!
+//! Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, ... as `object_store` reads
+//! them), never from the URI. Non-secret settings may be given in the URI's query:
+//! `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&allow_http=true`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use md5::{Digest as _, Md5};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::{
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
+    check_object_path,
+};
+
+/// The smallest part S3 accepts (all parts but the last).
+pub const S3_MIN_PART: u64 = 5 << 20;
+/// The most parts of one S3 multipart upload.
+pub const S3_MAX_PARTS: u64 = 10_000;
+/// The most blocks of one Azure block blob.
+pub const AZURE_MAX_BLOCKS: u64 = 50_000;
+
+/// Which service a connector talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Amazon S3 or an S3-compatible server.
+    S3,
+    /// Azure Blob Storage (or Azurite).
+    Azure,
+}
+
+trait Store: ObjectStore + MultipartStore {}
+impl<T: ObjectStore + MultipartStore> Store for T {}
+
+/// An S3 or Azure Blob destination.
+pub struct ObjectStoreConnector {
+    uri: String,
+    service: Service,
+    store: Arc<dyn Store>,
+    prefix: String,
+    verify: VerifyMode,
+}
+
+impl std::fmt::Debug for ObjectStoreConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the store itself: its configuration holds credentials.
+        f.debug_struct("ObjectStoreConnector")
+            .field("uri", &self.uri)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Query keys a URI may set (non-secret settings only).
+const S3_QUERY_KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "allow_http",
+    "virtual_hosted_style_request",
+];
+const AZURE_QUERY_KEYS: &[&str] = &["endpoint", "account", "allow_http", "use_emulator"];
+
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+/// HTTP client settings, applied as configuration keys (so they combine with the
+/// environment's, such as `allow_http`): fail fast on connect, bound each request.
+const CLIENT_SETTINGS: &[(&str, &str)] = &[("connect_timeout", "5s"), ("timeout", "300s")];
+
+impl ObjectStoreConnector {
+    /// Parses and validates `uri` and builds the client (no request is made: see
+    /// [`Connector::check`]). Credentials come from the environment.
+    pub fn from_uri(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
+        Self::with_settings(uri, verify, &[])
+    }
+
+    /// As [`ObjectStoreConnector::from_uri`], with `settings` (object_store configuration
+    /// keys such as `aws_access_key_id` or `azure_storage_account_key`, for example from a
+    /// tenant's credentials file) applied over the environment. Values are never logged.
+    pub fn with_settings(
+        uri: &str,
+        verify: VerifyMode,
+        extra: &[(String, String)],
+    ) -> Result<Self, ConnectorError> {
+        let invalid = |m: String| ConnectorError::InvalidUri(m);
+        let url = url::Url::parse(uri).map_err(|e| invalid(format!("{e}")))?;
+        let service = match url.scheme() {
+            "s3" => Service::S3,
+            "az" => Service::Azure,
+            other => return Err(invalid(format!("not an object store scheme: {other}"))),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "credentials do not belong in the URI; set them in the environment".into(),
+            ));
+        }
+        let bucket = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid(format!("{}:// needs a bucket or container", url.scheme())))?
+            .to_string();
+        // The URL parser resolves `..`; refuse it in the text as given instead.
+        let raw_path = uri
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
+        let raw_prefix = percent_decode(raw_path.trim_matches('/'))?;
+        if !raw_prefix.is_empty() {
+            check_object_path(&raw_prefix)
+                .map_err(|_| invalid(format!("bad prefix {raw_prefix:?}")))?;
+        }
+        let prefix = percent_decode(url.path().trim_matches('/'))?;
+        if !prefix.is_empty() {
+            check_object_path(&prefix).map_err(|_| invalid(format!("bad prefix {prefix:?}")))?;
+        }
+        let allowed = match service {
+            Service::S3 => S3_QUERY_KEYS,
+            Service::Azure => AZURE_QUERY_KEYS,
+        };
+        let mut settings = Vec::new();
+        for (k, v) in url.query_pairs() {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(invalid(format!(
+                    "unknown or secret setting {k:?} in the URI (allowed: {}; credentials go in the environment)",
+                    allowed.join(", ")
+                )));
+            }
+            settings.push((k.into_owned(), v.into_owned()));
+        }
+        let mut all: Vec<(String, String)> = CLIENT_SETTINGS
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        all.extend(settings);
+        all.extend(extra.iter().cloned());
+        let settings = all;
+        let build_err = |e: object_store::Error| invalid(scrub(&e.to_string()));
+        let store: Arc<dyn Store> = match service {
+            Service::S3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .with_retry(retry_config());
+                for (k, v) in settings {
+                    let key = k
+                        .to_ascii_lowercase()
+                        .parse()
+                        .map_err(|_| invalid(format!("unknown S3 setting {k:?}")))?;
+                    b = b.with_config(key, v);
+                }
+                Arc::new(b.build().map_err(build_err)?)
+            }
+            Service::Azure => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&bucket)
+                    .with_retry(retry_config());
+                for (k, v) in settings {
+                    let key = match k.to_ascii_lowercase().as_str() {
+                        "account" => "azure_storage_account_name".to_string(),
+                        other => other.to_string(),
+                    }
+                    .parse()
+                    .map_err(|_| invalid(format!("unknown Azure setting {k:?}")))?;
+                    b = b.with_config(key, v);
+                }
+                Arc::new(b.build().map_err(build_err)?)
+            }
+        };
+        // The URI as given, minus nothing secret (secrets are refused above).
+        Ok(Self {
+            uri: uri.to_string(),
+            service,
+            store,
+            prefix,
+            verify,
+        })
+    }
+
+    /// The service this connector talks to.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    fn location(&self, path: &str) -> Result<StorePath, ConnectorError> {
+        check_object_path(path)?;
+        let full = if self.prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}/{path}", self.prefix)
+        };
+        StorePath::parse(&full).map_err(|_| ConnectorError::InvalidPath(path.to_string()))
+    }
+
+    /// Smallest chunk size this service accepts for an object of `size` bytes (each chunk is
+    /// one part): S3 parts are at least 5 MiB (the last may be smaller) and at most 10,000.
+    pub fn min_chunk_size(&self, size: u64) -> u64 {
+        let max_parts = match self.service {
+            Service::S3 => S3_MAX_PARTS,
+            Service::Azure => AZURE_MAX_BLOCKS,
+        };
+        let by_count = size.div_ceil(max_parts).next_power_of_two();
+        match self.service {
+            Service::S3 => by_count.max(S3_MIN_PART.next_power_of_two()),
+            Service::Azure => by_count,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ConnectorError> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ConnectorError::InvalidUri(format!("prefix {s:?} is not UTF-8")))
+}
+
+/// Removes anything that looks like a signed query string from a message.
+fn scrub(message: &str) -> String {
+    message
+        .split_whitespace()
+        .map(|w| {
+            if w.contains("sig=") || w.contains("X-Amz-Signature") || w.contains("X-Amz-Credential")
+            {
+                "[redacted]"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Maps an object_store error to a connector error naming the destination and operation.
+fn remote(uri: &str, op: &'static str, e: &object_store::Error) -> ConnectorError {
+    use object_store::Error as E;
+    let transient = match e {
+        E::NotFound { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. }
+        | E::InvalidPath { .. } => false,
+        // Anything else went through object_store's retries (timeouts, 5xx, throttling,
+        // connection resets) and may succeed later.
+        _ => !is_permanent_http(&e.to_string()),
+    };
+    ConnectorError::Remote {
+        destination: uri.to_string(),
+        op,
+        transient,
+        reason: scrub(&e.to_string()),
+    }
+}
+
+/// Client errors that retrying cannot fix (bad credentials, missing bucket, refused): any
+/// 4xx answer but 408 (timeout) and 429 (throttling).
+fn is_permanent_http(message: &str) -> bool {
+    let status = message
+        .split("status code: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    matches!(status, Some(code) if (400..500).contains(&code) && code != 408 && code != 429)
+}
+
+#[async_trait]
+impl Connector for ObjectStoreConnector {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn min_chunk_size(&self, size: u64) -> u64 {
+        ObjectStoreConnector::min_chunk_size(self, size)
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        // Listing one key proves the bucket exists and the credentials are accepted.
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(
+                StorePath::parse(&self.prefix)
+                    .map_err(|_| ConnectorError::InvalidUri("bad prefix".into()))?,
+            )
+        };
+        let mut list = self.store.list(prefix.as_ref());
+        list.try_next()
+            .await
+            .map_err(|e| remote(&self.uri, "checking", &e))?;
+        Ok(())
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        match self.store.head(&self.location(path)?).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote(&self.uri, "checking", &e)),
+        }
+    }
+
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        read_back(&self.uri, self.store.as_ref(), &self.location(path)?).await
+    }
+
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        let location = self.location(&spec.path)?;
+        let chunk = spec.chunk_size.max(1);
+        let min = self.min_chunk_size(spec.size);
+        if spec.size > chunk && chunk < min {
+            return Err(ConnectorError::Unsupported(format!(
+                "{}: chunks of {chunk} bytes are too small for an object of {} bytes here; \
+                 use a chunk size of at least {min}",
+                self.uri, spec.size
+            )));
+        }
+        let state = match (&spec.state_file, resume) {
+            (Some(path), true) => load_state(path).await?,
+            _ => None,
+        };
+        let upload = OnceCell::new();
+        if let Some(id) = state.as_ref().and_then(|s| s.upload_id.clone()) {
+            let _ = upload.set(id);
+        }
+        Ok(Arc::new(Writer {
+            uri: self.uri.clone(),
+            service: self.service,
+            verify: self.verify,
+            store: self.store.clone(),
+            location,
+            spec: spec.clone(),
+            chunk,
+            upload,
+            state: Mutex::new(state.unwrap_or_default()),
+        }))
+    }
+}
+
+/// What a writer keeps in its state file to resume after a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct UploadState {
+    upload_id: Option<String>,
+    /// Part index → (part id, MD5 of the part, hex).
+    parts: BTreeMap<u64, (String, String)>,
+    /// Set once the upload is complete.
+    committed: Option<Committed>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Committed {
+    size: u64,
+    etag: Option<String>,
+    blake3: Option<String>,
+}
+
+async fn load_state(path: &std::path::Path) -> Result<Option<UploadState>, ConnectorError> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            ConnectorError::Unavailable(format!("upload state {}: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConnectorError::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+async fn save_state(path: PathBuf, state: &UploadState) -> Result<(), ConnectorError> {
+    let json = serde_json::to_vec(state).expect("state serialises");
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let tmp = path.with_extension("tmp");
+        let io = |action, p: &std::path::Path| {
+            let p = p.to_path_buf();
+            move |source| ConnectorError::Io {
+                action,
+                path: p,
+                source,
+            }
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(&json).map_err(io("writing", &tmp))?;
+        f.sync_data().map_err(io("syncing", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", dir))?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Reads an object back: its size and BLAKE3 hash.
+async fn read_back(
+    uri: &str,
+    store: &dyn Store,
+    location: &StorePath,
+) -> Result<(u64, [u8; 32]), ConnectorError> {
+    let got = store
+        .get(location)
+        .await
+        .map_err(|e| remote(uri, "reading back", &e))?;
+    let mut stream = got.into_stream();
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(bytes) = stream
+        .try_next()
+        .await
+        .map_err(|e| remote(uri, "reading back", &e))?
+    {
+        size += bytes.len() as u64;
+        hasher.update(&bytes);
+    }
+    Ok((size, *hasher.finalize().as_bytes()))
+}
+
+struct Writer {
+    uri: String,
+    service: Service,
+    verify: VerifyMode,
+    store: Arc<dyn Store>,
+    location: StorePath,
+    spec: ObjectSpec,
+    chunk: u64,
+    upload: OnceCell<String>,
+    state: Mutex<UploadState>,
+}
+
+impl Writer {
+    fn parts(&self) -> u64 {
+        self.spec.size.div_ceil(self.chunk).max(1)
+    }
+
+    async fn upload_id(&self) -> Result<&String, ConnectorError> {
+        self.upload
+            .get_or_try_init(|| async {
+                let id = self
+                    .store
+                    .create_multipart(&self.location)
+                    .await
+                    .map_err(|e| remote(&self.uri, "starting an upload to", &e))?;
+                let mut st = self.state.lock().await;
+                st.upload_id = Some(id.clone());
+                st.dirty = true;
+                Ok(id)
+            })
+            .await
+    }
+
+    /// The S3 ETag of a multipart upload: MD5 of the parts' MD5s, then "-" and the count.
+    fn expected_etag(st: &UploadState) -> Option<String> {
+        let mut md5 = Md5::new();
+        for (_, (_, part_md5)) in st.parts.iter() {
+            md5.update(hex::decode(part_md5).ok()?);
+        }
+        Some(format!(
+            "{}-{}",
+            hex::encode(md5.finalize()),
+            st.parts.len()
+        ))
+    }
+
+    async fn persist(&self) -> Result<(), ConnectorError> {
+        let Some(path) = &self.spec.state_file else {
+            return Ok(());
+        };
+        let mut st = self.state.lock().await;
+        if !st.dirty {
+            return Ok(());
+        }
+        save_state(path.clone(), &st).await?;
+        st.dirty = false;
+        Ok(())
+    }
+
+    async fn confirm(
+        &self,
+        etag: Option<String>,
+        md5_etag: Option<String>,
+    ) -> Result<Confirmation, ConnectorError> {
+        let meta = self
+            .store
+            .head(&self.location)
+            .await
+            .map_err(|e| remote(&self.uri, "confirming", &e))?;
+        let fail = |e: ConnectorError| async {
+            // A strict failure must not leave a wrong object under the final name.
+            let _ = self.store.delete(&self.location).await;
+            Err(e)
+        };
+        if meta.size != self.spec.size {
+            return fail(ConnectorError::SizeMismatch {
+                path: self.spec.path.clone(),
+                expected: self.spec.size,
+                actual: meta.size,
+            })
+            .await;
+        }
+        let etag = etag.or(meta.e_tag).map(|e| e.trim_matches('"').to_string());
+        if self.verify != VerifyMode::Size
+            && let (Some(want), Some(got)) = (&md5_etag, &etag)
+            && want != got
+        {
+            return fail(ConnectorError::HashMismatch {
+                path: self.spec.path.clone(),
+                what: format!("ETag {got}, the parts sent give {want}"),
+            })
+            .await;
+        }
+        let reread = self.verify == VerifyMode::Full
+            || (self.verify == VerifyMode::Strict && self.service == Service::Azure);
+        let blake3 = if reread {
+            Some(
+                read_back(&self.uri, self.store.as_ref(), &self.location)
+                    .await?
+                    .1,
+            )
+        } else {
+            None
+        };
+        Ok(Confirmation {
+            size: meta.size,
+            etag,
+            blake3,
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for Writer {
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
+        self.spec.check_range(offset, data.len() as u64)?;
+        if self.spec.size == 0 {
+            return Ok(());
+        }
+        let end = offset + data.len() as u64;
+        if !offset.is_multiple_of(self.chunk)
+            || (data.len() as u64 != self.chunk && end != self.spec.size)
+        {
+            return Err(ConnectorError::Unsupported(format!(
+                "{}: writes must be whole chunks of {} bytes (got {} bytes at {offset})",
+                self.spec.path,
+                self.chunk,
+                data.len()
+            )));
+        }
+        let index = offset / self.chunk;
+        let md5 = if self.service == Service::S3 {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || hex::encode(Md5::digest(&data)))
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let id = self.upload_id().await?.clone();
+        let part = self
+            .store
+            .put_part(
+                &self.location,
+                &id,
+                usize::try_from(index).unwrap_or(usize::MAX),
+                PutPayload::from(data),
+            )
+            .await
+            .map_err(|e| remote(&self.uri, "uploading a part to", &e))?;
+        let mut st = self.state.lock().await;
+        st.parts
+            .insert(index, (part.content_id, md5.unwrap_or_default()));
+        st.dirty = true;
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        // Parts are durable at the service once put_part returned; what must survive a
+        // restart is the list of them.
+        self.persist().await
+    }
+
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        if let Some(c) = self.state.lock().await.committed.clone() {
+            return Ok(Confirmation {
+                size: c.size,
+                etag: c.etag,
+                blake3: c.blake3.and_then(|h| hex::decode(h).ok()?.try_into().ok()),
+            });
+        }
+        let (etag, md5_etag) = if self.spec.size == 0 {
+            let r = self
+                .store
+                .put(&self.location, PutPayload::default())
+                .await
+                .map_err(|e| remote(&self.uri, "writing", &e))?;
+            (r.e_tag, None)
+        } else {
+            let id = self.upload_id().await?.clone();
+            let (parts, md5_etag) = {
+                let st = self.state.lock().await;
+                let missing: Vec<u64> = (0..self.parts())
+                    .filter(|i| !st.parts.contains_key(i))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(ConnectorError::Unavailable(format!(
+                        "{}: {} of {} parts were never uploaded (first: {})",
+                        self.spec.path,
+                        missing.len(),
+                        self.parts(),
+                        missing[0]
+                    )));
+                }
+                let parts: Vec<PartId> = st
+                    .parts
+                    .values()
+                    .map(|(content_id, _)| PartId {
+                        content_id: content_id.clone(),
+                    })
+                    .collect();
+                let md5 = (self.service == Service::S3)
+                    .then(|| Self::expected_etag(&st))
+                    .flatten();
+                (parts, md5)
+            };
+            match self
+                .store
+                .complete_multipart(&self.location, &id, parts)
+                .await
+            {
+                Ok(r) => (r.e_tag, md5_etag),
+                // Completed before (a retried commit after a crash): confirm what is there.
+                Err(object_store::Error::NotFound { .. }) => (None, md5_etag),
+                Err(e) => return Err(remote(&self.uri, "completing an upload to", &e)),
+            }
+        };
+        let conf = self.confirm(etag, md5_etag).await?;
+        {
+            let mut st = self.state.lock().await;
+            st.committed = Some(Committed {
+                size: conf.size,
+                etag: conf.etag.clone(),
+                blake3: conf.blake3.map(hex::encode),
+            });
+            st.dirty = true;
+        }
+        self.persist().await?;
+        Ok(conf)
+    }
+
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        if let Some(id) = self.upload.get() {
+            // Azure has nothing to abort (uncommitted blocks expire); S3 frees the parts.
+            self.store
+                .abort_multipart(&self.location, id)
+                .await
+                .map_err(|e| remote(&self.uri, "aborting an upload to", &e))?;
+        }
+        if let Some(path) = &self.spec.state_file {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_are_permanent_and_throttling_and_server_errors_are_not() {
+        let msg = |code: &str| {
+            format!(
+                "Error performing GET http://x in 1ms - Server returned non-2xx status code: {code}: body"
+            )
+        };
+        for code in ["400 Bad Request", "403 Forbidden", "404 Not Found"] {
+            assert!(is_permanent_http(&msg(code)), "{code}");
+        }
+        for code in [
+            "408 Request Timeout",
+            "429 Too Many Requests",
+            "500 Internal",
+            "503 Slow Down",
+        ] {
+            assert!(!is_permanent_http(&msg(code)), "{code}");
+        }
+        assert!(!is_permanent_http("connection reset by peer"));
+    }
+
+    #[test]
+    fn scrub_removes_signed_query_strings() {
+        let s = scrub("GET http://h/o?X-Amz-Signature=abc&X-Amz-Credential=k failed");
+        assert!(!s.contains("abc") && !s.contains("=k"), "{s}");
+        assert!(scrub("GET http://h/o?sv=1&sig=SECRET failed").contains("[redacted]"));
+    }
+
+    #[test]
+    fn min_chunk_sizes_follow_the_services_limits() {
+        let s3 = ObjectStoreConnector::from_uri("s3://b", VerifyMode::Size).unwrap();
+        assert_eq!(s3.min_chunk_size(1 << 30), 8 << 20);
+        // 10,000 parts of 8 MiB cover 78 GiB; more needs larger chunks.
+        assert_eq!(s3.min_chunk_size(100 << 30), 16 << 20);
+        let az = ObjectStoreConnector::with_settings(
+            "az://c",
+            VerifyMode::Size,
+            &[("azure_storage_account_name".into(), "acct".into())],
+        )
+        .unwrap();
+        assert_eq!(az.min_chunk_size(1 << 30), 32 << 10);
+    }
+}

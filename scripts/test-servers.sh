@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
+#
+#   scripts/test-servers.sh start [s3] [azure]   install what is missing, start, wait until ready
+#   scripts/test-servers.sh env                  print the environment the tests need (source it)
+#   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
+#
+# S3: moto's server mode (PyPI). Azure Blob: Azurite (npm). Installs are cached in
+# $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
+# $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
+# start makes `start` fail with its log: tests never skip silently.
+set -euo pipefail
+
+CACHE=${TRACKSHIFT_SERVERS_CACHE:-$HOME/.cache/trackshift-test-servers}
+RUN=${TRACKSHIFT_SERVERS_RUN:-/tmp/trackshift-test-servers}
+S3_PORT=${TRACKSHIFT_S3_PORT:-39000}
+AZURE_PORT=${TRACKSHIFT_AZURE_PORT:-39010}
+MOTO_VERSION=5.2.5
+AZURITE_VERSION=3.35.0
+BUCKET=trackshift-test
+# Azurite's well-known development account (public, documented by Microsoft).
+AZURE_ACCOUNT=devstoreaccount1
+AZURE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+
+log() { printf 'test-servers: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+port_free() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+EOF
+}
+
+wait_ready() { # NAME LOG CHECK-COMMAND...
+    local name=$1 logfile=$2; shift 2
+    for _ in $(seq 1 150); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    log "$name did not become ready; its log:"
+    tail -n 40 "$logfile" >&2 || true
+    return 1
+}
+
+setup_python() {
+    if [ ! -x "$CACHE/venv/bin/moto_server" ] || [ ! -f "$CACHE/venv/.moto-$MOTO_VERSION" ]; then
+        log "installing moto $MOTO_VERSION and azure-storage-blob (PyPI) into $CACHE/venv"
+        python3 -m venv "$CACHE/venv"
+        "$CACHE/venv/bin/pip" install -q --disable-pip-version-check \
+            "moto[server]==$MOTO_VERSION" "azure-storage-blob==12.*"
+        touch "$CACHE/venv/.moto-$MOTO_VERSION"
+    fi
+}
+
+setup_azurite() {
+    if [ ! -x "$CACHE/azurite/node_modules/.bin/azurite-blob" ] \
+        || [ ! -f "$CACHE/azurite/.azurite-$AZURITE_VERSION" ]; then
+        log "installing Azurite $AZURITE_VERSION (npm) into $CACHE/azurite"
+        mkdir -p "$CACHE/azurite"
+        npm install --prefix "$CACHE/azurite" --no-audit --no-fund --silent \
+            "azurite@$AZURITE_VERSION" >&2
+        touch "$CACHE/azurite/.azurite-$AZURITE_VERSION"
+    fi
+}
+
+start_s3() {
+    setup_python
+    port_free "$S3_PORT" || die "port $S3_PORT (S3) is busy; set TRACKSHIFT_S3_PORT"
+    mkdir -p "$RUN/s3"
+    "$CACHE/venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$RUN/s3/server.log" 2>&1 &
+    echo $! >"$RUN/s3.pid"
+    wait_ready S3 "$RUN/s3/server.log" curl -sf "http://127.0.0.1:$S3_PORT/moto-api/"
+    curl -sf -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" >/dev/null \
+        || die "could not create bucket $BUCKET"
+    cat >>"$RUN/env.partial" <<EOF
+export TRACKSHIFT_TEST_S3=s3://$BUCKET
+export TRACKSHIFT_TEST_S3_ADMIN=http://127.0.0.1:$S3_PORT
+export AWS_ENDPOINT=http://127.0.0.1:$S3_PORT
+export AWS_ALLOW_HTTP=true
+export AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=trackshift-test
+export AWS_SECRET_ACCESS_KEY=trackshift-test-secret
+export AWS_EC2_METADATA_DISABLED=true
+EOF
+    log "S3 (moto) on 127.0.0.1:$S3_PORT, bucket $BUCKET"
+}
+
+start_azure() {
+    setup_azurite
+    setup_python
+    port_free "$AZURE_PORT" || die "port $AZURE_PORT (Azure) is busy; set TRACKSHIFT_AZURE_PORT"
+    mkdir -p "$RUN/azure"
+    "$CACHE/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
+        --blobPort "$AZURE_PORT" --location "$RUN/azure" --skipApiVersionCheck --loose \
+        --disableTelemetry >"$RUN/azure/server.log" 2>&1 &
+    echo $! >"$RUN/azure.pid"
+    wait_ready Azurite "$RUN/azure/server.log" \
+        bash -c "exec 3<>/dev/tcp/127.0.0.1/$AZURE_PORT"
+    local conn="DefaultEndpointsProtocol=http;AccountName=$AZURE_ACCOUNT;AccountKey=$AZURE_KEY;BlobEndpoint=http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT;"
+    AZ_CONN="$conn" "$CACHE/venv/bin/python" - <<'EOF' || die "could not create the Azure container"
+import os
+from azure.storage.blob import BlobServiceClient
+BlobServiceClient.from_connection_string(os.environ["AZ_CONN"]).create_container("trackshift-test")
+EOF
+    cat >>"$RUN/env.partial" <<EOF
+export TRACKSHIFT_TEST_AZURE=az://$BUCKET
+export AZURE_STORAGE_ACCOUNT_NAME=$AZURE_ACCOUNT
+export AZURE_STORAGE_ACCOUNT_KEY='$AZURE_KEY'
+export AZURE_STORAGE_ENDPOINT=http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT
+export AZURE_ALLOW_HTTP=true
+EOF
+    log "Azure Blob (Azurite) on 127.0.0.1:$AZURE_PORT, container $BUCKET"
+}
+
+stop_pid() { # FILE
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    rm -f "$1"
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        local stat
+        stat=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+        if [ -z "$stat" ] || [ "${stat#Z}" != "$stat" ]; then return 0; fi
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    start)
+        [ -e "$RUN/env" ] && die "already started ($RUN/env exists); run stop first"
+        mkdir -p "$RUN" "$CACHE"
+        : >"$RUN/env.partial"
+        services=("$@")
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure)
+        for s in "${services[@]}"; do
+            case "$s" in
+                s3) start_s3 ;;
+                azure) start_azure ;;
+                *) die "unknown server $s (known: s3 azure)" ;;
+            esac
+        done
+        mv "$RUN/env.partial" "$RUN/env"
+        ;;
+    env)
+        cat "$RUN/env"
+        ;;
+    stop)
+        for f in "$RUN"/*.pid; do
+            [ -e "$f" ] && stop_pid "$f"
+        done
+        rm -rf "$RUN"
+        ;;
+    *)
+        die "usage: $0 start [s3] [azure] | env | stop"
+        ;;
+esac

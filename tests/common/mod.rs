@@ -1,0 +1,104 @@
+//! Helpers shared by the end-to-end tests: run the binary, start a gateway child, plain
+//! HTTP GETs.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_trackshift")
+}
+
+pub fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// The gateway child, killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub quic: String,
+    pub http: String,
+    pub fingerprint: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_gateway(data: &Path) -> Gateway {
+    start_gateway_with(data, &[])
+}
+
+/// Starts `trackshift serve` with extra environment variables.
+pub fn start_gateway_with(data: &Path, env: &[(&str, &str)]) -> Gateway {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut quic, mut http, mut fingerprint) = (None, None, None);
+    while quic.is_none() || http.is_none() || fingerprint.is_none() {
+        let line = lines
+            .next()
+            .expect("the gateway exited before it was ready")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("gateway listening on ") {
+            quic = rest.split_whitespace().next().map(str::to_string);
+        } else if let Some(rest) = line.strip_prefix("certificate fingerprint: ") {
+            fingerprint = Some(rest.trim().to_string());
+        } else if let Some(i) = line.find("http://") {
+            http = Some(line[i..].trim().to_string());
+        }
+    }
+    // Keep draining stdout so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Gateway {
+        child,
+        quic: quic.unwrap(),
+        http: http.unwrap(),
+        fingerprint: fingerprint.unwrap(),
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn get(base: &str, path: &str) -> (u16, Vec<u8>) {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (status, resp[split + 4..].to_vec())
+}

@@ -1,0 +1,414 @@
+//! One conformance suite for every connector, run against real servers: local disk, S3
+//! (moto) and Azure Blob (Azurite), started by `scripts/test-servers.sh` (README's test
+//! command does this). A missing server fails the suite with the reason; nothing is skipped.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use trackshift_connectors::{
+    Connector, ConnectorError, ObjectSpec, ObjectStoreConnector, VerifyMode, from_uri_with,
+};
+
+/// A destination under test: its URI and a unique prefix for this test.
+struct Dest {
+    name: &'static str,
+    uri: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn unique() -> String {
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..12)
+            .unwrap_or("x")
+    )
+}
+
+/// Every destination kind, each under a fresh prefix.
+fn destinations() -> Vec<Dest> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut v = vec![Dest {
+        name: "file",
+        uri: format!("file://{}", tmp.path().display()),
+        _tmp: Some(tmp),
+    }];
+    for (name, var) in [
+        ("s3", "TRACKSHIFT_TEST_S3"),
+        ("azure", "TRACKSHIFT_TEST_AZURE"),
+    ] {
+        let base = std::env::var(var).unwrap_or_else(|_| {
+            panic!(
+                "{var} is not set: the {name} test server is not running. Run the tests with \
+                 ./scripts/test.sh, or `scripts/test-servers.sh start` and source \
+                 `scripts/test-servers.sh env` first"
+            )
+        });
+        v.push(Dest {
+            name,
+            uri: format!("{base}/{}", unique()),
+            _tmp: None,
+        });
+    }
+    v
+}
+
+fn connector(d: &Dest, verify: VerifyMode) -> Arc<dyn Connector> {
+    from_uri_with(&d.uri, verify).unwrap_or_else(|e| panic!("{}: {e}", d.name))
+}
+
+/// Chunk size to use for an object of `size` bytes at `c` (at least 1 MiB).
+fn chunk_for(c: &dyn Connector, size: u64) -> u64 {
+    c.min_chunk_size(size).max(1 << 20)
+}
+
+fn pattern(size: usize, seed: u8) -> Bytes {
+    let mut v = vec![0u8; size];
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
+    for b in &mut v {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    Bytes::from(v)
+}
+
+fn spec(path: &str, size: u64, chunk: u64, state: Option<&Path>) -> ObjectSpec {
+    ObjectSpec {
+        job_id: "job-conformance".into(),
+        path: path.into(),
+        size,
+        chunk_size: chunk,
+        state_file: state.map(Path::to_path_buf),
+    }
+}
+
+/// Writes `data` as an object in shuffled chunk order and commits it.
+async fn put(
+    c: &dyn Connector,
+    path: &str,
+    data: &Bytes,
+    chunk: u64,
+) -> trackshift_connectors::Confirmation {
+    let w = c
+        .open(&spec(path, data.len() as u64, chunk, None), false)
+        .await
+        .unwrap_or_else(|e| panic!("{} open {path}: {e}", c.uri()));
+    let n = (data.len() as u64).div_ceil(chunk).max(1);
+    // Last chunk first, then the rest in reverse: order must not matter.
+    let mut order: Vec<u64> = (0..n).collect();
+    order.reverse();
+    for i in order {
+        let start = (i * chunk) as usize;
+        let end = (start + chunk as usize).min(data.len());
+        w.write_at(i * chunk, data.slice(start..end)).await.unwrap();
+    }
+    w.sync().await.unwrap();
+    w.commit()
+        .await
+        .unwrap_or_else(|e| panic!("{} commit {path}: {e}", c.uri()))
+}
+
+fn blake3(data: &[u8]) -> [u8; 32] {
+    *::blake3::hash(data).as_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_empty_and_multi_chunk_objects_round_trip() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        c.check()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", d.name));
+        for (path, size) in [
+            ("small.txt", 100usize),
+            ("empty", 0),
+            ("dir/sub/multi.bin", 20 << 20),
+        ] {
+            let data = pattern(size, 1);
+            let chunk = chunk_for(c.as_ref(), size as u64);
+            let conf = put(c.as_ref(), path, &data, chunk).await;
+            assert_eq!(conf.size, size as u64, "{} {path}", d.name);
+            assert_eq!(
+                c.stat(path).await.unwrap(),
+                Some(size as u64),
+                "{} {path}",
+                d.name
+            );
+            assert_eq!(
+                c.read_back(path).await.unwrap(),
+                (size as u64, blake3(&data)),
+                "{} {path}",
+                d.name
+            );
+        }
+        assert_eq!(c.stat("missing").await.unwrap(), None, "{}", d.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overwrite_replaces_the_object() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let first = pattern(3000, 2);
+        let second = pattern(1500, 3);
+        put(c.as_ref(), "same", &first, 1 << 20).await;
+        put(c.as_ref(), "same", &second, 1 << 20).await;
+        assert_eq!(
+            c.read_back("same").await.unwrap(),
+            (1500, blake3(&second)),
+            "{}",
+            d.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_to_different_keys() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let data = pattern(10_000 + usize::from(i) * 100, i);
+                    put(c.as_ref(), &format!("concurrent/{i}.bin"), &data, 1 << 20).await;
+                    data
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let data = t.await.unwrap();
+            assert_eq!(
+                c.read_back(&format!("concurrent/{i}.bin")).await.unwrap(),
+                (data.len() as u64, blake3(&data)),
+                "{}",
+                d.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_mid_upload_leaves_nothing_under_the_final_name() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let size = 20u64 << 20;
+        let chunk = chunk_for(c.as_ref(), size);
+        let data = pattern(size as usize, 4);
+        let w = c
+            .open(&spec("aborted.bin", size, chunk, None), false)
+            .await
+            .unwrap();
+        w.write_at(0, data.slice(0..chunk as usize)).await.unwrap();
+        w.sync().await.unwrap();
+        w.abort().await.unwrap();
+        assert_eq!(c.stat("aborted.bin").await.unwrap(), None, "{}", d.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_resumes_after_the_writer_is_gone() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let state_dir = tempfile::tempdir().unwrap();
+        let state = state_dir.path().join("upload-0.json");
+        let size = 20u64 << 20;
+        let chunk = chunk_for(c.as_ref(), size);
+        let data = pattern(size as usize, 5);
+        let s = spec("resumed.bin", size, chunk, Some(&state));
+        {
+            let w = c.open(&s, false).await.unwrap();
+            w.write_at(0, data.slice(0..chunk as usize)).await.unwrap();
+            w.sync().await.unwrap();
+            // The writer (and the gateway holding it) goes away here.
+        }
+        assert_eq!(c.stat("resumed.bin").await.unwrap(), None, "{}", d.name);
+        // A fresh connector, as after a restart, resumes from what was synced.
+        let c = connector(&d, VerifyMode::Size);
+        let w = c.open(&s, true).await.unwrap();
+        let n = size.div_ceil(chunk);
+        for i in 1..n {
+            let start = (i * chunk) as usize;
+            let end = (start + chunk as usize).min(data.len());
+            w.write_at(i * chunk, data.slice(start..end)).await.unwrap();
+        }
+        w.sync().await.unwrap();
+        let conf = w.commit().await.unwrap();
+        assert_eq!(conf.size, size, "{}", d.name);
+        assert_eq!(
+            c.read_back("resumed.bin").await.unwrap(),
+            (size, blake3(&data)),
+            "{}",
+            d.name
+        );
+        // Committing again (a retried finish) confirms the same object.
+        assert_eq!(w.commit().await.unwrap().size, size, "{}", d.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_sparse_object_over_one_gib() {
+    static ZEROS: [u8; 16 << 20] = [0u8; 16 << 20];
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let size = (1u64 << 30) + 4096;
+        let chunk = 16u64 << 20;
+        let w = c
+            .open(&spec("large/sparse.bin", size, chunk, None), false)
+            .await
+            .unwrap();
+        let n = size.div_ceil(chunk);
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let w = w.clone();
+            let len = chunk.min(size - i * chunk) as usize;
+            tasks.push(tokio::spawn(async move {
+                w.write_at(i * chunk, Bytes::from_static(&ZEROS[..len]))
+                    .await
+            }));
+            if tasks.len() >= 8 {
+                tasks.remove(0).await.unwrap().unwrap();
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        w.sync().await.unwrap();
+        assert_eq!(w.commit().await.unwrap().size, size, "{}", d.name);
+        assert_eq!(
+            c.stat("large/sparse.bin").await.unwrap(),
+            Some(size),
+            "{}",
+            d.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_with_spaces_and_unicode_and_traversal_refused() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let name = "dir with spaces/naïve café ☃ 文件.txt";
+        let data = pattern(777, 6);
+        put(c.as_ref(), name, &data, 1 << 20).await;
+        assert_eq!(
+            c.read_back(name).await.unwrap(),
+            (777, blake3(&data)),
+            "{}",
+            d.name
+        );
+        for bad in ["../escape", "a/../../b", "/abs", "a//b", "./x", ""] {
+            let r = c.open(&spec(bad, 1, 1 << 20, None), false).await;
+            assert!(
+                matches!(r, Err(ConnectorError::InvalidPath(_))),
+                "{}: {bad:?} was accepted",
+                d.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_mode_reads_back_where_the_service_gives_no_hash() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Strict);
+        let data = pattern(5000, 7);
+        let conf = put(c.as_ref(), "strict.bin", &data, 1 << 20).await;
+        match d.name {
+            // S3 confirms content by its MD5 ETag of the parts sent (checked in commit).
+            "s3" => assert!(conf.etag.as_deref().is_some_and(|e| e.ends_with("-1"))),
+            _ => assert_eq!(conf.blake3, Some(blake3(&data)), "{}", d.name),
+        }
+        let c = connector(&d, VerifyMode::Full);
+        let conf = put(c.as_ref(), "full.bin", &data, 1 << 20).await;
+        assert_eq!(conf.blake3, Some(blake3(&data)), "{}", d.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_credentials_and_missing_buckets_fail_fast_and_permanently() {
+    for d in destinations() {
+        let bad: Vec<Arc<dyn Connector>> = match d.name {
+            "file" => {
+                vec![from_uri_with("file:///nonexistent/trackshift", VerifyMode::Size).unwrap()]
+            }
+            "s3" => vec![Arc::new(
+                ObjectStoreConnector::from_uri("s3://no-such-bucket-trackshift", VerifyMode::Size)
+                    .unwrap(),
+            )],
+            _ => vec![
+                Arc::new(
+                    ObjectStoreConnector::with_settings(
+                        &d.uri,
+                        VerifyMode::Size,
+                        &[(
+                            "azure_storage_account_key".into(),
+                            "d3JvbmcgLSB3cm9uZyAtIHdyb25nIC0gd3JvbmcgLSB3cm9uZyAtIHdyb25nIQ=="
+                                .into(),
+                        )],
+                    )
+                    .unwrap(),
+                ),
+                Arc::new(
+                    ObjectStoreConnector::from_uri("az://no-such-container", VerifyMode::Size)
+                        .unwrap(),
+                ),
+            ],
+        };
+        for c in bad {
+            let started = std::time::Instant::now();
+            let err = c.check().await.expect_err("a bad destination was accepted");
+            assert!(!err.is_transient(), "{}: {err} should be permanent", d.name);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{}: took {:?} to fail",
+                d.name,
+                started.elapsed()
+            );
+            let msg = err.to_string();
+            assert!(
+                !msg.contains("d3JvbmcgLSB3"),
+                "{}: key in error: {msg}",
+                d.name
+            );
+            assert!(!msg.contains("trackshift-test-secret"), "{}: {msg}", d.name);
+        }
+    }
+}
+
+#[test]
+fn uris_are_validated_up_front_without_leaking_secrets() {
+    for (uri, want) in [
+        ("s3://", "bucket"),
+        ("s3://user:secret@bucket/x", "credentials"),
+        ("s3://bucket/x?secret_access_key=abc", "unknown or secret"),
+        ("s3://bucket/../x", "prefix"),
+        ("az://container/x?account_key=abc", "unknown or secret"),
+        ("ftp://host/x", "unsupported"),
+    ] {
+        let err = match from_uri_with(uri, VerifyMode::Size) {
+            Ok(c) => panic!("{uri} accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(want), "{uri}: {err}");
+        assert!(
+            !err.contains("secret") || want == "unknown or secret",
+            "{uri}: {err}"
+        );
+        assert!(!err.contains("abc"), "{uri}: {err}");
+    }
+    // Debug output never shows the store's configuration (where credentials live).
+    let c = ObjectStoreConnector::with_settings(
+        "s3://bucket/p",
+        VerifyMode::Size,
+        &[("aws_secret_access_key".into(), "SUPERSECRETVALUE".into())],
+    )
+    .unwrap();
+    assert!(!format!("{c:?}").contains("SUPERSECRETVALUE"));
+}
