@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure]   install what is missing, start, wait until ready
+#   scripts/test-servers.sh start [s3] [azure] [sftp]
+#                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
 #
-# S3: moto's server mode (PyPI). Azure Blob: Azurite (npm). Installs are cached in
+# S3: moto's server mode (PyPI). Azure Blob: Azurite (npm). SFTP: OpenSSH's sshd (Debian
+# package openssh-server) on a high port with its own config, host key, user and client
+# key (needs root, as CI has). Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently.
@@ -15,6 +18,8 @@ CACHE=${TRACKSHIFT_SERVERS_CACHE:-$HOME/.cache/trackshift-test-servers}
 RUN=${TRACKSHIFT_SERVERS_RUN:-/tmp/trackshift-test-servers}
 S3_PORT=${TRACKSHIFT_S3_PORT:-39000}
 AZURE_PORT=${TRACKSHIFT_AZURE_PORT:-39010}
+SFTP_PORT=${TRACKSHIFT_SFTP_PORT:-39022}
+SFTP_USER=tssftp
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.35.0
 BUCKET=trackshift-test
@@ -117,6 +122,57 @@ EOF
     log "Azure Blob (Azurite) on 127.0.0.1:$AZURE_PORT, container $BUCKET"
 }
 
+apt_install() { # PACKAGE...
+    log "installing $* (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends --no-upgrade "$@" >/dev/null 2>&1 || {
+        apt-get update >/dev/null 2>&1
+        apt-get install -y --no-install-recommends --no-upgrade "$@" >/dev/null
+    }
+}
+
+start_sftp() {
+    [ -x /usr/sbin/sshd ] || apt_install openssh-server
+    [ "$(id -u)" = 0 ] || die "starting sshd with its own user needs root"
+    port_free "$SFTP_PORT" || die "port $SFTP_PORT (SFTP) is busy; set TRACKSHIFT_SFTP_PORT"
+    local d="$RUN/sftp"
+    mkdir -p "$d/data" /run/sshd
+    id "$SFTP_USER" >/dev/null 2>&1 || useradd -M -d "$d/data" -s /bin/sh "$SFTP_USER"
+    # No password, but not locked either (sshd without PAM refuses locked accounts).
+    usermod -d "$d/data" -p '*' "$SFTP_USER"
+    chown "$SFTP_USER" "$d/data"
+    ssh-keygen -q -t ed25519 -N '' -C trackshift-test-host -f "$d/host_ed25519"
+    ssh-keygen -q -t ed25519 -N '' -C trackshift-test-client -f "$d/client_ed25519"
+    cp "$d/client_ed25519.pub" "$d/authorized_keys"
+    cat >"$d/sshd_config" <<CONF
+Port $SFTP_PORT
+ListenAddress 127.0.0.1
+HostKey $d/host_ed25519
+PidFile $d/sshd.pid
+AuthorizedKeysFile $d/authorized_keys
+AllowUsers $SFTP_USER
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UsePAM no
+StrictModes no
+UseDNS no
+Subsystem sftp internal-sftp
+MaxStartups 100:30:200
+MaxSessions 100
+CONF
+    /usr/sbin/sshd -D -e -f "$d/sshd_config" >"$d/server.log" 2>&1 &
+    echo $! >"$RUN/sftp.pid"
+    wait_ready sshd "$d/server.log" \
+        bash -c "ssh-keyscan -p $SFTP_PORT -t ed25519 127.0.0.1 2>/dev/null | grep -q ssh-ed25519"
+    ssh-keyscan -p "$SFTP_PORT" -t ed25519 127.0.0.1 2>/dev/null >"$d/known_hosts"
+    cat >>"$RUN/env.partial" <<ENV
+export TRACKSHIFT_TEST_SFTP='sftp://$SFTP_USER@127.0.0.1:$SFTP_PORT$d/data?known_hosts=$d/known_hosts'
+export TRACKSHIFT_SFTP_KEY=$d/client_ed25519
+ENV
+    log "SFTP (OpenSSH sshd) on 127.0.0.1:$SFTP_PORT, user $SFTP_USER, directory $d/data"
+}
+
 stop_pid() { # FILE
     local pid
     pid=$(cat "$1" 2>/dev/null) || return 0
@@ -140,12 +196,13 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
                 azure) start_azure ;;
-                *) die "unknown server $s (known: s3 azure)" ;;
+                sftp) start_sftp ;;
+                *) die "unknown server $s (known: s3 azure sftp)" ;;
             esac
         done
         mv "$RUN/env.partial" "$RUN/env"
@@ -160,6 +217,6 @@ case "$cmd" in
         rm -rf "$RUN"
         ;;
     *)
-        die "usage: $0 start [s3] [azure] | env | stop"
+        die "usage: $0 start [s3] [azure] [sftp] | env | stop"
         ;;
 esac

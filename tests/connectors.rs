@@ -1,6 +1,8 @@
 //! One conformance suite for every connector, run against real servers: local disk, S3
-//! (moto) and Azure Blob (Azurite), started by `scripts/test-servers.sh` (README's test
+//! (moto), Azure Blob (Azurite) and SFTP (OpenSSH sshd), started by `scripts/test-servers.sh` (README's test
 //! command does this). A missing server fails the suite with the reason; nothing is skipped.
+
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +42,7 @@ fn destinations() -> Vec<Dest> {
     for (name, var) in [
         ("s3", "TRACKSHIFT_TEST_S3"),
         ("azure", "TRACKSHIFT_TEST_AZURE"),
+        ("sftp", "TRACKSHIFT_TEST_SFTP"),
     ] {
         let base = std::env::var(var).unwrap_or_else(|_| {
             panic!(
@@ -48,9 +51,10 @@ fn destinations() -> Vec<Dest> {
                  `scripts/test-servers.sh env` first"
             )
         });
+        let uri = common::under(&base, &unique());
         v.push(Dest {
             name,
-            uri: format!("{base}/{}", unique()),
+            uri,
             _tmp: None,
         });
     }
@@ -342,6 +346,31 @@ async fn bad_credentials_and_missing_buckets_fail_fast_and_permanently() {
                 ObjectStoreConnector::from_uri("s3://no-such-bucket-trackshift", VerifyMode::Size)
                     .unwrap(),
             )],
+            "sftp" => {
+                // A valid key the server does not know (the host's own), and a pinned
+                // fingerprint that is not the server's.
+                let key = std::env::var("TRACKSHIFT_SFTP_KEY").unwrap();
+                let other_key = Path::new(&key).with_file_name("host_ed25519");
+                let (path, _) = d.uri.split_once('?').unwrap();
+                vec![
+                    from_uri_with(
+                        &format!(
+                            "{path}?known_hosts={}&key={}",
+                            Path::new(&key).with_file_name("known_hosts").display(),
+                            other_key.display()
+                        ),
+                        VerifyMode::Size,
+                    )
+                    .unwrap(),
+                    from_uri_with(
+                        &format!(
+                            "{path}?fingerprint=SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                        ),
+                        VerifyMode::Size,
+                    )
+                    .unwrap(),
+                ]
+            }
             _ => vec![
                 Arc::new(
                     ObjectStoreConnector::with_settings(
@@ -378,6 +407,7 @@ async fn bad_credentials_and_missing_buckets_fail_fast_and_permanently() {
                 d.name
             );
             assert!(!msg.contains("trackshift-test-secret"), "{}: {msg}", d.name);
+            assert!(!msg.contains("PRIVATE KEY"), "{}: {msg}", d.name);
         }
     }
 }

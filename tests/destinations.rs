@@ -1,5 +1,5 @@
 //! `trackshift send` through a running gateway to every remote destination kind (S3 on moto,
-//! Azure Blob on Azurite, started by `scripts/test-servers.sh`), in strict mode: the objects
+//! Azure Blob on Azurite, SFTP on sshd, started by `scripts/test-servers.sh`), in strict mode: the objects
 //! hold exactly the files, and the signed receipt verifies.
 
 mod common;
@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{run, start_gateway_with};
+
 use trackshift_connectors::{VerifyMode, from_uri_with};
 
 fn server(var: &str) -> String {
@@ -35,7 +36,7 @@ fn write_tree(root: &Path) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[test]
-fn sends_reach_s3_and_azure_through_the_gateway_in_strict_mode() {
+fn sends_reach_s3_azure_and_sftp_through_the_gateway_in_strict_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let files = write_tree(&dir.join("src"));
@@ -45,8 +46,12 @@ fn sends_reach_s3_and_azure_through_the_gateway_in_strict_mode() {
     for (name, var) in [
         ("s3", "TRACKSHIFT_TEST_S3"),
         ("azure", "TRACKSHIFT_TEST_AZURE"),
+        ("sftp", "TRACKSHIFT_TEST_SFTP"),
     ] {
-        let dest = format!("{}/e2e-{}", server(var), uuid::Uuid::new_v4().simple());
+        let dest = common::under(
+            &server(var),
+            &format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+        );
         let out_dir = format!("receipts/{name}");
         let send = |extra: &[&str]| {
             let mut args = vec![
@@ -103,7 +108,7 @@ fn sends_reach_s3_and_azure_through_the_gateway_in_strict_mode() {
         .unwrap()
         .map(|e| e.unwrap().path().join("receipt.json"))
         .collect();
-    assert_eq!(receipts.len(), 2);
+    assert_eq!(receipts.len(), 3);
     for r in receipts {
         let (code, out, err) = run(
             &["verify", r.to_str().unwrap(), "--public-keys", "pk.json"],

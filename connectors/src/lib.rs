@@ -16,6 +16,7 @@ mod error;
 mod local;
 mod null;
 pub mod object;
+pub mod sftp;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub use error::ConnectorError;
 pub use local::LocalConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;
+pub use sftp::SftpConnector;
 
 /// How far a connector confirms what it wrote before a job may succeed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,7 +148,8 @@ pub fn from_uri(uri: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
 /// Creates the connector for a destination URI.
 ///
 /// Supported: `file:///ABSOLUTE/DIR` (local disk), `s3://BUCKET[/PREFIX]` and
-/// `az://CONTAINER[/PREFIX]` (see [`object`]), and `null://` (discards data; benchmarks).
+/// `az://CONTAINER[/PREFIX]` (see [`object`]), `sftp://USER@HOST[:PORT]/DIR` (see
+/// [`sftp`]), and `null://` (discards data; benchmarks).
 pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>, ConnectorError> {
     if let Some(path) = uri.strip_prefix("file://") {
         return Ok(Arc::new(LocalConnector::new(path)?.with_verify(verify)));
@@ -154,12 +157,15 @@ pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>
     if uri.starts_with("s3://") || uri.starts_with("az://") {
         return Ok(Arc::new(ObjectStoreConnector::from_uri(uri, verify)?));
     }
+    if uri.starts_with("sftp://") {
+        return Ok(Arc::new(SftpConnector::from_uri(uri, verify)?));
+    }
     if uri == "null://" || uri.starts_with("null://") {
         return Ok(Arc::new(NullConnector::new(uri)));
     }
     let scheme = uri.split_once("://").map_or("", |(s, _)| s);
     Err(ConnectorError::InvalidUri(format!(
-        "unsupported destination scheme {scheme:?} (supported: file://, s3://, az://, null://)"
+        "unsupported destination scheme {scheme:?} (supported: file://, s3://, az://, sftp://, null://)"
     )))
 }
 

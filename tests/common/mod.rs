@@ -102,3 +102,11 @@ pub fn get(base: &str, path: &str) -> (u16, Vec<u8>) {
     );
     (status, resp[split + 4..].to_vec())
 }
+
+/// `base` (a destination URI, perhaps with a query) with `sub` appended to its path.
+pub fn under(base: &str, sub: &str) -> String {
+    match base.split_once('?') {
+        Some((path, query)) => format!("{path}/{sub}?{query}"),
+        None => format!("{base}/{sub}"),
+    }
+}

@@ -1,0 +1,680 @@
+//! `sftp://USER@HOST[:PORT]/DIR`: SFTP over SSH (russh + russh-sftp, pure Rust on tokio).
+//!
+//! Authentication is by key only: the private key file comes from the URI's `key=PATH`
+//! query or `TRACKSHIFT_SFTP_KEY`. The server's host key must be pinned, by a known_hosts
+//! file (`known_hosts=PATH` or `TRACKSHIFT_SFTP_KNOWN_HOSTS`) or a fingerprint
+//! (`fingerprint=SHA256:...`); an unknown or changed host key refuses the connection.
+//!
+//! Each object is written to `.NAME.JOBID.tspart` beside its final name, with every chunk
+//! split into SFTP writes that are all in flight at once (so one file reaches line rate),
+//! made durable with `fsync@openssh.com`, and on commit size-checked and renamed into place
+//! with `posix-rename@openssh.com` (atomic overwrite). One SSH connection per connector is
+//! shared by all of its objects and re-established when it drops.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use russh::client;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use tokio::sync::Mutex;
+
+use crate::{
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
+    check_object_path,
+};
+
+/// Bytes per SFTP write request (OpenSSH accepts up to 256 KiB messages).
+const WRITE_LEN: usize = 255 * 1024;
+/// Bytes per SFTP read request when reading back.
+const READ_LEN: u32 = 255 * 1024;
+/// Read requests in flight when reading back.
+const READS_IN_FLIGHT: usize = 16;
+
+/// How the server's host key is trusted.
+#[derive(Debug, Clone)]
+enum HostTrust {
+    KnownHosts(PathBuf),
+    Fingerprint(String),
+}
+
+/// An SFTP destination.
+pub struct SftpConnector {
+    uri: String,
+    host: String,
+    port: u16,
+    user: String,
+    root: String,
+    key: PathBuf,
+    trust: HostTrust,
+    verify: VerifyMode,
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+impl std::fmt::Debug for SftpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpConnector")
+            .field("uri", &self.uri)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Conn {
+    _ssh: client::Handle<Client>,
+    sftp: RawSftpSession,
+    fsync: bool,
+    posix_rename: bool,
+}
+
+struct Client {
+    host: String,
+    port: u16,
+    trust: HostTrust,
+    /// Why the host key was refused, for the error message.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        let verdict = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.check(key),
+            russh::keys::PublicKeyOrCertificate::Certificate(_) => {
+                Err("host certificates are not supported; pin the host key".to_string())
+            }
+        };
+        let ok = match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                *self.refused.lock().expect("refused lock") = Some(why);
+                false
+            }
+        };
+        async move { Ok(ok) }
+    }
+}
+
+impl Client {
+    fn check(&self, key: &PublicKey) -> Result<(), String> {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        match &self.trust {
+            HostTrust::Fingerprint(want) if *want == fingerprint => Ok(()),
+            HostTrust::Fingerprint(want) => {
+                Err(format!("host key {fingerprint} is not the pinned {want}"))
+            }
+            HostTrust::KnownHosts(path) => {
+                match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!(
+                        "host key {fingerprint} of {}:{} is not in {}",
+                        self.host,
+                        self.port,
+                        path.display()
+                    )),
+                    Err(e) => Err(format!(
+                        "host key {fingerprint} of {}:{} does not match {}: {e}",
+                        self.host,
+                        self.port,
+                        path.display()
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn sftp_err(uri: &str, op: &'static str, e: &SftpError) -> ConnectorError {
+    let transient = match e {
+        SftpError::Status(s) => matches!(
+            s.status_code,
+            StatusCode::ConnectionLost | StatusCode::NoConnection
+        ),
+        SftpError::Timeout | SftpError::IO(_) => true,
+        _ => false,
+    };
+    ConnectorError::Remote {
+        destination: uri.to_string(),
+        op,
+        transient,
+        reason: e.to_string(),
+    }
+}
+
+fn is_not_found(e: &SftpError) -> bool {
+    matches!(e, SftpError::Status(s) if s.status_code == StatusCode::NoSuchFile)
+}
+
+/// An SSH string: u32 BE length, then the bytes.
+fn ssh_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+impl SftpConnector {
+    /// Parses and validates `uri` (no connection is made: see [`Connector::check`]).
+    pub fn from_uri(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
+        let invalid = |m: String| ConnectorError::InvalidUri(m);
+        let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
+        if url.scheme() != "sftp" {
+            return Err(invalid(format!("not an sftp URI: {}", url.scheme())));
+        }
+        if url.password().is_some() {
+            return Err(invalid(
+                "passwords do not belong in the URI; SFTP uses key authentication".into(),
+            ));
+        }
+        let user = percent_encoding::percent_decode_str(url.username())
+            .decode_utf8()
+            .map_err(|_| invalid("user name is not UTF-8".into()))?
+            .into_owned();
+        if user.is_empty() {
+            return Err(invalid("sftp:// needs a user: sftp://USER@HOST/DIR".into()));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("sftp:// needs a host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url.port().unwrap_or(22);
+        let raw_path = uri
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
+        let root = percent_encoding::percent_decode_str(raw_path.trim_matches('/'))
+            .decode_utf8()
+            .map_err(|_| invalid("path is not UTF-8".into()))?
+            .into_owned();
+        if !root.is_empty() {
+            check_object_path(&root).map_err(|_| invalid(format!("bad directory {root:?}")))?;
+        }
+        let (mut key, mut known_hosts, mut fingerprint) = (None, None, None);
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "key" => key = Some(PathBuf::from(v.as_ref())),
+                "known_hosts" => known_hosts = Some(PathBuf::from(v.as_ref())),
+                "fingerprint" => fingerprint = Some(v.into_owned()),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown setting {other:?} (allowed: key, known_hosts, fingerprint)"
+                    )));
+                }
+            }
+        }
+        let key = key
+            .or_else(|| std::env::var_os("TRACKSHIFT_SFTP_KEY").map(PathBuf::from))
+            .ok_or_else(|| {
+                invalid("no SSH key: set TRACKSHIFT_SFTP_KEY or key=PATH in the URI".into())
+            })?;
+        let trust = match (fingerprint, known_hosts) {
+            (Some(fp), None) => {
+                if !fp.starts_with("SHA256:") {
+                    return Err(invalid("fingerprint must be SHA256:BASE64".into()));
+                }
+                HostTrust::Fingerprint(fp)
+            }
+            (None, Some(path)) => HostTrust::KnownHosts(path),
+            (Some(_), Some(_)) => {
+                return Err(invalid("give known_hosts or fingerprint, not both".into()));
+            }
+            (None, None) => match std::env::var_os("TRACKSHIFT_SFTP_KNOWN_HOSTS") {
+                Some(p) => HostTrust::KnownHosts(PathBuf::from(p)),
+                None => {
+                    return Err(invalid(
+                        "the host key must be pinned: known_hosts=PATH or fingerprint=SHA256:... \
+                         in the URI, or TRACKSHIFT_SFTP_KNOWN_HOSTS"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            uri: uri.to_string(),
+            host,
+            port,
+            user,
+            root: format!("/{root}"),
+            key,
+            trust,
+            verify,
+            conn: Mutex::new(None),
+        })
+    }
+
+    fn remote(&self, op: &'static str, reason: String, transient: bool) -> ConnectorError {
+        ConnectorError::Remote {
+            destination: self.uri.clone(),
+            op,
+            transient,
+            reason,
+        }
+    }
+
+    /// The shared connection, (re)established when missing or closed.
+    async fn conn(&self) -> Result<Arc<Conn>, ConnectorError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c._ssh.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.connect().await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn connect(&self) -> Result<Conn, ConnectorError> {
+        let key = russh::keys::load_secret_key(&self.key, None).map_err(|e| {
+            ConnectorError::Unavailable(format!("SSH key {}: {e}", self.key.display()))
+        })?;
+        let config = Arc::new(client::Config {
+            inactivity_timeout: Some(Duration::from_secs(120)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            nodelay: true,
+            // Large windows and packets: one connection carries whole files at line rate.
+            window_size: 64 << 20,
+            maximum_packet_size: 256 << 10,
+            ..Default::default()
+        });
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let handler = Client {
+            host: self.host.clone(),
+            port: self.port,
+            trust: self.trust.clone(),
+            refused: refused.clone(),
+        };
+        let addr = (self.host.as_str(), self.port);
+        let mut ssh = tokio::time::timeout(
+            Duration::from_secs(10),
+            client::connect(config, addr, handler),
+        )
+        .await
+        .map_err(|_| self.remote("connecting to", "timed out".into(), true))?
+        .map_err(|e| match refused.lock().expect("refused lock").take() {
+            Some(why) => self.remote("connecting to", why, false),
+            None => self.remote("connecting to", e.to_string(), true),
+        })?;
+        let hash = ssh.best_supported_rsa_hash().await.ok().flatten().flatten();
+        let auth = ssh
+            .authenticate_publickey(
+                self.user.clone(),
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+            )
+            .await
+            .map_err(|e| self.remote("authenticating to", e.to_string(), true))?;
+        if !auth.success() {
+            return Err(self.remote(
+                "authenticating to",
+                format!("the server refused the key for user {:?}", self.user),
+                false,
+            ));
+        }
+        let channel = ssh
+            .channel_open_session()
+            .await
+            .map_err(|e| self.remote("opening a session on", e.to_string(), true))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| self.remote("starting SFTP on", e.to_string(), true))?;
+        let sftp = RawSftpSession::new(channel.into_stream());
+        sftp.set_timeout(120);
+        let version = sftp
+            .init()
+            .await
+            .map_err(|e| sftp_err(&self.uri, "starting SFTP on", &e))?;
+        Ok(Conn {
+            _ssh: ssh,
+            sftp,
+            fsync: version.extensions.contains_key("fsync@openssh.com"),
+            posix_rename: version.extensions.contains_key("posix-rename@openssh.com"),
+        })
+    }
+
+    fn full(&self, path: &str) -> String {
+        if self.root == "/" {
+            format!("/{path}")
+        } else {
+            format!("{}/{path}", self.root)
+        }
+    }
+
+    async fn size_of(&self, c: &Conn, full: &str) -> Result<Option<u64>, ConnectorError> {
+        match c.sftp.stat(full).await {
+            Ok(a) => Ok(a.attrs.size),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(sftp_err(&self.uri, "checking", &e)),
+        }
+    }
+
+    /// Creates the directories above `full` that are missing (the destination directory
+    /// included, as object stores create prefixes).
+    async fn make_parents(&self, c: &Conn, full: &str) -> Result<(), ConnectorError> {
+        match full.rsplit_once('/') {
+            Some((parent, _)) => self.make_dirs(c, parent).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Creates directory `path` and its missing ancestors.
+    async fn make_dirs(&self, c: &Conn, path: &str) -> Result<(), ConnectorError> {
+        let mut missing = Vec::new();
+        let mut dir = path.to_string();
+        while !dir.is_empty() {
+            match c.sftp.stat(dir.as_str()).await {
+                Ok(_) => break,
+                Err(e) if is_not_found(&e) => {
+                    missing.push(dir.clone());
+                    dir = dir
+                        .rsplit_once('/')
+                        .map_or(String::new(), |(p, _)| p.into());
+                }
+                Err(e) => return Err(sftp_err(&self.uri, "checking", &e)),
+            }
+        }
+        for d in missing.into_iter().rev() {
+            if let Err(e) = c.sftp.mkdir(d.as_str(), FileAttributes::default()).await
+                && c.sftp.stat(d.as_str()).await.is_err()
+            {
+                return Err(sftp_err(&self.uri, "creating a directory on", &e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a remote file back: its size and BLAKE3 hash, several reads in flight.
+async fn hash_remote(uri: &str, c: &Conn, full: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+    let handle = c
+        .sftp
+        .open(full, OpenFlags::READ, FileAttributes::default())
+        .await
+        .map_err(|e| sftp_err(uri, "reading back", &e))?
+        .handle;
+    let mut hasher = blake3::Hasher::new();
+    let mut offset = 0u64;
+    let result = async {
+        loop {
+            // Several reads in flight, consumed in order.
+            let reads = (0..READS_IN_FLIGHT as u64).map(|k| {
+                c.sftp
+                    .read(handle.as_str(), offset + k * u64::from(READ_LEN), READ_LEN)
+            });
+            let results = futures::future::join_all(reads).await;
+            for r in results {
+                match r {
+                    Ok(d) if !d.data.is_empty() => {
+                        hasher.update(&d.data);
+                        offset += d.data.len() as u64;
+                        if d.data.len() < READ_LEN as usize {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(sftp_err(uri, "reading back", &e)),
+                }
+            }
+        }
+    }
+    .await;
+    let _ = c.sftp.close(handle.as_str()).await;
+    result?;
+    Ok((offset, *hasher.finalize().as_bytes()))
+}
+
+#[async_trait]
+impl Connector for SftpConnector {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        let c = self.conn().await?;
+        self.make_dirs(&c, &self.root).await?;
+        match c.sftp.stat(self.root.as_str()).await {
+            Ok(a) if a.attrs.is_dir() => Ok(()),
+            Ok(_) => Err(ConnectorError::Unavailable(format!(
+                "{}: {} is not a directory",
+                self.uri, self.root
+            ))),
+            Err(e) => Err(ConnectorError::Unavailable(format!(
+                "{}: directory {}: {e}",
+                self.uri, self.root
+            ))),
+        }
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        check_object_path(path)?;
+        let c = self.conn().await?;
+        self.size_of(&c, &self.full(path)).await
+    }
+
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        check_object_path(path)?;
+        let c = self.conn().await?;
+        hash_remote(&self.uri, &c, &self.full(path)).await
+    }
+
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        check_object_path(&spec.path)?;
+        check_object_path(&spec.job_id)?;
+        let c = self.conn().await?;
+        let full = self.full(&spec.path);
+        let (dir, name) = full.rsplit_once('/').expect("full paths have a slash");
+        let temp = format!("{dir}/.{name}.{}.tspart", spec.job_id);
+        self.make_parents(&c, &full).await?;
+        if resume
+            && self.size_of(&c, &temp).await?.is_none()
+            && self.size_of(&c, &full).await? == Some(spec.size)
+        {
+            // Committed before an interruption.
+            return Ok(Arc::new(SftpWriter {
+                owner: self.clone_ref(),
+                conn: c,
+                spec: spec.clone(),
+                full,
+                temp,
+                handle: Mutex::new(None),
+            }));
+        }
+        let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
+        if !resume {
+            flags |= OpenFlags::TRUNCATE;
+        }
+        let handle = c
+            .sftp
+            .open(temp.as_str(), flags, FileAttributes::default())
+            .await
+            .map_err(|e| sftp_err(&self.uri, "creating a file on", &e))?
+            .handle;
+        Ok(Arc::new(SftpWriter {
+            owner: self.clone_ref(),
+            conn: c,
+            spec: spec.clone(),
+            full,
+            temp,
+            handle: Mutex::new(Some(handle)),
+        }))
+    }
+}
+
+impl SftpConnector {
+    /// What a writer needs of its connector.
+    fn clone_ref(&self) -> Owner {
+        Owner {
+            uri: self.uri.clone(),
+            verify: self.verify,
+        }
+    }
+}
+
+struct Owner {
+    uri: String,
+    verify: VerifyMode,
+}
+
+struct SftpWriter {
+    owner: Owner,
+    conn: Arc<Conn>,
+    spec: ObjectSpec,
+    full: String,
+    temp: String,
+    /// The open temporary file; `None` once committed.
+    handle: Mutex<Option<String>>,
+}
+
+impl SftpWriter {
+    fn err(&self, op: &'static str, e: &SftpError) -> ConnectorError {
+        sftp_err(&self.owner.uri, op, e)
+    }
+
+    async fn confirm(&self) -> Result<Confirmation, ConnectorError> {
+        let size = match self.conn.sftp.stat(self.full.as_str()).await {
+            Ok(a) => a.attrs.size.unwrap_or(0),
+            Err(e) => return Err(self.err("confirming", &e)),
+        };
+        if size != self.spec.size {
+            return Err(ConnectorError::SizeMismatch {
+                path: self.spec.path.clone(),
+                expected: self.spec.size,
+                actual: size,
+            });
+        }
+        // SFTP gives no content hash: strict mode reads the file back.
+        let blake3 = if self.owner.verify == VerifyMode::Size {
+            None
+        } else {
+            Some(
+                hash_remote(&self.owner.uri, &self.conn, &self.full)
+                    .await?
+                    .1,
+            )
+        };
+        Ok(Confirmation {
+            size,
+            etag: None,
+            blake3,
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for SftpWriter {
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
+        self.spec.check_range(offset, data.len() as u64)?;
+        let handle = self.handle.lock().await.clone().ok_or_else(|| {
+            ConnectorError::Unavailable(format!("{} is already committed", self.spec.path))
+        })?;
+        // Every piece of the chunk in flight at once.
+        let writes = (0..data.len()).step_by(WRITE_LEN).map(|start| {
+            let end = (start + WRITE_LEN).min(data.len());
+            self.conn.sftp.write(
+                handle.as_str(),
+                offset + start as u64,
+                data[start..end].to_vec(),
+            )
+        });
+        for r in futures::future::join_all(writes).await {
+            r.map_err(|e| self.err("writing to", &e))?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        let Some(handle) = self.handle.lock().await.clone() else {
+            return Ok(());
+        };
+        if self.conn.fsync {
+            self.conn
+                .sftp
+                .fsync(handle.as_str())
+                .await
+                .map_err(|e| self.err("syncing", &e))?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        let mut slot = self.handle.lock().await;
+        let Some(handle) = slot.clone() else {
+            return self.confirm().await;
+        };
+        let sftp = &self.conn.sftp;
+        if self.conn.fsync {
+            sftp.fsync(handle.as_str())
+                .await
+                .map_err(|e| self.err("syncing", &e))?;
+        }
+        sftp.close(handle.as_str())
+            .await
+            .map_err(|e| self.err("closing", &e))?;
+        let size = sftp
+            .stat(self.temp.as_str())
+            .await
+            .map_err(|e| self.err("checking", &e))?
+            .attrs
+            .size
+            .unwrap_or(0);
+        if size != self.spec.size {
+            return Err(ConnectorError::SizeMismatch {
+                path: self.spec.path.clone(),
+                expected: self.spec.size,
+                actual: size,
+            });
+        }
+        if self.conn.posix_rename {
+            let mut data = Vec::new();
+            ssh_string(&mut data, &self.temp);
+            ssh_string(&mut data, &self.full);
+            match sftp.extended("posix-rename@openssh.com", data).await {
+                Ok(russh_sftp::protocol::Packet::Status(s)) if s.status_code == StatusCode::Ok => {}
+                Ok(russh_sftp::protocol::Packet::Status(s)) => {
+                    return Err(self.err("renaming into place on", &SftpError::Status(s)));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.err("renaming into place on", &e)),
+            }
+        } else {
+            // Plain SFTP v3 rename does not overwrite.
+            let _ = sftp.remove(self.full.as_str()).await;
+            sftp.rename(self.temp.as_str(), self.full.as_str())
+                .await
+                .map_err(|e| self.err("renaming into place on", &e))?;
+        }
+        *slot = None;
+        drop(slot);
+        self.confirm().await
+    }
+
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        let mut slot = self.handle.lock().await;
+        let Some(handle) = slot.take() else {
+            return Ok(());
+        };
+        let _ = self.conn.sftp.close(handle.as_str()).await;
+        match self.conn.sftp.remove(self.temp.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.err("removing", &e)),
+        }
+    }
+}
