@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
 #
 # S3: moto's server mode (PyPI). Azure Blob: Azurite (npm). SFTP: OpenSSH's sshd (Debian
 # package openssh-server) on a high port with its own config, host key, user and client
-# key (needs root, as CI has). Installs are cached in
+# key (needs root, as CI has). FTPS: vsftpd (Debian package) with explicit TLS, a test CA
+# and a leaf certificate for 127.0.0.1, and its own user. Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently.
@@ -20,6 +21,9 @@ S3_PORT=${TRACKSHIFT_S3_PORT:-39000}
 AZURE_PORT=${TRACKSHIFT_AZURE_PORT:-39010}
 SFTP_PORT=${TRACKSHIFT_SFTP_PORT:-39022}
 SFTP_USER=tssftp
+FTPS_PORT=${TRACKSHIFT_FTPS_PORT:-39021}
+FTPS_PASV_MIN=${TRACKSHIFT_FTPS_PASV_MIN:-39100}
+FTPS_USER=tsftps
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.35.0
 BUCKET=trackshift-test
@@ -139,7 +143,7 @@ start_sftp() {
     mkdir -p "$d/data" /run/sshd
     id "$SFTP_USER" >/dev/null 2>&1 || useradd -M -d "$d/data" -s /bin/sh "$SFTP_USER"
     # No password, but not locked either (sshd without PAM refuses locked accounts).
-    usermod -d "$d/data" -p '*' "$SFTP_USER"
+    usermod -d "$d/data" -p '*' "$SFTP_USER" 2>/dev/null || true
     chown "$SFTP_USER" "$d/data"
     ssh-keygen -q -t ed25519 -N '' -C trackshift-test-host -f "$d/host_ed25519"
     ssh-keygen -q -t ed25519 -N '' -C trackshift-test-client -f "$d/client_ed25519"
@@ -173,6 +177,69 @@ ENV
     log "SFTP (OpenSSH sshd) on 127.0.0.1:$SFTP_PORT, user $SFTP_USER, directory $d/data"
 }
 
+start_ftps() {
+    [ -x /usr/sbin/vsftpd ] || apt_install vsftpd
+    [ "$(id -u)" = 0 ] || die "starting vsftpd with its own user needs root"
+    port_free "$FTPS_PORT" || die "port $FTPS_PORT (FTPS) is busy; set TRACKSHIFT_FTPS_PORT"
+    local d="$RUN/ftps"
+    mkdir -p "$d/data" /var/run/vsftpd/empty
+    id "$FTPS_USER" >/dev/null 2>&1 || useradd -M -d "$d/data" -s /bin/sh "$FTPS_USER"
+    usermod -d "$d/data" "$FTPS_USER" 2>/dev/null || true
+    chown "$FTPS_USER" "$d/data"
+    local password
+    password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    echo "$FTPS_USER:$password" | chpasswd
+    # A test CA and a leaf for 127.0.0.1 (rustls refuses a self-signed CA as the leaf).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=trackshift-test-ca -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj /CN=localhost -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/ext.cnf"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+        -CAcreateserial -days 2 -extfile "$d/ext.cnf" -out "$d/server.pem" 2>/dev/null
+    cat >"$d/vsftpd.conf" <<CONF
+listen=YES
+listen_ipv6=NO
+listen_address=127.0.0.1
+listen_port=$FTPS_PORT
+background=NO
+seccomp_sandbox=NO
+isolate=NO
+isolate_network=NO
+anonymous_enable=NO
+local_enable=YES
+write_enable=YES
+local_umask=022
+pam_service_name=vsftpd
+pasv_enable=YES
+pasv_address=127.0.0.1
+pasv_min_port=$FTPS_PASV_MIN
+pasv_max_port=$((FTPS_PASV_MIN + 99))
+port_enable=NO
+ssl_enable=YES
+force_local_logins_ssl=YES
+force_local_data_ssl=YES
+ssl_tlsv1=NO
+ssl_sslv2=NO
+ssl_sslv3=NO
+ssl_ciphers=HIGH
+require_ssl_reuse=NO
+rsa_cert_file=$d/server.pem
+rsa_private_key_file=$d/server.key
+max_per_ip=200
+max_clients=200
+CONF
+    /usr/sbin/vsftpd "$d/vsftpd.conf" >"$d/server.log" 2>&1 &
+    echo $! >"$RUN/ftps.pid"
+    wait_ready vsftpd "$d/server.log" \
+        bash -c "exec 3<>/dev/tcp/127.0.0.1/$FTPS_PORT && head -c 3 <&3 | grep -q 220"
+    cat >>"$RUN/env.partial" <<ENV
+export TRACKSHIFT_TEST_FTPS='ftps://$FTPS_USER@127.0.0.1:$FTPS_PORT$d/data?ca=$d/ca.pem'
+export TRACKSHIFT_FTPS_PASSWORD='$password'
+ENV
+    log "FTPS (vsftpd, explicit TLS) on 127.0.0.1:$FTPS_PORT, user $FTPS_USER, directory $d/data"
+}
+
 stop_pid() { # FILE
     local pid
     pid=$(cat "$1" 2>/dev/null) || return 0
@@ -196,13 +263,14 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
                 azure) start_azure ;;
                 sftp) start_sftp ;;
-                *) die "unknown server $s (known: s3 azure sftp)" ;;
+                ftps) start_ftps ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps)" ;;
             esac
         done
         mv "$RUN/env.partial" "$RUN/env"
@@ -217,6 +285,6 @@ case "$cmd" in
         rm -rf "$RUN"
         ;;
     *)
-        die "usage: $0 start [s3] [azure] [sftp] | env | stop"
+        die "usage: $0 start [s3] [azure] [sftp] [ftps] | env | stop"
         ;;
 esac

@@ -1,5 +1,5 @@
 //! One conformance suite for every connector, run against real servers: local disk, S3
-//! (moto), Azure Blob (Azurite) and SFTP (OpenSSH sshd), started by `scripts/test-servers.sh` (README's test
+//! (moto), Azure Blob (Azurite), SFTP (OpenSSH sshd) and FTPS (vsftpd), started by `scripts/test-servers.sh` (README's test
 //! command does this). A missing server fails the suite with the reason; nothing is skipped.
 
 mod common;
@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use trackshift_connectors::{
-    Connector, ConnectorError, ObjectSpec, ObjectStoreConnector, VerifyMode, from_uri_with,
+    Connector, ConnectorError, FtpsConnector, ObjectSpec, ObjectStoreConnector, VerifyMode,
+    from_uri_with,
 };
 
 /// A destination under test: its URI and a unique prefix for this test.
@@ -43,6 +44,7 @@ fn destinations() -> Vec<Dest> {
         ("s3", "TRACKSHIFT_TEST_S3"),
         ("azure", "TRACKSHIFT_TEST_AZURE"),
         ("sftp", "TRACKSHIFT_TEST_SFTP"),
+        ("ftps", "TRACKSHIFT_TEST_FTPS"),
     ] {
         let base = std::env::var(var).unwrap_or_else(|_| {
             panic!(
@@ -371,6 +373,21 @@ async fn bad_credentials_and_missing_buckets_fail_fast_and_permanently() {
                     .unwrap(),
                 ]
             }
+            "ftps" => {
+                // A wrong password, and a certificate that does not name the host asked for.
+                let (path, query) = d.uri.split_once('?').unwrap();
+                vec![
+                    Arc::new(
+                        FtpsConnector::with_password(&d.uri, VerifyMode::Size, "wrong-password")
+                            .unwrap(),
+                    ),
+                    from_uri_with(
+                        &format!("{path}?{query}&server_name=other.example"),
+                        VerifyMode::Size,
+                    )
+                    .unwrap(),
+                ]
+            }
             _ => vec![
                 Arc::new(
                     ObjectStoreConnector::with_settings(
@@ -408,6 +425,9 @@ async fn bad_credentials_and_missing_buckets_fail_fast_and_permanently() {
             );
             assert!(!msg.contains("trackshift-test-secret"), "{}: {msg}", d.name);
             assert!(!msg.contains("PRIVATE KEY"), "{}: {msg}", d.name);
+            if let Ok(p) = std::env::var("TRACKSHIFT_FTPS_PASSWORD") {
+                assert!(!msg.contains(&p), "{}: password in error: {msg}", d.name);
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `trackshift send` through a running gateway to every remote destination kind (S3 on moto,
-//! Azure Blob on Azurite, SFTP on sshd, started by `scripts/test-servers.sh`), in strict mode: the objects
+//! Azure Blob on Azurite, SFTP on sshd, FTPS on vsftpd, started by `scripts/test-servers.sh`), in strict mode: the objects
 //! hold exactly the files, and the signed receipt verifies.
 
 mod common;
@@ -36,7 +36,7 @@ fn write_tree(root: &Path) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[test]
-fn sends_reach_s3_azure_and_sftp_through_the_gateway_in_strict_mode() {
+fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let files = write_tree(&dir.join("src"));
@@ -47,6 +47,7 @@ fn sends_reach_s3_azure_and_sftp_through_the_gateway_in_strict_mode() {
         ("s3", "TRACKSHIFT_TEST_S3"),
         ("azure", "TRACKSHIFT_TEST_AZURE"),
         ("sftp", "TRACKSHIFT_TEST_SFTP"),
+        ("ftps", "TRACKSHIFT_TEST_FTPS"),
     ] {
         let dest = common::under(
             &server(var),
@@ -108,7 +109,7 @@ fn sends_reach_s3_azure_and_sftp_through_the_gateway_in_strict_mode() {
         .unwrap()
         .map(|e| e.unwrap().path().join("receipt.json"))
         .collect();
-    assert_eq!(receipts.len(), 3);
+    assert_eq!(receipts.len(), 4);
     for r in receipts {
         let (code, out, err) = run(
             &["verify", r.to_str().unwrap(), "--public-keys", "pk.json"],

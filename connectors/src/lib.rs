@@ -13,6 +13,7 @@
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
 mod error;
+pub mod ftps;
 mod local;
 mod null;
 pub mod object;
@@ -24,6 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use error::ConnectorError;
+pub use ftps::FtpsConnector;
 pub use local::LocalConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;
@@ -149,13 +151,17 @@ pub fn from_uri(uri: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
 ///
 /// Supported: `file:///ABSOLUTE/DIR` (local disk), `s3://BUCKET[/PREFIX]` and
 /// `az://CONTAINER[/PREFIX]` (see [`object`]), `sftp://USER@HOST[:PORT]/DIR` (see
-/// [`sftp`]), and `null://` (discards data; benchmarks).
+/// [`sftp`]), `ftps://USER@HOST[:PORT]/DIR` (see [`ftps`]), and `null://` (discards data;
+/// benchmarks).
 pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>, ConnectorError> {
     if let Some(path) = uri.strip_prefix("file://") {
         return Ok(Arc::new(LocalConnector::new(path)?.with_verify(verify)));
     }
     if uri.starts_with("s3://") || uri.starts_with("az://") {
         return Ok(Arc::new(ObjectStoreConnector::from_uri(uri, verify)?));
+    }
+    if uri.starts_with("ftps://") {
+        return Ok(Arc::new(FtpsConnector::from_uri(uri, verify)?));
     }
     if uri.starts_with("sftp://") {
         return Ok(Arc::new(SftpConnector::from_uri(uri, verify)?));
@@ -165,7 +171,7 @@ pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>
     }
     let scheme = uri.split_once("://").map_or("", |(s, _)| s);
     Err(ConnectorError::InvalidUri(format!(
-        "unsupported destination scheme {scheme:?} (supported: file://, s3://, az://, sftp://, null://)"
+        "unsupported destination scheme {scheme:?} (supported: file://, s3://, az://, sftp://, ftps://, null://)"
     )))
 }
 

@@ -1,0 +1,624 @@
+//! `ftps://USER@HOST[:PORT]/DIR`: FTP with explicit TLS (`AUTH TLS`, then `PROT P` for every
+//! data connection), passive mode, through suppaftp on tokio with rustls (aws-lc-rs).
+//!
+//! The password comes from `TRACKSHIFT_FTPS_PASSWORD` (never from the URI). The server
+//! certificate is verified against `ca=PATH` (PEM) or `TRACKSHIFT_FTPS_CA`, else the system's
+//! roots; the name checked is the URI's host (`server_name=NAME` overrides it).
+//!
+//! Objects are written to `.NAME.JOBID.tspart` beside their final name, each chunk in its
+//! own `REST offset` + `STOR` transfer, several at once over a small pool of logged-in
+//! control connections. FTP truncates a file stored at offset 0, so the first chunk must be
+//! stored before any other: chunks that arrive before it are held in memory and stored right
+//! after it, and `sync` waits for them (a bounded time); a state file remembers that the
+//! first chunk is on the server, so a resumed job never stores at offset 0 again. Commit checks the size (`SIZE`) and renames into place (`RNFR`/`RNTO`);
+//! strict mode reads the file back (`RETR`) and hashes it with BLAKE3.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Status};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use tokio::sync::{Mutex, Semaphore, watch};
+
+use crate::{
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
+    check_object_path,
+};
+
+/// Control connections per connector (each carries one transfer at a time).
+const POOL: usize = 4;
+/// How long `sync` waits for the first chunk when later ones are held for it.
+const FIRST_CHUNK_WAIT: Duration = Duration::from_secs(120);
+
+/// An FTPS destination.
+pub struct FtpsConnector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    uri: String,
+    addr: String,
+    server_name: String,
+    user: String,
+    password: String,
+    root: String,
+    tls: Arc<rustls::ClientConfig>,
+    verify: VerifyMode,
+    idle: std::sync::Mutex<Vec<AsyncRustlsFtpStream>>,
+    slots: Semaphore,
+}
+
+impl std::fmt::Debug for FtpsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FtpsConnector")
+            .field("uri", &self.inner.uri)
+            .field("verify", &self.inner.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ftp_err(uri: &str, op: &'static str, e: &FtpError) -> ConnectorError {
+    let transient = match e {
+        FtpError::ConnectionError(_) | FtpError::DataConnectionAlreadyOpen => true,
+        // 4xx replies are transient by the FTP standard; 5xx are permanent.
+        FtpError::UnexpectedResponse(r) => (400..500).contains(&(r.status as u32)),
+        _ => false,
+    };
+    ConnectorError::Remote {
+        destination: uri.to_string(),
+        op,
+        transient,
+        reason: e.to_string(),
+    }
+}
+
+fn is_missing(e: &FtpError) -> bool {
+    matches!(e, FtpError::UnexpectedResponse(r) if r.status == Status::FileUnavailable)
+}
+
+fn load_roots(ca: Option<PathBuf>) -> Result<rustls::RootCertStore, ConnectorError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(&path).map_err(|e| {
+                ConnectorError::InvalidUri(format!("CA file {}: {e}", path.display()))
+            })?;
+            for c in certs {
+                let c = c.map_err(|e| {
+                    ConnectorError::InvalidUri(format!("CA file {}: {e}", path.display()))
+                })?;
+                roots.add(c).map_err(|e| {
+                    ConnectorError::InvalidUri(format!("CA file {}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(ConnectorError::InvalidUri(
+            "no trusted certificate authorities (give ca=PATH)".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+impl FtpsConnector {
+    /// Parses and validates `uri` (no connection is made: see [`Connector::check`]). The
+    /// password comes from `TRACKSHIFT_FTPS_PASSWORD`.
+    pub fn from_uri(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
+        let password = std::env::var("TRACKSHIFT_FTPS_PASSWORD").unwrap_or_default();
+        Self::with_password(uri, verify, &password)
+    }
+
+    /// As [`FtpsConnector::from_uri`] with an explicit password (for example from a
+    /// tenant's credentials file). It is never logged.
+    pub fn with_password(
+        uri: &str,
+        verify: VerifyMode,
+        password: &str,
+    ) -> Result<Self, ConnectorError> {
+        let invalid = |m: String| ConnectorError::InvalidUri(m);
+        let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
+        if url.scheme() != "ftps" {
+            return Err(invalid(format!("not an ftps URI: {}", url.scheme())));
+        }
+        if url.password().is_some() {
+            return Err(invalid(
+                "passwords do not belong in the URI; set TRACKSHIFT_FTPS_PASSWORD".into(),
+            ));
+        }
+        let user = percent_encoding::percent_decode_str(url.username())
+            .decode_utf8()
+            .map_err(|_| invalid("user name is not UTF-8".into()))?
+            .into_owned();
+        if user.is_empty() {
+            return Err(invalid("ftps:// needs a user: ftps://USER@HOST/DIR".into()));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("ftps:// needs a host".into()))?
+            .to_string();
+        let port = url.port().unwrap_or(21);
+        let raw_path = uri
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
+        let root = percent_encoding::percent_decode_str(raw_path.trim_matches('/'))
+            .decode_utf8()
+            .map_err(|_| invalid("path is not UTF-8".into()))?
+            .into_owned();
+        if !root.is_empty() {
+            check_object_path(&root).map_err(|_| invalid(format!("bad directory {root:?}")))?;
+        }
+        let (mut ca, mut server_name) = (None, None);
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "ca" => ca = Some(PathBuf::from(v.as_ref())),
+                "server_name" => server_name = Some(v.into_owned()),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown setting {other:?} (allowed: ca, server_name)"
+                    )));
+                }
+            }
+        }
+        let ca = ca.or_else(|| std::env::var_os("TRACKSHIFT_FTPS_CA").map(PathBuf::from));
+        let roots = load_roots(ca)?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                uri: uri.to_string(),
+                addr: format!("{host}:{port}"),
+                server_name: server_name.unwrap_or(host),
+                user,
+                password: password.to_string(),
+                root: format!("/{root}"),
+                tls: Arc::new(tls),
+                verify,
+                idle: std::sync::Mutex::new(Vec::new()),
+                slots: Semaphore::new(POOL),
+            }),
+        })
+    }
+}
+
+/// A control connection borrowed from the pool; returned to it when dropped healthy.
+struct Lease<'a> {
+    inner: &'a Inner,
+    ftp: Option<AsyncRustlsFtpStream>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    fn ftp(&mut self) -> &mut AsyncRustlsFtpStream {
+        self.ftp.as_mut().expect("leased connection")
+    }
+
+    /// Keeps the connection for reuse (call only after a successful exchange).
+    fn release(mut self) {
+        if let Some(f) = self.ftp.take() {
+            self.inner.idle.lock().expect("pool lock").push(f);
+        }
+    }
+}
+
+impl Inner {
+    fn remote(&self, op: &'static str, e: &FtpError) -> ConnectorError {
+        ftp_err(&self.uri, op, e)
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, ConnectorError> {
+        let permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| ConnectorError::Unavailable("connector closed".into()))?;
+        let idle = self.idle.lock().expect("pool lock").pop();
+        let ftp = match idle {
+            Some(f) => f,
+            None => self.connect().await?,
+        };
+        Ok(Lease {
+            inner: self,
+            ftp: Some(ftp),
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<AsyncRustlsFtpStream, ConnectorError> {
+        let op = "connecting to";
+        let plain = tokio::time::timeout(
+            Duration::from_secs(10),
+            AsyncRustlsFtpStream::connect(self.addr.as_str()),
+        )
+        .await
+        .map_err(|_| ConnectorError::Remote {
+            destination: self.uri.clone(),
+            op,
+            transient: true,
+            reason: "timed out".into(),
+        })?
+        .map_err(|e| self.remote(op, &e))?;
+        let connector = AsyncRustlsConnector::from(suppaftp::tokio_rustls::TlsConnector::from(
+            self.tls.clone(),
+        ));
+        let mut ftp = plain
+            .into_secure(connector, &self.server_name)
+            .await
+            .map_err(|e| ConnectorError::Remote {
+                destination: self.uri.clone(),
+                op: "starting TLS with",
+                // A certificate that does not verify will not start verifying.
+                transient: false,
+                reason: e.to_string(),
+            })?;
+        ftp.login(self.user.as_str(), self.password.as_str())
+            .await
+            .map_err(|e| match e {
+                FtpError::UnexpectedResponse(ref r) if r.status == Status::NotLoggedIn => {
+                    ConnectorError::Remote {
+                        destination: self.uri.clone(),
+                        op: "logging in to",
+                        transient: false,
+                        reason: format!("the server refused user {:?}", self.user),
+                    }
+                }
+                e => self.remote("logging in to", &e),
+            })?;
+        ftp.transfer_type(FileType::Binary)
+            .await
+            .map_err(|e| self.remote("setting binary mode on", &e))?;
+        Ok(ftp)
+    }
+
+    fn full(&self, path: &str) -> String {
+        if self.root == "/" {
+            format!("/{path}")
+        } else {
+            format!("{}/{path}", self.root)
+        }
+    }
+
+    async fn size_of(&self, full: &str) -> Result<Option<u64>, ConnectorError> {
+        let mut l = self.lease().await?;
+        let r = l.ftp().size(full).await;
+        match r {
+            Ok(n) => {
+                l.release();
+                Ok(Some(n as u64))
+            }
+            Err(e) if is_missing(&e) => {
+                l.release();
+                Ok(None)
+            }
+            Err(e) => Err(self.remote("checking", &e)),
+        }
+    }
+
+    /// Creates directory `dir` and its missing ancestors.
+    async fn make_dirs(&self, dir: &str) -> Result<(), ConnectorError> {
+        let mut l = self.lease().await?;
+        let mut path = String::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            if l.ftp().cwd(path.as_str()).await.is_err()
+                && let Err(e) = l.ftp().mkdir(path.as_str()).await
+                && l.ftp().cwd(path.as_str()).await.is_err()
+            {
+                return Err(self.remote("creating a directory on", &e));
+            }
+        }
+        l.release();
+        Ok(())
+    }
+
+    /// Stores `data` at `offset` of `full` in one transfer (`REST` then `STOR`).
+    async fn store_at(&self, full: &str, offset: u64, data: &[u8]) -> Result<(), ConnectorError> {
+        let mut l = self.lease().await?;
+        let ftp = l.ftp();
+        if offset > 0 {
+            ftp.resume_transfer(usize::try_from(offset).unwrap_or(usize::MAX))
+                .await
+                .map_err(|e| self.remote("positioning a write on", &e))?;
+        }
+        let mut stream = ftp
+            .put_with_stream(full)
+            .await
+            .map_err(|e| self.remote("writing to", &e))?;
+        stream
+            .write_all(data)
+            .await
+            .map_err(|e| self.remote("writing to", &FtpError::ConnectionError(e)))?;
+        stream
+            .finish()
+            .await
+            .map_err(|e| self.remote("writing to", &e))?;
+        l.release();
+        Ok(())
+    }
+
+    async fn hash_remote(&self, full: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        let mut l = self.lease().await?;
+        let mut stream = l
+            .ftp()
+            .retr_as_stream(full)
+            .await
+            .map_err(|e| self.remote("reading back", &e))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| self.remote("reading back", &FtpError::ConnectionError(e)))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        stream
+            .finish()
+            .await
+            .map_err(|e| self.remote("reading back", &e))?;
+        l.release();
+        Ok((size, *hasher.finalize().as_bytes()))
+    }
+}
+
+#[async_trait]
+impl Connector for FtpsConnector {
+    fn uri(&self) -> &str {
+        &self.inner.uri
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.make_dirs(&self.inner.root).await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        check_object_path(path)?;
+        self.inner.size_of(&self.inner.full(path)).await
+    }
+
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        check_object_path(path)?;
+        self.inner.hash_remote(&self.inner.full(path)).await
+    }
+
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        check_object_path(&spec.path)?;
+        check_object_path(&spec.job_id)?;
+        let inner = &self.inner;
+        let full = inner.full(&spec.path);
+        let (dir, name) = full.rsplit_once('/').expect("full paths have a slash");
+        let temp = format!("{dir}/.{name}.{}.tspart", spec.job_id);
+        inner.make_dirs(dir).await?;
+        let mut committed = false;
+        let mut first_done = false;
+        if resume {
+            let temp_size = inner.size_of(&temp).await?;
+            if temp_size.is_none() && inner.size_of(&full).await? == Some(spec.size) {
+                committed = true;
+            } else if temp_size.is_some() {
+                first_done = match &spec.state_file {
+                    Some(p) => tokio::fs::read(p)
+                        .await
+                        .is_ok_and(|b| b == b"first-chunk-written\n"),
+                    None => false,
+                };
+            }
+        }
+        let (tx, _) = watch::channel(Held {
+            first_done,
+            ..Held::default()
+        });
+        Ok(Arc::new(FtpsWriter {
+            inner: inner.clone(),
+            spec: spec.clone(),
+            full,
+            temp,
+            held: tx,
+            committed: Mutex::new(committed),
+        }))
+    }
+}
+
+/// Chunks held until the first chunk is stored.
+#[derive(Default)]
+struct Held {
+    /// Whether the chunk at offset 0 is on the server.
+    first_done: bool,
+    /// Chunks that arrived before it, by offset.
+    waiting: BTreeMap<u64, Bytes>,
+    /// Why storing held chunks failed.
+    failed: Option<String>,
+}
+
+struct FtpsWriter {
+    inner: Arc<Inner>,
+    spec: ObjectSpec,
+    full: String,
+    temp: String,
+    held: watch::Sender<Held>,
+    committed: Mutex<bool>,
+}
+
+impl FtpsWriter {
+    async fn confirm(&self) -> Result<Confirmation, ConnectorError> {
+        let size = self.inner.size_of(&self.full).await?.unwrap_or(0);
+        if size != self.spec.size {
+            return Err(ConnectorError::SizeMismatch {
+                path: self.spec.path.clone(),
+                expected: self.spec.size,
+                actual: size,
+            });
+        }
+        let blake3 = if self.inner.verify == VerifyMode::Size {
+            None
+        } else {
+            Some(self.inner.hash_remote(&self.full).await?.1)
+        };
+        Ok(Confirmation {
+            size,
+            etag: None,
+            blake3,
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for FtpsWriter {
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
+        self.spec.check_range(offset, data.len() as u64)?;
+        if offset == 0 {
+            // Storing at offset 0 truncates: it goes first, then whatever waited for it.
+            self.inner.store_at(&self.temp, 0, &data).await?;
+            let mut waiting = BTreeMap::new();
+            self.held.send_modify(|h| {
+                h.first_done = true;
+                waiting = std::mem::take(&mut h.waiting);
+            });
+            let stores = waiting
+                .iter()
+                .map(|(off, d)| self.inner.store_at(&self.temp, *off, d));
+            let results = futures::future::join_all(stores).await;
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                self.held
+                    .send_modify(|h| h.failed = Some(format!("storing a held chunk: {e}")));
+                return Err(e);
+            }
+            return Ok(());
+        }
+        let mut hold = Some(data);
+        self.held.send_if_modified(|h| {
+            if h.first_done {
+                false
+            } else {
+                h.waiting.insert(offset, hold.take().expect("held once"));
+                true
+            }
+        });
+        match hold {
+            Some(data) => self.inner.store_at(&self.temp, offset, &data).await,
+            // Held in memory; `sync` reports it durable only once it is stored.
+            None => Ok(()),
+        }
+    }
+
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        // Every STOR ended with the server's 226 (file closed). Held chunks are not stored
+        // yet: wait for the first chunk to arrive and take them along.
+        let mut rx = self.held.subscribe();
+        let waited = tokio::time::timeout(FIRST_CHUNK_WAIT, async {
+            rx.wait_for(|h| h.waiting.is_empty() || h.failed.is_some())
+                .await
+                .map(|h| (h.first_done, h.failed.clone()))
+        })
+        .await;
+        let (first_done, failed) = match waited {
+            Ok(Ok(state)) => state,
+            Ok(Err(_)) => return Err(ConnectorError::Unavailable("writer closed".into())),
+            Err(_) => {
+                return Err(ConnectorError::Remote {
+                    destination: self.inner.uri.clone(),
+                    op: "syncing",
+                    transient: true,
+                    reason: "the first chunk of the file never arrived; later chunks are \
+                             not stored"
+                        .into(),
+                });
+            }
+        };
+        if let Some(reason) = failed {
+            return Err(ConnectorError::Remote {
+                destination: self.inner.uri.clone(),
+                op: "syncing",
+                transient: true,
+                reason,
+            });
+        }
+        // Remember that the first chunk is there, so a resumed job never stores at offset 0
+        // over acknowledged data.
+        if first_done && let Some(p) = &self.spec.state_file {
+            tokio::fs::write(p, b"first-chunk-written\n")
+                .await
+                .map_err(|source| ConnectorError::Io {
+                    action: "writing",
+                    path: p.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        let mut committed = self.committed.lock().await;
+        if *committed {
+            return self.confirm().await;
+        }
+        if self.spec.size == 0 && !self.held.borrow().first_done {
+            self.inner.store_at(&self.temp, 0, &[]).await?;
+        }
+        let size = self.inner.size_of(&self.temp).await?.unwrap_or(0);
+        if size != self.spec.size {
+            return Err(ConnectorError::SizeMismatch {
+                path: self.spec.path.clone(),
+                expected: self.spec.size,
+                actual: size,
+            });
+        }
+        let mut l = self.inner.lease().await?;
+        l.ftp()
+            .rename(self.temp.as_str(), self.full.as_str())
+            .await
+            .map_err(|e| self.inner.remote("renaming into place on", &e))?;
+        l.release();
+        *committed = true;
+        drop(committed);
+        self.confirm().await
+    }
+
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        if *self.committed.lock().await {
+            return Ok(());
+        }
+        let mut l = self.inner.lease().await?;
+        match l.ftp().rm(self.temp.as_str()).await {
+            Ok(()) => {
+                l.release();
+                Ok(())
+            }
+            Err(e) if is_missing(&e) => {
+                l.release();
+                Ok(())
+            }
+            Err(e) => Err(self.inner.remote("removing", &e)),
+        }
+    }
+}
