@@ -88,7 +88,7 @@ fn io<'a>(
 }
 
 /// Gateway settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
@@ -102,7 +102,31 @@ pub struct GatewayConfig {
     pub ledger_origin: String,
     /// How destinations confirm what they wrote (`CONNECTOR_STRICT=true`: fail-closed).
     pub verify: VerifyMode,
+    /// Makes the connector for a job's destination URI (default:
+    /// [`trackshift_connectors::from_uri_with`]); a seam for wrappers such as rate limits,
+    /// tenant prefixes or fault injection in tests.
+    pub connectors: ConnectorFactory,
 }
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("pq_only", &self.pq_only)
+            .field("memory_budget", &self.memory_budget)
+            .field("ledger_origin", &self.ledger_origin)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a connector from a destination URI and the verification policy.
+pub type ConnectorFactory = Arc<
+    dyn Fn(&str, VerifyMode) -> Result<Arc<dyn Connector>, trackshift_connectors::ConnectorError>
+        + Send
+        + Sync,
+>;
 
 /// Default ledger origin.
 pub const DEFAULT_LEDGER_ORIGIN: &str = "trackshift.local/ledger";
@@ -117,6 +141,7 @@ impl GatewayConfig {
             memory_budget: 512 << 20,
             ledger_origin: DEFAULT_LEDGER_ORIGIN.to_string(),
             verify: VerifyMode::from_env(),
+            connectors: Arc::new(trackshift_connectors::from_uri_with),
         }
     }
 }
@@ -250,6 +275,7 @@ struct Shared {
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
     ledger: Arc<trackshift_ledger::Ledger>,
     verify: VerifyMode,
+    connectors: ConnectorFactory,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -307,6 +333,7 @@ impl Gateway {
             data_dir: data.clone(),
             ledger,
             verify: cfg.verify,
+            connectors: cfg.connectors.clone(),
             keys,
             tenants,
             jobs: tokio::sync::Mutex::new(HashMap::new()),
@@ -466,7 +493,7 @@ impl Shared {
             let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
             trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
         }
-        let connector = trackshift_connectors::from_uri_with(&open.destination, self.verify)?;
+        let connector = (self.connectors)(&open.destination, self.verify)?;
         for f in &open.files {
             let min = connector.min_chunk_size(f.size);
             if f.size > open.chunk_size && open.chunk_size < min {
@@ -964,7 +991,17 @@ async fn finish_job(
     let mut etag = None;
     for (i, entry) in entries.iter().enumerate() {
         let conf = job.writer(i as u32).await?.commit().await?;
-        // A destination that read the object back must have read what the manifest says.
+        // The destination must hold what the manifest says: its size, and its hash when it
+        // read the object back.
+        if conf.size != entry.size {
+            let e = trackshift_connectors::ConnectorError::SizeMismatch {
+                path: entry.path.clone(),
+                expected: entry.size,
+                actual: conf.size,
+            };
+            job.fail(e.to_string());
+            return Err(e.into());
+        }
         if let Some(seen) = conf.blake3
             && seen != entry.blake3.0
         {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rustls::crypto::aws_lc_rs;
+use trackshift_connectors::{
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
+};
 use trackshift_crypto::{Manifest, Receipt, Signable as _};
 use trackshift_engine::gateway::{Gateway, GatewayConfig, add_tenant};
 use trackshift_engine::sender::{
@@ -24,9 +27,13 @@ struct Running {
 
 impl Running {
     async fn start(data: &Path, pq_only: bool) -> Self {
+        Self::start_with(data, |cfg| cfg.pq_only = pq_only).await
+    }
+
+    async fn start_with(data: &Path, configure: impl FnOnce(&mut GatewayConfig)) -> Self {
         add_tenant(data, "acme", TOKEN).unwrap();
         let mut cfg = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), data);
-        cfg.pq_only = pq_only;
+        configure(&mut cfg);
         let gateway = Arc::new(Gateway::bind(cfg).await.unwrap());
         let g = gateway.clone();
         let task = tokio::spawn(async move { g.serve().await });
@@ -621,4 +628,104 @@ async fn full_disk_fails_the_job_and_leaves_completed_files_alone() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     gw.stop().await;
     drop(disk);
+}
+
+/// A destination that writes correctly but misreports what it holds (a test wrapper).
+#[derive(Debug)]
+struct Misreporting {
+    inner: Arc<dyn Connector>,
+    lie: Lie,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Lie {
+    Size,
+    Hash,
+}
+
+struct MisreportingWriter {
+    inner: Arc<dyn ObjectWriter>,
+    lie: Lie,
+}
+
+#[async_trait::async_trait]
+impl Connector for Misreporting {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        self.inner.stat(path).await
+    }
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        self.inner.read_back(path).await
+    }
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        Ok(Arc::new(MisreportingWriter {
+            inner: self.inner.open(spec, resume).await?,
+            lie: self.lie,
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for MisreportingWriter {
+    async fn write_at(&self, offset: u64, data: bytes::Bytes) -> Result<(), ConnectorError> {
+        self.inner.write_at(offset, data).await
+    }
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        self.inner.sync().await
+    }
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        let mut c = self.inner.commit().await?;
+        match self.lie {
+            Lie::Size => c.size += 1,
+            Lie::Hash => c.blake3 = Some([0x5a; 32]),
+        }
+        Ok(c)
+    }
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        self.inner.abort().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
+    for lie in [Lie::Size, Lie::Hash] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = make_source(tmp.path(), 100_000);
+        let gw = Running::start_with(&tmp.path().join("gw"), |cfg| {
+            cfg.verify = VerifyMode::Strict;
+            cfg.connectors = Arc::new(move |uri, verify| {
+                Ok(Arc::new(Misreporting {
+                    inner: trackshift_connectors::from_uri_with(uri, verify)?,
+                    lie,
+                }) as Arc<dyn Connector>)
+            });
+        })
+        .await;
+        let dest = tmp.path().join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        let err = send_path(&src, &gw.send_config(&dest), |_| {})
+            .await
+            .expect_err("a misreported object was accepted");
+        let want = match lie {
+            Lie::Size => "holds",
+            Lie::Hash => "differs",
+        };
+        assert!(err.to_string().contains(want), "{lie:?}: {err}");
+        // No receipt was signed for the job.
+        let receipts = walk(&tmp.path().join("gw/jobs"))
+            .into_iter()
+            .filter(|p| p.ends_with("receipt.json"))
+            .count();
+        assert_eq!(receipts, 0, "{lie:?}");
+        gw.stop().await;
+    }
 }
