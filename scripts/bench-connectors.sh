@@ -3,7 +3,7 @@
 # gateway (`trackshift send` → QUIC → gateway → connector), next to `rclone copy` of the same
 # file to the same server in the same run. Prints a Markdown table for BENCHMARKS.md.
 #
-#   scripts/bench-connectors.sh [SIZE_MIB]        (default 2048)
+#   scripts/bench-connectors.sh [SIZE_MIB [DEST...]]   (default 2048; s3 azure sftp ftps)
 #
 # Needs what scripts/test.sh needs, plus rclone (Debian package, installed if missing).
 # Uses its own server directory and ports, so it does not disturb a test run's servers
@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE_MIB=${1:-2048}
+shift || true
+dests=("$@")
+[ ${#dests[@]} -eq 0 ] && dests=(s3 azure sftp ftps)
 export TRACKSHIFT_SERVERS_RUN=${TRACKSHIFT_SERVERS_RUN:-/tmp/trackshift-bench-servers}
 export TRACKSHIFT_S3_PORT=39200 TRACKSHIFT_AZURE_PORT=39210 TRACKSHIFT_SFTP_PORT=39222
 export TRACKSHIFT_FTPS_PORT=39221 TRACKSHIFT_FTPS_PASV_MIN=39300
@@ -67,9 +70,20 @@ export RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 export RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 # moto answers HEAD ?versionId=null (after a multipart upload) with 400.
 export RCLONE_CONFIG_S3_NO_HEAD=true
-export RCLONE_CONFIG_AZ_TYPE=azureblob RCLONE_CONFIG_AZ_ACCOUNT=$AZURE_STORAGE_ACCOUNT_NAME
-export RCLONE_CONFIG_AZ_KEY=$AZURE_STORAGE_ACCOUNT_KEY
-export RCLONE_CONFIG_AZ_ENDPOINT=$AZURE_STORAGE_ENDPOINT
+# rclone 1.60 builds Azure URLs as https://ACCOUNT.ENDPOINT: reach Azurite by a container SAS URL.
+export RCLONE_CONFIG_AZ_TYPE=azureblob
+RCLONE_CONFIG_AZ_SAS_URL=$("${TRACKSHIFT_SERVERS_CACHE:-$HOME/.cache/trackshift-test-servers}/venv/bin/python" - <<'EOF'
+import datetime, os
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+sas = generate_container_sas(
+    os.environ["AZURE_STORAGE_ACCOUNT_NAME"], "trackshift-test",
+    account_key=os.environ["AZURE_STORAGE_ACCOUNT_KEY"],
+    permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
+    expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2))
+print(f"{os.environ['AZURE_STORAGE_ENDPOINT']}/trackshift-test?{sas}")
+EOF
+)
+export RCLONE_CONFIG_AZ_SAS_URL
 export RCLONE_CONFIG_SFTP_TYPE=sftp RCLONE_CONFIG_SFTP_HOST=127.0.0.1
 export RCLONE_CONFIG_SFTP_PORT=$TRACKSHIFT_SFTP_PORT RCLONE_CONFIG_SFTP_USER=tssftp
 export RCLONE_CONFIG_SFTP_KEY_FILE=$TRACKSHIFT_SFTP_KEY
@@ -86,7 +100,7 @@ sftp_dir=$TRACKSHIFT_SERVERS_RUN/sftp/data
 ftps_dir=$TRACKSHIFT_SERVERS_RUN/ftps/data
 echo "| destination | trackshift send (via gateway) | rclone copy (direct) |"
 echo "|---|---:|---:|"
-for d in s3 azure sftp ftps; do
+for d in "${dests[@]}"; do
     case $d in
         s3) uri=$TRACKSHIFT_TEST_S3 remote=s3:trackshift-test/rclone ;;
         azure) uri=$TRACKSHIFT_TEST_AZURE remote=az:trackshift-test/rclone ;;

@@ -143,7 +143,7 @@ start_sftp() {
     mkdir -p "$d/data" /run/sshd
     id "$SFTP_USER" >/dev/null 2>&1 || useradd -M -d "$d/data" -s /bin/sh "$SFTP_USER"
     # No password, but not locked either (sshd without PAM refuses locked accounts).
-    usermod -d "$d/data" -p '*' "$SFTP_USER" 2>/dev/null || true
+    usermod -d "$d/data" -p '*' "$SFTP_USER" >/dev/null 2>&1 || true
     chown "$SFTP_USER" "$d/data"
     ssh-keygen -q -t ed25519 -N '' -C trackshift-test-host -f "$d/host_ed25519"
     ssh-keygen -q -t ed25519 -N '' -C trackshift-test-client -f "$d/client_ed25519"
@@ -184,7 +184,7 @@ start_ftps() {
     local d="$RUN/ftps"
     mkdir -p "$d/data" /var/run/vsftpd/empty
     id "$FTPS_USER" >/dev/null 2>&1 || useradd -M -d "$d/data" -s /bin/sh "$FTPS_USER"
-    usermod -d "$d/data" "$FTPS_USER" 2>/dev/null || true
+    usermod -d "$d/data" "$FTPS_USER" >/dev/null 2>&1 || true
     chown "$FTPS_USER" "$d/data"
     local password
     password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
