@@ -5,6 +5,8 @@
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
+#   scripts/test-servers.sh kill|restart NAME... stop / restart one server, keeping its data
+#                                                (fault injection for tests)
 #
 # S3: moto's server mode (PyPI). Azure Blob: Azurite (npm). SFTP: OpenSSH's sshd (Debian
 # package openssh-server) on a high port with its own config, host key, user and client
@@ -77,15 +79,20 @@ setup_azurite() {
     fi
 }
 
+launch_s3() {
+    "$CACHE/venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >>"$RUN/s3/server.log" 2>&1 &
+    echo $! >"$RUN/s3.pid"
+    wait_ready S3 "$RUN/s3/server.log" curl -sf "http://127.0.0.1:$S3_PORT/moto-api/"
+    # moto keeps everything in memory: the bucket is (re)created on every launch.
+    curl -sf -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" >/dev/null \
+        || die "could not create bucket $BUCKET"
+}
+
 start_s3() {
     setup_python
     port_free "$S3_PORT" || die "port $S3_PORT (S3) is busy; set TRACKSHIFT_S3_PORT"
     mkdir -p "$RUN/s3"
-    "$CACHE/venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$RUN/s3/server.log" 2>&1 &
-    echo $! >"$RUN/s3.pid"
-    wait_ready S3 "$RUN/s3/server.log" curl -sf "http://127.0.0.1:$S3_PORT/moto-api/"
-    curl -sf -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" >/dev/null \
-        || die "could not create bucket $BUCKET"
+    launch_s3
     cat >>"$RUN/env.partial" <<EOF
 export TRACKSHIFT_TEST_S3=s3://$BUCKET
 export TRACKSHIFT_TEST_S3_ADMIN=http://127.0.0.1:$S3_PORT
@@ -99,17 +106,21 @@ EOF
     log "S3 (moto) on 127.0.0.1:$S3_PORT, bucket $BUCKET"
 }
 
+launch_azure() {
+    "$CACHE/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
+        --blobPort "$AZURE_PORT" --location "$RUN/azure" --skipApiVersionCheck --loose \
+        --disableTelemetry >>"$RUN/azure/server.log" 2>&1 &
+    echo $! >"$RUN/azure.pid"
+    wait_ready Azurite "$RUN/azure/server.log" \
+        bash -c "exec 3<>/dev/tcp/127.0.0.1/$AZURE_PORT"
+}
+
 start_azure() {
     setup_azurite
     setup_python
     port_free "$AZURE_PORT" || die "port $AZURE_PORT (Azure) is busy; set TRACKSHIFT_AZURE_PORT"
     mkdir -p "$RUN/azure"
-    "$CACHE/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
-        --blobPort "$AZURE_PORT" --location "$RUN/azure" --skipApiVersionCheck --loose \
-        --disableTelemetry >"$RUN/azure/server.log" 2>&1 &
-    echo $! >"$RUN/azure.pid"
-    wait_ready Azurite "$RUN/azure/server.log" \
-        bash -c "exec 3<>/dev/tcp/127.0.0.1/$AZURE_PORT"
+    launch_azure
     local conn="DefaultEndpointsProtocol=http;AccountName=$AZURE_ACCOUNT;AccountKey=$AZURE_KEY;BlobEndpoint=http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT;"
     AZ_CONN="$conn" "$CACHE/venv/bin/python" - <<'EOF' || die "could not create the Azure container"
 import os
@@ -133,6 +144,14 @@ apt_install() { # PACKAGE...
         apt-get update >/dev/null 2>&1
         apt-get install -y --no-install-recommends --no-upgrade "$@" >/dev/null
     }
+}
+
+launch_sftp() {
+    mkdir -p /run/sshd
+    /usr/sbin/sshd -D -e -f "$RUN/sftp/sshd_config" >>"$RUN/sftp/server.log" 2>&1 &
+    echo $! >"$RUN/sftp.pid"
+    wait_ready sshd "$RUN/sftp/server.log" \
+        bash -c "ssh-keyscan -p $SFTP_PORT -t ed25519 127.0.0.1 2>/dev/null | grep -q ssh-ed25519"
 }
 
 start_sftp() {
@@ -165,16 +184,21 @@ Subsystem sftp internal-sftp
 MaxStartups 100:30:200
 MaxSessions 100
 CONF
-    /usr/sbin/sshd -D -e -f "$d/sshd_config" >"$d/server.log" 2>&1 &
-    echo $! >"$RUN/sftp.pid"
-    wait_ready sshd "$d/server.log" \
-        bash -c "ssh-keyscan -p $SFTP_PORT -t ed25519 127.0.0.1 2>/dev/null | grep -q ssh-ed25519"
+    launch_sftp
     ssh-keyscan -p "$SFTP_PORT" -t ed25519 127.0.0.1 2>/dev/null >"$d/known_hosts"
     cat >>"$RUN/env.partial" <<ENV
 export TRACKSHIFT_TEST_SFTP='sftp://$SFTP_USER@127.0.0.1:$SFTP_PORT$d/data?known_hosts=$d/known_hosts'
 export TRACKSHIFT_SFTP_KEY=$d/client_ed25519
 ENV
     log "SFTP (OpenSSH sshd) on 127.0.0.1:$SFTP_PORT, user $SFTP_USER, directory $d/data"
+}
+
+launch_ftps() {
+    mkdir -p /var/run/vsftpd/empty
+    /usr/sbin/vsftpd "$RUN/ftps/vsftpd.conf" >>"$RUN/ftps/server.log" 2>&1 &
+    echo $! >"$RUN/ftps.pid"
+    wait_ready vsftpd "$RUN/ftps/server.log" \
+        bash -c "exec 3<>/dev/tcp/127.0.0.1/$FTPS_PORT && head -c 3 <&3 | grep -q 220"
 }
 
 start_ftps() {
@@ -229,10 +253,7 @@ rsa_private_key_file=$d/server.key
 max_per_ip=200
 max_clients=200
 CONF
-    /usr/sbin/vsftpd "$d/vsftpd.conf" >"$d/server.log" 2>&1 &
-    echo $! >"$RUN/ftps.pid"
-    wait_ready vsftpd "$d/server.log" \
-        bash -c "exec 3<>/dev/tcp/127.0.0.1/$FTPS_PORT && head -c 3 <&3 | grep -q 220"
+    launch_ftps
     cat >>"$RUN/env.partial" <<ENV
 export TRACKSHIFT_TEST_FTPS='ftps://$FTPS_USER@127.0.0.1:$FTPS_PORT$d/data?ca=$d/ca.pem'
 export TRACKSHIFT_FTPS_PASSWORD='$password'
@@ -240,12 +261,23 @@ ENV
     log "FTPS (vsftpd, explicit TLS) on 127.0.0.1:$FTPS_PORT, user $FTPS_USER, directory $d/data"
 }
 
+descendants() { # PID: every process below it
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
 stop_pid() { # FILE
     local pid
     pid=$(cat "$1" 2>/dev/null) || return 0
     rm -f "$1"
     kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
+    # sshd and vsftpd serve each session in a child: those go too, as in a real crash.
+    local kids
+    kids=$(descendants "$pid")
+    kill -TERM "$pid" $kids 2>/dev/null || true
     for _ in $(seq 1 50); do
         local stat
         stat=$(ps -o stat= -p "$pid" 2>/dev/null || true)
@@ -273,10 +305,29 @@ case "$cmd" in
                 *) die "unknown server $s (known: s3 azure sftp ftps)" ;;
             esac
         done
+        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s\n' \
+            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" >"$RUN/ports"
         mv "$RUN/env.partial" "$RUN/env"
         ;;
     env)
         cat "$RUN/env"
+        ;;
+    kill)
+        # Fault injection for tests: stop one server, keeping its data and settings.
+        [ -e "$RUN/env" ] || die "not started"
+        for s in "$@"; do stop_pid "$RUN/$s.pid"; done
+        ;;
+    restart)
+        [ -e "$RUN/env" ] || die "not started"
+        # shellcheck disable=SC1091
+        source "$RUN/ports"
+        for s in "$@"; do
+            stop_pid "$RUN/$s.pid"
+            case "$s" in
+                s3 | azure | sftp | ftps) "launch_$s" ;;
+                *) die "unknown server $s" ;;
+            esac
+        done
         ;;
     stop)
         for f in "$RUN"/*.pid; do
@@ -285,6 +336,6 @@ case "$cmd" in
         rm -rf "$RUN"
         ;;
     *)
-        die "usage: $0 start [s3] [azure] [sftp] [ftps] | env | stop"
+        die "usage: $0 start [s3] [azure] [sftp] [ftps] | env | stop | kill NAME... | restart NAME..."
         ;;
 esac

@@ -232,8 +232,21 @@ impl Inner {
             .acquire()
             .await
             .map_err(|_| ConnectorError::Unavailable("connector closed".into()))?;
-        let idle = self.idle.lock().expect("pool lock").pop();
-        let ftp = match idle {
+        // An idle connection may have died with the server: probe it before use.
+        let mut ftp = None;
+        loop {
+            let idle = self.idle.lock().expect("pool lock").pop();
+            match idle {
+                Some(mut f) => {
+                    if f.noop().await.is_ok() {
+                        ftp = Some(f);
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let ftp = match ftp {
             Some(f) => f,
             None => self.connect().await?,
         };

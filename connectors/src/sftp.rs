@@ -139,7 +139,8 @@ fn sftp_err(uri: &str, op: &'static str, e: &SftpError) -> ConnectorError {
             s.status_code,
             StatusCode::ConnectionLost | StatusCode::NoConnection
         ),
-        SftpError::Timeout | SftpError::IO(_) => true,
+        // A closed session (the server or the connection went away) may work again later.
+        SftpError::Timeout | SftpError::IO(_) | SftpError::UnexpectedBehavior(_) => true,
         _ => false,
     };
     ConnectorError::Remote {
