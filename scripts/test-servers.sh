@@ -40,6 +40,8 @@ port_free() {
     python3 - "$1" <<'EOF'
 import socket, sys
 s = socket.socket()
+# Like the servers themselves: connections of a previous run in TIME_WAIT do not count.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:

@@ -26,6 +26,12 @@ pub struct ServeArgs {
     /// Most received chunk bytes held in memory at once.
     #[arg(long, default_value = "512MiB", value_parser = crate::size::parse_size)]
     memory_budget: u64,
+    /// Most bytes per second written to destinations (e.g. 200MiB), across all jobs.
+    #[arg(long, value_parser = crate::size::parse_size)]
+    dest_rate: Option<u64>,
+    /// Most chunk writes in flight to destinations, across all jobs.
+    #[arg(long)]
+    dest_concurrency: Option<usize>,
     /// TCP address for the read-only HTTP endpoints: /health, the ledger's checkpoint,
     /// tiles and proofs for auditors (off unless given).
     #[arg(long)]
@@ -101,6 +107,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut cfg = GatewayConfig::new(args.listen, &args.data_dir);
     cfg.pq_only = args.pq_only;
     cfg.memory_budget = usize::try_from(args.memory_budget).unwrap_or(usize::MAX);
+    let wrapping = trackshift_engine::connectors::Wrapping {
+        prefix: None,
+        concurrency: args.dest_concurrency,
+        bytes_per_second: args.dest_rate,
+    };
+    if wrapping != trackshift_engine::connectors::Wrapping::default() {
+        // One set of limits for the whole gateway: every job's connector shares it.
+        let limits = trackshift_engine::connectors::Limits::new(&wrapping)?;
+        cfg.connectors = std::sync::Arc::new(move |uri, verify| {
+            limits.wrap(trackshift_engine::connectors::from_uri_with(uri, verify)?)
+        });
+    }
     let gateway = Gateway::bind(cfg).await?;
     println!(
         "gateway listening on {} (QUIC, ALPN trackshift/1)",

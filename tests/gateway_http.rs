@@ -133,3 +133,27 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
         );
     }
 }
+
+#[test]
+fn destination_limits_are_validated_when_the_gateway_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flag, value, want) in [
+        ("--dest-concurrency", "0", "at least 1"),
+        ("--dest-rate", "10", "1 KiB/s"),
+    ] {
+        let (code, _, err) = run(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                tmp.path().join("gw").to_str().unwrap(),
+                flag,
+                value,
+            ],
+            tmp.path(),
+        );
+        assert_ne!(code, 0, "{flag} {value}");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+}

@@ -18,6 +18,7 @@ mod local;
 mod null;
 pub mod object;
 pub mod sftp;
+pub mod wrap;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub use local::LocalConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;
 pub use sftp::SftpConnector;
+pub use wrap::{Limits, Wrapping, wrap};
 
 /// How far a connector confirms what it wrote before a job may succeed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

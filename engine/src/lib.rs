@@ -15,3 +15,6 @@ pub mod tls;
 pub mod transport;
 
 pub use scan::{ScanError, scan_path};
+
+/// The destinations jobs write to (re-exported so the binary needs only the engine).
+pub use trackshift_connectors as connectors;

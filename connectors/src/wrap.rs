@@ -1,0 +1,559 @@
+//! Wrappers that apply to any connector, in the style of object_store's `PrefixStore`,
+//! `LimitStore` and `ThrottledStore`:
+//!
+//! - [`PrefixConnector`]: every object under a fixed sub-path (a tenant's prefix), so a job
+//!   can never name an object outside it;
+//! - [`LimitConnector`]: at most N chunk writes (and read-backs) in flight across all objects;
+//! - [`ThrottledConnector`]: at most a given number of bytes per second written (GCRA rate
+//!   limiter from `governor`), shared by all objects.
+//!
+//! [`wrap`] applies the ones a [`Wrapping`] asks for.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::{Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, check_object_path};
+
+/// Which wrappers to apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wrapping {
+    /// Sub-path every object goes under.
+    pub prefix: Option<String>,
+    /// Most chunk writes in flight.
+    pub concurrency: Option<usize>,
+    /// Most bytes written per second.
+    pub bytes_per_second: Option<u64>,
+}
+
+/// Wraps `inner` as `w` asks, with limits of its own (see [`Limits`] to share limits
+/// between connectors).
+pub fn wrap(inner: Arc<dyn Connector>, w: &Wrapping) -> Result<Arc<dyn Connector>, ConnectorError> {
+    Limits::new(w)?.wrap(inner)
+}
+
+/// Limits built once and shared by every connector they wrap (for example one rate limit
+/// for all of a gateway's jobs).
+#[derive(Clone)]
+pub struct Limits {
+    prefix: Option<String>,
+    slots: Option<Arc<Semaphore>>,
+    rate: Option<Arc<Limiter>>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("prefix", &self.prefix)
+            .field("slots", &self.slots.as_ref().map(|s| s.available_permits()))
+            .field("bytes_per_second", &self.rate.as_ref().map(|r| r.rate))
+            .finish()
+    }
+}
+
+impl Limits {
+    /// Validates `w` and creates the shared limiters.
+    pub fn new(w: &Wrapping) -> Result<Self, ConnectorError> {
+        if let Some(p) = &w.prefix {
+            check_object_path(p.trim_matches('/'))?;
+        }
+        Ok(Self {
+            prefix: w.prefix.clone(),
+            slots: w.concurrency.map(new_slots).transpose()?,
+            rate: w
+                .bytes_per_second
+                .map(Limiter::new)
+                .transpose()?
+                .map(Arc::new),
+        })
+    }
+
+    /// Wraps `inner`: prefix innermost, then the rate limit, then the concurrency limit (a
+    /// write waits for a slot before it takes rate tokens).
+    pub fn wrap(&self, inner: Arc<dyn Connector>) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let mut c = inner;
+        if let Some(p) = &self.prefix {
+            c = Arc::new(PrefixConnector::new(c, p)?);
+        }
+        if let Some(limiter) = &self.rate {
+            c = Arc::new(ThrottledConnector {
+                inner: c,
+                limiter: limiter.clone(),
+            });
+        }
+        if let Some(slots) = &self.slots {
+            c = Arc::new(LimitConnector {
+                inner: c,
+                slots: slots.clone(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+fn new_slots(n: usize) -> Result<Arc<Semaphore>, ConnectorError> {
+    if n == 0 {
+        return Err(ConnectorError::InvalidUri(
+            "a concurrency limit must be at least 1".into(),
+        ));
+    }
+    Ok(Arc::new(Semaphore::new(n)))
+}
+
+/// Puts every object under a fixed prefix.
+#[derive(Debug)]
+pub struct PrefixConnector {
+    inner: Arc<dyn Connector>,
+    prefix: String,
+}
+
+impl PrefixConnector {
+    /// `prefix` must be a safe relative path (no `..`, no leading `/`).
+    pub fn new(inner: Arc<dyn Connector>, prefix: &str) -> Result<Self, ConnectorError> {
+        let prefix = prefix.trim_matches('/');
+        check_object_path(prefix)?;
+        Ok(Self {
+            inner,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn path(&self, path: &str) -> Result<String, ConnectorError> {
+        check_object_path(path)?;
+        Ok(format!("{}/{path}", self.prefix))
+    }
+}
+
+#[async_trait]
+impl Connector for PrefixConnector {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+    fn min_chunk_size(&self, size: u64) -> u64 {
+        self.inner.min_chunk_size(size)
+    }
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        self.inner.stat(&self.path(path)?).await
+    }
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        self.inner.read_back(&self.path(path)?).await
+    }
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        let mut spec = spec.clone();
+        spec.path = self.path(&spec.path)?;
+        self.inner.open(&spec, resume).await
+    }
+}
+
+/// Limits how many chunk writes and read-backs are in flight at once.
+#[derive(Debug)]
+pub struct LimitConnector {
+    inner: Arc<dyn Connector>,
+    slots: Arc<Semaphore>,
+}
+
+impl LimitConnector {
+    /// At most `n` (at least 1) operations in flight.
+    pub fn new(inner: Arc<dyn Connector>, n: usize) -> Result<Self, ConnectorError> {
+        Ok(Self {
+            inner,
+            slots: new_slots(n)?,
+        })
+    }
+}
+
+async fn slot(slots: &Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, ConnectorError> {
+    slots
+        .acquire()
+        .await
+        .map_err(|_| ConnectorError::Unavailable("connector closed".into()))
+}
+
+#[async_trait]
+impl Connector for LimitConnector {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+    fn min_chunk_size(&self, size: u64) -> u64 {
+        self.inner.min_chunk_size(size)
+    }
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        self.inner.stat(path).await
+    }
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        let _slot = slot(&self.slots).await?;
+        self.inner.read_back(path).await
+    }
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        Ok(Arc::new(LimitWriter {
+            inner: self.inner.open(spec, resume).await?,
+            slots: self.slots.clone(),
+        }))
+    }
+}
+
+struct LimitWriter {
+    inner: Arc<dyn ObjectWriter>,
+    slots: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl ObjectWriter for LimitWriter {
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
+        let _slot = slot(&self.slots).await?;
+        self.inner.write_at(offset, data).await
+    }
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        self.inner.sync().await
+    }
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        self.inner.commit().await
+    }
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        self.inner.abort().await
+    }
+}
+
+/// Limits the bytes written per second, across all objects of the connector.
+pub struct ThrottledConnector {
+    inner: Arc<dyn Connector>,
+    limiter: Arc<Limiter>,
+}
+
+impl std::fmt::Debug for ThrottledConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottledConnector")
+            .field("inner", &self.inner)
+            .field("bytes_per_second", &self.limiter.rate)
+            .finish()
+    }
+}
+
+/// A byte-rate limiter: GCRA cells of one KiB, bursts of up to a tenth of a second.
+struct Limiter {
+    rate: u64,
+    cells: DefaultDirectRateLimiter,
+    burst: u32,
+}
+
+const CELL: u64 = 1024;
+
+impl Limiter {
+    fn new(bytes_per_second: u64) -> Result<Self, ConnectorError> {
+        let per_sec = u32::try_from(bytes_per_second / CELL)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| {
+                ConnectorError::InvalidUri(format!(
+                    "a rate limit must be 1 KiB/s to 4 TiB/s, got {bytes_per_second} bytes/s"
+                ))
+            })?;
+        let burst = NonZeroU32::new((per_sec.get() / 10).max(1)).expect("at least 1");
+        Ok(Self {
+            rate: bytes_per_second,
+            cells: RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)),
+            burst: burst.get(),
+        })
+    }
+
+    async fn take(&self, bytes: u64) {
+        let mut cells = bytes.div_ceil(CELL);
+        while cells > 0 {
+            let n = cells.min(u64::from(self.burst));
+            let nz = NonZeroU32::new(u32::try_from(n).expect("n ≤ burst")).expect("n > 0");
+            // n never exceeds the burst size, so this cannot fail.
+            let _ = self.cells.until_n_ready(nz).await;
+            cells -= n;
+        }
+    }
+}
+
+impl ThrottledConnector {
+    /// At most `bytes_per_second` (at least 1 KiB/s) written.
+    pub fn new(inner: Arc<dyn Connector>, bytes_per_second: u64) -> Result<Self, ConnectorError> {
+        Ok(Self {
+            inner,
+            limiter: Arc::new(Limiter::new(bytes_per_second)?),
+        })
+    }
+}
+
+#[async_trait]
+impl Connector for ThrottledConnector {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+    fn min_chunk_size(&self, size: u64) -> u64 {
+        self.inner.min_chunk_size(size)
+    }
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
+        self.inner.stat(path).await
+    }
+    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        self.inner.read_back(path).await
+    }
+    async fn open(
+        &self,
+        spec: &ObjectSpec,
+        resume: bool,
+    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+        Ok(Arc::new(ThrottledWriter {
+            inner: self.inner.open(spec, resume).await?,
+            limiter: self.limiter.clone(),
+        }))
+    }
+}
+
+struct ThrottledWriter {
+    inner: Arc<dyn ObjectWriter>,
+    limiter: Arc<Limiter>,
+}
+
+#[async_trait]
+impl ObjectWriter for ThrottledWriter {
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
+        self.limiter.take(data.len() as u64).await;
+        self.inner.write_at(offset, data).await
+    }
+    async fn sync(&self) -> Result<(), ConnectorError> {
+        self.inner.sync().await
+    }
+    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+        self.inner.commit().await
+    }
+    async fn abort(&self) -> Result<(), ConnectorError> {
+        self.inner.abort().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::LocalConnector;
+
+    fn spec(path: &str, size: u64) -> ObjectSpec {
+        ObjectSpec {
+            job_id: "job-wrap".into(),
+            path: path.into(),
+            size,
+            chunk_size: 64 << 10,
+            state_file: None,
+        }
+    }
+
+    fn local(dir: &std::path::Path) -> Arc<dyn Connector> {
+        Arc::new(LocalConnector::new(dir.to_str().unwrap()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn prefix_keeps_objects_under_it_and_refuses_escapes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = wrap(
+            local(tmp.path()),
+            &Wrapping {
+                prefix: Some("tenants/acme".into()),
+                ..Wrapping::default()
+            },
+        )
+        .unwrap();
+        let w = c.open(&spec("a/b.txt", 5), false).await.unwrap();
+        w.write_at(0, Bytes::from_static(b"hello")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("tenants/acme/a/b.txt")).unwrap(),
+            b"hello"
+        );
+        assert_eq!(c.stat("a/b.txt").await.unwrap(), Some(5));
+        for bad in ["../other/x", "/etc/passwd", "a/../../x"] {
+            assert!(c.open(&spec(bad, 1), false).await.is_err(), "{bad}");
+        }
+        for bad in ["..", "../x", "", "a//b"] {
+            assert!(
+                PrefixConnector::new(local(tmp.path()), bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Counts writes in flight, holding each for a moment.
+    #[derive(Debug, Default)]
+    struct Counting {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+
+    struct CountingWriter(Arc<Counting>);
+
+    #[async_trait]
+    impl Connector for Arc<Counting> {
+        fn uri(&self) -> &str {
+            "counting://"
+        }
+        async fn check(&self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn stat(&self, _: &str) -> Result<Option<u64>, ConnectorError> {
+            Ok(None)
+        }
+        async fn read_back(&self, _: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+            Ok((0, [0; 32]))
+        }
+        async fn open(
+            &self,
+            _: &ObjectSpec,
+            _: bool,
+        ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
+            Ok(Arc::new(CountingWriter(self.clone())))
+        }
+    }
+
+    #[async_trait]
+    impl ObjectWriter for CountingWriter {
+        async fn write_at(&self, _: u64, _: Bytes) -> Result<(), ConnectorError> {
+            let n = self.0.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.0.max.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.0.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn sync(&self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn commit(&self) -> Result<Confirmation, ConnectorError> {
+            Ok(Confirmation {
+                size: 0,
+                etag: None,
+                blake3: None,
+            })
+        }
+        async fn abort(&self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    /// The most writes in flight when 4 objects get 8 concurrent chunk writes each.
+    async fn max_in_flight(limit: Option<usize>) -> usize {
+        let counting = Arc::new(Counting::default());
+        let c = wrap(
+            Arc::new(counting.clone()),
+            &Wrapping {
+                concurrency: limit,
+                ..Wrapping::default()
+            },
+        )
+        .unwrap();
+        let mut tasks = Vec::new();
+        for obj in 0..4 {
+            let w = c
+                .open(&spec(&format!("o{obj}"), 1 << 20), false)
+                .await
+                .unwrap();
+            for i in 0..8u64 {
+                let w = w.clone();
+                tasks.push(tokio::spawn(async move {
+                    w.write_at(i * 1024, Bytes::from_static(&[0u8; 1024])).await
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        counting.max.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrency_limit_bounds_writes_in_flight_across_objects() {
+        let unlimited = max_in_flight(None).await;
+        assert!(
+            unlimited > 3,
+            "without a limit only {unlimited} were in flight"
+        );
+        let limited = max_in_flight(Some(3)).await;
+        assert!(
+            (1..=3).contains(&limited),
+            "{limited} writes were in flight"
+        );
+        assert!(LimitConnector::new(Arc::new(Arc::new(Counting::default())), 0).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn shared_limits_bound_every_connector_they_wrap() {
+        let counting = Arc::new(Counting::default());
+        let limits = Limits::new(&Wrapping {
+            concurrency: Some(2),
+            ..Wrapping::default()
+        })
+        .unwrap();
+        let mut tasks = Vec::new();
+        for job in 0..4 {
+            // A connector per job, as the gateway makes them, all under one limit.
+            let c = limits.wrap(Arc::new(counting.clone())).unwrap();
+            let w = c
+                .open(&spec(&format!("j{job}"), 1 << 20), false)
+                .await
+                .unwrap();
+            for i in 0..6u64 {
+                let w = w.clone();
+                tasks.push(tokio::spawn(async move {
+                    w.write_at(i * 1024, Bytes::from_static(&[0u8; 1024])).await
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let max = counting.max.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&max), "{max} writes were in flight");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_holds_writes_to_the_rate() {
+        let counting = Arc::new(Counting::default());
+        let c = wrap(
+            Arc::new(counting),
+            &Wrapping {
+                bytes_per_second: Some(4 << 20),
+                ..Wrapping::default()
+            },
+        )
+        .unwrap();
+        let w = c.open(&spec("x", 8 << 20), false).await.unwrap();
+        let started = Instant::now();
+        // 2 MiB at 4 MiB/s (burst 0.4 MiB): at least ~0.4 s.
+        for i in 0..4u64 {
+            w.write_at(i << 19, Bytes::from(vec![0u8; 512 << 10]))
+                .await
+                .unwrap();
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(380),
+            "2 MiB took only {took:?}"
+        );
+        assert!(ThrottledConnector::new(Arc::new(Arc::new(Counting::default())), 10).is_err());
+    }
+}
