@@ -34,6 +34,27 @@ use crate::{
 
 /// Control connections per connector (each carries one transfer at a time).
 const POOL: usize = 4;
+/// Bound on one short FTP exchange (SIZE, MKD, RNFR/RNTO, NOOP, log-in).
+const EXCHANGE: Duration = Duration::from_secs(30);
+
+/// Bounds one FTP exchange: a stuck server or connection becomes a transient error (the
+/// connection is dropped with its lease) instead of a job that never ends.
+async fn bounded<T>(
+    uri: &str,
+    op: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, ConnectorError>>,
+) -> Result<T, ConnectorError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(ConnectorError::Remote {
+            destination: uri.to_string(),
+            op,
+            transient: true,
+            reason: format!("no answer within {limit:?}"),
+        })
+    })
+}
+
 /// How long `sync` waits for the first chunk when later ones are held for it.
 const FIRST_CHUNK_WAIT: Duration = Duration::from_secs(120);
 
@@ -238,7 +259,10 @@ impl Inner {
             let idle = self.idle.lock().expect("pool lock").pop();
             match idle {
                 Some(mut f) => {
-                    if f.noop().await.is_ok() {
+                    if matches!(
+                        tokio::time::timeout(Duration::from_secs(5), f.noop()).await,
+                        Ok(Ok(()))
+                    ) {
                         ftp = Some(f);
                         break;
                     }
@@ -248,7 +272,7 @@ impl Inner {
         }
         let ftp = match ftp {
             Some(f) => f,
-            None => self.connect().await?,
+            None => bounded(&self.uri, "connecting to", EXCHANGE, self.connect()).await?,
         };
         Ok(Lease {
             inner: self,
@@ -312,6 +336,13 @@ impl Inner {
     }
 
     async fn size_of(&self, full: &str) -> Result<Option<u64>, ConnectorError> {
+        crate::retry::transient(&self.uri, "checking", || {
+            bounded(&self.uri, "checking", EXCHANGE, self.size_of_once(full))
+        })
+        .await
+    }
+
+    async fn size_of_once(&self, full: &str) -> Result<Option<u64>, ConnectorError> {
         let mut l = self.lease().await?;
         let r = l.ftp().size(full).await;
         match r {
@@ -345,8 +376,28 @@ impl Inner {
         Ok(())
     }
 
-    /// Stores `data` at `offset` of `full` in one transfer (`REST` then `STOR`).
+    /// Stores `data` at `offset` of `full` in one transfer (`REST` then `STOR`), retrying
+    /// transient failures on a fresh connection.
     async fn store_at(&self, full: &str, offset: u64, data: &[u8]) -> Result<(), ConnectorError> {
+        // Generous: 30 s plus a second per MiB (a floor of 1 MiB/s).
+        let limit = EXCHANGE + Duration::from_secs(data.len() as u64 >> 20);
+        crate::retry::transient(&self.uri, "writing", || {
+            bounded(
+                &self.uri,
+                "writing",
+                limit,
+                self.store_at_once(full, offset, data),
+            )
+        })
+        .await
+    }
+
+    async fn store_at_once(
+        &self,
+        full: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ConnectorError> {
         let mut l = self.lease().await?;
         let ftp = l.ftp();
         if offset > 0 {
@@ -371,6 +422,18 @@ impl Inner {
     }
 
     async fn hash_remote(&self, full: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        crate::retry::transient(&self.uri, "reading back", || {
+            bounded(
+                &self.uri,
+                "reading back",
+                Duration::from_secs(3600),
+                self.hash_remote_once(full),
+            )
+        })
+        .await
+    }
+
+    async fn hash_remote_once(&self, full: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
         let mut l = self.lease().await?;
         let mut stream = l
             .ftp()
@@ -407,7 +470,14 @@ impl Connector for FtpsConnector {
     }
 
     async fn check(&self) -> Result<(), ConnectorError> {
-        self.inner.make_dirs(&self.inner.root).await
+        let inner = &self.inner;
+        bounded(
+            &inner.uri,
+            "checking",
+            EXCHANGE,
+            inner.make_dirs(&inner.root),
+        )
+        .await
     }
 
     async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
@@ -431,7 +501,13 @@ impl Connector for FtpsConnector {
         let full = inner.full(&spec.path);
         let (dir, name) = full.rsplit_once('/').expect("full paths have a slash");
         let temp = format!("{dir}/.{name}.{}.tspart", spec.job_id);
-        inner.make_dirs(dir).await?;
+        bounded(
+            &inner.uri,
+            "creating a directory on",
+            EXCHANGE,
+            inner.make_dirs(dir),
+        )
+        .await?;
         let mut committed = false;
         let mut first_done = false;
         if resume {
@@ -606,12 +682,18 @@ impl ObjectWriter for FtpsWriter {
                 actual: size,
             });
         }
-        let mut l = self.inner.lease().await?;
-        l.ftp()
-            .rename(self.temp.as_str(), self.full.as_str())
-            .await
-            .map_err(|e| self.inner.remote("renaming into place on", &e))?;
-        l.release();
+        crate::retry::transient(&self.inner.uri, "renaming into place on", || {
+            bounded(&self.inner.uri, "renaming into place on", EXCHANGE, async {
+                let mut l = self.inner.lease().await?;
+                l.ftp()
+                    .rename(self.temp.as_str(), self.full.as_str())
+                    .await
+                    .map_err(|e| self.inner.remote("renaming into place on", &e))?;
+                l.release();
+                Ok(())
+            })
+        })
+        .await?;
         *committed = true;
         drop(committed);
         self.confirm().await

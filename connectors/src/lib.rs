@@ -17,6 +17,7 @@ pub mod ftps;
 mod local;
 mod null;
 pub mod object;
+pub mod retry;
 pub mod sftp;
 pub mod wrap;
 

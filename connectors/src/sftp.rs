@@ -45,6 +45,19 @@ enum HostTrust {
 
 /// An SFTP destination.
 pub struct SftpConnector {
+    inner: Arc<SftpInner>,
+}
+
+impl std::ops::Deref for SftpConnector {
+    type Target = SftpInner;
+    fn deref(&self) -> &SftpInner {
+        &self.inner
+    }
+}
+
+/// The connector's settings and its shared connection (writers keep a handle to it, to
+/// reconnect after the connection drops).
+pub struct SftpInner {
     uri: String,
     host: String,
     port: u16,
@@ -164,6 +177,14 @@ fn ssh_string(out: &mut Vec<u8>, s: &str) {
 impl SftpConnector {
     /// Parses and validates `uri` (no connection is made: see [`Connector::check`]).
     pub fn from_uri(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
+        Ok(Self {
+            inner: Arc::new(SftpInner::parse(uri, verify)?),
+        })
+    }
+}
+
+impl SftpInner {
+    fn parse(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
         let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
         if url.scheme() != "sftp" {
@@ -483,73 +504,188 @@ impl Connector for SftpConnector {
         let (dir, name) = full.rsplit_once('/').expect("full paths have a slash");
         let temp = format!("{dir}/.{name}.{}.tspart", spec.job_id);
         self.make_parents(&c, &full).await?;
-        if resume
+        let committed = resume
             && self.size_of(&c, &temp).await?.is_none()
-            && self.size_of(&c, &full).await? == Some(spec.size)
-        {
+            && self.size_of(&c, &full).await? == Some(spec.size);
+        let open = if committed {
             // Committed before an interruption.
-            return Ok(Arc::new(SftpWriter {
-                owner: self.clone_ref(),
-                conn: c,
-                spec: spec.clone(),
-                full,
-                temp,
-                handle: Mutex::new(None),
-            }));
-        }
-        let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
-        if !resume {
-            flags |= OpenFlags::TRUNCATE;
-        }
-        let handle = c
-            .sftp
-            .open(temp.as_str(), flags, FileAttributes::default())
-            .await
-            .map_err(|e| sftp_err(&self.uri, "creating a file on", &e))?
-            .handle;
+            None
+        } else {
+            let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
+            if !resume {
+                flags |= OpenFlags::TRUNCATE;
+            }
+            let handle = c
+                .sftp
+                .open(temp.as_str(), flags, FileAttributes::default())
+                .await
+                .map_err(|e| sftp_err(&self.uri, "creating a file on", &e))?
+                .handle;
+            Some((c, handle))
+        };
         Ok(Arc::new(SftpWriter {
-            owner: self.clone_ref(),
-            conn: c,
+            inner: self.inner.clone(),
             spec: spec.clone(),
             full,
             temp,
-            handle: Mutex::new(Some(handle)),
+            open: Mutex::new(open),
+            committed: std::sync::atomic::AtomicBool::new(committed),
         }))
     }
 }
 
-impl SftpConnector {
-    /// What a writer needs of its connector.
-    fn clone_ref(&self) -> Owner {
-        Owner {
-            uri: self.uri.clone(),
-            verify: self.verify,
-        }
-    }
-}
-
-struct Owner {
-    uri: String,
-    verify: VerifyMode,
-}
-
 struct SftpWriter {
-    owner: Owner,
-    conn: Arc<Conn>,
+    inner: Arc<SftpInner>,
     spec: ObjectSpec,
     full: String,
     temp: String,
-    /// The open temporary file; `None` once committed.
-    handle: Mutex<Option<String>>,
+    /// The connection and the open handle of the temporary file; reopened (without
+    /// truncating) after the connection drops.
+    open: Mutex<Option<(Arc<Conn>, String)>>,
+    committed: std::sync::atomic::AtomicBool,
 }
 
 impl SftpWriter {
     fn err(&self, op: &'static str, e: &SftpError) -> ConnectorError {
-        sftp_err(&self.owner.uri, op, e)
+        sftp_err(&self.inner.uri, op, e)
+    }
+
+    fn is_committed(&self) -> bool {
+        self.committed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The live connection and file handle, reconnecting and reopening when needed.
+    async fn session(&self) -> Result<(Arc<Conn>, String), ConnectorError> {
+        if self.is_committed() {
+            return Err(ConnectorError::Unavailable(format!(
+                "{} is already committed",
+                self.spec.path
+            )));
+        }
+        let mut slot = self.open.lock().await;
+        if let Some((c, h)) = slot.as_ref()
+            && !c._ssh.is_closed()
+        {
+            return Ok((c.clone(), h.clone()));
+        }
+        let c = self.inner.conn().await?;
+        let handle = c
+            .sftp
+            .open(
+                self.temp.as_str(),
+                OpenFlags::WRITE | OpenFlags::CREATE,
+                FileAttributes::default(),
+            )
+            .await
+            .map_err(|e| self.err("reopening a file on", &e))?
+            .handle;
+        *slot = Some((c.clone(), handle.clone()));
+        Ok((c, handle))
+    }
+
+    /// Forgets the session after a transient failure, so the next attempt starts afresh.
+    async fn reset(&self, e: ConnectorError) -> ConnectorError {
+        if e.is_transient() {
+            *self.open.lock().await = None;
+        }
+        e
+    }
+
+    async fn write_once(&self, offset: u64, data: &Bytes) -> Result<(), ConnectorError> {
+        let (c, handle) = self.session().await?;
+        // Every piece of the chunk in flight at once.
+        let writes = (0..data.len()).step_by(WRITE_LEN).map(|start| {
+            let end = (start + WRITE_LEN).min(data.len());
+            c.sftp.write(
+                handle.as_str(),
+                offset + start as u64,
+                data[start..end].to_vec(),
+            )
+        });
+        for r in futures::future::join_all(writes).await {
+            if let Err(e) = r {
+                return Err(self.reset(self.err("writing to", &e)).await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_once(&self) -> Result<(), ConnectorError> {
+        let (c, handle) = self.session().await?;
+        if c.fsync
+            && let Err(e) = c.sftp.fsync(handle.as_str()).await
+        {
+            return Err(self.reset(self.err("syncing", &e)).await);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self) -> Result<(), ConnectorError> {
+        let (c, handle) = self.session().await?;
+        let sftp = &c.sftp;
+        let step = async {
+            if c.fsync {
+                sftp.fsync(handle.as_str())
+                    .await
+                    .map_err(|e| self.err("syncing", &e))?;
+            }
+            sftp.close(handle.as_str())
+                .await
+                .map_err(|e| self.err("closing", &e))?;
+            let size = sftp
+                .stat(self.temp.as_str())
+                .await
+                .map_err(|e| self.err("checking", &e))?
+                .attrs
+                .size
+                .unwrap_or(0);
+            if size != self.spec.size {
+                return Err(ConnectorError::SizeMismatch {
+                    path: self.spec.path.clone(),
+                    expected: self.spec.size,
+                    actual: size,
+                });
+            }
+            if c.posix_rename {
+                let mut data = Vec::new();
+                ssh_string(&mut data, &self.temp);
+                ssh_string(&mut data, &self.full);
+                match sftp.extended("posix-rename@openssh.com", data).await {
+                    Ok(russh_sftp::protocol::Packet::Status(s))
+                        if s.status_code != StatusCode::Ok =>
+                    {
+                        return Err(self.err("renaming into place on", &SftpError::Status(s)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(self.err("renaming into place on", &e)),
+                }
+            } else {
+                // Plain SFTP v3 rename does not overwrite.
+                let _ = sftp.remove(self.full.as_str()).await;
+                sftp.rename(self.temp.as_str(), self.full.as_str())
+                    .await
+                    .map_err(|e| self.err("renaming into place on", &e))?;
+            }
+            Ok(())
+        };
+        match step.await {
+            Ok(()) => {
+                *self.open.lock().await = None;
+                self.committed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Ok(())
+            }
+            // The handle may be closed already: start from a fresh session next time.
+            Err(e) => {
+                *self.open.lock().await = None;
+                Err(e)
+            }
+        }
     }
 
     async fn confirm(&self) -> Result<Confirmation, ConnectorError> {
-        let size = match self.conn.sftp.stat(self.full.as_str()).await {
+        let c = self.inner.conn().await?;
+        let size = match c.sftp.stat(self.full.as_str()).await {
             Ok(a) => a.attrs.size.unwrap_or(0),
             Err(e) => return Err(self.err("confirming", &e)),
         };
@@ -561,14 +697,10 @@ impl SftpWriter {
             });
         }
         // SFTP gives no content hash: strict mode reads the file back.
-        let blake3 = if self.owner.verify == VerifyMode::Size {
+        let blake3 = if self.inner.verify == VerifyMode::Size {
             None
         } else {
-            Some(
-                hash_remote(&self.owner.uri, &self.conn, &self.full)
-                    .await?
-                    .1,
-            )
+            Some(hash_remote(&self.inner.uri, &c, &self.full).await?.1)
         };
         Ok(Confirmation {
             size,
@@ -582,97 +714,35 @@ impl SftpWriter {
 impl ObjectWriter for SftpWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
         self.spec.check_range(offset, data.len() as u64)?;
-        let handle = self.handle.lock().await.clone().ok_or_else(|| {
-            ConnectorError::Unavailable(format!("{} is already committed", self.spec.path))
-        })?;
-        // Every piece of the chunk in flight at once.
-        let writes = (0..data.len()).step_by(WRITE_LEN).map(|start| {
-            let end = (start + WRITE_LEN).min(data.len());
-            self.conn.sftp.write(
-                handle.as_str(),
-                offset + start as u64,
-                data[start..end].to_vec(),
-            )
-        });
-        for r in futures::future::join_all(writes).await {
-            r.map_err(|e| self.err("writing to", &e))?;
-        }
-        Ok(())
+        crate::retry::transient(&self.inner.uri, "writing", || {
+            self.write_once(offset, &data)
+        })
+        .await
     }
 
     async fn sync(&self) -> Result<(), ConnectorError> {
-        let Some(handle) = self.handle.lock().await.clone() else {
+        if self.is_committed() {
             return Ok(());
-        };
-        if self.conn.fsync {
-            self.conn
-                .sftp
-                .fsync(handle.as_str())
-                .await
-                .map_err(|e| self.err("syncing", &e))?;
         }
-        Ok(())
+        crate::retry::transient(&self.inner.uri, "syncing", || self.sync_once()).await
     }
 
     async fn commit(&self) -> Result<Confirmation, ConnectorError> {
-        let mut slot = self.handle.lock().await;
-        let Some(handle) = slot.clone() else {
-            return self.confirm().await;
-        };
-        let sftp = &self.conn.sftp;
-        if self.conn.fsync {
-            sftp.fsync(handle.as_str())
-                .await
-                .map_err(|e| self.err("syncing", &e))?;
+        if !self.is_committed() {
+            crate::retry::transient(&self.inner.uri, "committing", || self.publish()).await?;
         }
-        sftp.close(handle.as_str())
-            .await
-            .map_err(|e| self.err("closing", &e))?;
-        let size = sftp
-            .stat(self.temp.as_str())
-            .await
-            .map_err(|e| self.err("checking", &e))?
-            .attrs
-            .size
-            .unwrap_or(0);
-        if size != self.spec.size {
-            return Err(ConnectorError::SizeMismatch {
-                path: self.spec.path.clone(),
-                expected: self.spec.size,
-                actual: size,
-            });
-        }
-        if self.conn.posix_rename {
-            let mut data = Vec::new();
-            ssh_string(&mut data, &self.temp);
-            ssh_string(&mut data, &self.full);
-            match sftp.extended("posix-rename@openssh.com", data).await {
-                Ok(russh_sftp::protocol::Packet::Status(s)) if s.status_code == StatusCode::Ok => {}
-                Ok(russh_sftp::protocol::Packet::Status(s)) => {
-                    return Err(self.err("renaming into place on", &SftpError::Status(s)));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(self.err("renaming into place on", &e)),
-            }
-        } else {
-            // Plain SFTP v3 rename does not overwrite.
-            let _ = sftp.remove(self.full.as_str()).await;
-            sftp.rename(self.temp.as_str(), self.full.as_str())
-                .await
-                .map_err(|e| self.err("renaming into place on", &e))?;
-        }
-        *slot = None;
-        drop(slot);
-        self.confirm().await
+        crate::retry::transient(&self.inner.uri, "confirming", || self.confirm()).await
     }
 
     async fn abort(&self) -> Result<(), ConnectorError> {
-        let mut slot = self.handle.lock().await;
-        let Some(handle) = slot.take() else {
+        if self.is_committed() {
             return Ok(());
-        };
-        let _ = self.conn.sftp.close(handle.as_str()).await;
-        match self.conn.sftp.remove(self.temp.as_str()).await {
+        }
+        if let Some((c, handle)) = self.open.lock().await.take() {
+            let _ = c.sftp.close(handle.as_str()).await;
+        }
+        let c = self.inner.conn().await?;
+        match c.sftp.remove(self.temp.as_str()).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(self.err("removing", &e)),
