@@ -28,8 +28,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::{
-    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
-    check_object_path,
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, ServerUri, VerifyMode,
+    check_object_path, parse_server_uri,
 };
 
 /// Control connections per connector (each carries one transfer at a time).
@@ -151,44 +151,18 @@ impl FtpsConnector {
         password: &str,
     ) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
-        let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
-        if url.scheme() != "ftps" {
-            return Err(invalid(format!("not an ftps URI: {}", url.scheme())));
-        }
-        if url.password().is_some() {
-            return Err(invalid(
-                "passwords do not belong in the URI; set TRACKSHIFT_FTPS_PASSWORD".into(),
-            ));
-        }
-        let user = percent_encoding::percent_decode_str(url.username())
-            .decode_utf8()
-            .map_err(|_| invalid("user name is not UTF-8".into()))?
-            .into_owned();
-        if user.is_empty() {
-            return Err(invalid("ftps:// needs a user: ftps://USER@HOST/DIR".into()));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("ftps:// needs a host".into()))?
-            .to_string();
-        let port = url.port().unwrap_or(21);
-        let raw_path = uri
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
-        let root = percent_encoding::percent_decode_str(raw_path.trim_matches('/'))
-            .decode_utf8()
-            .map_err(|_| invalid("path is not UTF-8".into()))?
-            .into_owned();
-        if !root.is_empty() {
-            check_object_path(&root).map_err(|_| invalid(format!("bad directory {root:?}")))?;
-        }
+        let ServerUri {
+            user,
+            host,
+            port,
+            dir: root,
+            query,
+        } = parse_server_uri(uri, "ftps", 21, "set TRACKSHIFT_FTPS_PASSWORD")?;
         let (mut ca, mut server_name) = (None, None);
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "ca" => ca = Some(PathBuf::from(v.as_ref())),
-                "server_name" => server_name = Some(v.into_owned()),
+        for (k, v) in query {
+            match k.as_str() {
+                "ca" => ca = Some(PathBuf::from(v)),
+                "server_name" => server_name = Some(v),
                 other => {
                     return Err(invalid(format!(
                         "unknown setting {other:?} (allowed: ca, server_name)"

@@ -178,6 +178,85 @@ pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>
     )))
 }
 
+/// The parts of a `SCHEME://USER@HOST[:PORT]/DIR?QUERY` destination (SFTP, FTPS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUri {
+    /// User name (percent-decoded).
+    pub user: String,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The directory, a checked relative path ("" for the server's root).
+    pub dir: String,
+    /// Query settings, in order.
+    pub query: Vec<(String, String)>,
+}
+
+/// The path of `uri` exactly as written (before a URL parser resolves `..`),
+/// percent-decoded and checked with [`check_object_path`]; "" when there is none.
+pub fn uri_path(uri: &str) -> Result<String, ConnectorError> {
+    let raw = uri
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
+    let path = percent_encoding::percent_decode_str(raw.trim_matches('/'))
+        .decode_utf8()
+        .map_err(|_| ConnectorError::InvalidUri(format!("path {raw:?} is not UTF-8")))?
+        .into_owned();
+    if !path.is_empty() {
+        check_object_path(&path)
+            .map_err(|_| ConnectorError::InvalidUri(format!("bad path {path:?}")))?;
+    }
+    Ok(path)
+}
+
+/// Parses a server destination URI of `scheme`; `no_password` says where the secret goes
+/// instead (passwords in URIs are refused).
+pub fn parse_server_uri(
+    uri: &str,
+    scheme: &str,
+    default_port: u16,
+    no_password: &str,
+) -> Result<ServerUri, ConnectorError> {
+    let invalid = |m: String| ConnectorError::InvalidUri(m);
+    let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
+    if url.scheme() != scheme {
+        return Err(invalid(format!("not an {scheme} URI: {}", url.scheme())));
+    }
+    if url.password().is_some() {
+        return Err(invalid(format!(
+            "passwords do not belong in the URI; {no_password}"
+        )));
+    }
+    let user = percent_encoding::percent_decode_str(url.username())
+        .decode_utf8()
+        .map_err(|_| invalid("user name is not UTF-8".into()))?
+        .into_owned();
+    if user.is_empty() {
+        return Err(invalid(format!(
+            "{scheme}:// needs a user: {scheme}://USER@HOST/DIR"
+        )));
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| invalid(format!("{scheme}:// needs a host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(ServerUri {
+        user,
+        host,
+        port: url.port().unwrap_or(default_port),
+        dir: uri_path(uri)?,
+        query: url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    })
+}
+
 /// Checks that `path` is a safe relative object path: `/`-separated, no empty, `.` or `..`
 /// components, no NUL or backslash.
 pub fn check_object_path(path: &str) -> Result<(), ConnectorError> {

@@ -130,15 +130,7 @@ impl ObjectStoreConnector {
             .ok_or_else(|| invalid(format!("{}:// needs a bucket or container", url.scheme())))?
             .to_string();
         // The URL parser resolves `..`; refuse it in the text as given instead.
-        let raw_path = uri
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
-        let raw_prefix = percent_decode(raw_path.trim_matches('/'))?;
-        if !raw_prefix.is_empty() {
-            check_object_path(&raw_prefix)
-                .map_err(|_| invalid(format!("bad prefix {raw_prefix:?}")))?;
-        }
+        crate::uri_path(uri).map_err(|e| invalid(format!("bad prefix: {e}")))?;
         let prefix = percent_decode(url.path().trim_matches('/'))?;
         if !prefix.is_empty() {
             check_object_path(&prefix).map_err(|_| invalid(format!("bad prefix {prefix:?}")))?;

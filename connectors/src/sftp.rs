@@ -25,8 +25,8 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::sync::Mutex;
 
 use crate::{
-    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
-    check_object_path,
+    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, ServerUri, VerifyMode,
+    check_object_path, parse_server_uri,
 };
 
 /// Bytes per SFTP write request (OpenSSH accepts up to 256 KiB messages).
@@ -186,47 +186,19 @@ impl SftpConnector {
 impl SftpInner {
     fn parse(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
-        let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
-        if url.scheme() != "sftp" {
-            return Err(invalid(format!("not an sftp URI: {}", url.scheme())));
-        }
-        if url.password().is_some() {
-            return Err(invalid(
-                "passwords do not belong in the URI; SFTP uses key authentication".into(),
-            ));
-        }
-        let user = percent_encoding::percent_decode_str(url.username())
-            .decode_utf8()
-            .map_err(|_| invalid("user name is not UTF-8".into()))?
-            .into_owned();
-        if user.is_empty() {
-            return Err(invalid("sftp:// needs a user: sftp://USER@HOST/DIR".into()));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("sftp:// needs a host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = url.port().unwrap_or(22);
-        let raw_path = uri
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
-        let root = percent_encoding::percent_decode_str(raw_path.trim_matches('/'))
-            .decode_utf8()
-            .map_err(|_| invalid("path is not UTF-8".into()))?
-            .into_owned();
-        if !root.is_empty() {
-            check_object_path(&root).map_err(|_| invalid(format!("bad directory {root:?}")))?;
-        }
+        let ServerUri {
+            user,
+            host,
+            port,
+            dir: root,
+            query,
+        } = parse_server_uri(uri, "sftp", 22, "SFTP uses key authentication")?;
         let (mut key, mut known_hosts, mut fingerprint) = (None, None, None);
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "key" => key = Some(PathBuf::from(v.as_ref())),
-                "known_hosts" => known_hosts = Some(PathBuf::from(v.as_ref())),
-                "fingerprint" => fingerprint = Some(v.into_owned()),
+        for (k, v) in query {
+            match k.as_str() {
+                "key" => key = Some(PathBuf::from(v)),
+                "known_hosts" => known_hosts = Some(PathBuf::from(v)),
+                "fingerprint" => fingerprint = Some(v),
                 other => {
                     return Err(invalid(format!(
                         "unknown setting {other:?} (allowed: key, known_hosts, fingerprint)"
