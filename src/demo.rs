@@ -85,7 +85,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     cfg.chunk_size = args.chunk_size;
     let report = crate::transfer::send_with_progress(&source, &cfg).await?;
     let receipts = dir.join("receipts").join(&report.job_id);
-    let (manifest_path, receipt_path) = crate::transfer::write_documents(&receipts, &report)?;
+    let (manifest_path, receipt_paths) = crate::transfer::write_documents(&receipts, &report)?;
+    let receipt_path = receipt_paths[0].clone();
     println!(
         "3. sent {} bytes in {:.2} s: {:.2} Gbit/s, {} chunk streams, every chunk verified (BLAKE3) before it was acknowledged",
         report.bytes,

@@ -47,9 +47,11 @@ pub struct SendArgs {
     #[arg(long)]
     to: SocketAddr,
     /// Destination at the gateway: `file:///DIR`, `s3://BUCKET/PREFIX`,
-    /// `az://CONTAINER/PREFIX` or `null://` (the gateway holds the credentials).
-    #[arg(long)]
-    dest: String,
+    /// `az://CONTAINER/PREFIX`, `sftp://...`, `ftps://...` or `null://` (the gateway holds
+    /// the credentials). Repeat it to fan out: the data is sent once and written to every
+    /// destination, each with its own receipt.
+    #[arg(long, required = true)]
+    dest: Vec<String>,
     /// Pin the gateway certificate by its SHA-256 fingerprint (printed by `serve`).
     #[arg(long, conflicts_with = "ca")]
     fingerprint: Option<String>,
@@ -178,16 +180,17 @@ pub async fn send(args: SendArgs) -> Result<()> {
         args.to,
         trust(args.fingerprint.as_deref(), args.ca.as_deref())?,
         token,
-        &args.dest,
+        &args.dest[0],
     );
+    cfg.destinations = args.dest.clone();
     cfg.server_name = args.server_name.clone();
-    cfg.chunk_size = args
-        .chunk_size
-        .unwrap_or(if args.dest.starts_with("s3://") {
-            8 << 20
-        } else {
-            4 << 20
-        });
+    cfg.chunk_size =
+        args.chunk_size
+            .unwrap_or(if args.dest.iter().any(|d| d.starts_with("s3://")) {
+                8 << 20
+            } else {
+                4 << 20
+            });
     cfg.in_flight_bytes = args.in_flight;
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;
@@ -196,7 +199,7 @@ pub async fn send(args: SendArgs) -> Result<()> {
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("trackshift-receipts").join(&report.job_id));
-    let (manifest, receipt) = write_documents(&out_dir, &report)?;
+    let (manifest, receipts) = write_documents(&out_dir, &report)?;
     println!(
         "sent {} bytes in {:.2} s ({:.2} Gbit/s), job {}",
         report.bytes,
@@ -205,18 +208,29 @@ pub async fn send(args: SendArgs) -> Result<()> {
         report.job_id
     );
     println!("manifest: {}", manifest.display());
-    println!("receipt:  {}", receipt.display());
+    for (dest, receipt) in args.dest.iter().zip(&receipts) {
+        println!("receipt:  {} ({dest})", receipt.display());
+    }
     Ok(())
 }
 
-/// Writes `manifest.json` and `receipt.json` of a finished send into `dir`.
-pub fn write_documents(dir: &Path, report: &SendReport) -> Result<(PathBuf, PathBuf)> {
+/// Writes `manifest.json` and the receipts of a finished send into `dir`: `receipt.json`
+/// for the first destination, `receipt-2.json`, `receipt-3.json`, ... for the others.
+pub fn write_documents(dir: &Path, report: &SendReport) -> Result<(PathBuf, Vec<PathBuf>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let m = dir.join("manifest.json");
-    let r = dir.join("receipt.json");
     crate::write_doc(&m, report.manifest.trim_end())?;
-    crate::write_doc(&r, report.receipt.trim_end())?;
-    Ok((m, r))
+    let mut paths = Vec::with_capacity(report.receipts.len());
+    for (i, r) in report.receipts.iter().enumerate() {
+        let p = dir.join(if i == 0 {
+            "receipt.json".to_string()
+        } else {
+            format!("receipt-{}.json", i + 1)
+        });
+        crate::write_doc(&p, r.trim_end())?;
+        paths.push(p);
+    }
+    Ok((m, paths))
 }
 
 /// Bits per second in Gbit/s.

@@ -92,6 +92,46 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
             assert!(err.contains("at least 8388608"), "{err}");
         }
     }
+    // One job fanned out to all four: the data crosses the network once, each destination
+    // holds it and has its own receipt.
+    let mut fan = vec![
+        "send",
+        "src",
+        "--to",
+        &gw.quic,
+        "--fingerprint",
+        &gw.fingerprint,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--out-dir",
+        "receipts/fan-out",
+    ];
+    let fan_dests: Vec<String> = [
+        "TRACKSHIFT_TEST_S3",
+        "TRACKSHIFT_TEST_AZURE",
+        "TRACKSHIFT_TEST_SFTP",
+        "TRACKSHIFT_TEST_FTPS",
+    ]
+    .iter()
+    .map(|v| {
+        common::under(
+            &server(v),
+            &format!("fan-{}", uuid::Uuid::new_v4().simple()),
+        )
+    })
+    .collect();
+    for d in &fan_dests {
+        fan.extend_from_slice(&["--dest", d]);
+    }
+    let (code, out, err) = run(&fan, dir);
+    assert_eq!(code, 0, "fan-out: {out}\n{err}");
+    for d in &fan_dests {
+        let c = from_uri_with(d, VerifyMode::Size).unwrap();
+        let (size, hash) = rt.block_on(c.read_back("sub/big.bin")).unwrap();
+        assert_eq!(size, files[2].1.len() as u64, "{d}");
+        assert_eq!(hash, *blake3::hash(&files[2].1).as_bytes(), "{d}");
+    }
+
     // The receipts verify with the gateway's public keys.
     let (code, _, err) = run(
         &[
@@ -105,11 +145,20 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
         dir,
     );
     assert_eq!(code, 0, "{err}");
-    let receipts: Vec<_> = std::fs::read_dir(dir.join("receipts"))
+    let mut receipts: Vec<_> = std::fs::read_dir(dir.join("receipts"))
         .unwrap()
-        .map(|e| e.unwrap().path().join("receipt.json"))
+        .flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("receipt")
+        })
         .collect();
-    assert_eq!(receipts.len(), 4);
+    receipts.sort();
+    assert_eq!(receipts.len(), 8, "{receipts:?}");
     for r in receipts {
         let (code, out, err) = run(
             &["verify", r.to_str().unwrap(), "--public-keys", "pk.json"],

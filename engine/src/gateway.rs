@@ -225,11 +225,22 @@ struct Job {
     tenant: String,
     dir: PathBuf,
     state: Mutex<ReceiverJob>,
-    connector: Arc<dyn Connector>,
-    writers: Vec<OnceCell<Arc<dyn ObjectWriter>>>,
+    /// Where the job writes: one or more destinations, each chunk to all of them.
+    dests: Vec<Dest>,
+    /// Fail-closed: any destination failing fails the job (else a failing destination is
+    /// dropped, recorded in its receipt, while the others carry on).
+    strict: bool,
     resume: bool,
     commit_tx: mpsc::UnboundedSender<Pending>,
-    finished: tokio::sync::Mutex<Option<(String, String)>>,
+    finished: tokio::sync::Mutex<Option<(String, Vec<String>)>>,
+    failed: Mutex<Option<String>>,
+}
+
+/// One destination of a job.
+struct Dest {
+    connector: Arc<dyn Connector>,
+    writers: Vec<OnceCell<Arc<dyn ObjectWriter>>>,
+    /// Why this destination was dropped (non-strict fan-out).
     failed: Mutex<Option<String>>,
 }
 
@@ -238,8 +249,9 @@ impl Job {
         self.state.lock().expect("job lock").open().clone()
     }
 
-    async fn writer(&self, file: u32) -> Result<Arc<dyn ObjectWriter>, GatewayError> {
-        let cell = self
+    async fn writer(&self, dest: usize, file: u32) -> Result<Arc<dyn ObjectWriter>, GatewayError> {
+        let d = &self.dests[dest];
+        let cell = d
             .writers
             .get(file as usize)
             .ok_or_else(|| GatewayError::Job(format!("file index {file} out of range")))?;
@@ -247,17 +259,99 @@ impl Job {
             .get_or_try_init(|| async {
                 let open = self.open();
                 let f = &open.files[file as usize];
+                let state = if dest == 0 {
+                    format!("upload-{file}.json")
+                } else {
+                    format!("upload-{dest}-{file}.json")
+                };
                 let spec = ObjectSpec {
                     job_id: open.job_id.clone(),
                     path: f.path.clone(),
                     size: f.size,
                     chunk_size: open.chunk_size,
-                    state_file: Some(self.dir.join(format!("upload-{file}.json"))),
+                    state_file: Some(self.dir.join(state)),
                 };
-                self.connector.open(&spec, self.resume).await
+                d.connector.open(&spec, self.resume).await
             })
             .await?;
         Ok(w.clone())
+    }
+
+    /// Destinations still being written.
+    fn live(&self) -> Vec<usize> {
+        (0..self.dests.len())
+            .filter(|&d| self.dests[d].failed.lock().expect("dest lock").is_none())
+            .collect()
+    }
+
+    /// Records that destination `d` failed with `e`. The job goes on without it unless it is
+    /// strict or no destination is left; then the error is returned (the job fails).
+    async fn drop_dest(&self, d: usize, e: GatewayError) -> Result<(), GatewayError> {
+        let uri = self.dests[d].connector.uri().to_string();
+        if self.strict || self.dests.len() == 1 {
+            return Err(e);
+        }
+        {
+            let mut failed = self.dests[d].failed.lock().expect("dest lock");
+            if failed.is_some() {
+                return Ok(());
+            }
+            *failed = Some(e.to_string());
+        }
+        warn!(tenant = %self.tenant, destination = %uri, error = %e, "destination dropped from the job");
+        // Leave nothing behind there: partial objects are aborted.
+        for w in &self.dests[d].writers {
+            if let Some(w) = w.get() {
+                let _ = w.abort().await;
+            }
+        }
+        if self.live().is_empty() {
+            return Err(GatewayError::Job(format!(
+                "every destination failed; the last: {uri}: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes a chunk to every live destination at once (the same `Bytes`, no copy).
+    async fn write_all(
+        &self,
+        file: u32,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), GatewayError> {
+        let live = self.live();
+        let writes = live.iter().map(|&d| {
+            let data = data.clone();
+            async move {
+                let w = self.writer(d, file).await?;
+                w.write_at(offset, data).await.map_err(GatewayError::from)
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        for (d, r) in live.into_iter().zip(results) {
+            if let Err(e) = r {
+                self.drop_dest(d, e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes file `file` durable at every live destination.
+    async fn sync_all(&self, file: u32) -> Result<(), GatewayError> {
+        for d in self.live() {
+            let r = async {
+                self.writer(d, file)
+                    .await?
+                    .sync()
+                    .await
+                    .map_err(GatewayError::from)
+            };
+            if let Err(e) = r.await {
+                self.drop_dest(d, e).await?;
+            }
+        }
+        Ok(())
     }
 
     fn fail(&self, reason: String) {
@@ -493,21 +587,29 @@ impl Shared {
             let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
             trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
         }
-        let connector = (self.connectors)(&open.destination, self.verify)?;
-        for f in &open.files {
-            let min = connector.min_chunk_size(f.size);
-            if f.size > open.chunk_size && open.chunk_size < min {
-                return Err(GatewayError::Job(format!(
-                    "{} needs chunks of at least {min} bytes for {} ({} bytes); this job uses {}",
-                    connector.uri(),
-                    f.path,
-                    f.size,
-                    open.chunk_size
-                )));
+        let mut dests = Vec::with_capacity(open.destinations.len());
+        for uri in &open.destinations {
+            let connector = (self.connectors)(uri, self.verify)?;
+            for f in &open.files {
+                let min = connector.min_chunk_size(f.size);
+                if f.size > open.chunk_size && open.chunk_size < min {
+                    return Err(GatewayError::Job(format!(
+                        "{} needs chunks of at least {min} bytes for {} ({} bytes); this job uses {}",
+                        connector.uri(),
+                        f.path,
+                        f.size,
+                        open.chunk_size
+                    )));
+                }
             }
+            connector.check().await?;
+            dests.push(Dest {
+                connector,
+                writers: (0..open.files.len()).map(|_| OnceCell::new()).collect(),
+                failed: Mutex::new(None),
+            });
         }
-        connector.check().await?;
-        let finished = read_finished(&dir);
+        let finished = read_finished(&dir, open.destinations.len());
         let log_path = dir.join("chunks.log");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -518,9 +620,9 @@ impl Shared {
         let job = Arc::new(Job {
             tenant: tenant.to_string(),
             dir,
-            writers: (0..open.files.len()).map(|_| OnceCell::new()).collect(),
             state: Mutex::new(state),
-            connector,
+            dests,
+            strict: self.verify != VerifyMode::Size,
             resume,
             commit_tx,
             finished: tokio::sync::Mutex::new(finished),
@@ -532,9 +634,20 @@ impl Shared {
     }
 }
 
-fn read_finished(dir: &Path) -> Option<(String, String)> {
+/// Name of the receipt file of destination `d` in a job directory.
+fn receipt_file(d: usize) -> String {
+    if d == 0 {
+        "receipt.json".into()
+    } else {
+        format!("receipt-{}.json", d + 1)
+    }
+}
+
+fn read_finished(dir: &Path, dests: usize) -> Option<(String, Vec<String>)> {
     let m = fs::read_to_string(dir.join("manifest.json")).ok()?;
-    let r = fs::read_to_string(dir.join("receipt.json")).ok()?;
+    let r = (0..dests)
+        .map(|d| fs::read_to_string(dir.join(receipt_file(d))).ok())
+        .collect::<Option<Vec<_>>>()?;
     Some((m, r))
 }
 
@@ -592,7 +705,7 @@ async fn commit_batch(
     files.sort_unstable();
     files.dedup();
     for f in files {
-        job.writer(f).await?.sync().await?;
+        job.sync_all(f).await?;
     }
     let mut records = Vec::with_capacity(batch.len() * protocol::LOG_RECORD_LEN);
     for p in batch {
@@ -785,12 +898,12 @@ async fn control_loop(
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let frame = match finish_job(&shared, &job, &file_hashes).await {
-                        Ok((manifest, receipt)) => {
+                        Ok((manifest, receipts)) => {
                             shared.jobs_completed.fetch_add(1, Ordering::Relaxed);
                             ServerFrame::JobDone {
                                 handle,
                                 manifest,
-                                receipt,
+                                receipts,
                             }
                         }
                         Err(e) => {
@@ -812,9 +925,11 @@ async fn control_loop(
                 let job = state.handles.lock().expect("handles lock").remove(&handle);
                 if let Some(job) = job {
                     info!(tenant = %job.tenant, job = %job.open().job_id, %reason, "job cancelled");
-                    for w in &job.writers {
-                        if let Some(w) = w.get() {
-                            let _ = w.abort().await;
+                    for d in &job.dests {
+                        for w in &d.writers {
+                            if let Some(w) = w.get() {
+                                let _ = w.abort().await;
+                            }
                         }
                     }
                     let key = (job.tenant.clone(), job.open().job_id);
@@ -948,9 +1063,8 @@ async fn handle_chunk_stream(
         });
         return Ok(());
     }
-    let writer = job.writer(header.chunk.file).await?;
-    if let Err(e) = writer
-        .write_at(layout.offset(header.chunk.index), data)
+    if let Err(e) = job
+        .write_all(header.chunk.file, layout.offset(header.chunk.index), data)
         .await
     {
         let reason = format!("writing to destination: {e}");
@@ -959,9 +1073,9 @@ async fn handle_chunk_stream(
             handle: header.handle,
             job_id: job.open().job_id,
             reason,
-            permanent: !e.is_transient(),
+            permanent: !matches!(&e, GatewayError::Connector(c) if c.is_transient()),
         });
-        return Err(e.into());
+        return Err(e);
     }
     let _ = job.commit_tx.send(Pending {
         chunk: header.chunk,
@@ -977,7 +1091,7 @@ async fn finish_job(
     shared: &Arc<Shared>,
     job: &Arc<Job>,
     sender_hashes: &[Hash32],
-) -> Result<(String, String), GatewayError> {
+) -> Result<(String, Vec<String>), GatewayError> {
     let mut finished = job.finished.lock().await;
     if let Some(done) = finished.as_ref() {
         return Ok(done.clone());
@@ -987,34 +1101,24 @@ async fn finish_job(
     }
     let entries = job.state.lock().expect("job lock").finish(sender_hashes)?;
     let open = job.open();
-    let mut size = 0u64;
-    let mut etag = None;
-    for (i, entry) in entries.iter().enumerate() {
-        let conf = job.writer(i as u32).await?.commit().await?;
-        // The destination must hold what the manifest says: its size, and its hash when it
-        // read the object back.
-        if conf.size != entry.size {
-            let e = trackshift_connectors::ConnectorError::SizeMismatch {
-                path: entry.path.clone(),
-                expected: entry.size,
-                actual: conf.size,
-            };
-            job.fail(e.to_string());
-            return Err(e.into());
+    // Commit every live destination; a destination that fails here is dropped like one
+    // that failed a write (or fails the job, in strict mode or when it is the only one).
+    let mut outcomes: Vec<Result<Confirmation, String>> = Vec::with_capacity(job.dests.len());
+    for d in 0..job.dests.len() {
+        if let Some(reason) = job.dests[d].failed.lock().expect("dest lock").clone() {
+            outcomes.push(Err(reason));
+            continue;
         }
-        if let Some(seen) = conf.blake3
-            && seen != entry.blake3.0
-        {
-            let e = trackshift_connectors::ConnectorError::HashMismatch {
-                path: entry.path.clone(),
-                what: "the BLAKE3 of the object read back differs from the file's".into(),
-            };
-            job.fail(e.to_string());
-            return Err(e.into());
-        }
-        size += conf.size;
-        if open.files.len() == 1 {
-            etag = conf.etag;
+        match commit_dest(job, d, &entries).await {
+            Ok(c) => outcomes.push(Ok(c)),
+            Err(e) => {
+                let reason = e.to_string();
+                if let Err(e) = job.drop_dest(d, e).await {
+                    job.fail(e.to_string());
+                    return Err(e);
+                }
+                outcomes.push(Err(reason));
+            }
         }
     }
     let now = Timestamp::now();
@@ -1023,48 +1127,118 @@ async fn finish_job(
         job.tenant.clone(),
         now,
         open.source.clone(),
-        vec![open.destination.clone()],
+        open.destinations.clone(),
         entries,
     )?;
     manifest.sign_with(shared.keys.signer(Purpose::Manifest, now)?.as_ref(), now)?;
-    let mut receipt = Receipt {
-        format: trackshift_crypto::receipt::RECEIPT_FORMAT.to_string(),
-        job_id: open.job_id.clone(),
-        tenant: job.tenant.clone(),
-        manifest_hash: manifest.document_hash()?,
-        destination: open.destination.clone(),
-        bytes: manifest.total_bytes(),
-        confirmation: Confirmation {
-            size,
-            etag,
-            blake3: Some(manifest.root_hash),
-        },
-        status: DeliveryStatus::Confirmed,
-        detail: None,
-        correlation_id: open.correlation_id.clone(),
-        completed_at: now,
-        signature: None,
-        ledger_proof: None,
-    };
-    receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
-    // Record both in the ledger (adjacent: manifest, then receipt) and give the tenant the
-    // receipt's inclusion proof against the checkpoint that committed it.
-    let appended = shared
-        .ledger
-        .append(vec![manifest.signed_bytes()?, receipt.signed_bytes()?])
-        .await?;
-    let proof = shared
-        .ledger
-        .tlog_proof_in(appended.first_index + 1, &appended.checkpoint)?;
-    receipt.ledger_proof = Some(proof.to_text());
-    let (m, r) = (manifest.to_json(), receipt.to_json());
+    let mut receipts = Vec::with_capacity(outcomes.len());
+    for (uri, outcome) in open.destinations.iter().zip(outcomes) {
+        let (confirmation, status, detail) = match outcome {
+            Ok(mut c) => {
+                c.blake3 = Some(manifest.root_hash);
+                (c, DeliveryStatus::Confirmed, None)
+            }
+            Err(reason) => (
+                Confirmation {
+                    size: 0,
+                    etag: None,
+                    blake3: None,
+                },
+                DeliveryStatus::Failed,
+                Some(reason),
+            ),
+        };
+        let mut receipt = Receipt {
+            format: trackshift_crypto::receipt::RECEIPT_FORMAT.to_string(),
+            job_id: open.job_id.clone(),
+            tenant: job.tenant.clone(),
+            manifest_hash: manifest.document_hash()?,
+            destination: uri.clone(),
+            bytes: manifest.total_bytes(),
+            confirmation,
+            status,
+            detail,
+            correlation_id: open.correlation_id.clone(),
+            completed_at: now,
+            signature: None,
+            ledger_proof: None,
+        };
+        receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
+        receipts.push(receipt);
+    }
+    // Record them in the ledger (adjacent: the manifest, then the receipts in destination
+    // order) and give each receipt its inclusion proof against the checkpoint that
+    // committed it.
+    let mut entries = vec![manifest.signed_bytes()?];
+    for r in &receipts {
+        entries.push(r.signed_bytes()?);
+    }
+    let appended = shared.ledger.append(entries).await?;
+    let m = manifest.to_json();
+    let mut texts = Vec::with_capacity(receipts.len());
+    for (i, r) in receipts.iter_mut().enumerate() {
+        let proof = shared
+            .ledger
+            .tlog_proof_in(appended.first_index + 1 + i as u64, &appended.checkpoint)?;
+        r.ledger_proof = Some(proof.to_text());
+        texts.push(r.to_json());
+    }
     trackshift_crypto::filestore::write_atomic(
         &job.dir.join("manifest.json"),
         m.as_bytes(),
         0o644,
     )?;
-    trackshift_crypto::filestore::write_atomic(&job.dir.join("receipt.json"), r.as_bytes(), 0o644)?;
-    info!(tenant = %job.tenant, job = %open.job_id, bytes = manifest.total_bytes(), "job complete; manifest and receipt signed");
-    *finished = Some((m.clone(), r.clone()));
-    Ok((m, r))
+    for (d, r) in texts.iter().enumerate() {
+        trackshift_crypto::filestore::write_atomic(
+            &job.dir.join(receipt_file(d)),
+            r.as_bytes(),
+            0o644,
+        )?;
+    }
+    info!(tenant = %job.tenant, job = %open.job_id, bytes = manifest.total_bytes(), destinations = texts.len(), "job complete; manifest and receipts signed");
+    *finished = Some((m.clone(), texts.clone()));
+    Ok((m, texts))
+}
+
+/// Commits every file of the job at destination `d` and checks what it confirms against
+/// the manifest's entries (size, and the read-back hash when there is one).
+async fn commit_dest(
+    job: &Arc<Job>,
+    d: usize,
+    entries: &[trackshift_crypto::manifest::FileEntry],
+) -> Result<Confirmation, GatewayError> {
+    let mut size = 0u64;
+    let mut etag = None;
+    for (i, entry) in entries.iter().enumerate() {
+        let conf = job.writer(d, i as u32).await?.commit().await?;
+        // The destination must hold what the manifest says: its size, and its hash when it
+        // read the object back.
+        if conf.size != entry.size {
+            return Err(trackshift_connectors::ConnectorError::SizeMismatch {
+                path: entry.path.clone(),
+                expected: entry.size,
+                actual: conf.size,
+            }
+            .into());
+        }
+        if let Some(seen) = conf.blake3
+            && seen != entry.blake3.0
+        {
+            return Err(trackshift_connectors::ConnectorError::HashMismatch {
+                path: entry.path.clone(),
+                what: "the BLAKE3 of the object read back differs from the file's".into(),
+            }
+            .into());
+        }
+        size += conf.size;
+        if entries.len() == 1 {
+            etag = conf.etag;
+        }
+    }
+    // The job's root hash is set once the manifest is built.
+    Ok(Confirmation {
+        size,
+        etag,
+        blake3: None,
+    })
 }

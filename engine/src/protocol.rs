@@ -78,8 +78,9 @@ pub struct FileSpec {
 pub struct OpenJob {
     /// Job id chosen by the sender (a UUID); reopening the same id resumes it.
     pub job_id: String,
-    /// Destination URI at the gateway (`file:///dir`, `null://`).
-    pub destination: String,
+    /// Destination URIs at the gateway (`file:///dir`, `s3://...`, `null://`): one or more;
+    /// the data crosses the network once and is written to every one of them.
+    pub destinations: Vec<String>,
     /// Chunk size for every file.
     pub chunk_size: u64,
     /// Source URI, recorded in the manifest.
@@ -88,6 +89,26 @@ pub struct OpenJob {
     pub files: Vec<FileSpec>,
     /// Correlation id for logs and the receipt.
     pub correlation_id: Option<String>,
+}
+
+/// Most destinations one job may write to.
+pub const MAX_DESTINATIONS: usize = 16;
+
+/// One to [`MAX_DESTINATIONS`] destinations, none repeated.
+fn check_destinations(d: &[String]) -> Result<(), ProtocolError> {
+    if d.is_empty() || d.len() > MAX_DESTINATIONS {
+        return Err(ProtocolError::InvalidJob(format!(
+            "a job needs 1 to {MAX_DESTINATIONS} destinations, not {}",
+            d.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = d.iter().find(|u| !seen.insert(u.as_str())) {
+        return Err(ProtocolError::InvalidJob(format!(
+            "destination {dup} is named twice"
+        )));
+    }
+    Ok(())
 }
 
 /// Position of a chunk within a job.
@@ -163,14 +184,14 @@ pub enum ServerFrame {
         /// Why.
         reason: String,
     },
-    /// The job is complete: signed manifest and receipt (JSON).
+    /// The job is complete: signed manifest and one signed receipt per destination (JSON).
     JobDone {
         /// Job handle.
         handle: u32,
         /// Signed manifest JSON.
         manifest: String,
-        /// Signed receipt JSON.
-        receipt: String,
+        /// Signed receipt JSON, one per destination, in the job's order.
+        receipts: Vec<String>,
     },
     /// The job failed.
     JobFailed {
@@ -354,6 +375,7 @@ pub struct ReceiverJob {
 impl ReceiverJob {
     /// Validates an `OpenJob` and starts with nothing held.
     pub fn new(open: OpenJob) -> Result<Self, ProtocolError> {
+        check_destinations(&open.destinations)?;
         let layouts = layouts(&open)?;
         let hashes: Vec<Vec<Option<Hash32>>> = layouts
             .iter()
@@ -740,7 +762,7 @@ mod tests {
     fn job(sizes: &[u64], chunk_size: u64) -> OpenJob {
         OpenJob {
             job_id: "job-1".into(),
-            destination: "null://".into(),
+            destinations: vec!["null://".into()],
             chunk_size,
             source: "file:///src".into(),
             files: sizes

@@ -94,8 +94,8 @@ pub struct SendConfig {
     pub trust: ServerTrust,
     /// Tenant token.
     pub token: String,
-    /// Destination URI at the gateway.
-    pub destination: String,
+    /// Destination URIs at the gateway (one or more; the data is sent once).
+    pub destinations: Vec<String>,
     /// Chunk size (power of two).
     pub chunk_size: u64,
     /// Most chunk bytes read but not yet acknowledged.
@@ -125,7 +125,7 @@ impl SendConfig {
             server_name: "localhost".into(),
             trust,
             token: token.into(),
-            destination: destination.into(),
+            destinations: vec![destination.into()],
             chunk_size: trackshift_crypto::hash::DEFAULT_CHUNK_SIZE,
             in_flight_bytes: 256 << 20,
             pq_only: false,
@@ -155,8 +155,10 @@ pub struct SendReport {
     pub job_id: String,
     /// The signed manifest (JSON).
     pub manifest: String,
-    /// The signed receipt (JSON).
+    /// The signed receipt (JSON) of the first destination.
     pub receipt: String,
+    /// The signed receipts (JSON), one per destination, in order (the first is `receipt`).
+    pub receipts: Vec<String>,
     /// Bytes in the job.
     pub bytes: u64,
     /// Chunk streams sent (more than the chunk count when chunks were resent).
@@ -188,8 +190,8 @@ impl Source {
 pub struct JobRequest {
     /// File or directory tree to send.
     pub path: PathBuf,
-    /// Destination URI at the gateway.
-    pub destination: String,
+    /// Destination URIs at the gateway (one or more).
+    pub destinations: Vec<String>,
     /// Job id (default: a new UUID). Reuse one to resume an interrupted job.
     pub job_id: Option<String>,
     /// Correlation id recorded in logs and the receipt.
@@ -201,7 +203,7 @@ impl JobRequest {
     pub fn new(path: impl Into<PathBuf>, destination: impl Into<String>) -> Self {
         Self {
             path: path.into(),
-            destination: destination.into(),
+            destinations: vec![destination.into()],
             job_id: None,
             correlation_id: None,
         }
@@ -217,7 +219,7 @@ pub async fn send_path(
 ) -> Result<SendReport, SendError> {
     let request = JobRequest {
         path: path.to_path_buf(),
-        destination: cfg.destination.clone(),
+        destinations: cfg.destinations.clone(),
         job_id: cfg.job_id.clone(),
         correlation_id: cfg.correlation_id.clone(),
     };
@@ -264,10 +266,11 @@ pub async fn send_jobs(
             .zip(results.iter_mut())
             .map(|(job, slot)| {
                 slot.take().unwrap_or_else(|| match job.outcome {
-                    Some(Ok((manifest, receipt))) => Ok(SendReport {
+                    Some(Ok((manifest, receipts))) => Ok(SendReport {
                         job_id: job.open.job_id.clone(),
                         manifest,
-                        receipt,
+                        receipt: receipts.first().cloned().unwrap_or_default(),
+                        receipts,
                         bytes: job.total_bytes,
                         chunks_sent: job.chunks_sent,
                         reconnects,
@@ -371,7 +374,7 @@ struct JobState {
     reopens: u32,
     /// Set when the job can no longer change (success or final error).
     done: bool,
-    outcome: Option<Result<(String, String), SendError>>,
+    outcome: Option<Result<(String, Vec<String>), SendError>>,
     finished: Option<Duration>,
 }
 
@@ -392,7 +395,7 @@ impl JobState {
                 .job_id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            destination: req.destination.clone(),
+            destinations: req.destinations.clone(),
             chunk_size,
             source: source_uri,
             files: listed.iter().map(|(_, spec)| spec.clone()).collect(),
@@ -423,7 +426,7 @@ impl JobState {
         Self {
             open: OpenJob {
                 job_id: String::new(),
-                destination: String::new(),
+                destinations: Vec::new(),
                 chunk_size: 0,
                 source: String::new(),
                 files: Vec::new(),
@@ -459,7 +462,7 @@ impl JobState {
         self.finish_sent = false;
     }
 
-    fn settle(&mut self, outcome: Result<(String, String), SendError>, at: Duration) {
+    fn settle(&mut self, outcome: Result<(String, Vec<String>), SendError>, at: Duration) {
         self.detach();
         self.done = true;
         self.outcome = Some(outcome);
@@ -635,13 +638,21 @@ async fn connection(
                         }
                         j.sender().on_reject(chunk)?;
                     }
-                    Event::Frame(ServerFrame::JobDone { handle: h, manifest, receipt }) => {
+                    Event::Frame(ServerFrame::JobDone { handle: h, manifest, receipts }) => {
                         let i = job_for(&by_handle, h)?;
                         if jobs[i].done {
                             continue;
                         }
                         info!(job = %jobs[i].open.job_id, "job done");
-                        jobs[i].settle(Ok((manifest, receipt)), at);
+                        if receipts.len() != jobs[i].open.destinations.len() {
+                            return Err(ProtocolError::Unexpected(format!(
+                                "{} receipts for {} destinations",
+                                receipts.len(),
+                                jobs[i].open.destinations.len()
+                            ))
+                            .into());
+                        }
+                        jobs[i].settle(Ok((manifest, receipts)), at);
                     }
                     Event::Frame(ServerFrame::JobFailed { handle: h, job_id, reason, permanent }) => {
                         let i = match by_handle.get(&h) {

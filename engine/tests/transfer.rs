@@ -641,6 +641,8 @@ struct Misreporting {
 enum Lie {
     Size,
     Hash,
+    /// Every write fails (a destination that breaks during the job).
+    Writes,
 }
 
 struct MisreportingWriter {
@@ -677,6 +679,9 @@ impl Connector for Misreporting {
 #[async_trait::async_trait]
 impl ObjectWriter for MisreportingWriter {
     async fn write_at(&self, offset: u64, data: bytes::Bytes) -> Result<(), ConnectorError> {
+        if let Lie::Writes = self.lie {
+            return Err(ConnectorError::Unavailable("injected write failure".into()));
+        }
         self.inner.write_at(offset, data).await
     }
     async fn sync(&self) -> Result<(), ConnectorError> {
@@ -687,6 +692,7 @@ impl ObjectWriter for MisreportingWriter {
         match self.lie {
             Lie::Size => c.size += 1,
             Lie::Hash => c.blake3 = Some([0x5a; 32]),
+            Lie::Writes => {}
         }
         Ok(c)
     }
@@ -718,6 +724,7 @@ async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
         let want = match lie {
             Lie::Size => "holds",
             Lie::Hash => "differs",
+            Lie::Writes => unreachable!(),
         };
         assert!(err.to_string().contains(want), "{lie:?}: {err}");
         // No receipt was signed for the job.
@@ -726,6 +733,108 @@ async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
             .filter(|p| p.ends_with("receipt.json"))
             .count();
         assert_eq!(receipts, 0, "{lie:?}");
+        gw.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_fans_out_to_several_destinations_with_a_receipt_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 300_000);
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    let mut cfg = gw.send_config(&a);
+    cfg.destinations.push(format!("file://{}", b.display()));
+    let report = send_path(&src, &cfg, |_| {}).await.unwrap();
+    assert_same_tree(&src, &a);
+    assert_same_tree(&src, &b);
+    // The data crossed the network once.
+    let chunks = report.chunks_sent;
+    let ring = gw.gateway.public_keyring().unwrap();
+    let manifest = Manifest::from_json(report.manifest.as_bytes()).unwrap();
+    manifest.verify_signature(&ring).unwrap();
+    assert_eq!(manifest.destinations, cfg.destinations);
+    assert_eq!(report.receipts.len(), 2);
+    for (r, dest) in report.receipts.iter().zip(&cfg.destinations) {
+        let r = Receipt::from_json(r.as_bytes()).unwrap();
+        r.verify(&ring, Some(&manifest)).unwrap();
+        assert_eq!(&r.destination, dest);
+        assert_eq!(r.status.as_str(), "confirmed");
+        assert_eq!(r.confirmation.size, manifest.total_bytes());
+    }
+    assert_eq!(gw.gateway.ledger().size(), 3, "manifest and two receipts");
+    let files = walk(&src).len() as u64;
+    assert!(
+        chunks >= files && chunks < 2 * files + 10,
+        "{chunks} chunk streams"
+    );
+
+    // The same destination twice is refused.
+    let mut twice = gw.send_config(&a);
+    twice.destinations.push(twice.destinations[0].clone());
+    let err = send_path(&src, &twice, |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("named twice"), "{err}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fan_out_destination_is_recorded_or_fails_a_strict_job() {
+    for strict in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = make_source(tmp.path(), 200_000);
+        let gw = Running::start_with(&tmp.path().join("gw"), |cfg| {
+            cfg.verify = if strict {
+                VerifyMode::Strict
+            } else {
+                VerifyMode::Size
+            };
+            cfg.connectors = Arc::new(|uri, verify| {
+                let inner = trackshift_connectors::from_uri_with(uri, verify)?;
+                Ok(if uri.contains("broken") {
+                    Arc::new(Misreporting {
+                        inner,
+                        lie: Lie::Writes,
+                    }) as Arc<dyn Connector>
+                } else {
+                    inner
+                })
+            });
+        })
+        .await;
+        let (good, broken) = (tmp.path().join("good"), tmp.path().join("broken"));
+        fs::create_dir_all(&good).unwrap();
+        fs::create_dir_all(&broken).unwrap();
+        let mut cfg = gw.send_config(&good);
+        cfg.destinations
+            .push(format!("file://{}", broken.display()));
+        let result = send_path(&src, &cfg, |_| {}).await;
+        if strict {
+            let err = result.expect_err("a strict job with a failing destination succeeded");
+            assert!(err.to_string().contains("injected"), "{err}");
+        } else {
+            let report = result.unwrap();
+            assert_same_tree(&src, &good);
+            let ring = gw.gateway.public_keyring().unwrap();
+            let manifest = Manifest::from_json(report.manifest.as_bytes()).unwrap();
+            let ok = Receipt::from_json(report.receipts[0].as_bytes()).unwrap();
+            ok.verify(&ring, Some(&manifest)).unwrap();
+            assert_eq!(ok.status.as_str(), "confirmed");
+            let failed = Receipt::from_json(report.receipts[1].as_bytes()).unwrap();
+            failed.verify(&ring, Some(&manifest)).unwrap();
+            assert_eq!(failed.status.as_str(), "failed");
+            assert!(
+                failed
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("injected")),
+                "{:?}",
+                failed.detail
+            );
+            // Nothing was published at the failed destination.
+            assert!(walk(&broken).is_empty(), "{:?}", walk(&broken));
+        }
         gw.stop().await;
     }
 }
