@@ -14,7 +14,9 @@ use trackshift_connectors::{ObjectSpec, VerifyMode, from_uri_with};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let uri = args.get(1).ok_or("usage: put URI [SIZE_MIB [CHUNK_MIB [CONCURRENCY]]]")?;
+    let uri = args
+        .get(1)
+        .ok_or("usage: put URI [SIZE_MIB [CHUNK_MIB [CONCURRENCY]]]")?;
     let size_mib: u64 = args.get(2).map_or(Ok(2048), |a| a.parse())?;
     let chunk_mib: u64 = args.get(3).map_or(Ok(8), |a| a.parse())?;
     let concurrency: usize = args.get(4).map_or(Ok(8), |a| a.parse())?;

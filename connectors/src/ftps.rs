@@ -535,13 +535,7 @@ struct FtpsWriter {
 impl FtpsWriter {
     async fn confirm(&self) -> Result<Confirmation, ConnectorError> {
         let size = self.inner.size_of(&self.full).await?.unwrap_or(0);
-        if size != self.spec.size {
-            return Err(ConnectorError::SizeMismatch {
-                path: self.spec.path.clone(),
-                expected: self.spec.size,
-                actual: size,
-            });
-        }
+        self.spec.check_size(size)?;
         let blake3 = if self.inner.verify == VerifyMode::Size {
             None
         } else {
@@ -649,13 +643,7 @@ impl ObjectWriter for FtpsWriter {
             self.inner.store_at(&self.temp, 0, &[]).await?;
         }
         let size = self.inner.size_of(&self.temp).await?.unwrap_or(0);
-        if size != self.spec.size {
-            return Err(ConnectorError::SizeMismatch {
-                path: self.spec.path.clone(),
-                expected: self.spec.size,
-                actual: size,
-            });
-        }
+        self.spec.check_size(size)?;
         crate::retry::transient(&self.inner.uri, "renaming into place on", || {
             bounded(&self.inner.uri, "renaming into place on", EXCHANGE, async {
                 let mut l = self.inner.lease().await?;

@@ -80,6 +80,18 @@ pub struct ObjectSpec {
 }
 
 impl ObjectSpec {
+    /// Refuses a destination's report of `actual` bytes when the object should hold `size`.
+    pub fn check_size(&self, actual: u64) -> Result<(), ConnectorError> {
+        if actual != self.size {
+            return Err(ConnectorError::SizeMismatch {
+                path: self.path.clone(),
+                expected: self.size,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses a write of `len` bytes at `offset` that would reach past the object's size.
     pub fn check_range(&self, offset: u64, len: u64) -> Result<(), ConnectorError> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {

@@ -216,13 +216,7 @@ impl LocalWriter {
         verify: VerifyMode,
     ) -> Result<Confirmation, ConnectorError> {
         let m = fs::metadata(final_path).map_err(io("checking", final_path))?;
-        if m.len() != spec.size {
-            return Err(ConnectorError::SizeMismatch {
-                path: spec.path.clone(),
-                expected: spec.size,
-                actual: m.len(),
-            });
-        }
+        spec.check_size(m.len())?;
         let blake3 = if verify == VerifyMode::Size {
             None
         } else {
@@ -273,13 +267,7 @@ impl ObjectWriter for LocalWriter {
         let conf = blocking(move || {
             file.sync_all().map_err(io("syncing", &temp))?;
             let len = file.metadata().map_err(io("checking", &temp))?.len();
-            if len != spec.size {
-                return Err(ConnectorError::SizeMismatch {
-                    path: spec.path.clone(),
-                    expected: spec.size,
-                    actual: len,
-                });
-            }
+            spec.check_size(len)?;
             fs::rename(&temp, &final_path).map_err(io("renaming into place", &final_path))?;
             let dir = final_path.parent().expect("has parent");
             File::open(dir)

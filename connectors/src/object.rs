@@ -521,13 +521,8 @@ impl Writer {
             let _ = self.store.delete(&self.location).await;
             Err(e)
         };
-        if meta.size != self.spec.size {
-            return fail(ConnectorError::SizeMismatch {
-                path: self.spec.path.clone(),
-                expected: self.spec.size,
-                actual: meta.size,
-            })
-            .await;
+        if let Err(e) = self.spec.check_size(meta.size) {
+            return fail(e).await;
         }
         let etag = etag.or(meta.e_tag).map(|e| e.trim_matches('"').to_string());
         if self.verify != VerifyMode::Size

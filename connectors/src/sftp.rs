@@ -611,13 +611,7 @@ impl SftpWriter {
                 .attrs
                 .size
                 .unwrap_or(0);
-            if size != self.spec.size {
-                return Err(ConnectorError::SizeMismatch {
-                    path: self.spec.path.clone(),
-                    expected: self.spec.size,
-                    actual: size,
-                });
-            }
+            self.spec.check_size(size)?;
             if c.posix_rename {
                 let mut data = Vec::new();
                 ssh_string(&mut data, &self.temp);
@@ -661,13 +655,7 @@ impl SftpWriter {
             Ok(a) => a.attrs.size.unwrap_or(0),
             Err(e) => return Err(self.err("confirming", &e)),
         };
-        if size != self.spec.size {
-            return Err(ConnectorError::SizeMismatch {
-                path: self.spec.path.clone(),
-                expected: self.spec.size,
-                actual: size,
-            });
-        }
+        self.spec.check_size(size)?;
         // SFTP gives no content hash: strict mode reads the file back.
         let blake3 = if self.inner.verify == VerifyMode::Size {
             None
