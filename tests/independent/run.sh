@@ -212,11 +212,12 @@ expect 0 "failed receipt with detail" -- --public-keys pub.json --manifest m1.js
 expect 0 "unconfirmed receipt, optional fields absent" -- --public-keys pub.json --manifest m1.json r1-unconfirmed.json
 expect 0 "receipt signed with the rotated key, bound to its manifest" -- --public-keys pub.json --manifest m2s.json r2s.json
 expect 0 "gateway manifest from a QUIC transfer" -- --public-keys "$dk" --data demo/destination "$dm"
-# Gateway receipts carry a ledger proof (FORMATS.md section 8), which this verifier does
-# not implement yet and therefore refuses; the signature and the binding are checked on a
-# copy without it (the proof is not signed, so removing it keeps the signature valid).
+# Gateway receipts carry a C2SP tlog-proof of their ledger entry (FORMATS.md section 8):
+# checkpoint signed Ed25519 and co-signed ML-DSA-44, RFC 9162 inclusion proof.
+expect 0 "gateway receipt with its ledger proof, bound to its manifest" -- --public-keys "$dk" --manifest "$dm" "$dr"
+# The proof is not signed: a copy without it still verifies (signature and binding).
 edit "$dr" dr-noproof.json 'd["ledger_proof"] = None'
-expect 0 "gateway receipt bound to its manifest" -- --public-keys "$dk" --manifest "$dm" dr-noproof.json
+expect 0 "gateway receipt without its ledger proof" -- --public-keys "$dk" --manifest "$dm" dr-noproof.json
 edit r1-unconfirmed.json t.json 'd["detail"] = None; d["correlation_id"] = None; d["ledger_proof"] = None; d["confirmation"]["etag"] = None'
 expect 0 "optional fields given as null" -- --public-keys pub.json t.json
 expect_py 0 "several files in one run" -- --public-keys pub.json m1.json m2s.json r1.json r2s.json
@@ -290,7 +291,20 @@ expect 1 "receipt attributed to a manifest key" -- --public-keys pub.json t.json
 expect 1 "receipt checked against another manifest" -- --public-keys pub.json --manifest m2s.json r1.json
 expect 1 "gateway receipt checked against a local manifest" -- --public-keys "$dk" --manifest m1.json "$dr"
 edit r1.json t.json 'd["ledger_proof"] = "trackshift.example/log\n1\nAAAA\n"'
-expect malformed "receipt carrying a ledger proof" -- --public-keys pub.json t.json
+expect malformed "receipt carrying a malformed ledger proof" -- --public-keys pub.json t.json
+
+echo "==> tampered ledger proofs are rejected (FORMATS.md section 8)"
+# lp(d) / set_lp(d, lines): the proof's lines.
+edit "$dr" t.json 'L = d["ledger_proof"].split("\n"); L[2] = flip(L[2], 5); d["ledger_proof"] = "\n".join(L)'
+expect 1 "a proof hash changed" -- --public-keys "$dk" t.json
+edit "$dr" t.json 'L = d["ledger_proof"].split("\n"); n = int(L[1].split()[1]); L[1] = "index %d" % (n ^ 1); d["ledger_proof"] = "\n".join(L)'
+expect 1 "the proof names the neighbouring entry" -- --public-keys "$dk" t.json
+edit "$dr" t.json 'L = d["ledger_proof"].split("\n"); i = L.index(""); L[i + 2] = str(int(L[i + 2]) + 1); d["ledger_proof"] = "\n".join(L)'
+expect 1 "the checkpoint's tree size changed (signatures break)" -- --public-keys "$dk" t.json
+edit "$dr" t.json 'L = d["ledger_proof"].split("\n"); d["ledger_proof"] = "\n".join(l for l in L if "/mldsa44 " not in l)'
+expect 1 "the ML-DSA-44 cosignature removed" -- --public-keys "$dk" t.json
+edit "$dk" t-keys.json 'del d["ledger"]'
+expect malformed "a key file without the ledger keys" -- --public-keys t-keys.json "$dr"
 edit r1.json t.json 'v = d["signature"]["value"]; a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"; d["signature"]["value"] = v[:-3] + a[a.index(v[-3]) ^ 1] + "=="'
 expect malformed "non-canonical base64 (same signature bytes)" -- --public-keys pub.json t.json
 

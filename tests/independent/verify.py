@@ -25,11 +25,15 @@ import sys
 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from dilithium_py.ml_dsa import ML_DSA_65
+from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65
 
 
 class Rejected(Exception):
     """The document does not verify."""
+
+
+# The ledger keys of the loaded public key file (section 8), or None.
+LEDGER_KEYS = None
 
 
 # ---------------------------------------------------------------- BLAKE3 (spec section 2)
@@ -241,14 +245,139 @@ def signed_parts(doc, body):
     return sig, message, value
 
 
-def document_hash(doc, body):
+def signed_bytes(doc, body):
     _, message, value = signed_parts(doc, body)
-    return blake3.blake3(message + u32(len(value)) + value).digest()
+    return message + u32(len(value)) + value
+
+
+def document_hash(doc, body):
+    return blake3.blake3(signed_bytes(doc, body)).digest()
+
+
+# ---- Ledger (FORMATS.md section 8): C2SP signed notes, cosignatures, tlog-proofs ----
+
+def parse_vkey(vkey, want_type, want_len):
+    if not isinstance(vkey, str) or vkey.count("+") < 2:
+        raise Rejected(f"malformed verifier key {vkey!r}")
+    # Names never contain "+"; the base64 key data may.
+    name, key_id, data = vkey.split("+", 2)
+    raw = b64(data)
+    if not raw or raw[0] != want_type or len(raw) != 1 + want_len:
+        raise Rejected(f"verifier key {name}: wrong type or length")
+    if hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4].hex() != key_id:
+        raise Rejected(f"verifier key {name}: key id does not match")
+    return name, bytes.fromhex(key_id), raw[1:]
+
+
+def load_ledger_keys(ring):
+    led = ring.get("ledger")
+    if led is None:
+        return None
+    closed(led, {"origin", "log_key", "cosigner_key"}, "ledger keys")
+    origin = led["origin"]
+    log = parse_vkey(led["log_key"], 0x01, 32)
+    cos = parse_vkey(led["cosigner_key"], 0x06, 1312)
+    if log[0] != origin or cos[0] != origin + "/mldsa44":
+        raise Rejected("ledger keys: names do not match the origin")
+    return {"origin": origin, "log": log, "cosigner": cos}
+
+
+def verify_checkpoint(note, led):
+    text, sep, sigs = note.partition("\n\n")
+    lines = text.split("\n")
+    if not sep or len(lines) != 3 or not sigs.endswith("\n"):
+        raise Rejected("malformed checkpoint")
+    origin, size_text, root_text = lines
+    if origin != led["origin"]:
+        raise Rejected(f"checkpoint of another log: {origin!r}")
+    if not re.fullmatch(r"0|[1-9][0-9]{0,19}", size_text):
+        raise Rejected("checkpoint size is not a decimal number")
+    size, root = int(size_text), b64(root_text)
+    if len(root) != 32:
+        raise Rejected("checkpoint root is not 32 bytes")
+    signed = (text + "\n").encode()
+    log_name, log_id, log_pk = led["log"]
+    cos_name, cos_id, cos_pk = led["cosigner"]
+    have_log = have_cos = False
+    for line in sigs[:-1].split("\n"):
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            raise Rejected("malformed checkpoint signature line")
+        name, raw = parts[1], b64(parts[2])
+        if name == log_name and raw[:4] == log_id:
+            if len(raw) != 4 + 64 or not ed25519_verify_strict(log_pk, signed, raw[4:]):
+                raise Rejected("checkpoint: bad log signature")
+            have_log = True
+        elif name == cos_name and raw[:4] == cos_id:
+            if len(raw) != 4 + 8 + 2420:
+                raise Rejected("checkpoint: bad cosignature length")
+            stamp = raw[4:12]
+            message = (b"subtree/v1\n\x00" + bytes([len(name)]) + name.encode() + stamp
+                       + bytes([len(origin)]) + origin.encode() + struct.pack(">QQ", 0, size) + root)
+            if not ML_DSA_44.verify(cos_pk, message, raw[12:], ctx=b""):
+                raise Rejected("checkpoint: bad ML-DSA-44 cosignature")
+            have_cos = True
+    if not (have_log and have_cos):
+        raise Rejected("checkpoint lacks the log signature or the cosignature")
+    return size, root
+
+
+def node(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def verify_inclusion(index, size, leaf, path, root):
+    # RFC 9162 section 2.1.3.2.
+    if index >= size:
+        raise Rejected("ledger proof: index outside the tree")
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            raise Rejected("ledger proof: too many hashes")
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0 or r != root:
+        raise Rejected("ledger proof: the entry is not in the checkpoint's tree")
+
+
+def verify_ledger_proof(text, entry, led):
+    if led is None:
+        raise Rejected("carries a ledger proof but the key file has no ledger keys")
+    lines = text.split("\n")
+    if not lines or lines[0] != "c2sp.org/tlog-proof@v1":
+        raise Rejected("ledger proof: not a c2sp.org/tlog-proof@v1")
+    i = 1
+    if i < len(lines) and lines[i].startswith("extra "):
+        i += 1
+    m = re.fullmatch(r"index (0|[1-9][0-9]{0,19})", lines[i] if i < len(lines) else "")
+    if not m:
+        raise Rejected("ledger proof: no index line")
+    index, i = int(m.group(1)), i + 1
+    path = []
+    while i < len(lines) and lines[i] != "":
+        h = b64(lines[i])
+        if len(h) != 32:
+            raise Rejected("ledger proof: a hash is not 32 bytes")
+        path.append(h)
+        i += 1
+    if i >= len(lines):
+        raise Rejected("ledger proof: no checkpoint")
+    size, root = verify_checkpoint("\n".join(lines[i + 1:]), led)
+    verify_inclusion(index, size, hashlib.sha256(b"\x00" + entry).digest(), path, root)
+    return index, size
 
 
 def load_keys(path):
     ring = load_json(path)
     closed(ring, {"format", "keys", "ledger"}, "public key file")
+    global LEDGER_KEYS
+    LEDGER_KEYS = load_ledger_keys(ring)
     if ring.get("format") != "trackshift.public-keys.v1":
         raise Rejected("public key file: unknown format")
     keys, active = {}, set()
@@ -395,8 +524,6 @@ def check_receipt(r):
         raise Rejected("failed receipt without detail")
     if r["status"] == "confirmed" and r["confirmation"]["size"] != r["bytes"]:
         raise Rejected("confirmed size differs from bytes")
-    if r.get("ledger_proof") is not None:
-        raise Rejected("carries a ledger proof this verifier cannot check")
 
 
 def check_binding(r, m):
@@ -441,12 +568,17 @@ def verify_file(path, keys, manifest_path, data_dir):
     if kind == "trackshift.receipt.v1":
         check_signature(doc, receipt_body(doc), "receipt", keys)
         check_receipt(doc)
+        kind = "receipt"
+        if doc.get("ledger_proof") is not None:
+            index, size = verify_ledger_proof(
+                doc["ledger_proof"], signed_bytes(doc, receipt_body(doc)), LEDGER_KEYS)
+            kind = f"receipt (ledger entry {index} of {size})"
         if manifest_path:
             m = load_json(manifest_path)
             check_signature(m, manifest_body(m), "manifest", keys)
             check_manifest(m)
             check_binding(doc, m)
-        return "receipt", document_hash(doc, receipt_body(doc)).hex()
+        return kind, document_hash(doc, receipt_body(doc)).hex()
     raise Rejected(f"unknown format {kind!r}")
 
 
