@@ -66,8 +66,13 @@ pub struct SftpInner {
     key: PathBuf,
     trust: HostTrust,
     verify: VerifyMode,
-    conn: Mutex<Option<Arc<Conn>>>,
+    /// SSH connections (lanes); a file's chunks are spread over them, since one
+    /// connection is one cipher stream.
+    conns: Vec<Mutex<Option<Arc<Conn>>>>,
 }
+
+/// SSH connections per destination unless `connections=N` says otherwise.
+const LANES: usize = 4;
 
 impl std::fmt::Debug for SftpConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,14 +199,22 @@ impl SftpInner {
             query,
         } = parse_server_uri(uri, "sftp", 22, "SFTP uses key authentication")?;
         let (mut key, mut known_hosts, mut fingerprint) = (None, None, None);
+        let mut lanes = LANES;
         for (k, v) in query {
             match k.as_str() {
                 "key" => key = Some(PathBuf::from(v)),
                 "known_hosts" => known_hosts = Some(PathBuf::from(v)),
                 "fingerprint" => fingerprint = Some(v),
+                "connections" => {
+                    lanes = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=16).contains(n))
+                        .ok_or_else(|| invalid("connections must be 1 to 16".into()))?;
+                }
                 other => {
                     return Err(invalid(format!(
-                        "unknown setting {other:?} (allowed: key, known_hosts, fingerprint)"
+                        "unknown setting {other:?} (allowed: key, known_hosts, fingerprint, connections)"
                     )));
                 }
             }
@@ -242,7 +255,7 @@ impl SftpInner {
             key,
             trust,
             verify,
-            conn: Mutex::new(None),
+            conns: (0..lanes).map(|_| Mutex::new(None)).collect(),
         })
     }
 
@@ -255,9 +268,14 @@ impl SftpInner {
         }
     }
 
-    /// The shared connection, (re)established when missing or closed.
+    /// The first shared connection, (re)established when missing or closed.
     async fn conn(&self) -> Result<Arc<Conn>, ConnectorError> {
-        let mut slot = self.conn.lock().await;
+        self.conn_at(0).await
+    }
+
+    /// Shared connection `lane`, (re)established when missing or closed.
+    async fn conn_at(&self, lane: usize) -> Result<Arc<Conn>, ConnectorError> {
+        let mut slot = self.conns[lane % self.conns.len()].lock().await;
         if let Some(c) = slot.as_ref()
             && !c._ssh.is_closed()
         {
@@ -495,25 +513,32 @@ impl Connector for SftpConnector {
                 .handle;
             Some((c, handle))
         };
+        let mut lanes: Vec<Lane> = (0..self.conns.len()).map(|_| Mutex::new(None)).collect();
+        // Lane 0 holds the handle that created (or truncated) the file; the other lanes
+        // open it later without truncating.
+        lanes[0] = Mutex::new(open);
         Ok(Arc::new(SftpWriter {
             inner: self.inner.clone(),
             spec: spec.clone(),
             full,
             temp,
-            open: Mutex::new(open),
+            lanes,
             committed: std::sync::atomic::AtomicBool::new(committed),
         }))
     }
 }
+
+/// A lane's connection and open handle of the temporary file, once opened.
+type Lane = Mutex<Option<(Arc<Conn>, String)>>;
 
 struct SftpWriter {
     inner: Arc<SftpInner>,
     spec: ObjectSpec,
     full: String,
     temp: String,
-    /// The connection and the open handle of the temporary file; reopened (without
-    /// truncating) after the connection drops.
-    open: Mutex<Option<(Arc<Conn>, String)>>,
+    /// Per lane, the connection and the open handle of the temporary file; opened when
+    /// first used and reopened (without truncating) after the connection drops.
+    lanes: Vec<Lane>,
     committed: std::sync::atomic::AtomicBool,
 }
 
@@ -526,21 +551,28 @@ impl SftpWriter {
         self.committed.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The live connection and file handle, reconnecting and reopening when needed.
-    async fn session(&self) -> Result<(Arc<Conn>, String), ConnectorError> {
+    /// The lane a write at `offset` goes through (whole chunks round-robin).
+    fn lane(&self, offset: u64) -> usize {
+        let chunk = self.spec.chunk_size.max(1);
+        usize::try_from(offset / chunk).unwrap_or(0) % self.lanes.len()
+    }
+
+    /// The live connection and file handle of `lane`, reconnecting and reopening when
+    /// needed.
+    async fn session(&self, lane: usize) -> Result<(Arc<Conn>, String), ConnectorError> {
         if self.is_committed() {
             return Err(ConnectorError::Unavailable(format!(
                 "{} is already committed",
                 self.spec.path
             )));
         }
-        let mut slot = self.open.lock().await;
+        let mut slot = self.lanes[lane].lock().await;
         if let Some((c, h)) = slot.as_ref()
             && !c._ssh.is_closed()
         {
             return Ok((c.clone(), h.clone()));
         }
-        let c = self.inner.conn().await?;
+        let c = self.inner.conn_at(lane).await?;
         let handle = c
             .sftp
             .open(
@@ -555,16 +587,29 @@ impl SftpWriter {
         Ok((c, handle))
     }
 
-    /// Forgets the session after a transient failure, so the next attempt starts afresh.
-    async fn reset(&self, e: ConnectorError) -> ConnectorError {
+    /// Forgets a lane's session after a transient failure, so the next attempt starts
+    /// afresh.
+    async fn reset(&self, lane: usize, e: ConnectorError) -> ConnectorError {
         if e.is_transient() {
-            *self.open.lock().await = None;
+            *self.lanes[lane].lock().await = None;
         }
         e
     }
 
+    /// The sessions opened so far (lane, connection, handle).
+    async fn opened(&self) -> Vec<(usize, Arc<Conn>, String)> {
+        let mut out = Vec::new();
+        for (lane, slot) in self.lanes.iter().enumerate() {
+            if let Some((c, h)) = slot.lock().await.clone() {
+                out.push((lane, c, h));
+            }
+        }
+        out
+    }
+
     async fn write_once(&self, offset: u64, data: &Bytes) -> Result<(), ConnectorError> {
-        let (c, handle) = self.session().await?;
+        let lane = self.lane(offset);
+        let (c, handle) = self.session(lane).await?;
         // Every piece of the chunk in flight at once.
         let writes = (0..data.len()).step_by(WRITE_LEN).map(|start| {
             let end = (start + WRITE_LEN).min(data.len());
@@ -576,34 +621,50 @@ impl SftpWriter {
         });
         for r in futures::future::join_all(writes).await {
             if let Err(e) = r {
-                return Err(self.reset(self.err("writing to", &e)).await);
+                return Err(self.reset(lane, self.err("writing to", &e)).await);
             }
         }
         Ok(())
     }
 
     async fn sync_once(&self) -> Result<(), ConnectorError> {
-        let (c, handle) = self.session().await?;
-        if c.fsync
-            && let Err(e) = c.sftp.fsync(handle.as_str()).await
-        {
-            return Err(self.reset(self.err("syncing", &e)).await);
+        if self.is_committed() {
+            return Ok(());
+        }
+        let mut opened = self.opened().await;
+        if opened.is_empty() {
+            let (c, h) = self.session(0).await?;
+            opened.push((0, c, h));
+        }
+        for (lane, c, handle) in opened {
+            if c.fsync
+                && let Err(e) = c.sftp.fsync(handle.as_str()).await
+            {
+                return Err(self.reset(lane, self.err("syncing", &e)).await);
+            }
         }
         Ok(())
     }
 
     async fn publish(&self) -> Result<(), ConnectorError> {
-        let (c, handle) = self.session().await?;
-        let sftp = &c.sftp;
+        // Make sure the file exists (an object with no writes yet), then flush and close
+        // every lane's handle.
+        self.session(0).await?;
         let step = async {
-            if c.fsync {
-                sftp.fsync(handle.as_str())
+            for (_, c, handle) in self.opened().await {
+                if c.fsync {
+                    c.sftp
+                        .fsync(handle.as_str())
+                        .await
+                        .map_err(|e| self.err("syncing", &e))?;
+                }
+                c.sftp
+                    .close(handle.as_str())
                     .await
-                    .map_err(|e| self.err("syncing", &e))?;
+                    .map_err(|e| self.err("closing", &e))?;
             }
-            sftp.close(handle.as_str())
-                .await
-                .map_err(|e| self.err("closing", &e))?;
+            let c = self.inner.conn().await?;
+            let sftp = &c.sftp;
             let size = sftp
                 .stat(self.temp.as_str())
                 .await
@@ -634,19 +695,16 @@ impl SftpWriter {
             }
             Ok(())
         };
-        match step.await {
-            Ok(()) => {
-                *self.open.lock().await = None;
-                self.committed
-                    .store(true, std::sync::atomic::Ordering::Release);
-                Ok(())
-            }
-            // The handle may be closed already: start from a fresh session next time.
-            Err(e) => {
-                *self.open.lock().await = None;
-                Err(e)
-            }
+        let result = step.await;
+        // The handles are closed (or in doubt): start from fresh sessions next time.
+        for slot in &self.lanes {
+            *slot.lock().await = None;
         }
+        if result.is_ok() {
+            self.committed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        result
     }
 
     async fn confirm(&self) -> Result<Confirmation, ConnectorError> {
@@ -698,8 +756,10 @@ impl ObjectWriter for SftpWriter {
         if self.is_committed() {
             return Ok(());
         }
-        if let Some((c, handle)) = self.open.lock().await.take() {
-            let _ = c.sftp.close(handle.as_str()).await;
+        for slot in &self.lanes {
+            if let Some((c, handle)) = slot.lock().await.take() {
+                let _ = c.sftp.close(handle.as_str()).await;
+            }
         }
         let c = self.inner.conn().await?;
         match c.sftp.remove(self.temp.as_str()).await {
