@@ -6,10 +6,12 @@
 //! (`fingerprint=SHA256:...`); an unknown or changed host key refuses the connection.
 //!
 //! Each object is written to `.NAME.JOBID.tspart` beside its final name, with every chunk
-//! split into SFTP writes that are all in flight at once (so one file reaches line rate),
+//! split into SFTP writes that are all in flight at once,
 //! made durable with `fsync@openssh.com`, and on commit size-checked and renamed into place
-//! with `posix-rename@openssh.com` (atomic overwrite). One SSH connection per connector is
-//! shared by all of its objects and re-established when it drops.
+//! with `posix-rename@openssh.com` (atomic overwrite). A connector keeps a few SSH
+//! connections (default 4, `connections=N`), shared by all of its objects and re-established
+//! when they drop; a file's chunks go round-robin over them, since one connection is one
+//! cipher stream.
 
 use std::path::PathBuf;
 use std::sync::Arc;
