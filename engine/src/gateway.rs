@@ -128,6 +128,9 @@ pub type ConnectorFactory = Arc<
         + Sync,
 >;
 
+/// Most connectors a gateway keeps for reuse (see `Shared::connector`).
+const CONNECTOR_CACHE_MAX: usize = 256;
+
 /// Default ledger origin.
 pub const DEFAULT_LEDGER_ORIGIN: &str = "trackshift.local/ledger";
 
@@ -370,6 +373,9 @@ struct Shared {
     ledger: Arc<trackshift_ledger::Ledger>,
     verify: VerifyMode,
     connectors: ConnectorFactory,
+    /// Connectors by destination URI, shared by every job that writes there (so jobs to
+    /// one server share its connections).
+    connector_cache: Mutex<HashMap<String, Arc<dyn Connector>>>,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -428,6 +434,7 @@ impl Gateway {
             ledger,
             verify: cfg.verify,
             connectors: cfg.connectors.clone(),
+            connector_cache: Mutex::new(HashMap::new()),
             keys,
             tenants,
             jobs: tokio::sync::Mutex::new(HashMap::new()),
@@ -520,6 +527,21 @@ impl Shared {
         found
     }
 
+    /// The connector for `uri`, made once and then shared by the jobs that write there.
+    fn connector(&self, uri: &str) -> Result<Arc<dyn Connector>, GatewayError> {
+        let mut cache = self.connector_cache.lock().expect("connector cache lock");
+        if let Some(c) = cache.get(uri) {
+            return Ok(c.clone());
+        }
+        let c = (self.connectors)(uri, self.verify)?;
+        // Bounded: past the limit, forget connectors no job holds any more.
+        if cache.len() >= CONNECTOR_CACHE_MAX {
+            cache.retain(|_, c| Arc::strong_count(c) > 1);
+        }
+        cache.insert(uri.to_string(), c.clone());
+        Ok(c)
+    }
+
     async fn open_job(
         self: &Arc<Self>,
         tenant: &str,
@@ -589,7 +611,7 @@ impl Shared {
         }
         let mut dests = Vec::with_capacity(open.destinations.len());
         for uri in &open.destinations {
-            let connector = (self.connectors)(uri, self.verify)?;
+            let connector = self.connector(uri)?;
             for f in &open.files {
                 let min = connector.min_chunk_size(f.size);
                 if f.size > open.chunk_size && open.chunk_size < min {

@@ -838,3 +838,39 @@ async fn a_failing_fan_out_destination_is_recorded_or_fails_a_strict_job() {
         gw.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_to_one_destination_share_its_connector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = made.clone();
+    let gw = Running::start_with(&tmp.path().join("gw"), move |cfg| {
+        cfg.connectors = Arc::new(move |uri, verify| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            trackshift_connectors::from_uri_with(uri, verify)
+        });
+    })
+    .await;
+    let (dest, other) = (tmp.path().join("dest"), tmp.path().join("other"));
+    fs::create_dir_all(&dest).unwrap();
+    fs::create_dir_all(&other).unwrap();
+    for i in 0..3 {
+        let src = tmp.path().join(format!("src{i}"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join(format!("f{i}.txt")), format!("job {i}")).unwrap();
+        send_path(&src, &gw.send_config(&dest), |_| {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(made.load(Ordering::SeqCst), 1, "three jobs, one connector");
+    let src = tmp.path().join("src0");
+    send_path(&src, &gw.send_config(&other), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        2,
+        "another destination, another connector"
+    );
+    gw.stop().await;
+}
