@@ -301,6 +301,16 @@ impl Job {
             }
             *failed = Some(e.to_string());
         }
+        // Remembered across restarts: chunks acknowledged from now on are not written there,
+        // so a resumed job must not bring this destination back.
+        let marker = self.dir.join(dropped_file(d));
+        if let Err(err) =
+            trackshift_crypto::filestore::write_atomic(&marker, e.to_string().as_bytes(), 0o644)
+        {
+            return Err(GatewayError::Job(format!(
+                "recording that {uri} was dropped: {err}"
+            )));
+        }
         warn!(tenant = %self.tenant, destination = %uri, error = %e, "destination dropped from the job");
         // Leave nothing behind there: partial objects are aborted.
         for w in &self.dests[d].writers {
@@ -612,6 +622,17 @@ impl Shared {
         let mut dests = Vec::with_capacity(open.destinations.len());
         for uri in &open.destinations {
             let connector = self.connector(uri)?;
+            let dropped = fs::read_to_string(dir.join(dropped_file(dests.len()))).ok();
+            if let Some(reason) = dropped {
+                // Dropped before a restart: it stays dropped (it lacks chunks acknowledged
+                // since), and its server need not even be reachable now.
+                dests.push(Dest {
+                    connector,
+                    writers: (0..open.files.len()).map(|_| OnceCell::new()).collect(),
+                    failed: Mutex::new(Some(reason)),
+                });
+                continue;
+            }
             for f in &open.files {
                 let min = connector.min_chunk_size(f.size);
                 if f.size > open.chunk_size && open.chunk_size < min {
@@ -654,6 +675,11 @@ impl Shared {
         jobs.insert(key, job.clone());
         Ok(job)
     }
+}
+
+/// Name of the file recording why destination `d` was dropped from a job.
+fn dropped_file(d: usize) -> String {
+    format!("dropped-{d}.txt")
 }
 
 /// Name of the receipt file of destination `d` in a job directory.

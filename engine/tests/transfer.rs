@@ -832,8 +832,14 @@ async fn a_failing_fan_out_destination_is_recorded_or_fails_a_strict_job() {
                 "{:?}",
                 failed.detail
             );
-            // Nothing was published at the failed destination.
+            // Nothing was published at the failed destination, and the gateway remembers
+            // it was dropped (a resumed job must not bring it back with holes).
             assert!(walk(&broken).is_empty(), "{:?}", walk(&broken));
+            let marker = walk(&tmp.path().join("gw/jobs"))
+                .into_iter()
+                .find(|p| p.ends_with("dropped-1.txt"))
+                .expect("the dropped destination is recorded");
+            assert!(fs::read_to_string(marker).unwrap().contains("injected"));
         }
         gw.stop().await;
     }
@@ -872,5 +878,50 @@ async fn jobs_to_one_destination_share_its_connector() {
         2,
         "another destination, another connector"
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_destination_stays_dropped_after_a_gateway_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 2_000_000);
+    let data = tmp.path().join("gw");
+    let (good, flaky) = (tmp.path().join("good"), tmp.path().join("flaky"));
+    fs::create_dir_all(&good).unwrap();
+    fs::create_dir_all(&flaky).unwrap();
+    // First run: `flaky` fails its writes and is dropped; the connection is cut mid-job.
+    let gw = Running::start_with(&data, |cfg| {
+        cfg.connectors = Arc::new(|uri, verify| {
+            let inner = trackshift_connectors::from_uri_with(uri, verify)?;
+            Ok(if uri.contains("flaky") {
+                Arc::new(Misreporting {
+                    inner,
+                    lie: Lie::Writes,
+                }) as Arc<dyn Connector>
+            } else {
+                inner
+            })
+        });
+    })
+    .await;
+    let mut cfg = gw.send_config(&good);
+    cfg.destinations.push(format!("file://{}", flaky.display()));
+    cfg.job_id = Some("fan-resume".into());
+    cfg.max_reconnects = 0;
+    *cfg.faults.drop_connection_after.lock().unwrap() = Some(20);
+    send_path(&src, &cfg, |_| {}).await.unwrap_err();
+    gw.stop().await;
+
+    // After a restart `flaky` works again, but it missed acknowledged chunks: it must stay
+    // dropped rather than publish files with holes.
+    let gw = Running::start(&data, false).await;
+    let mut cfg2 = gw.send_config(&good);
+    cfg2.destinations = cfg.destinations.clone();
+    cfg2.job_id = Some("fan-resume".into());
+    let report = send_path(&src, &cfg2, |_| {}).await.unwrap();
+    assert_same_tree(&src, &good);
+    assert!(walk(&flaky).is_empty(), "{:?}", walk(&flaky));
+    let failed = Receipt::from_json(report.receipts[1].as_bytes()).unwrap();
+    assert_eq!(failed.status.as_str(), "failed");
     gw.stop().await;
 }
