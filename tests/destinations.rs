@@ -55,21 +55,9 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
         );
         let out_dir = format!("receipts/{name}");
         let send = |extra: &[&str]| {
-            let mut args = vec![
-                "send",
-                "src",
-                "--to",
-                &gw.quic,
-                "--fingerprint",
-                &gw.fingerprint,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--dest",
-                &dest,
-                "--out-dir",
-                &out_dir,
-            ];
-            args.extend_from_slice(extra);
+            let mut args = common::send_args(&gw, &token, "src", &[&dest], Some(&out_dir));
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             run(&args, dir)
         };
         let (code, out, err) = send(&[]);
@@ -94,18 +82,6 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
     }
     // One job fanned out to all four: the data crosses the network once, each destination
     // holds it and has its own receipt.
-    let mut fan = vec![
-        "send",
-        "src",
-        "--to",
-        &gw.quic,
-        "--fingerprint",
-        &gw.fingerprint,
-        "--token-file",
-        token.to_str().unwrap(),
-        "--out-dir",
-        "receipts/fan-out",
-    ];
     let fan_dests: Vec<String> = [
         "TRACKSHIFT_TEST_S3",
         "TRACKSHIFT_TEST_AZURE",
@@ -120,9 +96,9 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
         )
     })
     .collect();
-    for d in &fan_dests {
-        fan.extend_from_slice(&["--dest", d]);
-    }
+    let dests: Vec<&str> = fan_dests.iter().map(String::as_str).collect();
+    let fan = common::send_args(&gw, &token, "src", &dests, Some("receipts/fan-out"));
+    let fan: Vec<&str> = fan.iter().map(String::as_str).collect();
     let (code, out, err) = run(&fan, dir);
     assert_eq!(code, 0, "fan-out: {out}\n{err}");
     for d in &fan_dests {

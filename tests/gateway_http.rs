@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{get, run, start_gateway};
+use common::{get, run, send_args, start_gateway};
 
 #[test]
 fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
@@ -16,22 +16,11 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
     std::fs::create_dir_all(dir.join("dest")).unwrap();
     std::fs::write(dir.join("a.txt"), b"first file\n").unwrap();
     std::fs::write(dir.join("b.txt"), vec![7u8; 100_000]).unwrap();
+    let dest = format!("file://{}", dir.join("dest").display());
     let send = |file: &str| {
-        let (code, out, err) = run(
-            &[
-                "send",
-                file,
-                "--to",
-                &gw.quic,
-                "--fingerprint",
-                &gw.fingerprint,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--dest",
-                &format!("file://{}", dir.join("dest").display()),
-            ],
-            dir,
-        );
+        let args = send_args(&gw, &token, file, &[&dest], None);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run(&args, dir);
         assert_eq!(code, 0, "{out}\n{err}");
     };
     let (code, _, err) = run(

@@ -129,12 +129,8 @@ impl ObjectStoreConnector {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| invalid(format!("{}:// needs a bucket or container", url.scheme())))?
             .to_string();
-        // The URL parser resolves `..`; refuse it in the text as given instead.
-        crate::uri_path(uri).map_err(|e| invalid(format!("bad prefix: {e}")))?;
-        let prefix = percent_decode(url.path().trim_matches('/'))?;
-        if !prefix.is_empty() {
-            check_object_path(&prefix).map_err(|_| invalid(format!("bad prefix {prefix:?}")))?;
-        }
+        // The path as written (a URL parser would resolve `..`), decoded and checked.
+        let prefix = crate::uri_path(uri).map_err(|e| invalid(format!("bad prefix: {e}")))?;
         let allowed = match service {
             Service::S3 => S3_QUERY_KEYS,
             Service::Azure => AZURE_QUERY_KEYS,
@@ -225,13 +221,6 @@ impl ObjectStoreConnector {
             Service::Azure => by_count,
         }
     }
-}
-
-fn percent_decode(s: &str) -> Result<String, ConnectorError> {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .map(|c| c.into_owned())
-        .map_err(|_| ConnectorError::InvalidUri(format!("prefix {s:?} is not UTF-8")))
 }
 
 /// Removes anything that looks like a signed query string from a message.

@@ -701,6 +701,21 @@ impl ObjectWriter for MisreportingWriter {
     }
 }
 
+/// A connector factory whose destinations with `marker` in their URI fail every write.
+fn failing_writes_where(marker: &'static str) -> trackshift_engine::gateway::ConnectorFactory {
+    Arc::new(move |uri, verify| {
+        let inner = trackshift_connectors::from_uri_with(uri, verify)?;
+        Ok(if uri.contains(marker) {
+            Arc::new(Misreporting {
+                inner,
+                lie: Lie::Writes,
+            }) as Arc<dyn Connector>
+        } else {
+            inner
+        })
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
     for lie in [Lie::Size, Lie::Hash] {
@@ -790,17 +805,7 @@ async fn a_failing_fan_out_destination_is_recorded_or_fails_a_strict_job() {
             } else {
                 VerifyMode::Size
             };
-            cfg.connectors = Arc::new(|uri, verify| {
-                let inner = trackshift_connectors::from_uri_with(uri, verify)?;
-                Ok(if uri.contains("broken") {
-                    Arc::new(Misreporting {
-                        inner,
-                        lie: Lie::Writes,
-                    }) as Arc<dyn Connector>
-                } else {
-                    inner
-                })
-            });
+            cfg.connectors = failing_writes_where("broken");
         })
         .await;
         let (good, broken) = (tmp.path().join("good"), tmp.path().join("broken"));
@@ -891,17 +896,7 @@ async fn a_dropped_destination_stays_dropped_after_a_gateway_restart() {
     fs::create_dir_all(&flaky).unwrap();
     // First run: `flaky` fails its writes and is dropped; the connection is cut mid-job.
     let gw = Running::start_with(&data, |cfg| {
-        cfg.connectors = Arc::new(|uri, verify| {
-            let inner = trackshift_connectors::from_uri_with(uri, verify)?;
-            Ok(if uri.contains("flaky") {
-                Arc::new(Misreporting {
-                    inner,
-                    lie: Lie::Writes,
-                }) as Arc<dyn Connector>
-            } else {
-                inner
-            })
-        });
+        cfg.connectors = failing_writes_where("flaky");
     })
     .await;
     let mut cfg = gw.send_config(&good);

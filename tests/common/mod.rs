@@ -110,3 +110,34 @@ pub fn under(base: &str, sub: &str) -> String {
         None => format!("{base}/{sub}"),
     }
 }
+
+/// Arguments of `trackshift send SRC` to a gateway started by [`start_gateway`], with the
+/// tenant token from `token_file`, to `dests`, writing documents into `out_dir`.
+pub fn send_args(
+    gw: &Gateway,
+    token_file: &Path,
+    src: &str,
+    dests: &[&str],
+    out_dir: Option<&str>,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "send",
+        src,
+        "--to",
+        &gw.quic,
+        "--fingerprint",
+        &gw.fingerprint,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for d in dests {
+        args.extend(["--dest".to_string(), d.to_string()]);
+    }
+    if let Some(o) = out_dir {
+        args.extend(["--out-dir".to_string(), o.to_string()]);
+    }
+    args
+}
