@@ -35,7 +35,7 @@ pub use sftp::SftpConnector;
 pub use wrap::{Limits, Wrapping, wrap};
 
 /// How far a connector confirms what it wrote before a job may succeed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum VerifyMode {
     /// The destination reports the expected size.
     #[default]

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut as _, BytesMut};
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
@@ -37,6 +36,7 @@ use crate::protocol::{
     self, ChunkHeader, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError,
     ReceiverJob, ServerFrame,
 };
+use crate::tenants::TenantFile;
 use crate::tls::GatewayIdentity;
 
 /// Why the gateway could not start or a job failed.
@@ -70,7 +70,7 @@ pub enum GatewayError {
     Transport(#[from] crate::transport::TransportError),
     /// Tenant configuration problem.
     #[error("tenant configuration: {0}")]
-    Tenants(String),
+    Tenants(#[from] crate::tenants::TenantError),
     /// A job was refused or failed (message is safe to send to the tenant).
     #[error("{0}")]
     Job(String),
@@ -106,6 +106,8 @@ pub struct GatewayConfig {
     /// [`trackshift_connectors::from_uri_with`]); a seam for wrappers such as rate limits,
     /// tenant prefixes or fault injection in tests.
     pub connectors: ConnectorFactory,
+    /// Accept job-service workers holding this key (see [`crate::tenants::ServiceKey`]).
+    pub service_key: Option<Arc<crate::tenants::ServiceKey>>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -145,73 +147,19 @@ impl GatewayConfig {
             ledger_origin: DEFAULT_LEDGER_ORIGIN.to_string(),
             verify: VerifyMode::from_env(),
             connectors: Arc::new(trackshift_connectors::from_uri_with),
+            service_key: None,
         }
     }
 }
 
-/// One tenant's entry in `tenants.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantEntry {
-    /// Tenant id.
-    pub tenant: String,
-    /// SHA-256 of the token, hex.
-    pub token_sha256: Hash32,
-}
-
-/// The tenant file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantFile {
-    /// Tenants.
-    pub tenants: Vec<TenantEntry>,
-}
-
-fn token_digest(token: &str) -> Hash32 {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Hash32(out)
-}
-
-/// Creates a random token (URL-safe, 256 bits).
-pub fn generate_token() -> String {
-    let mut raw = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut raw).expect("system random generator");
-    hex::encode(raw)
-}
-
-/// Adds (or replaces) a tenant's token in `DATA/tenants.json`.
+/// Adds a key for `tenant` to `DATA/tenants.json` (see [`crate::tenants::add_key`]).
 pub fn add_tenant(data_dir: &Path, tenant: &str, token: &str) -> Result<(), GatewayError> {
-    protocol::check_id("tenant", tenant).map_err(|e| GatewayError::Tenants(e.to_string()))?;
-    fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
-    let path = data_dir.join("tenants.json");
-    let mut file = read_tenants(data_dir)?;
-    file.tenants.retain(|t| t.tenant != tenant);
-    file.tenants.push(TenantEntry {
-        tenant: tenant.to_string(),
-        token_sha256: token_digest(token),
-    });
-    let json = serde_json::to_string_pretty(&file).expect("tenant file serialises");
-    trackshift_crypto::filestore::write_atomic(&path, json.as_bytes(), 0o600)?;
-    Ok(())
+    Ok(crate::tenants::add_key(data_dir, tenant, token)?)
 }
 
-fn read_tenants(data_dir: &Path) -> Result<TenantFile, GatewayError> {
-    let path = data_dir.join("tenants.json");
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let file: TenantFile = serde_json::from_slice(&bytes)
-                .map_err(|e| GatewayError::Tenants(format!("{}: {e}", path.display())))?;
-            for t in &file.tenants {
-                protocol::check_id("tenant", &t.tenant)
-                    .map_err(|e| GatewayError::Tenants(e.to_string()))?;
-            }
-            Ok(file)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TenantFile::default()),
-        Err(e) => Err(io("reading", &path)(e)),
-    }
+/// Creates a random token (256 bits, hex).
+pub fn generate_token() -> String {
+    crate::tenants::generate_key()
 }
 
 /// A chunk that is written and waits to become durable before it is acknowledged.
@@ -378,14 +326,15 @@ impl Job {
 struct Shared {
     data_dir: PathBuf,
     keys: FileKeyStore,
-    tenants: Vec<TenantEntry>,
+    tenants: TenantFile,
+    service_key: Option<Arc<crate::tenants::ServiceKey>>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
     ledger: Arc<trackshift_ledger::Ledger>,
     verify: VerifyMode,
     connectors: ConnectorFactory,
     /// Connectors by destination URI, shared by every job that writes there (so jobs to
     /// one server share its connections).
-    connector_cache: Mutex<HashMap<String, Arc<dyn Connector>>>,
+    connector_cache: Mutex<HashMap<(String, VerifyMode), Arc<dyn Connector>>>,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -425,8 +374,8 @@ impl Gateway {
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
         let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
-        let tenants = read_tenants(data)?.tenants;
-        if tenants.is_empty() {
+        let tenants = TenantFile::load(data)?;
+        if tenants.tenants.is_empty() {
             warn!(
                 "no tenants configured in {}: every sender will be refused",
                 data.join("tenants.json").display()
@@ -447,6 +396,7 @@ impl Gateway {
             connector_cache: Mutex::new(HashMap::new()),
             keys,
             tenants,
+            service_key: cfg.service_key.clone(),
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             budget: Arc::new(Semaphore::new(budget_max as usize)),
             budget_max,
@@ -523,32 +473,27 @@ impl Gateway {
 
 impl Shared {
     fn authenticate(&self, token: &str) -> Option<String> {
-        let digest = token_digest(token);
-        let mut found = None;
-        // Constant time in the token: every entry is compared in full.
-        for t in &self.tenants {
-            if bool::from(subtle::ConstantTimeEq::ct_eq(
-                &t.token_sha256.0[..],
-                &digest.0[..],
-            )) {
-                found = Some(t.tenant.clone());
-            }
+        if let Some(key) = &self.service_key
+            && let Some(tenant) = key.verify(token)
+        {
+            return self.tenants.get(&tenant).map(|t| t.tenant.clone());
         }
-        found
+        self.tenants.authenticate(token).map(|t| t.tenant.clone())
     }
 
     /// The connector for `uri`, made once and then shared by the jobs that write there.
-    fn connector(&self, uri: &str) -> Result<Arc<dyn Connector>, GatewayError> {
+    fn connector(&self, uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>, GatewayError> {
         let mut cache = self.connector_cache.lock().expect("connector cache lock");
-        if let Some(c) = cache.get(uri) {
+        let key = (uri.to_string(), verify);
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = (self.connectors)(uri, self.verify)?;
+        let c = (self.connectors)(uri, verify)?;
         // Bounded: past the limit, forget connectors no job holds any more.
         if cache.len() >= CONNECTOR_CACHE_MAX {
             cache.retain(|_, c| Arc::strong_count(c) > 1);
         }
-        cache.insert(uri.to_string(), c.clone());
+        cache.insert(key, c.clone());
         Ok(c)
     }
 
@@ -558,6 +503,20 @@ impl Shared {
         open: OpenJob,
     ) -> Result<Arc<Job>, GatewayError> {
         let state = ReceiverJob::new(open.clone())?;
+        let entry = self
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| GatewayError::Job(format!("unknown tenant {tenant}")))?;
+        for uri in &open.destinations {
+            entry
+                .check_destination(uri, open.classification.as_deref())
+                .map_err(|e| GatewayError::Job(e.to_string()))?;
+        }
+        // A job may ask for fail-closed delivery; it cannot relax a strict gateway.
+        let verify = match (self.verify, open.strict) {
+            (VerifyMode::Size, Some(true)) => VerifyMode::Strict,
+            (v, _) => v,
+        };
         let key = (tenant.to_string(), open.job_id.clone());
         let mut jobs = self.jobs.lock().await;
         // A job that failed (say the disk filled up) is reloaded from its directory when
@@ -621,7 +580,7 @@ impl Shared {
         }
         let mut dests = Vec::with_capacity(open.destinations.len());
         for uri in &open.destinations {
-            let connector = self.connector(uri)?;
+            let connector = self.connector(uri, verify)?;
             let dropped = fs::read_to_string(dir.join(dropped_file(dests.len()))).ok();
             if let Some(reason) = dropped {
                 // Dropped before a restart: it stays dropped (it lacks chunks acknowledged
@@ -665,7 +624,7 @@ impl Shared {
             dir,
             state: Mutex::new(state),
             dests,
-            strict: self.verify != VerifyMode::Size,
+            strict: verify != VerifyMode::Size,
             resume,
             commit_tx,
             finished: tokio::sync::Mutex::new(finished),

@@ -6,11 +6,15 @@
 //! - [`tls`], [`transport`]: rustls + quinn set-up (post-quantum key exchange, tuning).
 //! - [`gateway`]: receives jobs, verifies chunks, writes through connectors, signs.
 //! - [`sender`]: reads a source and drives a job to completion, resuming after faults.
+//! - [`jobs`]: the job service (queue, lifecycle, leases, fair scheduling, workers).
+//! - [`tenants`]: tenant keys and policy (sources, destinations, classifications, quotas).
 
 pub mod gateway;
+pub mod jobs;
 pub mod protocol;
 pub mod scan;
 pub mod sender;
+pub mod tenants;
 pub mod tls;
 pub mod transport;
 

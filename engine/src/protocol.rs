@@ -89,6 +89,14 @@ pub struct OpenJob {
     pub files: Vec<FileSpec>,
     /// Correlation id for logs and the receipt.
     pub correlation_id: Option<String>,
+    /// Data classification (for example `phi`); the tenant's policy says which
+    /// destinations may receive it.
+    #[serde(default)]
+    pub classification: Option<String>,
+    /// Fail-closed for this job even when the gateway is not (`Some(true)`); a job cannot
+    /// relax a strict gateway.
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// Most destinations one job may write to.
@@ -376,6 +384,9 @@ impl ReceiverJob {
     /// Validates an `OpenJob` and starts with nothing held.
     pub fn new(open: OpenJob) -> Result<Self, ProtocolError> {
         check_destinations(&open.destinations)?;
+        if let Some(c) = &open.classification {
+            check_id("classification", c)?;
+        }
         let layouts = layouts(&open)?;
         let hashes: Vec<Vec<Option<Hash32>>> = layouts
             .iter()
@@ -774,6 +785,8 @@ mod tests {
                 })
                 .collect(),
             correlation_id: None,
+            classification: None,
+            strict: None,
         }
     }
 

@@ -52,6 +52,9 @@ pub enum SendError {
     /// A source file could not be read during the send (removed, truncated, I/O error).
     #[error("reading the source: {0}")]
     SourceRead(String),
+    /// The send was cancelled (see [`SendConfig::cancel`]).
+    #[error("cancelled")]
+    Cancelled,
     /// Gave up after repeated connection failures.
     #[error("gave up after {attempts} connection attempts; last error: {last}")]
     GaveUp {
@@ -110,6 +113,55 @@ pub struct SendConfig {
     pub max_reconnects: u32,
     /// Test faults.
     pub faults: Arc<FaultInjection>,
+    /// A memory budget shared with other sends (bytes as permits); when set, this send's
+    /// chunks wait for it as well as for `in_flight_bytes`.
+    pub shared_budget: Option<SharedBudget>,
+    /// Set to `true` to cancel: the gateway is told to drop the jobs' partial data and the
+    /// send ends with [`SendError::Cancelled`].
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Called with each chunk's latency (sent until acknowledged as durable).
+    pub chunk_latency: Option<LatencyHook>,
+}
+
+/// A memory budget several sends share (for example every job of a job service).
+#[derive(Debug, Clone)]
+pub struct SharedBudget {
+    sem: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl SharedBudget {
+    /// A budget of `bytes` (at most 4 GiB - 1, at least 1 MiB).
+    pub fn new(bytes: u64) -> Self {
+        let capacity = u32::try_from(bytes).unwrap_or(u32::MAX).max(1 << 20);
+        Self {
+            sem: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+        }
+    }
+
+    /// Bytes not held by any chunk now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+
+    async fn acquire(&self, n: u32) -> OwnedSemaphorePermit {
+        self.sem
+            .clone()
+            .acquire_many_owned(n.min(self.capacity))
+            .await
+            .expect("the shared budget is never closed")
+    }
+}
+
+/// Receives per-chunk latencies (see [`SendConfig::chunk_latency`]).
+#[derive(Clone)]
+pub struct LatencyHook(pub Arc<dyn Fn(Duration) + Send + Sync>);
+
+impl std::fmt::Debug for LatencyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LatencyHook")
+    }
 }
 
 impl SendConfig {
@@ -133,6 +185,9 @@ impl SendConfig {
             correlation_id: None,
             max_reconnects: 20,
             faults: Arc::new(FaultInjection::default()),
+            shared_budget: None,
+            cancel: None,
+            chunk_latency: None,
         }
     }
 }
@@ -196,6 +251,10 @@ pub struct JobRequest {
     pub job_id: Option<String>,
     /// Correlation id recorded in logs and the receipt.
     pub correlation_id: Option<String>,
+    /// Data classification checked against the tenant's destination policy.
+    pub classification: Option<String>,
+    /// Fail-closed for this job (see [`OpenJob::strict`]).
+    pub strict: Option<bool>,
 }
 
 impl JobRequest {
@@ -206,6 +265,8 @@ impl JobRequest {
             destinations: vec![destination.into()],
             job_id: None,
             correlation_id: None,
+            classification: None,
+            strict: None,
         }
     }
 }
@@ -222,6 +283,8 @@ pub async fn send_path(
         destinations: cfg.destinations.clone(),
         job_id: cfg.job_id.clone(),
         correlation_id: cfg.correlation_id.clone(),
+        classification: None,
+        strict: None,
     };
     send_jobs(vec![request], cfg, |_, p| progress(p))
         .await
@@ -357,6 +420,13 @@ pub async fn send_jobs(
     finish(jobs, results, reconnects)
 }
 
+/// A chunk on its way: the budget it holds (here and in the shared budget) and its start.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    _shared: Option<OwnedSemaphorePermit>,
+    sent: Instant,
+}
+
 /// One job's sending state across connections.
 struct JobState {
     open: OpenJob,
@@ -367,7 +437,8 @@ struct JobState {
     handle: Option<u32>,
     /// The next chunk to send, taken from `job` and waiting for budget.
     next: Option<ChunkRef>,
-    in_flight: HashMap<ChunkRef, OwnedSemaphorePermit>,
+    /// Chunks sent and not yet acknowledged: their budget and when they were sent.
+    in_flight: HashMap<ChunkRef, InFlight>,
     finish_sent: bool,
     chunks_sent: u64,
     /// Transient gateway failures of this job survived (the job is reopened).
@@ -400,6 +471,8 @@ impl JobState {
             source: source_uri,
             files: listed.iter().map(|(_, spec)| spec.clone()).collect(),
             correlation_id: req.correlation_id.clone(),
+            classification: req.classification.clone(),
+            strict: req.strict,
         };
         let job = SenderJob::new(&open)?;
         Ok(Self {
@@ -431,6 +504,8 @@ impl JobState {
                 source: String::new(),
                 files: Vec::new(),
                 correlation_id: None,
+                classification: None,
+                strict: None,
             },
             job: None,
             source: Arc::new(Source {
@@ -530,6 +605,7 @@ async fn connection(
         .filter(|(_, j)| !j.done)
         .map(|(i, j)| (j.open.job_id.clone(), i))
         .collect();
+    let mut cancel = cfg.cancel.clone();
     // Round-robin cursor: which job gets the next budget grant.
     let mut cursor = 0usize;
     let mut chunks_this_conn = 0u64;
@@ -568,13 +644,21 @@ async fn connection(
             u32::try_from(len).unwrap_or(u32::MAX).clamp(1, budget_max)
         });
         tokio::select! {
-            permit = budget.clone().acquire_many_owned(want.unwrap_or(1)), if want.is_some() => {
+            (permit, shared) = async {
+                let n = want.unwrap_or(1);
+                let own = budget.clone().acquire_many_owned(n).await;
+                let shared = match &cfg.shared_budget {
+                    Some(b) => Some(b.acquire(n).await),
+                    None => None,
+                };
+                (own, shared)
+            }, if want.is_some() => {
                 let permit = permit.expect("budget is never closed");
                 let i = pick.expect("want implies pick");
                 cursor = (i + 1) % n;
                 let j = &mut jobs[i];
                 let c = j.next.take().expect("picked jobs have a next chunk");
-                j.in_flight.insert(c, permit);
+                j.in_flight.insert(c, InFlight { _permit: permit, _shared: shared, sent: Instant::now() });
                 j.chunks_sent += 1;
                 chunks_this_conn += 1;
                 let layout = *j.sender().layout(c.file);
@@ -590,6 +674,19 @@ async fn connection(
                 if drop_now {
                     conn.close(9u32.into(), b"fault injection: dropped connection");
                 }
+            }
+            () = cancelled(&mut cancel) => {
+                for j in jobs.iter().filter(|j| !j.done) {
+                    if let Some(handle) = j.handle {
+                        let frame = ClientFrame::CancelJob { handle, reason: "cancelled by the sender".into() };
+                        let _ = send.write_all(&protocol::encode_frame(&frame)).await;
+                    }
+                }
+                let _ = send.finish();
+                // Give the gateway a moment to read the cancellations before closing.
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                conn.close(0u32.into(), b"cancelled");
+                return Err(SendError::Cancelled);
             }
             ev = ev_rx.recv() => {
                 let at = started.elapsed();
@@ -620,7 +717,9 @@ async fn connection(
                         }
                         for c in chunks {
                             j.sender().on_ack(c)?;
-                            j.in_flight.remove(&c);
+                            if let (Some(f), Some(hook)) = (j.in_flight.remove(&c), &cfg.chunk_latency) {
+                                (hook.0)(f.sent.elapsed());
+                            }
                         }
                         let bytes = j.sender().progress().1;
                         report(i, bytes, j.total_bytes);
@@ -711,6 +810,16 @@ async fn connection(
             }
         }
     }
+}
+
+/// Resolves when `cancel` turns true; never without a cancel signal.
+async fn cancelled(cancel: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = cancel
+        && rx.wait_for(|c| *c).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 fn job_for(by_handle: &HashMap<u32, usize>, handle: u32) -> Result<usize, SendError> {

@@ -1,0 +1,449 @@
+//! The worker: claims jobs from the store, runs each through the sender to a gateway on
+//! its tenant's behalf, renews its lease while it runs, and records how it ended.
+//!
+//! Several workers (in one process or in several gateways sharing a store) may run at
+//! once: a job is claimed by one worker at a time; when a worker dies its lease runs out
+//! and another worker (or the restarted one) queues the job again and takes it over, and
+//! the gateway resumes from the chunks it already holds (the job id is the gateway's job
+//! id). Every log line of a job carries its id, tenant and correlation id.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument as _, info, info_span, warn};
+
+use super::model::{Job, Outcome, backoff};
+use super::store::{Heartbeat, JobStore, Quota};
+use crate::sender::{JobRequest, LatencyHook, SendConfig, SendError, SharedBudget, send_jobs};
+use crate::tenants::{ServiceKey, TenantFile};
+use crate::tls::ServerTrust;
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This worker's id (unique among workers sharing a store).
+    pub worker_id: String,
+    /// The gateway jobs are sent to.
+    pub gateway: SocketAddr,
+    /// Name on the gateway's certificate.
+    pub server_name: String,
+    /// How the gateway's certificate is trusted.
+    pub trust: ServerTrust,
+    /// Most jobs this worker runs at once.
+    pub max_running: usize,
+    /// Chunk bytes in flight across all of this worker's jobs.
+    pub memory_budget: u64,
+    /// Chunk bytes in flight per job.
+    pub per_job_in_flight: u64,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How often a running job renews its lease and records progress.
+    pub heartbeat: Duration,
+    /// How often an idle worker looks for work (it is also woken on submit).
+    pub poll: Duration,
+    /// First retry delay; doubles per attempt up to `retry_max` (with jitter).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Offer only the post-quantum key exchange.
+    pub pq_only: bool,
+}
+
+impl RunnerConfig {
+    /// Defaults for a worker next to its gateway: 256 jobs, 512 MiB in flight, 30 s
+    /// leases renewed every 5 s, retries from 1 s to 60 s.
+    pub fn new(worker_id: impl Into<String>, gateway: SocketAddr, trust: ServerTrust) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            gateway,
+            server_name: "localhost".into(),
+            trust,
+            max_running: 256,
+            memory_budget: 512 << 20,
+            per_job_in_flight: 64 << 20,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            poll: Duration::from_millis(500),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            pq_only: false,
+        }
+    }
+}
+
+/// Per-chunk latencies of recent jobs, per tenant, for KPIs (bounded).
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    samples: Mutex<HashMap<String, VecDeque<(i64, u32)>>>,
+}
+
+/// Most latency samples kept per tenant.
+const LATENCY_SAMPLES: usize = 200_000;
+
+impl LatencyWindow {
+    /// Records one chunk's latency.
+    pub fn record(&self, tenant: &str, at_ms: i64, latency: Duration) {
+        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let mut s = self.samples.lock().expect("latency lock");
+        let q = s.entry(tenant.to_string()).or_default();
+        if q.len() == LATENCY_SAMPLES {
+            q.pop_front();
+        }
+        q.push_back((at_ms, micros));
+    }
+
+    /// The `q` quantile (0..1) of the tenant's chunk latencies since `since_ms`, and how
+    /// many samples it is over.
+    pub fn quantile(&self, tenant: &str, since_ms: i64, q: f64) -> Option<(Duration, usize)> {
+        let s = self.samples.lock().expect("latency lock");
+        let mut v: Vec<u32> = s
+            .get(tenant)?
+            .iter()
+            .filter(|(at, _)| *at >= since_ms)
+            .map(|(_, us)| *us)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let idx = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        Some((Duration::from_micros(u64::from(v[idx])), v.len()))
+    }
+}
+
+/// A worker.
+pub struct Runner {
+    store: Arc<dyn JobStore>,
+    tenants: Arc<TenantFile>,
+    service_key: Arc<ServiceKey>,
+    cfg: RunnerConfig,
+    budget: SharedBudget,
+    wake: Notify,
+    /// Chunk latencies per tenant.
+    pub latencies: Arc<LatencyWindow>,
+    running: AtomicU64,
+}
+
+impl Runner {
+    /// A worker over `store`, speaking to its gateway with `service_key`.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        tenants: Arc<TenantFile>,
+        service_key: Arc<ServiceKey>,
+        cfg: RunnerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            budget: SharedBudget::new(cfg.memory_budget),
+            store,
+            tenants,
+            service_key,
+            cfg,
+            wake: Notify::new(),
+            latencies: Arc::new(LatencyWindow::default()),
+            running: AtomicU64::new(0),
+        })
+    }
+
+    /// Looks for work now (after a submission).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Jobs this worker is running now.
+    pub fn running(&self) -> u64 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    fn quotas(&self) -> HashMap<String, Quota> {
+        self.tenants
+            .tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.tenant.clone(),
+                    Quota {
+                        share: t.share,
+                        limit: t.max_concurrent_jobs,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Claims and runs jobs until `shutdown` turns true; then stops claiming and waits
+    /// for running jobs to end (their leases lapse if the process is killed instead).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let quotas = self.quotas();
+        let mut last_expiry = Instant::now() - self.cfg.heartbeat;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if last_expiry.elapsed() >= self.cfg.heartbeat {
+                last_expiry = Instant::now();
+                match self.store.expire_leases(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(jobs = n, "took back jobs whose worker stopped"),
+                    Err(e) => warn!(error = %e, "expiring leases failed"),
+                }
+            }
+            while tasks.len() < self.cfg.max_running {
+                let now = now_ms();
+                let lease_until = now + millis(self.cfg.lease);
+                match self
+                    .store
+                    .claim(&self.cfg.worker_id, &quotas, now, lease_until)
+                    .await
+                {
+                    Ok(Some(job)) => {
+                        let me = self.clone();
+                        let span = info_span!("job", job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id);
+                        self.running.fetch_add(1, Ordering::Relaxed);
+                        tasks.spawn(
+                            async move {
+                                me.run_job(job).await;
+                                me.running.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "claiming a job failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.cfg.poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs one claimed job to its end and records the outcome.
+    async fn run_job(self: &Arc<Self>, job: Job) {
+        let started = Instant::now();
+        info!(attempt = job.attempts, source = %job.spec.source.display(), "job started");
+        let outcome = match self.prepare(&job) {
+            Ok(request) => self.send(&job, request).await,
+            Err(reason) => Some(Outcome::Permanent(reason)),
+        };
+        let Some(outcome) = outcome else {
+            info!("job stopped (cancelled or taken over)");
+            return;
+        };
+        let delay = backoff(
+            job.attempts.saturating_sub(1),
+            self.cfg.retry_base,
+            self.cfg.retry_max,
+            jitter(),
+        );
+        match &outcome {
+            Outcome::Completed { .. } => {
+                info!(elapsed_ms = started.elapsed().as_millis() as u64, "job completed");
+            }
+            Outcome::Permanent(r) => warn!(reason = %r, "job failed (permanent)"),
+            Outcome::Transient(r) => warn!(reason = %r, retry_in_ms = delay.as_millis() as u64, "job attempt failed (transient)"),
+        }
+        metrics::counter!("trackshift_job_attempts_total", "tenant" => job.tenant.clone(), "outcome" => match &outcome {
+            Outcome::Completed { .. } => "completed",
+            Outcome::Permanent(_) => "failed",
+            Outcome::Transient(_) => "retried",
+        })
+        .increment(1);
+        match self
+            .store
+            .finish(&job.id, &self.cfg.worker_id, outcome, now_ms(), delay)
+            .await
+        {
+            Ok(Some(state)) => info!(%state, "job recorded"),
+            Ok(None) => info!("job was cancelled or taken over meanwhile; outcome dropped"),
+            Err(e) => warn!(error = %e, "recording the outcome failed; the lease will lapse and the job run again"),
+        }
+    }
+
+    /// Checks the job against its tenant's policy now (the file may have changed since
+    /// submission) and builds the send request.
+    fn prepare(&self, job: &Job) -> Result<JobRequest, String> {
+        let tenant = self
+            .tenants
+            .get(&job.tenant)
+            .ok_or_else(|| format!("tenant {} is no longer configured", job.tenant))?;
+        let source = tenant
+            .check_source(&job.spec.source)
+            .map_err(|e| e.to_string())?;
+        for d in &job.spec.destinations {
+            tenant
+                .check_destination(d, job.spec.classification.as_deref())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(JobRequest {
+            path: source,
+            destinations: job.spec.destinations.clone(),
+            job_id: Some(job.id.clone()),
+            correlation_id: Some(job.correlation_id.clone()),
+            classification: job.spec.classification.clone(),
+            strict: job.spec.strict,
+        })
+    }
+
+    /// Sends the job, renewing the lease meanwhile. `None` when the job was cancelled or
+    /// another worker took it over.
+    async fn send(self: &Arc<Self>, job: &Job, request: JobRequest) -> Option<Outcome> {
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let mut cfg = SendConfig::new(
+            self.cfg.gateway,
+            self.cfg.trust.clone(),
+            self.service_key.token_for(&job.tenant),
+            request.destinations[0].clone(),
+        );
+        cfg.server_name = self.cfg.server_name.clone();
+        cfg.chunk_size = job.spec.effective_chunk_size();
+        cfg.in_flight_bytes = self.cfg.per_job_in_flight;
+        cfg.pq_only = self.cfg.pq_only;
+        // Reconnect a few times within the attempt; past that the job-level retry (with
+        // its longer backoff) takes over.
+        cfg.max_reconnects = 3;
+        cfg.shared_budget = Some(self.budget.clone());
+        cfg.cancel = Some(cancel_rx);
+        let tenant = job.tenant.clone();
+        let latencies = self.latencies.clone();
+        let histogram = metrics::histogram!("trackshift_chunk_latency_seconds", "tenant" => tenant.clone());
+        cfg.chunk_latency = Some(LatencyHook(Arc::new(move |d| {
+            histogram.record(d.as_secs_f64());
+            latencies.record(&tenant, now_ms(), d);
+        })));
+        let done = Arc::new(AtomicU64::new(job.bytes_done));
+        let total = Arc::new(AtomicU64::new(job.bytes_total));
+        let bytes_counter =
+            metrics::counter!("trackshift_bytes_acknowledged_total", "tenant" => job.tenant.clone());
+        let progress = {
+            let (done, total) = (done.clone(), total.clone());
+            move |_: usize, p: crate::sender::Progress| {
+                let before = done.swap(p.acked_bytes, Ordering::Relaxed);
+                bytes_counter.increment(p.acked_bytes.saturating_sub(before));
+                total.store(p.total_bytes, Ordering::Relaxed);
+            }
+        };
+        let send = send_jobs(vec![request], &cfg, progress);
+        tokio::pin!(send);
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.tick().await;
+        let mut verifying = false;
+        let result = loop {
+            tokio::select! {
+                mut results = &mut send => break results.pop().expect("one result per job"),
+                _ = tick.tick() => {
+                    let (d, t) = (done.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
+                    let lease_until = now_ms() + millis(self.cfg.lease);
+                    let beat = self.store.heartbeat(&job.id, &self.cfg.worker_id, lease_until, d, t).await;
+                    let beat = match beat {
+                        Ok(Heartbeat::Held) if !verifying && t > 0 && d >= t => {
+                            verifying = true;
+                            self.store.verifying(&job.id, &self.cfg.worker_id, now_ms()).await
+                        }
+                        other => other,
+                    };
+                    match beat {
+                        Ok(Heartbeat::Held) => {}
+                        Ok(Heartbeat::Cancelled) => {
+                            info!("cancelled by the tenant; telling the gateway to drop the partial data");
+                            let _ = cancel_tx.send(true);
+                        }
+                        Ok(Heartbeat::Lost) => {
+                            warn!("lease lost to another worker; stopping without touching the job");
+                            return None;
+                        }
+                        Err(e) => warn!(error = %e, "renewing the lease failed; will try again"),
+                    }
+                }
+            }
+        };
+        Some(match result {
+            Ok(report) => Outcome::Completed {
+                manifest: report.manifest,
+                receipts: report.receipts,
+            },
+            Err(SendError::Cancelled) => return None,
+            Err(e) => classify(e),
+        })
+    }
+}
+
+/// Whether a send error is worth another attempt.
+fn classify(e: SendError) -> Outcome {
+    let text = e.to_string();
+    match e {
+        SendError::Source(_) | SendError::SourceRead(_) | SendError::Refused(_) => {
+            Outcome::Permanent(text)
+        }
+        SendError::JobFailed { permanent: true, .. } => Outcome::Permanent(text),
+        SendError::JobFailed { .. }
+        | SendError::Connection(_)
+        | SendError::GaveUp { .. }
+        | SendError::Transport(_)
+        | SendError::Protocol(_)
+        | SendError::Cancelled => Outcome::Transient(text),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// A number in 0..1 for backoff jitter.
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut b).expect("system random generator");
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_cover_the_window_only() {
+        let w = LatencyWindow::default();
+        for i in 1..=100u64 {
+            w.record("a", 1_000, Duration::from_millis(i));
+        }
+        w.record("a", 10, Duration::from_secs(9)); // before the window
+        let (p95, n) = w.quantile("a", 500, 0.95).unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(p95, Duration::from_millis(95));
+        assert_eq!(w.quantile("a", 500, 1.0).unwrap().0, Duration::from_millis(100));
+        assert!(w.quantile("b", 0, 0.95).is_none());
+    }
+
+    #[test]
+    fn errors_are_sorted_into_permanent_and_transient() {
+        assert!(matches!(classify(SendError::Refused("bad token".into())), Outcome::Permanent(_)));
+        assert!(matches!(
+            classify(SendError::JobFailed { reason: "auth".into(), permanent: true }),
+            Outcome::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(SendError::JobFailed { reason: "503".into(), permanent: false }),
+            Outcome::Transient(_)
+        ));
+        assert!(matches!(classify(SendError::Connection("reset".into())), Outcome::Transient(_)));
+    }
+}
