@@ -81,13 +81,13 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
 /// and the serving future.
 pub async fn bind(
     addr: SocketAddr,
-    ledger: Arc<Ledger>,
+    router: Router,
 ) -> Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP endpoint {addr}"))?;
     let local = listener.local_addr()?;
-    Ok((local, axum::serve(listener, router(ledger)).into_future()))
+    Ok((local, axum::serve(listener, router).into_future()))
 }
 
 fn text(body: String, cache: &'static str) -> Response {

@@ -1,7 +1,9 @@
 //! `trackshift`: the command-line interface and the gateway.
 
+mod api;
 mod demo;
 mod http;
+mod jobs_cmd;
 mod ledger_cmd;
 mod size;
 mod transfer;
@@ -61,6 +63,15 @@ enum Command {
     /// Check the append-only ledger of signed manifests and receipts.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Submit, list, inspect, cancel and wait for jobs through a gateway's job API.
+    Jobs {
+        /// API location and key.
+        #[command(flatten)]
+        api: jobs_cmd::ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: jobs_cmd::JobsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,15 +192,27 @@ struct VerifyArgs {
     data: Option<PathBuf>,
 }
 
+/// The process's Prometheus recorder (installed once; every `metrics` macro records here).
+pub fn metrics_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let h = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )?
+        .install_recorder()?;
+    Ok(HANDLE.get_or_init(|| h).clone())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve(_)));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -210,8 +233,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr: `RUST_LOG` filters (default `warn`, `info` for the gateway);
+/// `TRACKSHIFT_LOG_FORMAT=json|text` picks the format (default JSON for the gateway, one
+/// object per line with the fields of the enclosing spans, so every line of a job carries
+/// its job id, tenant and correlation id).
+fn init_logging(gateway: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if gateway { "info,quinn=warn" } else { "warn" })
+    });
+    let json = match std::env::var("TRACKSHIFT_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => gateway,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Jobs { api, cmd } => {
+            let code = runtime()?.block_on(jobs_cmd::run(api, cmd))?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Serve(args) => runtime()?.block_on(transfer::serve(args)),
         Command::Send(args) => runtime()?.block_on(transfer::send(args)),

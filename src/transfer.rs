@@ -32,10 +32,21 @@ pub struct ServeArgs {
     /// Most chunk writes in flight to destinations, across all jobs.
     #[arg(long)]
     dest_concurrency: Option<usize>,
-    /// TCP address for the read-only HTTP endpoints: /health, the ledger's checkpoint,
-    /// tiles and proofs for auditors (off unless given).
+    /// TCP address for HTTP: the job API (/v1/jobs), /health, /ready, /metrics,
+    /// /reports/kpi, and the ledger's checkpoint, tiles and proofs for auditors (off
+    /// unless given). With it the gateway also runs jobs submitted through the API.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Most API jobs this gateway runs at once.
+    #[arg(long, default_value_t = 256)]
+    max_jobs: usize,
+    /// Chunk bytes in flight across all API jobs (the job service's sending memory).
+    #[arg(long, default_value = "512MiB", value_parser = crate::size::parse_size)]
+    jobs_memory: u64,
+    /// How long a worker's claim on a job lasts without renewal (seconds); a job whose
+    /// worker died is taken over after this.
+    #[arg(long, default_value_t = 30)]
+    lease_secs: u64,
 }
 
 /// Options of `trackshift send`.
@@ -121,6 +132,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             limits.wrap(trackshift_engine::connectors::from_uri_with(uri, verify)?)
         });
     }
+    let service_key = std::sync::Arc::new(trackshift_engine::tenants::ServiceKey::load_or_create(
+        &args.data_dir,
+    )?);
+    cfg.service_key = Some(service_key.clone());
     let gateway = Gateway::bind(cfg).await?;
     println!(
         "gateway listening on {} (QUIC, ALPN trackshift/1)",
@@ -131,10 +146,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "auditors: trackshift keys export-public --dir {} --out public-keys.json",
         args.data_dir.join("keys").display()
     );
+    let (stop_jobs, stop_rx) = tokio::sync::watch::channel(false);
+    let mut runner_task = None;
     let http = match args.http {
         Some(addr) => {
-            let (local, serving) = crate::http::bind(addr, gateway.ledger().clone()).await?;
-            println!("HTTP (health, ledger checkpoint, tiles, proofs) on http://{local}");
+            let (router, runner) = job_service(&args, &gateway, service_key)?;
+            runner_task = Some(tokio::spawn(runner.run(stop_rx)));
+            let (local, serving) = crate::http::bind(addr, router).await?;
+            println!(
+                "HTTP (job API, health, metrics, ledger checkpoint, tiles, proofs) on http://{local}"
+            );
             Some(tokio::spawn(serving))
         }
         None => None,
@@ -147,10 +168,66 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         _ = tokio::signal::ctrl_c() => {
             println!("shutting down");
+            let _ = stop_jobs.send(true);
+            if let Some(t) = runner_task {
+                // Running jobs get a moment to finish; the rest resume after a restart.
+                let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+            }
             gateway.close();
         }
     }
     Ok(())
+}
+
+/// The job service next to a gateway: store (`DATA/jobs.db`), worker, API routes.
+fn job_service(
+    args: &ServeArgs,
+    gateway: &Gateway,
+    service_key: std::sync::Arc<trackshift_engine::tenants::ServiceKey>,
+) -> Result<(
+    axum::Router,
+    std::sync::Arc<trackshift_engine::jobs::runner::Runner>,
+)> {
+    use std::sync::Arc;
+    use trackshift_engine::jobs::runner::{Runner, RunnerConfig};
+    let tenants = Arc::new(trackshift_engine::tenants::TenantFile::load(
+        &args.data_dir,
+    )?);
+    let store: Arc<dyn trackshift_engine::jobs::JobStore> = Arc::new(
+        trackshift_engine::jobs::SqliteStore::open(&args.data_dir.join("jobs.db"))?,
+    );
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(gateway.fingerprint(), &mut pin).context("gateway fingerprint")?;
+    let mut gw = gateway.local_addr();
+    if gw.ip().is_unspecified() {
+        gw.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let worker = format!("{}-{}", hostname(), std::process::id());
+    let mut rc = RunnerConfig::new(worker, gw, ServerTrust::Fingerprint(pin));
+    rc.max_running = args.max_jobs.max(1);
+    rc.memory_budget = args.jobs_memory;
+    rc.lease = Duration::from_secs(args.lease_secs.max(2));
+    rc.heartbeat = (rc.lease / 6).max(Duration::from_millis(300));
+    rc.pq_only = args.pq_only;
+    let runner = Runner::new(store.clone(), tenants.clone(), service_key, rc);
+    let metrics = crate::metrics_handle()?;
+    let state = crate::api::AppState {
+        store,
+        tenants,
+        runner: runner.clone(),
+        ledger: gateway.ledger().clone(),
+        metrics,
+    };
+    let router = crate::http::router(gateway.ledger().clone()).merge(crate::api::router(state));
+    Ok((router, runner))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
 }
 
 fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<ServerTrust> {

@@ -149,7 +149,13 @@ impl TenantEntry {
         }
         match classification {
             None => Ok(()),
-            Some(c) if matching.iter().any(|r| r.classifications.iter().any(|x| x == c)) => Ok(()),
+            Some(c)
+                if matching
+                    .iter()
+                    .any(|r| r.classifications.iter().any(|x| x == c)) =>
+            {
+                Ok(())
+            }
             Some(c) => Err(PolicyError(format!(
                 "destination {uri} may not receive {c:?} data"
             ))),
@@ -177,9 +183,10 @@ impl TenantEntry {
                 format!("source {} cannot be read: {e}", path.display())
             })
         })?;
-        let allowed = self.sources.iter().any(|root| {
-            std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root))
-        });
+        let allowed = self
+            .sources
+            .iter()
+            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)));
         if allowed {
             Ok(real)
         } else {
@@ -255,7 +262,8 @@ impl TenantFile {
             path: path.clone(),
             message,
         };
-        let file: TenantFile = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let file: TenantFile =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
         let mut seen = std::collections::HashSet::new();
         for t in &file.tenants {
             crate::protocol::check_id("tenant", &t.tenant).map_err(|e| invalid(e.to_string()))?;
@@ -263,7 +271,10 @@ impl TenantFile {
                 return Err(invalid(format!("tenant {:?} is listed twice", t.tenant)));
             }
             if t.share == 0 {
-                return Err(invalid(format!("tenant {:?}: share must be at least 1", t.tenant)));
+                return Err(invalid(format!(
+                    "tenant {:?}: share must be at least 1",
+                    t.tenant
+                )));
             }
             if t.max_concurrent_jobs == Some(0) {
                 return Err(invalid(format!(
@@ -403,7 +414,10 @@ mod tests {
 
     #[test]
     fn destinations_match_at_path_boundaries_only() {
-        let t = tenant(Some(vec![rule("s3://acme/in", &[]), rule("file:///srv/a/", &[])]));
+        let t = tenant(Some(vec![
+            rule("s3://acme/in", &[]),
+            rule("file:///srv/a/", &[]),
+        ]));
         assert!(t.check_destination("s3://acme/in", None).is_ok());
         assert!(t.check_destination("s3://acme/in/x", None).is_ok());
         assert!(t.check_destination("s3://acme/in?region=x", None).is_ok());
@@ -442,13 +456,19 @@ mod tests {
         std::fs::write(other.join("g"), b"y").unwrap();
         std::os::unix::fs::symlink(other.join("g"), allowed.join("link")).unwrap();
         let mut t = tenant(None);
-        assert!(t.check_source(&allowed.join("f")).is_err(), "no sources configured");
+        assert!(
+            t.check_source(&allowed.join("f")).is_err(),
+            "no sources configured"
+        );
         t.sources = vec![allowed.clone()];
         assert!(t.check_source(&allowed.join("f")).is_ok());
         assert!(t.check_source(&allowed).is_ok());
         assert!(t.check_source(&other.join("g")).is_err());
         assert!(t.check_source(&allowed.join("../other/g")).is_err());
-        assert!(t.check_source(&allowed.join("link")).is_err(), "symlink out");
+        assert!(
+            t.check_source(&allowed.join("link")).is_err(),
+            "symlink out"
+        );
         assert!(t.check_source(Path::new("relative")).is_err());
         let e = t.check_source(&allowed.join("missing")).unwrap_err();
         assert!(e.0.contains("does not exist"));
@@ -469,7 +489,10 @@ mod tests {
         let text = std::fs::read_to_string(TenantFile::path(dir.path())).unwrap();
         assert!(!text.contains("key-a"), "keys are stored hashed");
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(TenantFile::path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(TenantFile::path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -488,7 +511,10 @@ mod tests {
         assert_eq!(key.verify("acme"), None);
         assert!(!format!("{key:?}").contains(|c: char| c.is_ascii_digit()));
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("service.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("service.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

@@ -176,10 +176,7 @@ impl JobSpec {
         if let Some(p) = self.priority
             && p > limits::MAX_PRIORITY
         {
-            return err(format!(
-                "priority: {p} is above {}",
-                limits::MAX_PRIORITY
-            ));
+            return err(format!("priority: {p} is above {}", limits::MAX_PRIORITY));
         }
         if let Some(c) = &self.classification {
             crate::protocol::check_id("classification", c)
@@ -259,6 +256,8 @@ pub struct Job {
 pub enum Outcome {
     /// Manifest and receipts (JSON), all signed.
     Completed {
+        /// Bytes delivered.
+        bytes: u64,
         /// The signed manifest.
         manifest: String,
         /// One signed receipt per destination.
@@ -401,22 +400,85 @@ mod tests {
     fn specs_are_validated_field_by_field() {
         assert!(spec().validate().is_ok());
         let cases: Vec<(JobSpec, &str)> = vec![
-            (JobSpec { source: "rel/x".into(), ..spec() }, "source"),
-            (JobSpec { destinations: vec![], ..spec() }, "destinations"),
-            (JobSpec { destinations: vec!["null://".into(); 2], ..spec() }, "twice"),
-            (JobSpec { destinations: (0..17).map(|i| format!("null://{i}")).collect(), ..spec() }, "destinations"),
-            (JobSpec { chunk_size: Some(1000), ..spec() }, "chunk_size"),
-            (JobSpec { chunk_size: Some(2 << 30), ..spec() }, "chunk_size"),
-            (JobSpec { priority: Some(10), ..spec() }, "priority"),
-            (JobSpec { classification: Some("p h i".into()), ..spec() }, "classification"),
-            (JobSpec { max_attempts: Some(0), ..spec() }, "max_attempts"),
-            (JobSpec { max_attempts: Some(21), ..spec() }, "max_attempts"),
+            (
+                JobSpec {
+                    source: "rel/x".into(),
+                    ..spec()
+                },
+                "source",
+            ),
+            (
+                JobSpec {
+                    destinations: vec![],
+                    ..spec()
+                },
+                "destinations",
+            ),
+            (
+                JobSpec {
+                    destinations: vec!["null://".into(); 2],
+                    ..spec()
+                },
+                "twice",
+            ),
+            (
+                JobSpec {
+                    destinations: (0..17).map(|i| format!("null://{i}")).collect(),
+                    ..spec()
+                },
+                "destinations",
+            ),
+            (
+                JobSpec {
+                    chunk_size: Some(1000),
+                    ..spec()
+                },
+                "chunk_size",
+            ),
+            (
+                JobSpec {
+                    chunk_size: Some(2 << 30),
+                    ..spec()
+                },
+                "chunk_size",
+            ),
+            (
+                JobSpec {
+                    priority: Some(10),
+                    ..spec()
+                },
+                "priority",
+            ),
+            (
+                JobSpec {
+                    classification: Some("p h i".into()),
+                    ..spec()
+                },
+                "classification",
+            ),
+            (
+                JobSpec {
+                    max_attempts: Some(0),
+                    ..spec()
+                },
+                "max_attempts",
+            ),
+            (
+                JobSpec {
+                    max_attempts: Some(21),
+                    ..spec()
+                },
+                "max_attempts",
+            ),
         ];
         for (s, field) in cases {
             let e = s.validate().unwrap_err();
             assert!(e.0.contains(field), "{e} should name {field}");
         }
-        let s3 = JobSpec { destinations: vec!["s3://b/p".into()], ..spec() };
+        let s3 = JobSpec {
+            destinations: vec!["s3://b/p".into()],
+            ..spec()
+        };
         assert_eq!(s3.effective_chunk_size(), 8 << 20);
         assert_eq!(spec().effective_chunk_size(), 4 << 20);
     }
@@ -437,7 +499,9 @@ mod tests {
         let d = Duration::from_secs(2);
         assert_eq!(
             after_failure(false, 1, 3, 1_000, d),
-            AfterFailure::Retry { not_before_ms: 3_000 }
+            AfterFailure::Retry {
+                not_before_ms: 3_000
+            }
         );
         assert_eq!(
             after_failure(false, 3, 3, 1_000, d),

@@ -257,10 +257,15 @@ impl Runner {
         );
         match &outcome {
             Outcome::Completed { .. } => {
-                info!(elapsed_ms = started.elapsed().as_millis() as u64, "job completed");
+                info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "job completed"
+                );
             }
             Outcome::Permanent(r) => warn!(reason = %r, "job failed (permanent)"),
-            Outcome::Transient(r) => warn!(reason = %r, retry_in_ms = delay.as_millis() as u64, "job attempt failed (transient)"),
+            Outcome::Transient(r) => {
+                warn!(reason = %r, retry_in_ms = delay.as_millis() as u64, "job attempt failed (transient)")
+            }
         }
         metrics::counter!("trackshift_job_attempts_total", "tenant" => job.tenant.clone(), "outcome" => match &outcome {
             Outcome::Completed { .. } => "completed",
@@ -275,7 +280,9 @@ impl Runner {
         {
             Ok(Some(state)) => info!(%state, "job recorded"),
             Ok(None) => info!("job was cancelled or taken over meanwhile; outcome dropped"),
-            Err(e) => warn!(error = %e, "recording the outcome failed; the lease will lapse and the job run again"),
+            Err(e) => {
+                warn!(error = %e, "recording the outcome failed; the lease will lapse and the job run again")
+            }
         }
     }
 
@@ -325,15 +332,15 @@ impl Runner {
         cfg.cancel = Some(cancel_rx);
         let tenant = job.tenant.clone();
         let latencies = self.latencies.clone();
-        let histogram = metrics::histogram!("trackshift_chunk_latency_seconds", "tenant" => tenant.clone());
+        let histogram =
+            metrics::histogram!("trackshift_chunk_latency_seconds", "tenant" => tenant.clone());
         cfg.chunk_latency = Some(LatencyHook(Arc::new(move |d| {
             histogram.record(d.as_secs_f64());
             latencies.record(&tenant, now_ms(), d);
         })));
         let done = Arc::new(AtomicU64::new(job.bytes_done));
         let total = Arc::new(AtomicU64::new(job.bytes_total));
-        let bytes_counter =
-            metrics::counter!("trackshift_bytes_acknowledged_total", "tenant" => job.tenant.clone());
+        let bytes_counter = metrics::counter!("trackshift_bytes_acknowledged_total", "tenant" => job.tenant.clone());
         let progress = {
             let (done, total) = (done.clone(), total.clone());
             move |_: usize, p: crate::sender::Progress| {
@@ -378,6 +385,7 @@ impl Runner {
         };
         Some(match result {
             Ok(report) => Outcome::Completed {
+                bytes: report.bytes,
                 manifest: report.manifest,
                 receipts: report.receipts,
             },
@@ -394,7 +402,9 @@ fn classify(e: SendError) -> Outcome {
         SendError::Source(_) | SendError::SourceRead(_) | SendError::Refused(_) => {
             Outcome::Permanent(text)
         }
-        SendError::JobFailed { permanent: true, .. } => Outcome::Permanent(text),
+        SendError::JobFailed {
+            permanent: true, ..
+        } => Outcome::Permanent(text),
         SendError::JobFailed { .. }
         | SendError::Connection(_)
         | SendError::GaveUp { .. }
@@ -429,21 +439,36 @@ mod tests {
         let (p95, n) = w.quantile("a", 500, 0.95).unwrap();
         assert_eq!(n, 100);
         assert_eq!(p95, Duration::from_millis(95));
-        assert_eq!(w.quantile("a", 500, 1.0).unwrap().0, Duration::from_millis(100));
+        assert_eq!(
+            w.quantile("a", 500, 1.0).unwrap().0,
+            Duration::from_millis(100)
+        );
         assert!(w.quantile("b", 0, 0.95).is_none());
     }
 
     #[test]
     fn errors_are_sorted_into_permanent_and_transient() {
-        assert!(matches!(classify(SendError::Refused("bad token".into())), Outcome::Permanent(_)));
         assert!(matches!(
-            classify(SendError::JobFailed { reason: "auth".into(), permanent: true }),
+            classify(SendError::Refused("bad token".into())),
             Outcome::Permanent(_)
         ));
         assert!(matches!(
-            classify(SendError::JobFailed { reason: "503".into(), permanent: false }),
+            classify(SendError::JobFailed {
+                reason: "auth".into(),
+                permanent: true
+            }),
+            Outcome::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(SendError::JobFailed {
+                reason: "503".into(),
+                permanent: false
+            }),
             Outcome::Transient(_)
         ));
-        assert!(matches!(classify(SendError::Connection("reset".into())), Outcome::Transient(_)));
+        assert!(matches!(
+            classify(SendError::Connection("reset".into())),
+            Outcome::Transient(_)
+        ));
     }
 }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{OptionalExtension as _, params};
 
 use super::model::{
-    AfterFailure, Candidate, Job, JobSpec, JobState, Outcome, Transition, after_failure,
-    limits, pick_fair,
+    AfterFailure, Candidate, Job, JobSpec, JobState, Outcome, Transition, after_failure, limits,
+    pick_fair,
 };
 
 /// A store failure.
@@ -129,8 +129,7 @@ pub trait JobStore: Send + Sync {
     /// The job's transitions, oldest first.
     async fn transitions(&self, tenant: &str, id: &str) -> Result<Vec<Transition>, StoreError>;
     /// The signed manifest and receipts of a completed job.
-    async fn documents(&self, tenant: &str, id: &str)
-    -> Result<(String, Vec<String>), StoreError>;
+    async fn documents(&self, tenant: &str, id: &str) -> Result<(String, Vec<String>), StoreError>;
     /// Cancels a queued or running job.
     async fn cancel(&self, tenant: &str, id: &str, now_ms: i64) -> Result<Job, StoreError>;
     /// Queues a failed or cancelled job again with fresh attempts.
@@ -209,13 +208,14 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_ms DESC,
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, tenant, priority DESC, created_ms);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
 CREATE TABLE IF NOT EXISTS transitions (
+    seq INTEGER PRIMARY KEY,
     job_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     from_state TEXT,
     to_state TEXT NOT NULL,
     reason TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, rowid);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);
 ";
 
 const JOB_COLUMNS: &str = "id, tenant, correlation_id, spec, state, attempts, created_ms, updated_ms, \
@@ -329,9 +329,10 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tx =
-                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
@@ -411,7 +412,7 @@ impl JobStore for SqliteStore {
         self.tx(move |tx| {
             load_for(tx, &tenant, &id)?;
             let mut stmt = tx.prepare(
-                "SELECT at_ms, from_state, to_state, reason FROM transitions WHERE job_id = ?1 ORDER BY rowid",
+                "SELECT at_ms, from_state, to_state, reason FROM transitions WHERE job_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map(params![id], |r| {
                 Ok((
@@ -443,11 +444,7 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn documents(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> Result<(String, Vec<String>), StoreError> {
+    async fn documents(&self, tenant: &str, id: &str) -> Result<(String, Vec<String>), StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.tx(move |tx| {
             let job = load_for(tx, &tenant, &id)?;
@@ -478,7 +475,13 @@ impl JobStore for SqliteStore {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.tx(move |tx| {
             let job = load_for(tx, &tenant, &id)?;
-            transition(tx, &job, JobState::Cancelled, "cancelled by the tenant", now_ms)?;
+            transition(
+                tx,
+                &job,
+                JobState::Cancelled,
+                "cancelled by the tenant",
+                now_ms,
+            )?;
             tx.execute(
                 "UPDATE jobs SET finished_ms = ?2 WHERE id = ?1",
                 params![id, now_ms],
@@ -560,7 +563,7 @@ impl JobStore for SqliteStore {
             transition(tx, &job, JobState::Running, &format!("claimed by {worker}"), now_ms)?;
             tx.execute(
                 "UPDATE jobs SET attempts = attempts + 1, worker = ?2, lease_until_ms = ?3,
-                 started_ms = COALESCE(started_ms, ?4) WHERE id = ?1",
+                 started_ms = ?4 WHERE id = ?1",
                 params![job.id, worker, lease_until_ms, now_ms],
             )?;
             load(tx, &job.id)
@@ -581,7 +584,13 @@ impl JobStore for SqliteStore {
             let n = tx.execute(
                 "UPDATE jobs SET lease_until_ms = ?3, bytes_done = ?4, bytes_total = ?5
                  WHERE id = ?1 AND worker = ?2 AND state IN ('running', 'verifying')",
-                params![id, worker, lease_until_ms, to_i64(bytes_done), to_i64(bytes_total)],
+                params![
+                    id,
+                    worker,
+                    lease_until_ms,
+                    to_i64(bytes_done),
+                    to_i64(bytes_total)
+                ],
             )?;
             if n == 1 {
                 return Ok(Heartbeat::Held);
@@ -605,7 +614,13 @@ impl JobStore for SqliteStore {
             if job.state != JobState::Running || job.worker.as_deref() != Some(worker.as_str()) {
                 return held_or_not(tx, &id, &worker);
             }
-            transition(tx, &job, JobState::Verifying, "every chunk acknowledged", now_ms)?;
+            transition(
+                tx,
+                &job,
+                JobState::Verifying,
+                "every chunk acknowledged",
+                now_ms,
+            )?;
             Ok(Heartbeat::Held)
         })
         .await
@@ -634,16 +649,17 @@ impl JobStore for SqliteStore {
                 |r| r.get(0),
             )?;
             let state = match outcome {
-                Outcome::Completed { manifest, receipts } => {
+                Outcome::Completed { bytes, manifest, receipts } => {
                     transition(tx, &job, JobState::Completed, "manifest and receipts signed", now_ms)?;
                     tx.execute(
                         "UPDATE jobs SET manifest = ?2, receipts = ?3, finished_ms = ?4, worker = NULL,
-                         lease_until_ms = NULL, bytes_done = bytes_total, last_error = NULL WHERE id = ?1",
+                         lease_until_ms = NULL, bytes_total = ?5, bytes_done = ?5, last_error = NULL WHERE id = ?1",
                         params![
                             id,
                             manifest,
                             serde_json::to_string(&receipts).expect("strings serialise"),
-                            now_ms
+                            now_ms,
+                            to_i64(bytes)
                         ],
                     )?;
                     JobState::Completed
@@ -714,7 +730,11 @@ impl JobStore for SqliteStore {
                 tx.prepare("SELECT tenant, state, COUNT(*) FROM jobs GROUP BY tenant, state")?;
             let mut out = Vec::new();
             for r in stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })? {
                 let (t, s, n) = r?;
                 if let Some(s) = JobState::parse(&s) {
@@ -797,7 +817,9 @@ fn held_or_not(tx: &rusqlite::Connection, id: &str, worker: &str) -> Result<Hear
         Some(j) if j.state == JobState::Cancelled && j.worker.as_deref() == Some(worker) => {
             Ok(Heartbeat::Cancelled)
         }
-        Some(j) if j.state.is_active() && j.worker.as_deref() == Some(worker) => Ok(Heartbeat::Held),
+        Some(j) if j.state.is_active() && j.worker.as_deref() == Some(worker) => {
+            Ok(Heartbeat::Held)
+        }
         _ => Ok(Heartbeat::Lost),
     }
 }

@@ -1,0 +1,468 @@
+//! The job store (SQLite): lifecycle, leases, retries and dead letters, fair claims,
+//! tenant isolation, paging.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use trackshift_engine::jobs::store::{Heartbeat, ListQuery, NewJob, Quota};
+use trackshift_engine::jobs::{JobSpec, JobState, JobStore, Outcome, SqliteStore, StoreError};
+
+fn spec(priority: Option<u8>, attempts: Option<u32>) -> JobSpec {
+    JobSpec {
+        source: "/data/x".into(),
+        destinations: vec!["null://".into()],
+        chunk_size: None,
+        priority,
+        classification: None,
+        strict: None,
+        max_attempts: attempts,
+    }
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+    (dir, s)
+}
+
+async fn submit(s: &SqliteStore, tenant: &str, at: i64) -> String {
+    s.create(
+        NewJob {
+            tenant: tenant.into(),
+            spec: spec(None, Some(3)),
+            correlation_id: None,
+        },
+        at,
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+const NO_QUOTAS: fn() -> HashMap<String, Quota> = HashMap::new;
+const SEC: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn a_job_runs_through_its_lifecycle_with_every_transition_recorded() {
+    let (_d, s) = store();
+    let id = submit(&s, "a", 1_000).await;
+    let job = s.get("a", &id).await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.correlation_id, id, "defaults to the job id");
+    let claimed = s
+        .claim("w1", &NO_QUOTAS(), 2_000, 32_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (claimed.id.as_str(), claimed.state, claimed.attempts),
+        (id.as_str(), JobState::Running, 1)
+    );
+    assert!(
+        s.claim("w2", &NO_QUOTAS(), 2_000, 32_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "claimed once"
+    );
+    assert_eq!(
+        s.heartbeat(&id, "w1", 40_000, 5, 10).await.unwrap(),
+        Heartbeat::Held
+    );
+    assert_eq!(
+        s.heartbeat(&id, "w2", 40_000, 5, 10).await.unwrap(),
+        Heartbeat::Lost,
+        "not w2's"
+    );
+    assert_eq!(
+        s.verifying(&id, "w1", 3_000).await.unwrap(),
+        Heartbeat::Held
+    );
+    let state = s
+        .finish(
+            &id,
+            "w1",
+            Outcome::Completed {
+                bytes: 10,
+                manifest: "{\"m\":1}".into(),
+                receipts: vec!["{\"r\":1}".into()],
+            },
+            4_000,
+            SEC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, Some(JobState::Completed));
+    let (m, r) = s.documents("a", &id).await.unwrap();
+    assert_eq!(
+        (m.as_str(), r),
+        ("{\"m\":1}", vec!["{\"r\":1}".to_string()])
+    );
+    let ts: Vec<(Option<JobState>, JobState)> = s
+        .transitions("a", &id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        ts,
+        vec![
+            (None, JobState::Queued),
+            (Some(JobState::Queued), JobState::Running),
+            (Some(JobState::Running), JobState::Verifying),
+            (Some(JobState::Verifying), JobState::Completed),
+        ]
+    );
+    let job = s.get("a", &id).await.unwrap();
+    assert_eq!((job.bytes_done, job.bytes_total), (10, 10));
+    // Completed is final.
+    assert!(matches!(
+        s.cancel("a", &id, 5_000).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.retry("a", &id, 5_000).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at_once() {
+    let (_d, s) = store();
+    let id = submit(&s, "a", 0).await; // max_attempts 3
+    for attempt in 1..=3u32 {
+        let now = i64::from(attempt) * 100_000;
+        let j = s
+            .claim("w", &NO_QUOTAS(), now, now + 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(j.attempts, attempt);
+        let st = s
+            .finish(
+                &id,
+                "w",
+                Outcome::Transient(format!("reset {attempt}")),
+                now,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let job = s.get("a", &id).await.unwrap();
+        if attempt < 3 {
+            assert_eq!(st, Some(JobState::Queued));
+            assert_eq!(job.not_before_ms, now + 10_000);
+            assert!(
+                s.claim("w", &NO_QUOTAS(), now + 9_999, now + 40_000)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "backoff respected"
+            );
+        } else {
+            assert_eq!(st, Some(JobState::Failed));
+            assert!(job.dead_letter);
+            assert_eq!(job.last_error.as_deref(), Some("reset 3"));
+        }
+    }
+    // The tenant retries: fresh attempts.
+    let j = s.retry("a", &id, 1_000_000).await.unwrap();
+    assert_eq!(
+        (j.state, j.attempts, j.dead_letter),
+        (JobState::Queued, 0, false)
+    );
+    s.claim("w", &NO_QUOTAS(), 1_000_001, 1_030_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let st = s
+        .finish(
+            &id,
+            "w",
+            Outcome::Permanent("bad credentials".into()),
+            1_000_002,
+            SEC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, Some(JobState::Failed));
+    let job = s.get("a", &id).await.unwrap();
+    assert!(!job.dead_letter, "a permanent failure is not a dead letter");
+}
+
+#[tokio::test]
+async fn an_expired_lease_puts_the_job_back_for_another_worker() {
+    let (_d, s) = store();
+    let id = submit(&s, "a", 0).await;
+    s.claim("dead", &NO_QUOTAS(), 1_000, 31_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.expire_leases(30_999).await.unwrap(), 0, "not yet");
+    assert_eq!(s.expire_leases(31_001).await.unwrap(), 1);
+    let j = s.get("a", &id).await.unwrap();
+    assert_eq!(j.state, JobState::Queued);
+    assert!(j.last_error.unwrap().contains("dead stopped renewing"));
+    let j = s
+        .claim("alive", &NO_QUOTAS(), 31_002, 61_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((j.worker.as_deref(), j.attempts), (Some("alive"), 2));
+    // The dead worker, if it comes back, finds it lost and cannot record an outcome.
+    assert_eq!(
+        s.heartbeat(&id, "dead", 90_000, 1, 1).await.unwrap(),
+        Heartbeat::Lost
+    );
+    let st = s
+        .finish(&id, "dead", Outcome::Transient("x".into()), 31_003, SEC)
+        .await
+        .unwrap();
+    assert_eq!(st, None);
+    // A job that keeps killing its workers is dead-lettered when attempts run out.
+    s.expire_leases(61_001).await.unwrap();
+    s.claim("w3", &NO_QUOTAS(), 61_002, 62_000)
+        .await
+        .unwrap()
+        .unwrap();
+    s.expire_leases(62_001).await.unwrap();
+    let j = s.get("a", &id).await.unwrap();
+    assert_eq!((j.state, j.dead_letter), (JobState::Failed, true));
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_reaches_its_worker() {
+    let (_d, s) = store();
+    let id = submit(&s, "a", 0).await;
+    s.claim("w", &NO_QUOTAS(), 1, 30_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let j = s.cancel("a", &id, 2).await.unwrap();
+    assert_eq!(j.state, JobState::Cancelled);
+    assert_eq!(
+        s.heartbeat(&id, "w", 40_000, 1, 2).await.unwrap(),
+        Heartbeat::Cancelled
+    );
+    assert_eq!(
+        s.finish(&id, "w", Outcome::Transient("x".into()), 3, SEC)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.get("a", &id).await.unwrap().state, JobState::Cancelled);
+    assert!(
+        matches!(s.cancel("a", &id, 4).await, Err(StoreError::Conflict(_))),
+        "twice"
+    );
+    assert_eq!(s.retry("a", &id, 5).await.unwrap().state, JobState::Queued);
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_others_jobs() {
+    let (_d, s) = store();
+    let a = submit(&s, "a", 1).await;
+    let b = submit(&s, "b", 2).await;
+    assert!(matches!(s.get("b", &a).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.transitions("b", &a).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.documents("b", &a).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.cancel("b", &a, 3).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.retry("b", &a, 3).await,
+        Err(StoreError::NotFound)
+    ));
+    let listed: Vec<String> = s
+        .list("b", &ListQuery::default())
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, vec![b]);
+    assert_eq!(
+        s.get("a", &a).await.unwrap().state,
+        JobState::Queued,
+        "a's job untouched"
+    );
+}
+
+#[tokio::test]
+async fn listing_pages_newest_first_and_filters_by_state() {
+    let (_d, s) = store();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(submit(&s, "a", 1_000 + i).await);
+    }
+    ids.push(submit(&s, "a", 1_006).await); // same time as the last: ordered by id
+    s.cancel("a", &ids[0], 2_000).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list(
+                "a",
+                &ListQuery {
+                    state: None,
+                    limit: Some(3),
+                    cursor: cursor.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(page.jobs.len() <= 3);
+        seen.extend(page.jobs.iter().map(|j| (j.created_ms, j.id.clone())));
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8, "every job once");
+    let mut sorted = seen.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(seen, sorted, "newest first, ties by id");
+    let cancelled = s
+        .list(
+            "a",
+            &ListQuery {
+                state: Some(JobState::Cancelled),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cancelled.jobs.len(), 1);
+    assert_eq!(cancelled.jobs[0].id, ids[0]);
+    assert!(matches!(
+        s.list(
+            "a",
+            &ListQuery {
+                cursor: Some("garbage".into()),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn claims_share_workers_fairly_and_respect_quotas_and_priority() {
+    let (_d, s) = store();
+    for i in 0..50 {
+        submit(&s, "big", i).await;
+    }
+    for i in 0..5 {
+        submit(&s, "small", 100 + i).await;
+    }
+    let mut quotas = HashMap::new();
+    quotas.insert(
+        "big".to_string(),
+        Quota {
+            share: 1,
+            limit: None,
+        },
+    );
+    quotas.insert(
+        "small".to_string(),
+        Quota {
+            share: 1,
+            limit: Some(2),
+        },
+    );
+    let mut got: HashMap<String, u32> = HashMap::new();
+    for n in 0..10 {
+        let j = s
+            .claim(&format!("w{n}"), &quotas, 1_000, 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        *got.entry(j.tenant).or_default() += 1;
+    }
+    assert_eq!(
+        got["small"], 2,
+        "small's quota caps it although it is behind its share"
+    );
+    assert_eq!(got["big"], 8);
+    // Within a tenant, higher priority first.
+    let urgent = s
+        .create(
+            NewJob {
+                tenant: "big".into(),
+                spec: spec(Some(9), None),
+                correlation_id: Some("c-1".into()),
+            },
+            5_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(urgent.correlation_id, "c-1");
+    let next = s
+        .claim("wx", &quotas, 6_000, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.id, urgent.id);
+}
+
+#[tokio::test]
+async fn counts_and_kpis_reflect_finished_jobs() {
+    let (_d, s) = store();
+    let ok = submit(&s, "a", 0).await;
+    let bad = submit(&s, "a", 1).await;
+    s.claim("w", &NO_QUOTAS(), 1_000, 60_000).await.unwrap();
+    s.claim("w", &NO_QUOTAS(), 1_000, 60_000).await.unwrap();
+    s.finish(
+        &ok,
+        "w",
+        Outcome::Completed {
+            bytes: 4_000,
+            manifest: "{}".into(),
+            receipts: vec![],
+        },
+        3_000,
+        SEC,
+    )
+    .await
+    .unwrap();
+    s.finish(&bad, "w", Outcome::Permanent("no".into()), 3_000, SEC)
+        .await
+        .unwrap();
+    let kpi = s.kpi(0).await.unwrap();
+    let a = &kpi["a"];
+    assert_eq!(
+        (a.completed, a.failed, a.bytes, a.busy_ms),
+        (1, 1, 4_000, 2_000)
+    );
+    assert!(s.kpi(3_001).await.unwrap().is_empty(), "outside the window");
+    let counts = s.counts().await.unwrap();
+    assert!(counts.contains(&("a".into(), JobState::Completed, 1)));
+    assert!(counts.contains(&("a".into(), JobState::Failed, 1)));
+    s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_store_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let id = {
+        let s = SqliteStore::open(&path).unwrap();
+        let id = submit(&s, "a", 0).await;
+        s.claim("w", &NO_QUOTAS(), 1, 2).await.unwrap();
+        id
+    };
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get("a", &id).await.unwrap().state, JobState::Running);
+    assert_eq!(s.expire_leases(3).await.unwrap(), 1);
+    assert_eq!(s.get("a", &id).await.unwrap().state, JobState::Queued);
+}

@@ -1,0 +1,599 @@
+//! The job API (`/v1/jobs...`), operator endpoints (`/health`, `/ready`, `/metrics`,
+//! `/reports/kpi`) and the OpenAPI document (`/v1/openapi.json`).
+//!
+//! Tenants authenticate with `Authorization: Bearer KEY`. A tenant only ever sees its own
+//! jobs: another tenant's job id answers exactly like an unknown one (404). Every request
+//! gets a correlation id (`X-Correlation-Id`, taken from the request when valid, else
+//! new) that is logged, returned, and becomes the id of a job it creates.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tracing::{Instrument as _, info, info_span, warn};
+use trackshift_engine::jobs::runner::{Runner, now_ms};
+use trackshift_engine::jobs::store::{ListQuery, NewJob, StoreError};
+use trackshift_engine::jobs::{Job, JobSpec, JobState, JobStore, Transition};
+use trackshift_engine::tenants::{TenantEntry, TenantFile};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 << 10;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The job store.
+    pub store: Arc<dyn JobStore>,
+    /// Tenants and their policy.
+    pub tenants: Arc<TenantFile>,
+    /// This process's worker (woken on submit; its chunk latencies feed the KPIs).
+    pub runner: Arc<Runner>,
+    /// The ledger (checked by `/ready`).
+    pub ledger: Arc<trackshift_ledger::Ledger>,
+    /// Prometheus exposition.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// An error as JSON: `{"error": "..."}`.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError(StatusCode::NOT_FOUND, "no such job".into()),
+            StoreError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
+            StoreError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            other => {
+                warn!(error = %other, "job store failed");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the job store is unavailable; see the gateway's log".into(),
+                )
+            }
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> ApiError {
+    let status = match &e {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let status = if status == StatusCode::PAYLOAD_TOO_LARGE && !e.body_text().contains("limit") {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    ApiError(status, e.body_text())
+}
+
+/// The authenticated tenant of a request.
+pub struct Tenant(pub TenantEntry);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let unauthorized = || {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or unknown API key (send Authorization: Bearer KEY)".into(),
+            )
+        };
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauthorized)?;
+        let key = value
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(unauthorized)?;
+        state
+            .tenants
+            .authenticate(key)
+            .map(|t| Tenant(t.clone()))
+            .ok_or_else(unauthorized)
+    }
+}
+
+/// The request's correlation id.
+#[derive(Clone)]
+pub struct Correlation(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Correlation {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(parts
+            .extensions
+            .get::<Correlation>()
+            .cloned()
+            .unwrap_or_else(|| Correlation(uuid::Uuid::new_v4().to_string())))
+    }
+}
+
+/// A valid caller-supplied id, or a new one.
+fn correlation_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| trackshift_engine::protocol::check_id("correlation id", v).is_ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+}
+
+/// Tags every request with its correlation id (span, extension, response header).
+async fn correlate(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = correlation_of(req.headers());
+    req.extensions_mut().insert(Correlation(id.clone()));
+    let span = info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-correlation-id", v);
+    }
+    resp
+}
+
+/// The routes of this module (merged with the ledger's by the caller).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(create_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/jobs/{id}/manifest", get(job_manifest))
+        .route("/v1/jobs/{id}/receipts", get(job_receipts))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .route("/reports/kpi", get(kpi))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(correlate))
+        .with_state(state)
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Correlation id (also in the receipts and every log line of the job).
+    pub correlation_id: String,
+    /// State.
+    pub state: JobState,
+    /// What was asked.
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Created (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+    /// Earliest next attempt, when waiting to retry (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// Last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed after every attempt.
+    pub dead_letter: bool,
+    /// Bytes in the job (once known).
+    pub bytes_total: u64,
+    /// Bytes acknowledged by the gateway.
+    pub bytes_done: u64,
+    /// State changes, oldest first (single-job responses only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transitions: Option<Vec<TransitionView>>,
+}
+
+/// One state change as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Before (absent for creation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<JobState>,
+    /// After.
+    pub to: JobState,
+    /// Why.
+    pub reason: String,
+}
+
+/// RFC 3339 (UTC, milliseconds) of Unix milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn view(job: Job, transitions: Option<Vec<Transition>>) -> JobView {
+    JobView {
+        next_attempt_at: (job.state == JobState::Queued && job.not_before_ms > now_ms())
+            .then(|| rfc3339(job.not_before_ms)),
+        id: job.id,
+        tenant: job.tenant,
+        correlation_id: job.correlation_id,
+        state: job.state,
+        spec: job.spec,
+        attempts: job.attempts,
+        created_at: rfc3339(job.created_ms),
+        updated_at: rfc3339(job.updated_ms),
+        last_error: job.last_error,
+        dead_letter: job.dead_letter,
+        bytes_total: job.bytes_total,
+        bytes_done: job.bytes_done,
+        transitions: transitions.map(|ts| {
+            ts.into_iter()
+                .map(|t| TransitionView {
+                    at: rfc3339(t.at_ms),
+                    from: t.from,
+                    to: t.to,
+                    reason: t.reason,
+                })
+                .collect()
+        }),
+    }
+}
+
+async fn create_job(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Correlation(correlation): Correlation,
+    body: Result<Json<JobSpec>, JsonRejection>,
+) -> Result<(StatusCode, HeaderMap, Json<JobView>), ApiError> {
+    let Json(spec) = body.map_err(json_rejection)?;
+    spec.validate()
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
+    for d in &spec.destinations {
+        trackshift_engine::connectors::from_uri_with(d, Default::default())
+            .map(drop)
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("destinations: {d}: {e}"),
+                )
+            })?;
+        tenant
+            .check_destination(d, spec.classification.as_deref())
+            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
+    }
+    tenant
+        .check_source(&spec.source)
+        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
+    let job = state
+        .store
+        .create(
+            NewJob {
+                tenant: tenant.tenant.clone(),
+                spec,
+                correlation_id: Some(correlation),
+            },
+            now_ms(),
+        )
+        .await?;
+    info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job submitted");
+    state.runner.wake();
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view(job, None))))
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// Page size, 1 to 500.
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobList {
+    /// Jobs, newest first.
+    pub jobs: Vec<JobView>,
+    /// Cursor for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(p) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let st = match p.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("state: {s:?} is not one of queued, running, verifying, completed, failed, cancelled"),
+            )
+        })?),
+    };
+    if let Some(l) = p.limit
+        && !(1..=500).contains(&l)
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit: {l} is not between 1 and 500"),
+        ));
+    }
+    let page = state
+        .store
+        .list(
+            &tenant.tenant,
+            &ListQuery {
+                state: st,
+                limit: p.limit,
+                cursor: p.cursor,
+            },
+        )
+        .await?;
+    Ok(Json(JobList {
+        jobs: page.jobs.into_iter().map(|j| view(j, None)).collect(),
+        next: page.next,
+    }))
+}
+
+/// Job ids are UUIDs; anything else is unknown without asking the store.
+fn job_id(id: &str) -> Result<&str, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| id)
+        .map_err(|_| ApiError(StatusCode::NOT_FOUND, "no such job".into()))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&id)?;
+    let job = state.store.get(&tenant.tenant, id).await?;
+    let transitions = state.store.transitions(&tenant.tenant, id).await?;
+    Ok(Json(view(job, Some(transitions))))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&id)?;
+    let job = state.store.cancel(&tenant.tenant, id, now_ms()).await?;
+    info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job cancelled");
+    Ok(Json(view(job, None)))
+}
+
+async fn retry_job(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&id)?;
+    let job = state.store.retry(&tenant.tenant, id, now_ms()).await?;
+    info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job queued again");
+    state.runner.wake();
+    Ok(Json(view(job, None)))
+}
+
+fn raw_json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn job_manifest(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (manifest, _) = state.store.documents(&tenant.tenant, job_id(&id)?).await?;
+    Ok(raw_json(manifest))
+}
+
+async fn job_receipts(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, receipts) = state.store.documents(&tenant.tenant, job_id(&id)?).await?;
+    // The signed documents verbatim (signatures cover their exact bytes).
+    Ok(raw_json(format!(
+        "{{\"receipts\":[{}]}}",
+        receipts.join(",")
+    )))
+}
+
+/// Progress as server-sent events: a `progress` event on every change (state, bytes),
+/// then the stream ends after the job reaches a final state.
+async fn job_events(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = job_id(&id)?.to_string();
+    // Existence (and ownership) checked up front: a 404, not an empty stream.
+    state.store.get(&tenant.tenant, &id).await?;
+    let stream = async_stream(state.store.clone(), tenant.tenant.clone(), id);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn async_stream(
+    store: Arc<dyn JobStore>,
+    tenant: String,
+    id: String,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(
+        (store, tenant, id, None::<(JobState, u64, u64)>, false),
+        |(store, tenant, id, last, done)| async move {
+            if done {
+                return None;
+            }
+            let mut last = last;
+            loop {
+                let job = match store.get(&tenant, &id).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let ev = Event::default()
+                            .event("error")
+                            .data(serde_json::json!({ "error": e.to_string() }).to_string());
+                        return Some((Ok(ev), (store, tenant, id, last, true)));
+                    }
+                };
+                let now = (job.state, job.bytes_done, job.bytes_total);
+                if last != Some(now) {
+                    last = Some(now);
+                    let terminal = job.state.is_terminal();
+                    let data = serde_json::json!({
+                        "id": job.id,
+                        "state": job.state,
+                        "bytes_done": job.bytes_done,
+                        "bytes_total": job.bytes_total,
+                        "attempts": job.attempts,
+                        "last_error": job.last_error,
+                    });
+                    let ev = Event::default().event("progress").data(data.to_string());
+                    return Some((Ok(ev), (store, tenant, id, last, terminal)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        },
+    )
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../docs/openapi.json"),
+    )
+        .into_response()
+}
+
+/// `/ready`: the store answers and the ledger can be read.
+async fn ready(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let ledger = state.ledger.refresh();
+    let ok = store.is_ok() && ledger.is_ok();
+    let body = serde_json::json!({
+        "ready": ok,
+        "store": store.map_or_else(|e| e.to_string(), |()| "ok".into()),
+        "ledger": ledger.map_or_else(|e| e.to_string(), |_| "ok".into()),
+        "tenants": state.tenants.tenants.len(),
+        "running_jobs": state.runner.running(),
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `/metrics`: Prometheus text. Job counts per tenant and state are read from the store
+/// at scrape time (so they are right across several gateways sharing it).
+async fn prometheus(State(state): State<AppState>) -> Response {
+    match state.store.counts().await {
+        Ok(counts) => {
+            for t in &state.tenants.tenants {
+                for s in JobState::ALL {
+                    let n = counts
+                        .iter()
+                        .find(|(tn, st, _)| *tn == t.tenant && *st == s)
+                        .map_or(0, |c| c.2);
+                    metrics::gauge!("trackshift_jobs", "tenant" => t.tenant.clone(), "state" => s.as_str())
+                        .set(n as f64);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "job counts unavailable for /metrics"),
+    }
+    metrics::gauge!("trackshift_ledger_size").set(state.ledger.size() as f64);
+    metrics::gauge!("trackshift_running_jobs").set(state.runner.running() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Query of `/reports/kpi`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiParams {
+    /// Window in seconds (default 3600, at most 30 days).
+    pub window: Option<u64>,
+}
+
+/// `/reports/kpi`: the calling tenant's figures over a window.
+async fn kpi(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<KpiParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(p) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let window = p.window.unwrap_or(3600);
+    if !(1..=30 * 86_400).contains(&window) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("window: {window} is not between 1 and 2592000 seconds"),
+        ));
+    }
+    let since = now_ms() - i64::try_from(window * 1000).unwrap_or(i64::MAX / 2);
+    let counts = state.store.counts().await?;
+    let ended = state.store.kpi(since).await?;
+    let mine = ended.get(&tenant.tenant).cloned().unwrap_or_default();
+    let by_state: serde_json::Map<String, serde_json::Value> = JobState::ALL
+        .iter()
+        .map(|s| {
+            let n = counts
+                .iter()
+                .find(|(t, st, _)| *t == tenant.tenant && st == s)
+                .map_or(0, |c| c.2);
+            (s.as_str().to_string(), n.into())
+        })
+        .collect();
+    let ended_n = mine.completed + mine.failed;
+    let p95 = state.runner.latencies.quantile(&tenant.tenant, since, 0.95);
+    Ok(Json(serde_json::json!({
+        "tenant": tenant.tenant,
+        "window_seconds": window,
+        "jobs_by_state": by_state,
+        "completed": mine.completed,
+        "failed": mine.failed,
+        "cancelled": mine.cancelled,
+        "bytes": mine.bytes,
+        "throughput_bytes_per_second": if mine.busy_ms > 0 { mine.bytes as f64 * 1000.0 / mine.busy_ms as f64 } else { 0.0 },
+        "failure_rate": if ended_n > 0 { mine.failed as f64 / ended_n as f64 } else { 0.0 },
+        "p95_chunk_latency_ms": p95.map(|(d, _)| d.as_secs_f64() * 1000.0),
+        "latency_samples": p95.map_or(0, |(_, n)| n),
+    })))
+}
