@@ -391,6 +391,7 @@ async fn cancel_job(
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&id)?;
     let job = state.store.cancel(&tenant.tenant, id, now_ms()).await?;
+    state.runner.cancel_local(id);
     info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job cancelled");
     Ok(Json(view(job, None)))
 }

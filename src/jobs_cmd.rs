@@ -286,11 +286,9 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
 fn percent(j: &Value) -> u64 {
     let total = j["bytes_total"].as_u64().unwrap_or(0);
     let done = j["bytes_done"].as_u64().unwrap_or(0);
-    if total == 0 {
-        if j["state"] == "completed" { 100 } else { 0 }
-    } else {
-        done.saturating_mul(100) / total
-    }
+    done.saturating_mul(100)
+        .checked_div(total)
+        .unwrap_or(if j["state"] == "completed" { 100 } else { 0 })
 }
 
 fn urlencode(s: &str) -> String {

@@ -174,6 +174,9 @@ struct Pending {
 /// A job known to the gateway (in progress or finished).
 struct Job {
     tenant: String,
+    /// Job id and correlation id, for log lines.
+    id: String,
+    correlation: String,
     dir: PathBuf,
     state: Mutex<ReceiverJob>,
     /// Where the job writes: one or more destinations, each chunk to all of them.
@@ -208,6 +211,9 @@ impl Job {
             .ok_or_else(|| GatewayError::Job(format!("file index {file} out of range")))?;
         let w = cell
             .get_or_try_init(|| async {
+                if let Some(reason) = self.failed.lock().expect("job lock").clone() {
+                    return Err(GatewayError::Job(reason));
+                }
                 let open = self.open();
                 let f = &open.files[file as usize];
                 let state = if dest == 0 {
@@ -222,7 +228,7 @@ impl Job {
                     chunk_size: open.chunk_size,
                     state_file: Some(self.dir.join(state)),
                 };
-                d.connector.open(&spec, self.resume).await
+                Ok::<_, GatewayError>(d.connector.open(&spec, self.resume).await?)
             })
             .await?;
         Ok(w.clone())
@@ -259,7 +265,7 @@ impl Job {
                 "recording that {uri} was dropped: {err}"
             )));
         }
-        warn!(tenant = %self.tenant, destination = %uri, error = %e, "destination dropped from the job");
+        warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %uri, error = %e, "destination dropped from the job");
         // Leave nothing behind there: partial objects are aborted.
         for w in &self.dests[d].writers {
             if let Some(w) = w.get() {
@@ -560,7 +566,7 @@ impl Shared {
             let log = protocol::decode_chunk_log(&bytes)
                 .map_err(|e| GatewayError::Job(format!("{}: {e}", log_path.display())))?;
             if log.valid_len != bytes.len() {
-                warn!(job = %open.job_id, cut = bytes.len() - log.valid_len, "cutting torn tail of chunk log");
+                warn!(job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), cut = bytes.len() - log.valid_len, "cutting torn tail of chunk log");
                 let f = fs::OpenOptions::new()
                     .write(true)
                     .open(&log_path)
@@ -572,7 +578,7 @@ impl Shared {
             for (c, h) in log.records {
                 state.record(c, h)?;
             }
-            info!(job = %open.job_id, held = state.progress().0, "resuming job");
+            info!(tenant, job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), held = state.progress().0, "resuming job");
         } else {
             fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
             let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
@@ -621,6 +627,8 @@ impl Shared {
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let job = Arc::new(Job {
             tenant: tenant.to_string(),
+            id: open.job_id.clone(),
+            correlation: open.correlation_id.clone().unwrap_or_else(|| "-".into()),
             dir,
             state: Mutex::new(state),
             dests,
@@ -688,7 +696,7 @@ async fn committer(job: Arc<Job>, log: fs::File, mut rx: mpsc::UnboundedReceiver
             }
             Err(e) => {
                 let reason = format!("making chunks durable failed: {e}");
-                warn!(tenant = %job.tenant, error = %e, "job failed");
+                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, error = %e, "job failed");
                 job.fail(reason.clone());
                 for p in &batch {
                     let _ = p.reply.send(ServerFrame::JobFailed {
@@ -857,6 +865,7 @@ async fn control_loop(
             }
             ClientFrame::OpenJob(open) => {
                 let job_id = open.job_id.clone();
+                let correlation = open.correlation_id.clone().unwrap_or_else(|| "-".into());
                 match shared.open_job(&state.tenant, open).await {
                     Ok(job) => {
                         let handle = state.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -866,7 +875,7 @@ async fn control_loop(
                             .lock()
                             .expect("handles lock")
                             .insert(handle, job);
-                        info!(tenant = %state.tenant, job = %job_id, handle, "job open");
+                        info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, handle, "job open");
                         let _ = state.out.send(ServerFrame::JobReady {
                             job_id,
                             handle,
@@ -874,7 +883,7 @@ async fn control_loop(
                         });
                     }
                     Err(e) => {
-                        warn!(tenant = %state.tenant, job = %job_id, error = %e, "job refused");
+                        warn!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, error = %e, "job refused");
                         shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
                         let _ = state.out.send(ServerFrame::JobFailed {
                             handle: u32::MAX,
@@ -915,7 +924,7 @@ async fn control_loop(
                         }
                         Err(e) => {
                             shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                            warn!(tenant = %job.tenant, error = %e, "job failed at finish");
+                            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, error = %e, "job failed at finish");
                             job.fail(e.to_string());
                             ServerFrame::JobFailed {
                                 handle,
@@ -931,22 +940,34 @@ async fn control_loop(
             ClientFrame::CancelJob { handle, reason } => {
                 let job = state.handles.lock().expect("handles lock").remove(&handle);
                 if let Some(job) = job {
-                    info!(tenant = %job.tenant, job = %job.open().job_id, %reason, "job cancelled");
-                    for d in &job.dests {
-                        for w in &d.writers {
-                            if let Some(w) = w.get() {
-                                let _ = w.abort().await;
-                            }
-                        }
-                    }
+                    info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %reason, "job cancelled");
+                    // No new writers from here on; chunks already in flight may still
+                    // open one, so the partial objects are aborted again a moment later.
+                    job.fail(format!("cancelled: {reason}"));
+                    abort_writers(&job).await;
                     let key = (job.tenant.clone(), job.open().job_id);
                     shared.jobs.lock().await.remove(&key);
                     let _ = fs::remove_dir_all(&job.dir);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        abort_writers(&job).await;
+                    });
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Aborts every destination object the job has opened (idempotent).
+async fn abort_writers(job: &Job) {
+    for d in &job.dests {
+        for w in &d.writers {
+            if let Some(w) = w.get() {
+                let _ = w.abort().await;
+            }
+        }
+    }
 }
 
 async fn handle_chunk_stream(
@@ -1062,7 +1083,7 @@ async fn handle_chunk_stream(
         &hash.0[..],
         &header.hash.0[..],
     )) {
-        warn!(tenant = %state.tenant, chunk = ?header.chunk, "chunk failed verification; asking for it again");
+        warn!(tenant = %state.tenant, job = %job.id, correlation_id = %job.correlation, chunk = ?header.chunk, "chunk failed verification; asking for it again");
         let _ = state.out.send(ServerFrame::Reject {
             handle: header.handle,
             chunk: header.chunk,
@@ -1202,7 +1223,7 @@ async fn finish_job(
             0o644,
         )?;
     }
-    info!(tenant = %job.tenant, job = %open.job_id, bytes = manifest.total_bytes(), destinations = texts.len(), "job complete; manifest and receipts signed");
+    info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, bytes = manifest.total_bytes(), destinations = texts.len(), "job complete; manifest and receipts signed");
     *finished = Some((m.clone(), texts.clone()));
     Ok((m, texts))
 }

@@ -46,13 +46,35 @@ pub fn start_gateway(data: &Path) -> Gateway {
 
 /// Starts `trackshift serve` with extra environment variables.
 pub fn start_gateway_with(data: &Path, env: &[(&str, &str)]) -> Gateway {
+    start_gateway_full(data, env, &[], None)
+}
+
+/// Starts `trackshift serve` with extra environment variables and arguments, its log
+/// (stderr) appended to `log` when given.
+pub fn start_gateway_full(
+    data: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    log: Option<&Path>,
+) -> Gateway {
+    let stderr = match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -134,6 +134,8 @@ pub struct Runner {
     /// Chunk latencies per tenant.
     pub latencies: Arc<LatencyWindow>,
     running: AtomicU64,
+    /// Cancel signals of the jobs running here, by job id.
+    cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 impl Runner {
@@ -153,12 +155,21 @@ impl Runner {
             wake: Notify::new(),
             latencies: Arc::new(LatencyWindow::default()),
             running: AtomicU64::new(0),
+            cancels: Mutex::new(HashMap::new()),
         })
     }
 
     /// Looks for work now (after a submission).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Stops the job at once if this worker runs it (after the store recorded the
+    /// cancellation; workers elsewhere notice at their next heartbeat).
+    pub fn cancel_local(&self, job_id: &str) {
+        if let Some(tx) = self.cancels.lock().expect("cancels lock").get(job_id) {
+            let _ = tx.send(true);
+        }
     }
 
     /// Jobs this worker is running now.
@@ -315,6 +326,17 @@ impl Runner {
     /// another worker took it over.
     async fn send(self: &Arc<Self>, job: &Job, request: JobRequest) -> Option<Outcome> {
         let (cancel_tx, cancel_rx) = watch::channel(false);
+        self.cancels
+            .lock()
+            .expect("cancels lock")
+            .insert(job.id.clone(), cancel_tx.clone());
+        struct Unregister<'a>(&'a Runner, &'a str);
+        impl Drop for Unregister<'_> {
+            fn drop(&mut self) {
+                self.0.cancels.lock().expect("cancels lock").remove(self.1);
+            }
+        }
+        let _unregister = Unregister(self, &job.id);
         let mut cfg = SendConfig::new(
             self.cfg.gateway,
             self.cfg.trust.clone(),

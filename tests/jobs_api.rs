@@ -1,0 +1,629 @@
+//! The job service end to end: a `trackshift serve --http` child runs jobs submitted over
+//! its HTTP API (and the `trackshift jobs` CLI) through its own QUIC gateway; tenants are
+//! isolated on every endpoint; bad requests get JSON 4xx and store nothing; cancel,
+//! retry, progress events, and a gateway killed mid-job that resumes after a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, run, start_gateway_full};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
+
+const ACME: &str = "acme-key-0123456789";
+const BETA: &str = "beta-key-0123456789";
+
+/// acme: sources under `root/src-acme`, may write under `root/out-acme/` (phi allowed)
+/// and to null://; beta: sources under `root/src-beta`, any destination, unclassified.
+fn tenants(root: &Path) -> PathBuf {
+    for d in ["src-acme", "src-beta", "out-acme", "out-beta"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let data = root.join("gw");
+    let acme = TenantEntry {
+        sources: vec![root.join("src-acme")],
+        destinations: Some(vec![
+            DestinationRule {
+                prefix: format!("file://{}/", root.join("out-acme").display()),
+                classifications: vec!["phi".into()],
+            },
+            DestinationRule {
+                prefix: "null://".into(),
+                classifications: vec![],
+            },
+        ]),
+        ..TenantEntry::new("acme", ACME)
+    };
+    let beta = TenantEntry {
+        sources: vec![root.join("src-beta")],
+        ..TenantEntry::new("beta", BETA)
+    };
+    TenantFile {
+        tenants: vec![acme, beta],
+    }
+    .save(&data)
+    .unwrap();
+    data
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(gw: &Gateway) -> Self {
+        Self {
+            base: gw.http.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value, headers)
+    }
+
+    async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        let (s, v, _) = self.call("GET", path, Some(key), None).await;
+        (s, v)
+    }
+
+    async fn submit(&self, key: &str, spec: Value) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .call("POST", "/v1/jobs", Some(key), Some(spec.to_string()))
+            .await;
+        (s, v)
+    }
+
+    /// Polls until the job is in a final state (or `until` says stop); returns the job.
+    async fn wait(&self, key: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (s, job) = self.get(&format!("/v1/jobs/{id}"), key).await;
+            assert_eq!(s, StatusCode::OK, "{job}");
+            if until(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never got there: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn final_state(j: &Value) -> bool {
+    matches!(
+        j["state"].as_str(),
+        Some("completed" | "failed" | "cancelled")
+    )
+}
+
+fn states(job: &Value) -> Vec<String> {
+    job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn write_random(path: &Path, len: usize, seed: u8) {
+    let mut data = vec![0u8; len];
+    let mut x = u32::from(seed) | 1;
+    for b in &mut data {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_end_to_end_and_tenants_are_isolated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    let log = root.join("gw.log");
+    let gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let api = Api::new(&gw);
+    let src = root.join("src-acme/batch");
+    std::fs::create_dir_all(&src).unwrap();
+    write_random(&src.join("a.bin"), 3_000_000, 1);
+    std::fs::write(src.join("b.txt"), b"hello\n").unwrap();
+    let dest = format!("file://{}/batch", root.join("out-acme").display());
+    std::fs::create_dir_all(root.join("out-acme/batch")).unwrap();
+
+    // Submit with a correlation id of our own.
+    let spec = json!({ "source": src, "destinations": [dest], "chunk_size": 1048576, "classification": "phi" });
+    let (status, job, headers) = api
+        .call("POST", "/v1/jobs", Some(ACME), Some(spec.to_string()))
+        .await;
+    let _ = headers;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["tenant"], "acme");
+    let req = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", gw.http))
+        .bearer_auth(ACME)
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "order-4711")
+        .body(json!({ "source": src.join("b.txt"), "destinations": ["null://"] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(req.status(), StatusCode::CREATED);
+    assert_eq!(req.headers()["x-correlation-id"], "order-4711");
+    assert!(
+        req.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/v1/jobs/")
+    );
+    let second: Value = serde_json::from_str(&req.text().await.unwrap()).unwrap();
+    assert_eq!(second["correlation_id"], "order-4711");
+    let second_id = second["id"].as_str().unwrap().to_string();
+
+    // The CLI waits for it and fetches the signed documents.
+    let (code, _, err) = run(
+        &[
+            "jobs", "wait", &id, "--out", "docs", "--api", &gw.http, "--key", ACME,
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{err}");
+    for f in ["a.bin", "b.txt"] {
+        assert_eq!(
+            std::fs::read(root.join("out-acme/batch").join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap(),
+            "{f} arrived intact"
+        );
+    }
+    let (code, _, err) = run(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            data.join("keys").to_str().unwrap(),
+            "--out",
+            "pk.json",
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(
+        &[
+            "verify",
+            "docs/receipt.json",
+            "--public-keys",
+            "pk.json",
+            "--manifest",
+            "docs/manifest.json",
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let receipt = std::fs::read_to_string(root.join("docs/receipt.json")).unwrap();
+    let job = api.wait(ACME, &id, final_state).await;
+    assert!(
+        receipt.contains(job["correlation_id"].as_str().unwrap()),
+        "the receipt carries the correlation id"
+    );
+    assert_eq!(job["state"], "completed");
+    assert_eq!(job["bytes_done"], 3_000_006);
+    let st = states(&job);
+    assert_eq!(st.first().unwrap(), "queued");
+    assert!(st.contains(&"running".to_string()));
+    assert_eq!(st.last().unwrap(), "completed");
+    let second = api.wait(ACME, &second_id, final_state).await;
+    assert_eq!(second["state"], "completed", "{second}");
+
+    // Manifest and receipts over the API are the signed documents.
+    let (s, manifest) = api.get(&format!("/v1/jobs/{id}/manifest"), ACME).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        manifest["signature"].is_object() || manifest.to_string().contains("ML-DSA"),
+        "{manifest}"
+    );
+    let (s, receipts) = api.get(&format!("/v1/jobs/{id}/receipts"), ACME).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(receipts["receipts"].as_array().unwrap().len(), 1);
+
+    // Listing: acme sees both, beta none.
+    let (_, list) = api.get("/v1/jobs", ACME).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    let (_, list) = api.get("/v1/jobs?state=completed&limit=1", ACME).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    let cursor = list["next"].as_str().unwrap().to_string();
+    let (_, page2) = api
+        .get(
+            &format!("/v1/jobs?state=completed&limit=1&cursor={cursor}"),
+            ACME,
+        )
+        .await;
+    assert_eq!(page2["jobs"].as_array().unwrap().len(), 1);
+    assert_ne!(page2["jobs"][0]["id"], list["jobs"][0]["id"]);
+    let (_, list) = api.get("/v1/jobs", BETA).await;
+    assert_eq!(list["jobs"], json!([]));
+
+    // Isolation: every job endpoint answers beta exactly as for a job that does not exist.
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    for (method, suffix) in [
+        ("GET", ""),
+        ("GET", "/manifest"),
+        ("GET", "/receipts"),
+        ("GET", "/events"),
+        ("POST", "/cancel"),
+        ("POST", "/retry"),
+    ] {
+        let theirs = api
+            .call(method, &format!("/v1/jobs/{id}{suffix}"), Some(BETA), None)
+            .await;
+        let none = api
+            .call(
+                method,
+                &format!("/v1/jobs/{unknown}{suffix}"),
+                Some(BETA),
+                None,
+            )
+            .await;
+        assert_eq!(
+            theirs.0,
+            StatusCode::NOT_FOUND,
+            "{method} {suffix}: {}",
+            theirs.1
+        );
+        assert_eq!(
+            theirs.1, none.1,
+            "{method} {suffix}: no difference to an unknown id"
+        );
+        let unauth = api
+            .call(method, &format!("/v1/jobs/{id}{suffix}"), None, None)
+            .await;
+        assert_eq!(unauth.0, StatusCode::UNAUTHORIZED, "{method} {suffix}");
+        let wrong = api
+            .call(
+                method,
+                &format!("/v1/jobs/{id}{suffix}"),
+                Some("nope"),
+                None,
+            )
+            .await;
+        assert_eq!(wrong.0, StatusCode::UNAUTHORIZED, "{method} {suffix}");
+    }
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id}"), ACME).await.1["state"],
+        "completed",
+        "untouched"
+    );
+    let (code, _, err) = run(
+        &["jobs", "status", &id, "--api", &gw.http, "--key", BETA],
+        root,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no such job"), "{err}");
+
+    // KPIs are per tenant.
+    let (s, kpi) = api.get("/reports/kpi?window=600", ACME).await;
+    assert_eq!(s, StatusCode::OK, "{kpi}");
+    assert_eq!(kpi["completed"], 2);
+    assert_eq!(kpi["bytes"], 3_000_006 + 6);
+    assert!(kpi["p95_chunk_latency_ms"].as_f64().unwrap() > 0.0, "{kpi}");
+    let (_, kpi) = api.get("/reports/kpi", BETA).await;
+    assert_eq!(kpi["completed"], 0);
+
+    // Operators: readiness, metrics, the OpenAPI document.
+    let (s, ready, _) = api.call("GET", "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{ready}");
+    assert_eq!(ready["ready"], true);
+    let (s, metrics, _) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("trackshift_jobs{tenant=\"acme\",state=\"completed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trackshift_chunk_latency_seconds_count{tenant=\"acme\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trackshift_bytes_acknowledged_total{tenant=\"acme\"} 3000012"),
+        "{metrics}"
+    );
+    let (s, doc, _) = api.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/jobs/{id}/cancel"]["post"].is_object());
+
+    // Every log line about the job carries its correlation id.
+    let corr = job["correlation_id"].as_str().unwrap();
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &Value| l.to_string().contains(&id))
+        .collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    for l in &lines {
+        assert!(
+            l.to_string().contains(corr),
+            "log line without the correlation id: {l}"
+        );
+    }
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains(ACME),
+        "keys never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_and_store_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    let gw = start_gateway_full(&data, &[], &[], None);
+    let api = Api::new(&gw);
+    let src = root.join("src-acme/f");
+    std::fs::write(&src, b"x").unwrap();
+    std::fs::write(root.join("src-beta/g"), b"y").unwrap();
+    let out = format!("file://{}/x", root.join("out-acme").display());
+    let ok = json!({ "source": src, "destinations": [out] });
+    let cases: Vec<(String, &str, StatusCode, &str)> = vec![
+        ("{".into(), ACME, StatusCode::BAD_REQUEST, ""),
+        ("[]".into(), ACME, StatusCode::UNPROCESSABLE_ENTITY, ""),
+        (json!({ "source": src, "destinations": [out], "surprise": 1 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "surprise"),
+        (json!({ "source": src, "destinations": "null://" }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "destinations"),
+        (json!({ "source": src }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "destinations"),
+        (json!({ "source": src, "destinations": [] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "destinations"),
+        (json!({ "source": src, "destinations": [out, out] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "twice"),
+        (json!({ "source": src, "destinations": ["gopher://x/y"] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
+        (json!({ "source": src, "destinations": ["s3://user:secret@bucket/p"] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "credentials"),
+        (json!({ "source": src, "destinations": [out], "chunk_size": 1000 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "chunk_size"),
+        (json!({ "source": src, "destinations": [out], "chunk_size": -1 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "chunk_size"),
+        (json!({ "source": src, "destinations": [out], "priority": 10 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "priority"),
+        (json!({ "source": src, "destinations": [out], "max_attempts": 0 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "max_attempts"),
+        (json!({ "source": "relative/path", "destinations": [out] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "source"),
+        (json!({ "source": root.join("src-beta/g"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "outside"),
+        (json!({ "source": root.join("src-acme/missing"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "does not exist"),
+        (json!({ "source": src, "destinations": [format!("file://{}/x", root.join("out-beta").display())] }).to_string(), ACME, StatusCode::FORBIDDEN, "not allowed"),
+        (json!({ "source": src, "destinations": [format!("file://{}/../out-beta", root.join("out-acme").display())] }).to_string(), ACME, StatusCode::FORBIDDEN, ".."),
+        (json!({ "source": src, "destinations": ["null://"], "classification": "phi" }).to_string(), ACME, StatusCode::FORBIDDEN, "phi"),
+        (json!({ "source": root.join("src-beta/g"), "destinations": ["null://"], "classification": "phi" }).to_string(), BETA, StatusCode::FORBIDDEN, "phi"),
+        (ok.to_string(), "wrong-key", StatusCode::UNAUTHORIZED, "API key"),
+        (format!("{{\"source\": \"{}\", \"destinations\": [\"{}\"], \"pad\": \"{}\"}}", src.display(), out, "x".repeat(100_000)), ACME, StatusCode::PAYLOAD_TOO_LARGE, "limit"),
+    ];
+    for (body, key, want, mention) in cases {
+        let (status, value, _) = api
+            .call("POST", "/v1/jobs", Some(key), Some(body.clone()))
+            .await;
+        let shown = &body[..body.len().min(200)];
+        assert_eq!(status, want, "{shown}: {value}");
+        let msg = value["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("JSON error body for {shown}: {value}"));
+        assert!(
+            msg.contains(mention),
+            "{shown}: {msg:?} should mention {mention:?}"
+        );
+    }
+    // Not JSON at all.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", gw.http))
+        .bearer_auth(ACME)
+        .header("content-type", "text/plain")
+        .body(ok.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Bad queries and ids.
+    for path in [
+        "/v1/jobs?state=done",
+        "/v1/jobs?limit=0",
+        "/v1/jobs?limit=abc",
+        "/v1/jobs?cursor=zzz",
+        "/v1/jobs?bogus=1",
+        "/reports/kpi?window=0",
+    ] {
+        let (s, v) = api.get(path, ACME).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert!(v["error"].is_string(), "{path}: {v}");
+    }
+    let (s, v) = api.get("/v1/jobs/not-a-uuid", ACME).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = api.get("/v1/nothing-here", ACME).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Nothing was stored.
+    let (_, list) = api.get("/v1/jobs", ACME).await;
+    assert_eq!(list["jobs"], json!([]));
+    let (_, list) = api.get("/v1/jobs", BETA).await;
+    assert_eq!(list["jobs"], json!([]));
+    // And a good one still works.
+    let (s, v) = api.submit(ACME, ok).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job_and_retry_runs_it_again_with_progress_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    // Destinations written at 1 MiB/s, so the job is still running when cancelled.
+    let gw = start_gateway_full(&data, &[], &["--dest-rate", "1MiB"], None);
+    let api = Api::new(&gw);
+    let src = root.join("src-acme/big.bin");
+    write_random(&src, 4 << 20, 7);
+    let out_dir = root.join("out-acme/c");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let spec = json!({ "source": src, "destinations": [format!("file://{}", out_dir.display())], "chunk_size": 262144 });
+    let (s, job) = api.submit(ACME, spec).await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    api.wait(ACME, &id, |j| j["state"] == "running").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, j, _) = api
+        .call("POST", &format!("/v1/jobs/{id}/cancel"), Some(ACME), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["state"], "cancelled");
+    let (s, j, _) = api
+        .call("POST", &format!("/v1/jobs/{id}/cancel"), Some(ACME), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "cancelling twice: {j}");
+    // The worker stops and the gateway drops the partial data: nothing under the final name.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "partial data left behind: {left:?}");
+    let (s, j) = api.get(&format!("/v1/jobs/{id}/manifest"), ACME).await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "no manifest for a cancelled job: {j}"
+    );
+    let job = api.get(&format!("/v1/jobs/{id}"), ACME).await.1;
+    assert_eq!(job["state"], "cancelled", "stays cancelled: {job}");
+
+    // Retry: queued again, and its progress streams as server-sent events to the end.
+    let (s, j, _) = api
+        .call("POST", &format!("/v1/jobs/{id}/retry"), Some(ACME), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["state"], "queued");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/{id}/events", gw.http))
+        .bearer_auth(ACME)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let body = tokio::time::timeout(Duration::from_secs(120), resp.text())
+        .await
+        .expect("the event stream ends when the job does")
+        .unwrap();
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(events.len() >= 2, "{body}");
+    let last = events.last().unwrap();
+    assert_eq!(last["state"], "completed", "{body}");
+    assert_eq!(last["bytes_done"], 4 << 20);
+    let done: Vec<u64> = events
+        .iter()
+        .map(|e| e["bytes_done"].as_u64().unwrap())
+        .collect();
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {done:?}"
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("big.bin")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let job = api.get(&format!("/v1/jobs/{id}"), ACME).await.1;
+    let st = states(&job);
+    assert!(
+        st.windows(2)
+            .any(|w| w == ["running", "cancelled"] || w == ["verifying", "cancelled"]),
+        "{st:?}"
+    );
+    assert!(
+        st.windows(2).any(|w| w == ["cancelled", "queued"]),
+        "{st:?}"
+    );
+    assert_eq!(st.last().unwrap(), "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_job_resumes_it_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    let log = root.join("gw.log");
+    let args = ["--dest-rate", "2MiB", "--lease-secs", "2"];
+    let mut gw = start_gateway_full(&data, &[], &args, Some(&log));
+    let api = Api::new(&gw);
+    let src = root.join("src-acme/resume.bin");
+    write_random(&src, 8 << 20, 9);
+    let out_dir = root.join("out-acme/r");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let spec = json!({ "source": src, "destinations": [format!("file://{}", out_dir.display())], "chunk_size": 524288 });
+    let (s, job) = api.submit(ACME, spec).await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    api.wait(ACME, &id, |j| j["bytes_done"].as_u64().unwrap() >= 2 << 20)
+        .await;
+    // Killed without warning: the job stays "running" under a lease nobody renews.
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    drop(gw);
+    let gw = start_gateway_full(&data, &[], &args, Some(&log));
+    let api = Api::new(&gw);
+    let job = api.wait(ACME, &id, final_state).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(
+        std::fs::read(out_dir.join("resume.bin")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let reasons: Vec<&str> = job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("stopped renewing its lease")),
+        "{reasons:?}"
+    );
+    assert_eq!(job["attempts"], 2);
+    // The restarted gateway resumed from the chunks it held.
+    let resumed = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "resuming job" && l["job"] == id.as_str())
+        .expect("a resuming-job log line");
+    assert!(resumed["held"].as_u64().unwrap() >= 4, "{resumed}");
+    // The ledger is intact.
+    let (code, out, err) = run(
+        &["ledger", "verify", "--data-dir", data.to_str().unwrap()],
+        root,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
