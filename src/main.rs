@@ -1,6 +1,7 @@
 //! `trackshift`: the command-line interface and the gateway.
 
 mod api;
+mod bench;
 mod demo;
 mod http;
 mod jobs_cmd;
@@ -63,6 +64,9 @@ enum Command {
     /// Check the append-only ledger of signed manifests and receipts.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Load test: many concurrent jobs from several tenants through the job service and a
+    /// gateway over loopback QUIC; reports throughput, latency, CPU and memory (JSON + HTML).
+    Bench(bench::BenchArgs),
     /// Submit, list, inspect, cancel and wait for jobs through a gateway's job API.
     Jobs {
         /// API location and key.
@@ -263,6 +267,12 @@ fn init_logging(gateway: bool) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Bench(args) => {
+            if !runtime()?.block_on(bench::run(args))? {
+                std::process::exit(i32::from(EXIT_REJECTED));
+            }
+            Ok(())
+        }
         Command::Jobs { api, cmd } => {
             let code = runtime()?.block_on(jobs_cmd::run(api, cmd))?;
             if code != 0 {

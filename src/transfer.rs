@@ -40,8 +40,10 @@ pub struct ServeArgs {
     /// Most API jobs this gateway runs at once.
     #[arg(long, default_value_t = 256)]
     max_jobs: usize,
-    /// Chunk bytes in flight across all API jobs (the job service's sending memory).
-    #[arg(long, default_value = "512MiB", value_parser = crate::size::parse_size)]
+    /// Chunk bytes in flight across all API jobs (the job service's sending memory). Chunk
+    /// latency is about this over the throughput: raise it for long fat links, keep it
+    /// small next to the gateway.
+    #[arg(long, default_value = "64MiB", value_parser = crate::size::parse_size)]
     jobs_memory: u64,
     /// How long a worker's claim on a job lasts without renewal (seconds); a job whose
     /// worker died is taken over after this.

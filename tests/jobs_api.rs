@@ -627,3 +627,65 @@ async fn a_gateway_killed_mid_job_resumes_it_after_a_restart() {
     );
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn the_load_test_reports_its_figures_and_fails_on_missed_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (code, out, err) = run(
+        &[
+            "bench",
+            "--jobs",
+            "12",
+            "--size",
+            "3MiB",
+            "--chunk-size",
+            "1MiB",
+            "--tenants",
+            "3",
+            "--out",
+            "report",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("report/bench-result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["completed"], 12);
+    assert_eq!(r["failed"], 0);
+    assert_eq!(r["bytes"], 12 * 3 * 1_048_576u64);
+    assert_eq!(r["chunk_latency"]["count"], 36, "one latency per chunk");
+    assert!(r["gbps"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    let per: Vec<u64> = r["per_tenant"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["completed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per, vec![4, 4, 4]);
+    let html = std::fs::read_to_string(dir.join("report/bench-report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Throughput over time"));
+    assert!(!html.contains("<script"), "self-contained, no scripts");
+    // An impossible target: the run completes, reports the miss and exits 1.
+    let (code, out, _) = run(
+        &[
+            "bench",
+            "--jobs",
+            "2",
+            "--size",
+            "1MiB",
+            "--tenants",
+            "1",
+            "--out",
+            "r2",
+            "--min-gbps",
+            "100000",
+        ],
+        dir,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("MISSED"), "{out}");
+}

@@ -104,6 +104,16 @@ impl LatencyWindow {
         q.push_back((at_ms, micros));
     }
 
+    /// Every tenant's chunk latencies since `since_ms`, as (time in Unix ms, latency).
+    pub fn samples_since(&self, since_ms: i64) -> Vec<(i64, Duration)> {
+        let s = self.samples.lock().expect("latency lock");
+        s.values()
+            .flatten()
+            .filter(|(at, _)| *at >= since_ms)
+            .map(|(at, us)| (*at, Duration::from_micros(u64::from(*us))))
+            .collect()
+    }
+
     /// The `q` quantile (0..1) of the tenant's chunk latencies since `since_ms`, and how
     /// many samples it is over.
     pub fn quantile(&self, tenant: &str, since_ms: i64, q: f64) -> Option<(Duration, usize)> {
@@ -134,6 +144,8 @@ pub struct Runner {
     /// Chunk latencies per tenant.
     pub latencies: Arc<LatencyWindow>,
     running: AtomicU64,
+    /// Bytes acknowledged by the gateway for this worker's jobs since it started.
+    acked: Arc<AtomicU64>,
     /// Cancel signals of the jobs running here, by job id.
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
@@ -155,6 +167,7 @@ impl Runner {
             wake: Notify::new(),
             latencies: Arc::new(LatencyWindow::default()),
             running: AtomicU64::new(0),
+            acked: Arc::new(AtomicU64::new(0)),
             cancels: Mutex::new(HashMap::new()),
         })
     }
@@ -170,6 +183,11 @@ impl Runner {
         if let Some(tx) = self.cancels.lock().expect("cancels lock").get(job_id) {
             let _ = tx.send(true);
         }
+    }
+
+    /// Bytes acknowledged for this worker's jobs since it started.
+    pub fn bytes_acknowledged(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
     }
 
     /// Jobs this worker is running now.
@@ -364,10 +382,12 @@ impl Runner {
         let total = Arc::new(AtomicU64::new(job.bytes_total));
         let bytes_counter = metrics::counter!("trackshift_bytes_acknowledged_total", "tenant" => job.tenant.clone());
         let progress = {
-            let (done, total) = (done.clone(), total.clone());
+            let (done, total, acked) = (done.clone(), total.clone(), self.acked.clone());
             move |_: usize, p: crate::sender::Progress| {
                 let before = done.swap(p.acked_bytes, Ordering::Relaxed);
-                bytes_counter.increment(p.acked_bytes.saturating_sub(before));
+                let new = p.acked_bytes.saturating_sub(before);
+                bytes_counter.increment(new);
+                acked.fetch_add(new, Ordering::Relaxed);
                 total.store(p.total_bytes, Ordering::Relaxed);
             }
         };
