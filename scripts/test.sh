@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every crate's tests, and the
 # independent auditor check (a Python verifier written from docs/FORMATS.md alone).
-# Needs: the Rust toolchain, python3 with venv and Node.js with npm (PyPI and the npm
+# Needs: the Rust toolchain, python3 with venv, curl, and Node.js with npm (PyPI and the npm
 # registry reachable: the auditor check and the test servers install from them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +27,6 @@ cargo test --workspace --locked
 step "independent auditor verification (tests/independent)"
 cargo build --locked --bin trackshift
 bash tests/independent/run.sh target/debug/trackshift
+
+step "job API fuzzing (Schemathesis against the served OpenAPI document; tests/api-fuzz)"
+bash tests/api-fuzz/run.sh target/debug/trackshift 60

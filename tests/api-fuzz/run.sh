@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Property-based fuzzing of the job API with Schemathesis, driven by the OpenAPI document
+# the gateway serves. A real `trackshift serve --http` runs on 127.0.0.1 with one tenant;
+# a copy of the document pins `source` and the destinations to values that tenant may use,
+# so generated requests also create real jobs and the stateful phase follows the links
+# (get, cancel, retry, manifest, receipts, events) on them. Fails on any 5xx, any response
+# that does not match the document, and any invalid request that is accepted.
+#
+# Usage: tests/api-fuzz/run.sh TRACKSHIFT_BINARY [SECONDS]
+set -euo pipefail
+BIN=$(realpath "$1")
+SECONDS_BUDGET=${2:-60}
+ST_VERSION=4.32.5
+CACHE=${TRACKSHIFT_CACHE:-$HOME/.cache/trackshift-test-servers}
+VENV=$CACHE/fuzz-venv
+if [ ! -x "$VENV/bin/st" ] || [ ! -f "$VENV/.st-$ST_VERSION" ]; then
+    echo "installing schemathesis $ST_VERSION (PyPI) into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$ST_VERSION"
+    touch "$VENV/.st-$ST_VERSION"
+fi
+
+WORK=$(mktemp -d)
+GW_PID=
+cleanup() {
+    if [ -n "$GW_PID" ]; then kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$WORK/src" "$WORK/gw"
+echo "fuzz source" >"$WORK/src/data.txt"
+KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+python3 - "$WORK" "$KEY" <<'PYEOF'
+import hashlib, json, sys
+work, key = sys.argv[1], sys.argv[2]
+tenants = {"tenants": [{
+    "tenant": "fuzz",
+    "api_keys": [hashlib.sha256(key.encode()).hexdigest()],
+    "sources": [work + "/src"],
+    "destinations": [{"prefix": "null://"}],
+}]}
+open(work + "/gw/tenants.json", "w").write(json.dumps(tenants))
+PYEOF
+"$BIN" serve --data-dir "$WORK/gw" --listen 127.0.0.1:0 --http 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.log" &
+GW_PID=$!
+URL=
+for _ in $(seq 1 100); do
+    URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.out" | head -1 || true)
+    [ -n "$URL" ] && break
+    sleep 0.1
+done
+[ -n "$URL" ] || { echo "the gateway did not start:"; cat "$WORK/serve.log"; exit 1; }
+curl -sf "$URL/v1/openapi.json" >"$WORK/openapi.json"
+python3 - "$WORK" <<'PYEOF'
+import json, sys
+work = sys.argv[1]
+doc = json.load(open(work + "/openapi.json"))
+props = doc["components"]["schemas"]["JobSpec"]["properties"]
+props["source"]["enum"] = [work + "/src/data.txt", work + "/src"]
+props["destinations"]["items"]["enum"] = ["null://", "null://a", "null://b"]
+json.dump(doc, open(work + "/openapi-fuzz.json", "w"))
+PYEOF
+cd "$WORK"
+set +e
+"$VENV/bin/st" run "$WORK/openapi-fuzz.json" --url "$URL" \
+    -H "Authorization: Bearer $KEY" \
+    --checks all --exclude-checks positive_data_acceptance \
+    --max-time "$SECONDS_BUDGET" --workers 2 --no-color 2>&1 | tail -${FUZZ_TAIL:-40}
+status=${PIPESTATUS[0]}
+set -e
+if grep -q '"level":"ERROR"' "$WORK/serve.log" || grep -q panicked "$WORK/serve.log"; then
+    echo "the gateway logged errors during fuzzing:"; grep -E '"level":"ERROR"|panicked' "$WORK/serve.log" | head -20
+    exit 1
+fi
+exit "$status"
