@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
@@ -11,7 +11,9 @@
 # S3: moto's server mode (PyPI). Azure Blob: Azurite (npm). SFTP: OpenSSH's sshd (Debian
 # package openssh-server) on a high port with its own config, host key, user and client
 # key (needs root, as CI has). FTPS: vsftpd (Debian package) with explicit TLS, a test CA
-# and a leaf certificate for 127.0.0.1, and its own user. Installs are cached in
+# and a leaf certificate for 127.0.0.1, and its own user. PostgreSQL (Debian package
+# postgresql; the job store shared by several gateways): a fresh cluster run as the
+# postgres user, trust authentication on 127.0.0.1 only. Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently.
@@ -26,6 +28,7 @@ SFTP_USER=tssftp
 FTPS_PORT=${TRACKSHIFT_FTPS_PORT:-39021}
 FTPS_PASV_MIN=${TRACKSHIFT_FTPS_PASV_MIN:-39100}
 FTPS_USER=tsftps
+PG_PORT=${TRACKSHIFT_PG_PORT:-39032}
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.35.0
 BUCKET=trackshift-test
@@ -263,6 +266,40 @@ ENV
     log "FTPS (vsftpd, explicit TLS) on 127.0.0.1:$FTPS_PORT, user $FTPS_USER, directory $d/data"
 }
 
+pg_bin() {
+    find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1
+}
+
+launch_postgres() {
+    local d="$RUN/postgres"
+    runuser -u postgres -- "$(pg_bin)/postgres" -D "$d/data" -p "$PG_PORT" -k "$d" \
+        -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 \
+        >>"$RUN/postgres.log" 2>&1 &
+    echo $! >"$RUN/postgres.pid"
+    wait_ready postgres "$RUN/postgres.log" \
+        "$(pg_bin)/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -U trackshift -d postgres
+}
+
+start_postgres() {
+    [ -n "$(pg_bin)" ] || apt_install postgresql
+    [ -n "$(pg_bin)" ] || die "PostgreSQL did not install"
+    [ "$(id -u)" = 0 ] || die "starting PostgreSQL as its own user needs root"
+    port_free "$PG_PORT" || die "port $PG_PORT (PostgreSQL) is busy; set TRACKSHIFT_PG_PORT"
+    local d="$RUN/postgres"
+    chmod 755 "$RUN"
+    install -d -o postgres -g postgres -m 700 "$d"
+    runuser -u postgres -- "$(pg_bin)/initdb" -D "$d/data" -U trackshift -A trust -E UTF8 \
+        --locale=C.UTF-8 -N >"$RUN/postgres-initdb.log" 2>&1 || {
+        tail -n 20 "$RUN/postgres-initdb.log" >&2
+        die "initdb failed"
+    }
+    launch_postgres
+    cat >>"$RUN/env.partial" <<ENV
+export TRACKSHIFT_TEST_POSTGRES=postgres://trackshift@127.0.0.1:$PG_PORT/postgres
+ENV
+    log "PostgreSQL on 127.0.0.1:$PG_PORT, user trackshift (trust, loopback only)"
+}
+
 descendants() { # PID: every process below it
     local child
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
@@ -297,18 +334,19 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
                 azure) start_azure ;;
                 sftp) start_sftp ;;
                 ftps) start_ftps ;;
-                *) die "unknown server $s (known: s3 azure sftp ftps)" ;;
+                postgres) start_postgres ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps postgres)" ;;
             esac
         done
-        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s\n' \
-            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" >"$RUN/ports"
+        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s\n' \
+            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" "$PG_PORT" >"$RUN/ports"
         mv "$RUN/env.partial" "$RUN/env"
         ;;
     env)
@@ -326,7 +364,7 @@ case "$cmd" in
         for s in "$@"; do
             stop_pid "$RUN/$s.pid"
             case "$s" in
-                s3 | azure | sftp | ftps) "launch_$s" ;;
+                s3 | azure | sftp | ftps | postgres) "launch_$s" ;;
                 *) die "unknown server $s" ;;
             esac
         done
@@ -338,6 +376,6 @@ case "$cmd" in
         rm -rf "$RUN"
         ;;
     *)
-        die "usage: $0 start [s3] [azure] [sftp] [ftps] | env | stop | kill NAME... | restart NAME..."
+        die "usage: $0 start [s3] [azure] [sftp] [ftps] [postgres] | env | stop | kill NAME... | restart NAME..."
         ;;
 esac

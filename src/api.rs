@@ -199,6 +199,9 @@ pub struct JobView {
     pub last_error: Option<String>,
     /// Failed after every attempt.
     pub dead_letter: bool,
+    /// The worker (gateway process) holding the job while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     /// Bytes in the job (once known).
     pub bytes_total: u64,
     /// Bytes acknowledged by the gateway.
@@ -244,6 +247,7 @@ fn view(job: Job, transitions: Option<Vec<Transition>>) -> JobView {
         updated_at: rfc3339(job.updated_ms),
         last_error: job.last_error,
         dead_letter: job.dead_letter,
+        worker: job.worker,
         bytes_total: job.bytes_total,
         bytes_done: job.bytes_done,
         transitions: transitions.map(|ts| {

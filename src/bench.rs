@@ -14,7 +14,7 @@ use serde::Serialize;
 use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::jobs::runner::{Runner, RunnerConfig, now_ms};
 use trackshift_engine::jobs::store::{ListQuery, NewJob};
-use trackshift_engine::jobs::{JobSpec, JobState, JobStore, SqliteStore};
+use trackshift_engine::jobs::{JobSpec, JobState, JobStore, SqlStore};
 use trackshift_engine::tenants::{ServiceKey, TenantEntry, TenantFile};
 use trackshift_engine::tls::ServerTrust;
 
@@ -182,7 +182,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
     let gateway = Arc::new(Gateway::bind(gcfg).await?);
     let g = gateway.clone();
     let serving = tokio::spawn(async move { g.serve().await });
-    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&data.join("jobs.db"))?);
+    let store: Arc<dyn JobStore> = Arc::new(SqlStore::open(&data.join("jobs.db"))?);
     let mut pin = [0u8; 32];
     hex::decode_to_slice(gateway.fingerprint(), &mut pin)?;
     let mut rc = RunnerConfig::new("bench", gateway.local_addr(), ServerTrust::Fingerprint(pin));

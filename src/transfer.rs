@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// worker died is taken over after this.
     #[arg(long, default_value_t = 30)]
     lease_secs: u64,
+    /// Job store shared with other gateways: `postgres://USER@HOST:PORT/DB` (no TLS: use a
+    /// private network). Default: SQLite in DATA/jobs.db, for this gateway alone.
+    #[arg(long, env = "TRACKSHIFT_STORE", hide_env_values = true)]
+    store: Option<String>,
 }
 
 /// Options of `trackshift send`.
@@ -152,7 +156,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut runner_task = None;
     let http = match args.http {
         Some(addr) => {
-            let (router, runner) = job_service(&args, &gateway, service_key)?;
+            let (router, runner) = job_service(&args, &gateway, service_key).await?;
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
             let (local, serving) = crate::http::bind(addr, router).await?;
             println!(
@@ -182,7 +186,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// The job service next to a gateway: store (`DATA/jobs.db`), worker, API routes.
-fn job_service(
+async fn job_service(
     args: &ServeArgs,
     gateway: &Gateway,
     service_key: std::sync::Arc<trackshift_engine::tenants::ServiceKey>,
@@ -195,9 +199,20 @@ fn job_service(
     let tenants = Arc::new(trackshift_engine::tenants::TenantFile::load(
         &args.data_dir,
     )?);
-    let store: Arc<dyn trackshift_engine::jobs::JobStore> = Arc::new(
-        trackshift_engine::jobs::SqliteStore::open(&args.data_dir.join("jobs.db"))?,
-    );
+    let store = match &args.store {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            trackshift_engine::jobs::SqlStore::connect_postgres(url, 16)
+                .await
+                .context("connecting to the PostgreSQL job store")?
+        }
+        Some(other) => bail!(
+            "--store {:?}: only postgres:// URLs (default: SQLite in the data directory)",
+            other.split('@').next_back().unwrap_or("")
+        ),
+        None => trackshift_engine::jobs::SqlStore::open(&args.data_dir.join("jobs.db"))?,
+    };
+    println!("job store: {}", store.backend());
+    let store: Arc<dyn trackshift_engine::jobs::JobStore> = Arc::new(store);
     let mut pin = [0u8; 32];
     hex::decode_to_slice(gateway.fingerprint(), &mut pin).context("gateway fingerprint")?;
     let mut gw = gateway.local_addr();

@@ -689,3 +689,161 @@ fn the_load_test_reports_its_figures_and_fails_on_missed_targets() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("MISSED"), "{out}");
 }
+
+/// A fresh database on the test PostgreSQL server (`scripts/test-servers.sh start postgres`).
+async fn postgres_database() -> String {
+    let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(
+        "TRACKSHIFT_TEST_POSTGRES is not set: start the server with `scripts/test-servers.sh start postgres` \
+         and source `scripts/test-servers.sh env` (scripts/test.sh does both)",
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = format!("ts_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    format!("{}/{db}", url.rsplit_once('/').unwrap().0)
+}
+
+fn ledger_size(gw: &Gateway) -> u64 {
+    let (status, body) = common::get(&gw.http, "/checkpoint");
+    assert_eq!(status, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data_a = tenants(root);
+    let data_b = root.join("gw-b");
+    std::fs::create_dir_all(&data_b).unwrap();
+    std::fs::copy(data_a.join("tenants.json"), data_b.join("tenants.json")).unwrap();
+    let store = postgres_database().await;
+    let args = [
+        "--store",
+        store.as_str(),
+        "--lease-secs",
+        "2",
+        "--dest-rate",
+        "4MiB",
+    ];
+    let log = root.join("gw.log");
+    let gw_a = start_gateway_full(&data_a, &[], &args, Some(&log));
+    let gw_b = start_gateway_full(&data_b, &[], &args, Some(&log));
+    let (api_a, api_b) = (Api::new(&gw_a), Api::new(&gw_b));
+    let src = root.join("src-acme");
+    for i in 0..12 {
+        std::fs::write(src.join(format!("small-{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+
+    // Jobs submitted through either gateway land in one queue; each runs exactly once.
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let api = if i % 2 == 0 { &api_a } else { &api_b };
+        let (s, j) = api
+            .submit(ACME, json!({ "source": src.join(format!("small-{i}.txt")), "destinations": ["null://"] }))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{j}");
+        ids.push(j["id"].as_str().unwrap().to_string());
+    }
+    let mut workers = std::collections::HashSet::new();
+    for id in &ids {
+        // Either gateway answers for every job.
+        let job = api_b.wait(ACME, id, final_state).await;
+        assert_eq!(job["state"], "completed", "{job}");
+        let claims: Vec<&str> = job["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| {
+                t["reason"]
+                    .as_str()
+                    .filter(|r| r.starts_with("claimed by "))
+            })
+            .collect();
+        assert_eq!(claims.len(), 1, "claimed exactly once: {claims:?}");
+        workers.insert(claims[0].to_string());
+    }
+    let (_, listed) = api_a.get("/v1/jobs?limit=100", ACME).await;
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        12,
+        "one queue, seen from A"
+    );
+    // Every job's manifest and receipt went into exactly one gateway's ledger.
+    assert_eq!(ledger_size(&gw_a) + ledger_size(&gw_b), 2 * 12);
+
+    // A big job; whichever gateway runs it is killed mid-job; the other takes it over.
+    let big = src.join("big.bin");
+    write_random(&big, 8 << 20, 3);
+    let out = root.join("out-acme/cluster");
+    std::fs::create_dir_all(&out).unwrap();
+    let (s, j) = api_a
+        .submit(ACME, json!({ "source": big, "destinations": [format!("file://{}", out.display())], "chunk_size": 524288 }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    let running = api_a
+        .wait(ACME, &id, |j| j["bytes_done"].as_u64().unwrap() >= 1 << 20)
+        .await;
+    let worker = running["worker"].as_str().unwrap().to_string();
+    let a_runs_it = worker.ends_with(&format!("-{}", gw_a.child.id()));
+    let (mut victim, survivor, survivor_data) = if a_runs_it {
+        (gw_a, gw_b, data_b)
+    } else {
+        (gw_b, gw_a, data_a)
+    };
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let job = Api::new(&survivor).wait(ACME, &id, final_state).await;
+    finish_takeover(job, &big, &out, &survivor, &survivor_data, root);
+}
+
+fn finish_takeover(
+    job: Value,
+    src: &Path,
+    out: &Path,
+    survivor: &Gateway,
+    data: &Path,
+    root: &Path,
+) {
+    assert_eq!(job["state"], "completed", "{job}");
+    let reasons: Vec<&str> = job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("stopped renewing its lease")),
+        "{reasons:?}"
+    );
+    let claims = reasons
+        .iter()
+        .filter(|r| r.starts_with("claimed by "))
+        .count();
+    assert_eq!(claims, 2, "taken over once: {reasons:?}");
+    assert_eq!(
+        std::fs::read(out.join("big.bin")).unwrap(),
+        std::fs::read(src).unwrap()
+    );
+    // The survivor's ledger holds the job and verifies.
+    let (code, outp, err) = run(
+        &["ledger", "verify", "--data-dir", data.to_str().unwrap()],
+        root,
+    );
+    assert_eq!(code, 0, "{outp}{err}");
+    assert!(ledger_size(survivor) >= 2);
+}

@@ -1,11 +1,12 @@
-//! The job store (SQLite): lifecycle, leases, retries and dead letters, fair claims,
-//! tenant isolation, paging.
+//! The job store: lifecycle, leases, retries and dead letters, fair claims, tenant
+//! isolation, paging. Every case runs on SQLite and on PostgreSQL (a real server from
+//! `scripts/test-servers.sh start postgres`, one fresh database per case).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use trackshift_engine::jobs::store::{Heartbeat, ListQuery, NewJob, Quota};
-use trackshift_engine::jobs::{JobSpec, JobState, JobStore, Outcome, SqliteStore, StoreError};
+use trackshift_engine::jobs::{JobSpec, JobState, JobStore, Outcome, SqlStore, StoreError};
 
 fn spec(priority: Option<u8>, attempts: Option<u32>) -> JobSpec {
     JobSpec {
@@ -19,13 +20,65 @@ fn spec(priority: Option<u8>, attempts: Option<u32>) -> JobSpec {
     }
 }
 
-fn store() -> (tempfile::TempDir, SqliteStore) {
+fn sqlite() -> (tempfile::TempDir, SqlStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+    let s = SqlStore::open(&dir.path().join("jobs.db")).unwrap();
     (dir, s)
 }
 
-async fn submit(s: &SqliteStore, tenant: &str, at: i64) -> String {
+/// A fresh database on the test PostgreSQL server.
+async fn postgres() -> SqlStore {
+    let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(
+        "TRACKSHIFT_TEST_POSTGRES is not set: start the server with `scripts/test-servers.sh start postgres` \
+         and source `scripts/test-servers.sh env` (scripts/test.sh does both)",
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = format!("ts_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    SqlStore::connect_postgres(&format!("{base}/{db}"), 4)
+        .await
+        .unwrap()
+}
+
+/// Runs each case on both databases.
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                let (_dir, s) = super::sqlite();
+                super::$case(s).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::postgres().await).await;
+            })*
+        }
+    };
+}
+
+on_both!(
+    a_job_runs_through_its_lifecycle_with_every_transition_recorded,
+    transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at_once,
+    an_expired_lease_puts_the_job_back_for_another_worker,
+    cancelling_a_running_job_reaches_its_worker,
+    tenants_never_see_each_others_jobs,
+    listing_pages_newest_first_and_filters_by_state,
+    claims_share_workers_fairly_and_respect_quotas_and_priority,
+    counts_and_kpis_reflect_finished_jobs,
+    concurrent_claimers_never_take_the_same_job,
+);
+
+async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
     s.create(
         NewJob {
             tenant: tenant.into(),
@@ -42,9 +95,7 @@ async fn submit(s: &SqliteStore, tenant: &str, at: i64) -> String {
 const NO_QUOTAS: fn() -> HashMap<String, Quota> = HashMap::new;
 const SEC: Duration = Duration::from_secs(1);
 
-#[tokio::test]
-async fn a_job_runs_through_its_lifecycle_with_every_transition_recorded() {
-    let (_d, s) = store();
+async fn a_job_runs_through_its_lifecycle_with_every_transition_recorded(s: SqlStore) {
     let id = submit(&s, "a", 1_000).await;
     let job = s.get("a", &id).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
@@ -127,9 +178,7 @@ async fn a_job_runs_through_its_lifecycle_with_every_transition_recorded() {
     ));
 }
 
-#[tokio::test]
-async fn transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at_once() {
-    let (_d, s) = store();
+async fn transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at_once(s: SqlStore) {
     let id = submit(&s, "a", 0).await; // max_attempts 3
     for attempt in 1..=3u32 {
         let now = i64::from(attempt) * 100_000;
@@ -191,9 +240,7 @@ async fn transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at
     assert!(!job.dead_letter, "a permanent failure is not a dead letter");
 }
 
-#[tokio::test]
-async fn an_expired_lease_puts_the_job_back_for_another_worker() {
-    let (_d, s) = store();
+async fn an_expired_lease_puts_the_job_back_for_another_worker(s: SqlStore) {
     let id = submit(&s, "a", 0).await;
     s.claim("dead", &NO_QUOTAS(), 1_000, 31_000)
         .await
@@ -231,9 +278,7 @@ async fn an_expired_lease_puts_the_job_back_for_another_worker() {
     assert_eq!((j.state, j.dead_letter), (JobState::Failed, true));
 }
 
-#[tokio::test]
-async fn cancelling_a_running_job_reaches_its_worker() {
-    let (_d, s) = store();
+async fn cancelling_a_running_job_reaches_its_worker(s: SqlStore) {
     let id = submit(&s, "a", 0).await;
     s.claim("w", &NO_QUOTAS(), 1, 30_000)
         .await
@@ -259,9 +304,7 @@ async fn cancelling_a_running_job_reaches_its_worker() {
     assert_eq!(s.retry("a", &id, 5).await.unwrap().state, JobState::Queued);
 }
 
-#[tokio::test]
-async fn tenants_never_see_each_others_jobs() {
-    let (_d, s) = store();
+async fn tenants_never_see_each_others_jobs(s: SqlStore) {
     let a = submit(&s, "a", 1).await;
     let b = submit(&s, "b", 2).await;
     assert!(matches!(s.get("b", &a).await, Err(StoreError::NotFound)));
@@ -297,9 +340,7 @@ async fn tenants_never_see_each_others_jobs() {
     );
 }
 
-#[tokio::test]
-async fn listing_pages_newest_first_and_filters_by_state() {
-    let (_d, s) = store();
+async fn listing_pages_newest_first_and_filters_by_state(s: SqlStore) {
     let mut ids = Vec::new();
     for i in 0..7 {
         ids.push(submit(&s, "a", 1_000 + i).await);
@@ -356,9 +397,7 @@ async fn listing_pages_newest_first_and_filters_by_state() {
     ));
 }
 
-#[tokio::test]
-async fn claims_share_workers_fairly_and_respect_quotas_and_priority() {
-    let (_d, s) = store();
+async fn claims_share_workers_fairly_and_respect_quotas_and_priority(s: SqlStore) {
     for i in 0..50 {
         submit(&s, "big", i).await;
     }
@@ -415,9 +454,7 @@ async fn claims_share_workers_fairly_and_respect_quotas_and_priority() {
     assert_eq!(next.id, urgent.id);
 }
 
-#[tokio::test]
-async fn counts_and_kpis_reflect_finished_jobs() {
-    let (_d, s) = store();
+async fn counts_and_kpis_reflect_finished_jobs(s: SqlStore) {
     let ok = submit(&s, "a", 0).await;
     let bad = submit(&s, "a", 1).await;
     s.claim("w", &NO_QUOTAS(), 1_000, 60_000).await.unwrap();
@@ -456,13 +493,44 @@ async fn the_store_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
     let id = {
-        let s = SqliteStore::open(&path).unwrap();
+        let s = SqlStore::open(&path).unwrap();
         let id = submit(&s, "a", 0).await;
         s.claim("w", &NO_QUOTAS(), 1, 2).await.unwrap();
         id
     };
-    let s = SqliteStore::open(&path).unwrap();
+    let s = SqlStore::open(&path).unwrap();
     assert_eq!(s.get("a", &id).await.unwrap().state, JobState::Running);
     assert_eq!(s.expire_leases(3).await.unwrap(), 1);
     assert_eq!(s.get("a", &id).await.unwrap().state, JobState::Queued);
+}
+
+async fn concurrent_claimers_never_take_the_same_job(s: SqlStore) {
+    for i in 0..40 {
+        submit(&s, if i % 2 == 0 { "a" } else { "b" }, i).await;
+    }
+    // 8 workers claim at once until the queue is empty.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(j) = s
+                .claim(&format!("w{w}"), &HashMap::new(), 1_000, 60_000)
+                .await
+                .unwrap()
+            {
+                assert_eq!(j.worker.as_deref(), Some(format!("w{w}").as_str()));
+                got.push(j.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((n, all.len()), (40, 40), "every job claimed exactly once");
 }

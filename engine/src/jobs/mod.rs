@@ -2,12 +2,14 @@
 //! them through the sender to a gateway, with leases, retries and fair scheduling.
 //!
 //! - [`model`]: job spec, lifecycle state machine, retry and fair-share decisions (pure).
-//! - [`store`]: the queue and job records ([`store::JobStore`]; SQLite embedded).
+//! - [`store`]: the queue and job records ([`store::JobStore`] over [`sql`]: SQLite
+//!   embedded, PostgreSQL shared by several gateways).
 //! - [`runner`]: the worker loop that claims, runs, heartbeats and finishes jobs.
 
 pub mod model;
 pub mod runner;
+pub mod sql;
 pub mod store;
 
 pub use model::{Job, JobSpec, JobState, Outcome, Transition};
-pub use store::{JobStore, SqliteStore, StoreError};
+pub use store::{JobStore, SqlStore, StoreError};

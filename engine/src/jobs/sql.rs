@@ -1,0 +1,418 @@
+//! The two SQL databases the job store runs on, behind one small interface: SQLite (one
+//! file, embedded) and PostgreSQL (shared by several gateways). Statements are written
+//! once with `$1`-style parameters and portable SQL; a backend only runs them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::store::StoreError;
+
+/// A parameter or column value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    /// An integer (BIGINT).
+    I(i64),
+    /// Text.
+    T(String),
+    /// A NULL integer.
+    NullI,
+    /// A NULL text.
+    NullT,
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Self {
+        Val::I(v)
+    }
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Self {
+        Val::T(v.to_string())
+    }
+}
+
+impl From<String> for Val {
+    fn from(v: String) -> Self {
+        Val::T(v)
+    }
+}
+
+impl From<Option<&str>> for Val {
+    fn from(v: Option<&str>) -> Self {
+        v.map_or(Val::NullT, Val::from)
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Val>);
+
+impl Row {
+    /// Column `i` as an integer (NULL: 0).
+    pub fn i64(&self, i: usize) -> i64 {
+        match self.0.get(i) {
+            Some(Val::I(v)) => *v,
+            _ => 0,
+        }
+    }
+
+    /// Column `i` as text, if not NULL.
+    pub fn opt_str(&self, i: usize) -> Option<String> {
+        match self.0.get(i) {
+            Some(Val::T(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Column `i` as an integer, if not NULL.
+    pub fn opt_i64(&self, i: usize) -> Option<i64> {
+        match self.0.get(i) {
+            Some(Val::I(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// Column `i` as text (NULL: empty).
+    pub fn str(&self, i: usize) -> String {
+        self.opt_str(i).unwrap_or_default()
+    }
+}
+
+/// An open transaction. Dropped without [`Tx::commit`], it rolls back.
+#[async_trait::async_trait]
+pub trait Tx: Send {
+    /// Runs a query and returns its rows.
+    async fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
+    /// Runs a statement and returns the rows it changed.
+    async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A database the store runs on.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Begins a transaction that sees and locks consistently (SQLite: `BEGIN IMMEDIATE`;
+    /// PostgreSQL: read committed with row locks).
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+    /// The suffix that locks a selected row against other claimers and skips rows they
+    /// hold (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose write
+    /// transactions are exclusive).
+    fn skip_locked(&self) -> &'static str;
+    /// A short name for logs and `/ready`.
+    fn name(&self) -> &'static str;
+}
+
+const SCHEMA_COMMON: &str = r"
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    max_attempts BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    started_ms BIGINT,
+    finished_ms BIGINT,
+    not_before_ms BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    dead_letter BIGINT NOT NULL DEFAULT 0,
+    worker TEXT,
+    lease_until_ms BIGINT,
+    bytes_total BIGINT NOT NULL DEFAULT 0,
+    bytes_done BIGINT NOT NULL DEFAULT 0,
+    manifest TEXT,
+    receipts TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_ms DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, tenant, priority DESC, created_ms);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
+";
+
+// ---------------------------------------------------------------------------------------
+// SQLite
+
+/// SQLite in WAL mode: one file, one writer at a time.
+pub struct Sqlite {
+    conn: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
+}
+
+impl Sqlite {
+    /// Opens (creating) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA_COMMON)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS transitions (
+                seq INTEGER PRIMARY KEY,
+                job_id TEXT NOT NULL,
+                at_ms BIGINT NOT NULL,
+                from_state TEXT,
+                to_state TEXT NOT NULL,
+                reason TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);",
+        )?;
+        Ok(Self {
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+        })
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+struct SqliteTx {
+    conn: Option<tokio::sync::OwnedMutexGuard<rusqlite::Connection>>,
+}
+
+/// `$1` → `?1` (SQLite reads `$1` as a named parameter).
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+fn sqlite_params(params: &[Val]) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value as V;
+    params
+        .iter()
+        .map(|p| match p {
+            Val::I(v) => V::Integer(*v),
+            Val::T(v) => V::Text(v.clone()),
+            Val::NullI | Val::NullT => V::Null,
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Tx for SqliteTx {
+    async fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let conn = self.conn.as_ref().expect("open transaction");
+        let mut stmt = conn.prepare_cached(&sqlite_sql(sql))?;
+        let n = stmt.column_count();
+        let rows = stmt.query_map(rusqlite::params_from_iter(sqlite_params(params)), |r| {
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n {
+                v.push(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Integer(x) => Val::I(x),
+                    rusqlite::types::ValueRef::Real(x) => Val::I(x as i64),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Val::T(String::from_utf8_lossy(t).into_owned())
+                    }
+                    rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => {
+                        Val::NullT
+                    }
+                });
+            }
+            Ok(Row(v))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let conn = self.conn.as_ref().expect("open transaction");
+        let n = conn.execute(
+            &sqlite_sql(sql),
+            rusqlite::params_from_iter(sqlite_params(params)),
+        )?;
+        Ok(n as u64)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let conn = self.conn.take().expect("open transaction");
+        conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if let Some(conn) = &self.conn {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Sqlite {
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let conn = self.conn.clone().lock_owned().await;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Box::new(SqliteTx { conn: Some(conn) }))
+    }
+
+    fn skip_locked(&self) -> &'static str {
+        ""
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// PostgreSQL through a connection pool; several gateways may share one database.
+pub struct Postgres {
+    pool: deadpool_postgres::Pool,
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB`; no TLS, so use it on
+    /// loopback, a private network or a Unix socket) and creates the schema if needed.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL URL: {e}")))?;
+        let mgr = deadpool_postgres::Manager::from_config(
+            cfg,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(mgr)
+            .max_size(max_connections.max(2))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+        let me = Self { pool };
+        let client = me.client().await?;
+        // Several gateways may start at once: one creates the schema at a time.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(7395001); {SCHEMA_COMMON}
+                 CREATE TABLE IF NOT EXISTS transitions (
+                    seq BIGSERIAL PRIMARY KEY,
+                    job_id TEXT NOT NULL,
+                    at_ms BIGINT NOT NULL,
+                    from_state TEXT,
+                    to_state TEXT NOT NULL,
+                    reason TEXT NOT NULL);
+                 CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);
+                 COMMIT;"
+            ))
+            .await
+            .map_err(pg_err)?;
+        Ok(me)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL: {e}")))
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(format!("PostgreSQL: {e}"))
+}
+
+struct PgTx {
+    client: Option<deadpool_postgres::Object>,
+}
+
+fn pg_params(params: &[Val]) -> Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+            match p {
+                Val::I(v) => Box::new(*v),
+                Val::T(v) => Box::new(v.clone()),
+                Val::NullI => Box::new(None::<i64>),
+                Val::NullT => Box::new(None::<String>),
+            }
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Tx for PgTx {
+    async fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        use tokio_postgres::types::Type;
+        let client = self.client.as_ref().expect("open transaction");
+        let boxed = pg_params(params);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = boxed
+            .iter()
+            .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+        let rows = client.query(&stmt, &refs).await.map_err(pg_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut v = Vec::with_capacity(r.len());
+            for (i, col) in r.columns().iter().enumerate() {
+                let t = col.type_();
+                v.push(if *t == Type::INT8 {
+                    r.try_get::<_, Option<i64>>(i)
+                        .map_err(pg_err)?
+                        .map_or(Val::NullI, Val::I)
+                } else if *t == Type::INT4 {
+                    r.try_get::<_, Option<i32>>(i)
+                        .map_err(pg_err)?
+                        .map_or(Val::NullI, |x| Val::I(i64::from(x)))
+                } else {
+                    r.try_get::<_, Option<String>>(i)
+                        .map_err(pg_err)?
+                        .map_or(Val::NullT, Val::T)
+                });
+            }
+            out.push(Row(v));
+        }
+        Ok(out)
+    }
+
+    async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let client = self.client.as_ref().expect("open transaction");
+        let boxed = pg_params(params);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = boxed
+            .iter()
+            .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+        client.execute(&stmt, &refs).await.map_err(pg_err)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let client = self.client.take().expect("open transaction");
+        client.batch_execute("COMMIT").await.map_err(pg_err)
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        // Not committed: drop the connection instead of returning it to the pool; the
+        // server rolls the transaction back when the connection closes.
+        if let Some(client) = self.client.take() {
+            let _ = deadpool_postgres::Object::take(client);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(pg_err)?;
+        Ok(Box::new(PgTx {
+            client: Some(client),
+        }))
+    }
+
+    fn skip_locked(&self) -> &'static str {
+        " FOR UPDATE SKIP LOCKED"
+    }
+
+    fn name(&self) -> &'static str {
+        "postgresql"
+    }
+}
