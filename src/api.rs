@@ -41,6 +41,9 @@ pub struct AppState {
     pub ledger: Arc<trackshift_ledger::Ledger>,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Tenants' own destination credentials (to validate their URIs as the gateway will).
+    pub credentials:
+        Arc<std::collections::HashMap<String, trackshift_engine::connectors::Settings>>,
 }
 
 /// An error as JSON: `{"error": "..."}`.
@@ -273,7 +276,12 @@ async fn create_job(
     spec.validate()
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
     for d in &spec.destinations {
-        trackshift_engine::connectors::from_uri_with(d, Default::default())
+        let settings = state
+            .credentials
+            .get(&tenant.tenant)
+            .cloned()
+            .unwrap_or_default();
+        trackshift_engine::connectors::from_uri_in(d, Default::default(), &settings)
             .map(drop)
             .map_err(|e| {
                 ApiError(

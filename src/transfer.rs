@@ -134,8 +134,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if wrapping != trackshift_engine::connectors::Wrapping::default() {
         // One set of limits for the whole gateway: every job's connector shares it.
         let limits = trackshift_engine::connectors::Limits::new(&wrapping)?;
-        cfg.connectors = std::sync::Arc::new(move |uri, verify| {
-            limits.wrap(trackshift_engine::connectors::from_uri_with(uri, verify)?)
+        cfg.connectors = std::sync::Arc::new(move |uri, verify, settings| {
+            limits.wrap(trackshift_engine::connectors::from_uri_in(
+                uri, verify, settings,
+            )?)
         });
     }
     let service_key = std::sync::Arc::new(trackshift_engine::tenants::ServiceKey::load_or_create(
@@ -229,6 +231,7 @@ async fn job_service(
     let runner = Runner::new(store.clone(), tenants.clone(), service_key, rc);
     let metrics = crate::metrics_handle()?;
     let state = crate::api::AppState {
+        credentials: Arc::new(tenants.credentials()?),
         store,
         tenants,
         runner: runner.clone(),

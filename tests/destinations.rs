@@ -143,3 +143,71 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
         assert_eq!(code, 0, "{out}\n{err}");
     }
 }
+
+#[test]
+fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
+    use trackshift_engine::tenants::{TenantEntry, TenantFile};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/note.txt"), b"tenant credentials\n").unwrap();
+    // acme's credentials file holds what the test servers need; the gateway process has
+    // none of them in its environment.
+    let mut creds = String::from("# acme's destinations\n");
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ENDPOINT",
+        "AWS_ALLOW_HTTP",
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+        "TRACKSHIFT_SFTP_KEY",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            creds.push_str(&format!("{var}={v}\n"));
+        }
+    }
+    std::fs::write(dir.join("acme.env"), creds).unwrap();
+    let data = dir.join("gw");
+    TenantFile {
+        tenants: vec![
+            TenantEntry {
+                credentials: Some(dir.join("acme.env")),
+                ..TenantEntry::new("acme", "acme-token-0123456789")
+            },
+            TenantEntry::new("beta", "beta-token-0123456789"),
+        ],
+    }
+    .save(&data)
+    .unwrap();
+    std::fs::write(dir.join("acme.token"), "acme-token-0123456789").unwrap();
+    std::fs::write(dir.join("beta.token"), "beta-token-0123456789").unwrap();
+    let gw = common::start_gateway_without_credentials(&data, &[]);
+    let sftp = common::under(
+        &server("TRACKSHIFT_TEST_SFTP"),
+        &format!("tc-{}", uuid::Uuid::new_v4().simple()),
+    );
+    let s3 = common::under(
+        &server("TRACKSHIFT_TEST_S3"),
+        &format!("tc-{}", uuid::Uuid::new_v4().simple()),
+    );
+    let send = |token: &str, dest: &str| {
+        let args = common::send_args(&gw, &dir.join(token), "src", &[dest], Some("receipts"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, dir)
+    };
+    for dest in [&sftp, &s3] {
+        let (code, out, err) = send("acme.token", dest);
+        assert_eq!(code, 0, "acme to {dest}: {out}{err}");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = from_uri_with(dest, VerifyMode::Size).unwrap();
+        let (size, hash) = rt.block_on(c.read_back("note.txt")).unwrap();
+        assert_eq!(size, 19);
+        assert_eq!(hash, *blake3::hash(b"tenant credentials\n").as_bytes());
+    }
+    // beta has no credentials of its own, and the gateway's environment has none to lend.
+    let (code, out, err) = send("beta.token", &sftp);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("no SSH key"), "{err}");
+    assert!(!err.contains("BEGIN OPENSSH"), "no key material in errors");
+}

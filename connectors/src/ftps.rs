@@ -150,6 +150,17 @@ impl FtpsConnector {
         verify: VerifyMode,
         password: &str,
     ) -> Result<Self, ConnectorError> {
+        Self::build(uri, verify, password, &crate::Settings::Process)
+    }
+
+    /// As [`FtpsConnector::with_password`], with `TRACKSHIFT_FTPS_CA` read from
+    /// `settings`.
+    pub fn build(
+        uri: &str,
+        verify: VerifyMode,
+        password: &str,
+        settings: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
         let ServerUri {
             user,
@@ -170,7 +181,7 @@ impl FtpsConnector {
                 }
             }
         }
-        let ca = ca.or_else(|| std::env::var_os("TRACKSHIFT_FTPS_CA").map(PathBuf::from));
+        let ca = ca.or_else(|| settings.var("TRACKSHIFT_FTPS_CA").map(PathBuf::from));
         let roots = load_roots(ca)?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),

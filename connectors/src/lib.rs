@@ -32,7 +32,7 @@ pub use local::LocalConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;
 pub use sftp::SftpConnector;
-pub use wrap::{Limits, Wrapping, wrap};
+pub use wrap::{ByteRate, Limits, Wrapping, wrap};
 
 /// How far a connector confirms what it wrote before a job may succeed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -156,6 +156,92 @@ pub trait ObjectWriter: Send + Sync {
     async fn abort(&self) -> Result<(), ConnectorError>;
 }
 
+/// Where connectors read credentials and other settings named like environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_KEY`, `TRACKSHIFT_SFTP_KEY`,
+/// `TRACKSHIFT_FTPS_PASSWORD`, ...): the process environment, or one tenant's own set,
+/// exclusively (a tenant with its own credentials never falls back on the process's).
+#[derive(Clone, Default)]
+pub enum Settings {
+    /// The process environment.
+    #[default]
+    Process,
+    /// A tenant's credentials: name → value.
+    Tenant(Arc<std::collections::BTreeMap<String, String>>),
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Settings::Process => f.write_str("Settings::Process"),
+            Settings::Tenant(m) => f
+                .debug_tuple("Settings::Tenant")
+                .field(&m.keys().collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+impl Settings {
+    /// A setting's value.
+    pub fn var(&self, name: &str) -> Option<String> {
+        match self {
+            Settings::Process => std::env::var(name).ok(),
+            Settings::Tenant(m) => m.get(name).cloned(),
+        }
+    }
+
+    /// Every setting whose name starts with `prefix` (for example `AWS_`), as
+    /// (lower-case name, value).
+    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let pick = |k: &str, v: &str| {
+            k.starts_with(prefix)
+                .then(|| (k.to_ascii_lowercase(), v.to_string()))
+        };
+        match self {
+            Settings::Process => std::env::vars().filter_map(|(k, v)| pick(&k, &v)).collect(),
+            Settings::Tenant(m) => m.iter().filter_map(|(k, v)| pick(k, v)).collect(),
+        }
+    }
+
+    /// Reads a credentials file: `NAME=VALUE` lines (blank lines and `#` comments
+    /// ignored). Values are never logged.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConnectorError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConnectorError::InvalidUri(format!("credentials file {}: {e}", path.display()))
+        })?;
+        let mut map = std::collections::BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| {
+                ConnectorError::InvalidUri(format!(
+                    "credentials file {} line {}: expected NAME=VALUE",
+                    path.display(),
+                    n + 1
+                ))
+            })?;
+            let k = k.trim().trim_start_matches("export ").trim();
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ConnectorError::InvalidUri(format!(
+                    "credentials file {} line {}: bad name",
+                    path.display(),
+                    n + 1
+                )));
+            }
+            let v = v.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(v);
+            map.insert(k.to_string(), v.to_string());
+        }
+        Ok(Settings::Tenant(Arc::new(map)))
+    }
+}
+
 /// Creates the connector for a destination URI, with the verification policy of the
 /// environment ([`VerifyMode::from_env`]).
 pub fn from_uri(uri: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
@@ -169,17 +255,36 @@ pub fn from_uri(uri: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
 /// [`sftp`]), `ftps://USER@HOST[:PORT]/DIR` (see [`ftps`]), and `null://` (discards data;
 /// benchmarks).
 pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>, ConnectorError> {
+    from_uri_in(uri, verify, &Settings::Process)
+}
+
+/// As [`from_uri_with`], with credentials and settings from `settings`.
+pub fn from_uri_in(
+    uri: &str,
+    verify: VerifyMode,
+    settings: &Settings,
+) -> Result<Arc<dyn Connector>, ConnectorError> {
     if let Some(path) = uri.strip_prefix("file://") {
         return Ok(Arc::new(LocalConnector::new(path)?.with_verify(verify)));
     }
     if uri.starts_with("s3://") || uri.starts_with("az://") {
-        return Ok(Arc::new(ObjectStoreConnector::from_uri(uri, verify)?));
+        return Ok(Arc::new(ObjectStoreConnector::build(
+            uri,
+            verify,
+            &[],
+            settings,
+        )?));
     }
     if uri.starts_with("ftps://") {
-        return Ok(Arc::new(FtpsConnector::from_uri(uri, verify)?));
+        return Ok(Arc::new(FtpsConnector::build(
+            uri,
+            verify,
+            &settings.var("TRACKSHIFT_FTPS_PASSWORD").unwrap_or_default(),
+            settings,
+        )?));
     }
     if uri.starts_with("sftp://") {
-        return Ok(Arc::new(SftpConnector::from_uri(uri, verify)?));
+        return Ok(Arc::new(SftpConnector::build(uri, verify, settings)?));
     }
     if uri == "null://" || uri.starts_with("null://") {
         return Ok(Arc::new(NullConnector::new(uri)));

@@ -112,6 +112,18 @@ impl ObjectStoreConnector {
         verify: VerifyMode,
         extra: &[(String, String)],
     ) -> Result<Self, ConnectorError> {
+        Self::build(uri, verify, extra, &crate::Settings::Process)
+    }
+
+    /// As [`ObjectStoreConnector::with_settings`], reading `AWS_*` / `AZURE_*` from
+    /// `source` (the process environment or a tenant's credentials) instead of the
+    /// process environment.
+    pub fn build(
+        uri: &str,
+        verify: VerifyMode,
+        extra: &[(String, String)],
+        source: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
         let url = url::Url::parse(uri).map_err(|e| invalid(format!("{e}")))?;
         let service = match url.scheme() {
@@ -155,9 +167,13 @@ impl ObjectStoreConnector {
         let build_err = |e: object_store::Error| invalid(scrub(&e.to_string()));
         let store: Arc<dyn Store> = match service {
             Service::S3 => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(&bucket)
-                    .with_retry(retry_config());
+                let mut b = object_store::aws::AmazonS3Builder::new();
+                for (k, v) in source.with_prefix("AWS_") {
+                    if let Ok(key) = k.parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+                let mut b = b.with_bucket_name(&bucket).with_retry(retry_config());
                 for (k, v) in settings {
                     let key = k
                         .to_ascii_lowercase()
@@ -168,9 +184,13 @@ impl ObjectStoreConnector {
                 Arc::new(b.build().map_err(build_err)?)
             }
             Service::Azure => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(&bucket)
-                    .with_retry(retry_config());
+                let mut b = object_store::azure::MicrosoftAzureBuilder::new();
+                for (k, v) in source.with_prefix("AZURE_") {
+                    if let Ok(key) = k.parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+                let mut b = b.with_container_name(&bucket).with_retry(retry_config());
                 for (k, v) in settings {
                     let key = match k.to_ascii_lowercase().as_str() {
                         "account" => "azure_storage_account_name".to_string(),

@@ -184,14 +184,28 @@ fn ssh_string(out: &mut Vec<u8>, s: &str) {
 impl SftpConnector {
     /// Parses and validates `uri` (no connection is made: see [`Connector::check`]).
     pub fn from_uri(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
+        Self::build(uri, verify, &crate::Settings::Process)
+    }
+
+    /// As [`SftpConnector::from_uri`], with `TRACKSHIFT_SFTP_KEY` and
+    /// `TRACKSHIFT_SFTP_KNOWN_HOSTS` read from `settings`.
+    pub fn build(
+        uri: &str,
+        verify: VerifyMode,
+        settings: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
         Ok(Self {
-            inner: Arc::new(SftpInner::parse(uri, verify)?),
+            inner: Arc::new(SftpInner::parse(uri, verify, settings)?),
         })
     }
 }
 
 impl SftpInner {
-    fn parse(uri: &str, verify: VerifyMode) -> Result<Self, ConnectorError> {
+    fn parse(
+        uri: &str,
+        verify: VerifyMode,
+        settings: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
         let ServerUri {
             user,
@@ -222,7 +236,7 @@ impl SftpInner {
             }
         }
         let key = key
-            .or_else(|| std::env::var_os("TRACKSHIFT_SFTP_KEY").map(PathBuf::from))
+            .or_else(|| settings.var("TRACKSHIFT_SFTP_KEY").map(PathBuf::from))
             .ok_or_else(|| {
                 invalid("no SSH key: set TRACKSHIFT_SFTP_KEY or key=PATH in the URI".into())
             })?;
@@ -237,7 +251,7 @@ impl SftpInner {
             (Some(_), Some(_)) => {
                 return Err(invalid("give known_hosts or fingerprint, not both".into()));
             }
-            (None, None) => match std::env::var_os("TRACKSHIFT_SFTP_KNOWN_HOSTS") {
+            (None, None) => match settings.var("TRACKSHIFT_SFTP_KNOWN_HOSTS") {
                 Some(p) => HostTrust::KnownHosts(PathBuf::from(p)),
                 None => {
                     return Err(invalid(

@@ -42,7 +42,7 @@ pub fn wrap(inner: Arc<dyn Connector>, w: &Wrapping) -> Result<Arc<dyn Connector
 pub struct Limits {
     prefix: Option<String>,
     slots: Option<Arc<Semaphore>>,
-    rate: Option<Arc<Limiter>>,
+    rate: Option<Arc<ByteRate>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -66,7 +66,7 @@ impl Limits {
             slots: w.concurrency.map(new_slots).transpose()?,
             rate: w
                 .bytes_per_second
-                .map(Limiter::new)
+                .map(ByteRate::new)
                 .transpose()?
                 .map(Arc::new),
         })
@@ -235,7 +235,7 @@ impl ObjectWriter for LimitWriter {
 /// Limits the bytes written per second, across all objects of the connector.
 pub struct ThrottledConnector {
     inner: Arc<dyn Connector>,
-    limiter: Arc<Limiter>,
+    limiter: Arc<ByteRate>,
 }
 
 impl std::fmt::Debug for ThrottledConnector {
@@ -247,8 +247,9 @@ impl std::fmt::Debug for ThrottledConnector {
     }
 }
 
-/// A byte-rate limiter: GCRA cells of one KiB, bursts of up to a tenth of a second.
-struct Limiter {
+/// A byte-rate limiter: GCRA cells of one KiB, bursts of up to a tenth of a second. Used
+/// by [`ThrottledConnector`] and by the job service for per-tenant bandwidth quotas.
+pub struct ByteRate {
     rate: u64,
     cells: DefaultDirectRateLimiter,
     burst: u32,
@@ -256,8 +257,17 @@ struct Limiter {
 
 const CELL: u64 = 1024;
 
-impl Limiter {
-    fn new(bytes_per_second: u64) -> Result<Self, ConnectorError> {
+impl std::fmt::Debug for ByteRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteRate")
+            .field("bytes_per_second", &self.rate)
+            .finish()
+    }
+}
+
+impl ByteRate {
+    /// At most `bytes_per_second` (1 KiB/s to 4 TiB/s).
+    pub fn new(bytes_per_second: u64) -> Result<Self, ConnectorError> {
         let per_sec = u32::try_from(bytes_per_second / CELL)
             .ok()
             .and_then(NonZeroU32::new)
@@ -274,7 +284,8 @@ impl Limiter {
         })
     }
 
-    async fn take(&self, bytes: u64) {
+    /// Waits until `bytes` may pass.
+    pub async fn take(&self, bytes: u64) {
         let mut cells = bytes.div_ceil(CELL);
         while cells > 0 {
             let n = cells.min(u64::from(self.burst));
@@ -291,7 +302,7 @@ impl ThrottledConnector {
     pub fn new(inner: Arc<dyn Connector>, bytes_per_second: u64) -> Result<Self, ConnectorError> {
         Ok(Self {
             inner,
-            limiter: Arc::new(Limiter::new(bytes_per_second)?),
+            limiter: Arc::new(ByteRate::new(bytes_per_second)?),
         })
     }
 }
@@ -327,7 +338,7 @@ impl Connector for ThrottledConnector {
 
 struct ThrottledWriter {
     inner: Arc<dyn ObjectWriter>,
-    limiter: Arc<Limiter>,
+    limiter: Arc<ByteRate>,
 }
 
 #[async_trait]

@@ -103,7 +103,7 @@ pub struct GatewayConfig {
     /// How destinations confirm what they wrote (`CONNECTOR_STRICT=true`: fail-closed).
     pub verify: VerifyMode,
     /// Makes the connector for a job's destination URI (default:
-    /// [`trackshift_connectors::from_uri_with`]); a seam for wrappers such as rate limits,
+    /// [`trackshift_connectors::from_uri_in`]); a seam for wrappers such as rate limits,
     /// tenant prefixes or fault injection in tests.
     pub connectors: ConnectorFactory,
     /// Accept job-service workers holding this key (see [`crate::tenants::ServiceKey`]).
@@ -123,12 +123,21 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
-/// Makes a connector from a destination URI and the verification policy.
+/// Makes a connector from a destination URI, the verification policy and where the
+/// credentials come from (the process environment, or the job's tenant's own).
 pub type ConnectorFactory = Arc<
-    dyn Fn(&str, VerifyMode) -> Result<Arc<dyn Connector>, trackshift_connectors::ConnectorError>
+    dyn Fn(
+            &str,
+            VerifyMode,
+            &trackshift_connectors::Settings,
+        ) -> Result<Arc<dyn Connector>, trackshift_connectors::ConnectorError>
         + Send
         + Sync,
 >;
+
+/// A cached connector's identity: destination URI, verification, and the tenant whose own
+/// credentials it uses (empty: the process environment's).
+type ConnectorKey = (String, VerifyMode, String);
 
 /// Most connectors a gateway keeps for reuse (see `Shared::connector`).
 const CONNECTOR_CACHE_MAX: usize = 256;
@@ -146,7 +155,7 @@ impl GatewayConfig {
             memory_budget: 512 << 20,
             ledger_origin: DEFAULT_LEDGER_ORIGIN.to_string(),
             verify: VerifyMode::from_env(),
-            connectors: Arc::new(trackshift_connectors::from_uri_with),
+            connectors: Arc::new(trackshift_connectors::from_uri_in),
             service_key: None,
         }
     }
@@ -340,7 +349,9 @@ struct Shared {
     connectors: ConnectorFactory,
     /// Connectors by destination URI, shared by every job that writes there (so jobs to
     /// one server share its connections).
-    connector_cache: Mutex<HashMap<(String, VerifyMode), Arc<dyn Connector>>>,
+    connector_cache: Mutex<HashMap<ConnectorKey, Arc<dyn Connector>>>,
+    /// Tenants with credentials of their own (the others use the process environment).
+    credentials: HashMap<String, trackshift_connectors::Settings>,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -381,6 +392,7 @@ impl Gateway {
             .map_err(crate::transport::TransportError::from)?;
         let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
         let tenants = TenantFile::load(data)?;
+        let credentials = tenants.credentials()?;
         if tenants.tenants.is_empty() {
             warn!(
                 "no tenants configured in {}: every sender will be refused",
@@ -400,6 +412,7 @@ impl Gateway {
             verify: cfg.verify,
             connectors: cfg.connectors.clone(),
             connector_cache: Mutex::new(HashMap::new()),
+            credentials,
             keys,
             tenants,
             service_key: cfg.service_key.clone(),
@@ -488,13 +501,23 @@ impl Shared {
     }
 
     /// The connector for `uri`, made once and then shared by the jobs that write there.
-    fn connector(&self, uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>, GatewayError> {
+    fn connector(
+        &self,
+        uri: &str,
+        verify: VerifyMode,
+        tenant: &str,
+    ) -> Result<Arc<dyn Connector>, GatewayError> {
         let mut cache = self.connector_cache.lock().expect("connector cache lock");
-        let key = (uri.to_string(), verify);
+        // A tenant with its own credentials gets connectors of its own.
+        let (settings, owner) = match self.credentials.get(tenant) {
+            Some(s) => (s.clone(), tenant.to_string()),
+            None => (trackshift_connectors::Settings::Process, String::new()),
+        };
+        let key = (uri.to_string(), verify, owner);
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = (self.connectors)(uri, verify)?;
+        let c = (self.connectors)(uri, verify, &settings)?;
         // Bounded: past the limit, forget connectors no job holds any more.
         if cache.len() >= CONNECTOR_CACHE_MAX {
             cache.retain(|_, c| Arc::strong_count(c) > 1);
@@ -586,7 +609,7 @@ impl Shared {
         }
         let mut dests = Vec::with_capacity(open.destinations.len());
         for uri in &open.destinations {
-            let connector = self.connector(uri, verify)?;
+            let connector = self.connector(uri, verify, tenant)?;
             let dropped = fs::read_to_string(dir.join(dropped_file(dests.len()))).ok();
             if let Some(reason) = dropped {
                 // Dropped before a restart: it stays dropped (it lacks chunks acknowledged

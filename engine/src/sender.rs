@@ -121,6 +121,8 @@ pub struct SendConfig {
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
     /// Called with each chunk's latency (sent until acknowledged as durable).
     pub chunk_latency: Option<LatencyHook>,
+    /// A bandwidth limit shared with other sends (for example one tenant's jobs).
+    pub rate: Option<Arc<trackshift_connectors::ByteRate>>,
 }
 
 /// A memory budget several sends share (for example every job of a job service).
@@ -188,6 +190,7 @@ impl SendConfig {
             shared_budget: None,
             cancel: None,
             chunk_latency: None,
+            rate: None,
         }
     }
 }
@@ -647,6 +650,11 @@ async fn connection(
             (permit, shared) = async {
                 let n = want.unwrap_or(1);
                 let own = budget.clone().acquire_many_owned(n).await;
+                // The rate limit before the shared budget: a throttled job does not hold
+                // memory other jobs could use.
+                if let Some(rate) = &cfg.rate {
+                    rate.take(u64::from(n)).await;
+                }
                 let shared = match &cfg.shared_budget {
                     Some(b) => Some(b.acquire(n).await),
                     None => None,

@@ -11,7 +11,9 @@
 //!       { "prefix": "file:///srv/incoming/acme/" }
 //!     ],
 //!     "max_concurrent_jobs": 50,
-//!     "share": 2
+//!     "share": 2,
+//!     "bytes_per_second": 104857600,
+//!     "credentials": "/etc/trackshift/acme.env"
 //! } ] }
 //! ```
 //!
@@ -95,6 +97,15 @@ pub struct TenantEntry {
     /// running jobs of a tenant with share 1 when both have work queued.
     #[serde(default = "default_share")]
     pub share: u32,
+    /// Most bytes per second all of this tenant's jobs send together (on each worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    /// The tenant's own destination credentials: a file of `NAME=VALUE` lines with the
+    /// names of the process environment's (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_KEY`,
+    /// `TRACKSHIFT_SFTP_KEY`, `TRACKSHIFT_FTPS_PASSWORD`, ...). With it the tenant's jobs use
+    /// only these; without it, the gateway's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
 }
 
 fn default_share() -> u32 {
@@ -112,6 +123,8 @@ impl TenantEntry {
             destinations: None,
             max_concurrent_jobs: None,
             share: 1,
+            bytes_per_second: None,
+            credentials: None,
         }
     }
 
@@ -276,6 +289,14 @@ impl TenantFile {
                     t.tenant
                 )));
             }
+            if let Some(rate) = t.bytes_per_second
+                && trackshift_connectors::ByteRate::new(rate).is_err()
+            {
+                return Err(invalid(format!(
+                    "tenant {:?}: bytes_per_second must be 1024 to 4 TiB",
+                    t.tenant
+                )));
+            }
             if t.max_concurrent_jobs == Some(0) {
                 return Err(invalid(format!(
                     "tenant {:?}: max_concurrent_jobs must be at least 1",
@@ -311,6 +332,27 @@ impl TenantFile {
             }
         }
         found
+    }
+
+    /// The destination credentials of every tenant that has its own (read from their
+    /// files now; the others use the process environment).
+    pub fn credentials(
+        &self,
+    ) -> Result<std::collections::HashMap<String, trackshift_connectors::Settings>, TenantError>
+    {
+        let mut out = std::collections::HashMap::new();
+        for t in &self.tenants {
+            if let Some(path) = &t.credentials {
+                let settings = trackshift_connectors::Settings::load(path).map_err(|e| {
+                    TenantError::Invalid {
+                        path: path.clone(),
+                        message: format!("credentials of tenant {}: {e}", t.tenant),
+                    }
+                })?;
+                out.insert(t.tenant.clone(), settings);
+            }
+        }
+        Ok(out)
     }
 
     /// A tenant by id.

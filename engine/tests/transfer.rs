@@ -703,8 +703,8 @@ impl ObjectWriter for MisreportingWriter {
 
 /// A connector factory whose destinations with `marker` in their URI fail every write.
 fn failing_writes_where(marker: &'static str) -> trackshift_engine::gateway::ConnectorFactory {
-    Arc::new(move |uri, verify| {
-        let inner = trackshift_connectors::from_uri_with(uri, verify)?;
+    Arc::new(move |uri, verify, settings| {
+        let inner = trackshift_connectors::from_uri_in(uri, verify, settings)?;
         Ok(if uri.contains(marker) {
             Arc::new(Misreporting {
                 inner,
@@ -723,9 +723,9 @@ async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
         let src = make_source(tmp.path(), 100_000);
         let gw = Running::start_with(&tmp.path().join("gw"), |cfg| {
             cfg.verify = VerifyMode::Strict;
-            cfg.connectors = Arc::new(move |uri, verify| {
+            cfg.connectors = Arc::new(move |uri, verify, settings| {
                 Ok(Arc::new(Misreporting {
-                    inner: trackshift_connectors::from_uri_with(uri, verify)?,
+                    inner: trackshift_connectors::from_uri_in(uri, verify, settings)?,
                     lie,
                 }) as Arc<dyn Connector>)
             });
@@ -856,9 +856,9 @@ async fn jobs_to_one_destination_share_its_connector() {
     let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = made.clone();
     let gw = Running::start_with(&tmp.path().join("gw"), move |cfg| {
-        cfg.connectors = Arc::new(move |uri, verify| {
+        cfg.connectors = Arc::new(move |uri, verify, settings| {
             counter.fetch_add(1, Ordering::SeqCst);
-            trackshift_connectors::from_uri_with(uri, verify)
+            trackshift_connectors::from_uri_in(uri, verify, settings)
         });
     })
     .await;
@@ -918,5 +918,52 @@ async fn a_dropped_destination_stays_dropped_after_a_gateway_restart() {
     assert!(walk(&flaky).is_empty(), "{:?}", walk(&flaky));
     let failed = Receipt::from_json(report.receipts[1].as_bytes()).unwrap();
     assert_eq!(failed.status.as_str(), "failed");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_sharing_a_rate_limit_and_a_memory_budget_stay_within_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_source(tmp.path(), 1 << 20);
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    // Two sends share 4 MiB/s (one tenant's quota) and 1 MiB of chunk memory.
+    let rate = Arc::new(trackshift_connectors::ByteRate::new(4 << 20).unwrap());
+    let budget = trackshift_engine::sender::SharedBudget::new(1 << 20);
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let dest = tmp.path().join(format!("dest{i}"));
+        fs::create_dir(&dest).unwrap();
+        let mut cfg = gw.send_config(&dest);
+        cfg.rate = Some(rate.clone());
+        cfg.shared_budget = Some(budget.clone());
+        let l = latencies.clone();
+        cfg.chunk_latency = Some(trackshift_engine::sender::LatencyHook(Arc::new(move |d| {
+            l.lock().unwrap().push(d);
+        })));
+        let src = src.clone();
+        tasks.push(tokio::spawn(async move {
+            send_path(&src, &cfg, |_| {}).await.map(|_| dest)
+        }));
+    }
+    for t in tasks {
+        let dest = t.await.unwrap().unwrap();
+        assert_same_tree(&src, &dest);
+    }
+    // 2 x (1 MiB + 18 bytes) at 4 MiB/s with a 0.4 MiB burst: at least ~0.4 s.
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(380),
+        "2 MiB took only {took:?}"
+    );
+    assert_eq!(
+        budget.available(),
+        1 << 20,
+        "every byte of the shared budget returned"
+    );
+    // One latency per chunk: 16 chunks of 64 KiB per send, plus one each for the small
+    // and the empty file.
+    assert_eq!(latencies.lock().unwrap().len(), 2 * (16 + 2));
     gw.stop().await;
 }

@@ -67,12 +67,30 @@ pub fn start_gateway_full(
         ),
         None => Stdio::null(),
     };
-    let mut child = Command::new(bin())
+    let mut cmd = Command::new(bin());
+    cmd.envs(env.iter().copied());
+    spawn_gateway(cmd, data, args, stderr)
+}
+
+/// Starts `trackshift serve` with none of this process's environment but PATH and HOME
+/// (so no destination credentials but those of the tenants' own files).
+pub fn start_gateway_without_credentials(data: &Path, args: &[&str]) -> Gateway {
+    let mut cmd = Command::new(bin());
+    cmd.env_clear();
+    for var in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    spawn_gateway(cmd, data, args, Stdio::null())
+}
+
+fn spawn_gateway(mut cmd: Command, data: &Path, args: &[&str], stderr: Stdio) -> Gateway {
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .args(args)
-        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()

@@ -148,6 +148,8 @@ pub struct Runner {
     acked: Arc<AtomicU64>,
     /// Cancel signals of the jobs running here, by job id.
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Per-tenant bandwidth quotas, shared by the tenant's jobs on this worker.
+    rates: HashMap<String, Arc<trackshift_connectors::ByteRate>>,
 }
 
 impl Runner {
@@ -161,7 +163,7 @@ impl Runner {
         Arc::new(Self {
             budget: SharedBudget::new(cfg.memory_budget),
             store,
-            tenants,
+            tenants: tenants.clone(),
             service_key,
             cfg,
             wake: Notify::new(),
@@ -169,6 +171,14 @@ impl Runner {
             running: AtomicU64::new(0),
             acked: Arc::new(AtomicU64::new(0)),
             cancels: Mutex::new(HashMap::new()),
+            rates: tenants
+                .tenants
+                .iter()
+                .filter_map(|t| {
+                    let rate = trackshift_connectors::ByteRate::new(t.bytes_per_second?).ok()?;
+                    Some((t.tenant.clone(), Arc::new(rate)))
+                })
+                .collect(),
         })
     }
 
@@ -370,6 +380,7 @@ impl Runner {
         cfg.max_reconnects = 3;
         cfg.shared_budget = Some(self.budget.clone());
         cfg.cancel = Some(cancel_rx);
+        cfg.rate = self.rates.get(&job.tenant).cloned();
         let tenant = job.tenant.clone();
         let latencies = self.latencies.clone();
         let histogram =
