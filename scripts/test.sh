@@ -22,11 +22,19 @@ scripts/test-servers.sh start s3 azure sftp ftps postgres
 source <(scripts/test-servers.sh env)
 
 step "cargo test (workspace, including the connector conformance suite)"
-cargo test --workspace --locked
+RESULTS=$(mktemp)
+trap 'scripts/test-servers.sh stop; rm -f "$RESULTS"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$RESULTS"
 
 step "independent auditor verification (tests/independent)"
 cargo build --locked --bin trackshift
-bash tests/independent/run.sh target/debug/trackshift
+bash tests/independent/run.sh target/debug/trackshift 2>&1 | tee -a "$RESULTS"
 
 step "job API fuzzing (Schemathesis against the served OpenAPI document; tests/api-fuzz)"
 bash tests/api-fuzz/run.sh target/debug/trackshift 60
+
+# One closing line for the whole run: every Rust test and every independent-verifier case.
+passed=$(grep -Eo '[0-9]+ passed' "$RESULTS" | awk '{ s += $1 } END { print s + 0 }')
+failed=$(grep -Eo '[0-9]+ failed' "$RESULTS" | awk '{ s += $1 } END { print s + 0 }')
+echo
+echo "total: ${passed:-0} passed, ${failed:-0} failed"
