@@ -392,6 +392,11 @@ const SERVICE_PREFIX: &str = "svc1.";
 impl ServiceKey {
     /// Loads `DATA/service.key`, creating it (32 random bytes, 0600) on first use.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, TenantError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| TenantError::Io {
+            action: "creating",
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join("service.key");
         let mut raw = match std::fs::read(&path) {
             Ok(b) => b,

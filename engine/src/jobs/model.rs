@@ -316,7 +316,9 @@ pub fn after_failure(
 /// Fair scheduling: which tenant's job a free worker takes next. `running` is the
 /// tenant's jobs held by workers, `share` its weight, `limit` its concurrency quota.
 /// The tenant furthest below its share wins (fewest running per unit of share); ties go
-/// to the oldest waiting job. Tenants at their quota are skipped.
+/// to the tenant served longest ago (round robin, so a tenant with a deep queue cannot
+/// take every free slot in turn), then to the oldest waiting job. Tenants at their quota
+/// are skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// Tenant.
@@ -331,6 +333,8 @@ pub struct Candidate {
     pub share: u32,
     /// The tenant's concurrency quota.
     pub limit: Option<u32>,
+    /// When the tenant last had a job claimed (Unix ms; `i64::MIN`: not recently).
+    pub last_claim_ms: i64,
 }
 
 /// Picks the next job among one candidate per tenant (see [`Candidate`]).
@@ -343,6 +347,7 @@ pub fn pick_fair(candidates: &[Candidate]) -> Option<&Candidate> {
             let lhs = u64::from(a.running) * u64::from(b.share.max(1));
             let rhs = u64::from(b.running) * u64::from(a.share.max(1));
             lhs.cmp(&rhs)
+                .then(a.last_claim_ms.cmp(&b.last_claim_ms))
                 .then(a.created_ms.cmp(&b.created_ms))
                 .then(a.job_id.cmp(&b.job_id))
         })
@@ -521,6 +526,7 @@ mod tests {
             running,
             share,
             limit,
+            last_claim_ms: i64::MIN,
         }
     }
 
@@ -534,6 +540,11 @@ mod tests {
         assert_eq!(pick_fair(&c).unwrap().tenant, "a");
         // equal standing: the older job.
         let c = [cand("a", 2, 1, None, 5), cand("b", 2, 1, None, 4)];
+        assert_eq!(pick_fair(&c).unwrap().tenant, "b");
+        // equal standing, one served recently: the other goes first, however old a's job.
+        let mut a = cand("a", 0, 1, None, 1);
+        a.last_claim_ms = 500;
+        let c = [a, cand("b", 0, 1, None, 9)];
         assert_eq!(pick_fair(&c).unwrap().tenant, "b");
         // at quota: skipped, even when furthest below share.
         let c = [cand("a", 2, 1, Some(2), 1), cand("b", 5, 1, None, 9)];

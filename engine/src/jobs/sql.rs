@@ -131,6 +131,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_ms DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, tenant, priority DESC, created_ms);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
+CREATE INDEX IF NOT EXISTS jobs_started ON jobs (started_ms);
 ";
 
 // ---------------------------------------------------------------------------------------

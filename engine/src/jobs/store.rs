@@ -533,6 +533,17 @@ impl JobStore for SqlStore {
         {
             running.insert(r.str(0), u32::try_from(r.i64(1)).unwrap_or(u32::MAX));
         }
+        // When each tenant was last served (within the last hour: enough for round robin).
+        let mut last_claim: HashMap<String, i64> = HashMap::new();
+        for r in tx
+            .query(
+                "SELECT tenant, MAX(started_ms) FROM jobs WHERE started_ms >= $1 GROUP BY tenant",
+                &[(now_ms - 3_600_000).into()],
+            )
+            .await?
+        {
+            last_claim.insert(r.str(0), r.opt_i64(1).unwrap_or(i64::MIN));
+        }
         let mut candidates: Vec<Candidate> = tx
             .query(
                 "SELECT id, tenant, created_ms FROM (
@@ -552,6 +563,7 @@ impl JobStore for SqlStore {
                 });
                 Candidate {
                     running: running.get(&tenant).copied().unwrap_or(0),
+                    last_claim_ms: last_claim.get(&tenant).copied().unwrap_or(i64::MIN),
                     tenant,
                     job_id: r.str(0),
                     created_ms: r.i64(2),
