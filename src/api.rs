@@ -1,5 +1,5 @@
 //! The job API (`/v1/jobs...`), operator endpoints (`/health`, `/ready`, `/metrics`,
-//! `/reports/kpi`) and the OpenAPI document (`/v1/openapi.json`).
+//! `/reports/kpi`, `/dashboard`) and the OpenAPI document (`/v1/openapi.json`).
 //!
 //! Tenants authenticate with `Authorization: Bearer KEY`. A tenant only ever sees its own
 //! jobs: another tenant's job id answers exactly like an unknown one (404). Every request
@@ -169,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(prometheus))
         .route("/reports/kpi", get(kpi))
+        .route("/dashboard", get(dashboard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(correlate))
         .with_state(state)
@@ -609,4 +610,80 @@ async fn kpi(
         "p95_chunk_latency_ms": p95.map(|(d, _)| d.as_secs_f64() * 1000.0),
         "latency_samples": p95.map_or(0, |(_, n)| n),
     })))
+}
+
+/// `/dashboard`: a small self-refreshing page for operators: jobs per tenant and state,
+/// the last hour's completions, bytes, throughput, failure rate and p95 chunk latency,
+/// and this gateway's running jobs and ledger size. Counts only, no job details.
+async fn dashboard(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use std::fmt::Write as _;
+    let since = now_ms() - 3_600_000;
+    let counts = state.store.counts().await?;
+    let ended = state.store.kpi(since).await?;
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>trackshift</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+         table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}\
+         th:first-child,td:first-child{text-align:left}</style></head><body><h1>trackshift gateway</h1>",
+    );
+    let _ = write!(
+        html,
+        "<p>running here: {} jobs &middot; ledger: {} entries &middot; tenants: {}</p>\
+         <h2>Jobs by state</h2><table><tr><th>tenant</th>",
+        state.runner.running(),
+        state.ledger.size(),
+        state.tenants.tenants.len()
+    );
+    for st in JobState::ALL {
+        let _ = write!(html, "<th>{st}</th>");
+    }
+    html.push_str("</tr>");
+    for t in &state.tenants.tenants {
+        let _ = write!(html, "<tr><td>{}</td>", t.tenant);
+        for st in JobState::ALL {
+            let n = counts
+                .iter()
+                .find(|(tn, s, _)| *tn == t.tenant && *s == st)
+                .map_or(0, |c| c.2);
+            let _ = write!(html, "<td>{n}</td>");
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str(
+        "</table><h2>Last hour</h2><table><tr><th>tenant</th><th>completed</th><th>failed</th>\
+         <th>cancelled</th><th>GiB</th><th>MiB/s per job</th><th>failure rate</th><th>p95 chunk latency</th></tr>",
+    );
+    for t in &state.tenants.tenants {
+        let k = ended.get(&t.tenant).cloned().unwrap_or_default();
+        let rate = if k.busy_ms > 0 {
+            k.bytes as f64 * 1000.0 / k.busy_ms as f64 / f64::from(1u32 << 20)
+        } else {
+            0.0
+        };
+        let ended_n = k.completed + k.failed;
+        let failure = if ended_n > 0 {
+            format!("{:.1} %", k.failed as f64 * 100.0 / ended_n as f64)
+        } else {
+            "-".into()
+        };
+        let p95 = state
+            .runner
+            .latencies
+            .quantile(&t.tenant, since, 0.95)
+            .map_or_else(
+                || "-".into(),
+                |(d, _)| format!("{:.0} ms", d.as_secs_f64() * 1000.0),
+            );
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{rate:.1}</td><td>{failure}</td><td>{p95}</td></tr>",
+            t.tenant,
+            k.completed,
+            k.failed,
+            k.cancelled,
+            k.bytes as f64 / f64::from(1u32 << 30)
+        );
+    }
+    html.push_str("</table><p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/ready\">/ready</a> &middot; <a href=\"/v1/openapi.json\">API</a></p></body></html>\n");
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }

@@ -354,6 +354,20 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         metrics.contains("trackshift_bytes_acknowledged_total{tenant=\"acme\"} 3000012"),
         "{metrics}"
     );
+    let (s, page, headers) = api.call("GET", "/dashboard", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = page.as_str().unwrap().to_string();
+    assert!(
+        page.contains("<td>acme</td><td>0</td><td>0</td><td>0</td><td>2</td>"),
+        "{page}"
+    );
+    assert!(!page.contains(&id), "counts only, no job details");
     let (s, doc, _) = api.call("GET", "/v1/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
