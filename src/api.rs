@@ -271,8 +271,24 @@ async fn create_job(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Correlation(correlation): Correlation,
+    request_headers: HeaderMap,
     body: Result<Json<JobSpec>, JsonRejection>,
 ) -> Result<(StatusCode, HeaderMap, Json<JobView>), ApiError> {
+    let idempotency_key = match request_headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError(
+                        StatusCode::BAD_REQUEST,
+                        "Idempotency-Key: 1 to 200 visible ASCII characters".into(),
+                    )
+                })?
+                .to_string(),
+        ),
+    };
     let Json(spec) = body.map_err(json_rejection)?;
     spec.validate()
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
@@ -297,24 +313,32 @@ async fn create_job(
     tenant
         .check_source(&spec.source)
         .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
-    let job = state
+    let (job, created) = state
         .store
         .create(
             NewJob {
                 tenant: tenant.tenant.clone(),
                 spec,
                 correlation_id: Some(correlation),
+                idempotency_key,
             },
             now_ms(),
         )
         .await?;
-    info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job submitted");
-    state.runner.wake();
+    if created {
+        info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job submitted");
+        state.runner.wake();
+    }
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
         headers.insert(header::LOCATION, v);
     }
-    Ok((StatusCode::CREATED, headers, Json(view(job, None))))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, headers, Json(view(job, None))))
 }
 
 /// Query of `GET /v1/jobs`.

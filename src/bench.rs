@@ -218,6 +218,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
                         max_attempts: Some(1),
                     },
                     correlation_id: Some(format!("bench-{j}")),
+                    idempotency_key: None,
                 },
                 now_ms(),
             )

@@ -477,8 +477,35 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
     let (_, list) = api.get("/v1/jobs", BETA).await;
     assert_eq!(list["jobs"], json!([]));
     // And a good one still works.
-    let (s, v) = api.submit(ACME, ok).await;
+    let (s, v) = api.submit(ACME, ok.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A resubmission with the same Idempotency-Key returns the first job, not a new one.
+    let post = |key: &str, body: &Value| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/jobs", gw.http))
+            .bearer_auth(ACME)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    let first = post("order-1", &ok).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = serde_json::from_str(&first.text().await.unwrap()).unwrap();
+    let again = post("order-1", &ok).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = serde_json::from_str(&again.text().await.unwrap()).unwrap();
+    assert_eq!(again["id"], first["id"]);
+    let mut other = ok.clone();
+    other["priority"] = json!(9);
+    let clash = post("order-1", &other).await.unwrap();
+    assert_eq!(clash.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        post(&"k".repeat(201), &ok).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    let (_, list) = api.get("/v1/jobs", ACME).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

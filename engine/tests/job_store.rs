@@ -76,6 +76,7 @@ on_both!(
     claims_share_workers_fairly_and_respect_quotas_and_priority,
     counts_and_kpis_reflect_finished_jobs,
     concurrent_claimers_never_take_the_same_job,
+    an_idempotency_key_makes_a_resubmission_return_the_first_job,
 );
 
 async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
@@ -84,11 +85,13 @@ async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
             tenant: tenant.into(),
             spec: spec(None, Some(3)),
             correlation_id: None,
+            idempotency_key: None,
         },
         at,
     )
     .await
     .unwrap()
+    .0
     .id
 }
 
@@ -440,11 +443,13 @@ async fn claims_share_workers_fairly_and_respect_quotas_and_priority(s: SqlStore
                 tenant: "big".into(),
                 spec: spec(Some(9), None),
                 correlation_id: Some("c-1".into()),
+                idempotency_key: None,
             },
             5_000,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(urgent.correlation_id, "c-1");
     let next = s
         .claim("wx", &quotas, 6_000, 60_000)
@@ -533,4 +538,45 @@ async fn concurrent_claimers_never_take_the_same_job(s: SqlStore) {
     all.sort();
     all.dedup();
     assert_eq!((n, all.len()), (40, 40), "every job claimed exactly once");
+}
+
+async fn an_idempotency_key_makes_a_resubmission_return_the_first_job(s: SqlStore) {
+    let new = |tenant: &str, key: &str, priority: Option<u8>| NewJob {
+        tenant: tenant.into(),
+        spec: spec(priority, None),
+        correlation_id: None,
+        idempotency_key: Some(key.into()),
+    };
+    let (first, created) = s.create(new("a", "k1", None), 1).await.unwrap();
+    assert!(created);
+    let (again, created) = s.create(new("a", "k1", None), 2).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    // Same key, another request: refused, nothing stored.
+    assert!(matches!(
+        s.create(new("a", "k1", Some(9)), 3).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Keys belong to their tenant.
+    let (other, created) = s.create(new("b", "k1", None), 4).await.unwrap();
+    assert!(created);
+    assert_ne!(other.id, first.id);
+    // Concurrent resubmissions still make one job.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create(new("a", "k2", None), 10 + i).await.unwrap().0.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        s.list("a", &ListQuery::default()).await.unwrap().jobs.len(),
+        2
+    );
 }

@@ -146,11 +146,13 @@ impl Setup {
                         max_attempts: Some(attempts),
                     },
                     correlation_id: None,
+                    idempotency_key: None,
                 },
                 now_ms(),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         self.runner.wake();
         job.id
     }

@@ -126,12 +126,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     bytes_total BIGINT NOT NULL DEFAULT 0,
     bytes_done BIGINT NOT NULL DEFAULT 0,
     manifest TEXT,
-    receipts TEXT
+    receipts TEXT,
+    idempotency_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_ms DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, tenant, priority DESC, created_ms);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
 CREATE INDEX IF NOT EXISTS jobs_started ON jobs (started_ms);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (tenant, idempotency_key);
 ";
 
 // ---------------------------------------------------------------------------------------

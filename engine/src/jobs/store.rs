@@ -53,6 +53,9 @@ pub struct NewJob {
     pub spec: JobSpec,
     /// Correlation id (default: the job id).
     pub correlation_id: Option<String>,
+    /// The client's idempotency key: submitting again with the same key returns the job
+    /// made the first time instead of a new one.
+    pub idempotency_key: Option<String>,
 }
 
 /// Filters and paging of a job listing (newest first).
@@ -116,8 +119,10 @@ pub struct TenantKpi {
 /// The job queue and records.
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a new queued job.
-    async fn create(&self, job: NewJob, now_ms: i64) -> Result<Job, StoreError>;
+    /// Stores a new queued job; with an idempotency key already used by the tenant for the
+    /// same spec, returns that job instead (`false`: nothing new was stored). The same key
+    /// with another spec is a conflict.
+    async fn create(&self, job: NewJob, now_ms: i64) -> Result<(Job, bool), StoreError>;
     /// The tenant's job.
     async fn get(&self, tenant: &str, id: &str) -> Result<Job, StoreError>;
     /// The tenant's jobs, newest first.
@@ -334,22 +339,15 @@ impl SqlStore {
         })
     }
 
-    /// Which database this is (`sqlite` or `postgresql`).
-    pub fn backend(&self) -> &'static str {
-        self.db.name()
-    }
-}
-
-#[async_trait::async_trait]
-impl JobStore for SqlStore {
-    async fn create(&self, job: NewJob, now_ms: i64) -> Result<Job, StoreError> {
+    async fn insert(&self, job: &NewJob, now_ms: i64) -> Result<Job, StoreError> {
         let mut tx = self.db.begin().await?;
         let id = uuid::Uuid::new_v4().to_string();
         let correlation = job.correlation_id.clone().unwrap_or_else(|| id.clone());
         let spec = serde_json::to_string(&job.spec).expect("specs serialise");
         tx.exec(
-            "INSERT INTO jobs (id, tenant, correlation_id, spec, state, priority, max_attempts, created_ms, updated_ms)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7)",
+            "INSERT INTO jobs (id, tenant, correlation_id, spec, state, priority, max_attempts,
+             created_ms, updated_ms, idempotency_key)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7, $8)",
             &[
                 id.as_str().into(),
                 job.tenant.as_str().into(),
@@ -358,13 +356,62 @@ impl JobStore for SqlStore {
                 i64::from(job.spec.priority.unwrap_or(limits::DEFAULT_PRIORITY)).into(),
                 i64::from(job.spec.max_attempts.unwrap_or(limits::DEFAULT_ATTEMPTS)).into(),
                 now_ms.into(),
+                job.idempotency_key.as_deref().into(),
             ],
         )
         .await?;
         record(&mut *tx, &id, None, JobState::Queued, "submitted", now_ms).await?;
-        let job = load_for(&mut *tx, &job.tenant, &id).await?;
+        let created = load_for(&mut *tx, &job.tenant, &id).await?;
         tx.commit().await?;
-        Ok(job)
+        Ok(created)
+    }
+
+    /// The tenant's job made with `key`, if any; a conflict when its spec differs.
+    async fn by_idempotency_key(&self, job: &NewJob, key: &str) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let rows = tx
+            .query(
+                "SELECT id FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
+                &[job.tenant.as_str().into(), key.into()],
+            )
+            .await?;
+        let existing = match rows.first() {
+            Some(r) => Some(load_for(&mut *tx, &job.tenant, &r.str(0)).await?),
+            None => None,
+        };
+        tx.commit().await?;
+        match existing {
+            Some(e) if e.spec != job.spec => Err(StoreError::Conflict(format!(
+                "Idempotency-Key {key:?} was already used for job {} with another request",
+                e.id
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Which database this is (`sqlite` or `postgresql`).
+    pub fn backend(&self) -> &'static str {
+        self.db.name()
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for SqlStore {
+    async fn create(&self, job: NewJob, now_ms: i64) -> Result<(Job, bool), StoreError> {
+        if let Some(key) = &job.idempotency_key {
+            if let Some(existing) = self.by_idempotency_key(&job, key).await? {
+                return Ok((existing, false));
+            }
+            return match self.insert(&job, now_ms).await {
+                Ok(created) => Ok((created, true)),
+                // Another request with the same key won the race: answer with its job.
+                Err(e) => match self.by_idempotency_key(&job, key).await? {
+                    Some(existing) => Ok((existing, false)),
+                    None => Err(e),
+                },
+            };
+        }
+        Ok((self.insert(&job, now_ms).await?, true))
     }
 
     async fn get(&self, tenant: &str, id: &str) -> Result<Job, StoreError> {
