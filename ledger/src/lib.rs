@@ -10,11 +10,15 @@
 //!   see [`proof`].
 
 pub mod error;
+pub mod log;
 pub mod note;
+pub mod pg;
 pub mod proof;
 pub mod store;
 
 pub use error::{LedgerError, Result};
+pub use log::Log;
 pub use note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
+pub use pg::PgLedger;
 pub use proof::{TlogProof, leaf_hash, verify_consistency, verify_inclusion};
 pub use store::{Appended, Ledger, SignedCheckpoint};

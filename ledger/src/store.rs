@@ -118,6 +118,45 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+/// Parses a hash tile path (`tile/L/N[.p/W]`, height [`TILE_HEIGHT`]) and checks the tile
+/// lies within a tree of `size` entries. Entry bundles are refused.
+pub(crate) fn parse_hash_tile(path: &str, size: u64) -> Result<tlog_tiles::Tile> {
+    let bad = || LedgerError::InvalidRequest(format!("not a hash tile path: {path:?}"));
+    let rest = path.strip_prefix("tile/").ok_or_else(bad)?;
+    if rest.starts_with("entries/") || rest.starts_with("data/") {
+        return Err(LedgerError::InvalidRequest(
+            "entry bundles are not served (entries are tenants' documents)".into(),
+        ));
+    }
+    // Tile::new asserts its ranges: check level and width before parsing.
+    let level_ok = rest
+        .split('/')
+        .next()
+        .and_then(|l| l.parse::<u8>().ok())
+        .is_some_and(|l| l < 64);
+    let width_ok = rest.rsplit_once(".p/").is_none_or(|(_, w)| {
+        w.parse::<u32>()
+            .is_ok_and(|w| (1..1 << TILE_HEIGHT).contains(&w))
+    });
+    if !level_ok || !width_ok {
+        return Err(bad());
+    }
+    let tile =
+        tlog_tiles::Tile::from_path(&format!("tile/{TILE_HEIGHT}/{rest}")).map_err(|_| bad())?;
+    let shift = u32::from(tile.level()) * u32::from(TILE_HEIGHT);
+    let level_size = size.checked_shr(shift).unwrap_or(0);
+    let end = tile
+        .level_index()
+        .checked_mul(1 << TILE_HEIGHT)
+        .and_then(|s| s.checked_add(u64::from(tile.width())));
+    if end.is_none_or(|end| end > level_size) {
+        return Err(LedgerError::InvalidRequest(format!(
+            "tile {path} is beyond the tree of {size} entries"
+        )));
+    }
+    Ok(tile)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -475,40 +514,7 @@ impl Ledger {
     /// bounded by the checkpoint held. Entry bundles (`tile/entries/...`) are not served:
     /// entries are tenants' signed documents, which auditors already hold.
     pub fn tile(&self, path: &str) -> Result<Vec<u8>> {
-        let bad = || LedgerError::InvalidRequest(format!("not a hash tile path: {path:?}"));
-        let rest = path.strip_prefix("tile/").ok_or_else(bad)?;
-        if rest.starts_with("entries/") || rest.starts_with("data/") {
-            return Err(LedgerError::InvalidRequest(
-                "entry bundles are not served (entries are tenants' documents)".into(),
-            ));
-        }
-        // Tile::new asserts its ranges: check level and width before parsing.
-        let level_ok = rest
-            .split('/')
-            .next()
-            .and_then(|l| l.parse::<u8>().ok())
-            .is_some_and(|l| l < 64);
-        let width_ok = rest.rsplit_once(".p/").is_none_or(|(_, w)| {
-            w.parse::<u32>()
-                .is_ok_and(|w| (1..1 << TILE_HEIGHT).contains(&w))
-        });
-        if !level_ok || !width_ok {
-            return Err(bad());
-        }
-        let tile = tlog_tiles::Tile::from_path(&format!("tile/{TILE_HEIGHT}/{rest}"))
-            .map_err(|_| bad())?;
-        let size = self.size();
-        let shift = u32::from(tile.level()) * u32::from(TILE_HEIGHT);
-        let level_size = size.checked_shr(shift).unwrap_or(0);
-        let end = tile
-            .level_index()
-            .checked_mul(1 << TILE_HEIGHT)
-            .and_then(|s| s.checked_add(u64::from(tile.width())));
-        if end.is_none_or(|end| end > level_size) {
-            return Err(LedgerError::InvalidRequest(format!(
-                "tile {path} is beyond the tree of {size} entries"
-            )));
-        }
+        let tile = parse_hash_tile(path, self.size())?;
         tile.read_data(&self.reader())
             .map_err(|e| LedgerError::Damaged(format!("reading tile {path}: {e}")))
     }

@@ -1,0 +1,96 @@
+//! One handle over either store of the log: files in the gateway's data directory
+//! ([`Ledger`], one gateway) or PostgreSQL ([`PgLedger`], several gateways, one sequence).
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::note::LedgerPublicKeys;
+use crate::pg::PgLedger;
+use crate::proof::TlogProof;
+use crate::store::{Appended, Ledger, SignedCheckpoint};
+
+/// The gateway's log, wherever it is stored.
+#[derive(Debug, Clone)]
+pub enum Log {
+    /// Files in a directory (one writer process).
+    File(Arc<Ledger>),
+    /// PostgreSQL, shared by several gateways.
+    Postgres(Arc<PgLedger>),
+}
+
+impl Log {
+    /// Appends entries contiguously; see [`Ledger::append`].
+    pub async fn append(&self, entries: Vec<Vec<u8>>) -> Result<Appended> {
+        match self {
+            Log::File(l) => l.append(entries).await,
+            Log::Postgres(l) => l.append(entries).await,
+        }
+    }
+
+    /// A C2SP tlog-proof of entry `index` against `checkpoint`.
+    pub async fn tlog_proof_in(
+        &self,
+        index: u64,
+        checkpoint: &SignedCheckpoint,
+    ) -> Result<TlogProof> {
+        match self {
+            Log::File(l) => l.tlog_proof_in(index, checkpoint),
+            Log::Postgres(l) => l.tlog_proof_in(index, checkpoint).await,
+        }
+    }
+
+    /// The latest checkpoint, after catching up with other writers (checked).
+    pub async fn refresh(&self) -> Result<Arc<SignedCheckpoint>> {
+        match self {
+            Log::File(l) => l.refresh(),
+            Log::Postgres(l) => l.refresh().await,
+        }
+    }
+
+    /// Consistency proof from the tree of `old` entries to the tree of `new` entries.
+    pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
+        match self {
+            Log::File(l) => l.consistency_proof(old, new),
+            Log::Postgres(l) => l.consistency_proof(old, new).await,
+        }
+    }
+
+    /// A hash tile (C2SP tlog-tiles).
+    pub async fn tile(&self, path: &str) -> Result<Vec<u8>> {
+        match self {
+            Log::File(l) => l.tile(path),
+            Log::Postgres(l) => l.tile(path).await,
+        }
+    }
+
+    /// The log's public keys.
+    pub fn public_keys(&self) -> &LedgerPublicKeys {
+        match self {
+            Log::File(l) => l.public_keys(),
+            Log::Postgres(l) => l.public_keys(),
+        }
+    }
+
+    /// Entries in the checkpoint held.
+    pub fn size(&self) -> u64 {
+        match self {
+            Log::File(l) => l.size(),
+            Log::Postgres(l) => l.size(),
+        }
+    }
+
+    /// The checkpoint held.
+    pub fn checkpoint(&self) -> Arc<SignedCheckpoint> {
+        match self {
+            Log::File(l) => l.checkpoint(),
+            Log::Postgres(l) => l.checkpoint(),
+        }
+    }
+
+    /// Stops the file log's writer (nothing to do for PostgreSQL).
+    pub fn close(&self) {
+        if let Log::File(l) = self {
+            l.close();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The log in PostgreSQL (a real server from `scripts/test-servers.sh start postgres`, one
+//! fresh database per test): several handles append to one sequence; it computes exactly
+//! the roots, proofs and tiles of the file log; other keys are refused.
+
+use std::sync::Arc;
+
+use trackshift_ledger::{
+    Ledger, LedgerKeys, PgLedger, leaf_hash, verify_consistency, verify_inclusion,
+};
+
+async fn database() -> String {
+    let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(
+        "TRACKSHIFT_TEST_POSTGRES is not set: start the server with `scripts/test-servers.sh start postgres` \
+         and source `scripts/test-servers.sh env` (scripts/test.sh does both)",
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = format!("ts_{}", uuid_like());
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    format!("{}/{db}", url.rsplit_once('/').unwrap().0)
+}
+
+fn uuid_like() -> String {
+    let mut b = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+const ORIGIN: &str = "shared.example/log";
+
+fn keys(seed: u8) -> LedgerKeys {
+    LedgerKeys::from_seeds(ORIGIN, &[seed; 32], &[seed ^ 0x55; 32]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_append_to_one_sequence_and_every_entry_proves() {
+    let url = database().await;
+    let a = Arc::new(PgLedger::connect(&url, keys(1)).await.unwrap());
+    let b = Arc::new(PgLedger::connect(&url, keys(1)).await.unwrap());
+    assert_eq!(a.size(), 0);
+    let early = a.append(vec![b"first".to_vec()]).await.unwrap();
+    assert_eq!((early.first_index, early.checkpoint.size), (0, 1));
+    // Two writers at once, many appends each: one contiguous sequence.
+    let mut tasks = Vec::new();
+    for (w, l) in [(0u8, a.clone()), (1, b.clone())] {
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..20u32 {
+                let entries = vec![
+                    format!("w{w}-{i}-m").into_bytes(),
+                    format!("w{w}-{i}-r").into_bytes(),
+                ];
+                let done = l.append(entries.clone()).await.unwrap();
+                assert_eq!(done.count, 2);
+                got.push((done.first_index, entries, done.checkpoint));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let mut firsts: Vec<u64> = all.iter().map(|(f, _, _)| *f).collect();
+    firsts.sort_unstable();
+    assert_eq!(
+        firsts,
+        (0..40).map(|k| 1 + 2 * k).collect::<Vec<u64>>(),
+        "contiguous, no overlap"
+    );
+    // Each append's entries prove against the checkpoint it got, and against the latest.
+    let latest = a.refresh().await.unwrap();
+    assert_eq!(latest.size, 81);
+    assert_eq!(
+        b.refresh().await.unwrap().root,
+        latest.root,
+        "both handles see one log"
+    );
+    for (first, entries, cp) in &all {
+        for (k, e) in entries.iter().enumerate() {
+            let idx = first + k as u64;
+            for target in [cp.as_ref(), latest.as_ref()] {
+                let proof = b.inclusion_proof(idx, target.size).await.unwrap();
+                verify_inclusion(idx, target.size, &leaf_hash(e), &proof, &target.root).unwrap();
+            }
+        }
+        let c = a.consistency_proof(cp.size, latest.size).await.unwrap();
+        verify_consistency(cp.size, latest.size, &cp.root, &latest.root, &c).unwrap();
+    }
+    let c = a
+        .consistency_proof(early.checkpoint.size, latest.size)
+        .await
+        .unwrap();
+    verify_consistency(1, 81, &early.checkpoint.root, &latest.root, &c).unwrap();
+    // A tlog-proof verifies like the file log's.
+    let tp = a.tlog_proof_in(5, &latest).await.unwrap();
+    assert_eq!(tp.index, 5);
+    assert!(a.inclusion_proof(81, 81).await.is_err());
+    assert!(a.consistency_proof(5, 82).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_log_computes_what_the_file_log_computes() {
+    let url = database().await;
+    let pg = PgLedger::connect(&url, keys(2)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = Ledger::open(dir.path(), ORIGIN).unwrap();
+    // 700 entries in uneven batches: crosses several full tiles (256) and levels.
+    let mut n = 0u32;
+    for batch in [1usize, 2, 3, 50, 130, 255, 1, 258] {
+        let entries: Vec<Vec<u8>> = (0..batch)
+            .map(|k| format!("entry {}", n as usize + k).into_bytes())
+            .collect();
+        n += batch as u32;
+        let p = pg.append(entries.clone()).await.unwrap();
+        let f = file.append(entries).await.unwrap();
+        assert_eq!(
+            (p.first_index, p.checkpoint.size),
+            (f.first_index, f.checkpoint.size)
+        );
+        assert_eq!(
+            p.checkpoint.root, f.checkpoint.root,
+            "root after {n} entries"
+        );
+    }
+    let size = u64::from(n);
+    for idx in [0u64, 1, 255, 256, 511, 699] {
+        assert_eq!(
+            pg.inclusion_proof(idx, size).await.unwrap(),
+            file.inclusion_proof(idx, size).unwrap()
+        );
+    }
+    for old in [1u64, 7, 256, 400] {
+        assert_eq!(
+            pg.consistency_proof(old, size).await.unwrap(),
+            file.consistency_proof(old, size).unwrap()
+        );
+    }
+    for tile in [
+        "tile/0/000",
+        "tile/0/001",
+        "tile/0/002.p/188",
+        "tile/1/000.p/2",
+    ] {
+        assert_eq!(
+            pg.tile(tile).await.unwrap(),
+            file.tile(tile).unwrap(),
+            "{tile}"
+        );
+    }
+    assert!(pg.tile("tile/0/003").await.is_err(), "beyond the tree");
+    assert!(
+        pg.tile("tile/entries/000").await.is_err(),
+        "entries are not served"
+    );
+    file.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_other_keys_is_refused() {
+    let url = database().await;
+    PgLedger::connect(&url, keys(3)).await.unwrap();
+    let err = PgLedger::connect(&url, keys(4)).await.unwrap_err();
+    assert!(err.to_string().contains("other keys"), "{err}");
+    // The same keys reconnect and find the log as it was.
+    let again = PgLedger::connect(&url, keys(3)).await.unwrap();
+    again.append(vec![b"x".to_vec()]).await.unwrap();
+    let third = PgLedger::connect(&url, keys(3)).await.unwrap();
+    assert_eq!(third.size(), 1);
+    assert!(third.append(vec![]).await.is_err(), "nothing to append");
+}
