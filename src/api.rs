@@ -38,7 +38,7 @@ pub struct AppState {
     /// This process's worker (woken on submit; its chunk latencies feed the KPIs).
     pub runner: Arc<Runner>,
     /// The ledger (checked by `/ready`).
-    pub ledger: Arc<trackshift_ledger::Ledger>,
+    pub ledger: trackshift_ledger::Log,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Tenants' own destination credentials (to validate their URIs as the gateway will).
@@ -539,7 +539,7 @@ async fn openapi() -> Response {
 /// `/ready`: the store answers and the ledger can be read.
 async fn ready(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await;
-    let ledger = state.ledger.refresh();
+    let ledger = state.ledger.refresh().await;
     let ok = store.is_ok() && ledger.is_ok();
     let body = serde_json::json!({
         "ready": ok,

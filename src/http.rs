@@ -14,7 +14,6 @@
 //! Entries themselves are tenants' signed documents and are not served.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use axum::Json;
@@ -25,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use trackshift_ledger::{Ledger, LedgerError};
+use trackshift_ledger::{LedgerError, Log};
 
 /// A consistency proof as served at `/v1/ledger/proof/consistency`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,10 +61,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Shared = Arc<Ledger>;
+type Shared = Log;
 
 /// The router over a ledger (the gateway's own handle, or a read-only one).
-pub fn router(ledger: Arc<Ledger>) -> Router {
+pub fn router(ledger: Log) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/checkpoint", get(checkpoint))
@@ -102,7 +101,7 @@ fn text(body: String, cache: &'static str) -> Response {
 }
 
 async fn checkpoint(State(ledger): State<Shared>) -> Result<Response, ApiError> {
-    let cp = ledger.refresh()?;
+    let cp = ledger.refresh().await?;
     Ok(text(cp.note.clone(), "no-store"))
 }
 
@@ -110,12 +109,15 @@ async fn tile(
     State(ledger): State<Shared>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    ledger.refresh()?;
+    ledger.refresh().await?;
     // A tile the tree does not have (yet) is "not found", as tile clients expect.
-    let data = ledger.tile(&format!("tile/{path}")).map_err(|e| match e {
-        LedgerError::InvalidRequest(m) => ApiError(StatusCode::NOT_FOUND, m),
-        other => other.into(),
-    })?;
+    let data = ledger
+        .tile(&format!("tile/{path}"))
+        .await
+        .map_err(|e| match e {
+            LedgerError::InvalidRequest(m) => ApiError(StatusCode::NOT_FOUND, m),
+            other => other.into(),
+        })?;
     // Full tiles never change; partial ones are superseded as the log grows.
     let cache = if path.contains(".p/") {
         "no-store"
@@ -143,8 +145,8 @@ async fn inclusion(
     query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let cp = ledger.refresh()?;
-    let proof = ledger.tlog_proof_in(q.index, &cp)?;
+    let cp = ledger.refresh().await?;
+    let proof = ledger.tlog_proof_in(q.index, &cp).await?;
     Ok(text(proof.to_text(), "no-store"))
 }
 
@@ -160,9 +162,9 @@ async fn consistency(
     query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let cp = ledger.refresh()?;
+    let cp = ledger.refresh().await?;
     let new = q.new.unwrap_or(cp.size);
-    let proof = ledger.consistency_proof(q.old, new)?;
+    let proof = ledger.consistency_proof(q.old, new).await?;
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(ConsistencyProof {
         old_size: q.old,

@@ -243,7 +243,11 @@ fn main() -> ExitCode {
 /// its job id, tenant and correlation id).
 fn init_logging(gateway: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if gateway { "info,quinn=warn" } else { "warn" })
+        tracing_subscriber::EnvFilter::new(if gateway {
+            "info,quinn=warn,tokio_postgres=warn"
+        } else {
+            "warn"
+        })
     });
     let json = match std::env::var("TRACKSHIFT_LOG_FORMAT").as_deref() {
         Ok("json") => true,

@@ -49,10 +49,47 @@ pub struct ServeArgs {
     /// worker died is taken over after this.
     #[arg(long, default_value_t = 30)]
     lease_secs: u64,
-    /// Job store shared with other gateways: `postgres://USER@HOST:PORT/DB` (no TLS: use a
-    /// private network). Default: SQLite in DATA/jobs.db, for this gateway alone.
+    /// Job store and ledger shared with other gateways: `postgres://USER@HOST:PORT/DB` (no
+    /// TLS: use a private network). Default: SQLite in DATA/jobs.db and the ledger in
+    /// DATA/ledger, for this gateway alone.
     #[arg(long, env = "TRACKSHIFT_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// The ledger's signing keys (default DATA/ledger/keys). Gateways sharing a ledger
+    /// through `--store` must use the same keys: the first one to connect fixes them.
+    #[arg(long)]
+    ledger_keys: Option<PathBuf>,
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The ledger shared through PostgreSQL, with the keys of `--ledger-keys`; their public
+/// half is written next to them (`public-keys.json`) for `keys export-public --ledger`.
+async fn shared_ledger(args: &ServeArgs, url: &str) -> Result<trackshift_ledger::Log> {
+    let dir = args
+        .ledger_keys
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("ledger").join("keys"));
+    let keys = trackshift_ledger::LedgerKeys::load_or_generate(
+        &dir,
+        trackshift_engine::gateway::DEFAULT_LEDGER_ORIGIN,
+    )?;
+    let public = serde_json::to_string_pretty(&keys.public_keys())? + "\n";
+    trackshift_crypto::filestore::write_atomic(
+        &dir.join(trackshift_ledger::store::PUBLIC_KEYS_FILE),
+        public.as_bytes(),
+        0o644,
+    )?;
+    let pg = trackshift_ledger::PgLedger::connect(url, keys)
+        .await
+        .context("connecting to the shared ledger in PostgreSQL")?;
+    println!(
+        "ledger: shared in PostgreSQL, {} entries (keys in {})",
+        pg.size(),
+        dir.display()
+    );
+    Ok(trackshift_ledger::Log::Postgres(std::sync::Arc::new(pg)))
 }
 
 /// Options of `trackshift send`.
@@ -144,6 +181,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         &args.data_dir,
     )?);
     cfg.service_key = Some(service_key.clone());
+    if let Some(url) = args.store.as_deref().filter(|u| is_postgres(u)) {
+        cfg.ledger = Some(shared_ledger(&args, url).await?);
+    }
     let gateway = Gateway::bind(cfg).await?;
     println!(
         "gateway listening on {} (QUIC, ALPN trackshift/1)",
@@ -202,7 +242,7 @@ async fn job_service(
         &args.data_dir,
     )?);
     let store = match &args.store {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+        Some(url) if is_postgres(url) => {
             trackshift_engine::jobs::SqlStore::connect_postgres(url, 16)
                 .await
                 .context("connecting to the PostgreSQL job store")?

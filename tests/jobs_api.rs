@@ -770,9 +770,14 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
     std::fs::create_dir_all(&data_b).unwrap();
     std::fs::copy(data_a.join("tenants.json"), data_b.join("tenants.json")).unwrap();
     let store = postgres_database().await;
+    // One ledger identity for the cluster: both gateways sign the shared log's
+    // checkpoints with these keys.
+    let ledger_keys = root.join("shared-ledger-keys");
     let args = [
         "--store",
         store.as_str(),
+        "--ledger-keys",
+        ledger_keys.to_str().unwrap(),
         "--lease-secs",
         "2",
         "--dest-rate",
@@ -821,8 +826,18 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         12,
         "one queue, seen from A"
     );
-    // Every job's manifest and receipt went into exactly one gateway's ledger.
-    assert_eq!(ledger_size(&gw_a) + ledger_size(&gw_b), 2 * 12);
+    // One ledger sequence: both gateways serve the same log, holding every job's manifest
+    // and receipt once.
+    assert_eq!(ledger_size(&gw_a), 2 * 12);
+    assert_eq!(ledger_size(&gw_b), 2 * 12);
+    let (code, old_cp, err) = run(&["ledger", "checkpoint", "--gateway", &gw_a.http], root);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(root.join("old.cp"), &old_cp).unwrap();
+    let (_, same, _) = run(&["ledger", "checkpoint", "--gateway", &gw_b.http], root);
+    assert_eq!(
+        same, old_cp,
+        "one signed checkpoint, whichever gateway serves it"
+    );
 
     // A big job; whichever gateway runs it is killed mid-job; the other takes it over.
     let big = src.join("big.bin");
@@ -847,17 +862,6 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();
     let job = Api::new(&survivor).wait(ACME, &id, final_state).await;
-    finish_takeover(job, &big, &out, &survivor, &survivor_data, root);
-}
-
-fn finish_takeover(
-    job: Value,
-    src: &Path,
-    out: &Path,
-    survivor: &Gateway,
-    data: &Path,
-    root: &Path,
-) {
     assert_eq!(job["state"], "completed", "{job}");
     let reasons: Vec<&str> = job["transitions"]
         .as_array()
@@ -878,13 +882,75 @@ fn finish_takeover(
     assert_eq!(claims, 2, "taken over once: {reasons:?}");
     assert_eq!(
         std::fs::read(out.join("big.bin")).unwrap(),
-        std::fs::read(src).unwrap()
+        std::fs::read(&big).unwrap()
     );
-    // The survivor's ledger holds the job and verifies.
-    let (code, outp, err) = run(
-        &["ledger", "verify", "--data-dir", data.to_str().unwrap()],
+
+    // The survivor's receipt verifies, with its inclusion proof in the shared log, using the
+    // survivor's signing keys and the cluster's ledger keys.
+    let (code, _, err) = run(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            survivor_data.join("keys").to_str().unwrap(),
+            "--ledger",
+            ledger_keys.to_str().unwrap(),
+            "--out",
+            "pk.json",
+        ],
         root,
     );
-    assert_eq!(code, 0, "{outp}{err}");
-    assert!(ledger_size(survivor) >= 2);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "jobs",
+            "wait",
+            &id,
+            "--out",
+            "docs",
+            "--api",
+            &survivor.http,
+            "--key",
+            ACME,
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(
+        &[
+            "verify",
+            "docs/receipt.json",
+            "--public-keys",
+            "pk.json",
+            "--manifest",
+            "docs/manifest.json",
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("recorded in ledger"), "{out}");
+    // The log only grew, whichever gateway appended: a consistency proof from the old
+    // checkpoint to the survivor's current one, verified locally.
+    let (code, new_cp, err) = run(&["ledger", "checkpoint", "--gateway", &survivor.http], root);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(root.join("new.cp"), &new_cp).unwrap();
+    let (code, out, err) = run(
+        &[
+            "ledger",
+            "consistency",
+            "old.cp",
+            "new.cp",
+            "--public-keys",
+            "pk.json",
+            "--gateway",
+            &survivor.http,
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        ledger_size(&survivor),
+        2 * 13,
+        "the big job's documents joined the shared log once"
+    );
 }

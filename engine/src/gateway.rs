@@ -108,6 +108,9 @@ pub struct GatewayConfig {
     pub connectors: ConnectorFactory,
     /// Accept job-service workers holding this key (see [`crate::tenants::ServiceKey`]).
     pub service_key: Option<Arc<crate::tenants::ServiceKey>>,
+    /// The log to append to (default: files in `DATA/ledger`). Gateways sharing one
+    /// ledger sequence pass the same [`trackshift_ledger::PgLedger`].
+    pub ledger: Option<trackshift_ledger::Log>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -157,6 +160,7 @@ impl GatewayConfig {
             verify: VerifyMode::from_env(),
             connectors: Arc::new(trackshift_connectors::from_uri_in),
             service_key: None,
+            ledger: None,
         }
     }
 }
@@ -344,7 +348,7 @@ struct Shared {
     tenants: TenantFile,
     service_key: Option<Arc<crate::tenants::ServiceKey>>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
-    ledger: Arc<trackshift_ledger::Ledger>,
+    ledger: trackshift_ledger::Log,
     verify: VerifyMode,
     connectors: ConnectorFactory,
     /// Connectors by destination URI, shared by every job that writes there (so jobs to
@@ -402,10 +406,13 @@ impl Gateway {
         let budget_max = u32::try_from(cfg.memory_budget)
             .unwrap_or(u32::MAX)
             .max(1 << 20);
-        let ledger = Arc::new(trackshift_ledger::Ledger::open(
-            data.join("ledger"),
-            &cfg.ledger_origin,
-        )?);
+        let ledger = match &cfg.ledger {
+            Some(l) => l.clone(),
+            None => trackshift_ledger::Log::File(Arc::new(trackshift_ledger::Ledger::open(
+                data.join("ledger"),
+                &cfg.ledger_origin,
+            )?)),
+        };
         let shared = Arc::new(Shared {
             data_dir: data.clone(),
             ledger,
@@ -452,7 +459,7 @@ impl Gateway {
     }
 
     /// The gateway's ledger (read-only use: checkpoints and proofs for auditors).
-    pub fn ledger(&self) -> &Arc<trackshift_ledger::Ledger> {
+    pub fn ledger(&self) -> &trackshift_ledger::Log {
         &self.shared.ledger
     }
 
@@ -1230,7 +1237,8 @@ async fn finish_job(
     for (i, r) in receipts.iter_mut().enumerate() {
         let proof = shared
             .ledger
-            .tlog_proof_in(appended.first_index + 1 + i as u64, &appended.checkpoint)?;
+            .tlog_proof_in(appended.first_index + 1 + i as u64, &appended.checkpoint)
+            .await?;
         r.ledger_proof = Some(proof.to_text());
         texts.push(r.to_json());
     }

@@ -69,7 +69,7 @@ pub fn start_gateway_full(
     };
     let mut cmd = Command::new(bin());
     cmd.envs(env.iter().copied());
-    spawn_gateway(cmd, data, args, stderr)
+    spawn_gateway(cmd, data, args, stderr, log)
 }
 
 /// Starts `trackshift serve` with none of this process's environment but PATH and HOME
@@ -82,10 +82,16 @@ pub fn start_gateway_without_credentials(data: &Path, args: &[&str]) -> Gateway 
             cmd.env(var, v);
         }
     }
-    spawn_gateway(cmd, data, args, Stdio::null())
+    spawn_gateway(cmd, data, args, Stdio::null(), None)
 }
 
-fn spawn_gateway(mut cmd: Command, data: &Path, args: &[&str], stderr: Stdio) -> Gateway {
+fn spawn_gateway(
+    mut cmd: Command,
+    data: &Path,
+    args: &[&str],
+    stderr: Stdio,
+    log: Option<&Path>,
+) -> Gateway {
     let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -98,10 +104,14 @@ fn spawn_gateway(mut cmd: Command, data: &Path, args: &[&str], stderr: Stdio) ->
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut quic, mut http, mut fingerprint) = (None, None, None);
     while quic.is_none() || http.is_none() || fingerprint.is_none() {
-        let line = lines
-            .next()
-            .expect("the gateway exited before it was ready")
-            .unwrap();
+        let Some(line) = lines.next() else {
+            let tail = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            panic!("the gateway exited before it was ready; its log ends:\n{tail}");
+        };
+        let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("gateway listening on ") {
             quic = rest.split_whitespace().next().map(str::to_string);
         } else if let Some(rest) = line.strip_prefix("certificate fingerprint: ") {
