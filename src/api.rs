@@ -39,6 +39,8 @@ pub struct AppState {
     pub runner: Arc<Runner>,
     /// The ledger (checked by `/ready`).
     pub ledger: trackshift_ledger::Log,
+    /// The gateway (its destinations in use are checked by `/ready`).
+    pub gateway: Arc<trackshift_engine::gateway::Gateway>,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Tenants' own destination credentials (to validate their URIs as the gateway will).
@@ -536,15 +538,30 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// `/ready`: the store answers and the ledger can be read.
+/// `/ready`: the store answers, the ledger can be read, and the destinations in use are
+/// reachable. One failing destination (a tenant's bucket) is reported but does not make
+/// the gateway unready, or one tenant could take the whole fleet out of service; every
+/// destination failing (this gateway's network) does.
 async fn ready(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await;
     let ledger = state.ledger.refresh().await;
-    let ok = store.is_ok() && ledger.is_ok();
+    let (checked, failing) = state
+        .gateway
+        .check_destinations(Duration::from_secs(3))
+        .await;
+    let destinations_ok = checked == 0 || failing.len() < checked;
+    let ok = store.is_ok() && ledger.is_ok() && destinations_ok;
     let body = serde_json::json!({
         "ready": ok,
         "store": store.map_or_else(|e| e.to_string(), |()| "ok".into()),
         "ledger": ledger.map_or_else(|e| e.to_string(), |_| "ok".into()),
+        "destinations": {
+            "checked": checked,
+            "failing": failing
+                .into_iter()
+                .map(|(uri, error)| serde_json::json!({ "uri": uri, "error": error }))
+                .collect::<Vec<_>>(),
+        },
         "tenants": state.tenants.tenants.len(),
         "running_jobs": state.runner.running(),
     });

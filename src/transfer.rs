@@ -184,7 +184,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(url) = args.store.as_deref().filter(|u| is_postgres(u)) {
         cfg.ledger = Some(shared_ledger(&args, url).await?);
     }
-    let gateway = Gateway::bind(cfg).await?;
+    let gateway = std::sync::Arc::new(Gateway::bind(cfg).await?);
     println!(
         "gateway listening on {} (QUIC, ALPN trackshift/1)",
         gateway.local_addr()
@@ -198,7 +198,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut runner_task = None;
     let http = match args.http {
         Some(addr) => {
-            let (router, runner) = job_service(&args, &gateway, service_key).await?;
+            let (router, runner) = job_service(&args, gateway.clone(), service_key).await?;
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
             let (local, serving) = crate::http::bind(addr, router).await?;
             println!(
@@ -230,7 +230,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 /// The job service next to a gateway: store (`DATA/jobs.db`), worker, API routes.
 async fn job_service(
     args: &ServeArgs,
-    gateway: &Gateway,
+    gateway: std::sync::Arc<Gateway>,
     service_key: std::sync::Arc<trackshift_engine::tenants::ServiceKey>,
 ) -> Result<(
     axum::Router,
@@ -276,6 +276,7 @@ async fn job_service(
         tenants,
         runner: runner.clone(),
         ledger: gateway.ledger().clone(),
+        gateway: gateway.clone(),
         metrics,
     };
     let router = crate::http::router(gateway.ledger().clone()).merge(crate::api::router(state));

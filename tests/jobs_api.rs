@@ -339,6 +339,18 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
     let (s, ready, _) = api.call("GET", "/ready", None, None).await;
     assert_eq!(s, StatusCode::OK, "{ready}");
     assert_eq!(ready["ready"], true);
+    assert_eq!(ready["destinations"]["checked"], 2, "{ready}");
+    // One destination gone (a tenant's problem): reported, the gateway stays ready.
+    std::fs::rename(root.join("out-acme/batch"), root.join("out-acme/moved")).unwrap();
+    let (s, ready, _) = api.call("GET", "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{ready}");
+    let failing = ready["destinations"]["failing"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{ready}");
+    assert!(
+        failing[0]["uri"].as_str().unwrap().ends_with("/batch"),
+        "{ready}"
+    );
+    std::fs::rename(root.join("out-acme/moved"), root.join("out-acme/batch")).unwrap();
     let (s, metrics, _) = api.call("GET", "/metrics", None, None).await;
     assert_eq!(s, StatusCode::OK);
     let metrics = metrics.as_str().unwrap().to_string();

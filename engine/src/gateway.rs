@@ -463,6 +463,37 @@ impl Gateway {
         &self.shared.ledger
     }
 
+    /// Checks every destination in use (the connectors jobs have opened), each bounded by
+    /// `timeout`, concurrently. Returns how many were checked and the failing URIs with
+    /// their errors (no credentials: URIs never hold any).
+    pub async fn check_destinations(
+        &self,
+        timeout: std::time::Duration,
+    ) -> (usize, Vec<(String, String)>) {
+        let connectors: Vec<Arc<dyn Connector>> = self
+            .shared
+            .connector_cache
+            .lock()
+            .expect("connector cache lock")
+            .values()
+            .cloned()
+            .collect();
+        let checks = connectors.iter().map(|c| async move {
+            let res = match tokio::time::timeout(timeout, c.check()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {timeout:?}")),
+            };
+            res.map(|e| (c.uri().to_string(), e))
+        });
+        let failing = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        (connectors.len(), failing)
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> GatewayStats {
         GatewayStats {
