@@ -201,6 +201,8 @@ struct Job {
     commit_tx: mpsc::UnboundedSender<Pending>,
     finished: tokio::sync::Mutex<Option<(String, Vec<String>)>>,
     failed: Mutex<Option<String>>,
+    /// The sender cancelled the job: its partial objects are discarded.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 /// One destination of a job.
@@ -222,8 +224,10 @@ impl Job {
             .writers
             .get(file as usize)
             .ok_or_else(|| GatewayError::Job(format!("file index {file} out of range")))?;
+        let created = std::sync::atomic::AtomicBool::new(false);
         let w = cell
             .get_or_try_init(|| async {
+                created.store(true, Ordering::Relaxed);
                 if let Some(reason) = self.failed.lock().expect("job lock").clone() {
                     return Err(GatewayError::Job(reason));
                 }
@@ -244,6 +248,20 @@ impl Job {
                 Ok::<_, GatewayError>(d.connector.open(&spec, self.resume).await?)
             })
             .await?;
+        // A drop or a cancellation racing with this open: it marks first, then aborts the
+        // writers it finds; a writer this call opened checks after storing. Whichever comes
+        // second aborts. (A job that merely failed keeps its partial objects for resume.)
+        if created.load(Ordering::Relaxed) {
+            let gone = if self.cancelled.load(Ordering::Relaxed) {
+                Some("the job was cancelled".to_string())
+            } else {
+                d.failed.lock().expect("dest lock").clone()
+            };
+            if let Some(reason) = gone {
+                let _ = w.abort().await;
+                return Err(GatewayError::Job(reason));
+            }
+        }
         Ok(w.clone())
     }
 
@@ -698,6 +716,7 @@ impl Shared {
             commit_tx,
             finished: tokio::sync::Mutex::new(finished),
             failed: Mutex::new(None),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(committer(job.clone(), log, commit_rx));
         jobs.insert(key, job.clone());
@@ -1002,17 +1021,14 @@ async fn control_loop(
                 let job = state.handles.lock().expect("handles lock").remove(&handle);
                 if let Some(job) = job {
                     info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %reason, "job cancelled");
-                    // No new writers from here on; chunks already in flight may still
-                    // open one, so the partial objects are aborted again a moment later.
+                    // Marked first: a writer opened from here on aborts itself (see
+                    // `Job::writer`); the ones open now are aborted here.
+                    job.cancelled.store(true, Ordering::Relaxed);
                     job.fail(format!("cancelled: {reason}"));
                     abort_writers(&job).await;
                     let key = (job.tenant.clone(), job.open().job_id);
                     shared.jobs.lock().await.remove(&key);
                     let _ = fs::remove_dir_all(&job.dir);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        abort_writers(&job).await;
-                    });
                 }
             }
         }
