@@ -179,11 +179,9 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
             max_attempts,
             wait,
         } => {
-            let source = if source.is_absolute() {
-                source
-            } else {
-                std::env::current_dir()?.join(source)
-            };
+            // Absolute and written plainly (no `.`, doubled or trailing slashes); `..` is
+            // left for the server to refuse, as the path is on its machine.
+            let source: std::path::PathBuf = std::path::absolute(&source)?.components().collect();
             let mut body = serde_json::json!({ "source": source, "destinations": destinations });
             let o = body.as_object_mut().expect("object");
             if let Some(v) = chunk_size {

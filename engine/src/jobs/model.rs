@@ -148,6 +148,19 @@ impl JobSpec {
                 self.source.display()
             ));
         }
+        // Written as meant: no `.`, `..`, doubled or trailing slashes.
+        let normal: PathBuf = self.source.components().collect();
+        if normal.as_os_str() != self.source.as_os_str()
+            || self
+                .source
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return err(format!(
+                "source: {} is not a normalized path (no '.', '..', '//' or trailing '/')",
+                self.source.display()
+            ));
+        }
         if self.destinations.is_empty()
             || self.destinations.len() > crate::protocol::MAX_DESTINATIONS
         {
