@@ -7,6 +7,8 @@
 # that does not match the document, and any invalid request that is accepted.
 #
 # Usage: tests/api-fuzz/run.sh TRACKSHIFT_BINARY [SECONDS]
+# FUZZ_ARGS adds Schemathesis options (for example `--seed N` to replay a run);
+# FUZZ_TAIL sets how many lines of its report are shown (default 40).
 set -euo pipefail
 BIN=$(realpath "$1")
 SECONDS_BUDGET=${2:-60}
@@ -62,12 +64,18 @@ props["source"]["pattern"] = "^" + re.escape(work + "/src") + "(/[^/]+)*$"
 props["destinations"]["items"]["pattern"] = "^null://"
 json.dump(doc, open(work + "/openapi-fuzz.json", "w"))
 PYEOF
+# An invalid request refused as too large (413) is refused all the same.
+cat >"$WORK/schemathesis.toml" <<'TOML'
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+TOML
 cd "$WORK"
 set +e
 "$VENV/bin/st" run "$WORK/openapi-fuzz.json" --url "$URL" \
     -H "Authorization: Bearer $KEY" \
     --checks all --exclude-checks positive_data_acceptance \
-    --max-time "$SECONDS_BUDGET" --workers 2 --no-color 2>&1 | tail -${FUZZ_TAIL:-40}
+    --max-time "$SECONDS_BUDGET" --workers 2 --no-color \
+    --request-timeout 30 --request-retries 3 ${FUZZ_ARGS:-} 2>&1 | tail -n "${FUZZ_TAIL:-40}"
 status=${PIPESTATUS[0]}
 set -e
 if grep -q '"level":"ERROR"' "$WORK/serve.log" || grep -q panicked "$WORK/serve.log"; then
