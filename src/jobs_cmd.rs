@@ -245,40 +245,29 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
             println!("{}", serde_json::to_string_pretty(&job)?);
             Ok(0)
         }
-        JobsCommand::Cancel { id } => {
-            let job = c
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/jobs/{}/cancel", urlencode(&id)),
-                    None,
-                )
-                .await?;
-            println!(
-                "{} {}",
-                job["id"].as_str().unwrap_or("?"),
-                job["state"].as_str().unwrap_or("?")
-            );
-            Ok(0)
-        }
-        JobsCommand::Retry { id } => {
-            let job = c
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/jobs/{}/retry", urlencode(&id)),
-                    None,
-                )
-                .await?;
-            println!(
-                "{} {}",
-                job["id"].as_str().unwrap_or("?"),
-                job["state"].as_str().unwrap_or("?")
-            );
-            Ok(0)
-        }
+        JobsCommand::Cancel { id } => act(&c, &id, "cancel").await,
+        JobsCommand::Retry { id } => act(&c, &id, "retry").await,
         JobsCommand::Wait { id, timeout, out } => {
             wait_for(&c, &id, timeout.map(Duration::from_secs), out).await
         }
     }
+}
+
+/// `POST /v1/jobs/ID/ACTION` (cancel, retry); prints the job's id and new state.
+async fn act(c: &Client, id: &str, action: &str) -> Result<u8> {
+    let job = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{}/{action}", urlencode(id)),
+            None,
+        )
+        .await?;
+    println!(
+        "{} {}",
+        job["id"].as_str().unwrap_or("?"),
+        job["state"].as_str().unwrap_or("?")
+    );
+    Ok(0)
 }
 
 fn percent(j: &Value) -> u64 {

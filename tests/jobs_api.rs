@@ -113,6 +113,24 @@ impl Api {
     }
 }
 
+/// `trackshift verify` of `ROOT/docs/receipt.json` against `docs/manifest.json` with
+/// `pk.json`; must pass. Returns its output.
+fn verify_docs(root: &Path) -> String {
+    let (code, out, err) = run(
+        &[
+            "verify",
+            "docs/receipt.json",
+            "--public-keys",
+            "pk.json",
+            "--manifest",
+            "docs/manifest.json",
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 fn final_state(j: &Value) -> bool {
     matches!(
         j["state"].as_str(),
@@ -214,18 +232,7 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         root,
     );
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = run(
-        &[
-            "verify",
-            "docs/receipt.json",
-            "--public-keys",
-            "pk.json",
-            "--manifest",
-            "docs/manifest.json",
-        ],
-        root,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    verify_docs(root);
     let receipt = std::fs::read_to_string(root.join("docs/receipt.json")).unwrap();
     let job = api.wait(ACME, &id, final_state).await;
     assert!(
@@ -928,18 +935,7 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         root,
     );
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = run(
-        &[
-            "verify",
-            "docs/receipt.json",
-            "--public-keys",
-            "pk.json",
-            "--manifest",
-            "docs/manifest.json",
-        ],
-        root,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let out = verify_docs(root);
     assert!(out.contains("recorded in ledger"), "{out}");
     // The log only grew, whichever gateway appended: a consistency proof from the old
     // checkpoint to the survivor's current one, verified locally.
