@@ -12,10 +12,26 @@ use trackshift_ledger::{Ledger, verify_checkpoint, verify_consistency};
 pub enum LedgerCommand {
     /// Re-check the whole ledger of a gateway: every entry's signature, every hash, the root
     /// against the latest signed checkpoint (read-only: the gateway may keep running).
+    ///
+    /// For a ledger shared through PostgreSQL (`serve --store`), give the database URL and
+    /// every gateway's public key file (`keys export-public --ledger ...`).
+    #[command(group(clap::ArgGroup::new("log").required(true).args(["data_dir", "store"])))]
     Verify {
         /// The gateway's data directory.
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        /// The shared ledger's database: `postgres://USER@HOST:PORT/DB`.
+        #[arg(
+            long,
+            requires = "public_keys",
+            env = "TRACKSHIFT_STORE",
+            hide_env_values = true
+        )]
+        store: Option<String>,
+        /// Public key files of the gateways that write the shared ledger (repeatable; the
+        /// ledger keys must be in at least one).
+        #[arg(long)]
+        public_keys: Vec<PathBuf>,
     },
     /// Print the latest signed checkpoint (save it to check consistency later).
     Checkpoint {
@@ -49,6 +65,39 @@ pub struct Source {
     gateway: Option<String>,
 }
 
+/// Manifests and receipts seen while re-checking a ledger.
+#[derive(Default)]
+struct DocumentCount {
+    manifests: u64,
+    receipts: u64,
+}
+
+impl DocumentCount {
+    /// Checks one entry's document signature against `ring` and counts it.
+    fn check(&mut self, entry: &[u8], ring: &PublicKeyring) -> std::result::Result<(), String> {
+        let (format, _) = trackshift_crypto::verify_signed_bytes(entry, ring)
+            .map_err(|e| format!("document signature: {e}"))?;
+        if format.contains("manifest") {
+            self.manifests += 1;
+        } else {
+            self.receipts += 1;
+        }
+        Ok(())
+    }
+
+    fn report(&self, location: &str, v: &trackshift_ledger::VerifiedCheckpoint) {
+        println!(
+            "OK ledger {location} ({}): {} entries ({} manifests, {} receipts), root {}",
+            v.origin,
+            v.size,
+            self.manifests,
+            self.receipts,
+            hex::encode(v.root)
+        );
+        println!("   every signature, hash and the signed checkpoint verify");
+    }
+}
+
 /// The ledger directory of a gateway data directory.
 pub fn ledger_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("ledger")
@@ -57,29 +106,52 @@ pub fn ledger_dir(data_dir: &Path) -> PathBuf {
 /// Runs a ledger subcommand.
 pub fn run(cmd: LedgerCommand) -> Result<()> {
     match cmd {
-        LedgerCommand::Verify { data_dir } => {
+        LedgerCommand::Verify {
+            data_dir: Some(data_dir),
+            ..
+        } => {
             let ring = FileKeyStore::open(data_dir.join("keys"))?.public_keyring()?;
             let ledger = Ledger::open_read_only(ledger_dir(&data_dir), None)?;
-            let (mut manifests, mut receipts) = (0u64, 0u64);
-            let v = ledger.verify_all(|_, entry| {
-                let (format, _) = trackshift_crypto::verify_signed_bytes(entry, &ring)
-                    .map_err(|e| format!("document signature: {e}"))?;
-                if format.contains("manifest") {
-                    manifests += 1;
-                } else {
-                    receipts += 1;
-                }
-                Ok(())
-            })?;
-            println!(
-                "OK ledger {} ({}): {} entries ({manifests} manifests, {receipts} receipts), root {}",
-                ledger.dir().display(),
-                v.origin,
-                v.size,
-                hex::encode(v.root)
-            );
-            println!("   every signature, hash and the signed checkpoint verify");
+            let mut count = DocumentCount::default();
+            let v = ledger.verify_all(|_, entry| count.check(entry, &ring))?;
+            count.report(&ledger.dir().display().to_string(), &v);
         }
+        LedgerCommand::Verify {
+            store: Some(url),
+            public_keys,
+            ..
+        } => {
+            let mut ring: Option<PublicKeyring> = None;
+            for path in &public_keys {
+                let r = PublicKeyring::from_json(&crate::read(path)?)
+                    .with_context(|| format!("public key file {}", path.display()))?;
+                ring = Some(match ring {
+                    None => r,
+                    Some(mut all) => {
+                        all.keys.extend(r.keys);
+                        all.ledger = all.ledger.or(r.ledger);
+                        all
+                    }
+                });
+            }
+            let ring = ring.context("give the gateways' public key files with --public-keys")?;
+            let ledger_keys = ring.ledger.clone().context(
+                "none of the public key files holds the ledger keys (export them with --ledger)",
+            )?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (v, count) = runtime.block_on(async {
+                let ledger = trackshift_ledger::PgLedger::open_read_only(&url, ledger_keys).await?;
+                let mut count = DocumentCount::default();
+                let v = ledger
+                    .verify_all(|_, entry| count.check(entry, &ring))
+                    .await?;
+                anyhow::Ok((v, count))
+            })?;
+            count.report("(shared, PostgreSQL)", &v);
+        }
+        LedgerCommand::Verify { .. } => unreachable!("clap requires --data-dir or --store"),
         LedgerCommand::Checkpoint { from } => {
             let note = match (&from.data_dir, &from.gateway) {
                 (Some(dir), _) => {

@@ -873,6 +873,8 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         .await;
     let worker = running["worker"].as_str().unwrap().to_string();
     let a_runs_it = worker.ends_with(&format!("-{}", gw_a.child.id()));
+    let both = [data_a.clone(), data_b.clone()];
+    let pids = [gw_a.child.id(), gw_b.child.id()];
     let (mut victim, survivor, survivor_data) = if a_runs_it {
         (gw_a, gw_b, data_b)
     } else {
@@ -961,4 +963,48 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         2 * 13,
         "the big job's documents joined the shared log once"
     );
+    // An auditor re-checks the whole shared log in the database: every document's
+    // signature (either gateway's keys), every hash, the signed root.
+    let mut key_files = Vec::new();
+    for (k, data) in both.iter().enumerate() {
+        let out = format!("pk-{k}.json");
+        let (code, _, err) = run(
+            &[
+                "keys",
+                "export-public",
+                "--dir",
+                data.join("keys").to_str().unwrap(),
+                "--ledger",
+                ledger_keys.to_str().unwrap(),
+                "--out",
+                &out,
+            ],
+            root,
+        );
+        assert_eq!(code, 0, "{err}");
+        key_files.push(out);
+    }
+    let verify = |keys: &[&String]| {
+        let mut args = vec!["ledger", "verify", "--store", store.as_str()];
+        for k in keys {
+            args.extend(["--public-keys", k.as_str()]);
+        }
+        run(&args, root)
+    };
+    let (code, out, err) = verify(&[&key_files[0], &key_files[1]]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("26 entries (13 manifests, 13 receipts)"),
+        "{out}"
+    );
+    // Without the keys of a gateway that ran jobs, its documents do not verify.
+    let ran = (0..2)
+        .find(|&k| {
+            workers
+                .iter()
+                .any(|w| w.ends_with(&format!("-{}", pids[k])))
+        })
+        .expect("some gateway ran the first jobs");
+    let (code, out, _) = verify(&[&key_files[1 - ran]]);
+    assert_eq!(code, 1, "{out}");
 }

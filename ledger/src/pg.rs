@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tlog_tiles::{Hash, HashReader};
 
 use crate::error::{LedgerError, Result};
-use crate::note::{LedgerKeys, LedgerPublicKeys, verify_checkpoint};
+use crate::note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 use crate::proof::TlogProof;
 use crate::store::{Appended, SignedCheckpoint};
 
@@ -32,7 +32,8 @@ use crate::store::{Appended, SignedCheckpoint};
 pub struct PgLedger {
     pool: deadpool_postgres::Pool,
     origin: String,
-    keys: LedgerKeys,
+    /// Signing keys; `None` for an auditor's read-only handle.
+    keys: Option<LedgerKeys>,
     public: LedgerPublicKeys,
     /// Advisory lock id of this log (from its origin).
     lock_id: i64,
@@ -152,6 +153,34 @@ async fn latest_checkpoint(
     }))
 }
 
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A pool of connections to `url` (no TLS).
+fn pool(url: &str) -> Result<deadpool_postgres::Pool> {
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| LedgerError::InvalidRequest(format!("PostgreSQL URL: {e}")))?;
+    let mgr = deadpool_postgres::Manager::from_config(
+        cfg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(mgr)
+        .max_size(8)
+        .build()
+        .map_err(db)
+}
+
+/// The log's advisory lock id: the first 8 bytes of SHA-256 of its origin.
+fn lock_id(origin: &str) -> i64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, origin.as_bytes());
+    i64::from_be_bytes(digest.as_ref()[..8].try_into().expect("8 bytes"))
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -163,26 +192,11 @@ impl PgLedger {
     /// private network), creating it on first use. Refuses keys other than the ones the log
     /// was created with.
     pub async fn connect(url: &str, keys: LedgerKeys) -> Result<Self> {
-        let cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| LedgerError::InvalidRequest(format!("PostgreSQL URL: {e}")))?;
-        let mgr = deadpool_postgres::Manager::from_config(
-            cfg,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let pool = deadpool_postgres::Pool::builder(mgr)
-            .max_size(8)
-            .build()
-            .map_err(db)?;
+        let pool = pool(url)?;
         let origin = keys.origin().to_string();
         let public = keys.public_keys();
         let public_json = serde_json::to_string(&public).expect("keys serialise");
-        // Advisory lock ids are 64-bit: the first 8 bytes of SHA-256 of the origin.
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, origin.as_bytes());
-        let lock_id = i64::from_be_bytes(digest.as_ref()[..8].try_into().expect("8 bytes"));
+        let lock_id = lock_id(&origin);
         let mut client = pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id])
@@ -238,11 +252,112 @@ impl PgLedger {
         Ok(Self {
             pool,
             origin,
-            keys,
+            keys: Some(keys),
             public,
             lock_id,
             latest: RwLock::new(Arc::new(latest)),
         })
+    }
+
+    /// Opens the log `public.origin` for reading only (an auditor: no private keys, nothing
+    /// written). Checkpoints are verified with `public`, which must be the log's keys.
+    pub async fn open_read_only(url: &str, public: LedgerPublicKeys) -> Result<Self> {
+        let pool = pool(url)?;
+        let origin = public.origin.clone();
+        let client = pool.get().await.map_err(db)?;
+        let latest = latest_checkpoint(&client, &origin, &public)
+            .await?
+            .ok_or_else(|| {
+                LedgerError::InvalidRequest(format!("no log {origin} in the database"))
+            })?;
+        drop(client);
+        Ok(Self {
+            pool,
+            lock_id: lock_id(&origin),
+            origin,
+            keys: None,
+            public,
+            latest: RwLock::new(Arc::new(latest)),
+        })
+    }
+
+    /// Re-checks the whole log against its latest signed checkpoint: every stored hash is
+    /// recomputed from the entries (in order, none missing), the root must be the
+    /// checkpoint's, and `check_entry` is called on every entry (to verify the documents'
+    /// own signatures). Holds the recomputed hashes in memory (about 64 bytes per entry).
+    pub async fn verify_all(
+        &self,
+        mut check_entry: impl FnMut(u64, &[u8]) -> std::result::Result<(), String>,
+    ) -> Result<VerifiedCheckpoint> {
+        let cp = self.refresh().await?;
+        let verified = verify_checkpoint(&cp.note, &self.public)?;
+        let client = self.pool.get().await.map_err(db)?;
+        let mut computed: HashMap<u64, Hash> = HashMap::new();
+        let mut i = 0u64;
+        const BATCH: u64 = 512;
+        while i < verified.size {
+            let end = (i + BATCH).min(verified.size);
+            let (lo, hi) = (as_i64(i), as_i64(end));
+            let rows = client
+                .query(
+                    "SELECT idx, data FROM ledger_entries WHERE origin = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                    &[&self.origin, &lo, &hi],
+                )
+                .await
+                .map_err(db)?;
+            let (hlo, hhi) = (
+                as_i64(tlog_tiles::stored_hash_count(i)),
+                as_i64(tlog_tiles::stored_hash_count(end)),
+            );
+            let stored: HashMap<i64, Vec<u8>> = client
+                .query(
+                    "SELECT idx, hash FROM ledger_hashes WHERE origin = $1 AND idx >= $2 AND idx < $3",
+                    &[&self.origin, &hlo, &hhi],
+                )
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for r in rows {
+                let idx: i64 = r.get(0);
+                let corrupt = |what: String| LedgerError::Corrupt { entry: i, what };
+                if idx != as_i64(i) {
+                    return Err(corrupt("missing from the database".into()));
+                }
+                let data: Vec<u8> = r.get(1);
+                let want = tlog_tiles::stored_hashes(i, &data, &TwoPass::Answer(&computed))
+                    .map_err(|e| corrupt(format!("recomputing tree hashes: {e}")))?;
+                let first = tlog_tiles::stored_hash_count(i);
+                for (k, h) in want.into_iter().enumerate() {
+                    let at = first + k as u64;
+                    if stored.get(&as_i64(at)).map(Vec::as_slice) != Some(&h.0[..]) {
+                        return Err(corrupt(if k == 0 {
+                            "stored leaf hash does not match the entry".into()
+                        } else {
+                            "stored subtree hash does not match the entries".into()
+                        }));
+                    }
+                    computed.insert(at, h);
+                }
+                check_entry(i, &data).map_err(corrupt)?;
+                i += 1;
+            }
+            if i < end {
+                return Err(LedgerError::Corrupt {
+                    entry: i,
+                    what: "missing from the database".into(),
+                });
+            }
+        }
+        let root = tlog_tiles::tree_hash(verified.size, &TwoPass::Answer(&computed))
+            .map_err(|e| LedgerError::Damaged(format!("recomputing the root: {e}")))?;
+        if root.0 != verified.root {
+            return Err(LedgerError::Damaged(
+                "the tree's root does not match the signed checkpoint".into(),
+            ));
+        }
+        Ok(verified)
     }
 
     /// The log's public keys.
@@ -333,7 +448,11 @@ impl PgLedger {
         )
         .await
         .map_err(db)?;
-        let note = self.keys.sign_checkpoint(n, root, now_secs())?;
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
+        let note = keys.sign_checkpoint(n, root, now_secs())?;
         let size = i64::try_from(n).unwrap_or(i64::MAX);
         tx.execute(
             "INSERT INTO ledger_checkpoints (origin, size, note) VALUES ($1, $2, $3)",

@@ -174,3 +174,95 @@ async fn a_gateway_with_other_keys_is_refused() {
     assert_eq!(third.size(), 1);
     assert!(third.append(vec![]).await.is_err(), "nothing to append");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_re_checks_the_shared_log_and_finds_tampering() {
+    let url = database().await;
+    let writer = PgLedger::connect(&url, keys(5)).await.unwrap();
+    for b in 0..30u32 {
+        writer
+            .append(vec![
+                format!("doc {b}").into_bytes(),
+                format!("receipt {b}").into_bytes(),
+            ])
+            .await
+            .unwrap();
+    }
+    let public = keys(5).public_keys();
+    let auditor = PgLedger::open_read_only(&url, public.clone())
+        .await
+        .unwrap();
+    assert!(
+        auditor.append(vec![b"x".to_vec()]).await.is_err(),
+        "read-only"
+    );
+    let mut seen = 0u64;
+    let v = auditor
+        .verify_all(|i, e| {
+            assert_eq!(i, seen);
+            seen += 1;
+            if e.starts_with(b"doc") || e.starts_with(b"receipt") {
+                Ok(())
+            } else {
+                Err("unexpected entry".into())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((v.size, seen), (60, 60));
+    // A document check that fails names the entry.
+    let err = auditor
+        .verify_all(|i, _| {
+            if i == 7 {
+                Err("bad signature".into())
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains('7') && err.to_string().contains("bad signature"),
+        "{err}"
+    );
+    // Tampering in the database is found.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "UPDATE ledger_entries SET data = 'forged' WHERE idx = 11",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
+    assert!(
+        err.to_string().contains("11") && err.to_string().contains("leaf hash"),
+        "{err}"
+    );
+    client
+        .execute(
+            "UPDATE ledger_entries SET data = $1 WHERE idx = 11",
+            &[&b"receipt 5".to_vec()],
+        )
+        .await
+        .unwrap();
+    auditor.verify_all(|_, _| Ok(())).await.unwrap();
+    client
+        .execute("DELETE FROM ledger_entries WHERE idx = 40", &[])
+        .await
+        .unwrap();
+    let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
+    assert!(
+        err.to_string().contains("40") && err.to_string().contains("missing"),
+        "{err}"
+    );
+    // Other keys cannot even open it.
+    assert!(
+        PgLedger::open_read_only(&url, keys(6).public_keys())
+            .await
+            .is_err()
+    );
+}
