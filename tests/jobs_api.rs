@@ -138,6 +138,16 @@ fn final_state(j: &Value) -> bool {
     )
 }
 
+/// Why each transition of a job happened, oldest first.
+fn reasons(job: &Value) -> Vec<&str> {
+    job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reason"].as_str().unwrap())
+        .collect()
+}
+
 fn states(job: &Value) -> Vec<String> {
     job["transitions"]
         .as_array()
@@ -659,12 +669,7 @@ async fn a_gateway_killed_mid_job_resumes_it_after_a_restart() {
         std::fs::read(out_dir.join("resume.bin")).unwrap(),
         std::fs::read(&src).unwrap()
     );
-    let reasons: Vec<&str> = job["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["reason"].as_str().unwrap())
-        .collect();
+    let reasons = reasons(&job);
     assert!(
         reasons
             .iter()
@@ -826,15 +831,9 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         // Either gateway answers for every job.
         let job = api_b.wait(ACME, id, final_state).await;
         assert_eq!(job["state"], "completed", "{job}");
-        let claims: Vec<&str> = job["transitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|t| {
-                t["reason"]
-                    .as_str()
-                    .filter(|r| r.starts_with("claimed by "))
-            })
+        let claims: Vec<&str> = reasons(&job)
+            .into_iter()
+            .filter(|r| r.starts_with("claimed by "))
             .collect();
         assert_eq!(claims.len(), 1, "claimed exactly once: {claims:?}");
         workers.insert(claims[0].to_string());
@@ -884,12 +883,7 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
     victim.child.wait().unwrap();
     let job = Api::new(&survivor).wait(ACME, &id, final_state).await;
     assert_eq!(job["state"], "completed", "{job}");
-    let reasons: Vec<&str> = job["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["reason"].as_str().unwrap())
-        .collect();
+    let reasons = reasons(&job);
     assert!(
         reasons
             .iter()
