@@ -4,7 +4,7 @@
 //! CPU and peak memory as JSON and as a self-contained HTML page.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,12 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
     for (i, t) in names.iter().enumerate() {
         let src = sources.join(t);
         std::fs::create_dir_all(&src)?;
-        write_pseudo_random(&src.join("data.bin"), args.size, i as u64 + 1)?;
+        crate::demo::write_generated(
+            &src.join("data.bin"),
+            args.size,
+            b"trackshift bench data",
+            i as u64,
+        )?;
         file.tenants.push(TenantEntry {
             sources: vec![src],
             ..TenantEntry::new(t, &trackshift_engine::tenants::generate_key())
@@ -405,28 +410,6 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         html_path.display()
     );
     Ok(ok)
-}
-
-/// Writes `len` bytes of cheap pseudo-random data (not compressible, not all zero).
-fn write_pseudo_random(path: &Path, len: u64, seed: u64) -> Result<()> {
-    use std::io::Write as _;
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for w in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(())
 }
 
 /// User + system CPU seconds of this process (from /proc).

@@ -171,20 +171,27 @@ fn regenerate(dir: &Path, total: u64, files: u64) -> Result<()> {
         left -= size;
         let path = dir.join(format!("part-{i:03}/data-{i:03}.bin"));
         fs::create_dir_all(path.parent().expect("has parent"))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&path)?);
-        let mut h = blake3::Hasher::new();
-        h.update(b"trackshift demo data");
-        h.update(&i.to_le_bytes());
-        let mut xof = h.finalize_xof();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut remaining = size;
-        while remaining > 0 {
-            let n = remaining.min(buf.len() as u64) as usize;
-            xof.fill(&mut buf[..n]);
-            out.write_all(&buf[..n])?;
-            remaining -= n as u64;
-        }
-        out.flush()?;
+        write_generated(&path, size, b"trackshift demo data", i)?;
     }
+    Ok(())
+}
+
+/// Writes `len` pseudo-random bytes (the BLAKE3 XOF of `label` and `n`: deterministic,
+/// incompressible) to `path`.
+pub fn write_generated(path: &Path, len: u64, label: &[u8], n: u64) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(path)?);
+    let mut h = blake3::Hasher::new();
+    h.update(label);
+    h.update(&n.to_le_bytes());
+    let mut xof = h.finalize_xof();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut remaining = len;
+    while remaining > 0 {
+        let k = remaining.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..k]);
+        out.write_all(&buf[..k])?;
+        remaining -= k as u64;
+    }
+    out.flush()?;
     Ok(())
 }
