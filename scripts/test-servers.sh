@@ -16,7 +16,8 @@
 # postgres user, trust authentication on 127.0.0.1 only. Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
-# start makes `start` fail with its log: tests never skip silently.
+# start makes `start` fail with its log: tests never skip silently. The SFTP and FTPS data
+# directories each hold `full`, a 16 MiB tmpfs for the full-disk test (unmounted by `stop`).
 set -euo pipefail
 
 CACHE=${TRACKSHIFT_SERVERS_CACHE:-$HOME/.cache/trackshift-test-servers}
@@ -169,6 +170,7 @@ start_sftp() {
     # No password, but not locked either (sshd without PAM refuses locked accounts).
     usermod -d "$d/data" -p '*' "$SFTP_USER" >/dev/null 2>&1 || true
     chown "$SFTP_USER" "$d/data"
+    small_disk "$d/data" "$SFTP_USER"
     ssh-keygen -q -t ed25519 -N '' -C trackshift-test-host -f "$d/host_ed25519"
     ssh-keygen -q -t ed25519 -N '' -C trackshift-test-client -f "$d/client_ed25519"
     cp "$d/client_ed25519.pub" "$d/authorized_keys"
@@ -198,6 +200,16 @@ ENV
     log "SFTP (OpenSSH sshd) on 127.0.0.1:$SFTP_PORT, user $SFTP_USER, directory $d/data"
 }
 
+small_disk() { # DIR USER: a 16 MiB file system at DIR/full, for the full-disk tests
+    mkdir -p "$1/full"
+    if mount -t tmpfs -o size=16m,mode=0755 tmpfs "$1/full" 2>"$RUN/small-disk.err"; then
+        chown "$2" "$1/full"
+    else
+        log "cannot mount a small file system at $1/full: $(cat "$RUN/small-disk.err")"
+        echo "export TRACKSHIFT_TEST_FULL_DISK='unavailable: cannot mount a tmpfs here'" >>"$RUN/env.partial"
+    fi
+}
+
 launch_ftps() {
     mkdir -p /var/run/vsftpd/empty
     /usr/sbin/vsftpd "$RUN/ftps/vsftpd.conf" >>"$RUN/ftps/server.log" 2>&1 &
@@ -215,6 +227,7 @@ start_ftps() {
     id "$FTPS_USER" >/dev/null 2>&1 || useradd -M -d "$d/data" -s /bin/sh "$FTPS_USER"
     usermod -d "$d/data" "$FTPS_USER" >/dev/null 2>&1 || true
     chown "$FTPS_USER" "$d/data"
+    small_disk "$d/data" "$FTPS_USER"
     local password
     password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
     echo "$FTPS_USER:$password" | chpasswd
@@ -372,6 +385,10 @@ case "$cmd" in
     stop)
         for f in "$RUN"/*.pid; do
             [ -e "$f" ] && stop_pid "$f"
+        done
+        # The small file systems of the full-disk tests go before their directories.
+        findmnt -rn -o TARGET | grep "^$RUN/" | sort -r | while read -r m; do
+            umount "$m" || umount -l "$m"
         done
         rm -rf "$RUN"
         ;;

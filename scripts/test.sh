@@ -21,9 +21,29 @@ scripts/test-servers.sh start s3 azure sftp ftps postgres
 # shellcheck disable=SC1090
 source <(scripts/test-servers.sh env)
 
+# The large-object cases hold about a GiB at a time on this disk (they write one server's
+# object at a time and give the space back); a full disk shows up as server errors.
+RUN_DIR=${TRACKSHIFT_SERVERS_RUN:-/tmp/trackshift-test-servers}
+free_kib=$(df -Pk "$RUN_DIR" | awk 'NR == 2 { print $4 }')
+echo "free space for the test servers' data: $((free_kib / 1024)) MiB"
+[ "$free_kib" -ge $((3 * 1024 * 1024)) ] ||
+    echo "WARNING: less than 3 GiB free under $RUN_DIR: the large-object tests may fail" >&2
+
 step "cargo test (workspace, including the connector conformance suite)"
 RESULTS=$(mktemp)
-trap 'scripts/test-servers.sh stop; rm -f "$RESULTS"' EXIT
+finish() {
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then
+        # What the servers said, before their directory goes.
+        for log in "$RUN_DIR"/*/server.log "$RUN_DIR"/postgres.log; do
+            [ -s "$log" ] && { echo "--- last lines of $log"; tail -n 15 "$log"; }
+        done
+        df -h "$RUN_DIR" . || true
+    fi
+    scripts/test-servers.sh stop
+    rm -f "$RESULTS"
+}
+trap finish EXIT
 cargo test --workspace --locked 2>&1 | tee "$RESULTS"
 
 step "independent auditor verification (tests/independent)"

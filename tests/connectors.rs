@@ -293,6 +293,15 @@ async fn large_sparse_object_over_one_gib() {
             "{}",
             d.name
         );
+        // Give the space back before the next server writes its GiB: the servers share this
+        // machine's disk (five GiB at once is more than a small CI runner may have free).
+        put(c.as_ref(), "large/sparse.bin", &Bytes::new(), chunk).await;
+        assert_eq!(
+            c.stat("large/sparse.bin").await.unwrap(),
+            Some(0),
+            "{}",
+            d.name
+        );
     }
 }
 
@@ -461,4 +470,70 @@ fn uris_are_validated_up_front_without_leaking_secrets() {
     )
     .unwrap();
     assert!(!format!("{c:?}").contains("SUPERSECRETVALUE"));
+}
+
+/// A server whose disk fills mid-object fails the write with a reason that says so (SFTP
+/// asks the server's file system; FTPS tells a server that ended the upload from one that
+/// went away), and an object already committed beside it is untouched. The servers' `full`
+/// directories are 16 MiB file systems mounted by `scripts/test-servers.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_on_the_server_gives_a_clear_error() {
+    if let Ok(why) = std::env::var("TRACKSHIFT_TEST_FULL_DISK") {
+        eprintln!("full-disk test NOT RUN: {why}");
+        return;
+    }
+    for (name, var, says) in [
+        (
+            "sftp",
+            "TRACKSHIFT_TEST_SFTP",
+            &["no space left on the server"][..],
+        ),
+        (
+            "ftps",
+            "TRACKSHIFT_TEST_FTPS",
+            // vsftpd's own reply when it read the whole chunk, else our diagnosis of the
+            // reset data connection.
+            &[
+                "451 Failure writing to local file",
+                "could not store the data",
+            ],
+        ),
+    ] {
+        let base = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set"));
+        let uri = common::under(&common::under(&base, "full"), &unique());
+        let c = from_uri_with(&uri, VerifyMode::Size).unwrap();
+        let kept = pattern(300_000, 7);
+        put(c.as_ref(), "kept.bin", &kept, 1 << 20).await;
+
+        let chunk = 4u64 << 20;
+        let data = pattern(chunk as usize, 9);
+        let w = c
+            .open(&spec("too-big.bin", 8 * chunk, chunk, None), false)
+            .await
+            .unwrap();
+        let mut failed = None;
+        for i in 0..8 {
+            if let Err(e) = w.write_at(i * chunk, data.clone()).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => match w.sync().await {
+                Err(e) => e,
+                Ok(()) => w.commit().await.expect_err("32 MiB fit in 16 MiB"),
+            },
+        };
+        let msg = e.to_string();
+        assert!(says.iter().any(|s| msg.contains(s)), "{name}: {msg}");
+        assert!(msg.starts_with("writing to "), "{name}: {msg}");
+        w.abort().await.unwrap();
+        assert_eq!(c.stat("too-big.bin").await.unwrap(), None, "{name}");
+        assert_eq!(
+            c.read_back("kept.bin").await.unwrap(),
+            (kept.len() as u64, blake3(&kept)),
+            "{name}"
+        );
+    }
 }

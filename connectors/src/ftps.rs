@@ -394,10 +394,28 @@ impl Inner {
             .put_with_stream(full)
             .await
             .map_err(|e| self.remote("writing to", &e))?;
-        stream
-            .write_all(data)
-            .await
-            .map_err(|e| self.remote("writing to", &FtpError::ConnectionError(e)))?;
+        if let Err(e) = stream.write_all(data).await {
+            let mut err = self.remote("writing to", &FtpError::ConnectionError(e));
+            // Finishing reads the transfer's reply, so the control connection is in step.
+            // If it still answers, the server itself ended the upload: vsftpd resets the data
+            // connection when it cannot write the file (a full disk or quota), and its reply
+            // is not readable through the reset connection.
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.finish()).await;
+            if matches!(
+                tokio::time::timeout(Duration::from_secs(5), ftp.noop()).await,
+                Ok(Ok(()))
+            ) {
+                if let ConnectorError::Remote { reason, .. } = &mut err {
+                    *reason = format!(
+                        "the server ended the upload while its control connection stayed up: \
+                         it could not store the data (a full disk or quota, for example) \
+                         ({reason})"
+                    );
+                }
+                l.release();
+            }
+            return Err(err);
+        }
         stream
             .finish()
             .await

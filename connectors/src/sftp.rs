@@ -90,6 +90,7 @@ struct Conn {
     sftp: RawSftpSession,
     fsync: bool,
     posix_rename: bool,
+    statvfs: bool,
 }
 
 struct Client {
@@ -367,6 +368,7 @@ impl SftpInner {
             sftp,
             fsync: version.extensions.contains_key("fsync@openssh.com"),
             posix_rename: version.extensions.contains_key("posix-rename@openssh.com"),
+            statvfs: version.extensions.contains_key("statvfs@openssh.com"),
         })
     }
 
@@ -637,10 +639,36 @@ impl SftpWriter {
         });
         for r in futures::future::join_all(writes).await {
             if let Err(e) = r {
-                return Err(self.reset(lane, self.err("writing to", &e)).await);
+                let mut err = self.err("writing to", &e);
+                if matches!(&e, SftpError::Status(s) if s.status_code == StatusCode::Failure)
+                    && let Some(free) = self.free_space(&c).await
+                    && free < data.len() as u64
+                    && let ConnectorError::Remote { reason, .. } = &mut err
+                {
+                    // SFTP v3 has no "disk full" status: say what the server's file system
+                    // reports instead of a bare "Failure".
+                    *reason = format!(
+                        "no space left on the server: {free} bytes free for this user, \
+                         {} needed ({reason})",
+                        data.len()
+                    );
+                }
+                return Err(self.reset(lane, err).await);
             }
         }
         Ok(())
+    }
+
+    /// Bytes the server's file system holding the object has free for this user, when the
+    /// server says (`statvfs@openssh.com`).
+    async fn free_space(&self, c: &Conn) -> Option<u64> {
+        if !c.statvfs {
+            return None;
+        }
+        let dir = self.temp.rsplit_once('/').map_or("/", |(d, _)| d);
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let st = c.sftp.statvfs(dir).await.ok()?;
+        Some(st.blocks_avail.saturating_mul(st.fragment_size))
     }
 
     async fn sync_once(&self) -> Result<(), ConnectorError> {
