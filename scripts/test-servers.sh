@@ -387,7 +387,7 @@ case "$cmd" in
             [ -e "$f" ] && stop_pid "$f"
         done
         # The small file systems of the full-disk tests go before their directories.
-        findmnt -rn -o TARGET | grep "^$RUN/" | sort -r | while read -r m; do
+        { findmnt -rn -o TARGET | grep "^$RUN/" || true; } | sort -r | while read -r m; do
             umount "$m" || umount -l "$m"
         done
         rm -rf "$RUN"
