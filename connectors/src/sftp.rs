@@ -85,6 +85,16 @@ impl std::fmt::Debug for SftpConnector {
     }
 }
 
+/// SSH ciphers in order of preference: AES-GCM first (hardware AES makes it several times
+/// cheaper per byte than ChaCha20-Poly1305 on the CPUs gateways run on; on a 2-core loopback
+/// run ChaCha20-Poly1305 was a fifth of the gateway's CPU), then russh's other defaults.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 struct Conn {
     _ssh: client::Handle<Client>,
     sftp: RawSftpSession,
@@ -314,6 +324,10 @@ impl SftpInner {
             // Large windows and packets: one connection carries whole files at line rate.
             window_size: 64 << 20,
             maximum_packet_size: 256 << 10,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                ..Default::default()
+            },
             ..Default::default()
         });
         let refused = Arc::new(std::sync::Mutex::new(None));
