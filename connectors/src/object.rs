@@ -25,7 +25,9 @@ use futures::TryStreamExt as _;
 use md5::{Digest as _, Md5};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as StorePath;
-use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -181,6 +183,12 @@ impl ObjectStoreConnector {
                         .map_err(|_| invalid(format!("unknown S3 setting {k:?}")))?;
                     b = b.with_config(key, v);
                 }
+                use object_store::aws::AmazonS3ConfigKey as K;
+                refuse_plain_http(
+                    b.get_config_value(&K::Endpoint),
+                    b.get_config_value(&K::Client(ClientConfigKey::AllowHttp)),
+                    "allow_http=true in the URI or AWS_ALLOW_HTTP=true",
+                )?;
                 Arc::new(b.build().map_err(build_err)?)
             }
             Service::Azure => {
@@ -199,6 +207,14 @@ impl ObjectStoreConnector {
                     .parse()
                     .map_err(|_| invalid(format!("unknown Azure setting {k:?}")))?;
                     b = b.with_config(key, v);
+                }
+                use object_store::azure::AzureConfigKey as K;
+                if !truthy(b.get_config_value(&K::UseEmulator)) {
+                    refuse_plain_http(
+                        b.get_config_value(&K::Endpoint),
+                        b.get_config_value(&K::Client(ClientConfigKey::AllowHttp)),
+                        "allow_http=true in the URI or AZURE_ALLOW_HTTP=true",
+                    )?;
                 }
                 Arc::new(b.build().map_err(build_err)?)
             }
@@ -259,6 +275,50 @@ fn scrub(message: &str) -> String {
         .join(" ")
 }
 
+/// A configuration flag as object_store reads one (`true`, `1`, `yes`, `on`, `y`).
+fn truthy(value: Option<String>) -> bool {
+    value.is_some_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "1" | "true" | "on" | "yes" | "y"
+        )
+    })
+}
+
+/// Refuses a plain-HTTP endpoint unless plain HTTP was allowed: the HTTP client would
+/// refuse every request later with only "builder error" to say why.
+fn refuse_plain_http(
+    endpoint: Option<String>,
+    allow_http: Option<String>,
+    how: &str,
+) -> Result<(), ConnectorError> {
+    match endpoint {
+        Some(e) if e.to_ascii_lowercase().starts_with("http://") && !truthy(allow_http) => {
+            Err(ConnectorError::InvalidUri(format!(
+                "the endpoint {e} is plain HTTP, which is refused unless allowed ({how})"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What object_store's HTTP layer says about a failure that carries no status code:
+/// `Some(false)` for a request that failed for no network reason (one that could not be
+/// built, say; object_store does not retry those), `Some(true)` for the rest (connect,
+/// request, timeout, interrupted, and a body that broke off mid-read, which reqwest calls
+/// a decoding error), `None` if the error is not an HTTP one.
+fn http_transient(e: &object_store::Error) -> Option<bool> {
+    use object_store::client::{HttpError, HttpErrorKind as K};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(http) = err.downcast_ref::<HttpError>() {
+            return Some(!matches!(http.kind(), K::Unknown));
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Maps an object_store error to a connector error naming the destination and operation.
 fn remote(uri: &str, op: &'static str, e: &object_store::Error) -> ConnectorError {
     use object_store::Error as E;
@@ -273,8 +333,9 @@ fn remote(uri: &str, op: &'static str, e: &object_store::Error) -> ConnectorErro
         | E::UnknownConfigurationKey { .. }
         | E::InvalidPath { .. } => false,
         // Anything else went through object_store's retries (timeouts, 5xx, throttling,
-        // connection resets) and may succeed later.
-        _ => !is_permanent_http(&e.to_string()),
+        // connection resets) and may succeed later, unless the server refused it (4xx) or
+        // the request never left (object_store does not retry those either).
+        _ => !is_permanent_http(&e.to_string()) && http_transient(e) != Some(false),
     };
     ConnectorError::Remote {
         destination: uri.to_string(),
@@ -730,6 +791,68 @@ mod tests {
             assert!(!is_permanent_http(&msg(code)), "{code}");
         }
         assert!(!is_permanent_http("connection reset by peer"));
+    }
+
+    #[test]
+    fn requests_that_never_left_are_permanent_and_network_failures_are_not() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let err = |kind| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(kind, std::io::Error::other("builder error"))),
+        };
+        let transient = |kind| match remote("s3://b", "writing to", &err(kind)) {
+            ConnectorError::Remote { transient, .. } => transient,
+            other => panic!("{other:?}"),
+        };
+        assert!(!transient(HttpErrorKind::Unknown));
+        for kind in [
+            HttpErrorKind::Connect,
+            HttpErrorKind::Request,
+            HttpErrorKind::Timeout,
+            HttpErrorKind::Interrupted,
+            HttpErrorKind::Decode,
+        ] {
+            assert!(transient(kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_http_endpoint_needs_allow_http() {
+        let none = crate::Settings::Tenant(Default::default());
+        let build = |uri: &str, extra: &[(&str, &str)]| {
+            let extra: Vec<(String, String)> = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ObjectStoreConnector::build(uri, VerifyMode::Size, &extra, &none)
+        };
+        let Err(err) = build("s3://b?endpoint=http://127.0.0.1:9&region=r", &[]) else {
+            panic!("plain HTTP accepted");
+        };
+        assert!(
+            matches!(&err, ConnectorError::InvalidUri(m) if m.contains("AWS_ALLOW_HTTP")),
+            "{err}"
+        );
+        build(
+            "s3://b?endpoint=http://127.0.0.1:9&region=r&allow_http=true",
+            &[],
+        )
+        .unwrap();
+        build("s3://b?endpoint=https://127.0.0.1:9&region=r", &[]).unwrap();
+        let acct = [("azure_storage_account_name", "acct")];
+        let Err(err) = build("az://c?endpoint=http://127.0.0.1:9/acct", &acct) else {
+            panic!("plain HTTP accepted");
+        };
+        assert!(
+            matches!(&err, ConnectorError::InvalidUri(m) if m.contains("AZURE_ALLOW_HTTP")),
+            "{err}"
+        );
+        build(
+            "az://c?endpoint=http://127.0.0.1:9/acct&allow_http=1",
+            &acct,
+        )
+        .unwrap();
+        build("az://c?use_emulator=true", &[]).unwrap();
     }
 
     #[test]
