@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Throughput of one large file to each remote connector on loopback, through a local
-# gateway (`trackshift send` → QUIC → gateway → connector), next to `rclone copy` of the same
-# file to the same server in the same run. Prints a Markdown table for BENCHMARKS.md.
+# gateway (`trackshift send` → QUIC → gateway → connector) and through the connector alone
+# (connectors/examples/put.rs, from memory), next to `rclone copy` of the same file to the
+# same server in the same run. Prints a Markdown table for BENCHMARKS.md.
 #
-#   scripts/bench-connectors.sh [SIZE_MIB [DEST...]]   (default 2048; s3 azure sftp ftps)
+#   scripts/bench-connectors.sh [SIZE_MIB [DEST...]]
+#       default 2048; s3 (moto) garage (S3, built once from crates.io) azure sftp ftps
 #
 # Needs what scripts/test.sh needs, plus rclone (Debian package, installed if missing).
 # Uses its own server directory and ports, so it does not disturb a test run's servers
@@ -14,17 +16,19 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-2048}
 shift || true
 dests=("$@")
-[ ${#dests[@]} -eq 0 ] && dests=(s3 azure sftp ftps)
+[ ${#dests[@]} -eq 0 ] && dests=(s3 garage azure sftp ftps)
 export TRACKSHIFT_SERVERS_RUN=${TRACKSHIFT_SERVERS_RUN:-/tmp/trackshift-bench-servers}
 export TRACKSHIFT_S3_PORT=39200 TRACKSHIFT_AZURE_PORT=39210 TRACKSHIFT_SFTP_PORT=39222
-export TRACKSHIFT_FTPS_PORT=39221 TRACKSHIFT_FTPS_PASV_MIN=39300
+export TRACKSHIFT_FTPS_PORT=39221 TRACKSHIFT_FTPS_PASV_MIN=39300 TRACKSHIFT_GARAGE_PORT=39240
 
 command -v rclone >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-upgrade \
         rclone >/dev/null
 }
 cargo build --release --locked --bin trackshift >&2
+cargo build --release --locked -p trackshift-connectors --example put >&2
 bin=$PWD/target/release/trackshift
+put=$PWD/target/release/examples/put
 
 work=$(mktemp -d)
 gw_pid=
@@ -35,7 +39,9 @@ cleanup() {
 }
 trap cleanup EXIT
 scripts/test-servers.sh stop
-scripts/test-servers.sh start s3 azure sftp ftps
+servers=(s3 azure sftp ftps)
+for d in "${dests[@]}"; do [ "$d" = garage ] && servers+=(garage); done
+scripts/test-servers.sh start "${servers[@]}"
 # shellcheck disable=SC1090
 source <(scripts/test-servers.sh env)
 
@@ -43,14 +49,23 @@ mkdir -p "$work/src"
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$work/src/blob.bin"
 bytes=$((SIZE_MIB << 20))
 
-"$bin" serve --data-dir "$work/gw" --listen 127.0.0.1:0 >"$work/gw.log" 2>&1 &
-gw_pid=$!
-for _ in $(seq 1 100); do
-    grep -q "certificate fingerprint" "$work/gw.log" 2>/dev/null && break
-    sleep 0.1
-done
-addr=$(sed -n 's/^gateway listening on \([^ ]*\).*/\1/p' "$work/gw.log")
-fp=$(sed -n 's/^certificate fingerprint: //p' "$work/gw.log")
+# A gateway whose environment is the test servers' plus "$@" (VAR=VALUE: Garage's S3
+# settings replace moto's), as an operator would configure one per storage service.
+start_gateway() {
+    if [ -n "$gw_pid" ]; then
+        kill "$gw_pid" 2>/dev/null || true
+        wait "$gw_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work/gw"
+    env "$@" "$bin" serve --data-dir "$work/gw" --listen 127.0.0.1:0 >"$work/gw.log" 2>&1 &
+    gw_pid=$!
+    for _ in $(seq 1 100); do
+        grep -q "certificate fingerprint" "$work/gw.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    addr=$(sed -n 's/^gateway listening on \([^ ]*\).*/\1/p' "$work/gw.log")
+    fp=$(sed -n 's/^certificate fingerprint: //p' "$work/gw.log")
+}
 
 under() { # URI SUB
     case "$1" in
@@ -94,19 +109,32 @@ RCLONE_CONFIG_FTPS_PASS=$(rclone obscure "$TRACKSHIFT_FTPS_PASSWORD")
 export RCLONE_CONFIG_FTPS_PASS
 export RCLONE_CONFIG_FTPS_EXPLICIT_TLS=true RCLONE_CONFIG_FTPS_NO_CHECK_CERTIFICATE=true
 export RCLONE_CONFIG_FTPS_DISABLE_TLS13=true
+if [ -n "${TRACKSHIFT_GARAGE_ENDPOINT:-}" ]; then
+    export RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other
+    export RCLONE_CONFIG_GARAGE_ENDPOINT=$TRACKSHIFT_GARAGE_ENDPOINT
+    export RCLONE_CONFIG_GARAGE_REGION=garage
+    export RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$TRACKSHIFT_GARAGE_KEY_ID
+    export RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$TRACKSHIFT_GARAGE_SECRET
+fi
 unset AWS_CA_BUNDLE
+garage_env=(AWS_ENDPOINT="${TRACKSHIFT_GARAGE_ENDPOINT:-}" AWS_REGION=garage
+    AWS_ACCESS_KEY_ID="${TRACKSHIFT_GARAGE_KEY_ID:-}" AWS_SECRET_ACCESS_KEY="${TRACKSHIFT_GARAGE_SECRET:-}")
 
 sftp_dir=$TRACKSHIFT_SERVERS_RUN/sftp/data
 ftps_dir=$TRACKSHIFT_SERVERS_RUN/ftps/data
-echo "| destination | trackshift send (via gateway) | rclone copy (direct) |"
-echo "|---|---:|---:|"
+echo "| destination | trackshift send (via gateway) | connector alone | rclone copy (direct) |"
+echo "|---|---:|---:|---:|"
 for d in "${dests[@]}"; do
+    extra=()
     case $d in
         s3) uri=$TRACKSHIFT_TEST_S3 remote=s3:trackshift-test/rclone ;;
+        garage) uri=$TRACKSHIFT_TEST_GARAGE remote=garage:trackshift-test/rclone extra=("${garage_env[@]}") ;;
         azure) uri=$TRACKSHIFT_TEST_AZURE remote=az:trackshift-test/rclone ;;
         sftp) uri=$TRACKSHIFT_TEST_SFTP remote=sftp:$sftp_dir/rclone ;;
         ftps) uri=$TRACKSHIFT_TEST_FTPS remote=ftps:$ftps_dir/rclone ;;
+        *) echo "unknown destination $d" >&2; exit 2 ;;
     esac
+    start_gateway "${extra[@]}"
     t0=$(now)
     "$bin" send "$work/src" --to "$addr" --fingerprint "$fp" \
         --token-file "$work/gw/default.token" --dest "$(under "$uri" ts-bench)" \
@@ -116,7 +144,13 @@ for d in "${dests[@]}"; do
     rclone copy "$work/src/blob.bin" "$remote" --retries 1 >"$work/rclone-$d.log" 2>&1 \
         || { echo "rclone to $d failed:" >&2; tail -5 "$work/rclone-$d.log" >&2; exit 1; }
     t2=$(now)
+    # The connector alone, from memory, with the gateway's default chunk size for it.
+    chunk=4
+    case $d in s3 | garage) chunk=8 ;; esac
+    alone=$(env "${extra[@]}" "$put" "$(under "$uri" put-bench)" "$SIZE_MIB" "$chunk" 8 2>&1) \
+        || { echo "put to $d failed: $alone" >&2; exit 1; }
+    alone=$(sed -n 's/.* = \([0-9]*\) MiB\/s (\([0-9.]*\) Gbit\/s).*/\1 MiB\/s (\2 Gbit\/s)/p' <<<"$alone")
     ts=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
     rc=$(awk -v a="$t1" -v b="$t2" 'BEGIN { print b - a }')
-    echo "| $d | $(rate "$ts") | $(rate "$rc") |"
+    echo "| $d | $(rate "$ts") | $alone | $(rate "$rc") |"
 done

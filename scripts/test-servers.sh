@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [garage]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
@@ -30,6 +30,8 @@ FTPS_PORT=${TRACKSHIFT_FTPS_PORT:-39021}
 FTPS_PASV_MIN=${TRACKSHIFT_FTPS_PASV_MIN:-39100}
 FTPS_USER=tsftps
 PG_PORT=${TRACKSHIFT_PG_PORT:-39032}
+GARAGE_PORT=${TRACKSHIFT_GARAGE_PORT:-39040}
+GARAGE_VERSION=2.5.0
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.35.0
 BUCKET=trackshift-test
@@ -143,6 +145,80 @@ EOF
     log "Azure Blob (Azurite) on 127.0.0.1:$AZURE_PORT, container $BUCKET"
 }
 
+# Garage (crates.io), a production S3 server in Rust: for benchmarks (`garage` is not
+# started by default; its build takes about 10 minutes once). Multipart completion is a
+# metadata operation there, where moto concatenates every part in Python.
+setup_garage() {
+    if [ ! -x "$CACHE/garage/bin/garage" ] || [ ! -f "$CACHE/garage/.garage-$GARAGE_VERSION" ]; then
+        log "building Garage $GARAGE_VERSION (crates.io) into $CACHE/garage (about 10 minutes)"
+        cargo install garage --version "$GARAGE_VERSION" --locked --no-default-features \
+            --features bundled-libs,sqlite --root "$CACHE/garage" >&2
+        touch "$CACHE/garage/.garage-$GARAGE_VERSION"
+    fi
+}
+
+garage() { "$CACHE/garage/bin/garage" -c "$RUN/garage/garage.toml" "$@"; }
+
+launch_garage() {
+    "$CACHE/garage/bin/garage" -c "$RUN/garage/garage.toml" server >>"$RUN/garage/server.log" 2>&1 &
+    echo $! >"$RUN/garage.pid"
+    wait_ready Garage "$RUN/garage/server.log" garage status
+}
+
+start_garage() {
+    setup_garage
+    port_free "$GARAGE_PORT" || die "port $GARAGE_PORT (Garage) is busy; set TRACKSHIFT_GARAGE_PORT"
+    local d="$RUN/garage"
+    mkdir -p "$d/meta" "$d/data"
+    cat >"$d/garage.toml" <<CONF
+metadata_dir = "$d/meta"
+data_dir = "$d/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((GARAGE_PORT + 1))"
+rpc_public_addr = "127.0.0.1:$((GARAGE_PORT + 1))"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$GARAGE_PORT"
+root_domain = ".s3.garage.localhost"
+CONF
+    launch_garage
+    local node
+    node=$(garage node id -q 2>/dev/null | cut -d@ -f1)
+    garage layout assign -z dc1 -c 10G "$node" >/dev/null
+    garage layout apply --version 1 >/dev/null
+    garage bucket create "$BUCKET" >/dev/null
+    local info
+    info=$(garage key create trackshift-test)
+    garage bucket allow --read --write --owner "$BUCKET" --key trackshift-test >/dev/null
+    local key_id secret
+    key_id=$(sed -n 's/^Key ID: *//p' <<<"$info")
+    secret=$(sed -n 's/^Secret key: *//p' <<<"$info")
+    [ -n "$key_id" ] && [ -n "$secret" ] || die "could not read Garage's new key: $info"
+    cat >>"$RUN/env.partial" <<EOF
+export TRACKSHIFT_TEST_GARAGE=s3://$BUCKET
+export TRACKSHIFT_GARAGE_ENDPOINT=http://127.0.0.1:$GARAGE_PORT
+export TRACKSHIFT_GARAGE_KEY_ID=$key_id
+export TRACKSHIFT_GARAGE_SECRET=$secret
+EOF
+    log "S3 (Garage $GARAGE_VERSION) on 127.0.0.1:$GARAGE_PORT, bucket $BUCKET"
+}
+
+# A test CA (DIR/ca.pem) and a leaf for 127.0.0.1 and localhost signed by it
+# (DIR/server.pem, DIR/server.key): rustls refuses a self-signed CA as the leaf.
+test_cert() { # DIR
+    local d=$1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=trackshift-test-ca -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj /CN=localhost -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/ext.cnf"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+        -CAcreateserial -days 2 -extfile "$d/ext.cnf" -out "$d/server.pem" 2>/dev/null
+}
+
 apt_install() { # PACKAGE...
     log "installing $* (Debian packages)"
     export DEBIAN_FRONTEND=noninteractive
@@ -231,14 +307,7 @@ start_ftps() {
     local password
     password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
     echo "$FTPS_USER:$password" | chpasswd
-    # A test CA and a leaf for 127.0.0.1 (rustls refuses a self-signed CA as the leaf).
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj /CN=trackshift-test-ca -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -subj /CN=localhost -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
-    printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/ext.cnf"
-    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
-        -CAcreateserial -days 2 -extfile "$d/ext.cnf" -out "$d/server.pem" 2>/dev/null
+    test_cert "$d"
     cat >"$d/vsftpd.conf" <<CONF
 listen=YES
 listen_ipv6=NO
@@ -287,6 +356,7 @@ launch_postgres() {
     local d="$RUN/postgres"
     runuser -u postgres -- "$(pg_bin)/postgres" -D "$d/data" -p "$PG_PORT" -k "$d" \
         -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 \
+        -c ssl=on -c ssl_cert_file="$d/tls/server.pem" -c ssl_key_file="$d/tls/server.key" \
         >>"$RUN/postgres.log" 2>&1 &
     echo $! >"$RUN/postgres.pid"
     wait_ready postgres "$RUN/postgres.log" \
@@ -306,11 +376,19 @@ start_postgres() {
         tail -n 20 "$RUN/postgres-initdb.log" >&2
         die "initdb failed"
     }
+    # TLS offered (clients choose with sslmode), certificate from a test CA.
+    install -d -o postgres -g postgres -m 700 "$d/tls"
+    test_cert "$d/tls"
+    chown postgres:postgres "$d/tls/server.key" "$d/tls/server.pem"
+    chmod 600 "$d/tls/server.key"
+    chmod 644 "$d/tls/ca.pem"
+    chmod 711 "$d/tls" "$d"
     launch_postgres
     cat >>"$RUN/env.partial" <<ENV
 export TRACKSHIFT_TEST_POSTGRES=postgres://trackshift@127.0.0.1:$PG_PORT/postgres
+export TRACKSHIFT_TEST_POSTGRES_CA=$d/tls/ca.pem
 ENV
-    log "PostgreSQL on 127.0.0.1:$PG_PORT, user trackshift (trust, loopback only)"
+    log "PostgreSQL on 127.0.0.1:$PG_PORT, user trackshift (trust, loopback only; TLS offered)"
 }
 
 descendants() { # PID: every process below it
@@ -351,15 +429,16 @@ case "$cmd" in
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
+                garage) start_garage ;;
                 azure) start_azure ;;
                 sftp) start_sftp ;;
                 ftps) start_ftps ;;
                 postgres) start_postgres ;;
-                *) die "unknown server $s (known: s3 azure sftp ftps postgres)" ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps postgres garage)" ;;
             esac
         done
-        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s\n' \
-            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" "$PG_PORT" >"$RUN/ports"
+        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s GARAGE_PORT=%s\n' \
+            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" "$PG_PORT" "$GARAGE_PORT" >"$RUN/ports"
         mv "$RUN/env.partial" "$RUN/env"
         ;;
     env)
@@ -377,7 +456,7 @@ case "$cmd" in
         for s in "$@"; do
             stop_pid "$RUN/$s.pid"
             case "$s" in
-                s3 | azure | sftp | ftps | postgres) "launch_$s" ;;
+                s3 | azure | sftp | ftps | postgres | garage) "launch_$s" ;;
                 *) die "unknown server $s" ;;
             esac
         done
@@ -393,6 +472,6 @@ case "$cmd" in
         rm -rf "$RUN"
         ;;
     *)
-        die "usage: $0 start [s3] [azure] [sftp] [ftps] [postgres] | env | stop | kill NAME... | restart NAME..."
+        die "usage: $0 start [s3] [azure] [sftp] [ftps] [postgres] [garage] | env | stop | kill NAME... | restart NAME..."
         ;;
 esac

@@ -770,7 +770,13 @@ async fn postgres_database() -> String {
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await
         .unwrap();
-    format!("{}/{db}", url.rsplit_once('/').unwrap().0)
+    // Gateways and auditor reach it over TLS, verifying its certificate.
+    let ca = std::env::var("TRACKSHIFT_TEST_POSTGRES_CA")
+        .expect("TRACKSHIFT_TEST_POSTGRES_CA is not set: source `scripts/test-servers.sh env`");
+    format!(
+        "{}/{db}?sslmode=verify-full&sslrootcert={ca}",
+        url.rsplit_once('/').unwrap().0
+    )
 }
 
 fn ledger_size(gw: &Gateway) -> u64 {

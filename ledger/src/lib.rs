@@ -13,6 +13,7 @@ pub mod error;
 pub mod log;
 pub mod note;
 pub mod pg;
+pub mod pgconn;
 pub mod proof;
 pub mod store;
 

@@ -157,22 +157,9 @@ fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A pool of connections to `url` (no TLS).
+/// A pool of connections to `url` (TLS as the URL asks: see [`crate::pgconn`]).
 fn pool(url: &str) -> Result<deadpool_postgres::Pool> {
-    let cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| LedgerError::InvalidRequest(format!("PostgreSQL URL: {e}")))?;
-    let mgr = deadpool_postgres::Manager::from_config(
-        cfg,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    deadpool_postgres::Pool::builder(mgr)
-        .max_size(8)
-        .build()
-        .map_err(db)
+    crate::pgconn::pool(url, 8).map_err(|e| LedgerError::InvalidRequest(e.to_string()))
 }
 
 /// The log's advisory lock id: the first 8 bytes of SHA-256 of its origin.

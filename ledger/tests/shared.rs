@@ -22,7 +22,17 @@ async fn database() -> String {
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await
         .unwrap();
-    format!("{}/{db}", url.rsplit_once('/').unwrap().0)
+    // The gateways' connections verify the server's certificate.
+    format!(
+        "{}/{db}?sslmode=verify-full&sslrootcert={}",
+        url.rsplit_once('/').unwrap().0,
+        test_ca()
+    )
+}
+
+fn test_ca() -> String {
+    std::env::var("TRACKSHIFT_TEST_POSTGRES_CA")
+        .expect("TRACKSHIFT_TEST_POSTGRES_CA is not set: source `scripts/test-servers.sh env`")
 }
 
 fn uuid_like() -> String {
@@ -226,10 +236,8 @@ async fn an_auditor_re_checks_the_shared_log_and_finds_tampering() {
         "{err}"
     );
     // Tampering in the database is found.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let pool = trackshift_ledger::pgconn::pool(&url, 2).unwrap();
+    let client = pool.get().await.unwrap();
     client
         .execute(
             "UPDATE ledger_entries SET data = 'forged' WHERE idx = 11",

@@ -270,23 +270,12 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB`; no TLS, so use it on
-    /// loopback, a private network or a Unix socket) and creates the schema if needed.
+    /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...]`, TLS as
+    /// libpq's `sslmode` and `sslrootcert` ask: see [`trackshift_ledger::pgconn`]) and
+    /// creates the schema if needed.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("PostgreSQL URL: {e}")))?;
-        let mgr = deadpool_postgres::Manager::from_config(
-            cfg,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let pool = deadpool_postgres::Pool::builder(mgr)
-            .max_size(max_connections.max(2))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+        let pool = trackshift_ledger::pgconn::pool(url, max_connections)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let me = Self { pool };
         let client = me.client().await?;
         // Several gateways may start at once: one creates the schema at a time.
