@@ -23,7 +23,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use trackshift_engine::jobs::runner::{Runner, now_ms};
 use trackshift_engine::jobs::store::{ListQuery, NewJob, StoreError};
 use trackshift_engine::jobs::{Job, JobSpec, JobState, JobStore, Transition};
-use trackshift_engine::tenants::{TenantEntry, TenantFile};
+use trackshift_engine::tenants::{LiveTenants, TenantEntry};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 10;
@@ -33,8 +33,9 @@ pub const MAX_BODY: usize = 64 << 10;
 pub struct AppState {
     /// The job store.
     pub store: Arc<dyn JobStore>,
-    /// Tenants and their policy.
-    pub tenants: Arc<TenantFile>,
+    /// Tenants, their policy and their own destination credentials (the version in force:
+    /// SIGHUP reloads it).
+    pub tenants: Arc<LiveTenants>,
     /// This process's worker (woken on submit; its chunk latencies feed the KPIs).
     pub runner: Arc<Runner>,
     /// The ledger (checked by `/ready`).
@@ -43,9 +44,6 @@ pub struct AppState {
     pub gateway: Arc<trackshift_engine::gateway::Gateway>,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// Tenants' own destination credentials (to validate their URIs as the gateway will).
-    pub credentials:
-        Arc<std::collections::HashMap<String, trackshift_engine::connectors::Settings>>,
 }
 
 /// An error as JSON: `{"error": "..."}`.
@@ -114,6 +112,8 @@ impl FromRequestParts<AppState> for Tenant {
             .ok_or_else(unauthorized)?;
         state
             .tenants
+            .current()
+            .file
             .authenticate(key)
             .map(|t| Tenant(t.clone()))
             .ok_or_else(unauthorized)
@@ -296,6 +296,8 @@ async fn create_job(
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
     for d in &spec.destinations {
         let settings = state
+            .tenants
+            .current()
             .credentials
             .get(&tenant.tenant)
             .cloned()
@@ -562,7 +564,7 @@ async fn ready(State(state): State<AppState>) -> Response {
                 .map(|(uri, error)| serde_json::json!({ "uri": uri, "error": error }))
                 .collect::<Vec<_>>(),
         },
-        "tenants": state.tenants.tenants.len(),
+        "tenants": state.tenants.current().file.tenants.len(),
         "running_jobs": state.runner.running(),
     });
     let status = if ok {
@@ -578,7 +580,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn prometheus(State(state): State<AppState>) -> Response {
     match state.store.counts().await {
         Ok(counts) => {
-            for t in &state.tenants.tenants {
+            for t in &state.tenants.current().file.tenants {
                 for s in JobState::ALL {
                     let n = counts
                         .iter()
@@ -673,13 +675,13 @@ async fn dashboard(State(state): State<AppState>) -> Result<Response, ApiError> 
          <h2>Jobs by state</h2><table><tr><th>tenant</th>",
         state.runner.running(),
         state.ledger.size(),
-        state.tenants.tenants.len()
+        state.tenants.current().file.tenants.len()
     );
     for st in JobState::ALL {
         let _ = write!(html, "<th>{st}</th>");
     }
     html.push_str("</tr>");
-    for t in &state.tenants.tenants {
+    for t in &state.tenants.current().file.tenants {
         let _ = write!(html, "<tr><td>{}</td>", t.tenant);
         for st in JobState::ALL {
             let n = counts
@@ -694,7 +696,7 @@ async fn dashboard(State(state): State<AppState>) -> Result<Response, ApiError> 
         "</table><h2>Last hour</h2><table><tr><th>tenant</th><th>completed</th><th>failed</th>\
          <th>cancelled</th><th>GiB</th><th>MiB/s per job</th><th>failure rate</th><th>p95 chunk latency</th></tr>",
     );
-    for t in &state.tenants.tenants {
+    for t in &state.tenants.current().file.tenants {
         let k = ended.get(&t.tenant).cloned().unwrap_or_default();
         let rate = if k.busy_ms > 0 {
             k.bytes as f64 * 1000.0 / k.busy_ms as f64 / f64::from(1u32 << 20)

@@ -15,7 +15,7 @@ use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::jobs::runner::{Runner, RunnerConfig, now_ms};
 use trackshift_engine::jobs::store::{ListQuery, NewJob};
 use trackshift_engine::jobs::{JobSpec, JobState, JobStore, SqlStore};
-use trackshift_engine::tenants::{ServiceKey, TenantEntry, TenantFile};
+use trackshift_engine::tenants::{LiveTenants, ServiceKey, TenantEntry, TenantFile};
 use trackshift_engine::tls::ServerTrust;
 
 /// Options of `trackshift bench`.
@@ -180,9 +180,11 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         });
     }
     file.save(&data)?;
+    let tenants = Arc::new(LiveTenants::load(&data)?);
     let key = Arc::new(ServiceKey::load_or_create(&data)?);
     let mut gcfg = GatewayConfig::new("127.0.0.1:0".parse()?, &data);
     gcfg.service_key = Some(key.clone());
+    gcfg.tenants = Some(tenants.clone());
     gcfg.memory_budget = usize::try_from(args.memory.max(64 << 20) * 2).unwrap_or(usize::MAX);
     let gateway = Arc::new(Gateway::bind(gcfg).await?);
     let g = gateway.clone();
@@ -196,7 +198,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
     rc.per_job_in_flight = args.memory.min(64 << 20);
     rc.poll = Duration::from_millis(50);
     rc.heartbeat = Duration::from_secs(1);
-    let runner = Runner::new(store.clone(), Arc::new(file), key, rc);
+    let runner = Runner::new(store.clone(), tenants, key, rc);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(runner.clone().run(stop_rx));
 

@@ -160,7 +160,17 @@ fn ensure_default_tenant(data_dir: &Path) -> Result<()> {
 /// Runs the gateway until interrupted.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     ensure_default_tenant(&args.data_dir)?;
+    // Installed before anything says the gateway is up, so that no SIGHUP can find the
+    // default action (which ends the process).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let tenants = std::sync::Arc::new(trackshift_engine::tenants::LiveTenants::load(
+        &args.data_dir,
+    )?);
     let mut cfg = GatewayConfig::new(args.listen, &args.data_dir);
+    cfg.tenants = Some(tenants.clone());
     cfg.pq_only = args.pq_only;
     cfg.memory_budget = usize::try_from(args.memory_budget).unwrap_or(usize::MAX);
     let wrapping = trackshift_engine::connectors::Wrapping {
@@ -198,7 +208,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut runner_task = None;
     let http = match args.http {
         Some(addr) => {
-            let (router, runner) = job_service(&args, gateway.clone(), service_key).await?;
+            let (router, runner) =
+                job_service(&args, gateway.clone(), service_key, tenants.clone()).await?;
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
             let (local, serving) = crate::http::bind(addr, router).await?;
             println!(
@@ -208,13 +219,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    tokio::spawn(reload_tenants_on_hangup(tenants, hangup));
     tokio::select! {
         () = gateway.serve() => {}
         Some(Ok(Err(e))) = async { match http { Some(h) => Some(h.await), None => None } } => {
             gateway.close();
             return Err(e).context("the HTTP endpoint failed");
         }
-        _ = tokio::signal::ctrl_c() => {
+        _ = async { tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = terminate.recv() => {} } } => {
             println!("shutting down");
             let _ = stop_jobs.send(true);
             if let Some(t) = runner_task {
@@ -227,20 +239,40 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads `DATA/tenants.json` again on every SIGHUP: keys, policy, quotas and credentials
+/// change for the next connection, request and job, with nothing restarted. A file that
+/// does not load is reported and the version in force stays.
+async fn reload_tenants_on_hangup(
+    tenants: std::sync::Arc<trackshift_engine::tenants::LiveTenants>,
+    mut hangup: tokio::signal::unix::Signal,
+) {
+    while hangup.recv().await.is_some() {
+        match tenants.reload() {
+            Ok(t) => tracing::info!(
+                tenants = t.file.tenants.len(),
+                generation = t.generation,
+                "tenant file reloaded"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "tenant file not reloaded; the version loaded before stays in force"
+            ),
+        }
+    }
+}
+
 /// The job service next to a gateway: store (`DATA/jobs.db`), worker, API routes.
 async fn job_service(
     args: &ServeArgs,
     gateway: std::sync::Arc<Gateway>,
     service_key: std::sync::Arc<trackshift_engine::tenants::ServiceKey>,
+    tenants: std::sync::Arc<trackshift_engine::tenants::LiveTenants>,
 ) -> Result<(
     axum::Router,
     std::sync::Arc<trackshift_engine::jobs::runner::Runner>,
 )> {
     use std::sync::Arc;
     use trackshift_engine::jobs::runner::{Runner, RunnerConfig};
-    let tenants = Arc::new(trackshift_engine::tenants::TenantFile::load(
-        &args.data_dir,
-    )?);
     let store = match &args.store {
         Some(url) if is_postgres(url) => {
             trackshift_engine::jobs::SqlStore::connect_postgres(url, 16)
@@ -271,7 +303,6 @@ async fn job_service(
     let runner = Runner::new(store.clone(), tenants.clone(), service_key, rc);
     let metrics = crate::metrics_handle()?;
     let state = crate::api::AppState {
-        credentials: Arc::new(tenants.credentials()?),
         store,
         tenants,
         runner: runner.clone(),

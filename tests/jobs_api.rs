@@ -755,6 +755,84 @@ fn the_load_test_reports_its_figures_and_fails_on_missed_targets() {
     assert!(out.contains("MISSED"), "{out}");
 }
 
+/// Sends SIGHUP to the gateway child.
+fn hangup(gw: &Gateway) {
+    signal(gw, "-HUP");
+}
+
+fn signal(gw: &Gateway, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `cond` until it holds (30 s at most).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, cond: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sigterm_stops() {
+    const GAMMA: &str = "gamma-key-0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    let log = root.join("gw.log");
+    let mut gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let api = Api::new(&gw);
+    assert_eq!(api.get("/v1/jobs", GAMMA).await.0, StatusCode::UNAUTHORIZED);
+
+    // gamma joins (reading beta's sources), beta leaves; the gateway keeps running.
+    let mut file = TenantFile::load(&data).unwrap();
+    file.tenants.retain(|t| t.tenant != "beta");
+    file.tenants.push(TenantEntry {
+        sources: vec![root.join("src-beta")],
+        ..TenantEntry::new("gamma", GAMMA)
+    });
+    file.save(&data).unwrap();
+    hangup(&gw);
+    eventually("gamma's key accepted", || async {
+        api.get("/v1/jobs", GAMMA).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(api.get("/v1/jobs", BETA).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.get("/v1/jobs", ACME).await.0, StatusCode::OK);
+    // The worker and the gateway know gamma too: its job runs to a receipt.
+    let src = root.join("src-beta/g.bin");
+    write_random(&src, 3 << 20, 9);
+    let (s, job) = api
+        .submit(GAMMA, json!({ "source": src, "destinations": ["null://"] }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = api.wait(GAMMA, &id, final_state).await;
+    assert_eq!(job["state"], "completed", "{job}");
+
+    // A broken file is reported and changes nothing.
+    std::fs::write(TenantFile::path(&data), b"{ \"tenants\": [ oops").unwrap();
+    hangup(&gw);
+    eventually("the broken file reported", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("tenant file not reloaded")
+    })
+    .await;
+    assert_eq!(api.get("/v1/jobs", GAMMA).await.0, StatusCode::OK);
+    assert_eq!(api.get("/v1/jobs", ACME).await.0, StatusCode::OK);
+    assert_eq!(api.get("/v1/jobs", BETA).await.0, StatusCode::UNAUTHORIZED);
+
+    // SIGTERM is a clean stop (exit status 0), not death by signal.
+    signal(&gw, "-TERM");
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// A fresh database on the test PostgreSQL server (`scripts/test-servers.sh start postgres`).
 async fn postgres_database() -> String {
     let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(

@@ -36,7 +36,7 @@ use crate::protocol::{
     self, ChunkHeader, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError,
     ReceiverJob, ServerFrame,
 };
-use crate::tenants::TenantFile;
+use crate::tenants::LiveTenants;
 use crate::tls::GatewayIdentity;
 
 /// Why the gateway could not start or a job failed.
@@ -111,6 +111,9 @@ pub struct GatewayConfig {
     /// The log to append to (default: files in `DATA/ledger`). Gateways sharing one
     /// ledger sequence pass the same [`trackshift_ledger::PgLedger`].
     pub ledger: Option<trackshift_ledger::Log>,
+    /// The tenants to serve (default: `DATA/tenants.json`, loaded at bind). Pass the
+    /// handle the job service uses so that one reload reaches both.
+    pub tenants: Option<Arc<crate::tenants::LiveTenants>>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -161,6 +164,7 @@ impl GatewayConfig {
             connectors: Arc::new(trackshift_connectors::from_uri_in),
             service_key: None,
             ledger: None,
+            tenants: None,
         }
     }
 }
@@ -363,7 +367,7 @@ impl Job {
 struct Shared {
     data_dir: PathBuf,
     keys: FileKeyStore,
-    tenants: TenantFile,
+    tenants: Arc<LiveTenants>,
     service_key: Option<Arc<crate::tenants::ServiceKey>>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
     ledger: trackshift_ledger::Log,
@@ -372,8 +376,6 @@ struct Shared {
     /// Connectors by destination URI, shared by every job that writes there (so jobs to
     /// one server share its connections).
     connector_cache: Mutex<HashMap<ConnectorKey, Arc<dyn Connector>>>,
-    /// Tenants with credentials of their own (the others use the process environment).
-    credentials: HashMap<String, trackshift_connectors::Settings>,
     budget: Arc<Semaphore>,
     budget_max: u32,
     connections: AtomicU64,
@@ -413,9 +415,11 @@ impl Gateway {
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
         let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
-        let tenants = TenantFile::load(data)?;
-        let credentials = tenants.credentials()?;
-        if tenants.tenants.is_empty() {
+        let tenants = match &cfg.tenants {
+            Some(t) => t.clone(),
+            None => Arc::new(LiveTenants::load(data)?),
+        };
+        if tenants.current().file.tenants.is_empty() {
             warn!(
                 "no tenants configured in {}: every sender will be refused",
                 data.join("tenants.json").display()
@@ -437,7 +441,6 @@ impl Gateway {
             verify: cfg.verify,
             connectors: cfg.connectors.clone(),
             connector_cache: Mutex::new(HashMap::new()),
-            credentials,
             keys,
             tenants,
             service_key: cfg.service_key.clone(),
@@ -551,9 +554,18 @@ impl Shared {
         if let Some(key) = &self.service_key
             && let Some(tenant) = key.verify(token)
         {
-            return self.tenants.get(&tenant).map(|t| t.tenant.clone());
+            return self
+                .tenants
+                .current()
+                .file
+                .get(&tenant)
+                .map(|t| t.tenant.clone());
         }
-        self.tenants.authenticate(token).map(|t| t.tenant.clone())
+        self.tenants
+            .current()
+            .file
+            .authenticate(token)
+            .map(|t| t.tenant.clone())
     }
 
     /// The connector for `uri`, made once and then shared by the jobs that write there.
@@ -564,9 +576,11 @@ impl Shared {
         tenant: &str,
     ) -> Result<Arc<dyn Connector>, GatewayError> {
         let mut cache = self.connector_cache.lock().expect("connector cache lock");
-        // A tenant with its own credentials gets connectors of its own.
-        let (settings, owner) = match self.credentials.get(tenant) {
-            Some(s) => (s.clone(), tenant.to_string()),
+        // A tenant with its own credentials gets connectors of its own, made again after
+        // a reload of the tenant file (the credentials may have changed).
+        let tenants = self.tenants.current();
+        let (settings, owner) = match tenants.credentials.get(tenant) {
+            Some(s) => (s.clone(), format!("{tenant}#{}", tenants.generation)),
             None => (trackshift_connectors::Settings::Process, String::new()),
         };
         let key = (uri.to_string(), verify, owner);
@@ -588,8 +602,9 @@ impl Shared {
         open: OpenJob,
     ) -> Result<Arc<Job>, GatewayError> {
         let state = ReceiverJob::new(open.clone())?;
-        let entry = self
-            .tenants
+        let tenants = self.tenants.current();
+        let entry = tenants
+            .file
             .get(tenant)
             .ok_or_else(|| GatewayError::Job(format!("unknown tenant {tenant}")))?;
         for uri in &open.destinations {

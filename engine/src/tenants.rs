@@ -361,6 +361,73 @@ impl TenantFile {
     }
 }
 
+/// One loaded version of the tenant file, with the credentials its tenants name.
+#[derive(Debug)]
+pub struct TenantSnapshot {
+    /// The file as it was read.
+    pub file: TenantFile,
+    /// Destination credentials of the tenants that have their own.
+    pub credentials: std::collections::HashMap<String, trackshift_connectors::Settings>,
+    /// Counts loads from 0, so that what was built from an older version (a connector
+    /// holding old credentials) can be told apart.
+    pub generation: u64,
+}
+
+/// The tenants a running gateway serves: the tenant file as last loaded, replaced whole
+/// by [`LiveTenants::reload`] (the gateway does it on SIGHUP). A file that does not load
+/// leaves the version in force untouched, so a bad edit never half-applies a policy.
+#[derive(Debug)]
+pub struct LiveTenants {
+    data_dir: Option<PathBuf>,
+    current: std::sync::RwLock<std::sync::Arc<TenantSnapshot>>,
+}
+
+impl LiveTenants {
+    /// Loads `DATA/tenants.json` and the credentials files it names.
+    pub fn load(data_dir: &Path) -> Result<Self, TenantError> {
+        let file = TenantFile::load(data_dir)?;
+        let mut me = Self::fixed(file)?;
+        me.data_dir = Some(data_dir.to_path_buf());
+        Ok(me)
+    }
+
+    /// Tenants given in memory (tests, benchmarks); [`LiveTenants::reload`] keeps them.
+    pub fn fixed(file: TenantFile) -> Result<Self, TenantError> {
+        let credentials = file.credentials()?;
+        Ok(Self {
+            data_dir: None,
+            current: std::sync::RwLock::new(std::sync::Arc::new(TenantSnapshot {
+                file,
+                credentials,
+                generation: 0,
+            })),
+        })
+    }
+
+    /// The version in force.
+    pub fn current(&self) -> std::sync::Arc<TenantSnapshot> {
+        self.current.read().expect("tenants lock").clone()
+    }
+
+    /// Reads the file again and puts it in force if it loads (with every credentials
+    /// file it names); otherwise returns why and keeps the version in force.
+    pub fn reload(&self) -> Result<std::sync::Arc<TenantSnapshot>, TenantError> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(self.current());
+        };
+        let file = TenantFile::load(dir)?;
+        let credentials = file.credentials()?;
+        let mut current = self.current.write().expect("tenants lock");
+        let next = std::sync::Arc::new(TenantSnapshot {
+            file,
+            credentials,
+            generation: current.generation + 1,
+        });
+        *current = next.clone();
+        Ok(next)
+    }
+}
+
 /// Adds a key to a tenant in `DATA/tenants.json`, creating the tenant (default policy)
 /// when it is new; other tenants and this tenant's policy are kept.
 pub fn add_key(data_dir: &Path, tenant: &str, key: &str) -> Result<(), TenantError> {
@@ -584,5 +651,45 @@ mod tests {
             std::fs::write(TenantFile::path(dir.path()), bad).unwrap();
             assert!(TenantFile::load(dir.path()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_reload_replaces_the_whole_file_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("b.env");
+        std::fs::write(&creds, "AWS_ACCESS_KEY_ID=one\n").unwrap();
+        let save = |tenants: Vec<TenantEntry>| TenantFile { tenants }.save(dir.path()).unwrap();
+        save(vec![TenantEntry::new("a", "key-a")]);
+        let live = LiveTenants::load(dir.path()).unwrap();
+        assert_eq!(live.current().generation, 0);
+        assert!(live.current().file.authenticate("key-b").is_none());
+
+        save(vec![TenantEntry {
+            credentials: Some(creds.clone()),
+            ..TenantEntry::new("b", "key-b")
+        }]);
+        let next = live.reload().unwrap();
+        assert_eq!(next.generation, 1);
+        assert_eq!(
+            live.current().file.authenticate("key-b").unwrap().tenant,
+            "b"
+        );
+        assert!(live.current().file.authenticate("key-a").is_none());
+        let b = &live.current().credentials["b"];
+        assert_eq!(b.var("AWS_ACCESS_KEY_ID").as_deref(), Some("one"));
+
+        // A broken file, or one naming a credentials file that is gone: nothing changes.
+        std::fs::write(TenantFile::path(dir.path()), "{ oops").unwrap();
+        assert!(live.reload().is_err());
+        std::fs::remove_file(&creds).unwrap();
+        save(vec![TenantEntry {
+            credentials: Some(creds.clone()),
+            ..TenantEntry::new("c", "key-c")
+        }]);
+        assert!(live.reload().is_err());
+        let kept = live.current();
+        assert_eq!(kept.generation, 1);
+        assert_eq!(kept.file.authenticate("key-b").unwrap().tenant, "b");
+        assert!(kept.file.authenticate("key-c").is_none());
     }
 }

@@ -13,7 +13,7 @@ use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::jobs::runner::{Runner, RunnerConfig, now_ms};
 use trackshift_engine::jobs::store::NewJob;
 use trackshift_engine::jobs::{JobSpec, JobState, JobStore, SqlStore};
-use trackshift_engine::tenants::{ServiceKey, TenantEntry, TenantFile};
+use trackshift_engine::tenants::{LiveTenants, ServiceKey, TenantEntry, TenantFile};
 use trackshift_engine::tls::ServerTrust;
 
 /// A destination whose `check` fails transiently while `failures` lasts.
@@ -112,7 +112,12 @@ async fn setup(failures: u32, max_running: usize) -> Setup {
     rc.heartbeat = Duration::from_millis(200);
     rc.retry_base = Duration::from_millis(20);
     rc.retry_max = Duration::from_millis(100);
-    let runner = Runner::new(store.clone(), Arc::new(tenants), key, rc);
+    let runner = Runner::new(
+        store.clone(),
+        Arc::new(LiveTenants::fixed(tenants).unwrap()),
+        key,
+        rc,
+    );
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(runner.clone().run(stop_rx));
     Setup {

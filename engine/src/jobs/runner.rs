@@ -20,7 +20,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use super::model::{Job, Outcome, backoff};
 use super::store::{Heartbeat, JobStore, Quota};
 use crate::sender::{JobRequest, LatencyHook, SendConfig, SendError, SharedBudget, send_jobs};
-use crate::tenants::{ServiceKey, TenantFile};
+use crate::tenants::{LiveTenants, ServiceKey};
 use crate::tls::ServerTrust;
 
 /// Current time as Unix milliseconds.
@@ -136,7 +136,7 @@ impl LatencyWindow {
 /// A worker.
 pub struct Runner {
     store: Arc<dyn JobStore>,
-    tenants: Arc<TenantFile>,
+    tenants: Arc<LiveTenants>,
     service_key: Arc<ServiceKey>,
     cfg: RunnerConfig,
     budget: SharedBudget,
@@ -148,22 +148,24 @@ pub struct Runner {
     acked: Arc<AtomicU64>,
     /// Cancel signals of the jobs running here, by job id.
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
-    /// Per-tenant bandwidth quotas, shared by the tenant's jobs on this worker.
-    rates: HashMap<String, Arc<trackshift_connectors::ByteRate>>,
+    /// Per-tenant bandwidth quotas, shared by the tenant's jobs on this worker: the rate
+    /// each limiter was made for, and the limiter (made again when the tenant file
+    /// changes the rate).
+    rates: Mutex<HashMap<String, (u64, Arc<trackshift_connectors::ByteRate>)>>,
 }
 
 impl Runner {
     /// A worker over `store`, speaking to its gateway with `service_key`.
     pub fn new(
         store: Arc<dyn JobStore>,
-        tenants: Arc<TenantFile>,
+        tenants: Arc<LiveTenants>,
         service_key: Arc<ServiceKey>,
         cfg: RunnerConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             budget: SharedBudget::new(cfg.memory_budget),
             store,
-            tenants: tenants.clone(),
+            tenants,
             service_key,
             cfg,
             wake: Notify::new(),
@@ -171,14 +173,7 @@ impl Runner {
             running: AtomicU64::new(0),
             acked: Arc::new(AtomicU64::new(0)),
             cancels: Mutex::new(HashMap::new()),
-            rates: tenants
-                .tenants
-                .iter()
-                .filter_map(|t| {
-                    let rate = trackshift_connectors::ByteRate::new(t.bytes_per_second?).ok()?;
-                    Some((t.tenant.clone(), Arc::new(rate)))
-                })
-                .collect(),
+            rates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -205,8 +200,28 @@ impl Runner {
         self.running.load(Ordering::Relaxed)
     }
 
+    /// The tenant's bandwidth limiter under the tenant file in force, if it has a quota.
+    fn rate(&self, tenant: &str) -> Option<Arc<trackshift_connectors::ByteRate>> {
+        let tenants = self.tenants.current();
+        let mut rates = self.rates.lock().expect("rates lock");
+        let Some(limit) = tenants.file.get(tenant).and_then(|t| t.bytes_per_second) else {
+            rates.remove(tenant);
+            return None;
+        };
+        if let Some((made_for, rate)) = rates.get(tenant)
+            && *made_for == limit
+        {
+            return Some(rate.clone());
+        }
+        let rate = Arc::new(trackshift_connectors::ByteRate::new(limit).ok()?);
+        rates.insert(tenant.to_string(), (limit, rate.clone()));
+        Some(rate)
+    }
+
     fn quotas(&self) -> HashMap<String, Quota> {
         self.tenants
+            .current()
+            .file
             .tenants
             .iter()
             .map(|t| {
@@ -328,8 +343,9 @@ impl Runner {
     /// Checks the job against its tenant's policy now (the file may have changed since
     /// submission) and builds the send request.
     fn prepare(&self, job: &Job) -> Result<JobRequest, String> {
-        let tenant = self
-            .tenants
+        let tenants = self.tenants.current();
+        let tenant = tenants
+            .file
             .get(&job.tenant)
             .ok_or_else(|| format!("tenant {} is no longer configured", job.tenant))?;
         let source = tenant
@@ -380,7 +396,7 @@ impl Runner {
         cfg.max_reconnects = 3;
         cfg.shared_budget = Some(self.budget.clone());
         cfg.cancel = Some(cancel_rx);
-        cfg.rate = self.rates.get(&job.tenant).cloned();
+        cfg.rate = self.rate(&job.tenant);
         let tenant = job.tenant.clone();
         let latencies = self.latencies.clone();
         let histogram =
