@@ -50,7 +50,7 @@ impl std::fmt::Debug for Limits {
         f.debug_struct("Limits")
             .field("prefix", &self.prefix)
             .field("slots", &self.slots.as_ref().map(|s| s.available_permits()))
-            .field("bytes_per_second", &self.rate.as_ref().map(|r| r.rate))
+            .field("bytes_per_second", &self.rate.as_ref().map(|r| r.rate()))
             .finish()
     }
 }
@@ -242,14 +242,19 @@ impl std::fmt::Debug for ThrottledConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThrottledConnector")
             .field("inner", &self.inner)
-            .field("bytes_per_second", &self.limiter.rate)
+            .field("bytes_per_second", &self.limiter.rate())
             .finish()
     }
 }
 
 /// A byte-rate limiter: GCRA cells of one KiB, bursts of up to a tenth of a second. Used
-/// by [`ThrottledConnector`] and by the job service for per-tenant bandwidth quotas.
+/// by [`ThrottledConnector`] and by the job service for per-tenant bandwidth quotas; its
+/// rate can change while in use ([`ByteRate::set_rate`]).
 pub struct ByteRate {
+    bucket: std::sync::RwLock<Arc<Bucket>>,
+}
+
+struct Bucket {
     rate: u64,
     cells: DefaultDirectRateLimiter,
     burst: u32,
@@ -260,14 +265,13 @@ const CELL: u64 = 1024;
 impl std::fmt::Debug for ByteRate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ByteRate")
-            .field("bytes_per_second", &self.rate)
+            .field("bytes_per_second", &self.rate())
             .finish()
     }
 }
 
-impl ByteRate {
-    /// At most `bytes_per_second` (1 KiB/s to 4 TiB/s).
-    pub fn new(bytes_per_second: u64) -> Result<Self, ConnectorError> {
+impl Bucket {
+    fn new(bytes_per_second: u64) -> Result<Self, ConnectorError> {
         let per_sec = u32::try_from(bytes_per_second / CELL)
             .ok()
             .and_then(NonZeroU32::new)
@@ -283,15 +287,41 @@ impl ByteRate {
             burst: burst.get(),
         })
     }
+}
+
+impl ByteRate {
+    /// At most `bytes_per_second` (1 KiB/s to 4 TiB/s).
+    pub fn new(bytes_per_second: u64) -> Result<Self, ConnectorError> {
+        Ok(Self {
+            bucket: std::sync::RwLock::new(Arc::new(Bucket::new(bytes_per_second)?)),
+        })
+    }
+
+    /// The rate in force, in bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.bucket.read().expect("rate lock").rate
+    }
+
+    /// Changes the rate for every byte taken from now on (same bounds as
+    /// [`ByteRate::new`]); takers already waiting finish their current burst first.
+    pub fn set_rate(&self, bytes_per_second: u64) -> Result<(), ConnectorError> {
+        if self.rate() == bytes_per_second {
+            return Ok(());
+        }
+        let next = Arc::new(Bucket::new(bytes_per_second)?);
+        *self.bucket.write().expect("rate lock") = next;
+        Ok(())
+    }
 
     /// Waits until `bytes` may pass.
     pub async fn take(&self, bytes: u64) {
         let mut cells = bytes.div_ceil(CELL);
         while cells > 0 {
-            let n = cells.min(u64::from(self.burst));
+            let bucket = self.bucket.read().expect("rate lock").clone();
+            let n = cells.min(u64::from(bucket.burst));
             let nz = NonZeroU32::new(u32::try_from(n).expect("n ≤ burst")).expect("n > 0");
             // n never exceeds the burst size, so this cannot fail.
-            let _ = self.cells.until_n_ready(nz).await;
+            let _ = bucket.cells.until_n_ready(nz).await;
             cells -= n;
         }
     }
@@ -539,6 +569,19 @@ mod tests {
         }
         let max = counting.max.load(Ordering::SeqCst);
         assert!((1..=2).contains(&max), "{max} writes were in flight");
+    }
+
+    #[tokio::test]
+    async fn a_rate_can_change_in_use_within_its_bounds() {
+        let rate = ByteRate::new(1 << 20).unwrap();
+        rate.set_rate(256 << 10).unwrap();
+        assert_eq!(rate.rate(), 256 << 10);
+        assert!(rate.set_rate(10).is_err());
+        assert_eq!(rate.rate(), 256 << 10);
+        // Taking within the first burst does not wait.
+        tokio::time::timeout(Duration::from_secs(5), rate.take(20 << 10))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -77,6 +77,7 @@ on_both!(
     counts_and_kpis_reflect_finished_jobs,
     concurrent_claimers_never_take_the_same_job,
     an_idempotency_key_makes_a_resubmission_return_the_first_job,
+    running_shares_count_each_workers_jobs_against_all,
 );
 
 async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
@@ -491,6 +492,33 @@ async fn counts_and_kpis_reflect_finished_jobs(s: SqlStore) {
     assert!(counts.contains(&("a".into(), JobState::Completed, 1)));
     assert!(counts.contains(&("a".into(), JobState::Failed, 1)));
     s.ping().await.unwrap();
+}
+
+async fn running_shares_count_each_workers_jobs_against_all(s: SqlStore) {
+    for at in 0..4 {
+        submit(&s, "a", at).await;
+    }
+    submit(&s, "b", 10).await;
+    // w1 takes two of a's jobs, w2 one of a's and b's; one of a's stays queued.
+    for w in ["w1", "w1", "w2", "w2"] {
+        s.claim(w, &NO_QUOTAS(), 1_000, 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let w1 = s.running_shares("w1").await.unwrap();
+    let w2 = s.running_shares("w2").await.unwrap();
+    let (a1, a2) = (w1["a"], w2["a"]);
+    assert_eq!(a1.1, 3, "{w1:?}");
+    assert_eq!(a1.0 + a2.0, 3, "{w1:?} {w2:?}");
+    assert_eq!(w1.get("b").map_or(0, |b| b.0) + w2["b"].0, 1);
+    assert!(
+        s.running_shares("w3")
+            .await
+            .unwrap()
+            .values()
+            .all(|(mine, _)| *mine == 0)
+    );
 }
 
 #[tokio::test]

@@ -61,8 +61,11 @@ struct Setup {
     root: std::path::PathBuf,
     gateway: Arc<Gateway>,
     store: Arc<dyn JobStore>,
-    runner: Arc<Runner>,
+    runner: Option<Arc<Runner>>,
     stop: tokio::sync::watch::Sender<bool>,
+    key: Arc<ServiceKey>,
+    tenants: Arc<LiveTenants>,
+    max_running: usize,
 }
 
 /// Tenants `a` and `b` (sources under ROOT/src), a gateway whose `flaky` destinations fail
@@ -74,10 +77,12 @@ async fn setup(failures: u32, max_running: usize) -> Setup {
     std::fs::create_dir_all(root.join("out")).unwrap();
     let data = root.join("gw");
     let tenants = TenantFile {
-        tenants: ["a", "b"]
+        tenants: ["a", "b", "q"]
             .iter()
             .map(|t| TenantEntry {
                 sources: vec![root.join("src")],
+                // q has a bandwidth quota, slow enough that its jobs run for a while.
+                bytes_per_second: (*t == "q").then_some(QUOTA),
                 ..TenantEntry::new(t, &format!("{t}-key-0123456789"))
             })
             .collect(),
@@ -102,35 +107,53 @@ async fn setup(failures: u32, max_running: usize) -> Setup {
     let g = gateway.clone();
     tokio::spawn(async move { g.serve().await });
     let store: Arc<dyn JobStore> = Arc::new(SqlStore::open(&root.join("jobs.db")).unwrap());
-    let mut rc = RunnerConfig::new(
-        "w1",
-        gateway.local_addr(),
-        ServerTrust::fingerprint(&gateway.fingerprint()).unwrap(),
-    );
-    rc.max_running = max_running;
-    rc.poll = Duration::from_millis(20);
-    rc.heartbeat = Duration::from_millis(200);
-    rc.retry_base = Duration::from_millis(20);
-    rc.retry_max = Duration::from_millis(100);
-    let runner = Runner::new(
-        store.clone(),
-        Arc::new(LiveTenants::fixed(tenants).unwrap()),
-        key,
-        rc,
-    );
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(runner.clone().run(stop_rx));
-    Setup {
+    let tenants = Arc::new(LiveTenants::fixed(tenants).unwrap());
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut s = Setup {
         _tmp: tmp,
         root,
         gateway,
         store,
-        runner,
+        runner: None,
         stop,
-    }
+        key,
+        tenants,
+        max_running,
+    };
+    s.runner = Some(s.start_worker("w1"));
+    s
 }
 
+/// q's bandwidth quota (bytes/s).
+const QUOTA: u64 = 256 << 10;
+
 impl Setup {
+    fn runner(&self) -> &Arc<Runner> {
+        self.runner.as_ref().expect("first worker")
+    }
+
+    /// Starts a worker named `id` on the store and gateway (stopped with the others).
+    fn start_worker(&self, id: &str) -> Arc<Runner> {
+        let mut rc = RunnerConfig::new(
+            id,
+            self.gateway.local_addr(),
+            ServerTrust::fingerprint(&self.gateway.fingerprint()).unwrap(),
+        );
+        rc.max_running = self.max_running;
+        rc.poll = Duration::from_millis(20);
+        rc.heartbeat = Duration::from_millis(200);
+        rc.retry_base = Duration::from_millis(20);
+        rc.retry_max = Duration::from_millis(100);
+        let runner = Runner::new(
+            self.store.clone(),
+            self.tenants.clone(),
+            self.key.clone(),
+            rc,
+        );
+        tokio::spawn(runner.clone().run(self.stop.subscribe()));
+        runner
+    }
+
     async fn submit(&self, tenant: &str, file: &str, dest: &str, attempts: u32) -> String {
         let path = self.root.join("src").join(file);
         if !path.exists() {
@@ -158,7 +181,7 @@ impl Setup {
             .await
             .unwrap()
             .0;
-        self.runner.wake();
+        self.runner().wake();
         job.id
     }
 
@@ -278,5 +301,43 @@ async fn the_gateway_takes_a_worker_only_with_a_genuine_service_token() {
         .await
         .expect_err("a token from another service key was accepted");
     assert!(err.to_string().contains("unknown tenant token"), "{err}");
+    s.stop().await;
+}
+
+/// Polls `cond` every 50 ms until it holds (20 s at most).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_bandwidth_quota_is_split_between_the_workers_running_its_jobs() {
+    // One job at a time per worker, so that a second worker takes q's second job.
+    let s = setup(0, 1).await;
+    for f in ["q1.bin", "q2.bin"] {
+        std::fs::write(s.root.join("src").join(f), vec![1u8; 4 << 20]).unwrap();
+    }
+    let dest = out(&s.root, "q");
+    let first = s.submit("q", "q1.bin", &dest, 1).await;
+    eventually("the first worker runs q's job with the whole quota", || {
+        s.runner().tenant_rate("q") == Some(QUOTA)
+    })
+    .await;
+    let w2 = s.start_worker("w2");
+    let second = s.submit("q", "q2.bin", &dest, 1).await;
+    w2.wake();
+    eventually("both workers keep to half the quota each", || {
+        s.runner().tenant_rate("q") == Some(QUOTA / 2) && w2.tenant_rate("q") == Some(QUOTA / 2)
+    })
+    .await;
+    for id in [&first, &second] {
+        let job = s.store.get("q", id).await.unwrap();
+        assert_eq!(job.state, JobState::Running, "{job:?}");
+    }
     s.stop().await;
 }

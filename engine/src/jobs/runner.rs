@@ -133,6 +133,17 @@ impl LatencyWindow {
     }
 }
 
+/// This worker's part of a tenant's `limit` (bytes/s) when it runs `mine` of the
+/// tenant's `all` running jobs: proportional, at least 1 KiB/s (the limiter's floor), the
+/// whole limit when nothing is known to run.
+pub fn local_share(limit: u64, mine: u32, all: u32) -> u64 {
+    if mine == 0 || all == 0 || mine >= all {
+        return limit;
+    }
+    let part = u128::from(limit) * u128::from(mine) / u128::from(all);
+    u64::try_from(part).unwrap_or(limit).max(1024)
+}
+
 /// A worker.
 pub struct Runner {
     store: Arc<dyn JobStore>,
@@ -218,6 +229,34 @@ impl Runner {
         Some(rate)
     }
 
+    /// The bandwidth this worker allows the tenant's jobs now, if the tenant has a quota
+    /// and jobs ran here.
+    pub fn tenant_rate(&self, tenant: &str) -> Option<u64> {
+        let rates = self.rates.lock().expect("rates lock");
+        rates.get(tenant).map(|(_, rate)| rate.rate())
+    }
+
+    /// Splits each tenant's bandwidth quota between the workers running its jobs, in
+    /// proportion to how many each runs, so that several gateways sharing one store keep
+    /// to the quota together. Runs at every job start and every heartbeat period.
+    async fn rebalance(&self) {
+        if self.rates.lock().expect("rates lock").is_empty() {
+            return;
+        }
+        let shares = match self.store.running_shares(&self.cfg.worker_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "reading the running jobs' shares failed; quotas unchanged");
+                return;
+            }
+        };
+        let rates = self.rates.lock().expect("rates lock");
+        for (tenant, (limit, rate)) in rates.iter() {
+            let (mine, all) = shares.get(tenant).copied().unwrap_or((0, 0));
+            let _ = rate.set_rate(local_share(*limit, mine, all));
+        }
+    }
+
     fn quotas(&self) -> HashMap<String, Quota> {
         self.tenants
             .current()
@@ -240,7 +279,6 @@ impl Runner {
     /// for running jobs to end (their leases lapse if the process is killed instead).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
-        let quotas = self.quotas();
         let mut last_expiry = Instant::now() - self.cfg.heartbeat;
         loop {
             if *shutdown.borrow() {
@@ -253,7 +291,10 @@ impl Runner {
                     Ok(n) => info!(jobs = n, "took back jobs whose worker stopped"),
                     Err(e) => warn!(error = %e, "expiring leases failed"),
                 }
+                self.rebalance().await;
             }
+            // Read each round: the tenant file may have been reloaded.
+            let quotas = self.quotas();
             while tasks.len() < self.cfg.max_running {
                 let now = now_ms();
                 let lease_until = now + millis(self.cfg.lease);
@@ -397,6 +438,9 @@ impl Runner {
         cfg.shared_budget = Some(self.budget.clone());
         cfg.cancel = Some(cancel_rx);
         cfg.rate = self.rate(&job.tenant);
+        if cfg.rate.is_some() {
+            self.rebalance().await;
+        }
         let tenant = job.tenant.clone();
         let latencies = self.latencies.clone();
         let histogram =
@@ -497,6 +541,18 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quota_is_split_in_proportion_to_the_jobs_each_worker_runs() {
+        assert_eq!(local_share(1 << 20, 1, 1), 1 << 20);
+        assert_eq!(local_share(1 << 20, 1, 2), 1 << 19);
+        assert_eq!(local_share(1 << 20, 3, 4), 3 << 18);
+        // Nothing known to run here: the whole quota (the next job start splits it).
+        assert_eq!(local_share(1 << 20, 0, 3), 1 << 20);
+        // Never below the limiter's floor, never overflowing.
+        assert_eq!(local_share(4096, 1, 1000), 1024);
+        assert_eq!(local_share(u64::MAX, 1, 2), u64::MAX / 2);
+    }
 
     #[test]
     fn latency_quantiles_cover_the_window_only() {

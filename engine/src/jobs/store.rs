@@ -169,6 +169,10 @@ pub trait JobStore: Send + Sync {
     async fn expire_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
     /// Jobs per tenant and state.
     async fn counts(&self) -> Result<StateCounts, StoreError>;
+    /// Per tenant with running (or verifying) jobs: how many `worker` holds, and how many
+    /// all workers hold together (for splitting a tenant's bandwidth quota between them).
+    async fn running_shares(&self, worker: &str)
+    -> Result<HashMap<String, (u32, u32)>, StoreError>;
     /// Per tenant: jobs that ended since `since_ms`.
     async fn kpi(&self, since_ms: i64) -> Result<HashMap<String, TenantKpi>, StoreError>;
     /// Whether the store answers.
@@ -842,6 +846,26 @@ impl JobStore for SqlStore {
                 JobState::parse(&r.str(1))
                     .map(|s| (r.str(0), s, u64::try_from(r.i64(2)).unwrap_or(0)))
             })
+            .collect())
+    }
+
+    async fn running_shares(
+        &self,
+        worker: &str,
+    ) -> Result<HashMap<String, (u32, u32)>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let rows = tx
+            .query(
+                "SELECT tenant, SUM(CASE WHEN worker = $1 THEN 1 ELSE 0 END), COUNT(*) FROM jobs
+                 WHERE state IN ('running', 'verifying') GROUP BY tenant",
+                &[worker.into()],
+            )
+            .await?;
+        tx.commit().await?;
+        let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(rows
+            .iter()
+            .map(|r| (r.str(0), (n(r.i64(1)), n(r.i64(2)))))
             .collect())
     }
 
