@@ -62,6 +62,8 @@ pub struct ObjectStoreConnector {
     store: Arc<dyn Store>,
     prefix: String,
     verify: VerifyMode,
+    /// S3 only: whether request bodies are signed (SigV4 payload hash).
+    signed_payload: bool,
 }
 
 impl std::fmt::Debug for ObjectStoreConnector {
@@ -167,11 +169,15 @@ impl ObjectStoreConnector {
         all.extend(extra.iter().cloned());
         let settings = all;
         let build_err = |e: object_store::Error| invalid(scrub(&e.to_string()));
+        let mut signed_payload = false;
         let store: Arc<dyn Store> = match service {
             Service::S3 => {
+                use object_store::aws::AmazonS3ConfigKey as K;
                 let mut b = object_store::aws::AmazonS3Builder::new();
+                let mut payload_choice = false;
                 for (k, v) in source.with_prefix("AWS_") {
-                    if let Ok(key) = k.parse() {
+                    if let Ok(key) = k.parse::<K>() {
+                        payload_choice |= key == K::UnsignedPayload;
                         b = b.with_config(key, v);
                     }
                 }
@@ -179,11 +185,17 @@ impl ObjectStoreConnector {
                 for (k, v) in settings {
                     let key = k
                         .to_ascii_lowercase()
-                        .parse()
+                        .parse::<K>()
                         .map_err(|_| invalid(format!("unknown S3 setting {k:?}")))?;
+                    payload_choice |= key == K::UnsignedPayload;
                     b = b.with_config(key, v);
                 }
-                use object_store::aws::AmazonS3ConfigKey as K;
+                // Over HTTPS, TLS already protects the body: skip SigV4's SHA-256 of every
+                // part on both ends, as the AWS SDKs do, unless told otherwise.
+                if !payload_choice && is_https_or_default(b.get_config_value(&K::Endpoint)) {
+                    b = b.with_config(K::UnsignedPayload, "true");
+                }
+                signed_payload = !truthy(b.get_config_value(&K::UnsignedPayload));
                 refuse_plain_http(
                     b.get_config_value(&K::Endpoint),
                     b.get_config_value(&K::Client(ClientConfigKey::AllowHttp)),
@@ -226,7 +238,14 @@ impl ObjectStoreConnector {
             store,
             prefix,
             verify,
+            signed_payload,
         })
+    }
+
+    /// Whether S3 requests sign their bodies (SigV4's payload hash): by default only over
+    /// plain HTTP, where nothing else protects them (`aws_unsigned_payload` decides).
+    pub fn signs_payload(&self) -> bool {
+        self.signed_payload
     }
 
     /// The service this connector talks to.
@@ -273,6 +292,11 @@ fn scrub(message: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Whether requests go over HTTPS: an `https://` endpoint, or none (the service's own).
+fn is_https_or_default(endpoint: Option<String>) -> bool {
+    endpoint.is_none_or(|e| e.to_ascii_lowercase().starts_with("https://"))
 }
 
 /// A configuration flag as object_store reads one (`true`, `1`, `yes`, `on`, `y`).
@@ -853,6 +877,37 @@ mod tests {
         )
         .unwrap();
         build("az://c?use_emulator=true", &[]).unwrap();
+    }
+
+    #[test]
+    fn s3_payloads_are_signed_only_where_tls_does_not_protect_them() {
+        let none = crate::Settings::Tenant(Default::default());
+        let signs = |uri: &str, extra: &[(&str, &str)]| {
+            let extra: Vec<(String, String)> = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ObjectStoreConnector::build(uri, VerifyMode::Size, &extra, &none)
+                .unwrap()
+                .signs_payload()
+        };
+        assert!(!signs("s3://b", &[]), "AWS itself: HTTPS");
+        assert!(!signs("s3://b?endpoint=https://minio.example:9000", &[]));
+        assert!(signs(
+            "s3://b?endpoint=http://127.0.0.1:9&allow_http=true",
+            &[]
+        ));
+        // An explicit choice wins either way.
+        assert!(signs("s3://b", &[("aws_unsigned_payload", "false")]));
+        assert!(!signs(
+            "s3://b?endpoint=http://127.0.0.1:9&allow_http=true",
+            &[("unsigned_payload", "true")]
+        ));
+        let env = crate::Settings::Tenant(Arc::new(
+            [("AWS_UNSIGNED_PAYLOAD".to_string(), "false".to_string())].into(),
+        ));
+        let c = ObjectStoreConnector::build("s3://b", VerifyMode::Size, &[], &env).unwrap();
+        assert!(c.signs_payload());
     }
 
     #[test]
