@@ -162,6 +162,15 @@ fn pool(url: &str) -> Result<deadpool_postgres::Pool> {
     crate::pgconn::pool(url, 8).map_err(|e| LedgerError::InvalidRequest(e.to_string()))
 }
 
+/// The stored-hash indexes of the complete subtrees a tree of `size` entries is made of
+/// (its right edge): all that the next entries' hashes and the tree's root read.
+fn right_edge(size: u64) -> Vec<u64> {
+    (0..64u8)
+        .filter(|l| (size >> l) & 1 == 1)
+        .map(|l| tlog_tiles::stored_hash_index(l, (size >> l) - 1))
+        .collect()
+}
+
 /// The log's advisory lock id: the first 8 bytes of SHA-256 of its origin.
 fn lock_id(origin: &str) -> i64 {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, origin.as_bytes());
@@ -271,7 +280,8 @@ impl PgLedger {
     /// Re-checks the whole log against its latest signed checkpoint: every stored hash is
     /// recomputed from the entries (in order, none missing), the root must be the
     /// checkpoint's, and `check_entry` is called on every entry (to verify the documents'
-    /// own signatures). Holds the recomputed hashes in memory (about 64 bytes per entry).
+    /// own signatures). Holds the tree's right edge and one batch of hashes in memory, whatever
+    /// the log's size.
     pub async fn verify_all(
         &self,
         mut check_entry: impl FnMut(u64, &[u8]) -> std::result::Result<(), String>,
@@ -336,6 +346,9 @@ impl PgLedger {
                     what: "missing from the database".into(),
                 });
             }
+            // Later entries and the root read only the tree's right edge.
+            let edge = right_edge(i);
+            computed.retain(|k, _| edge.contains(k));
         }
         let root = tlog_tiles::tree_hash(verified.size, &TwoPass::Answer(&computed))
             .map_err(|e| LedgerError::Damaged(format!("recomputing the root: {e}")))?;

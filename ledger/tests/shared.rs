@@ -274,3 +274,40 @@ async fn an_auditor_re_checks_the_shared_log_and_finds_tampering() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_checks_a_log_of_many_batches_and_finds_tampering_deep_in_it() {
+    let url = database().await;
+    let writer = PgLedger::connect(&url, keys(7)).await.unwrap();
+    // 1,337 entries: the auditor reads them 512 at a time, keeping only the tree's edge.
+    for b in 0..7u32 {
+        let n = if b == 6 { 137 } else { 200 };
+        writer
+            .append(
+                (0..n)
+                    .map(|k| format!("entry {b}.{k}").into_bytes())
+                    .collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let auditor = PgLedger::open_read_only(&url, keys(7).public_keys())
+        .await
+        .unwrap();
+    let v = auditor.verify_all(|_, _| Ok(())).await.unwrap();
+    assert_eq!(v.size, 1_337);
+    let pool = trackshift_ledger::pgconn::pool(&url, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE ledger_entries SET data = 'forged' WHERE idx = 1200",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
+    assert!(
+        err.to_string().contains("1200") && err.to_string().contains("leaf hash"),
+        "{err}"
+    );
+}
