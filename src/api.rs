@@ -595,6 +595,13 @@ async fn prometheus(State(state): State<AppState>) -> Response {
     }
     metrics::gauge!("trackshift_ledger_size").set(state.ledger.size() as f64);
     metrics::gauge!("trackshift_running_jobs").set(state.runner.running() as f64);
+    // This worker's part of each tenant's bandwidth quota (split across gateways).
+    for t in &state.tenants.current().file.tenants {
+        if let Some(rate) = state.runner.tenant_rate(&t.tenant) {
+            metrics::gauge!("trackshift_tenant_rate_bytes_per_second", "tenant" => t.tenant.clone())
+                .set(rate as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -793,6 +793,7 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     file.tenants.retain(|t| t.tenant != "beta");
     file.tenants.push(TenantEntry {
         sources: vec![root.join("src-beta")],
+        bytes_per_second: Some(64 << 20),
         ..TenantEntry::new("gamma", GAMMA)
     });
     file.save(&data).unwrap();
@@ -813,6 +814,13 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     let id = job["id"].as_str().unwrap().to_string();
     let job = api.wait(GAMMA, &id, final_state).await;
     assert_eq!(job["state"], "completed", "{job}");
+    // Its new quota applied, all of it to this gateway (the only one running its jobs).
+    let (_, metrics, _) = api.call("GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("trackshift_tenant_rate_bytes_per_second{tenant=\"gamma\"} 67108864"),
+        "{metrics}"
+    );
 
     // A broken file is reported and changes nothing.
     std::fs::write(TenantFile::path(&data), b"{ \"tenants\": [ oops").unwrap();
