@@ -410,11 +410,21 @@ impl LiveTenants {
     }
 
     /// Reads the file again and puts it in force if it loads (with every credentials
-    /// file it names); otherwise returns why and keeps the version in force.
+    /// file it names); otherwise returns why and keeps the version in force. A missing
+    /// file is an error here (at start it means "no tenants"): a file moved away by
+    /// mistake must not lock every tenant out.
     pub fn reload(&self) -> Result<std::sync::Arc<TenantSnapshot>, TenantError> {
         let Some(dir) = &self.data_dir else {
             return Ok(self.current());
         };
+        let path = TenantFile::path(dir);
+        if let Err(source) = std::fs::metadata(&path) {
+            return Err(TenantError::Io {
+                action: "reading",
+                path,
+                source,
+            });
+        }
         let file = TenantFile::load(dir)?;
         let credentials = file.credentials()?;
         let mut current = self.current.write().expect("tenants lock");
@@ -678,8 +688,11 @@ mod tests {
         let b = &live.current().credentials["b"];
         assert_eq!(b.var("AWS_ACCESS_KEY_ID").as_deref(), Some("one"));
 
-        // A broken file, or one naming a credentials file that is gone: nothing changes.
+        // A broken file, a missing one, or one naming a credentials file that is gone:
+        // nothing changes.
         std::fs::write(TenantFile::path(dir.path()), "{ oops").unwrap();
+        assert!(live.reload().is_err());
+        std::fs::remove_file(TenantFile::path(dir.path())).unwrap();
         assert!(live.reload().is_err());
         std::fs::remove_file(&creds).unwrap();
         save(vec![TenantEntry {
