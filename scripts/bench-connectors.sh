@@ -49,23 +49,8 @@ mkdir -p "$work/src"
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$work/src/blob.bin"
 bytes=$((SIZE_MIB << 20))
 
-# A gateway whose environment is the test servers' plus "$@" (VAR=VALUE: Garage's S3
-# settings replace moto's), as an operator would configure one per storage service.
-start_gateway() {
-    if [ -n "$gw_pid" ]; then
-        kill "$gw_pid" 2>/dev/null || true
-        wait "$gw_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work/gw"
-    env "$@" "$bin" serve --data-dir "$work/gw" --listen 127.0.0.1:0 >"$work/gw.log" 2>&1 &
-    gw_pid=$!
-    for _ in $(seq 1 100); do
-        grep -q "certificate fingerprint" "$work/gw.log" 2>/dev/null && break
-        sleep 0.1
-    done
-    addr=$(sed -n 's/^gateway listening on \([^ ]*\).*/\1/p' "$work/gw.log")
-    fp=$(sed -n 's/^certificate fingerprint: //p' "$work/gw.log")
-}
+# shellcheck source=scripts/gateway-lib.sh
+source scripts/gateway-lib.sh
 
 under() { # URI SUB
     case "$1" in

@@ -28,20 +28,15 @@ scripts/test-servers.sh start sftp >&2
 source <(scripts/test-servers.sh env)
 mkdir -p "$work/src"
 head -c 1G /dev/urandom >"$work/src/blob.bin"
-env "$@" "$bin" serve --data-dir "$work/gw" --listen 127.0.0.1:0 >"$work/gw.log" 2>&1 &
-gw_pid=$!
-for _ in $(seq 1 100); do
-    grep -q "certificate fingerprint" "$work/gw.log" 2>/dev/null && break
-    sleep 0.1
-done
-addr=$(sed -n 's/^gateway listening on \([^ ]*\).*/\1/p' "$work/gw.log")
-fp=$(sed -n 's/^certificate fingerprint: //p' "$work/gw.log")
+# shellcheck source=scripts/gateway-lib.sh
+source scripts/gateway-lib.sh
+start_gateway "$@"
 ticks() { awk '{ print $14 + $15 }' "/proc/$gw_pid/stat"; }
 hz=$(getconf CLK_TCK)
 t0=$(ticks)
 for i in 1 2 3; do
     env "$@" "$bin" send "$work/src" --to "$addr" --fingerprint "$fp" \
-        --token-file "$work/gw/default.token" \
+        --token-file "$work/gw/default.token" --out-dir "$work/receipts/$i" \
         --dest "${TRACKSHIFT_TEST_SFTP/data?/data/run$i?}" 2>&1 | sed -n 's/^\(sent .* s\) (.*/\1/p'
 done
 t1=$(ticks)
