@@ -33,9 +33,20 @@ impl Timestamp {
     /// Parses RFC 3339 (`2026-11-24T09:30:00Z`, any offset); fractions of a second are refused
     /// so that the JSON and canonical forms always agree.
     pub fn parse(s: &str) -> Result<Self, String> {
+        // RFC 3339's grammar, narrowed as FORMATS.md 1 says: `T` (or `t`) between date and
+        // time, whole seconds (no fraction, not even `.000`), then `Z` or an offset.
+        let b = s.as_bytes();
+        if b.len() >= 20 && !matches!(b[10], b'T' | b't') {
+            return Err(format!("{s:?}: date and time must be joined by T"));
+        }
+        match b.get(19) {
+            Some(b'Z' | b'z' | b'+' | b'-') => {}
+            Some(b'.') => return Err(format!("{s:?}: fractions of a second are not allowed")),
+            _ => return Err(format!("{s:?}: not an RFC 3339 date-time")),
+        }
         let dt = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("{s:?}: {e}"))?;
         if dt.nanosecond() != 0 {
-            return Err(format!("{s:?}: fractional seconds are not allowed"));
+            return Err(format!("{s:?}: fractions of a second are not allowed"));
         }
         u64::try_from(dt.unix_timestamp())
             .map(Self)
@@ -88,6 +99,16 @@ mod tests {
     #[test]
     fn refuses_fractions_and_garbage() {
         assert!(Timestamp::parse("2026-11-17T07:46:40.5Z").is_err());
+        // Not even a zero fraction, nor a space for the T (FORMATS.md 1).
+        assert!(Timestamp::parse("2026-11-17T07:46:40.000Z").is_err());
+        assert!(Timestamp::parse("2026-11-17T07:46:40.0+01:00").is_err());
+        assert!(Timestamp::parse("2026-11-17 07:46:40Z").is_err());
+        assert!(Timestamp::parse("2026-11-17T07:46Z").is_err());
+        // RFC 3339 5.6 allows lower-case t and z.
+        assert_eq!(
+            Timestamp::parse("2026-11-17t07:46:40z").unwrap(),
+            Timestamp::parse("2026-11-17T07:46:40Z").unwrap()
+        );
         assert!(Timestamp::parse("yesterday").is_err());
         assert!(Timestamp::parse("1969-12-31T23:59:59Z").is_err());
     }
