@@ -648,3 +648,30 @@ fn signed_bytes_verify_on_their_own_as_the_ledger_records_them() {
         assert!(trackshift_crypto::verify_signed_bytes(bytes, &ring(&keys())).is_err());
     }
 }
+
+#[test]
+fn duplicate_members_and_non_canonical_base64_are_refused() {
+    let k = keys();
+    let m = signed_manifest(&k, T0 + 5);
+    let json = signed_receipt(&k, &m, T0 + 11).to_json();
+    assert!(Receipt::from_json(json.as_bytes()).is_ok());
+    // A member given twice: which one counts would be up to the reader, so none may.
+    let twice = json.replacen('{', "{\"tenant\": \"mallory\",", 1);
+    assert!(Receipt::from_json(twice.as_bytes()).is_err());
+    // The signature with a non-zero unused bit in its last base64 character: the same
+    // bytes for a lenient decoder, a second spelling of them for a strict one.
+    let mut v: Value = serde_json::from_str(&json).unwrap();
+    let sig = v["signature"]["value"].as_str().unwrap().to_string();
+    let data = sig.trim_end_matches('=');
+    assert!(
+        sig.len() > data.len(),
+        "a 64-byte signature ends in padding"
+    );
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let last = data.as_bytes()[data.len() - 1];
+    let pos = ALPHABET.iter().position(|c| *c == last).unwrap();
+    let flipped = ALPHABET[pos ^ 1] as char;
+    let odd = format!("{}{flipped}{}", &data[..data.len() - 1], &sig[data.len()..]);
+    v["signature"]["value"] = Value::String(odd);
+    assert!(Receipt::from_json(v.to_string().as_bytes()).is_err());
+}
