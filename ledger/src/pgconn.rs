@@ -7,13 +7,14 @@
 //! | `sslmode` | TLS | the server's certificate |
 //! |---|---|---|
 //! | `disable` | never | — |
-//! | `prefer` (default) | if the server offers it | verified only if `sslrootcert` is given |
-//! | `require` | always | verified only if `sslrootcert` is given |
-//! | `verify-ca`, `verify-full` | always | verified against `sslrootcert` (a PEM file) or the system's roots, host name included |
+//! | `prefer` (default) | if the server offers it | chain checked only if `sslrootcert` is given |
+//! | `require` | always | chain checked only if `sslrootcert` is given |
+//! | `verify-ca` | always | chain checked against `sslrootcert` (a PEM file) or the system's roots |
+//! | `verify-full` | always | chain and host name checked |
 //!
-//! `verify-ca` checks the host name too (stricter than libpq). Without verification, TLS
-//! keeps passive listeners out but not an active impostor: use `verify-full` across
-//! networks you do not control.
+//! Without verification, TLS keeps passive listeners out but not an active impostor; a
+//! chain without the host name, not one who holds another certificate from the same CA:
+//! use `verify-full` across networks you do not control.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub enum SslMode {
     Prefer,
     /// TLS or nothing.
     Require,
-    /// TLS with a verified certificate (host name included, see the module's notes).
+    /// TLS with a certificate that chains to a trusted root (any host name).
     VerifyCa,
     /// TLS with a verified certificate and host name.
     VerifyFull,
@@ -196,7 +197,22 @@ pub fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, PgConnectEr
                 }
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        if target.mode == SslMode::VerifyFull {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            // libpq: `verify-ca` (and a named root under `prefer`/`require`) checks the
+            // chain but not the host name.
+            let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| PgConnectError::Pool(format!("TLS: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+                .with_no_client_auth()
+        }
     } else {
         builder
             .dangerous()
@@ -204,6 +220,55 @@ pub fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, PgConnectEr
             .with_no_client_auth()
     };
     Ok(config)
+}
+
+/// libpq's `verify-ca`: the certificate chains to a trusted root, whatever host name it
+/// names (the chain is checked before the name, so only a name mismatch is forgiven).
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// libpq's `prefer`/`require` without `sslrootcert`: any certificate is taken (the

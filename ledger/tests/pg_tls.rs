@@ -71,3 +71,19 @@ async fn a_certificate_that_does_not_verify_is_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
+    let (url, ca) = server();
+    // The server's certificate names 127.0.0.1 and localhost; reach the same server under
+    // another name (`hostaddr` says where to connect, `host` what to expect).
+    let elsewhere = url.replacen("@127.0.0.1:", "@db.invalid:", 1);
+    assert_ne!(elsewhere, url);
+    let under =
+        |mode: &str| format!("{elsewhere}?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={ca}");
+    let err = tls_in_use(&under("verify-full")).await.unwrap_err();
+    assert!(err.contains("NotValidForName"), "{err}");
+    assert!(tls_in_use(&under("verify-ca")).await.unwrap());
+    // libpq: with a named root, `require` checks the chain as `verify-ca` does.
+    assert!(tls_in_use(&under("require")).await.unwrap());
+}
