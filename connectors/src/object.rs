@@ -840,16 +840,18 @@ mod tests {
         }
     }
 
+    /// A connector for `uri` with `extra` settings and nothing from the environment.
+    fn build(uri: &str, extra: &[(&str, &str)]) -> Result<ObjectStoreConnector, ConnectorError> {
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let none = crate::Settings::Tenant(Default::default());
+        ObjectStoreConnector::build(uri, VerifyMode::Size, &extra, &none)
+    }
+
     #[test]
     fn a_plain_http_endpoint_needs_allow_http() {
-        let none = crate::Settings::Tenant(Default::default());
-        let build = |uri: &str, extra: &[(&str, &str)]| {
-            let extra: Vec<(String, String)> = extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            ObjectStoreConnector::build(uri, VerifyMode::Size, &extra, &none)
-        };
         let Err(err) = build("s3://b?endpoint=http://127.0.0.1:9&region=r", &[]) else {
             panic!("plain HTTP accepted");
         };
@@ -881,16 +883,7 @@ mod tests {
 
     #[test]
     fn s3_payloads_are_signed_only_where_tls_does_not_protect_them() {
-        let none = crate::Settings::Tenant(Default::default());
-        let signs = |uri: &str, extra: &[(&str, &str)]| {
-            let extra: Vec<(String, String)> = extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            ObjectStoreConnector::build(uri, VerifyMode::Size, &extra, &none)
-                .unwrap()
-                .signs_payload()
-        };
+        let signs = |uri: &str, extra: &[(&str, &str)]| build(uri, extra).unwrap().signs_payload();
         assert!(!signs("s3://b", &[]), "AWS itself: HTTPS");
         assert!(!signs("s3://b?endpoint=https://minio.example:9000", &[]));
         assert!(signs(

@@ -30,6 +30,17 @@ async fn database() -> String {
     )
 }
 
+/// Overwrites entry `idx` in the database behind the log's back.
+async fn forge(client: &tokio_postgres::Client, idx: i64) {
+    client
+        .execute(
+            "UPDATE ledger_entries SET data = 'forged' WHERE idx = $1",
+            &[&idx],
+        )
+        .await
+        .unwrap();
+}
+
 fn test_ca() -> String {
     std::env::var("TRACKSHIFT_TEST_POSTGRES_CA")
         .expect("TRACKSHIFT_TEST_POSTGRES_CA is not set: source `scripts/test-servers.sh env`")
@@ -238,13 +249,7 @@ async fn an_auditor_re_checks_the_shared_log_and_finds_tampering() {
     // Tampering in the database is found.
     let pool = trackshift_ledger::pgconn::pool(&url, 2).unwrap();
     let client = pool.get().await.unwrap();
-    client
-        .execute(
-            "UPDATE ledger_entries SET data = 'forged' WHERE idx = 11",
-            &[],
-        )
-        .await
-        .unwrap();
+    forge(&client, 11).await;
     let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
     assert!(
         err.to_string().contains("11") && err.to_string().contains("leaf hash"),
@@ -297,14 +302,7 @@ async fn an_auditor_checks_a_log_of_many_batches_and_finds_tampering_deep_in_it(
     let v = auditor.verify_all(|_, _| Ok(())).await.unwrap();
     assert_eq!(v.size, 1_337);
     let pool = trackshift_ledger::pgconn::pool(&url, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    client
-        .execute(
-            "UPDATE ledger_entries SET data = 'forged' WHERE idx = 1200",
-            &[],
-        )
-        .await
-        .unwrap();
+    forge(&pool.get().await.unwrap(), 1200).await;
     let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
     assert!(
         err.to_string().contains("1200") && err.to_string().contains("leaf hash"),
