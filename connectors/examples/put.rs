@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let c = from_uri_with(uri, VerifyMode::Size)?;
     c.check().await?;
     let spec = ObjectSpec {
+        tenant: "t".into(),
         job_id: format!("bench-{}", std::process::id()),
         path: "put-bench.bin".into(),
         size,

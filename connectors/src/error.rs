@@ -2,6 +2,12 @@
 
 use std::path::PathBuf;
 
+impl From<crate::DestinationError> for ConnectorError {
+    fn from(e: crate::DestinationError) -> Self {
+        ConnectorError::InvalidUri(e.0)
+    }
+}
+
 /// Why a destination operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -11,6 +17,14 @@ pub enum ConnectorError {
     /// An object path is not a safe relative path.
     #[error("invalid object path {0:?}")]
     InvalidPath(String),
+    /// A path would leave the destination directory (through a link, `..` or another
+    /// mount). Says nothing of what is there.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The object exists and this job did not create it: it is not replaced unless the
+    /// destination allows `overwrite=true`.
+    #[error("{0} already exists at the destination and this job did not create it; it is not replaced unless the tenant's policy allows overwrite=true")]
+    Exists(String),
     /// The destination does not exist or is not usable.
     #[error("destination unavailable: {0}")]
     Unavailable(String),

@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::{
     Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, ServerUri, VerifyMode,
-    check_object_path, parse_server_uri,
+    check_object_path,
 };
 
 /// Control connections per connector (each carries one transfer at a time).
@@ -65,6 +65,8 @@ pub struct FtpsConnector {
 
 struct Inner {
     uri: String,
+    /// `overwrite=true`: a job may replace an object it did not create.
+    overwrite: bool,
     addr: String,
     server_name: String,
     user: String,
@@ -161,6 +163,22 @@ impl FtpsConnector {
         password: &str,
         settings: &crate::Settings,
     ) -> Result<Self, ConnectorError> {
+        Self::from_destination(&crate::Destination::parse(uri)?, verify, password, settings)
+    }
+
+    /// As [`FtpsConnector::build`], from a parsed destination.
+    pub fn from_destination(
+        dest: &crate::Destination,
+        verify: VerifyMode,
+        password: &str,
+        settings: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
+        if dest.scheme() != crate::Scheme::Ftps {
+            return Err(ConnectorError::InvalidUri(format!(
+                "not an ftps URI: {}",
+                dest.scheme().as_str()
+            )));
+        }
         let invalid = |m: String| ConnectorError::InvalidUri(m);
         let ServerUri {
             user,
@@ -168,7 +186,7 @@ impl FtpsConnector {
             port,
             dir: root,
             query,
-        } = parse_server_uri(uri, "ftps", 21, "set TRACKSHIFT_FTPS_PASSWORD")?;
+        } = crate::ServerUri::of(dest)?;
         let (mut ca, mut server_name) = (None, None);
         for (k, v) in query {
             match k.as_str() {
@@ -192,7 +210,8 @@ impl FtpsConnector {
         .with_no_client_auth();
         Ok(Self {
             inner: Arc::new(Inner {
-                uri: uri.to_string(),
+                uri: dest.to_string(),
+                overwrite: dest.overwrite(),
                 addr: format!("{host}:{port}"),
                 server_name: server_name.unwrap_or(host),
                 user,
@@ -502,8 +521,8 @@ impl Connector for FtpsConnector {
         check_object_path(&spec.job_id)?;
         let inner = &self.inner;
         let full = inner.full(&spec.path);
-        let (dir, name) = full.rsplit_once('/').expect("full paths have a slash");
-        let temp = format!("{dir}/.{name}.{}.tspart", spec.job_id);
+        let (dir, _) = full.rsplit_once('/').expect("full paths have a slash");
+        let temp = format!("{dir}/{}", spec.temp_name());
         bounded(
             &inner.uri,
             "creating a directory on",
@@ -525,6 +544,9 @@ impl Connector for FtpsConnector {
                     None => false,
                 };
             }
+        }
+        if !committed && !inner.overwrite && inner.size_of(&full).await?.is_some() {
+            return Err(ConnectorError::Exists(spec.path.clone()));
         }
         let (tx, _) = watch::channel(Held {
             first_done,

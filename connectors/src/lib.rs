@@ -12,6 +12,7 @@
 //! - Reopening an object with `resume = true` keeps every byte already synced.
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
+pub mod destination;
 mod error;
 pub mod ftps;
 mod local;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use destination::{Authority, Destination, DestinationError, OptionKind, Scheme};
 pub use error::ConnectorError;
 pub use ftps::FtpsConnector;
 pub use local::LocalConnector;
@@ -65,6 +67,8 @@ impl VerifyMode {
 /// The object a job writes: one file of the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectSpec {
+    /// Tenant the job belongs to (with `job_id`, keeps temporary names apart).
+    pub tenant: String,
     /// Job the object belongs to (keeps temporary names of concurrent jobs apart).
     pub job_id: String,
     /// Relative `/`-separated path of the file inside the destination.
@@ -80,6 +84,21 @@ pub struct ObjectSpec {
 }
 
 impl ObjectSpec {
+    /// The name of this object's temporary file or object beside its final name:
+    /// `.trackshift-<128-bit tag>.tspart`, the tag a BLAKE3 hash of tenant, job and path.
+    /// No two (tenant, job, path) share one, and no tenant file can take such a name
+    /// ([`check_object_path`] refuses it).
+    pub fn temp_name(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"trackshift temp name v1\0");
+        for part in [&self.tenant, &self.job_id, &self.path] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let tag = hex::encode(&h.finalize().as_bytes()[..16]);
+        format!("{}-{tag}{}", destination::RESERVED_PREFIX, destination::TEMP_SUFFIX)
+    }
+
     /// Refuses a destination's report of `actual` bytes when the object should hold `size`.
     pub fn check_size(&self, actual: u64) -> Result<(), ConnectorError> {
         if actual != self.size {
@@ -154,6 +173,14 @@ pub trait ObjectWriter: Send + Sync {
     async fn commit(&self) -> Result<Confirmation, ConnectorError>;
     /// Discards the partial object.
     async fn abort(&self) -> Result<(), ConnectorError>;
+    /// Removes what this writer committed (a commit that then failed verification), or
+    /// discards the partial object when it has not committed. Never removes an object
+    /// it did not create. Destinations that cannot do this say so.
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Unsupported(
+            "this destination cannot remove a committed object".into(),
+        ))
+    }
 }
 
 /// Where connectors read credentials and other settings named like environment variables
@@ -258,41 +285,40 @@ pub fn from_uri_with(uri: &str, verify: VerifyMode) -> Result<Arc<dyn Connector>
     from_uri_in(uri, verify, &Settings::Process)
 }
 
-/// As [`from_uri_with`], with credentials and settings from `settings`.
+/// As [`from_uri_with`], with credentials and settings from `settings`. The URI is parsed
+/// into a [`Destination`] first (see [`connect`]).
 pub fn from_uri_in(
     uri: &str,
     verify: VerifyMode,
     settings: &Settings,
 ) -> Result<Arc<dyn Connector>, ConnectorError> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(Arc::new(LocalConnector::new(path)?.with_verify(verify)));
-    }
-    if uri.starts_with("s3://") || uri.starts_with("az://") {
-        return Ok(Arc::new(ObjectStoreConnector::build(
-            uri,
+    connect(&Destination::parse(uri)?, verify, settings)
+}
+
+/// Creates the connector for a parsed destination: the connector is built from the typed
+/// value (its scheme, authority, segments and options), never from a raw string.
+pub fn connect(
+    dest: &Destination,
+    verify: VerifyMode,
+    settings: &Settings,
+) -> Result<Arc<dyn Connector>, ConnectorError> {
+    Ok(match dest.scheme() {
+        Scheme::File => Arc::new(LocalConnector::at(dest)?.with_verify(verify)),
+        Scheme::S3 | Scheme::Azure => Arc::new(ObjectStoreConnector::from_destination(
+            dest,
             verify,
             &[],
             settings,
-        )?));
-    }
-    if uri.starts_with("ftps://") {
-        return Ok(Arc::new(FtpsConnector::build(
-            uri,
+        )?),
+        Scheme::Ftps => Arc::new(FtpsConnector::from_destination(
+            dest,
             verify,
             &settings.var("TRACKSHIFT_FTPS_PASSWORD").unwrap_or_default(),
             settings,
-        )?));
-    }
-    if uri.starts_with("sftp://") {
-        return Ok(Arc::new(SftpConnector::build(uri, verify, settings)?));
-    }
-    if uri == "null://" || uri.starts_with("null://") {
-        return Ok(Arc::new(NullConnector::new(uri)));
-    }
-    let scheme = uri.split_once("://").map_or("", |(s, _)| s);
-    Err(ConnectorError::InvalidUri(format!(
-        "unsupported destination scheme {scheme:?} (supported: file://, s3://, az://, sftp://, ftps://, null://)"
-    )))
+        )?),
+        Scheme::Sftp => Arc::new(SftpConnector::from_destination(dest, verify, settings)?),
+        Scheme::Null => Arc::new(NullConnector::new(&dest.to_string())),
+    })
 }
 
 /// The parts of a `SCHEME://USER@HOST[:PORT]/DIR?QUERY` destination (SFTP, FTPS).
@@ -310,80 +336,65 @@ pub struct ServerUri {
     pub query: Vec<(String, String)>,
 }
 
-/// The path of `uri` exactly as written (before a URL parser resolves `..`),
-/// percent-decoded and checked with [`check_object_path`]; "" when there is none.
+/// The path of `uri`, parsed as a [`Destination`]: percent-decoded, normalized and
+/// checked; "" when there is none.
 pub fn uri_path(uri: &str) -> Result<String, ConnectorError> {
-    let raw = uri
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map_or("", |(_, p)| p.split(['?', '#']).next().unwrap_or(""));
-    let path = percent_encoding::percent_decode_str(raw.trim_matches('/'))
-        .decode_utf8()
-        .map_err(|_| ConnectorError::InvalidUri(format!("path {raw:?} is not UTF-8")))?
-        .into_owned();
-    if !path.is_empty() {
-        check_object_path(&path)
-            .map_err(|_| ConnectorError::InvalidUri(format!("bad path {path:?}")))?;
-    }
-    Ok(path)
+    Ok(Destination::parse(uri)?.path())
 }
 
-/// Parses a server destination URI of `scheme`; `no_password` says where the secret goes
-/// instead (passwords in URIs are refused).
-pub fn parse_server_uri(
-    uri: &str,
-    scheme: &str,
-    default_port: u16,
-    no_password: &str,
-) -> Result<ServerUri, ConnectorError> {
-    let invalid = |m: String| ConnectorError::InvalidUri(m);
-    let url = url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?;
-    if url.scheme() != scheme {
-        return Err(invalid(format!("not an {scheme} URI: {}", url.scheme())));
+impl ServerUri {
+    /// The server parts of a parsed `sftp://` or `ftps://` destination.
+    pub fn of(dest: &Destination) -> Result<Self, ConnectorError> {
+        let Authority::Server { user, host, port } = dest.authority() else {
+            return Err(ConnectorError::InvalidUri(format!(
+                "{}:// is not a server destination",
+                dest.scheme().as_str()
+            )));
+        };
+        Ok(ServerUri {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            dir: dest.path(),
+            query: dest
+                .options()
+                .iter()
+                .filter(|(k, _)| k.as_str() != destination::OVERWRITE)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
     }
-    if url.password().is_some() {
-        return Err(invalid(format!(
-            "passwords do not belong in the URI; {no_password}"
+}
+
+/// Parses a server destination URI of `scheme` (see [`Destination::parse`]).
+pub fn parse_server_uri(uri: &str, scheme: &str) -> Result<ServerUri, ConnectorError> {
+    let dest = Destination::parse(uri)?;
+    if dest.scheme().as_str() != scheme {
+        return Err(ConnectorError::InvalidUri(format!(
+            "not an {scheme} URI: {}",
+            dest.scheme().as_str()
         )));
     }
-    let user = percent_encoding::percent_decode_str(url.username())
-        .decode_utf8()
-        .map_err(|_| invalid("user name is not UTF-8".into()))?
-        .into_owned();
-    if user.is_empty() {
-        return Err(invalid(format!(
-            "{scheme}:// needs a user: {scheme}://USER@HOST/DIR"
-        )));
-    }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| invalid(format!("{scheme}:// needs a host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok(ServerUri {
-        user,
-        host,
-        port: url.port().unwrap_or(default_port),
-        dir: uri_path(uri)?,
-        query: url
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect(),
-    })
+    ServerUri::of(&dest)
 }
 
 /// Checks that `path` is a safe relative object path: `/`-separated, no empty, `.` or `..`
-/// components, no NUL or backslash.
+/// components, no NUL, backslash or control character, and no component in the names the
+/// gateway reserves for its temporary objects (`.trackshift...`, `...tspart`), so that no
+/// file of a job can collide with another job's temporary state.
 pub fn check_object_path(path: &str) -> Result<(), ConnectorError> {
     let bad = path.is_empty()
         || path.starts_with('/')
-        || path.contains('\0')
+        || path.chars().any(|c| c.is_control())
         || path.contains('\\')
-        || path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
+        || path.split('/').any(|c| {
+            c.is_empty()
+                || c == "."
+                || c == ".."
+                || c.len() > 255
+                || c.ends_with(destination::TEMP_SUFFIX)
+                || c.starts_with(destination::RESERVED_PREFIX)
+        });
     if bad {
         return Err(ConnectorError::InvalidPath(path.to_string()));
     }

@@ -1,11 +1,20 @@
 //! Local-disk destination (`file:///DIR`).
 //!
-//! Each object is written to a hidden temporary file beside its final name
-//! (`.NAME.JOBID.tspart`), synced with `fdatasync` on [`ObjectWriter::sync`], and on commit
-//! fully synced, size-checked, renamed into place and the directory synced, so the final
-//! name only ever shows a complete file.
+//! Each object is written to a temporary file beside its final name, named by
+//! [`ObjectSpec::temp_name`] (one per tenant, job and path, in names no tenant file may
+//! take), synced with `fdatasync` on [`ObjectWriter::sync`], and on commit fully synced,
+//! size-checked, renamed into place and the directory synced, so the final name only ever
+//! shows a complete file. The rename never replaces an object the job did not create
+//! (`renameat2(RENAME_NOREPLACE)`), unless the destination says `overwrite=true`.
+//!
+//! Every path is resolved at the moment of use beneath the directory the operator vouches
+//! for (a tenant rule's prefix, see [`crate::Destination::trusted_segments`]), one
+//! descriptor at a time with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: no symbolic
+//! link, `..` or rename a tenant makes moves a read or a write out of it, and a path that
+//! would leave it is "not allowed" whether or not it exists.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,10 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::{
-    Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
-    check_object_path,
+    Confirmation, Connector, ConnectorError, Destination, ObjectSpec, ObjectWriter, Scheme,
+    VerifyMode, check_object_path,
 };
 
 fn io<'a>(
@@ -38,16 +49,57 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
+/// Resolution of every tenant-named path: beneath the directory descriptor, no link.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens `rel` beneath `dir` without following any link.
+fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+    loop {
+        match rustix::fs::openat2(
+            dir.as_fd(),
+            rel,
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            mode,
+            BENEATH,
+        ) {
+            Err(Errno::AGAIN | Errno::INTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Maps a resolution error of the tenant's relative path `rel`: leaving the directory
+/// (a link, `..`, another mount) is "not allowed", without saying what is there.
+fn resolve_err(action: &'static str, root: &Path, rel: &str, e: Errno) -> ConnectorError {
+    match e {
+        Errno::LOOP | Errno::XDEV | Errno::NOTDIR => ConnectorError::NotAllowed(format!(
+            "{rel}: not allowed (the path leaves the destination directory or crosses a link)"
+        )),
+        e => ConnectorError::Io {
+            action,
+            path: root.join(rel),
+            source: e.into(),
+        },
+    }
+}
+
 /// Writes objects under a local directory.
 #[derive(Debug, Clone)]
 pub struct LocalConnector {
     uri: String,
-    root: PathBuf,
+    /// The directory the operator vouches for (opened as given, links and all).
+    trusted: PathBuf,
+    /// The rest of the destination directory, resolved beneath `trusted` ("" for none).
+    sub: String,
     verify: VerifyMode,
+    overwrite: bool,
 }
 
 impl LocalConnector {
-    /// A connector rooted at the absolute directory `root` (the part after `file://`).
+    /// A connector rooted at the absolute directory `root`, all of it trusted (the
+    /// operator's own configuration).
     pub fn new(root: &str) -> Result<Self, ConnectorError> {
         let path = PathBuf::from(root);
         if !path.is_absolute() {
@@ -57,8 +109,28 @@ impl LocalConnector {
         }
         Ok(Self {
             uri: format!("file://{root}"),
-            root: path,
+            trusted: path,
+            sub: String::new(),
             verify: VerifyMode::Size,
+            overwrite: false,
+        })
+    }
+
+    /// A connector for a parsed `file://` destination: the segments its rule vouches for
+    /// are the trusted directory, the rest is resolved beneath it.
+    pub fn at(dest: &Destination) -> Result<Self, ConnectorError> {
+        if dest.scheme() != Scheme::File {
+            return Err(ConnectorError::InvalidUri(format!(
+                "not a file:// destination: {dest}"
+            )));
+        }
+        let (trusted, sub) = dest.segments().split_at(dest.trusted_segments());
+        Ok(Self {
+            uri: dest.to_string(),
+            trusted: PathBuf::from(format!("/{}", trusted.join("/"))),
+            sub: sub.join("/"),
+            verify: VerifyMode::Size,
+            overwrite: dest.overwrite(),
         })
     }
 
@@ -69,42 +141,107 @@ impl LocalConnector {
         self
     }
 
-    /// The destination directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The same connector, allowed (or not) to replace objects it did not create.
+    pub fn with_overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
     }
 
-    fn check_root(&self) -> Result<(), ConnectorError> {
-        match fs::metadata(&self.root) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(ConnectorError::Unavailable(format!(
-                "{} is not a directory",
-                self.root.display()
-            ))),
-            Err(e) => Err(ConnectorError::Unavailable(format!(
-                "{}: {e}",
-                self.root.display()
-            ))),
+    /// The destination directory.
+    pub fn root(&self) -> PathBuf {
+        if self.sub.is_empty() {
+            self.trusted.clone()
+        } else {
+            self.trusted.join(&self.sub)
         }
+    }
+
+    /// The destination directory, opened: the trusted part as the operator wrote it, the
+    /// rest beneath it.
+    fn open_root(&self) -> Result<OwnedFd, ConnectorError> {
+        let unavailable = |e: std::io::Error| {
+            ConnectorError::Unavailable(format!("{}: {e}", self.trusted.display()))
+        };
+        let top = rustix::fs::open(
+            &self.trusted,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| unavailable(e.into()))?;
+        if self.sub.is_empty() {
+            return Ok(top);
+        }
+        open_beneath(&top, &self.sub, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).map_err(
+            |e| match e {
+                Errno::NOENT => ConnectorError::Unavailable(format!(
+                    "{}: No such file or directory",
+                    self.root().display()
+                )),
+                e => resolve_err("opening", &self.trusted, &self.sub, e),
+            },
+        )
+    }
+
+    /// The directory holding object `path` (created beneath the root if missing, one
+    /// component at a time, never through a link), and the object's file name.
+    fn parent_of<'p>(
+        &self,
+        root: &OwnedFd,
+        path: &'p str,
+        create: bool,
+    ) -> Result<(OwnedFd, &'p str), ConnectorError> {
+        let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut cur = rustix::io::dup(root).map_err(|e| io("opening", &self.root())(e.into()))?;
+        for comp in dirs.split('/').filter(|c| !c.is_empty()) {
+            if create {
+                match rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(resolve_err("creating directory", &self.root(), dirs, e)),
+                }
+            }
+            cur = open_beneath(&cur, comp, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .map_err(|e| resolve_err("opening directory", &self.root(), dirs, e))?;
+        }
+        Ok((cur, name))
+    }
+}
+
+/// What is at `name` in `dir`, links not followed: `Some((is_regular_file, size))`.
+fn stat_at(dir: &OwnedFd, name: &str) -> Result<Option<(bool, u64)>, Errno> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some((
+            rustix::fs::FileType::from_raw_mode(st.st_mode).is_file(),
+            st.st_size as u64,
+        ))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 /// Size and BLAKE3 of a file, read back from disk.
-fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), ConnectorError> {
-    let f = File::open(path).map_err(io("reading back", path))?;
+fn hash_file(f: File, path: &Path) -> Result<(u64, [u8; 32]), ConnectorError> {
     let mut h = blake3::Hasher::new();
     h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))
         .map_err(io("reading back", path))?;
     Ok((h.count(), *h.finalize().as_bytes()))
 }
 
-/// Temporary name of `final_path` while `job_id` writes it.
-fn temp_path(final_path: &Path, job_id: &str) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.{job_id}.tspart"))
+/// The state file's content once a commit has begun: from then on a resumed job finding
+/// no temporary file and a complete final one knows it renamed that file itself.
+const COMMITTING: &[u8] = b"{\"local\":\"committing\"}\n";
+
+fn write_state(path: &Path, bytes: &[u8]) -> Result<(), ConnectorError> {
+    let tmp = path.with_extension("tmp");
+    let f = File::create(&tmp).map_err(io("writing", &tmp))?;
+    f.write_all_at(bytes, 0).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming", path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing directory", dir))?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -115,25 +252,43 @@ impl Connector for LocalConnector {
 
     async fn check(&self) -> Result<(), ConnectorError> {
         let this = self.clone();
-        blocking(move || this.check_root()).await
+        blocking(move || this.open_root().map(drop)).await
     }
 
     async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
         check_object_path(path)?;
-        let p = self.root.join(path);
-        blocking(move || match fs::metadata(&p) {
-            Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("checking", &p)(e)),
+        let (this, path) = (self.clone(), path.to_string());
+        blocking(move || {
+            let root = this.open_root()?;
+            let (dir, name) = match this.parent_of(&root, &path, false) {
+                Ok(p) => p,
+                Err(ConnectorError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            match stat_at(&dir, name) {
+                Ok(Some((true, size))) => Ok(Some(size)),
+                Ok(_) => Ok(None),
+                Err(e) => Err(resolve_err("checking", &this.root(), &path, e)),
+            }
         })
         .await
     }
 
     async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
         check_object_path(path)?;
-        let p = self.root.join(path);
-        blocking(move || hash_file(&p)).await
+        let (this, path) = (self.clone(), path.to_string());
+        blocking(move || {
+            let root = this.open_root()?;
+            let full = this.root().join(&path);
+            let f = open_beneath(&root, &path, OFlags::RDONLY, Mode::empty())
+                .map_err(|e| resolve_err("reading back", &this.root(), &path, e))?;
+            hash_file(File::from(f), &full)
+        })
+        .await
     }
 
     async fn open(
@@ -148,42 +303,54 @@ impl Connector for LocalConnector {
         let writer = blocking(move || {
             // The root must still exist: a vanished destination fails instead of being
             // silently re-created somewhere the operator no longer looks.
-            this.check_root()?;
-            let final_path = this.root.join(&spec.path);
-            let temp = temp_path(&final_path, &spec.job_id);
-            let parent = final_path.parent().expect("joined path has a parent");
-            fs::create_dir_all(parent).map_err(io("creating directory", parent))?;
+            let root = this.open_root()?;
+            let (dir, name) = this.parent_of(&root, &spec.path, true)?;
+            let name = name.to_string();
+            let temp = spec.temp_name();
+            let final_path = this.root().join(&spec.path);
+            let temp_path = final_path.with_file_name(&temp);
+            let stat = |n: &str| {
+                stat_at(&dir, n).map_err(|e| resolve_err("checking", &this.root(), &spec.path, e))
+            };
+            let temp_exists = stat(&temp)?.is_some();
+            let existing = stat(&name)?;
+            let began_commit = match &spec.state_file {
+                Some(p) => std::fs::read(p).is_ok_and(|b| b == COMMITTING),
+                // Without a state file (direct use), a complete file counts as ours.
+                None => true,
+            };
+            let writer = |file, committed| LocalWriter {
+                spec: spec.clone(),
+                final_path: final_path.clone(),
+                temp_path: temp_path.clone(),
+                name: name.clone(),
+                temp: temp.clone(),
+                dir: Arc::new(dir.try_clone().expect("dup a directory descriptor")),
+                file,
+                committed: AtomicBool::new(committed),
+                verify: this.verify,
+                overwrite: this.overwrite,
+            };
             if resume
-                && !temp.exists()
-                && let Ok(m) = fs::metadata(&final_path)
-                && m.is_file()
-                && m.len() == spec.size
+                && !temp_exists
+                && began_commit
+                && existing == Some((true, spec.size))
             {
                 // Committed before an interruption: nothing left to write.
-                return Ok(LocalWriter {
-                    spec,
-                    final_path,
-                    temp,
-                    file: None,
-                    committed: AtomicBool::new(true),
-                    verify: this.verify,
-                });
+                return Ok(writer(None, true));
             }
-            let file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(!resume)
-                .open(&temp)
-                .map_err(io("creating", &temp))?;
-            file.set_len(spec.size).map_err(io("sizing", &temp))?;
-            Ok(LocalWriter {
-                spec,
-                final_path,
-                temp,
-                file: Some(Arc::new(file)),
-                committed: AtomicBool::new(false),
-                verify: this.verify,
-            })
+            if existing.is_some() && !this.overwrite {
+                return Err(ConnectorError::Exists(spec.path.clone()));
+            }
+            let mut flags = OFlags::CREATE | OFlags::RDWR;
+            if !resume {
+                flags |= OFlags::TRUNC;
+            }
+            let fd = open_beneath(&dir, &temp, flags, Mode::from_raw_mode(0o644))
+                .map_err(|e| resolve_err("creating", &this.root(), &spec.path, e))?;
+            let file = File::from(fd);
+            file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
+            Ok(writer(Some(Arc::new(file)), false))
         })
         .await?;
         Ok(Arc::new(writer))
@@ -193,10 +360,16 @@ impl Connector for LocalConnector {
 struct LocalWriter {
     spec: ObjectSpec,
     final_path: PathBuf,
-    temp: PathBuf,
+    temp_path: PathBuf,
+    /// File names inside `dir`.
+    name: String,
+    temp: String,
+    /// The object's directory, resolved once beneath the root.
+    dir: Arc<OwnedFd>,
     file: Option<Arc<File>>,
     committed: AtomicBool,
     verify: VerifyMode,
+    overwrite: bool,
 }
 
 impl LocalWriter {
@@ -211,19 +384,24 @@ impl LocalWriter {
     }
 
     fn confirm(
+        dir: &OwnedFd,
+        name: &str,
         final_path: &Path,
         spec: &ObjectSpec,
         verify: VerifyMode,
     ) -> Result<Confirmation, ConnectorError> {
-        let m = fs::metadata(final_path).map_err(io("checking", final_path))?;
-        spec.check_size(m.len())?;
+        let fd = open_beneath(dir, name, OFlags::RDONLY, Mode::empty())
+            .map_err(|e| io("checking", final_path)(e.into()))?;
+        let f = File::from(fd);
+        let len = f.metadata().map_err(io("checking", final_path))?.len();
+        spec.check_size(len)?;
         let blake3 = if verify == VerifyMode::Size {
             None
         } else {
-            Some(hash_file(final_path)?.1)
+            Some(hash_file(f, final_path)?.1)
         };
         Ok(Confirmation {
-            size: m.len(),
+            size: len,
             etag: None,
             blake3,
         })
@@ -235,7 +413,7 @@ impl ObjectWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
         self.spec.check_range(offset, data.len() as u64)?;
         let file = self.file()?;
-        let temp = self.temp.clone();
+        let temp = self.temp_path.clone();
         blocking(move || {
             file.write_all_at(&data, offset)
                 .map_err(io("writing", &temp))
@@ -248,32 +426,44 @@ impl ObjectWriter for LocalWriter {
             return Ok(());
         }
         let file = self.file()?;
-        let temp = self.temp.clone();
+        let temp = self.temp_path.clone();
         blocking(move || file.sync_data().map_err(io("syncing", &temp))).await
     }
 
     async fn commit(&self) -> Result<Confirmation, ConnectorError> {
-        if self.committed.load(Ordering::Acquire) {
-            let (p, s, v) = (self.final_path.clone(), self.spec.clone(), self.verify);
-            return blocking(move || Self::confirm(&p, &s, v)).await;
-        }
-        let file = self.file()?;
-        let (temp, final_path, spec, verify) = (
-            self.temp.clone(),
+        let dir = self.dir.clone();
+        let (name, final_path, spec, verify) = (
+            self.name.clone(),
             self.final_path.clone(),
             self.spec.clone(),
             self.verify,
         );
+        if self.committed.load(Ordering::Acquire) {
+            return blocking(move || Self::confirm(&dir, &name, &final_path, &spec, verify))
+                .await;
+        }
+        let file = self.file()?;
+        let (temp, temp_path, overwrite) =
+            (self.temp.clone(), self.temp_path.clone(), self.overwrite);
         let conf = blocking(move || {
-            file.sync_all().map_err(io("syncing", &temp))?;
-            let len = file.metadata().map_err(io("checking", &temp))?.len();
+            file.sync_all().map_err(io("syncing", &temp_path))?;
+            let len = file.metadata().map_err(io("checking", &temp_path))?.len();
             spec.check_size(len)?;
-            fs::rename(&temp, &final_path).map_err(io("renaming into place", &final_path))?;
-            let dir = final_path.parent().expect("has parent");
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("syncing directory", dir))?;
-            Self::confirm(&final_path, &spec, verify)
+            if let Some(state) = &spec.state_file {
+                write_state(state, COMMITTING)?;
+            }
+            let flags = if overwrite {
+                RenameFlags::empty()
+            } else {
+                RenameFlags::NOREPLACE
+            };
+            match rustix::fs::renameat_with(&*dir, &temp, &*dir, &name, flags) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => return Err(ConnectorError::Exists(spec.path.clone())),
+                Err(e) => return Err(io("renaming into place", &final_path)(e.into())),
+            }
+            rustix::fs::fsync(&*dir).map_err(|e| io("syncing directory", &final_path)(e.into()))?;
+            Self::confirm(&dir, &name, &final_path, &spec, verify)
         })
         .await?;
         self.committed.store(true, Ordering::Release);
@@ -284,11 +474,27 @@ impl ObjectWriter for LocalWriter {
         if self.committed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let temp = self.temp.clone();
-        blocking(move || match fs::remove_file(&temp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("removing", &temp)(e)),
+        let (dir, temp, temp_path) = (self.dir.clone(), self.temp.clone(), self.temp_path.clone());
+        blocking(move || match rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(io("removing", &temp_path)(e.into())),
+        })
+        .await
+    }
+
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        if !self.committed.load(Ordering::Acquire) {
+            return self.abort().await;
+        }
+        // Only this writer's own commit is removed: the name was free when it renamed
+        // the file there (or overwrite was allowed), and nothing else replaces it.
+        let (dir, name, final_path) = (self.dir.clone(), self.name.clone(), self.final_path.clone());
+        blocking(move || {
+            match rustix::fs::unlinkat(&*dir, &name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(io("removing", &final_path)(e.into())),
+            }
+            rustix::fs::fsync(&*dir).map_err(|e| io("syncing directory", &final_path)(e.into()))
         })
         .await
     }
@@ -297,9 +503,11 @@ impl ObjectWriter for LocalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn spec(path: &str, size: u64) -> ObjectSpec {
         ObjectSpec {
+            tenant: "t".into(),
             job_id: "job-1".into(),
             path: path.into(),
             size,
@@ -317,17 +525,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = connector(dir.path());
         c.check().await.unwrap();
-        let w = c.open(&spec("a/b.bin", 10), false).await.unwrap();
+        let s = spec("a/b.bin", 10);
+        let w = c.open(&s, false).await.unwrap();
         w.write_at(5, Bytes::from_static(b"world")).await.unwrap();
         w.write_at(0, Bytes::from_static(b"hello")).await.unwrap();
         w.sync().await.unwrap();
         let final_path = dir.path().join("a/b.bin");
+        let temp = dir.path().join("a").join(s.temp_name());
         assert!(!final_path.exists(), "no partial file under the final name");
-        assert!(dir.path().join("a/.b.bin.job-1.tspart").exists());
+        assert!(temp.exists());
         let conf = w.commit().await.unwrap();
         assert_eq!(conf.size, 10);
         assert_eq!(fs::read(&final_path).unwrap(), b"helloworld");
-        assert!(!dir.path().join("a/.b.bin.job-1.tspart").exists());
+        assert!(!temp.exists());
         // Idempotent.
         assert_eq!(w.commit().await.unwrap().size, 10);
         assert!(w.write_at(0, Bytes::from_static(b"x")).await.is_err());
@@ -361,7 +571,8 @@ mod tests {
     async fn refuses_out_of_range_writes_and_bad_paths() {
         let dir = tempfile::tempdir().unwrap();
         let c = connector(dir.path());
-        let w = c.open(&spec("f", 4), false).await.unwrap();
+        let s = spec("f", 4);
+        let w = c.open(&s, false).await.unwrap();
         assert!(matches!(
             w.write_at(2, Bytes::from_static(b"abc")).await,
             Err(ConnectorError::OutOfRange { .. })
@@ -370,14 +581,14 @@ mod tests {
             w.write_at(u64::MAX, Bytes::from_static(b"a")).await,
             Err(ConnectorError::OutOfRange { .. })
         ));
-        for bad in ["../escape", "/abs", "a/../../b"] {
+        for bad in ["../escape", "/abs", "a/../../b", "x/.trackshift-1.tspart", "a.tspart"] {
             assert!(matches!(
                 c.open(&spec(bad, 1), false).await,
                 Err(ConnectorError::InvalidPath(_))
             ));
         }
         w.abort().await.unwrap();
-        assert!(!dir.path().join(".f.job-1.tspart").exists());
+        assert!(!dir.path().join(s.temp_name()).exists());
     }
 
     #[tokio::test]
@@ -401,14 +612,23 @@ mod tests {
         if !Path::new("/dev/full").exists() {
             return;
         }
-        let file = Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap());
+        let file = Arc::new(
+            fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
         let w = LocalWriter {
             spec: spec("full", 4),
             final_path: PathBuf::from("/nonexistent/full"),
-            temp: PathBuf::from("/dev/full"),
+            temp_path: PathBuf::from("/dev/full"),
+            name: "full".into(),
+            temp: "full".into(),
+            dir: Arc::new(rustix::fs::open("/dev", OFlags::RDONLY, Mode::empty()).unwrap()),
             file: Some(file),
             committed: AtomicBool::new(false),
             verify: VerifyMode::Size,
+            overwrite: false,
         };
         let e = w
             .write_at(0, Bytes::from_static(b"data"))
@@ -416,5 +636,160 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
         assert!(!e.is_transient());
+    }
+
+    fn rule_connector(rule: &Path, job_dest: &str) -> LocalConnector {
+        let rule = Destination::parse(&format!("file://{}", rule.display())).unwrap();
+        let job = Destination::parse(job_dest).unwrap();
+        assert!(job.is_within(&rule));
+        LocalConnector::at(&job.under_rule(&rule)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn symlink_in_the_tenant_part_of_the_destination_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let allowed = tmp.path().join("allowed");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&allowed).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"precious").unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+        let c = rule_connector(&allowed, &format!("file://{}/link", allowed.display()));
+        let e = c.check().await.unwrap_err();
+        assert!(e.to_string().contains("not allowed"), "{e}");
+        assert!(c.open(&spec("f", 1), false).await.is_err());
+        // The same answer for a link to something that does not exist: nothing is told.
+        std::os::unix::fs::symlink(tmp.path().join("nothing"), allowed.join("dangling")).unwrap();
+        let c2 = rule_connector(&allowed, &format!("file://{}/dangling", allowed.display()));
+        let e2 = c2.check().await.unwrap_err();
+        assert!(e2.to_string().contains("not allowed"), "{e2}");
+        assert_eq!(fs::read(outside.join("f")).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn symlinked_directory_inside_an_object_path_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let allowed = tmp.path().join("allowed");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&allowed).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("sub")).unwrap();
+        let c = rule_connector(&allowed, &format!("file://{}", allowed.display()));
+        let e = match c.open(&spec("sub/f", 1), false).await {
+            Err(e) => e,
+            Ok(_) => panic!("opened through a link"),
+        };
+        assert!(matches!(e, ConnectorError::NotAllowed(_)), "{e}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        // A link as the final name is neither followed nor replaced.
+        fs::write(outside.join("target"), b"precious").unwrap();
+        std::os::unix::fs::symlink(outside.join("target"), allowed.join("f")).unwrap();
+        assert!(c.open(&spec("f", 1), false).await.is_err());
+        assert!(c.read_back("f").await.is_err());
+        assert_eq!(fs::read(outside.join("target")).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn directory_swapped_for_a_symlink_after_open_does_not_redirect_the_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let allowed = tmp.path().join("allowed");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(allowed.join("d")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let c = rule_connector(&allowed, &format!("file://{}", allowed.display()));
+        let w = c.open(&spec("d/f", 2), false).await.unwrap();
+        w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+        // The tenant renames the directory away and puts a link in its place.
+        fs::rename(allowed.join("d"), allowed.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("d")).unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+        assert_eq!(fs::read(allowed.join("moved/f")).unwrap(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn an_existing_object_is_not_replaced_without_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"victim").unwrap();
+        let c = connector(dir.path());
+        let e = match c.open(&spec("f", 2), false).await {
+            Err(e) => e,
+            Ok(_) => panic!("opened over an existing object"),
+        };
+        assert!(matches!(e, ConnectorError::Exists(_)), "{e}");
+        // One appearing between open and commit is not replaced either.
+        let w = c.open(&spec("g", 2), false).await.unwrap();
+        w.write_at(0, Bytes::from_static(b"me")).await.unwrap();
+        fs::write(dir.path().join("g"), b"other").unwrap();
+        assert!(matches!(w.commit().await, Err(ConnectorError::Exists(_))));
+        assert_eq!(fs::read(dir.path().join("g")).unwrap(), b"other");
+        // With overwrite it is.
+        let c = connector(dir.path()).with_overwrite(true);
+        let w = c.open(&spec("f", 2), false).await.unwrap();
+        w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn same_job_id_of_two_tenants_never_shares_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = connector(dir.path());
+        let victim = ObjectSpec {
+            tenant: "victim".into(),
+            ..spec("f", 6)
+        };
+        let attacker = ObjectSpec {
+            tenant: "attacker".into(),
+            ..spec("f", 6)
+        };
+        assert_ne!(victim.temp_name(), attacker.temp_name());
+        let v = c.open(&victim, false).await.unwrap();
+        v.write_at(0, Bytes::from_static(b"victim")).await.unwrap();
+        v.sync().await.unwrap();
+        // The attacker opens the same name with the same job id a second later.
+        let a = c.open(&attacker, false).await.unwrap();
+        a.write_at(0, Bytes::from_static(b"evil!!")).await.unwrap();
+        let conf = v.commit().await.unwrap();
+        assert_eq!(conf.size, 6);
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"victim");
+        // The attacker cannot replace it.
+        assert!(matches!(a.commit().await, Err(ConnectorError::Exists(_))));
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"victim");
+    }
+
+    #[tokio::test]
+    async fn remove_takes_back_only_this_writers_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = connector(dir.path());
+        let w = c.open(&spec("f", 2), false).await.unwrap();
+        w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+        w.commit().await.unwrap();
+        w.remove().await.unwrap();
+        assert!(!dir.path().join("f").exists());
+    }
+
+    #[tokio::test]
+    async fn resume_does_not_claim_a_file_it_never_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let c = connector(&dir.path().join("out"));
+        fs::create_dir(dir.path().join("out")).unwrap();
+        let s = ObjectSpec {
+            state_file: Some(state.clone()),
+            ..spec("f", 2)
+        };
+        let w = c.open(&s, false).await.unwrap();
+        w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+        w.sync().await.unwrap();
+        drop(w);
+        // Someone else puts a complete-looking file under the final name and removes
+        // the temporary file: a resumed job must not call that its own.
+        fs::remove_file(dir.path().join("out").join(s.temp_name())).unwrap();
+        fs::write(dir.path().join("out/f"), b"xx").unwrap();
+        assert!(matches!(
+            c.open(&s, true).await,
+            Err(ConnectorError::Exists(_))
+        ));
     }
 }

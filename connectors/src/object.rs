@@ -76,14 +76,6 @@ impl std::fmt::Debug for ObjectStoreConnector {
     }
 }
 
-/// Query keys a URI may set (non-secret settings only).
-const S3_QUERY_KEYS: &[&str] = &[
-    "endpoint",
-    "region",
-    "allow_http",
-    "virtual_hosted_style_request",
-];
-const AZURE_QUERY_KEYS: &[&str] = &["endpoint", "account", "allow_http", "use_emulator"];
 
 fn retry_config() -> RetryConfig {
     RetryConfig {
@@ -128,39 +120,43 @@ impl ObjectStoreConnector {
         extra: &[(String, String)],
         source: &crate::Settings,
     ) -> Result<Self, ConnectorError> {
+        Self::from_destination(&crate::Destination::parse(uri)?, verify, extra, source)
+    }
+
+    /// As [`ObjectStoreConnector::build`], from a parsed destination: bucket or container
+    /// from its authority, prefix from its segments, settings from its options.
+    pub fn from_destination(
+        dest: &crate::Destination,
+        verify: VerifyMode,
+        extra: &[(String, String)],
+        source: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
         let invalid = |m: String| ConnectorError::InvalidUri(m);
-        let url = url::Url::parse(uri).map_err(|e| invalid(format!("{e}")))?;
-        let service = match url.scheme() {
-            "s3" => Service::S3,
-            "az" => Service::Azure,
-            other => return Err(invalid(format!("not an object store scheme: {other}"))),
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "credentials do not belong in the URI; set them in the environment".into(),
-            ));
-        }
-        let bucket = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid(format!("{}:// needs a bucket or container", url.scheme())))?
-            .to_string();
-        // The path as written (a URL parser would resolve `..`), decoded and checked.
-        let prefix = crate::uri_path(uri).map_err(|e| invalid(format!("bad prefix: {e}")))?;
-        let allowed = match service {
-            Service::S3 => S3_QUERY_KEYS,
-            Service::Azure => AZURE_QUERY_KEYS,
-        };
-        let mut settings = Vec::new();
-        for (k, v) in url.query_pairs() {
-            if !allowed.contains(&k.as_ref()) {
+        let service = match dest.scheme() {
+            crate::Scheme::S3 => Service::S3,
+            crate::Scheme::Azure => Service::Azure,
+            other => {
                 return Err(invalid(format!(
-                    "unknown or secret setting {k:?} in the URI (allowed: {}; credentials go in the environment)",
-                    allowed.join(", ")
+                    "not an object store scheme: {}",
+                    other.as_str()
                 )));
             }
-            settings.push((k.into_owned(), v.into_owned()));
-        }
+        };
+        let crate::Authority::Container(bucket) = dest.authority() else {
+            return Err(invalid(format!(
+                "{}:// needs a bucket or container",
+                dest.scheme().as_str()
+            )));
+        };
+        let bucket = bucket.clone();
+        let prefix = dest.path();
+        let uri = dest.to_string();
+        let settings: Vec<(String, String)> = dest
+            .options()
+            .iter()
+            .filter(|(k, _)| k.as_str() != crate::destination::OVERWRITE)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut all: Vec<(String, String)> = CLIENT_SETTINGS
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
@@ -231,9 +227,9 @@ impl ObjectStoreConnector {
                 Arc::new(b.build().map_err(build_err)?)
             }
         };
-        // The URI as given, minus nothing secret (secrets are refused above).
+        // The canonical URI (nothing secret: secrets are refused when parsing).
         Ok(Self {
-            uri: uri.to_string(),
+            uri,
             service,
             store,
             prefix,

@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, ServerUri, VerifyMode,
-    check_object_path, parse_server_uri,
+    check_object_path,
 };
 
 /// Bytes per SFTP write request (OpenSSH accepts up to 256 KiB messages).
@@ -61,6 +61,8 @@ impl std::ops::Deref for SftpConnector {
 /// reconnect after the connection drops).
 pub struct SftpInner {
     uri: String,
+    /// `overwrite=true`: a job may replace an object it did not create.
+    overwrite: bool,
     host: String,
     port: u16,
     user: String,
@@ -205,18 +207,33 @@ impl SftpConnector {
         verify: VerifyMode,
         settings: &crate::Settings,
     ) -> Result<Self, ConnectorError> {
+        Self::from_destination(&crate::Destination::parse(uri)?, verify, settings)
+    }
+
+    /// As [`SftpConnector::build`], from a parsed destination.
+    pub fn from_destination(
+        dest: &crate::Destination,
+        verify: VerifyMode,
+        settings: &crate::Settings,
+    ) -> Result<Self, ConnectorError> {
         Ok(Self {
-            inner: Arc::new(SftpInner::parse(uri, verify, settings)?),
+            inner: Arc::new(SftpInner::parse(dest, verify, settings)?),
         })
     }
 }
 
 impl SftpInner {
     fn parse(
-        uri: &str,
+        dest: &crate::Destination,
         verify: VerifyMode,
         settings: &crate::Settings,
     ) -> Result<Self, ConnectorError> {
+        if dest.scheme() != crate::Scheme::Sftp {
+            return Err(ConnectorError::InvalidUri(format!(
+                "not an sftp URI: {}",
+                dest.scheme().as_str()
+            )));
+        }
         let invalid = |m: String| ConnectorError::InvalidUri(m);
         let ServerUri {
             user,
@@ -224,7 +241,7 @@ impl SftpInner {
             port,
             dir: root,
             query,
-        } = parse_server_uri(uri, "sftp", 22, "SFTP uses key authentication")?;
+        } = crate::ServerUri::of(dest)?;
         let (mut key, mut known_hosts, mut fingerprint) = (None, None, None);
         let mut lanes = LANES;
         for (k, v) in query {
@@ -274,7 +291,8 @@ impl SftpInner {
             },
         };
         Ok(Self {
-            uri: uri.to_string(),
+            uri: dest.to_string(),
+            overwrite: dest.overwrite(),
             host,
             port,
             user,
@@ -523,12 +541,15 @@ impl Connector for SftpConnector {
         check_object_path(&spec.job_id)?;
         let c = self.conn().await?;
         let full = self.full(&spec.path);
-        let (dir, name) = full.rsplit_once('/').expect("full paths have a slash");
-        let temp = format!("{dir}/.{name}.{}.tspart", spec.job_id);
+        let (dir, _) = full.rsplit_once('/').expect("full paths have a slash");
+        let temp = format!("{dir}/{}", spec.temp_name());
         self.make_parents(&c, &full).await?;
-        let committed = resume
-            && self.size_of(&c, &temp).await?.is_none()
-            && self.size_of(&c, &full).await? == Some(spec.size);
+        let existing = self.size_of(&c, &full).await?;
+        let committed =
+            resume && self.size_of(&c, &temp).await?.is_none() && existing == Some(spec.size);
+        if !committed && existing.is_some() && !self.overwrite {
+            return Err(ConnectorError::Exists(spec.path.clone()));
+        }
         let open = if committed {
             // Committed before an interruption.
             None

@@ -398,6 +398,7 @@ mod tests {
 
     fn spec(path: &str, size: u64) -> ObjectSpec {
         ObjectSpec {
+            tenant: "t".into(),
             job_id: "job-wrap".into(),
             path: path.into(),
             size,
