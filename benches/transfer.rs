@@ -31,7 +31,8 @@ fn bench_transfer(c: &mut Criterion) {
     std::fs::write(&src, &data).unwrap();
     drop(data);
     let gw_dir = dir.path().join("gw");
-    add_tenant(&gw_dir, "bench", "bench-token").unwrap();
+    let allowed = format!("file://{}", dir.path().join("dest").display());
+    add_tenant(&gw_dir, "bench", "bench-token", &["null://", &allowed]).unwrap();
     let gateway = rt.block_on(async {
         Arc::new(
             Gateway::bind(GatewayConfig::new("127.0.0.1:0".parse().unwrap(), &gw_dir))

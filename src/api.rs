@@ -295,6 +295,11 @@ async fn create_job(
     spec.validate()
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
     for d in &spec.destinations {
+        // Policy first, on the parsed destination: a refused one builds nothing and
+        // reads nothing, so the answer reveals nothing about the gateway's side.
+        let dest = tenant
+            .check_destination(d, spec.classification.as_deref())
+            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
         let settings = state
             .tenants
             .current()
@@ -302,7 +307,7 @@ async fn create_job(
             .get(&tenant.tenant)
             .cloned()
             .unwrap_or_default();
-        trackshift_engine::connectors::from_uri_in(d, Default::default(), &settings)
+        trackshift_engine::connectors::connect(&dest, Default::default(), &settings)
             .map(drop)
             .map_err(|e| {
                 ApiError(
@@ -310,9 +315,6 @@ async fn create_job(
                     format!("destinations: {d}: {e}"),
                 )
             })?;
-        tenant
-            .check_destination(d, spec.classification.as_deref())
-            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
     }
     tenant
         .check_source(&spec.source)

@@ -176,6 +176,9 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         )?;
         file.tenants.push(TenantEntry {
             sources: vec![src],
+            destinations: Some(vec![trackshift_engine::tenants::DestinationRule::prefix(
+                args.dest.clone(),
+            )]),
             ..TenantEntry::new(t, &trackshift_engine::tenants::generate_key())
         });
     }

@@ -52,7 +52,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let public_keys = dir.join("public-keys.json");
 
     let token = trackshift_engine::gateway::generate_token();
-    trackshift_engine::gateway::add_tenant(&data_dir, "demo", &token)?;
+    let allowed = format!("file://{}", fs::canonicalize(&dest)?.display());
+    trackshift_engine::gateway::add_tenant(&data_dir, "demo", &token, &[&allowed])?;
     let gateway =
         Arc::new(Gateway::bind(GatewayConfig::new("127.0.0.1:0".parse()?, &data_dir)).await?);
     let serving = {
@@ -80,7 +81,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         gateway.local_addr(),
         ServerTrust::Fingerprint(pin),
         token,
-        format!("file://{}", dest.display()),
+        allowed.clone(),
     );
     cfg.chunk_size = args.chunk_size;
     let report = crate::transfer::send_with_progress(&source, &cfg).await?;

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// through `--store` must use the same keys: the first one to connect fixes them.
     #[arg(long)]
     ledger_keys: Option<PathBuf>,
+    /// Where the `default` tenant may write: a destination URI prefix (repeat for more;
+    /// added to its rules at every start). Without one it writes nowhere.
+    #[arg(long = "default-dest", value_name = "URI_PREFIX")]
+    default_dest: Vec<String>,
 }
 
 fn is_postgres(url: &str) -> bool {
@@ -139,27 +143,50 @@ pub struct SendArgs {
     pq_only: bool,
 }
 
-/// Ensures the gateway has a tenant; on first start creates `default` with a fresh token
-/// written to DATA/default.token (0600).
-fn ensure_default_tenant(data_dir: &Path) -> Result<()> {
+/// Ensures the gateway has a tenant: on first start creates `default` with a fresh token
+/// written to DATA/default.token (0600). `default_dest` (from `--default-dest`) are the
+/// prefixes it may write to, added at every start; without any it writes nowhere.
+fn ensure_default_tenant(data_dir: &Path, default_dest: &[String]) -> Result<()> {
     let tenants = data_dir.join("tenants.json");
+    let dests: Vec<&str> = default_dest.iter().map(String::as_str).collect();
+    for d in &dests {
+        trackshift_engine::connectors::Destination::parse(d)
+            .map_err(|e| anyhow::anyhow!("--default-dest {d:?}: {e}"))?;
+    }
     if tenants.exists() {
+        if !dests.is_empty() {
+            let mut file = trackshift_engine::tenants::TenantFile::load(data_dir)?;
+            let Some(t) = file.tenants.iter_mut().find(|t| t.tenant == "default") else {
+                bail!(
+                    "--default-dest: there is no tenant \"default\" in {}",
+                    tenants.display()
+                );
+            };
+            trackshift_engine::tenants::allow_destinations(t, &dests);
+            file.save(data_dir)?;
+        }
         return Ok(());
     }
     let token = trackshift_engine::gateway::generate_token();
-    trackshift_engine::gateway::add_tenant(data_dir, "default", &token)?;
+    trackshift_engine::gateway::add_tenant(data_dir, "default", &token, &dests)?;
     let token_path = data_dir.join("default.token");
     trackshift_crypto::filestore::write_atomic(&token_path, token.as_bytes(), 0o600)?;
     println!(
         "created tenant \"default\"; its token is in {} (mode 0600)",
         token_path.display()
     );
+    if dests.is_empty() {
+        println!(
+            "the default tenant may write nowhere yet: restart with --default-dest URI_PREFIX (or edit {})",
+            tenants.display()
+        );
+    }
     Ok(())
 }
 
 /// Runs the gateway until interrupted.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    ensure_default_tenant(&args.data_dir)?;
+    ensure_default_tenant(&args.data_dir, &args.default_dest)?;
     // Installed before anything says the gateway is up, so that no SIGHUP can find the
     // default action (which ends the process).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -181,9 +208,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if wrapping != trackshift_engine::connectors::Wrapping::default() {
         // One set of limits for the whole gateway: every job's connector shares it.
         let limits = trackshift_engine::connectors::Limits::new(&wrapping)?;
-        cfg.connectors = std::sync::Arc::new(move |uri, verify, settings| {
-            limits.wrap(trackshift_engine::connectors::from_uri_in(
-                uri, verify, settings,
+        cfg.connectors = std::sync::Arc::new(move |dest, verify, settings| {
+            limits.wrap(trackshift_engine::connectors::connect(
+                dest, verify, settings,
             )?)
         });
     }

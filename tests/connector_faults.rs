@@ -46,6 +46,7 @@ impl Drop for Down {
 
 fn spec(path: &str, size: u64, chunk: u64) -> ObjectSpec {
     ObjectSpec {
+        tenant: "t".into(),
         job_id: "job-faults".into(),
         path: path.into(),
         size,

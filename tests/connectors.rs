@@ -86,6 +86,7 @@ fn pattern(size: usize, seed: u8) -> Bytes {
 
 fn spec(path: &str, size: u64, chunk: u64, state: Option<&Path>) -> ObjectSpec {
     ObjectSpec {
+        tenant: "t".into(),
         job_id: "job-conformance".into(),
         path: path.into(),
         size,

@@ -27,13 +27,10 @@ fn tenants(root: &Path) -> PathBuf {
         sources: vec![root.join("src-acme")],
         destinations: Some(vec![
             DestinationRule {
-                prefix: format!("file://{}/", root.join("out-acme").display()),
                 classifications: vec!["phi".into()],
+                ..DestinationRule::prefix(format!("file://{}/", root.join("out-acme").display()))
             },
-            DestinationRule {
-                prefix: "null://".into(),
-                classifications: vec![],
-            },
+            DestinationRule::prefix("null://"),
         ]),
         ..TenantEntry::new("acme", ACME)
     };

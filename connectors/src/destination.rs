@@ -217,7 +217,9 @@ impl Destination {
             return bad("'#' (a URI fragment) is not allowed in a destination");
         }
         let Some((scheme, rest)) = uri.split_once("://") else {
-            return bad("a destination is SCHEME://...; supported: file://, s3://, az://, sftp://, ftps://, null://");
+            return bad(
+                "a destination is SCHEME://...; supported: file://, s3://, az://, sftp://, ftps://, null://",
+            );
         };
         let scheme = Scheme::ALL
             .into_iter()

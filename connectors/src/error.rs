@@ -23,7 +23,9 @@ pub enum ConnectorError {
     NotAllowed(String),
     /// The object exists and this job did not create it: it is not replaced unless the
     /// destination allows `overwrite=true`.
-    #[error("{0} already exists at the destination and this job did not create it; it is not replaced unless the tenant's policy allows overwrite=true")]
+    #[error(
+        "{0} already exists at the destination and this job did not create it; it is not replaced unless the tenant's policy allows overwrite=true"
+    )]
     Exists(String),
     /// The destination does not exist or is not usable.
     #[error("destination unavailable: {0}")]

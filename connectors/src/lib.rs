@@ -96,7 +96,11 @@ impl ObjectSpec {
             h.update(part.as_bytes());
         }
         let tag = hex::encode(&h.finalize().as_bytes()[..16]);
-        format!("{}-{tag}{}", destination::RESERVED_PREFIX, destination::TEMP_SUFFIX)
+        format!(
+            "{}-{tag}{}",
+            destination::RESERVED_PREFIX,
+            destination::TEMP_SUFFIX
+        )
     }
 
     /// Refuses a destination's report of `actual` bytes when the object should hold `size`.

@@ -171,15 +171,19 @@ impl LocalConnector {
         if self.sub.is_empty() {
             return Ok(top);
         }
-        open_beneath(&top, &self.sub, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).map_err(
-            |e| match e {
-                Errno::NOENT => ConnectorError::Unavailable(format!(
-                    "{}: No such file or directory",
-                    self.root().display()
-                )),
-                e => resolve_err("opening", &self.trusted, &self.sub, e),
-            },
+        open_beneath(
+            &top,
+            &self.sub,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
         )
+        .map_err(|e| match e {
+            Errno::NOENT => ConnectorError::Unavailable(format!(
+                "{}: No such file or directory",
+                self.root().display()
+            )),
+            e => resolve_err("opening", &self.trusted, &self.sub, e),
+        })
     }
 
     /// The directory holding object `path` (created beneath the root if missing, one
@@ -199,8 +203,13 @@ impl LocalConnector {
                     Err(e) => return Err(resolve_err("creating directory", &self.root(), dirs, e)),
                 }
             }
-            cur = open_beneath(&cur, comp, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                .map_err(|e| resolve_err("opening directory", &self.root(), dirs, e))?;
+            cur = open_beneath(
+                &cur,
+                comp,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(|e| resolve_err("opening directory", &self.root(), dirs, e))?;
         }
         Ok((cur, name))
     }
@@ -331,11 +340,7 @@ impl Connector for LocalConnector {
                 verify: this.verify,
                 overwrite: this.overwrite,
             };
-            if resume
-                && !temp_exists
-                && began_commit
-                && existing == Some((true, spec.size))
-            {
+            if resume && !temp_exists && began_commit && existing == Some((true, spec.size)) {
                 // Committed before an interruption: nothing left to write.
                 return Ok(writer(None, true));
             }
@@ -439,8 +444,7 @@ impl ObjectWriter for LocalWriter {
             self.verify,
         );
         if self.committed.load(Ordering::Acquire) {
-            return blocking(move || Self::confirm(&dir, &name, &final_path, &spec, verify))
-                .await;
+            return blocking(move || Self::confirm(&dir, &name, &final_path, &spec, verify)).await;
         }
         let file = self.file()?;
         let (temp, temp_path, overwrite) =
@@ -475,10 +479,12 @@ impl ObjectWriter for LocalWriter {
             return Ok(());
         }
         let (dir, temp, temp_path) = (self.dir.clone(), self.temp.clone(), self.temp_path.clone());
-        blocking(move || match rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => Ok(()),
-            Err(e) => Err(io("removing", &temp_path)(e.into())),
-        })
+        blocking(
+            move || match rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(io("removing", &temp_path)(e.into())),
+            },
+        )
         .await
     }
 
@@ -488,7 +494,8 @@ impl ObjectWriter for LocalWriter {
         }
         // Only this writer's own commit is removed: the name was free when it renamed
         // the file there (or overwrite was allowed), and nothing else replaces it.
-        let (dir, name, final_path) = (self.dir.clone(), self.name.clone(), self.final_path.clone());
+        let (dir, name, final_path) =
+            (self.dir.clone(), self.name.clone(), self.final_path.clone());
         blocking(move || {
             match rustix::fs::unlinkat(&*dir, &name, AtFlags::empty()) {
                 Ok(()) | Err(Errno::NOENT) => {}
@@ -581,7 +588,13 @@ mod tests {
             w.write_at(u64::MAX, Bytes::from_static(b"a")).await,
             Err(ConnectorError::OutOfRange { .. })
         ));
-        for bad in ["../escape", "/abs", "a/../../b", "x/.trackshift-1.tspart", "a.tspart"] {
+        for bad in [
+            "../escape",
+            "/abs",
+            "a/../../b",
+            "x/.trackshift-1.tspart",
+            "a.tspart",
+        ] {
             assert!(matches!(
                 c.open(&spec(bad, 1), false).await,
                 Err(ConnectorError::InvalidPath(_))
@@ -703,7 +716,11 @@ mod tests {
         fs::rename(allowed.join("d"), allowed.join("moved")).unwrap();
         std::os::unix::fs::symlink(&outside, allowed.join("d")).unwrap();
         w.commit().await.unwrap();
-        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written outside"
+        );
         assert_eq!(fs::read(allowed.join("moved/f")).unwrap(), b"ok");
     }
 

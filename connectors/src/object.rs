@@ -76,7 +76,6 @@ impl std::fmt::Debug for ObjectStoreConnector {
     }
 }
 
-
 fn retry_config() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {

@@ -102,8 +102,8 @@ pub struct GatewayConfig {
     pub ledger_origin: String,
     /// How destinations confirm what they wrote (`CONNECTOR_STRICT=true`: fail-closed).
     pub verify: VerifyMode,
-    /// Makes the connector for a job's destination URI (default:
-    /// [`trackshift_connectors::from_uri_in`]); a seam for wrappers such as rate limits,
+    /// Makes the connector for a job's destination (default:
+    /// [`trackshift_connectors::connect`]); a seam for wrappers such as rate limits,
     /// tenant prefixes or fault injection in tests.
     pub connectors: ConnectorFactory,
     /// Accept job-service workers holding this key (see [`crate::tenants::ServiceKey`]).
@@ -129,11 +129,11 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
-/// Makes a connector from a destination URI, the verification policy and where the
+/// Makes a connector from a parsed destination, the verification policy and where the
 /// credentials come from (the process environment, or the job's tenant's own).
 pub type ConnectorFactory = Arc<
     dyn Fn(
-            &str,
+            &trackshift_connectors::Destination,
             VerifyMode,
             &trackshift_connectors::Settings,
         ) -> Result<Arc<dyn Connector>, trackshift_connectors::ConnectorError>
@@ -141,9 +141,10 @@ pub type ConnectorFactory = Arc<
         + Sync,
 >;
 
-/// A cached connector's identity: destination URI, verification, and the tenant whose own
-/// credentials it uses (empty: the process environment's).
-type ConnectorKey = (String, VerifyMode, String);
+/// A cached connector's identity: the destination (with the operator's options and the
+/// part the operator vouches for), verification, and the tenant whose own credentials it
+/// uses (empty: the process environment's).
+type ConnectorKey = (trackshift_connectors::Destination, VerifyMode, String);
 
 /// Most connectors a gateway keeps for reuse (see `Shared::connector`).
 const CONNECTOR_CACHE_MAX: usize = 256;
@@ -161,7 +162,7 @@ impl GatewayConfig {
             memory_budget: 512 << 20,
             ledger_origin: DEFAULT_LEDGER_ORIGIN.to_string(),
             verify: VerifyMode::from_env(),
-            connectors: Arc::new(trackshift_connectors::from_uri_in),
+            connectors: Arc::new(trackshift_connectors::connect),
             service_key: None,
             ledger: None,
             tenants: None,
@@ -169,9 +170,21 @@ impl GatewayConfig {
     }
 }
 
-/// Adds a key for `tenant` to `DATA/tenants.json` (see [`crate::tenants::add_key`]).
-pub fn add_tenant(data_dir: &Path, tenant: &str, token: &str) -> Result<(), GatewayError> {
-    Ok(crate::tenants::add_key(data_dir, tenant, token)?)
+/// Adds a key for `tenant` to `DATA/tenants.json`, allowing it the destination prefixes
+/// `destinations` (added to its rules; see [`crate::tenants::add_key`]). A tenant without
+/// any destination rule writes nowhere.
+pub fn add_tenant(
+    data_dir: &Path,
+    tenant: &str,
+    token: &str,
+    destinations: &[&str],
+) -> Result<(), GatewayError> {
+    Ok(crate::tenants::add_key(
+        data_dir,
+        tenant,
+        token,
+        destinations,
+    )?)
 }
 
 /// Creates a random token (256 bits, hex).
@@ -243,6 +256,7 @@ impl Job {
                     format!("upload-{dest}-{file}.json")
                 };
                 let spec = ObjectSpec {
+                    tenant: self.tenant.clone(),
                     job_id: open.job_id.clone(),
                     path: f.path.clone(),
                     size: f.size,
@@ -571,7 +585,7 @@ impl Shared {
     /// The connector for `uri`, made once and then shared by the jobs that write there.
     fn connector(
         &self,
-        uri: &str,
+        dest: &trackshift_connectors::Destination,
         verify: VerifyMode,
         tenant: &str,
     ) -> Result<Arc<dyn Connector>, GatewayError> {
@@ -583,11 +597,11 @@ impl Shared {
             Some(s) => (s.clone(), format!("{tenant}#{}", tenants.generation)),
             None => (trackshift_connectors::Settings::Process, String::new()),
         };
-        let key = (uri.to_string(), verify, owner);
+        let key = (dest.clone(), verify, owner);
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = (self.connectors)(uri, verify, &settings)?;
+        let c = (self.connectors)(dest, verify, &settings)?;
         // Bounded: past the limit, forget connectors no job holds any more.
         if cache.len() >= CONNECTOR_CACHE_MAX {
             cache.retain(|_, c| Arc::strong_count(c) > 1);
@@ -607,11 +621,16 @@ impl Shared {
             .file
             .get(tenant)
             .ok_or_else(|| GatewayError::Job(format!("unknown tenant {tenant}")))?;
-        for uri in &open.destinations {
-            entry
-                .check_destination(uri, open.classification.as_deref())
-                .map_err(|e| GatewayError::Job(e.to_string()))?;
-        }
+        // Parsed and checked once: the connectors are built from these typed values.
+        let destinations = open
+            .destinations
+            .iter()
+            .map(|uri| {
+                entry
+                    .check_destination(uri, open.classification.as_deref())
+                    .map_err(|e| GatewayError::Job(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // A job may ask for fail-closed delivery; it cannot relax a strict gateway.
         let verify = match (self.verify, open.strict) {
             (VerifyMode::Size, Some(true)) => VerifyMode::Strict,
@@ -679,8 +698,8 @@ impl Shared {
             trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
         }
         let mut dests = Vec::with_capacity(open.destinations.len());
-        for uri in &open.destinations {
-            let connector = self.connector(uri, verify, tenant)?;
+        for dest in &destinations {
+            let connector = self.connector(dest, verify, tenant)?;
             let dropped = fs::read_to_string(dir.join(dropped_file(dests.len()))).ok();
             if let Some(reason) = dropped {
                 // Dropped before a restart: it stays dropped (it lacks chunks acknowledged

@@ -19,12 +19,20 @@
 //!
 //! Keys are stored as SHA-256 digests and compared in constant time; any key of a tenant
 //! works for the QUIC sender protocol and the HTTP API. `token_sha256` (one key) is the
-//! older spelling and still accepted. Without `destinations` a tenant may write anywhere
-//! but only unclassified jobs; without `sources` the job service reads nothing for it.
+//! older spelling and still accepted. Without `destinations` a tenant writes nowhere;
+//! without `sources` the job service reads nothing for it.
+//!
+//! A destination rule may carry the operator's `options` for everything under its prefix
+//! (`endpoint`, `region`, `allow_http`, `known_hosts`, `fingerprint`, `key`, `ca`,
+//! `server_name`, ...: whatever chooses a network target, a file, a TLS identity or an
+//! account), and `job_options`: the few options a job's URI may carry there (`overwrite`,
+//! `connections`). A job URI with any other option is refused, at submit and at the
+//! gateway, before any connector is built.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use trackshift_connectors::{Destination, OptionKind, Scheme};
 use trackshift_crypto::Hash32;
 
 /// A tenant file or policy problem.
@@ -70,6 +78,61 @@ pub struct DestinationRule {
     /// unclassified jobs may always go where a rule allows.
     #[serde(default)]
     pub classifications: Vec<String>,
+    /// The operator's settings for every job under the prefix (any option the scheme
+    /// knows); a job can neither set nor override them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Options a job's URI may carry under this prefix (only options that change how a
+    /// job's data is written: `overwrite`, `connections`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_options: Vec<String>,
+}
+
+impl DestinationRule {
+    /// A rule allowing unclassified jobs under `prefix`, with no options.
+    pub fn prefix(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            classifications: Vec::new(),
+            options: Default::default(),
+            job_options: Vec::new(),
+        }
+    }
+
+    /// The rule's prefix parsed, with the operator's options.
+    pub fn destination(&self) -> Result<Destination, String> {
+        let mut d = Destination::parse(&self.prefix)
+            .map_err(|e| format!("destination prefix {:?}: {e}", self.prefix))?;
+        if !d.options().is_empty() {
+            return Err(format!(
+                "destination prefix {:?}: settings go in \"options\", not in the prefix",
+                self.prefix
+            ));
+        }
+        for (k, v) in &self.options {
+            d = d
+                .with_option(k, v)
+                .map_err(|e| format!("destination prefix {:?}: {e}", self.prefix))?;
+        }
+        for k in &self.job_options {
+            match d.scheme().option(k) {
+                Some(o) if o.kind == OptionKind::Job => {}
+                Some(_) => {
+                    return Err(format!(
+                        "destination prefix {:?}: {k:?} is the operator's setting; put it in \"options\", jobs may not choose it",
+                        self.prefix
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "destination prefix {:?}: unknown job option {k:?}",
+                        self.prefix
+                    ));
+                }
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// One tenant in `tenants.json`.
@@ -132,46 +195,66 @@ impl TenantEntry {
         self.token_sha256.iter().chain(&self.api_keys)
     }
 
-    /// Checks that this tenant may send a job with `classification` to `uri`.
+    /// Checks that this tenant may send a job with `classification` to `uri`, and returns
+    /// the destination to build the connector from: `uri` parsed, with the operator's
+    /// options of the most specific rule that allows it, trusting only the rule's prefix.
+    /// Nothing is built or read here: a refused destination reveals nothing.
     pub fn check_destination(
         &self,
         uri: &str,
         classification: Option<&str>,
-    ) -> Result<(), PolicyError> {
-        if has_dot_segment(uri) {
+    ) -> Result<Destination, PolicyError> {
+        let dest = Destination::parse(uri)
+            .map_err(|e| PolicyError(format!("destination {:?}: {e}", shorten(uri))))?;
+        if let Some((k, _)) = dest.options_of(OptionKind::Operator).next() {
             return Err(PolicyError(format!(
-                "destination {uri} has a '.' or '..' path segment"
+                "destination {dest}: the setting {k:?} is chosen by the gateway's operator, not by a job"
             )));
         }
         let Some(rules) = &self.destinations else {
-            return match classification {
-                None => Ok(()),
-                Some(c) => Err(PolicyError(format!(
-                    "no destination is configured to receive {c:?} data"
-                ))),
-            };
+            return Err(PolicyError(
+                "no destinations are configured for this tenant".into(),
+            ));
         };
-        let matching: Vec<&DestinationRule> = rules
+        let holding: Vec<(&DestinationRule, Destination)> = rules
             .iter()
-            .filter(|r| prefix_matches(&r.prefix, uri))
+            .filter_map(|r| r.destination().ok().map(|d| (r, d)))
+            .filter(|(_, d)| dest.is_within(d))
             .collect();
-        if matching.is_empty() {
+        if holding.is_empty() {
             return Err(PolicyError(format!(
-                "destination {uri} is not allowed for this tenant"
+                "destination {dest} is not allowed for this tenant"
             )));
         }
-        match classification {
-            None => Ok(()),
-            Some(c)
-                if matching
-                    .iter()
-                    .any(|r| r.classifications.iter().any(|x| x == c)) =>
-            {
-                Ok(())
-            }
-            Some(c) => Err(PolicyError(format!(
-                "destination {uri} may not receive {c:?} data"
+        let class_ok = |r: &DestinationRule| {
+            classification.is_none_or(|c| r.classifications.iter().any(|x| x == c))
+        };
+        let opts_ok = |r: &DestinationRule| {
+            dest.options()
+                .keys()
+                .all(|k| r.job_options.iter().any(|o| o == k))
+        };
+        let best = holding
+            .iter()
+            .filter(|(r, _)| class_ok(r) && opts_ok(r))
+            .max_by_key(|(_, d)| d.segments().len());
+        match best {
+            Some((_, rule)) => Ok(dest.under_rule(rule)),
+            None if !holding.iter().any(|(r, _)| class_ok(r)) => Err(PolicyError(format!(
+                "destination {dest} may not receive {:?} data",
+                classification.unwrap_or_default()
             ))),
+            None => {
+                let k = dest
+                    .options()
+                    .keys()
+                    .find(|k| !holding.iter().any(|(r, _)| r.job_options.contains(k)))
+                    .cloned()
+                    .unwrap_or_default();
+                Err(PolicyError(format!(
+                    "destination {dest}: the setting {k:?} is not allowed for this tenant there"
+                )))
+            }
         }
     }
 
@@ -211,21 +294,17 @@ impl TenantEntry {
     }
 }
 
-/// `prefix` allows `uri` when they are equal or `uri` continues it after a `/` or `?`.
-fn prefix_matches(prefix: &str, uri: &str) -> bool {
-    match uri.strip_prefix(prefix) {
-        Some("") => true,
-        Some(rest) => prefix.ends_with('/') || rest.starts_with('/') || rest.starts_with('?'),
-        None => false,
-    }
+/// At most 200 characters of a tenant's input, for messages.
+fn shorten(s: &str) -> String {
+    s.chars().take(200).collect()
 }
 
-/// True when the URI's path (percent-decoded) has a `.` or `..` segment.
-fn has_dot_segment(uri: &str) -> bool {
-    let path = uri.split_once("://").map_or(uri, |(_, rest)| rest);
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    decoded.split(['/', '\\']).any(|s| s == "." || s == "..")
+/// Whether one of two local paths lies within the other (compared after resolving links
+/// where they exist).
+fn overlaps(a: &Path, b: &Path) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (a, b) = (real(a), real(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// SHA-256 of a key, as stored in the tenant file.
@@ -302,6 +381,31 @@ impl TenantFile {
                     "tenant {:?}: max_concurrent_jobs must be at least 1",
                     t.tenant
                 )));
+            }
+            for r in t.destinations.iter().flatten() {
+                let d = r
+                    .destination()
+                    .map_err(|m| invalid(format!("tenant {:?}: {m}", t.tenant)))?;
+                if d.scheme() == Scheme::File
+                    && overlaps(Path::new(&format!("/{}", d.path())), data_dir)
+                {
+                    return Err(invalid(format!(
+                        "tenant {:?}: destination prefix {:?} overlaps the gateway's data directory {} (its keys and ledger): not allowed",
+                        t.tenant,
+                        r.prefix,
+                        data_dir.display()
+                    )));
+                }
+            }
+            for src in &t.sources {
+                if overlaps(src, data_dir) {
+                    return Err(invalid(format!(
+                        "tenant {:?}: source directory {} overlaps the gateway's data directory {} (its keys and ledger): not allowed",
+                        t.tenant,
+                        src.display(),
+                        data_dir.display()
+                    )));
+                }
             }
         }
         Ok(file)
@@ -438,19 +542,47 @@ impl LiveTenants {
     }
 }
 
-/// Adds a key to a tenant in `DATA/tenants.json`, creating the tenant (default policy)
-/// when it is new; other tenants and this tenant's policy are kept.
-pub fn add_key(data_dir: &Path, tenant: &str, key: &str) -> Result<(), TenantError> {
+/// Adds a key to a tenant in `DATA/tenants.json`, creating the tenant when it is new, and
+/// adds a rule for each of `destinations` it does not have yet (unclassified jobs, no
+/// options); other tenants and the rest of this tenant's policy are kept.
+pub fn add_key(
+    data_dir: &Path,
+    tenant: &str,
+    key: &str,
+    destinations: &[&str],
+) -> Result<(), TenantError> {
     crate::protocol::check_id("tenant", tenant).map_err(|e| TenantError::Invalid {
         path: TenantFile::path(data_dir),
         message: e.to_string(),
     })?;
     let mut file = TenantFile::load(data_dir)?;
-    match file.tenants.iter_mut().find(|t| t.tenant == tenant) {
-        Some(t) => t.api_keys.push(key_digest(key)),
-        None => file.tenants.push(TenantEntry::new(tenant, key)),
+    let t = match file.tenants.iter().position(|t| t.tenant == tenant) {
+        Some(i) => {
+            file.tenants[i].api_keys.push(key_digest(key));
+            &mut file.tenants[i]
+        }
+        None => {
+            file.tenants.push(TenantEntry::new(tenant, key));
+            file.tenants.last_mut().expect("just pushed")
+        }
+    };
+    allow_destinations(t, destinations);
+    file.save(data_dir)?;
+    // What was written must load (a rule over the data directory, say, is refused).
+    TenantFile::load(data_dir).map(drop)
+}
+
+/// Adds a rule for each prefix in `destinations` that `t` lacks.
+pub fn allow_destinations(t: &mut TenantEntry, destinations: &[&str]) {
+    if destinations.is_empty() {
+        return;
     }
-    file.save(data_dir)
+    let rules = t.destinations.get_or_insert_with(Vec::new);
+    for d in destinations {
+        if !rules.iter().any(|r| r.prefix == *d) {
+            rules.push(DestinationRule::prefix(*d));
+        }
+    }
 }
 
 /// The job service's key for speaking to its gateway on a tenant's behalf: a worker
@@ -531,8 +663,8 @@ mod tests {
 
     fn rule(prefix: &str, classes: &[&str]) -> DestinationRule {
         DestinationRule {
-            prefix: prefix.into(),
             classifications: classes.iter().map(|s| (*s).to_string()).collect(),
+            ..DestinationRule::prefix(prefix)
         }
     }
 
@@ -544,7 +676,7 @@ mod tests {
         ]));
         assert!(t.check_destination("s3://acme/in", None).is_ok());
         assert!(t.check_destination("s3://acme/in/x", None).is_ok());
-        assert!(t.check_destination("s3://acme/in?region=x", None).is_ok());
+        assert!(t.check_destination("s3://acme/in/", None).is_ok());
         assert!(t.check_destination("s3://acme/inx", None).is_err());
         assert!(t.check_destination("s3://acme-evil/in", None).is_err());
         assert!(t.check_destination("file:///srv/a/b", None).is_ok());
@@ -563,10 +695,117 @@ mod tests {
         assert!(t.check_destination("s3://phi/x", None).is_ok());
         let e = t.check_destination("s3://open/x", Some("phi")).unwrap_err();
         assert!(e.0.contains("may not receive \"phi\""), "{e}");
-        // No rules: anywhere, but unclassified only.
-        let open = tenant(None);
-        assert!(open.check_destination("null://", None).is_ok());
-        assert!(open.check_destination("null://", Some("phi")).is_err());
+        // No rules: nowhere.
+        let none = tenant(None);
+        let e = none.check_destination("null://", None).unwrap_err();
+        assert!(e.0.contains("no destinations"), "{e}");
+    }
+
+    #[test]
+    fn fragment_and_query_tricks_do_not_escape_the_prefix() {
+        let t = tenant(Some(vec![rule("file:///X/allowed/", &[])]));
+        for uri in [
+            "file:///X/allowed/#/../../outside",
+            "file:///X/allowed/?/../../outside",
+            "file:///X/allowed/%2e%2e/outside",
+            "file:///X/allowed/%2E%2E%2Foutside",
+            "file:///X/allowed/a%2f..%2f..%2foutside",
+            "file:///X/allowed/..%5c..%5coutside",
+            "file:///X/allowed\\..\\outside",
+            "file:///X/allowed//../outside",
+            "file:///X/allowed/x%00",
+        ] {
+            assert!(t.check_destination(uri, None).is_err(), "{uri} accepted");
+        }
+        let d = t
+            .check_destination("file:///X/allowed/%23/in", None)
+            .unwrap();
+        assert_eq!(d.segments(), ["X", "allowed", "#", "in"]);
+        assert_eq!(d.trusted_segments(), 2);
+    }
+
+    #[test]
+    fn a_job_cannot_choose_the_endpoint_or_any_file_the_gateway_reads() {
+        let t = tenant(Some(vec![
+            DestinationRule {
+                options: [("endpoint".to_string(), "https://s3.internal".to_string())].into(),
+                job_options: vec!["overwrite".into()],
+                ..DestinationRule::prefix("s3://bucket/in/")
+            },
+            DestinationRule {
+                options: [("known_hosts".to_string(), "/etc/ts/kh".to_string())].into(),
+                ..DestinationRule::prefix("sftp://up@files.example/in")
+            },
+        ]));
+        for uri in [
+            "s3://bucket/in/?endpoint=http://127.0.0.1:9555&allow_http=true",
+            "s3://bucket/in/x?region=evil",
+            "sftp://up@files.example/in?known_hosts=/etc/shadow",
+            "sftp://up@files.example/in?key=/proc/self/environ",
+            "sftp://up@files.example/in?fingerprint=SHA256:x",
+            "ftps://up@files.example/in?ca=/dev/zero",
+        ] {
+            let e = t.check_destination(uri, None).unwrap_err();
+            assert!(e.0.contains("operator"), "{uri}: {e}");
+        }
+        // Job options only where the rule lists them.
+        let e = t
+            .check_destination("sftp://up@files.example/in?overwrite=true", None)
+            .unwrap_err();
+        assert!(e.0.contains("not allowed"), "{e}");
+        let d = t
+            .check_destination("s3://bucket/in/x?overwrite=true", None)
+            .unwrap();
+        assert_eq!(d.option("endpoint"), Some("https://s3.internal"));
+        assert!(d.overwrite());
+        // Another host or user on the same path is another destination.
+        assert!(
+            t.check_destination("sftp://up@evil.example/in", None)
+                .is_err()
+        );
+        assert!(
+            t.check_destination("sftp://root@files.example/in", None)
+                .is_err()
+        );
+        assert!(
+            t.check_destination("sftp://up@files.example:2222/in", None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_rule_cannot_hand_operator_options_to_jobs_or_reach_the_data_directory() {
+        let data = tempfile::tempdir().unwrap();
+        let write = |t: TenantEntry| {
+            TenantFile { tenants: vec![t] }.save(data.path()).unwrap();
+            TenantFile::load(data.path())
+        };
+        let e = write(tenant(Some(vec![DestinationRule {
+            job_options: vec!["endpoint".into()],
+            ..DestinationRule::prefix("s3://bucket/")
+        }])))
+        .unwrap_err();
+        assert!(e.to_string().contains("operator's setting"), "{e}");
+        let e = write(tenant(Some(vec![rule("s3://bucket/?endpoint=x", &[])]))).unwrap_err();
+        assert!(e.to_string().contains("\"options\""), "{e}");
+        for inside in [
+            data.path().to_path_buf(),
+            data.path().join("keys"),
+            "/".into(),
+        ] {
+            let e = write(tenant(Some(vec![rule(
+                &format!("file://{}", inside.display()),
+                &[],
+            )])))
+            .unwrap_err();
+            assert!(e.to_string().contains("data directory"), "{e}");
+            let e = write(TenantEntry {
+                sources: vec![inside.clone()],
+                ..tenant(None)
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("data directory"), "{e}");
+        }
     }
 
     #[test]
@@ -601,9 +840,9 @@ mod tests {
     #[test]
     fn keys_authenticate_their_tenant_only() {
         let dir = tempfile::tempdir().unwrap();
-        add_key(dir.path(), "a", "key-a").unwrap();
-        add_key(dir.path(), "b", "key-b").unwrap();
-        add_key(dir.path(), "a", "key-a2").unwrap();
+        add_key(dir.path(), "a", "key-a", &[]).unwrap();
+        add_key(dir.path(), "b", "key-b", &["null://"]).unwrap();
+        add_key(dir.path(), "a", "key-a2", &[]).unwrap();
         let file = TenantFile::load(dir.path()).unwrap();
         assert_eq!(file.authenticate("key-a").unwrap().tenant, "a");
         assert_eq!(file.authenticate("key-a2").unwrap().tenant, "a");

@@ -13,7 +13,9 @@ use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::jobs::runner::{Runner, RunnerConfig, now_ms};
 use trackshift_engine::jobs::store::NewJob;
 use trackshift_engine::jobs::{JobSpec, JobState, JobStore, SqlStore};
-use trackshift_engine::tenants::{LiveTenants, ServiceKey, TenantEntry, TenantFile};
+use trackshift_engine::tenants::{
+    DestinationRule, LiveTenants, ServiceKey, TenantEntry, TenantFile,
+};
 use trackshift_engine::tls::ServerTrust;
 
 /// A destination whose `check` fails transiently while `failures` lasts.
@@ -83,6 +85,10 @@ async fn setup(failures: u32, max_running: usize) -> Setup {
                 sources: vec![root.join("src")],
                 // q has a bandwidth quota, slow enough that its jobs run for a while.
                 bytes_per_second: (*t == "q").then_some(QUOTA),
+                destinations: Some(vec![
+                    DestinationRule::prefix(format!("file://{}", root.join("out").display())),
+                    DestinationRule::prefix("null://"),
+                ]),
                 ..TenantEntry::new(t, &format!("{t}-key-0123456789"))
             })
             .collect(),
@@ -93,8 +99,8 @@ async fn setup(failures: u32, max_running: usize) -> Setup {
     cfg.service_key = Some(key.clone());
     let left = Arc::new(AtomicU32::new(failures));
     cfg.connectors = Arc::new(move |uri, verify, settings| {
-        let inner = trackshift_connectors::from_uri_in(uri, verify, settings)?;
-        Ok(if uri.contains("flaky") {
+        let inner = trackshift_connectors::connect(uri, verify, settings)?;
+        Ok(if uri.to_string().contains("flaky") {
             Arc::new(Flaky {
                 inner,
                 failures: left.clone(),

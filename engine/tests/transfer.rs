@@ -31,7 +31,11 @@ impl Running {
     }
 
     async fn start_with(data: &Path, configure: impl FnOnce(&mut GatewayConfig)) -> Self {
-        add_tenant(data, "acme", TOKEN).unwrap();
+        // The tenant may write under ROOT/out (ROOT: the data directory's parent).
+        let out = data.parent().unwrap().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let out = format!("file://{}", out.display());
+        add_tenant(data, "acme", TOKEN, &[&out]).unwrap();
         let mut cfg = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), data);
         configure(&mut cfg);
         let gateway = Arc::new(Gateway::bind(cfg).await.unwrap());
@@ -114,8 +118,8 @@ fn check_documents(running: &Running, report: &SendReport, src_bytes: u64) {
 async fn transfers_a_tree_bit_identical_with_signed_documents() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 1_000_003);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     let gw = Running::start(&tmp.path().join("gw"), false).await;
     let report = send_path(&src, &gw.send_config(&dest), |_| {})
         .await
@@ -143,8 +147,8 @@ async fn many_jobs_at_once() {
     let gw = Running::start(&tmp.path().join("gw"), false).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let dest = tmp.path().join(format!("dest{i}"));
-        fs::create_dir(&dest).unwrap();
+        let dest = tmp.path().join(format!("out/dest{i}"));
+        fs::create_dir_all(&dest).unwrap();
         let cfg = gw.send_config(&dest);
         let src = src.clone();
         tasks.push(tokio::spawn(async move {
@@ -162,8 +166,8 @@ async fn many_jobs_at_once() {
 async fn pq_only_sender_connects_to_the_gateway() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 10_000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     // Both ends offer only X25519MLKEM768.
     let gw = Running::start(&tmp.path().join("gw"), true).await;
     let mut cfg = gw.send_config(&dest);
@@ -242,8 +246,8 @@ async fn pq_only_gateway_refuses_classical_only_clients() {
 async fn sender_pins_the_gateway_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 1000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     let gw = Running::start(&tmp.path().join("gw"), false).await;
     let mut cfg = gw.send_config(&dest);
     cfg.trust = ServerTrust::Fingerprint([7u8; 32]);
@@ -262,8 +266,8 @@ async fn sender_pins_the_gateway_certificate() {
 async fn unknown_token_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 1000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     let gw = Running::start(&tmp.path().join("gw"), false).await;
     let mut cfg = gw.send_config(&dest);
     cfg.token = "not-a-valid-token".into();
@@ -286,8 +290,8 @@ async fn unknown_token_is_refused() {
 async fn corrupt_chunk_is_rejected_and_sent_again() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 500_000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     let gw = Running::start(&tmp.path().join("gw"), false).await;
     let cfg = gw.send_config(&dest);
     cfg.faults.corrupt_first_chunk.store(true, Ordering::SeqCst);
@@ -309,8 +313,8 @@ async fn corrupt_chunk_is_rejected_and_sent_again() {
 async fn dropped_connection_resumes_without_losing_data() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 4_000_000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     let gw = Running::start(&tmp.path().join("gw"), false).await;
     let cfg = gw.send_config(&dest);
     *cfg.faults.drop_connection_after.lock().unwrap() = Some(20);
@@ -328,8 +332,8 @@ async fn dropped_connection_resumes_without_losing_data() {
 async fn gateway_restart_resumes_sending_only_what_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 4_000_000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     let data = tmp.path().join("gw");
     let gw = Running::start(&data, false).await;
     let mut cfg = gw.send_config(&dest);
@@ -369,7 +373,7 @@ async fn vanished_destination_fails_the_job_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 1000);
     let gw = Running::start(&tmp.path().join("gw"), false).await;
-    let dest = tmp.path().join("no-such-dir");
+    let dest = tmp.path().join("out/no-such-dir");
     let err = send_path(&src, &gw.send_config(&dest), |_| {})
         .await
         .unwrap_err();
@@ -439,8 +443,8 @@ async fn malformed_frames_close_the_stream_and_the_gateway_keeps_serving() {
     }
     // Still serving.
     let src = make_source(tmp.path(), 1000);
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
     send_path(&src, &gw.send_config(&dest), |_| {})
         .await
         .unwrap();
@@ -450,7 +454,7 @@ async fn malformed_frames_close_the_stream_and_the_gateway_keeps_serving() {
 
 fn job(root: &Path, name: &str, size: usize) -> (PathBuf, PathBuf, JobRequest) {
     let src = make_source(&root.join(name), size);
-    let dest = root.join(format!("{name}-dest"));
+    let dest = root.join(format!("out/{name}-dest"));
     fs::create_dir_all(&dest).unwrap();
     let req = JobRequest::new(&src, format!("file://{}", dest.display()));
     (src, dest, req)
@@ -469,7 +473,7 @@ async fn several_jobs_share_one_connection_and_fail_independently() {
         requests.push(req);
     }
     // A fourth job whose destination does not exist: it fails, the others do not.
-    let missing = tmp.path().join("no-such-dir");
+    let missing = tmp.path().join("out/no-such-dir");
     requests.insert(
         1,
         JobRequest::new(&trees[0].0, format!("file://{}", missing.display())),
@@ -574,7 +578,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_fails_the_job_and_leaves_completed_files_alone() {
     let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join("small-disk");
+    let dest = tmp.path().join("out/small-disk");
     let disk = Tmpfs::mount(&dest, "1m");
     let gw = Running::start(&tmp.path().join("gw"), false).await;
 
@@ -704,8 +708,8 @@ impl ObjectWriter for MisreportingWriter {
 /// A connector factory whose destinations with `marker` in their URI fail every write.
 fn failing_writes_where(marker: &'static str) -> trackshift_engine::gateway::ConnectorFactory {
     Arc::new(move |uri, verify, settings| {
-        let inner = trackshift_connectors::from_uri_in(uri, verify, settings)?;
-        Ok(if uri.contains(marker) {
+        let inner = trackshift_connectors::connect(uri, verify, settings)?;
+        Ok(if uri.to_string().contains(marker) {
             Arc::new(Misreporting {
                 inner,
                 lie: Lie::Writes,
@@ -725,13 +729,13 @@ async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
             cfg.verify = VerifyMode::Strict;
             cfg.connectors = Arc::new(move |uri, verify, settings| {
                 Ok(Arc::new(Misreporting {
-                    inner: trackshift_connectors::from_uri_in(uri, verify, settings)?,
+                    inner: trackshift_connectors::connect(uri, verify, settings)?,
                     lie,
                 }) as Arc<dyn Connector>)
             });
         })
         .await;
-        let dest = tmp.path().join("dest");
+        let dest = tmp.path().join("out/dest");
         fs::create_dir_all(&dest).unwrap();
         let err = send_path(&src, &gw.send_config(&dest), |_| {})
             .await
@@ -757,7 +761,7 @@ async fn one_job_fans_out_to_several_destinations_with_a_receipt_each() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 300_000);
     let gw = Running::start(&tmp.path().join("gw"), false).await;
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a, b) = (tmp.path().join("out/a"), tmp.path().join("out/b"));
     fs::create_dir_all(&a).unwrap();
     fs::create_dir_all(&b).unwrap();
     let mut cfg = gw.send_config(&a);
@@ -808,7 +812,7 @@ async fn a_failing_fan_out_destination_is_recorded_or_fails_a_strict_job() {
             cfg.connectors = failing_writes_where("broken");
         })
         .await;
-        let (good, broken) = (tmp.path().join("good"), tmp.path().join("broken"));
+        let (good, broken) = (tmp.path().join("out/good"), tmp.path().join("out/broken"));
         fs::create_dir_all(&good).unwrap();
         fs::create_dir_all(&broken).unwrap();
         let mut cfg = gw.send_config(&good);
@@ -858,11 +862,11 @@ async fn jobs_to_one_destination_share_its_connector() {
     let gw = Running::start_with(&tmp.path().join("gw"), move |cfg| {
         cfg.connectors = Arc::new(move |uri, verify, settings| {
             counter.fetch_add(1, Ordering::SeqCst);
-            trackshift_connectors::from_uri_in(uri, verify, settings)
+            trackshift_connectors::connect(uri, verify, settings)
         });
     })
     .await;
-    let (dest, other) = (tmp.path().join("dest"), tmp.path().join("other"));
+    let (dest, other) = (tmp.path().join("out/dest"), tmp.path().join("out/other"));
     fs::create_dir_all(&dest).unwrap();
     fs::create_dir_all(&other).unwrap();
     for i in 0..3 {
@@ -891,7 +895,7 @@ async fn a_dropped_destination_stays_dropped_after_a_gateway_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let src = make_source(tmp.path(), 2_000_000);
     let data = tmp.path().join("gw");
-    let (good, flaky) = (tmp.path().join("good"), tmp.path().join("flaky"));
+    let (good, flaky) = (tmp.path().join("out/good"), tmp.path().join("out/flaky"));
     fs::create_dir_all(&good).unwrap();
     fs::create_dir_all(&flaky).unwrap();
     // First run: `flaky` fails its writes and is dropped; the connection is cut mid-job.
@@ -933,8 +937,8 @@ async fn sends_sharing_a_rate_limit_and_a_memory_budget_stay_within_both() {
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..2 {
-        let dest = tmp.path().join(format!("dest{i}"));
-        fs::create_dir(&dest).unwrap();
+        let dest = tmp.path().join(format!("out/dest{i}"));
+        fs::create_dir_all(&dest).unwrap();
         let mut cfg = gw.send_config(&dest);
         cfg.rate = Some(rate.clone());
         cfg.shared_budget = Some(budget.clone());
