@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use trackshift_connectors::{
-    Connector, ConnectorError, FtpsConnector, ObjectSpec, ObjectStoreConnector, VerifyMode,
-    from_uri_with,
+    Connector, ConnectorError, Destination, FtpsConnector, ObjectSpec, ObjectStoreConnector,
+    Settings, VerifyMode, connect, from_uri_with,
 };
 
 /// A destination under test: its URI and a unique prefix for this test.
@@ -63,8 +63,12 @@ fn destinations() -> Vec<Dest> {
     v
 }
 
+/// The connector for `d`, allowed to replace objects (the suite writes names again).
 fn connector(d: &Dest, verify: VerifyMode) -> Arc<dyn Connector> {
-    from_uri_with(&d.uri, verify).unwrap_or_else(|e| panic!("{}: {e}", d.name))
+    let dest = Destination::parse(&d.uri)
+        .and_then(|x| x.with_option("overwrite", "true"))
+        .unwrap_or_else(|e| panic!("{}: {e}", d.name));
+    connect(&dest, verify, &Settings::Process).unwrap_or_else(|e| panic!("{}: {e}", d.name))
 }
 
 /// Chunk size to use for an object of `size` bytes at `c` (at least 1 MiB).
@@ -169,6 +173,28 @@ async fn overwrite_replaces_the_object() {
         assert_eq!(
             c.read_back("same").await.unwrap(),
             (1500, blake3(&second)),
+            "{}",
+            d.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_the_job_did_not_create_is_not_replaced_without_overwrite() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let first = pattern(3000, 2);
+        put(c.as_ref(), "theirs", &first, 1 << 20).await;
+        let plain = from_uri_with(&d.uri, VerifyMode::Size).unwrap();
+        let r = plain.open(&spec("theirs", 10, 1 << 20, None), false).await;
+        assert!(
+            matches!(r, Err(ConnectorError::Exists(_))),
+            "{}: an existing object was opened for replacing",
+            d.name
+        );
+        assert_eq!(
+            c.read_back("theirs").await.unwrap(),
+            (3000, blake3(&first)),
             "{}",
             d.name
         );
@@ -452,7 +478,7 @@ fn uris_are_validated_up_front_without_leaking_secrets() {
         ("s3://", "bucket"),
         ("s3://user:secret@bucket/x", "credentials"),
         ("s3://bucket/x?secret_access_key=abc", "unknown or secret"),
-        ("s3://bucket/../x", "prefix"),
+        ("s3://bucket/../x", "\"..\""),
         ("az://container/x?account_key=abc", "unknown or secret"),
         ("ftp://host/x", "unsupported"),
     ] {

@@ -64,6 +64,8 @@ pub struct ObjectStoreConnector {
     verify: VerifyMode,
     /// S3 only: whether request bodies are signed (SigV4 payload hash).
     signed_payload: bool,
+    /// `overwrite=true`: a job may replace an object it did not create.
+    overwrite: bool,
 }
 
 impl std::fmt::Debug for ObjectStoreConnector {
@@ -234,6 +236,7 @@ impl ObjectStoreConnector {
             prefix,
             verify,
             signed_payload,
+            overwrite: dest.overwrite(),
         })
     }
 
@@ -433,6 +436,15 @@ impl Connector for ObjectStoreConnector {
             (Some(path), true) => load_state(path).await?,
             _ => None,
         };
+        // An object this job did not create is not replaced (unless overwrite=true). A
+        // resumed job holding upload state is finishing its own upload.
+        if !self.overwrite && state.is_none() {
+            match self.store.head(&location).await {
+                Ok(_) => return Err(ConnectorError::Exists(spec.path.clone())),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(remote(&self.uri, "checking", &e)),
+            }
+        }
         let upload = OnceCell::new();
         if let Some(id) = state.as_ref().and_then(|s| s.upload_id.clone()) {
             let _ = upload.set(id);
