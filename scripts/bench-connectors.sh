@@ -122,7 +122,7 @@ for d in "${dests[@]}"; do
     start_gateway "${extra[@]}"
     t0=$(now)
     "$bin" send "$work/src" --to "$addr" --fingerprint "$fp" \
-        --token-file "$work/gw/default.token" --dest "$(under "$uri" ts-bench)" \
+        --token-file "$work/gw/default.token" --dest "$(job_dest "$uri" "ts-bench-$$")" \
         --out-dir "$work/receipts/$d" >"$work/send-$d.log" 2>&1 \
         || { echo "send to $d failed:" >&2; tail -5 "$work/send-$d.log" >&2; exit 1; }
     t1=$(now)

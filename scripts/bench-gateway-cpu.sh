@@ -37,7 +37,7 @@ t0=$(ticks)
 for i in 1 2 3; do
     env "$@" "$bin" send "$work/src" --to "$addr" --fingerprint "$fp" \
         --token-file "$work/gw/default.token" --out-dir "$work/receipts/$i" \
-        --dest "${TRACKSHIFT_TEST_SFTP/data?/data/run$i?}" 2>&1 | sed -n 's/^\(sent .* s\) (.*/\1/p'
+        --dest "$(job_dest "$TRACKSHIFT_TEST_SFTP" "run$i-$$")" 2>&1 | sed -n 's/^\(sent .* s\) (.*/\1/p'
 done
 t1=$(ticks)
 awk -v t="$((t1 - t0))" -v hz="$hz" -v env="${*:-as shipped}" \

@@ -58,8 +58,9 @@ pub struct ServeArgs {
     /// through `--store` must use the same keys: the first one to connect fixes them.
     #[arg(long)]
     ledger_keys: Option<PathBuf>,
-    /// Where the `default` tenant may write: a destination URI prefix (repeat for more;
-    /// added to its rules at every start). Without one it writes nowhere.
+    /// Where the `default` tenant may write: a destination URI prefix, its query the
+    /// operator's settings for it (`sftp://u@h/in?known_hosts=/etc/ts/kh`); repeat for more,
+    /// added to its rules at every start. Without one it writes nowhere.
     #[arg(long = "default-dest", value_name = "URI_PREFIX")]
     default_dest: Vec<String>,
 }
@@ -149,12 +150,13 @@ pub struct SendArgs {
 fn ensure_default_tenant(data_dir: &Path, default_dest: &[String]) -> Result<()> {
     let tenants = data_dir.join("tenants.json");
     let dests: Vec<&str> = default_dest.iter().map(String::as_str).collect();
-    for d in &dests {
-        trackshift_engine::connectors::Destination::parse(d)
-            .map_err(|e| anyhow::anyhow!("--default-dest {d:?}: {e}"))?;
-    }
+    let rules = dests
+        .iter()
+        .map(|d| trackshift_engine::tenants::DestinationRule::from_uri(d))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--default-dest: {e}"))?;
     if tenants.exists() {
-        if !dests.is_empty() {
+        if !rules.is_empty() {
             let mut file = trackshift_engine::tenants::TenantFile::load(data_dir)?;
             let Some(t) = file.tenants.iter_mut().find(|t| t.tenant == "default") else {
                 bail!(
@@ -162,8 +164,10 @@ fn ensure_default_tenant(data_dir: &Path, default_dest: &[String]) -> Result<()>
                     tenants.display()
                 );
             };
-            trackshift_engine::tenants::allow_destinations(t, &dests);
+            trackshift_engine::tenants::allow_destinations(t, &rules);
             file.save(data_dir)?;
+            // What was written must load (a rule over the data directory is refused).
+            trackshift_engine::tenants::TenantFile::load(data_dir)?;
         }
         return Ok(());
     }

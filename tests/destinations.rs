@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{run, start_gateway_with};
+use common::run;
 
 use trackshift_connectors::{VerifyMode, from_uri_with};
 
@@ -40,7 +40,26 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let files = write_tree(&dir.join("src"));
-    let gw = start_gateway_with(&dir.join("gw"), &[("CONNECTOR_STRICT", "true")]);
+    let vars = [
+        "TRACKSHIFT_TEST_S3",
+        "TRACKSHIFT_TEST_AZURE",
+        "TRACKSHIFT_TEST_SFTP",
+        "TRACKSHIFT_TEST_FTPS",
+    ];
+    // The operator allows the default tenant each server, with its settings (host key
+    // pin, CA file) in the rule; jobs name only paths.
+    let mut args = Vec::new();
+    for v in vars {
+        args.push("--default-dest".to_string());
+        args.push(server(v));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gw = common::start_gateway_full(
+        &dir.join("gw"),
+        &[("CONNECTOR_STRICT", "true")],
+        &args,
+        None,
+    );
     let token = dir.join("gw/default.token");
     let rt = tokio::runtime::Runtime::new().unwrap();
     for (name, var) in [
@@ -49,10 +68,9 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
         ("sftp", "TRACKSHIFT_TEST_SFTP"),
         ("ftps", "TRACKSHIFT_TEST_FTPS"),
     ] {
-        let dest = common::under(
-            &server(var),
-            &format!("e2e-{}", uuid::Uuid::new_v4().simple()),
-        );
+        let sub = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+        let dest = common::job_dest(&server(var), &sub);
+        let full = common::under(&server(var), &sub);
         let out_dir = format!("receipts/{name}");
         let send = |extra: &[&str]| {
             let mut args = common::send_args(&gw, &token, "src", &[&dest], Some(&out_dir));
@@ -64,7 +82,7 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
         assert_eq!(code, 0, "{name}: {out}\n{err}");
 
         // Every object holds exactly its file.
-        let c = from_uri_with(&dest, VerifyMode::Size).unwrap();
+        let c = from_uri_with(&full, VerifyMode::Size).unwrap();
         for (path, data) in &files {
             let (size, hash) = rt
                 .block_on(c.read_back(path))
@@ -82,21 +100,18 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
     }
     // One job fanned out to all four: the data crosses the network once, each destination
     // holds it and has its own receipt.
-    let fan_dests: Vec<String> = [
-        "TRACKSHIFT_TEST_S3",
-        "TRACKSHIFT_TEST_AZURE",
-        "TRACKSHIFT_TEST_SFTP",
-        "TRACKSHIFT_TEST_FTPS",
-    ]
-    .iter()
-    .map(|v| {
-        common::under(
-            &server(v),
-            &format!("fan-{}", uuid::Uuid::new_v4().simple()),
-        )
-    })
-    .collect();
-    let dests: Vec<&str> = fan_dests.iter().map(String::as_str).collect();
+    let fan: Vec<(String, String)> = vars
+        .iter()
+        .map(|v| {
+            let sub = format!("fan-{}", uuid::Uuid::new_v4().simple());
+            (
+                common::job_dest(&server(v), &sub),
+                common::under(&server(v), &sub),
+            )
+        })
+        .collect();
+    let dests: Vec<&str> = fan.iter().map(|(j, _)| j.as_str()).collect();
+    let fan_dests: Vec<String> = fan.iter().map(|(_, f)| f.clone()).collect();
     let fan = common::send_args(&gw, &token, "src", &dests, Some("receipts/fan-out"));
     let fan: Vec<&str> = fan.iter().map(String::as_str).collect();
     let (code, out, err) = run(&fan, dir);
@@ -146,7 +161,7 @@ fn sends_reach_every_remote_destination_through_the_gateway_in_strict_mode() {
 
 #[test]
 fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
-    use trackshift_engine::tenants::{TenantEntry, TenantFile};
+    use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("src")).unwrap();
@@ -169,13 +184,21 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
     }
     std::fs::write(dir.join("acme.env"), creds).unwrap();
     let data = dir.join("gw");
+    let rules = Some(vec![
+        DestinationRule::from_uri(&server("TRACKSHIFT_TEST_SFTP")).unwrap(),
+        DestinationRule::from_uri(&server("TRACKSHIFT_TEST_S3")).unwrap(),
+    ]);
     TenantFile {
         tenants: vec![
             TenantEntry {
                 credentials: Some(dir.join("acme.env")),
+                destinations: rules.clone(),
                 ..TenantEntry::new("acme", "acme-token-0123456789")
             },
-            TenantEntry::new("beta", "beta-token-0123456789"),
+            TenantEntry {
+                destinations: rules,
+                ..TenantEntry::new("beta", "beta-token-0123456789")
+            },
         ],
     }
     .save(&data)
@@ -183,14 +206,19 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
     std::fs::write(dir.join("acme.token"), "acme-token-0123456789").unwrap();
     std::fs::write(dir.join("beta.token"), "beta-token-0123456789").unwrap();
     let gw = common::start_gateway_without_credentials(&data, &[]);
-    let sftp = common::under(
-        &server("TRACKSHIFT_TEST_SFTP"),
-        &format!("tc-{}", uuid::Uuid::new_v4().simple()),
+    let (sftp_sub, s3_sub) = (
+        format!("tc-{}", uuid::Uuid::new_v4().simple()),
+        format!("tc-{}", uuid::Uuid::new_v4().simple()),
     );
-    let s3 = common::under(
-        &server("TRACKSHIFT_TEST_S3"),
-        &format!("tc-{}", uuid::Uuid::new_v4().simple()),
-    );
+    let sftp = common::job_dest(&server("TRACKSHIFT_TEST_SFTP"), &sftp_sub);
+    let s3 = common::job_dest(&server("TRACKSHIFT_TEST_S3"), &s3_sub);
+    let full = |dest: &str| {
+        if dest == sftp {
+            common::under(&server("TRACKSHIFT_TEST_SFTP"), &sftp_sub)
+        } else {
+            common::under(&server("TRACKSHIFT_TEST_S3"), &s3_sub)
+        }
+    };
     let send = |token: &str, dest: &str| {
         let args = common::send_args(&gw, &dir.join(token), "src", &[dest], Some("receipts"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -200,7 +228,7 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
         let (code, out, err) = send("acme.token", dest);
         assert_eq!(code, 0, "acme to {dest}: {out}{err}");
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let c = from_uri_with(dest, VerifyMode::Size).unwrap();
+        let c = from_uri_with(&full(dest), VerifyMode::Size).unwrap();
         let (size, hash) = rt.block_on(c.read_back("note.txt")).unwrap();
         assert_eq!(size, 19);
         assert_eq!(hash, *blake3::hash(b"tenant credentials\n").as_bytes());

@@ -4,16 +4,17 @@
 
 mod common;
 
-use common::{get, run, send_args, start_gateway};
+use common::{get, run, send_args};
 
 #[test]
 fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = dir.join("gw");
-    let gw = start_gateway(&data);
-    let token = data.join("default.token");
     std::fs::create_dir_all(dir.join("dest")).unwrap();
+    let allowed = format!("file://{}", dir.join("dest").display());
+    let gw = common::start_gateway_full(&data, &[], &["--default-dest", &allowed], None);
+    let token = data.join("default.token");
     std::fs::write(dir.join("a.txt"), b"first file\n").unwrap();
     std::fs::write(dir.join("b.txt"), vec![7u8; 100_000]).unwrap();
     let dest = format!("file://{}", dir.join("dest").display());

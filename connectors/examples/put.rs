@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use trackshift_connectors::{ObjectSpec, VerifyMode, from_uri_with};
+use trackshift_connectors::{Destination, ObjectSpec, Settings, VerifyMode, connect};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +33,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect::<Vec<u8>>(),
     );
-    let c = from_uri_with(uri, VerifyMode::Size)?;
+    // Benchmarks write the same name again: this operator tool may replace it.
+    let dest = Destination::parse(uri)?.with_option("overwrite", "true")?;
+    let c = connect(&dest, VerifyMode::Size, &Settings::Process)?;
     c.check().await?;
     let spec = ObjectSpec {
         tenant: "t".into(),

@@ -99,6 +99,21 @@ impl DestinationRule {
         }
     }
 
+    /// A rule from an operator-written URI: its path is the prefix and its query the
+    /// operator's options (`sftp://u@h/in?known_hosts=/etc/ts/kh`), unclassified jobs only.
+    pub fn from_uri(uri: &str) -> Result<Self, String> {
+        let d = Destination::parse(uri).map_err(|e| format!("destination {uri:?}: {e}"))?;
+        Ok(Self {
+            prefix: d.without_options().to_string(),
+            options: d
+                .options()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..Self::prefix(String::new())
+        })
+    }
+
     /// The rule's prefix parsed, with the operator's options.
     pub fn destination(&self) -> Result<Destination, String> {
         let mut d = Destination::parse(&self.prefix)
@@ -543,8 +558,9 @@ impl LiveTenants {
 }
 
 /// Adds a key to a tenant in `DATA/tenants.json`, creating the tenant when it is new, and
-/// adds a rule for each of `destinations` it does not have yet (unclassified jobs, no
-/// options); other tenants and the rest of this tenant's policy are kept.
+/// adds a rule for each of `destinations` (operator-written URIs, see
+/// [`DestinationRule::from_uri`]) it does not have yet; other tenants and the rest of this
+/// tenant's policy are kept.
 pub fn add_key(
     data_dir: &Path,
     tenant: &str,
@@ -566,21 +582,29 @@ pub fn add_key(
             file.tenants.last_mut().expect("just pushed")
         }
     };
-    allow_destinations(t, destinations);
+    let rules = destinations
+        .iter()
+        .map(|d| DestinationRule::from_uri(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| TenantError::Invalid {
+            path: TenantFile::path(data_dir),
+            message,
+        })?;
+    allow_destinations(t, &rules);
     file.save(data_dir)?;
     // What was written must load (a rule over the data directory, say, is refused).
     TenantFile::load(data_dir).map(drop)
 }
 
-/// Adds a rule for each prefix in `destinations` that `t` lacks.
-pub fn allow_destinations(t: &mut TenantEntry, destinations: &[&str]) {
+/// Adds each rule of `destinations` whose prefix `t` has no rule for yet.
+pub fn allow_destinations(t: &mut TenantEntry, destinations: &[DestinationRule]) {
     if destinations.is_empty() {
         return;
     }
     let rules = t.destinations.get_or_insert_with(Vec::new);
     for d in destinations {
-        if !rules.iter().any(|r| r.prefix == *d) {
-            rules.push(DestinationRule::prefix(*d));
+        if !rules.iter().any(|r| r.prefix == d.prefix) {
+            rules.push(d.clone());
         }
     }
 }

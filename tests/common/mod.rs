@@ -153,6 +153,13 @@ pub fn get(base: &str, path: &str) -> (u16, Vec<u8>) {
     (status, resp[split + 4..].to_vec())
 }
 
+/// What a job names for `base` (an operator's destination URI, perhaps with settings in
+/// its query) with `sub` appended: the path only, the settings stay the operator's.
+pub fn job_dest(base: &str, sub: &str) -> String {
+    let path = base.split_once('?').map_or(base, |(p, _)| p);
+    format!("{path}/{sub}")
+}
+
 /// `base` (a destination URI, perhaps with a query) with `sub` appended to its path.
 pub fn under(base: &str, sub: &str) -> String {
     match base.split_once('?') {
