@@ -474,3 +474,69 @@ fn oversized_and_empty_appends_are_refused_without_writing() {
         0
     );
 }
+
+#[tokio::test]
+async fn find_appended_sees_a_run_wherever_it_lies_across_its_read_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Arc::new(Ledger::open(tmp.path(), ORIGIN).unwrap());
+    let n = 4100;
+    let all: Vec<Vec<u8>> = (0..n).map(entry).collect();
+    l.append(all.clone()).await.unwrap();
+    let leaves = l.leaf_hashes(0, n as u64).unwrap();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(leaves[i], trackshift_ledger::leaf_hash(e), "leaf {i}");
+    }
+    assert!(l.leaf_hashes(0, n as u64 + 1).is_err());
+    assert!(l.leaf_hashes(5, 4).is_err());
+    let log = trackshift_ledger::Log::File(l.clone());
+    // Reads go 4096 leaves at a time: runs before, across and after the seam.
+    for start in [0usize, 1, 4094, 4095, 4096, 4097, n - 3] {
+        for len in [1usize, 2, 3] {
+            if start + len > n {
+                continue;
+            }
+            let run = &all[start..start + len];
+            assert_eq!(
+                log.find_appended(0, run).await.unwrap(),
+                Some(start as u64),
+                "{start}+{len}"
+            );
+            assert_eq!(
+                log.find_appended(start as u64, run).await.unwrap(),
+                Some(start as u64)
+            );
+            assert_eq!(
+                log.find_appended(start as u64 + 1, run).await.unwrap(),
+                None
+            );
+        }
+    }
+    assert_eq!(
+        log.find_appended(0, &[b"never appended".to_vec()])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(log.find_appended(0, &[]).await.unwrap(), None);
+    l.close();
+}
+
+#[test]
+fn verifier_keys_with_upper_case_key_ids_are_refused() {
+    let public = LedgerKeys::from_seeds(ORIGIN, &[7; 32], &[9; 32])
+        .unwrap()
+        .public_keys();
+    for vkey in [&public.log_key, &public.cosigner_key] {
+        trackshift_ledger::note::VerifierKey::parse(vkey).unwrap();
+        let mut parts: Vec<String> = vkey.splitn(3, '+').map(str::to_string).collect();
+        assert!(
+            parts[1].bytes().any(|b| b.is_ascii_alphabetic()),
+            "pick seeds whose key id has a letter: {}",
+            parts[1]
+        );
+        parts[1] = parts[1].to_uppercase();
+        let err = trackshift_ledger::note::VerifierKey::parse(&parts.join("+")).unwrap_err();
+        assert!(matches!(err, LedgerError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("lower-case"), "{err}");
+    }
+}
