@@ -380,10 +380,11 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
             "log key must be an Ed25519 key named after the origin".into(),
         ));
     }
-    if cos.alg != ALG_MLDSA44_COSIGNATURE {
-        return Err(LedgerError::Key(
-            "cosigner key must be an ML-DSA-44 cosignature key (type 0x06)".into(),
-        ));
+    if cos.alg != ALG_MLDSA44_COSIGNATURE || cos.name != cosigner_name(&keys.origin) {
+        return Err(LedgerError::Key(format!(
+            "cosigner key must be an ML-DSA-44 cosignature key (type 0x06) named {:?}",
+            cosigner_name(&keys.origin)
+        )));
     }
     let ed_key = ed25519_dalek::VerifyingKey::from_bytes(
         log.public_key
