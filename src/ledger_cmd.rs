@@ -130,6 +130,17 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 ring = Some(match ring {
                     None => r,
                     Some(mut all) => {
+                        // Document keys add up; the ledger keys name one log, so files that
+                        // name two different ledgers are refused rather than one picked.
+                        if let (Some(a), Some(b)) = (&all.ledger, &r.ledger)
+                            && a != b
+                        {
+                            bail!(
+                                "{} names other ledger keys than the files before it: give the \
+                                 key files of the gateways that share this one log",
+                                path.display()
+                            );
+                        }
                         all.keys.extend(r.keys);
                         all.ledger = all.ledger.or(r.ledger);
                         all

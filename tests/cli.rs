@@ -695,4 +695,39 @@ fn ledger_consistency_from_the_empty_tree_is_refused() {
     assert!(err.contains("0 entries"), "{err}");
     let (code, out, err) = consistency("empty.cp", "empty.cp");
     assert_eq!(code, 2, "{out}\n{err}");
+
+    // Key files of a shared log that name two different ledgers: refused, not one picked.
+    let other = dir.join("other-ledger");
+    trackshift_ledger::Ledger::open(&other, "test.example/ledger")
+        .unwrap()
+        .close();
+    let (code, _, err) = run(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            "keys",
+            "--out",
+            "other.json",
+            "--ledger",
+            other.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "ledger",
+            "verify",
+            "--store",
+            "postgres://trackshift@127.0.0.1:9/none",
+            "--public-keys",
+            "pub.json",
+            "--public-keys",
+            "other.json",
+        ],
+        dir,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("other ledger keys"), "{err}");
 }
