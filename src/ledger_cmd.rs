@@ -85,16 +85,18 @@ impl DocumentCount {
         Ok(())
     }
 
-    fn report(&self, location: &str, v: &trackshift_ledger::VerifiedCheckpoint) {
-        println!(
-            "OK ledger {location} ({}): {} entries ({} manifests, {} receipts), root {}",
-            v.origin,
-            v.size,
-            self.manifests,
-            self.receipts,
-            hex::encode(v.root)
-        );
-        println!("   every signature, hash and the signed checkpoint verify");
+    fn report(&self, location: &str, v: &trackshift_ledger::VerifiedCheckpoint) -> Result<()> {
+        crate::print_lines(&[
+            format!(
+                "OK ledger {location} ({}): {} entries ({} manifests, {} receipts), root {}",
+                v.origin,
+                v.size,
+                self.manifests,
+                self.receipts,
+                hex::encode(v.root)
+            ),
+            "   every signature, hash and the signed checkpoint verify".into(),
+        ])
     }
 }
 
@@ -114,7 +116,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             let ledger = Ledger::open_read_only(ledger_dir(&data_dir), None)?;
             let mut count = DocumentCount::default();
             let v = ledger.verify_all(|_, entry| count.check(entry, &ring))?;
-            count.report(&ledger.dir().display().to_string(), &v);
+            count.report(&ledger.dir().display().to_string(), &v)?;
         }
         LedgerCommand::Verify {
             store: Some(url),
@@ -128,6 +130,17 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 ring = Some(match ring {
                     None => r,
                     Some(mut all) => {
+                        // Document keys add up; the ledger keys name one log, so files that
+                        // name two different ledgers are refused rather than one picked.
+                        if let (Some(a), Some(b)) = (&all.ledger, &r.ledger)
+                            && a != b
+                        {
+                            bail!(
+                                "{} names other ledger keys than the files before it: give the \
+                                 key files of the gateways that share this one log",
+                                path.display()
+                            );
+                        }
                         all.keys.extend(r.keys);
                         all.ledger = all.ledger.or(r.ledger);
                         all
@@ -149,7 +162,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                     .await?;
                 anyhow::Ok((v, count))
             })?;
-            count.report("(shared, PostgreSQL)", &v);
+            count.report("(shared, PostgreSQL)", &v)?;
         }
         LedgerCommand::Verify { .. } => unreachable!("clap requires --data-dir or --store"),
         LedgerCommand::Checkpoint { from } => {
@@ -162,7 +175,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 (None, Some(url)) => fetch(url, "/checkpoint")?,
                 (None, None) => unreachable!("clap requires one source"),
             };
-            print!("{note}");
+            crate::print_text(&note)?;
         }
         LedgerCommand::Consistency {
             old,
@@ -185,6 +198,13 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 .with_context(|| format!("checkpoint {}", old.display()))?;
             let b = verify_checkpoint(&read(&new)?, keys)
                 .with_context(|| format!("checkpoint {}", new.display()))?;
+            if a.size == 0 {
+                bail!(
+                    "{} is a checkpoint of the empty log (0 entries): RFC 9162 defines \
+                     consistency proofs only from a non-empty tree, so there is nothing to prove",
+                    old.display()
+                );
+            }
             if a.size > b.size {
                 bail!(
                     "{} is larger ({}) than {} ({}); pass the earlier checkpoint first",
@@ -209,12 +229,12 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 (None, None) => unreachable!("clap requires one source"),
             };
             verify_consistency(a.size, b.size, &a.root, &b.root, &proof)?;
-            println!(
+            crate::print_lines(&[format!(
                 "OK the log grew from {} to {} entries without rewriting history ({} proof hashes)",
                 a.size,
                 b.size,
                 proof.len()
-            );
+            )])?;
         }
     }
     Ok(())

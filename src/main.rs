@@ -456,11 +456,15 @@ fn sign_with_store<D: trackshift_crypto::Signable>(doc: &mut D, keys: &Path) -> 
     Ok(())
 }
 
+/// `trackshift verify`: every check runs before anything is printed, so `OK` on stdout
+/// means the document passed all of them (signature, key window, binding, ledger proof,
+/// data); a failure prints only `FAILED: ...` on stderr (exit 1).
 fn verify(args: VerifyArgs) -> Result<()> {
     let ring = trackshift_crypto::PublicKeyring::from_json(&read(&args.public_keys)?)
         .with_context(|| format!("public key file {}", args.public_keys.display()))?;
     let doc = Document::from_json(&read(&args.file)?)
         .with_context(|| format!("{}", args.file.display()))?;
+    let mut report = Vec::new();
     match doc {
         Document::Manifest(m) => {
             if args.manifest.is_some() {
@@ -474,7 +478,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
             if let Some(data) = &args.data {
                 check_data(&m, data)?;
             }
-            println!(
+            report.push(format!(
                 "OK manifest {} (job {}, tenant {}): {} files, {} bytes, root {}",
                 args.file.display(),
                 m.job_id,
@@ -482,13 +486,13 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 m.files.len(),
                 m.total_bytes(),
                 m.root_hash
-            );
-            println!(
+            ));
+            report.push(format!(
                 "   signed {} by {} key {} at {}",
                 key.algorithm, key.purpose, key.id, sig.signed_at
-            );
+            ));
             if args.data.is_some() {
-                println!("   data re-hashed: every file matches");
+                report.push("   data re-hashed: every file matches".into());
             }
         }
         Document::Receipt(r) => {
@@ -510,7 +514,10 @@ fn verify(args: VerifyArgs) -> Result<()> {
             };
             let key = r.verify(&ring, manifest.as_ref())?;
             let sig = r.signature.as_ref().expect("verified receipts are signed");
-            println!(
+            let logged = check_ledger_proof(&r, &ring).with_context(|| {
+                format!("ledger proof (keys from {})", args.public_keys.display())
+            })?;
+            report.push(format!(
                 "OK receipt {} (job {}, tenant {}): {} to {}, {} bytes",
                 args.file.display(),
                 r.job_id,
@@ -518,33 +525,55 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 r.status.as_str(),
                 r.destination,
                 r.bytes
-            );
-            println!(
+            ));
+            report.push(format!(
                 "   signed {} by {} key {} at {}",
                 key.algorithm, key.purpose, key.id, sig.signed_at
-            );
+            ));
             if manifest.is_some() {
-                println!("   bound to manifest {}", r.manifest_hash);
+                report.push(format!("   bound to manifest {}", r.manifest_hash));
             }
-            if let Some((proof, cp)) = check_ledger_proof(&r, &ring).with_context(|| {
-                format!("ledger proof (keys from {})", args.public_keys.display())
-            })? {
-                println!(
+            if let Some((proof, cp)) = logged {
+                report.push(format!(
                     "   recorded in ledger {} as entry {} of {} (root {}, cosigned with ML-DSA-44 at {})",
                     cp.origin,
                     proof.index,
                     cp.size,
                     hex::encode(cp.root),
                     trackshift_crypto::Timestamp::from_unix(cp.cosigned_at)
-                );
+                ));
             }
         }
     }
-    Ok(())
+    print_lines(&report)
+}
+
+/// Writes `lines` to stdout, each ending in a newline; see [`print_text`].
+pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    print_text(&text)
+}
+
+/// Writes `text` to stdout as it is. A closed stdout (`verify ... | head -1`) ends the
+/// output quietly rather than in a panic: callers print only after every check passed, so
+/// the exit code still tells the verdict, and the reader asked for no more.
+pub(crate) fn print_text(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }
 
 /// Checks a receipt's ledger proof (the checkpoint's signatures and the inclusion of the
-/// receipt's signed bytes) with the ledger keys of `ring`; `None` when it carries none.
+/// receipt's signed bytes) with the ledger keys of `ring`.
+///
+/// `None` only when the key file names no ledger and the receipt carries no proof. A key
+/// file that names a ledger vouches for receipt keys whose every receipt is logged: a
+/// receipt without its proof there is rejected (the proof is not signed, so stripping it
+/// must not turn a logged receipt into one nobody can check against the log).
 pub(crate) fn check_ledger_proof(
     r: &Receipt,
     ring: &trackshift_crypto::PublicKeyring,
@@ -555,6 +584,14 @@ pub(crate) fn check_ledger_proof(
     )>,
 > {
     let Some(text) = &r.ledger_proof else {
+        if let Some(ledger) = &ring.ledger {
+            return Err(trackshift_ledger::LedgerError::Proof(format!(
+                "the receipt lacks its ledger proof, but the public key file names ledger {:?}: \
+                 receipts signed with these keys must carry their inclusion proof (FORMATS.md 5.3)",
+                ledger.origin
+            ))
+            .into());
+        }
         return Ok(None);
     };
     let keys = ring

@@ -454,3 +454,280 @@ fn ledger_records_every_job_and_auditors_check_it_offline() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("entry 3"), "{err}");
 }
+
+/// Runs the binary with its stdout a pipe nobody reads (`... | head -0`): every write to it
+/// fails with EPIPE.
+fn run_into_closed_pipe(args: &[&str], cwd: &Path) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackshift"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Rewrites the JSON file `from` into `to` with `edit`.
+fn edit_json(from: &Path, to: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_slice(&fs::read(from).unwrap()).unwrap();
+    edit(&mut v);
+    fs::write(to, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn verify_prints_ok_only_when_every_check_passed_and_survives_a_closed_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (code, out, err) = run(
+        &["demo", "--dir", "demo", "--size", "256KiB", "--files", "1"],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let job = fs::read_dir(dir.join("demo/receipts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (receipt, manifest) = (job.join("receipt.json"), job.join("manifest.json"));
+    let keys = dir.join("demo/public-keys.json");
+    let verify = |file: &Path, keys: &Path| {
+        run(
+            &[
+                "verify",
+                file.to_str().unwrap(),
+                "--public-keys",
+                keys.to_str().unwrap(),
+            ],
+            dir,
+        )
+    };
+    let (code, out, err) = verify(&receipt, &keys);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("OK receipt") && out.contains("recorded in ledger"),
+        "{out}"
+    );
+
+    // A tampered ledger proof: the signature still verifies, the proof does not. Nothing
+    // on stdout says OK.
+    let bad = dir.join("tampered.json");
+    edit_json(&receipt, &bad, |v| {
+        let proof = v["ledger_proof"].as_str().unwrap().to_string();
+        let mut lines: Vec<String> = proof.split('\n').map(str::to_string).collect();
+        let hash = &mut lines[2];
+        let flipped = if hash.starts_with('A') { "B" } else { "A" };
+        hash.replace_range(0..1, flipped);
+        v["ledger_proof"] = Value::String(lines.join("\n"));
+    });
+    let (code, out, err) = verify(&bad, &keys);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(out, "", "nothing on stdout when a check fails");
+    assert!(
+        err.starts_with("FAILED") && err.contains("ledger proof"),
+        "{err}"
+    );
+
+    // The proof stripped (it is not signed): a key file that names a ledger wants it.
+    let stripped = dir.join("stripped.json");
+    edit_json(&receipt, &stripped, |v| {
+        v.as_object_mut().unwrap().remove("ledger_proof");
+    });
+    let (code, out, err) = verify(&stripped, &keys);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("lacks its ledger proof"), "{err}");
+    // Against a key file without the ledger member it is an ordinary signed receipt.
+    let no_ledger = dir.join("no-ledger-keys.json");
+    edit_json(&keys, &no_ledger, |v| {
+        v.as_object_mut().unwrap().remove("ledger");
+    });
+    let (code, out, err) = verify(&stripped, &no_ledger);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("OK receipt") && !out.contains("ledger"),
+        "{out}"
+    );
+
+    // Upper-case hex, in each kind of document: malformed (exit 2), not a rejection.
+    fn upper(v: &mut Value) {
+        let s = v.as_str().unwrap().to_uppercase();
+        *v = Value::String(s);
+    }
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&Path, &Path, Edit)> = vec![
+        (
+            &receipt,
+            &keys,
+            Box::new(|v| upper(&mut v["manifest_hash"])),
+        ),
+        (
+            &receipt,
+            &keys,
+            Box::new(|v| upper(&mut v["confirmation"]["blake3"])),
+        ),
+        (
+            &receipt,
+            &keys,
+            Box::new(|v| upper(&mut v["signature"]["key_id"])),
+        ),
+        (&manifest, &keys, Box::new(|v| upper(&mut v["root_hash"]))),
+        (
+            &manifest,
+            &keys,
+            Box::new(|v| upper(&mut v["files"][0]["chunks"][0])),
+        ),
+        (
+            &manifest,
+            &keys,
+            Box::new(|v| upper(&mut v["files"][0]["blake3"])),
+        ),
+    ];
+    for (i, (doc, keys, edit)) in cases.into_iter().enumerate() {
+        let t = dir.join(format!("upper-{i}.json"));
+        edit_json(doc, &t, edit);
+        let (code, out, err) = verify(&t, keys);
+        assert_eq!(code, 2, "case {i}: {out}\n{err}");
+        assert!(err.contains("lower-case"), "case {i}: {err}");
+    }
+    let upper_keys = dir.join("upper-keys.json");
+    edit_json(&keys, &upper_keys, |v| upper(&mut v["keys"][0]["id"]));
+    let (code, _, err) = verify(&receipt, &upper_keys);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lower-case"), "{err}");
+    let upper_vkey = dir.join("upper-vkey.json");
+    edit_json(&keys, &upper_vkey, |v| {
+        let vkey = v["ledger"]["log_key"].as_str().unwrap().to_string();
+        let (name, rest) = vkey.split_once('+').unwrap();
+        let (id, key) = rest.split_once('+').unwrap();
+        v["ledger"]["log_key"] = Value::String(format!("{name}+{}+{key}", id.to_uppercase()));
+    });
+    let (code, _, err) = verify(&receipt, &upper_vkey);
+    assert_eq!(code, 2, "{err}");
+
+    // Piped into a reader that is gone (`| head -1`): no panic; the verdict is the exit code.
+    let gw = dir.join("demo/gateway");
+    for args in [
+        vec![
+            "verify",
+            receipt.to_str().unwrap(),
+            "--public-keys",
+            keys.to_str().unwrap(),
+        ],
+        vec!["ledger", "verify", "--data-dir", gw.to_str().unwrap()],
+        vec!["ledger", "checkpoint", "--data-dir", gw.to_str().unwrap()],
+    ] {
+        let (code, err) = run_into_closed_pipe(&args, dir);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+    }
+    let (code, err) = run_into_closed_pipe(
+        &[
+            "verify",
+            bad.to_str().unwrap(),
+            "--public-keys",
+            keys.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(code, Some(1), "{err}");
+}
+
+#[test]
+fn ledger_consistency_from_the_empty_tree_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gw = dir.join("gw");
+    let ledger = trackshift_ledger::Ledger::open(gw.join("ledger"), "test.example/ledger").unwrap();
+    let empty = ledger.checkpoint();
+    assert_eq!(empty.size, 0);
+    fs::write(dir.join("empty.cp"), &empty.note).unwrap();
+    ledger
+        .append_blocking(vec![b"one".to_vec(), b"two".to_vec()])
+        .unwrap();
+    fs::write(dir.join("two.cp"), &ledger.checkpoint().note).unwrap();
+    ledger.close();
+    drop(ledger);
+    let (code, _, err) = run(&["keys", "init", "--dir", "keys"], dir);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            "keys",
+            "--out",
+            "pub.json",
+            "--ledger",
+            gw.join("ledger").to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let consistency = |old: &str, new: &str| {
+        run(
+            &[
+                "ledger",
+                "consistency",
+                old,
+                new,
+                "--public-keys",
+                "pub.json",
+                "--data-dir",
+                gw.to_str().unwrap(),
+            ],
+            dir,
+        )
+    };
+    let (code, out, err) = consistency("two.cp", "two.cp");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("OK"), "{out}");
+    // RFC 9162 has no consistency proof from size 0: an empty one vouched for any roots.
+    let (code, out, err) = consistency("empty.cp", "two.cp");
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("0 entries"), "{err}");
+    let (code, out, err) = consistency("empty.cp", "empty.cp");
+    assert_eq!(code, 2, "{out}\n{err}");
+
+    // Key files of a shared log that name two different ledgers: refused, not one picked.
+    let other = dir.join("other-ledger");
+    trackshift_ledger::Ledger::open(&other, "test.example/ledger")
+        .unwrap()
+        .close();
+    let (code, _, err) = run(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            "keys",
+            "--out",
+            "other.json",
+            "--ledger",
+            other.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "ledger",
+            "verify",
+            "--store",
+            "postgres://trackshift@127.0.0.1:9/none",
+            "--public-keys",
+            "pub.json",
+            "--public-keys",
+            "other.json",
+        ],
+        dir,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("other ledger keys"), "{err}");
+}

@@ -39,12 +39,15 @@ impl Hash32 {
         hex::encode(self.0)
     }
 
-    /// Parses 64 hex digits.
+    /// Parses 64 lower-case hex digits (the only spelling FORMATS.md allows).
     pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|e| CryptoError::malformed("hash", format!("{s:?}: {e}")))?;
-        Ok(Self(out))
+        crate::lowhex::decode(s).map(Self).map_err(|e| match e {
+            // Only a string of the right length is worth quoting.
+            crate::lowhex::HexError::NotLowerHex { .. } => {
+                CryptoError::malformed("hash", format!("{s:?}: {e}"))
+            }
+            crate::lowhex::HexError::Length { .. } => CryptoError::malformed("hash", e.to_string()),
+        })
     }
 
     /// BLAKE3 of `data` (the standard, root hash).
@@ -88,12 +91,6 @@ impl<'de> Deserialize<'de> for Hash32 {
             return <[u8; 32]>::deserialize(d).map(Self);
         }
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if s.len() != 64 {
-            return Err(serde::de::Error::custom(format!(
-                "a hash is 64 hex digits, got {} characters",
-                s.len()
-            )));
-        }
         Self::from_hex(&s).map_err(serde::de::Error::custom)
     }
 }
@@ -378,6 +375,16 @@ mod tests {
         assert_eq!(Hash32::from_hex(&h.to_hex()).unwrap(), h);
         assert!(Hash32::from_hex("zz").is_err());
         assert!(serde_json::from_str::<Hash32>("\"abcd\"").is_err());
+    }
+
+    #[test]
+    fn upper_case_hash_is_refused_in_json() {
+        let h = Hash32::blake3(b"abc").to_hex();
+        let upper = h.to_uppercase();
+        let err = serde_json::from_str::<Hash32>(&format!("\"{upper}\"")).unwrap_err();
+        assert!(err.to_string().contains("lower-case"), "{err}");
+        let mixed = format!("{}{}", &h[..10], &upper[10..]);
+        assert!(Hash32::from_hex(&mixed).is_err());
     }
 
     proptest! {

@@ -148,18 +148,16 @@ impl KeyId {
         hex::encode(self.0)
     }
 
-    /// Parses 64 hex digits.
+    /// Parses 64 lower-case hex digits (the only spelling FORMATS.md allows).
     pub fn from_hex(s: &str) -> Result<Self> {
-        let mut id = [0u8; 32];
-        if s.len() != 64 {
-            return Err(CryptoError::malformed(
-                "key id",
-                format!("{s:?} is not 64 hex digits"),
-            ));
-        }
-        hex::decode_to_slice(s, &mut id)
-            .map_err(|e| CryptoError::malformed("key id", format!("{s:?}: {e}")))?;
-        Ok(Self(id))
+        crate::lowhex::decode(s).map(Self).map_err(|e| match e {
+            crate::lowhex::HexError::NotLowerHex { .. } => {
+                CryptoError::malformed("key id", format!("{s:?}: {e}"))
+            }
+            crate::lowhex::HexError::Length { .. } => {
+                CryptoError::malformed("key id", e.to_string())
+            }
+        })
     }
 }
 

@@ -25,6 +25,7 @@
 //! * [`filestore`]: the on-disk key store (secret files 0600, atomic writes, rotation).
 //! * [`canonical`]: the byte encoding signatures cover (`docs/FORMATS.md`).
 //! * [`manifest`], [`receipt`], [`document`]: the signed documents.
+//! * [`lowhex`]: the one strict (lower-case) hex decoder for every hash and key id.
 
 pub mod canonical;
 pub mod document;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod filestore;
 pub mod hash;
 pub mod keys;
+pub mod lowhex;
 pub mod manifest;
 pub mod receipt;
 pub mod signer;

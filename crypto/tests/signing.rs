@@ -675,3 +675,113 @@ fn duplicate_members_and_non_canonical_base64_are_refused() {
     v["signature"]["value"] = Value::String(odd);
     assert!(Receipt::from_json(v.to_string().as_bytes()).is_err());
 }
+
+/// `hex` with its first letter in upper case: one character off the only spelling.
+fn one_upper(hex: &str) -> String {
+    let at = hex
+        .find(|c: char| c.is_ascii_lowercase())
+        .expect("64 hex digits with no letter");
+    format!(
+        "{}{}{}",
+        &hex[..at],
+        hex[at..=at].to_uppercase(),
+        &hex[at + 1..]
+    )
+}
+
+fn assert_refused_as_malformed<T: std::fmt::Debug>(what: &str, got: Result<T, CryptoError>) {
+    let err = got.expect_err(what);
+    assert!(
+        matches!(err, CryptoError::Malformed { .. }) && !err.is_verification_failure(),
+        "{what}: {err}"
+    );
+    assert!(err.to_string().contains("lower-case"), "{what}: {err}");
+}
+
+#[test]
+fn upper_case_hex_in_any_hash_or_key_id_is_refused_as_malformed() {
+    let k = keys();
+    let m = signed_manifest(&k, T0 + 5);
+    let r = signed_receipt(&k, &m, T0 + 11);
+    type Path = &'static [&'static str];
+    let upcase = |json: &str, path: Path| -> String {
+        let mut v: Value = serde_json::from_str(json).unwrap();
+        let mut at = &mut v;
+        for p in path {
+            at = match p.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*p],
+            };
+        }
+        *at = Value::String(one_upper(at.as_str().unwrap()));
+        v.to_string()
+    };
+    let manifest_fields: [Path; 5] = [
+        &["root_hash"],
+        &["files", "0", "blake3"],
+        &["files", "0", "chunks", "0"],
+        &["files", "0", "chunks", "4"],
+        &["signature", "key_id"],
+    ];
+    for path in manifest_fields {
+        let json = upcase(&m.to_json(), path);
+        assert_refused_as_malformed(
+            &format!("manifest {path:?}"),
+            Manifest::from_json(json.as_bytes()),
+        );
+        assert_refused_as_malformed(
+            &format!("document {path:?}"),
+            Document::from_json(json.as_bytes()),
+        );
+    }
+    let receipt_fields: [Path; 3] = [
+        &["manifest_hash"],
+        &["confirmation", "blake3"],
+        &["signature", "key_id"],
+    ];
+    for path in receipt_fields {
+        let json = upcase(&r.to_json(), path);
+        assert_refused_as_malformed(
+            &format!("receipt {path:?}"),
+            Receipt::from_json(json.as_bytes()),
+        );
+    }
+    // Public key file: every key's id.
+    let ring_json = k.store.public_keyring().unwrap().to_json();
+    for i in 0..2 {
+        let json = upcase(
+            &ring_json,
+            match i {
+                0 => &["keys", "0", "id"],
+                _ => &["keys", "1", "id"],
+            },
+        );
+        assert_refused_as_malformed(
+            &format!("public key file, key {i}"),
+            PublicKeyring::from_json(json.as_bytes()),
+        );
+    }
+    // Key ids typed by an operator go through the same parser.
+    let id = m.signature.as_ref().unwrap().key_id.to_hex();
+    assert_refused_as_malformed("key id argument", KeyId::from_hex(&id.to_uppercase()));
+    // Secret key files.
+    let secret = k
+        ._dir
+        .path()
+        .join("keys/secret")
+        .join(format!("{}.json", r.signature.as_ref().unwrap().key_id));
+    let text = std::fs::read_to_string(&secret).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    std::fs::write(&secret, upcase(&v.to_string(), &["key_id"])).unwrap();
+    let store = FileKeyStore::open(k._dir.path().join("keys")).unwrap();
+    // (Its errors name only the position: the file holds a secret.)
+    let err = store
+        .signer(Purpose::Receipt, ts(T0 + 20))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, CryptoError::Malformed { .. }), "{err}");
+    // The lower-case originals are all fine.
+    Manifest::from_json(m.to_json().as_bytes()).unwrap();
+    Receipt::from_json(r.to_json().as_bytes()).unwrap();
+    PublicKeyring::from_json(ring_json.as_bytes()).unwrap();
+}

@@ -1240,6 +1240,36 @@ async fn finish_job(
     }
     let entries = job.state.lock().expect("job lock").finish(sender_hashes)?;
     let open = job.open();
+    // A finish that signed its documents before the gateway stopped resumes with them: the
+    // destinations were committed before they were signed, and the documents may be in the
+    // ledger already (crate::record).
+    let signed = match crate::record::load(&job.dir)? {
+        Some(signed) if signed.manifest.files == entries => signed,
+        Some(_) => {
+            return Err(GatewayError::Job(format!(
+                "job {}: the documents signed before a restart describe other files",
+                open.job_id
+            )));
+        }
+        None => sign_finish(shared, job, &open, entries).await?,
+    };
+    let bytes = signed.manifest.total_bytes();
+    // Record them in the ledger once (adjacent: the manifest, then the receipts in
+    // destination order), each receipt with its inclusion proof, then the job's files.
+    let (m, texts) = crate::record::record(&shared.ledger, &job.dir, signed, receipt_file).await?;
+    info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, bytes, destinations = texts.len(), "job complete; manifest and receipts signed");
+    *finished = Some((m.clone(), texts.clone()));
+    Ok((m, texts))
+}
+
+/// Commits every live destination, signs the manifest and one receipt per destination, and
+/// saves them with the ledger's size before they go to the ledger (crate::record).
+async fn sign_finish(
+    shared: &Arc<Shared>,
+    job: &Arc<Job>,
+    open: &OpenJob,
+    entries: Vec<trackshift_crypto::manifest::FileEntry>,
+) -> Result<crate::record::SignedFinish, GatewayError> {
     // Commit every live destination; a destination that fails here is dropped like one
     // that failed a write (or fails the job, in strict mode or when it is the only one).
     let mut outcomes: Vec<Result<Confirmation, String>> = Vec::with_capacity(job.dests.len());
@@ -1305,39 +1335,13 @@ async fn finish_job(
         receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
         receipts.push(receipt);
     }
-    // Record them in the ledger (adjacent: the manifest, then the receipts in destination
-    // order) and give each receipt its inclusion proof against the checkpoint that
-    // committed it.
-    let mut entries = vec![manifest.signed_bytes()?];
-    for r in &receipts {
-        entries.push(r.signed_bytes()?);
-    }
-    let appended = shared.ledger.append(entries).await?;
-    let m = manifest.to_json();
-    let mut texts = Vec::with_capacity(receipts.len());
-    for (i, r) in receipts.iter_mut().enumerate() {
-        let proof = shared
-            .ledger
-            .tlog_proof_in(appended.first_index + 1 + i as u64, &appended.checkpoint)
-            .await?;
-        r.ledger_proof = Some(proof.to_text());
-        texts.push(r.to_json());
-    }
-    trackshift_crypto::filestore::write_atomic(
-        &job.dir.join("manifest.json"),
-        m.as_bytes(),
-        0o644,
-    )?;
-    for (d, r) in texts.iter().enumerate() {
-        trackshift_crypto::filestore::write_atomic(
-            &job.dir.join(receipt_file(d)),
-            r.as_bytes(),
-            0o644,
-        )?;
-    }
-    info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, bytes = manifest.total_bytes(), destinations = texts.len(), "job complete; manifest and receipts signed");
-    *finished = Some((m.clone(), texts.clone()));
-    Ok((m, texts))
+    let signed = crate::record::SignedFinish {
+        ledger_size: shared.ledger.refresh().await?.size,
+        manifest,
+        receipts,
+    };
+    crate::record::save(&job.dir, &signed)?;
+    Ok(signed)
 }
 
 /// Commits every file of the job at destination `d` and checks what it confirms against

@@ -12,6 +12,7 @@
 pub mod gateway;
 pub mod jobs;
 pub mod protocol;
+mod record;
 pub mod scan;
 pub mod sender;
 pub mod tenants;

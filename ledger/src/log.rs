@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::note::LedgerPublicKeys;
 use crate::pg::PgLedger;
-use crate::proof::TlogProof;
+use crate::proof::{TlogProof, leaf_hash};
 use crate::store::{Appended, Ledger, SignedCheckpoint};
 
 /// The gateway's log, wherever it is stored.
@@ -45,6 +45,44 @@ impl Log {
             Log::File(l) => l.refresh(),
             Log::Postgres(l) => l.refresh().await,
         }
+    }
+
+    /// Leaf hashes of entries `from..to`; see [`Ledger::leaf_hashes`].
+    pub async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>> {
+        match self {
+            Log::File(l) => l.leaf_hashes(from, to),
+            Log::Postgres(l) => l.leaf_hashes(from, to).await,
+        }
+    }
+
+    /// Where `entries` were appended together (adjacent, in order) at or after index `from`
+    /// of the latest checkpoint: the index of the first, or `None` when they are not there.
+    /// A writer that may have died after an append looks for it with this before appending
+    /// again, from the size the log had before that append.
+    pub async fn find_appended(&self, from: u64, entries: &[Vec<u8>]) -> Result<Option<u64>> {
+        let want: Vec<[u8; 32]> = entries.iter().map(|e| leaf_hash(e)).collect();
+        let n = want.len() as u64;
+        if n == 0 {
+            return Ok(None);
+        }
+        const BATCH: u64 = 4096;
+        if n > crate::store::MAX_LEAF_HASHES - BATCH {
+            return Err(crate::LedgerError::InvalidRequest(format!(
+                "cannot look for {n} adjacent entries at once"
+            )));
+        }
+        let size = self.refresh().await?.size;
+        let mut lo = from;
+        while lo.checked_add(n).is_some_and(|end| end <= size) {
+            // Windows starting at lo..=hi-n; the next batch starts at hi-n+1.
+            let hi = (lo + BATCH + n - 1).min(size);
+            let got = self.leaf_hashes(lo, hi).await?;
+            if let Some(k) = got.windows(want.len()).position(|w| w == want.as_slice()) {
+                return Ok(Some(lo + k as u64));
+            }
+            lo = hi - n + 1;
+        }
+        Ok(None)
     }
 
     /// Consistency proof from the tree of `old` entries to the tree of `new` entries.

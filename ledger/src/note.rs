@@ -79,13 +79,9 @@ impl VerifierKey {
         if !valid_key_name(name) {
             return Err(bad("invalid key name"));
         }
-        if id.len() != 8
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(bad("key id must be 8 lowercase hex digits"));
-        }
+        let id = trackshift_crypto::lowhex::decode::<4>(id)
+            .map(u32::from_be_bytes)
+            .map_err(|e| bad(&format!("key id: {e}")))?;
         let material = B64.decode(key).map_err(|_| bad("key is not base64"))?;
         let Some((&alg, public_key)) = material.split_first() else {
             return Err(bad("empty key"));
@@ -98,7 +94,7 @@ impl VerifierKey {
         if public_key.len() != want {
             return Err(bad("wrong key length for its type"));
         }
-        if u32::from_str_radix(id, 16).ok() != Some(key_id(name, alg, public_key)) {
+        if id != key_id(name, alg, public_key) {
             return Err(bad("key id does not match the key"));
         }
         Ok(Self {
@@ -372,7 +368,7 @@ pub const MAX_NOTE_LEN: usize = 64 << 10;
 /// keys are ignored.
 pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<VerifiedCheckpoint> {
     if note.len() > MAX_NOTE_LEN {
-        return Err(LedgerError::Checkpoint(format!(
+        return Err(LedgerError::Malformed(format!(
             "signed checkpoint of {} bytes exceeds {MAX_NOTE_LEN}",
             note.len()
         )));
@@ -384,10 +380,11 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
             "log key must be an Ed25519 key named after the origin".into(),
         ));
     }
-    if cos.alg != ALG_MLDSA44_COSIGNATURE {
-        return Err(LedgerError::Key(
-            "cosigner key must be an ML-DSA-44 cosignature key (type 0x06)".into(),
-        ));
+    if cos.alg != ALG_MLDSA44_COSIGNATURE || cos.name != cosigner_name(&keys.origin) {
+        return Err(LedgerError::Key(format!(
+            "cosigner key must be an ML-DSA-44 cosignature key (type 0x06) named {:?}",
+            cosigner_name(&keys.origin)
+        )));
     }
     let ed_key = ed25519_dalek::VerifyingKey::from_bytes(
         log.public_key
@@ -425,7 +422,7 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
         ));
     }
     let cp = Checkpoint::from_bytes(parsed.text())
-        .map_err(|e| LedgerError::Checkpoint(e.to_string()))?;
+        .map_err(|e| LedgerError::Malformed(format!("signed checkpoint: {e}")))?;
     if cp.origin() != keys.origin {
         return Err(LedgerError::Checkpoint(format!(
             "checkpoint is for origin {:?}, expected {:?}",

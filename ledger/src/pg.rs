@@ -550,6 +550,42 @@ impl PgLedger {
         Ok(proof.into_iter().map(|h| h.0).collect())
     }
 
+    /// Leaf hashes of entries `from..to`, read from the stored hashes; see
+    /// [`crate::Ledger::leaf_hashes`].
+    pub async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>> {
+        self.check_size(to).await?;
+        let indexes: Vec<i64> = crate::store::leaf_hash_indexes(from, to)?
+            .into_iter()
+            .map(as_i64)
+            .collect();
+        let client = self.pool.get().await.map_err(db)?;
+        let rows = client
+            .query(
+                "SELECT idx, hash FROM ledger_hashes WHERE origin = $1 AND idx = ANY($2)",
+                &[&self.origin, &indexes],
+            )
+            .await
+            .map_err(db)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let idx: i64 = r.get(0);
+            let bytes: Vec<u8> = r.get(1);
+            let hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| LedgerError::Damaged(format!("stored hash {idx} is not 32 bytes")))?;
+            found.insert(idx, hash);
+        }
+        indexes
+            .iter()
+            .map(|i| {
+                found
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| LedgerError::Damaged(format!("stored hash {i} is missing")))
+            })
+            .collect()
+    }
+
     /// Consistency proof from the tree of `old` entries to the tree of `new` entries.
     pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
         self.check_size(new).await?;
@@ -558,7 +594,14 @@ impl PgLedger {
                 "old size {old} is larger than new size {new}"
             )));
         }
-        if old == 0 || old == new {
+        if old == 0 {
+            return Err(LedgerError::InvalidRequest(
+                "no consistency proof from a tree of 0 entries (RFC 9162 defines them only \
+                 from a non-empty tree)"
+                    .into(),
+            ));
+        }
+        if old == new {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await.map_err(db)?;

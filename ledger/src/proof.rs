@@ -26,7 +26,7 @@ pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
 
 fn to_hashes(proof: &[[u8; 32]]) -> Result<Vec<Hash>> {
     if proof.len() > MAX_PROOF_HASHES {
-        return Err(LedgerError::Proof(format!(
+        return Err(LedgerError::Malformed(format!(
             "{} hashes is more than any proof needs",
             proof.len()
         )));
@@ -55,6 +55,14 @@ pub fn verify_inclusion(
 
 /// Checks that the tree of `old_size` entries with root `old_root` is a prefix of the tree of
 /// `new_size` entries with root `new_root`, given the RFC 9162 consistency proof.
+///
+/// RFC 9162 (2.1.4) defines consistency proofs for `0 < old_size < new_size`; equal sizes are
+/// accepted with an empty proof and equal roots. Anything else is refused: an old size of 0
+/// ([`LedgerError::Malformed`]: the empty tree is a prefix of every tree and has no proof,
+/// so an empty "proof" would vouch for any pair of roots), an old size above the new one
+/// and a non-empty proof between equal sizes (both [`LedgerError::Malformed`]); equal sizes
+/// with different roots (a fork) and a proof that does not verify are
+/// [`LedgerError::Proof`].
 pub fn verify_consistency(
     old_size: u64,
     new_size: u64,
@@ -62,29 +70,31 @@ pub fn verify_consistency(
     new_root: &[u8; 32],
     proof: &[[u8; 32]],
 ) -> Result<()> {
+    if old_size == 0 {
+        return Err(LedgerError::Malformed(
+            "consistency proof from a tree of 0 entries: RFC 9162 defines them only from a \
+             non-empty tree"
+                .into(),
+        ));
+    }
     if old_size > new_size {
-        return Err(LedgerError::Proof(format!(
-            "old size {old_size} is larger than new size {new_size}"
+        return Err(LedgerError::Malformed(format!(
+            "consistency proof from {old_size} entries to fewer ({new_size})"
         )));
     }
-    if old_size == 0 {
-        // The empty tree is a prefix of every tree; RFC 9162 proofs for it are empty.
-        return if proof.is_empty() {
-            Ok(())
-        } else {
-            Err(LedgerError::Proof(
-                "a proof from the empty tree must be empty".into(),
-            ))
-        };
-    }
     if old_size == new_size {
-        return if proof.is_empty() && old_root == new_root {
-            Ok(())
-        } else {
-            Err(LedgerError::Proof(
-                "trees of equal size must have equal roots and an empty proof".into(),
-            ))
-        };
+        if old_root != new_root {
+            return Err(LedgerError::Proof(format!(
+                "two trees of {old_size} entries with different roots (the log forked)"
+            )));
+        }
+        if !proof.is_empty() {
+            return Err(LedgerError::Malformed(format!(
+                "a consistency proof between trees of equal size is empty, this one has {} hashes",
+                proof.len()
+            )));
+        }
+        return Ok(());
     }
     let p = to_hashes(proof)?;
     tlog_tiles::check_tree(&p, new_size, Hash(*new_root), old_size, Hash(*old_root))

@@ -229,6 +229,21 @@ impl HashReader for DiskHashes<'_> {
     }
 }
 
+/// Most leaf hashes one [`Ledger::leaf_hashes`] call returns.
+pub const MAX_LEAF_HASHES: u64 = 1 << 16;
+
+/// Stored-hash indexes of the leaves `from..to` (at most [`MAX_LEAF_HASHES`]).
+pub(crate) fn leaf_hash_indexes(from: u64, to: u64) -> Result<Vec<u64>> {
+    if from > to || to - from > MAX_LEAF_HASHES {
+        return Err(LedgerError::InvalidRequest(format!(
+            "leaf hashes {from}..{to}: give an ascending range of at most {MAX_LEAF_HASHES}"
+        )));
+    }
+    Ok((from..to)
+        .map(|i| tlog_tiles::stored_hash_index(0, i))
+        .collect())
+}
+
 /// CRC-32 of a frame's length field and entry.
 fn frame_crc(len: [u8; 4], entry: &[u8]) -> [u8; 4] {
     let mut h = crc32fast::Hasher::new();
@@ -633,6 +648,17 @@ impl Ledger {
         Ok(body)
     }
 
+    /// Leaf hashes (RFC 9162: `SHA-256(0x00 ‖ entry)`) of entries `from..to`, read from the
+    /// stored hashes; at most [`MAX_LEAF_HASHES`] at a time.
+    pub fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>> {
+        self.check_size(to)?;
+        let indexes = leaf_hash_indexes(from, to)?;
+        self.reader()
+            .read_hashes(&indexes)
+            .map(|hs| hs.into_iter().map(|h| h.0).collect())
+            .map_err(|e| LedgerError::Damaged(format!("reading leaf hashes: {e}")))
+    }
+
     fn reader(&self) -> DiskHashes<'_> {
         DiskHashes::committed(&self.inner.files.hashes, Path::new(HASHES))
     }
@@ -676,7 +702,14 @@ impl Ledger {
                 "old size {old} is larger than new size {new}"
             )));
         }
-        if old == 0 || old == new {
+        if old == 0 {
+            return Err(LedgerError::InvalidRequest(
+                "no consistency proof from a tree of 0 entries (RFC 9162 defines them only \
+                 from a non-empty tree)"
+                    .into(),
+            ));
+        }
+        if old == new {
             return Ok(Vec::new());
         }
         tlog_tiles::prove_tree(new, old, &self.reader())

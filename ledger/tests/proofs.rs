@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use proptest::prelude::*;
 use sha2_ref::sha256;
-use trackshift_ledger::{Ledger, verify_consistency, verify_inclusion};
+use trackshift_ledger::{Ledger, LedgerError, verify_consistency, verify_inclusion};
 
 /// A tiny SHA-256 front end so the reference below does not share code with the ledger.
 mod sha2_ref {
@@ -285,7 +285,7 @@ fn every_index_and_every_pair_of_sizes_verifies_against_the_reference() {
                 assert!(verify_inclusion(other, s, &leaf, &p, &roots[s as usize]).is_err());
             }
         }
-        for m in 0..=s {
+        for m in 1..=s {
             let p = l.consistency_proof(m, s).unwrap();
             verify_consistency(m, s, &roots[m as usize], &roots[s as usize], &p).unwrap();
             if m > 0 && m < s {
@@ -328,4 +328,60 @@ proptest! {
         p[k][bit / 8] ^= 1 << (bit % 8);
         prop_assert!(verify_inclusion(i, size, &leaf, &p, &root).is_err());
     }
+}
+
+#[test]
+fn a_consistency_proof_from_the_empty_tree_is_refused_for_any_roots() {
+    // RFC 9162 2.1.4 defines consistency proofs only for 0 < m < n. An empty "proof" from
+    // size 0 used to pass for whatever roots it was given.
+    let (a, b) = ([0x11; 32], [0x22; 32]);
+    for new in [0u64, 1, 7] {
+        let err = verify_consistency(0, new, &a, &b, &[]).unwrap_err();
+        assert!(matches!(err, LedgerError::Malformed(_)), "{err}");
+        assert!(!err.is_verification_failure());
+        assert!(err.to_string().contains("0 entries"), "{err}");
+        // Even with the empty tree's real root.
+        let empty = mth(&[]);
+        assert!(verify_consistency(0, new, &empty, &b, &[]).is_err());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let leaves: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i]).collect();
+    let l = ledger_with(tmp.path(), &leaves, 5);
+    assert!(matches!(
+        l.consistency_proof(0, 5),
+        Err(LedgerError::InvalidRequest(_))
+    ));
+    l.close();
+}
+
+#[test]
+fn consistency_sizes_outside_rfc_9162_are_refused_with_the_right_kind_of_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaves: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i]).collect();
+    let l = ledger_with(tmp.path(), &leaves, 3);
+    let root = |s: u64| mth(&leaves[..s as usize]);
+    let p = l.consistency_proof(3, 9).unwrap();
+    verify_consistency(3, 9, &root(3), &root(9), &p).unwrap();
+    // Old size above the new one: malformed (exit 2), whatever the proof.
+    let err = verify_consistency(9, 3, &root(9), &root(3), &p).unwrap_err();
+    assert!(matches!(err, LedgerError::Malformed(_)), "{err}");
+    // Equal sizes: equal roots and an empty proof, nothing else.
+    verify_consistency(9, 9, &root(9), &root(9), &[]).unwrap();
+    let err = verify_consistency(9, 9, &root(9), &root(9), &p).unwrap_err();
+    assert!(matches!(err, LedgerError::Malformed(_)), "{err}");
+    let err = verify_consistency(9, 9, &root(9), &root(8), &[]).unwrap_err();
+    assert!(
+        err.is_verification_failure(),
+        "a fork is a rejection: {err}"
+    );
+    // A proof that does not verify is a rejection (exit 1); one longer than any proof is
+    // malformed (exit 2).
+    let err = verify_consistency(3, 9, &root(4), &root(9), &p).unwrap_err();
+    assert!(matches!(err, LedgerError::Proof(_)), "{err}");
+    let err = verify_consistency(3, 9, &root(3), &root(9), &p[1..]).unwrap_err();
+    assert!(matches!(err, LedgerError::Proof(_)), "{err}");
+    let long = vec![[0u8; 32]; trackshift_ledger::proof::MAX_PROOF_HASHES + 1];
+    let err = verify_consistency(3, 9, &root(3), &root(9), &long).unwrap_err();
+    assert!(matches!(err, LedgerError::Malformed(_)), "{err}");
+    l.close();
 }

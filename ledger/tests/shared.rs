@@ -156,6 +156,26 @@ async fn the_shared_log_computes_what_the_file_log_computes() {
             file.inclusion_proof(idx, size).unwrap()
         );
     }
+    assert_eq!(
+        pg.leaf_hashes(0, size).await.unwrap(),
+        file.leaf_hashes(0, size).unwrap()
+    );
+    assert!(pg.leaf_hashes(0, size + 1).await.is_err());
+    // A finish retried after a crash finds its entries in the shared log as in the file log.
+    let (pg_log, file_log) = (
+        trackshift_ledger::Log::Postgres(std::sync::Arc::new(pg)),
+        trackshift_ledger::Log::File(std::sync::Arc::new(file)),
+    );
+    let run = [b"entry 300".to_vec(), b"entry 301".to_vec()];
+    assert_eq!(pg_log.find_appended(0, &run).await.unwrap(), Some(300));
+    assert_eq!(file_log.find_appended(0, &run).await.unwrap(), Some(300));
+    assert_eq!(pg_log.find_appended(301, &run).await.unwrap(), None);
+    let (trackshift_ledger::Log::Postgres(pg), trackshift_ledger::Log::File(file)) =
+        (&pg_log, &file_log)
+    else {
+        unreachable!()
+    };
+    assert!(pg.consistency_proof(0, size).await.is_err());
     for old in [1u64, 7, 256, 400] {
         assert_eq!(
             pg.consistency_proof(old, size).await.unwrap(),

@@ -474,3 +474,258 @@ fn oversized_and_empty_appends_are_refused_without_writing() {
         0
     );
 }
+
+#[tokio::test]
+async fn find_appended_sees_a_run_wherever_it_lies_across_its_read_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Arc::new(Ledger::open(tmp.path(), ORIGIN).unwrap());
+    let n = 4100;
+    let all: Vec<Vec<u8>> = (0..n).map(entry).collect();
+    l.append(all.clone()).await.unwrap();
+    let leaves = l.leaf_hashes(0, n as u64).unwrap();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(leaves[i], trackshift_ledger::leaf_hash(e), "leaf {i}");
+    }
+    assert!(l.leaf_hashes(0, n as u64 + 1).is_err());
+    assert!(l.leaf_hashes(5, 4).is_err());
+    let log = trackshift_ledger::Log::File(l.clone());
+    // Reads go 4096 leaves at a time: runs before, across and after the seam.
+    for start in [0usize, 1, 4094, 4095, 4096, 4097, n - 3] {
+        for len in [1usize, 2, 3] {
+            if start + len > n {
+                continue;
+            }
+            let run = &all[start..start + len];
+            assert_eq!(
+                log.find_appended(0, run).await.unwrap(),
+                Some(start as u64),
+                "{start}+{len}"
+            );
+            assert_eq!(
+                log.find_appended(start as u64, run).await.unwrap(),
+                Some(start as u64)
+            );
+            assert_eq!(
+                log.find_appended(start as u64 + 1, run).await.unwrap(),
+                None
+            );
+        }
+    }
+    assert_eq!(
+        log.find_appended(0, &[b"never appended".to_vec()])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(log.find_appended(0, &[]).await.unwrap(), None);
+    l.close();
+}
+
+#[test]
+fn verifier_keys_with_upper_case_key_ids_are_refused() {
+    let public = LedgerKeys::from_seeds(ORIGIN, &[7; 32], &[9; 32])
+        .unwrap()
+        .public_keys();
+    for vkey in [&public.log_key, &public.cosigner_key] {
+        trackshift_ledger::note::VerifierKey::parse(vkey).unwrap();
+        let mut parts: Vec<String> = vkey.splitn(3, '+').map(str::to_string).collect();
+        assert!(
+            parts[1].bytes().any(|b| b.is_ascii_alphabetic()),
+            "pick seeds whose key id has a letter: {}",
+            parts[1]
+        );
+        parts[1] = parts[1].to_uppercase();
+        let err = trackshift_ledger::note::VerifierKey::parse(&parts.join("+")).unwrap_err();
+        assert!(matches!(err, LedgerError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("lower-case"), "{err}");
+    }
+}
+
+/// Exit code `trackshift verify` gives a ledger error: 1 for a rejection, 2 for malformed
+/// input (as src/main.rs maps them; FORMATS.md 8.6 lists the cases).
+fn exit_code(e: &LedgerError) -> u8 {
+    if e.is_verification_failure() { 1 } else { 2 }
+}
+
+#[test]
+fn every_malformed_or_failing_proof_has_the_exit_code_formats_md_gives() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Ledger::open(tmp.path(), ORIGIN).unwrap();
+    for i in 0..11 {
+        l.append_blocking(vec![entry(i)]).unwrap();
+    }
+    let public = l.public_keys().clone();
+    let good = l.tlog_proof(3).unwrap();
+    let text = good.to_text();
+    let check =
+        |text: &str, keys: &trackshift_ledger::LedgerPublicKeys| -> Result<(), LedgerError> {
+            TlogProof::parse(text)?.verify(&entry(3), keys).map(|_| ())
+        };
+    check(&text, &public).unwrap();
+    let hash0 = b64.encode(good.proof[0]);
+    let mut non_canonical = hash0.clone();
+    // The last character before '=' carries 2 unused bits: set one.
+    let at = non_canonical.trim_end_matches('=').len() - 1;
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let c = ALPHABET.find(non_canonical.as_bytes()[at] as char).unwrap();
+    non_canonical.replace_range(at..=at, &ALPHABET[c ^ 1..=c ^ 1]);
+    let too_many = text.replacen(
+        &format!("{hash0}\n"),
+        &format!("{hash0}\n").repeat(trackshift_ledger::proof::MAX_PROOF_HASHES + 1),
+        1,
+    );
+    let cp_lines: Vec<&str> = good.checkpoint.lines().collect();
+    let without = |pred: &dyn Fn(&str) -> bool| -> String {
+        let kept: Vec<&str> = good.checkpoint.lines().filter(|l| !pred(l)).collect();
+        text.replacen(&good.checkpoint, &(kept.join("\n") + "\n"), 1)
+    };
+    let flipped = {
+        let mut h = good.proof[0];
+        h[0] ^= 1;
+        text.replacen(&hash0, &b64.encode(h), 1)
+    };
+    let cases: Vec<(&str, String, u8)> = vec![
+        // tlog-proof text (8.3): malformed.
+        (
+            "other header",
+            text.replacen("tlog-proof@v1", "tlog-proof@v2", 1),
+            2,
+        ),
+        (
+            "index with a leading zero",
+            text.replacen("index 3", "index 03", 1),
+            2,
+        ),
+        (
+            "no empty line before the checkpoint",
+            text.replacen("\n\n", "\n", 1),
+            2,
+        ),
+        ("a hash of 3 bytes", text.replacen(&hash0, "AAAA", 1), 2),
+        (
+            "a hash in non-canonical base64",
+            text.replacen(&hash0, &non_canonical, 1),
+            2,
+        ),
+        ("more than 128 hashes", too_many, 2),
+        (
+            "extra that is not base64",
+            text.replacen("index 3", "extra !!\nindex 3", 1),
+            2,
+        ),
+        (
+            "no checkpoint",
+            text[..text.find("\n\n").unwrap() + 2].to_string(),
+            2,
+        ),
+        // The signed checkpoint (8.2).
+        (
+            "a signature line without the em dash",
+            text.replacen("\u{2014} ", "- ", 1),
+            2,
+        ),
+        (
+            "the cosignature removed",
+            without(&|l: &str| l.contains("/mldsa44 ")),
+            1,
+        ),
+        (
+            "the log signature removed",
+            without(&|l: &str| l.starts_with(&format!("\u{2014} {ORIGIN} "))),
+            1,
+        ),
+        (
+            "the tree size changed",
+            text.replacen(&format!("\n{}\n", cp_lines[1]), "\n12\n", 1),
+            1,
+        ),
+        // The inclusion proof (8.1).
+        (
+            "the neighbouring index",
+            text.replacen("index 3", "index 2", 1),
+            1,
+        ),
+        (
+            "an index outside the tree",
+            text.replacen("index 3", "index 11", 1),
+            1,
+        ),
+        ("a hash changed", flipped, 1),
+        (
+            "a hash dropped",
+            text.replacen(&format!("{hash0}\n"), "", 1),
+            1,
+        ),
+    ];
+    for (what, bad, want) in cases {
+        let err = check(&bad, &public).expect_err(what);
+        assert_eq!(exit_code(&err), want, "{what}: {err}");
+    }
+    // Keys (2.3 `ledger` member): malformed verifier keys exit 2; another log's keys reject.
+    let mut keys = public.clone();
+    keys.log_key = keys.log_key.replacen('+', "+x", 1);
+    assert_eq!(exit_code(&check(&text, &keys).unwrap_err()), 2);
+    let mut keys = public.clone();
+    keys.cosigner_key = public.log_key.clone();
+    assert_eq!(
+        exit_code(&check(&text, &keys).unwrap_err()),
+        2,
+        "a log key as cosigner"
+    );
+    let mut keys = public.clone();
+    let cos = trackshift_ledger::note::VerifierKey::parse(&public.cosigner_key).unwrap();
+    keys.cosigner_key =
+        trackshift_ledger::note::encode_vkey("other.example/mldsa44", cos.alg, &cos.public_key);
+    assert_eq!(
+        exit_code(&check(&text, &keys).unwrap_err()),
+        2,
+        "a cosigner of another name"
+    );
+    let other = LedgerKeys::from_seeds(ORIGIN, &[1; 32], &[2; 32])
+        .unwrap()
+        .public_keys();
+    assert_eq!(
+        exit_code(&check(&text, &other).unwrap_err()),
+        1,
+        "another log's keys"
+    );
+    l.close();
+}
+
+/// CRC-32/ISO-HDLC (the zlib, PNG and Ethernet CRC), bit by bit from its parameters: poly
+/// 0x04C11DB7 reflected (0xEDB88320), init and final XOR 0xFFFFFFFF.
+fn crc32_iso_hdlc(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn entry_frames_carry_the_crc_32_iso_hdlc_of_length_and_entry_big_endian() {
+    assert_eq!(
+        crc32_iso_hdlc(b"123456789"),
+        0xCBF4_3926,
+        "the variant's check value"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Ledger::open(tmp.path(), ORIGIN).unwrap();
+    l.append_blocking(vec![b"123456789".to_vec()]).unwrap();
+    l.close();
+    drop(l);
+    let log = fs::read(tmp.path().join("entries.log")).unwrap();
+    assert_eq!(log.len(), 4 + 9 + 4);
+    assert_eq!(&log[..4], &9u32.to_be_bytes());
+    assert_eq!(&log[4..13], b"123456789");
+    assert_eq!(log[13..], crc32_iso_hdlc(&log[..13]).to_be_bytes());
+}

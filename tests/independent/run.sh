@@ -215,9 +215,12 @@ expect 0 "gateway manifest from a QUIC transfer" -- --public-keys "$dk" --data d
 # Gateway receipts carry a C2SP tlog-proof of their ledger entry (FORMATS.md section 8):
 # checkpoint signed Ed25519 and co-signed ML-DSA-44, RFC 9162 inclusion proof.
 expect 0 "gateway receipt with its ledger proof, bound to its manifest" -- --public-keys "$dk" --manifest "$dm" "$dr"
-# The proof is not signed: a copy without it still verifies (signature and binding).
+# The proof is not signed, so it can be stripped: a key file that names a ledger wants it
+# (FORMATS.md 5.3); without the ledger member the receipt is an ordinary signed receipt.
 edit "$dr" dr-noproof.json 'd["ledger_proof"] = None'
-expect 0 "gateway receipt without its ledger proof" -- --public-keys "$dk" --manifest "$dm" dr-noproof.json
+expect 1 "gateway receipt stripped of its ledger proof, key file names the ledger" -- --public-keys "$dk" --manifest "$dm" dr-noproof.json
+edit "$dk" dk-noledger.json 'del d["ledger"]'
+expect 0 "the same receipt against a key file without the ledger member" -- --public-keys dk-noledger.json --manifest "$dm" dr-noproof.json
 edit r1-unconfirmed.json t.json 'd["detail"] = None; d["correlation_id"] = None; d["ledger_proof"] = None; d["confirmation"]["etag"] = None'
 expect 0 "optional fields given as null" -- --public-keys pub.json t.json
 expect_py 0 "several files in one run" -- --public-keys pub.json m1.json m2s.json r1.json r2s.json
@@ -381,6 +384,23 @@ resign r1.json t.json keys pub.json 'd["confirmation"]["blake3"] = other_hash(d[
 expect 1 "confirmation.blake3 differs from the manifest root (re-signed)" -- --public-keys pub.json --manifest m1.json t.json
 resign r1.json t.json keys pub.json 'd["tenant"] = "mallory"'
 expect 1 "receipt tenant differs from the manifest (re-signed)" -- --public-keys pub.json --manifest m1.json t.json
+
+echo "==> hex is lower case only (FORMATS.md 1)"
+edit m1.json t.json 'd["root_hash"] = d["root_hash"].upper()'
+expect malformed "manifest root_hash in upper case (same bytes)" -- --public-keys pub.json t.json
+edit m1.json t.json "d['files'][$f5]['chunks'][0] = d['files'][$f5]['chunks'][0].upper()"
+expect malformed "one chunk hash in upper case" -- --public-keys pub.json t.json
+edit m1.json t.json 'i = next(i for i, c in enumerate(d["signature"]["key_id"]) if c.isalpha()); k = d["signature"]["key_id"]; d["signature"]["key_id"] = k[:i] + k[i].upper() + k[i + 1:]'
+expect malformed "signature key_id with one upper-case digit" -- --public-keys pub.json t.json
+edit r1.json t.json 'd["manifest_hash"] = d["manifest_hash"].upper()'
+expect malformed "receipt manifest_hash in upper case" -- --public-keys pub.json t.json
+edit r1.json t.json 'd["confirmation"]["blake3"] = d["confirmation"]["blake3"].upper()'
+expect malformed "receipt confirmation.blake3 in upper case" -- --public-keys pub.json t.json
+edit pub.json tk.json '[k.__setitem__("id", k["id"].upper()) for k in d["keys"]]'
+expect malformed "public key file with upper-case key ids" -- --public-keys tk.json m2s.json
+# (The key with a letter in its 8-digit id: the other one's may be all decimal digits.)
+edit "$dk" tk.json 'm = next(m for m in ("log_key", "cosigner_key") if any(c.isalpha() for c in d["ledger"][m].split("+")[1])); n, i, k = d["ledger"][m].split("+", 2); d["ledger"][m] = "+".join([n, i.upper(), k])'
+expect malformed "ledger verifier key with an upper-case key id" -- --public-keys tk.json "$dr"
 
 echo "==> timestamp spellings (FORMATS.md 1: RFC 3339, whole seconds, any offset)"
 sa="$(field r1.json 'd["signature"]["signed_at"]')"

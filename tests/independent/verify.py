@@ -573,6 +573,9 @@ def verify_file(path, keys, manifest_path, data_dir):
             index, size = verify_ledger_proof(
                 doc["ledger_proof"], signed_bytes(doc, receipt_body(doc)), LEDGER_KEYS)
             kind = f"receipt (ledger entry {index} of {size})"
+        elif LEDGER_KEYS is not None:
+            # FORMATS.md 5.3: a key file that names a ledger vouches only for logged receipts.
+            raise Rejected("lacks its ledger proof, but the key file names a ledger")
         if manifest_path:
             m = load_json(manifest_path)
             check_signature(m, manifest_body(m), "manifest", keys)

@@ -1,0 +1,356 @@
+//! Recording a finished job in the ledger exactly once, whenever the gateway stops.
+//!
+//! A job's finish signs its manifest and receipts, appends them to the ledger and writes
+//! `manifest.json` and the receipt files. A gateway killed after the append but before the
+//! files are written used to sign and append a second manifest and receipt set when the
+//! sender retried: two ledger records of one job. Now the finish goes:
+//!
+//! 1. sign the documents and save them with the ledger's size, read before the append, in
+//!    `signed.json` (written atomically and fsynced: [`save`]);
+//! 2. look for them in the ledger from that size on, and append them only when they are not
+//!    there ([`record`]); the ledger's append is atomic, so they are there in full or not
+//!    at all;
+//! 3. give every receipt its inclusion proof and write the job's files.
+//!
+//! A retried finish that finds `signed.json` skips signing (and committing the
+//! destinations, which happened before step 1) and resumes at step 2 with the same
+//! documents, so a crash at any point leaves one manifest and one receipt per destination
+//! in the ledger, and the job's files are those entries.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use trackshift_crypto::{Manifest, Receipt, Signable as _};
+
+use crate::gateway::GatewayError;
+
+/// File in a job directory holding the signed documents until the job's files are written.
+pub const SIGNED_FILE: &str = "signed.json";
+
+/// The signed documents of a finishing job, saved before they go to the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedFinish {
+    /// Size of the ledger read before the append: the documents, once appended, are at or
+    /// after this index.
+    pub ledger_size: u64,
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// The signed receipts in destination order, without ledger proofs.
+    pub receipts: Vec<Receipt>,
+}
+
+impl SignedFinish {
+    /// The ledger entries of the job: the manifest's signed bytes, then each receipt's.
+    fn entries(&self) -> Result<Vec<Vec<u8>>, GatewayError> {
+        let mut entries = vec![self.manifest.signed_bytes()?];
+        for r in &self.receipts {
+            entries.push(r.signed_bytes()?);
+        }
+        Ok(entries)
+    }
+}
+
+/// Saves `signed` in `dir` durably (atomic write, file and directory fsynced).
+pub fn save(dir: &Path, signed: &SignedFinish) -> Result<(), GatewayError> {
+    let json = serde_json::to_vec_pretty(signed).expect("documents serialise");
+    trackshift_crypto::filestore::write_atomic(&dir.join(SIGNED_FILE), &json, 0o644)?;
+    Ok(())
+}
+
+/// The signed documents a previous finish of the job in `dir` saved, if any.
+pub fn load(dir: &Path) -> Result<Option<SignedFinish>, GatewayError> {
+    let path = dir.join(SIGNED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(GatewayError::Io {
+                action: "reading",
+                path,
+                source,
+            });
+        }
+    };
+    let signed: SignedFinish = serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::Job(format!("stored documents {}: {e}", path.display())))?;
+    Ok(Some(signed))
+}
+
+/// Points of a finish where a test can make the gateway "crash" (stop before the next step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CrashPoint {
+    /// After the documents were saved, before the ledger append.
+    BeforeAppend,
+    /// After the append, before any job file is written.
+    AfterAppend,
+    /// After `manifest.json`, before the receipt files.
+    AfterManifestFile,
+}
+
+/// The crash point a unit test armed (fires once).
+#[cfg(test)]
+pub(crate) static CRASH_AT: std::sync::Mutex<Option<CrashPoint>> = std::sync::Mutex::new(None);
+
+/// Fails with an "injected crash" when a unit test armed `at`; does nothing otherwise.
+fn crash_point(at: CrashPoint) -> Result<(), GatewayError> {
+    #[cfg(test)]
+    {
+        let mut armed = CRASH_AT.lock().expect("crash point lock");
+        if *armed == Some(at) {
+            *armed = None;
+            return Err(GatewayError::Job(format!("injected crash at {at:?}")));
+        }
+    }
+    let _ = at;
+    Ok(())
+}
+
+/// Records `signed` (saved in `dir` with [`save`]) in `ledger` unless a previous attempt
+/// did, gives each receipt its inclusion proof, writes `manifest.json` and the receipt
+/// files (`receipt_file(d)` for destination `d`) and removes the saved documents. Returns
+/// the manifest's and the receipts' JSON as written.
+pub async fn record(
+    ledger: &trackshift_ledger::Log,
+    dir: &Path,
+    signed: SignedFinish,
+    receipt_file: impl Fn(usize) -> String,
+) -> Result<(String, Vec<String>), GatewayError> {
+    crash_point(CrashPoint::BeforeAppend)?;
+    let entries = signed.entries()?;
+    let first = match ledger.find_appended(signed.ledger_size, &entries).await? {
+        Some(first) => {
+            tracing::info!(
+                job = %signed.manifest.job_id,
+                first,
+                "documents were already in the ledger (finish retried); not appending again"
+            );
+            first
+        }
+        None => ledger.append(entries).await?.first_index,
+    };
+    crash_point(CrashPoint::AfterAppend)?;
+    // The latest checkpoint covers the entries (found in it, or appended under it).
+    let checkpoint = ledger.checkpoint();
+    let SignedFinish {
+        manifest,
+        mut receipts,
+        ..
+    } = signed;
+    let m = manifest.to_json();
+    let mut texts = Vec::with_capacity(receipts.len());
+    for (i, r) in receipts.iter_mut().enumerate() {
+        let proof = ledger
+            .tlog_proof_in(first + 1 + i as u64, &checkpoint)
+            .await?;
+        r.ledger_proof = Some(proof.to_text());
+        texts.push(r.to_json());
+    }
+    trackshift_crypto::filestore::write_atomic(&dir.join("manifest.json"), m.as_bytes(), 0o644)?;
+    crash_point(CrashPoint::AfterManifestFile)?;
+    for (d, r) in texts.iter().enumerate() {
+        trackshift_crypto::filestore::write_atomic(
+            &dir.join(receipt_file(d)),
+            r.as_bytes(),
+            0o644,
+        )?;
+    }
+    // The job's files now say what the saved documents said; a failure to remove them only
+    // leaves a file that a later finish (which finds the job complete) never reads.
+    if let Err(e) = std::fs::remove_file(dir.join(SIGNED_FILE)) {
+        tracing::warn!(job = %manifest.job_id, error = %e, "could not remove {SIGNED_FILE}");
+    }
+    Ok((m, texts))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use trackshift_crypto::hash::ChunkLayout;
+    use trackshift_crypto::manifest::FileEntry;
+    use trackshift_crypto::{
+        Confirmation, DeliveryStatus, FileKeyStore, Hash32, KeyBackend as _, Purpose,
+        Signable as _, Timestamp,
+    };
+    use trackshift_ledger::{Ledger, Log, TlogProof};
+
+    use super::*;
+
+    const ORIGIN: &str = "test.example/ledger";
+
+    fn open_log(dir: &Path) -> Log {
+        Log::File(Arc::new(Ledger::open(dir, ORIGIN).unwrap()))
+    }
+
+    fn receipt_name(d: usize) -> String {
+        format!("receipt-{d}.json")
+    }
+
+    /// A signed manifest and one receipt per destination, as a finish signs them.
+    fn signed_docs(keys: &FileKeyStore, job: &str, ledger_size: u64) -> SignedFinish {
+        let now = Timestamp::now();
+        let data = format!("contents of {job}");
+        let layout = ChunkLayout::new(data.len() as u64, 1024).unwrap();
+        let file = FileEntry::from_chunks(
+            "a.txt".into(),
+            layout,
+            vec![Hash32::blake3(data.as_bytes())],
+        )
+        .unwrap();
+        let dests = vec!["file:///one".to_string(), "file:///two".to_string()];
+        let mut manifest =
+            Manifest::new(job, "acme", now, "file:///src", dests.clone(), vec![file]).unwrap();
+        let signer = keys.signer(Purpose::Manifest, now).unwrap();
+        manifest.sign_with(signer.as_ref(), now).unwrap();
+        let receipts = dests
+            .iter()
+            .map(|uri| {
+                let mut r = Receipt {
+                    format: trackshift_crypto::receipt::RECEIPT_FORMAT.to_string(),
+                    job_id: job.into(),
+                    tenant: "acme".into(),
+                    manifest_hash: manifest.document_hash().unwrap(),
+                    destination: uri.clone(),
+                    bytes: manifest.total_bytes(),
+                    confirmation: Confirmation {
+                        size: manifest.total_bytes(),
+                        etag: None,
+                        blake3: Some(manifest.root_hash),
+                    },
+                    status: DeliveryStatus::Confirmed,
+                    detail: None,
+                    correlation_id: None,
+                    completed_at: now,
+                    signature: None,
+                    ledger_proof: None,
+                };
+                let signer = keys.signer(Purpose::Receipt, now).unwrap();
+                r.sign_with(signer.as_ref(), now).unwrap();
+                r
+            })
+            .collect();
+        SignedFinish {
+            ledger_size,
+            manifest,
+            receipts,
+        }
+    }
+
+    fn entries_of(log: &Log) -> Vec<Vec<u8>> {
+        let Log::File(l) = log else { unreachable!() };
+        (0..l.size()).map(|i| l.entry(i).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_finish_retried_after_a_crash_at_any_point_records_the_job_once() {
+        for crash in [
+            None,
+            Some(CrashPoint::BeforeAppend),
+            Some(CrashPoint::AfterAppend),
+            Some(CrashPoint::AfterManifestFile),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (ledger_dir, job_dir) = (tmp.path().join("ledger"), tmp.path().join("job"));
+            std::fs::create_dir_all(&job_dir).unwrap();
+            let keys = FileKeyStore::init(tmp.path().join("keys"), Timestamp::now()).unwrap();
+            let ring = keys.public_keyring().unwrap();
+            let mut log = open_log(&ledger_dir);
+            // Another job recorded before this one.
+            log.append(signed_docs(&keys, "earlier", 0).entries().unwrap())
+                .await
+                .unwrap();
+            let signed = signed_docs(&keys, "job-1", log.size());
+            save(&job_dir, &signed).unwrap();
+
+            *CRASH_AT.lock().unwrap() = crash;
+            let outcome = record(&log, &job_dir, signed.clone(), receipt_name).await;
+            let (m, receipts) = match crash {
+                None => outcome.unwrap(),
+                Some(at) => {
+                    let err = outcome.unwrap_err();
+                    assert!(err.to_string().contains("injected crash"), "{at:?}: {err}");
+                    // The gateway restarts: the ledger is reopened from disk, and another
+                    // job gets recorded before the sender retries this one.
+                    log.close();
+                    drop(log);
+                    log = open_log(&ledger_dir);
+                    log.append(
+                        signed_docs(&keys, "meanwhile", log.size())
+                            .entries()
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                    let saved = load(&job_dir)
+                        .unwrap()
+                        .expect("the signed documents survive");
+                    assert_eq!(saved, signed, "{at:?}");
+                    record(&log, &job_dir, saved, receipt_name).await.unwrap()
+                }
+            };
+
+            // One manifest and one receipt per destination in the ledger, adjacent.
+            let all = entries_of(&log);
+            let ours = signed.entries().unwrap();
+            for e in &ours {
+                assert_eq!(all.iter().filter(|x| *x == e).count(), 1, "{crash:?}");
+            }
+            let first = all.iter().position(|x| *x == ours[0]).unwrap();
+            assert_eq!(all[first..first + ours.len()], ours[..], "{crash:?}");
+            // The job's files are those entries, and each receipt proves its own.
+            assert_eq!(m, signed.manifest.to_json());
+            assert_eq!(
+                std::fs::read_to_string(job_dir.join("manifest.json")).unwrap(),
+                m
+            );
+            assert_eq!(receipts.len(), 2);
+            for (d, text) in receipts.iter().enumerate() {
+                assert_eq!(
+                    &std::fs::read_to_string(job_dir.join(receipt_name(d))).unwrap(),
+                    text
+                );
+                let r = Receipt::from_json(text.as_bytes()).unwrap();
+                let proof = TlogProof::parse(r.ledger_proof.as_deref().unwrap()).unwrap();
+                assert_eq!(proof.index, (first + 1 + d) as u64, "{crash:?}");
+                assert_eq!(all[first + 1 + d], r.signed_bytes().unwrap());
+                proof
+                    .verify(&r.signed_bytes().unwrap(), log.public_keys())
+                    .unwrap();
+            }
+            assert!(!job_dir.join(SIGNED_FILE).exists());
+            // What `trackshift ledger verify` checks: every hash, the checkpoint, every
+            // document's signature.
+            let Log::File(l) = &log else { unreachable!() };
+            l.verify_all(|_, e| {
+                trackshift_crypto::verify_signed_bytes(e, &ring)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+            log.close();
+        }
+    }
+
+    #[tokio::test]
+    async fn documents_appended_before_the_saved_size_are_not_taken_for_this_finish() {
+        // find_appended looks only from the saved size on: a stale size can only make it
+        // miss (and append), never match entries of the log's past.
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = FileKeyStore::init(tmp.path().join("keys"), Timestamp::now()).unwrap();
+        let log = open_log(&tmp.path().join("ledger"));
+        let signed = signed_docs(&keys, "job-1", 0);
+        log.append(signed.entries().unwrap()).await.unwrap();
+        let size = log.size();
+        let entries = signed.entries().unwrap();
+        assert_eq!(log.find_appended(0, &entries).await.unwrap(), Some(0));
+        assert_eq!(log.find_appended(1, &entries).await.unwrap(), None);
+        assert_eq!(log.find_appended(size, &entries).await.unwrap(), None);
+        assert_eq!(log.find_appended(u64::MAX, &entries).await.unwrap(), None);
+        // The receipts alone, or out of order, are not the job's record.
+        assert_eq!(log.find_appended(0, &entries[1..]).await.unwrap(), Some(1));
+        let swapped = vec![entries[2].clone(), entries[1].clone()];
+        assert_eq!(log.find_appended(0, &swapped).await.unwrap(), None);
+        log.close();
+    }
+}
