@@ -1354,25 +1354,31 @@ async fn commit_dest(
     let mut size = 0u64;
     let mut etag = None;
     for (i, entry) in entries.iter().enumerate() {
-        let conf = job.writer(d, i as u32).await?.commit().await?;
+        let w = job.writer(d, i as u32).await?;
+        let conf = w.commit().await?;
         // The destination must hold what the manifest says: its size, and its hash when it
         // read the object back.
-        if conf.size != entry.size {
-            return Err(trackshift_connectors::ConnectorError::SizeMismatch {
+        let wrong = if conf.size != entry.size {
+            Some(trackshift_connectors::ConnectorError::SizeMismatch {
                 path: entry.path.clone(),
                 expected: entry.size,
                 actual: conf.size,
-            }
-            .into());
-        }
-        if let Some(seen) = conf.blake3
-            && seen != entry.blake3.0
-        {
-            return Err(trackshift_connectors::ConnectorError::HashMismatch {
+            })
+        } else if conf.blake3.is_some_and(|seen| seen != entry.blake3.0) {
+            Some(trackshift_connectors::ConnectorError::HashMismatch {
                 path: entry.path.clone(),
                 what: "the BLAKE3 of the object read back differs from the file's".into(),
+            })
+        } else {
+            None
+        };
+        if let Some(e) = wrong {
+            // Wrong bytes do not stay under the final name: this writer takes back what
+            // it committed (never an object it did not create).
+            if let Err(re) = w.remove().await {
+                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, destination = %job.dests[d].connector.uri(), path = %entry.path, error = %re, "could not remove an object that failed verification");
             }
-            .into());
+            return Err(e.into());
         }
         size += conf.size;
         if entries.len() == 1 {

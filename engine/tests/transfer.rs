@@ -703,6 +703,9 @@ impl ObjectWriter for MisreportingWriter {
     async fn abort(&self) -> Result<(), ConnectorError> {
         self.inner.abort().await
     }
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        self.inner.remove().await
+    }
 }
 
 /// A connector factory whose destinations with `marker` in their URI fail every write.
@@ -752,6 +755,17 @@ async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
             .filter(|p| p.ends_with("receipt.json"))
             .count();
         assert_eq!(receipts, 0, "{lie:?}");
+        // And the object that failed verification does not stay under its final name.
+        let left: Vec<_> = walk(&dest)
+            .into_iter()
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .ends_with(".tspart")
+            })
+            .collect();
+        assert!(left.is_empty(), "{lie:?}: objects stayed: {left:?}");
         gw.stop().await;
     }
 }
