@@ -167,7 +167,7 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
             creds.push_str(&format!("{var}={v}\n"));
         }
     }
-    std::fs::write(dir.join("acme.env"), creds).unwrap();
+    common::write_secret(&dir.join("acme.env"), &creds);
     let data = dir.join("gw");
     TenantFile {
         tenants: vec![
@@ -180,8 +180,8 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
     }
     .save(&data)
     .unwrap();
-    std::fs::write(dir.join("acme.token"), "acme-token-0123456789").unwrap();
-    std::fs::write(dir.join("beta.token"), "beta-token-0123456789").unwrap();
+    common::write_secret(&dir.join("acme.token"), "acme-token-0123456789");
+    common::write_secret(&dir.join("beta.token"), "beta-token-0123456789");
     let gw = common::start_gateway_without_credentials(&data, &[]);
     let sftp = common::under(
         &server("TRACKSHIFT_TEST_SFTP"),
