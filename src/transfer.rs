@@ -182,11 +182,17 @@ fn operator_key(data_dir: &Path) -> Result<trackshift_engine::operator::Operator
 }
 
 /// Checks the secret files the gateway itself does not otherwise read at start: the
-/// default tenant's token and the SSH key of the process environment's
-/// `TRACKSHIFT_SFTP_KEY` (tenants' credentials files, the signing, ledger, TLS, service
-/// and operator keys are checked as they load). Each must be owner-only.
+/// default tenant's token, the operator key (also without `--http`) and the SSH key of
+/// the process environment's `TRACKSHIFT_SFTP_KEY` (tenants' credentials files, the
+/// signing, ledger, TLS and service keys are checked as they load). Each must be
+/// owner-only.
 fn check_secret_files(data_dir: &Path) -> Result<()> {
-    trackshift_crypto::filestore::read_secret_if_exists(&data_dir.join("default.token"))?;
+    for name in [
+        "default.token",
+        trackshift_engine::operator::OPERATOR_KEY_FILE,
+    ] {
+        trackshift_crypto::filestore::read_secret_if_exists(&data_dir.join(name))?;
+    }
     trackshift_engine::connectors::Settings::Process
         .check_secret_files()
         .context("the gateway's TRACKSHIFT_SFTP_KEY")?;
