@@ -350,13 +350,17 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
     assert_eq!(kpi["completed"], 0);
 
     // Operators: readiness, metrics, the OpenAPI document.
-    let (s, ready, _) = api.call("GET", "/ready", None, None).await;
+    let (s, ready, _) = api
+        .call("GET", "/ready", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{ready}");
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["destinations"]["checked"], 2, "{ready}");
     // One destination gone (a tenant's problem): reported, the gateway stays ready.
     std::fs::rename(root.join("out-acme/batch"), root.join("out-acme/moved")).unwrap();
-    let (s, ready, _) = api.call("GET", "/ready", None, None).await;
+    let (s, ready, _) = api
+        .call("GET", "/ready", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{ready}");
     let failing = ready["destinations"]["failing"].as_array().unwrap();
     assert_eq!(failing.len(), 1, "{ready}");
@@ -365,7 +369,9 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         "{ready}"
     );
     std::fs::rename(root.join("out-acme/moved"), root.join("out-acme/batch")).unwrap();
-    let (s, metrics, _) = api.call("GET", "/metrics", None, None).await;
+    let (s, metrics, _) = api
+        .call("GET", "/metrics", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
@@ -380,7 +386,9 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         metrics.contains("trackshift_bytes_acknowledged_total{tenant=\"acme\"} 3000012"),
         "{metrics}"
     );
-    let (s, page, headers) = api.call("GET", "/dashboard", None, None).await;
+    let (s, page, headers) = api
+        .call("GET", "/dashboard", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         headers["content-type"]
@@ -812,7 +820,9 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     let job = api.wait(GAMMA, &id, final_state).await;
     assert_eq!(job["state"], "completed", "{job}");
     // Its new quota applied, all of it to this gateway (the only one running its jobs).
-    let (_, metrics, _) = api.call("GET", "/metrics", None, None).await;
+    let (_, metrics, _) = api
+        .call("GET", "/metrics", Some(&gw.operator_key), None)
+        .await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
         metrics.contains("trackshift_tenant_rate_bytes_per_second{tenant=\"gamma\"} 67108864"),

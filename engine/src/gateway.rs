@@ -381,6 +381,10 @@ impl Job {
 struct Shared {
     data_dir: PathBuf,
     keys: FileKeyStore,
+    /// The active signing keys, loaded (and their files checked) at bind: a job never
+    /// reaches its end to find it cannot sign.
+    manifest_signer: Arc<dyn trackshift_crypto::Signer>,
+    receipt_signer: Arc<dyn trackshift_crypto::Signer>,
     tenants: Arc<LiveTenants>,
     service_key: Option<Arc<crate::tenants::ServiceKey>>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
@@ -416,7 +420,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the endpoint and loads (or creates on first start) the keys and TLS identity.
+    /// Loads (or creates on first start) the keys and TLS identity, then binds the
+    /// endpoint. Every secret file is read and checked (owner-only, see
+    /// [`trackshift_crypto::filestore::read_secret`]) before the endpoint is bound.
     pub async fn bind(cfg: GatewayConfig) -> Result<Self, GatewayError> {
         let data = &cfg.data_dir;
         fs::create_dir_all(data.join("jobs")).map_err(io("creating", data))?;
@@ -426,9 +432,11 @@ impl Gateway {
         } else {
             FileKeyStore::init(&keys_dir, Timestamp::now())?
         };
+        keys.check_secret_files()?;
+        let manifest_signer = keys.signer(Purpose::Manifest, Timestamp::now())?;
+        let receipt_signer = keys.signer(Purpose::Receipt, Timestamp::now())?;
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
-        let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
         let tenants = match &cfg.tenants {
             Some(t) => t.clone(),
             None => Arc::new(LiveTenants::load(data)?),
@@ -449,7 +457,10 @@ impl Gateway {
                 &cfg.ledger_origin,
             )?)),
         };
+        let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
         let shared = Arc::new(Shared {
+            manifest_signer,
+            receipt_signer,
             data_dir: data.clone(),
             ledger,
             verify: cfg.verify,
@@ -1299,7 +1310,7 @@ async fn sign_finish(
         open.destinations.clone(),
         entries,
     )?;
-    manifest.sign_with(shared.keys.signer(Purpose::Manifest, now)?.as_ref(), now)?;
+    manifest.sign_with(shared.manifest_signer.as_ref(), now)?;
     let mut receipts = Vec::with_capacity(outcomes.len());
     for (uri, outcome) in open.destinations.iter().zip(outcomes) {
         let (confirmation, status, detail) = match outcome {
@@ -1332,7 +1343,7 @@ async fn sign_finish(
             signature: None,
             ledger_proof: None,
         };
-        receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
+        receipt.sign_with(shared.receipt_signer.as_ref(), now)?;
         receipts.push(receipt);
     }
     let signed = crate::record::SignedFinish {

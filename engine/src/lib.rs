@@ -8,9 +8,11 @@
 //! - [`sender`]: reads a source and drives a job to completion, resuming after faults.
 //! - [`jobs`]: the job service (queue, lifecycle, leases, fair scheduling, workers).
 //! - [`tenants`]: tenant keys and policy (sources, destinations, classifications, quotas).
+//! - [`operator`]: the operator key of the HTTP operator endpoints.
 
 pub mod gateway;
 pub mod jobs;
+pub mod operator;
 pub mod protocol;
 mod record;
 pub mod scan;

@@ -631,20 +631,14 @@ impl ServiceKey {
             source,
         })?;
         let path = data_dir.join("service.key");
-        let mut raw = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = vec![0u8; 32];
+        // Owner-only, checked on the descriptor read (see `read_secret`).
+        let raw = match trackshift_crypto::filestore::read_secret_if_exists(&path)? {
+            Some(b) => b,
+            None => {
+                let mut b = zeroize::Zeroizing::new(vec![0u8; 32]);
                 aws_lc_rs::rand::fill(&mut b).expect("system random generator");
                 trackshift_crypto::filestore::write_atomic(&path, &b, 0o600)?;
                 b
-            }
-            Err(source) => {
-                return Err(TenantError::Io {
-                    action: "reading",
-                    path,
-                    source,
-                });
             }
         };
         if raw.len() != 32 {
@@ -653,9 +647,10 @@ impl ServiceKey {
                 message: "a service key is 32 bytes".into(),
             });
         }
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &raw);
-        zeroize::Zeroize::zeroize(&mut raw);
-        Ok(Self(key))
+        Ok(Self(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &raw,
+        )))
     }
 
     /// The token a worker presents for `tenant`.
@@ -931,6 +926,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("b.env");
         std::fs::write(&creds, "AWS_ACCESS_KEY_ID=one\n").unwrap();
+        let owner_only = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode;
+        std::fs::set_permissions(&creds, owner_only(0o600)).unwrap();
         let save = |tenants: Vec<TenantEntry>| TenantFile { tenants }.save(dir.path()).unwrap();
         save(vec![TenantEntry::new("a", "key-a")]);
         let live = LiveTenants::load(dir.path()).unwrap();
