@@ -387,8 +387,14 @@ async fn create_job(
     for d in &spec.destinations {
         // Policy first, on the parsed destination: a refused one builds nothing and
         // reads nothing, so the answer reveals nothing about the gateway's side.
+        let dest = trackshift_engine::connectors::Destination::parse(d).map_err(|e| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("destinations: {d}: {e}"),
+            )
+        })?;
         let dest = tenant
-            .check_destination(d, spec.classification.as_deref())
+            .check_parsed_destination(&dest, spec.classification.as_deref())
             .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
         let settings = state
             .tenants

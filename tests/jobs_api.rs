@@ -17,7 +17,7 @@ const ACME: &str = "acme-key-0123456789";
 const BETA: &str = "beta-key-0123456789";
 
 /// acme: sources under `root/src-acme`, may write under `root/out-acme/` (phi allowed)
-/// and to null://; beta: sources under `root/src-beta`, any destination, unclassified.
+/// and to null://; beta: sources under `root/src-beta`, null:// for unclassified jobs.
 fn tenants(root: &Path) -> PathBuf {
     for d in ["src-acme", "src-beta", "out-acme", "out-beta"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -36,6 +36,7 @@ fn tenants(root: &Path) -> PathBuf {
     };
     let beta = TenantEntry {
         sources: vec![root.join("src-beta")],
+        destinations: Some(vec![DestinationRule::prefix("null://")]),
         ..TenantEntry::new("beta", BETA)
     };
     TenantFile {
@@ -458,7 +459,7 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
         (json!({ "source": root.join("src-beta/g"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "outside"),
         (json!({ "source": root.join("src-acme/missing"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "does not exist"),
         (json!({ "source": src, "destinations": [format!("file://{}/x", root.join("out-beta").display())] }).to_string(), ACME, StatusCode::FORBIDDEN, "not allowed"),
-        (json!({ "source": src, "destinations": [format!("file://{}/../out-beta", root.join("out-acme").display())] }).to_string(), ACME, StatusCode::FORBIDDEN, ".."),
+        (json!({ "source": src, "destinations": [format!("file://{}/../out-beta", root.join("out-acme").display())] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "\"..\""),
         (json!({ "source": src, "destinations": ["null://"], "classification": "phi" }).to_string(), ACME, StatusCode::FORBIDDEN, "phi"),
         (json!({ "source": root.join("src-beta/g"), "destinations": ["null://"], "classification": "phi" }).to_string(), BETA, StatusCode::FORBIDDEN, "phi"),
         (ok.to_string(), "wrong-key", StatusCode::UNAUTHORIZED, "API key"),
@@ -799,6 +800,7 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     file.tenants.push(TenantEntry {
         sources: vec![root.join("src-beta")],
         bytes_per_second: Some(64 << 20),
+        destinations: Some(vec![DestinationRule::prefix("null://")]),
         ..TenantEntry::new("gamma", GAMMA)
     });
     file.save(&data).unwrap();

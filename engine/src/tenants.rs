@@ -221,6 +221,15 @@ impl TenantEntry {
     ) -> Result<Destination, PolicyError> {
         let dest = Destination::parse(uri)
             .map_err(|e| PolicyError(format!("destination {:?}: {e}", shorten(uri))))?;
+        self.check_parsed_destination(&dest, classification)
+    }
+
+    /// As [`TenantEntry::check_destination`], for a destination already parsed.
+    pub fn check_parsed_destination(
+        &self,
+        dest: &Destination,
+        classification: Option<&str>,
+    ) -> Result<Destination, PolicyError> {
         if let Some((k, _)) = dest.options_of(OptionKind::Operator).next() {
             return Err(PolicyError(format!(
                 "destination {dest}: the setting {k:?} is chosen by the gateway's operator, not by a job"
