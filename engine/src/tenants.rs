@@ -20,7 +20,8 @@
 //! Keys are stored as SHA-256 digests and compared in constant time; any key of a tenant
 //! works for the QUIC sender protocol and the HTTP API. `token_sha256` (one key) is the
 //! older spelling and still accepted. Without `destinations` a tenant writes nowhere;
-//! without `sources` the job service reads nothing for it.
+//! without `sources` the job service reads nothing for it, and with them it reads only
+//! beneath them, never through a link (see [`TenantEntry::check_source`]).
 //!
 //! A destination rule may carry the operator's `options` for everything under its prefix
 //! (`endpoint`, `region`, `allow_http`, `known_hosts`, `fingerprint`, `key`, `ca`,
