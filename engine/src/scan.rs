@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -237,8 +237,8 @@ impl Confined {
         for dir in &self.keep_out {
             let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             for d in real.ancestors() {
-                if let Ok(m) = std::fs::metadata(d) {
-                    ids.push((m.dev(), m.ino()));
+                if let Ok(st) = rustix::fs::stat(d) {
+                    ids.push(file_id(&st));
                 }
             }
         }
@@ -247,10 +247,11 @@ impl Confined {
 
     /// The identities of the `keep_out` directories themselves (a walk must not reach them).
     fn kept_out(&self) -> Vec<FileId> {
+        // Stated like the tree's entries, so the identities compare.
         self.keep_out
             .iter()
-            .filter_map(|d| std::fs::metadata(d).ok())
-            .map(|m| (m.dev(), m.ino()))
+            .filter_map(|d| rustix::fs::stat(d).ok())
+            .map(|st| file_id(&st))
             .collect()
     }
 
