@@ -413,7 +413,7 @@ async fn create_job(
             })?;
     }
     tenant
-        .check_source(&spec.source)
+        .check_source(&spec.source, state.tenants.data_dir())
         .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
     let (job, created) = state
         .store

@@ -12,6 +12,7 @@
 //! - Reopening an object with `resume = true` keeps every byte already synced.
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
+pub mod beneath;
 pub mod destination;
 mod error;
 pub mod ftps;
