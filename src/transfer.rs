@@ -48,6 +48,15 @@ pub struct ServeArgs {
     /// Most API jobs this gateway runs at once.
     #[arg(long, default_value_t = 256)]
     max_jobs: usize,
+    /// Most QUIC connections open at once from one source address (IPv6: one /64); more
+    /// are closed with a reason saying so. With --http it must be above --max-jobs: the
+    /// job service's workers all connect from this host.
+    #[arg(
+        long,
+        default_value_t = trackshift_engine::gateway::DEFAULT_MAX_CONNECTIONS_PER_IP,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_connections_per_ip: usize,
     /// Chunk bytes in flight across all API jobs (the job service's sending memory). Chunk
     /// latency is about this over the throughput: raise it for long fat links, keep it
     /// small next to the gateway.
@@ -252,6 +261,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     cfg.tenants = Some(tenants.clone());
     cfg.pq_only = args.pq_only;
     cfg.memory_budget = usize::try_from(args.memory_budget).unwrap_or(usize::MAX);
+    if args.http.is_some() && args.max_connections_per_ip <= args.max_jobs {
+        bail!(
+            "--max-connections-per-ip {} must be above --max-jobs {}: the job service's workers connect from this host",
+            args.max_connections_per_ip,
+            args.max_jobs
+        );
+    }
+    cfg.max_connections_per_ip = args.max_connections_per_ip;
     let wrapping = trackshift_engine::connectors::Wrapping {
         prefix: None,
         concurrency: args.dest_concurrency,

@@ -141,15 +141,18 @@ impl ChunkLayout {
         self.size.div_ceil(self.chunk_size).max(1)
     }
 
-    /// Byte offset of chunk `index`.
+    /// Byte offset of chunk `index`; `index` must be below [`Self::chunk_count`] (check an
+    /// index from elsewhere first: a huge one overflows).
     pub fn offset(&self, index: u64) -> u64 {
         index * self.chunk_size
     }
 
-    /// Length in bytes of chunk `index` (0 when out of range).
+    /// Length in bytes of chunk `index` (0 when out of range, however large the index).
     pub fn chunk_len(&self, index: u64) -> u64 {
-        let start = self.offset(index);
-        self.size.saturating_sub(start).min(self.chunk_size)
+        match index.checked_mul(self.chunk_size) {
+            Some(start) => self.size.saturating_sub(start).min(self.chunk_size),
+            None => 0,
+        }
     }
 
     /// Hash of chunk `index` whose bytes are `data` (see the module docs).
@@ -285,6 +288,15 @@ mod tests {
                 layout.chunk_hash(i, &bytes[start..end])
             })
             .collect()
+    }
+
+    #[test]
+    fn chunk_len_of_a_huge_index_is_zero_not_an_overflow() {
+        let layout = ChunkLayout::new(10_000, 1024).unwrap();
+        for index in [10, 1 << 62, u64::MAX / 1024 + 1, u64::MAX] {
+            assert_eq!(layout.chunk_len(index), 0, "index {index}");
+        }
+        assert_eq!(layout.chunk_len(9), 10_000 - 9 * 1024);
     }
 
     #[test]

@@ -33,8 +33,8 @@ use trackshift_crypto::{
 };
 
 use crate::protocol::{
-    self, ChunkHeader, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError,
-    ReceiverJob, ServerFrame,
+    self, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError, ReceiverJob,
+    ServerFrame,
 };
 use crate::tenants::LiveTenants;
 use crate::tls::GatewayIdentity;
@@ -114,7 +114,18 @@ pub struct GatewayConfig {
     /// The tenants to serve (default: `DATA/tenants.json`, loaded at bind). Pass the
     /// handle the job service uses so that one reload reaches both.
     pub tenants: Option<Arc<crate::tenants::LiveTenants>>,
+    /// Most connections open at once from one source address (IPv6: one /64); more are
+    /// closed right after the handshake with a reason saying so.
+    pub max_connections_per_ip: usize,
+    /// How long a new connection has to open its control stream and show a valid `Hello`.
+    pub auth_timeout: std::time::Duration,
 }
+
+/// Default [`GatewayConfig::max_connections_per_ip`]: above the job service's default of
+/// 256 concurrent jobs, whose connections all come from one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
+/// Default [`GatewayConfig::auth_timeout`].
+pub const DEFAULT_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +136,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("memory_budget", &self.memory_budget)
             .field("ledger_origin", &self.ledger_origin)
             .field("verify", &self.verify)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("auth_timeout", &self.auth_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +179,8 @@ impl GatewayConfig {
             service_key: None,
             ledger: None,
             tenants: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
         }
     }
 }
@@ -399,6 +414,10 @@ struct Shared {
     connections: AtomicU64,
     jobs_completed: AtomicU64,
     jobs_failed: AtomicU64,
+    /// Open connections per source address (see [`address_key`]).
+    per_address: Mutex<HashMap<std::net::IpAddr, usize>>,
+    max_connections_per_ip: usize,
+    auth_timeout: std::time::Duration,
 }
 
 /// Counters of a running gateway since it started.
@@ -475,6 +494,9 @@ impl Gateway {
             connections: AtomicU64::new(0),
             jobs_completed: AtomicU64::new(0),
             jobs_failed: AtomicU64::new(0),
+            per_address: Mutex::new(HashMap::new()),
+            max_connections_per_ip: cfg.max_connections_per_ip.max(1),
+            auth_timeout: cfg.auth_timeout,
         });
         info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), "gateway listening");
         Ok(Self {
@@ -879,13 +901,13 @@ async fn read_frame(
     recv: &mut quinn::RecvStream,
     dec: &mut FrameDecoder<ClientFrame>,
 ) -> Result<Option<ClientFrame>, GatewayError> {
-    let mut buf = vec![0u8; 64 << 10];
     loop {
         if let Some(f) = dec.next_frame()? {
             return Ok(Some(f));
         }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => dec.push(&buf[..n]),
+        // Never more than the frame being decoded needs: the decoder holds one frame at most.
+        match recv.read_chunk(dec.wanted(), true).await {
+            Ok(Some(chunk)) => dec.push(&chunk.bytes),
             Ok(None) => {
                 dec.finish()?;
                 return Ok(None);
@@ -895,17 +917,103 @@ async fn read_frame(
     }
 }
 
+/// Where connections are counted for [`GatewayConfig::max_connections_per_ip`]: the IPv4
+/// address (also when IPv4-mapped), or the IPv6 /64 (one host's usual allocation).
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct AddressSlot {
+    shared: Arc<Shared>,
+    key: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    /// A place for a connection from `ip`, or `None` when its address is at the limit.
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Self> {
+        let key = address_key(ip);
+        let mut counts = shared.per_address.lock().expect("address lock");
+        let n = counts.entry(key).or_insert(0);
+        if *n >= shared.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.shared.per_address.lock().expect("address lock");
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Close codes the gateway gives connections it refuses (the reason text says why).
+mod close {
+    /// The token or version was refused.
+    pub const REFUSED: u32 = 1;
+    /// The first frame was not a valid `Hello`.
+    pub const EXPECTED_HELLO: u32 = 2;
+    /// No valid `Hello` within the authentication deadline.
+    pub const AUTH_TIMEOUT: u32 = 3;
+    /// Too many connections from the peer's address.
+    pub const TOO_MANY_CONNECTIONS: u32 = 4;
+}
+
 async fn handle_connection(
     shared: Arc<Shared>,
     conn: quinn::Connection,
 ) -> Result<(), GatewayError> {
-    let (mut send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| GatewayError::Job(format!("no control stream: {e}")))?;
-    let mut dec = FrameDecoder::<ClientFrame>::new(protocol::MAX_CONTROL_FRAME);
-    let tenant = match read_frame(&mut recv, &mut dec).await? {
-        Some(ClientFrame::Hello { version, token }) => {
+    let peer = conn.remote_address();
+    let Some(_slot) = AddressSlot::take(&shared, peer.ip()) else {
+        let reason = format!(
+            "too many connections from {} (at most {} at once)",
+            address_key(peer.ip()),
+            shared.max_connections_per_ip
+        );
+        warn!(%peer, "{reason}; connection refused");
+        conn.close(close::TOO_MANY_CONNECTIONS.into(), reason.as_bytes());
+        return Err(GatewayError::Job(reason));
+    };
+    // Before authentication: one control stream, a Hello-sized frame limit (the transport
+    // allows no chunk streams and a small window yet), and a deadline.
+    let hello = tokio::time::timeout(shared.auth_timeout, async {
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| GatewayError::Job(format!("no control stream: {e}")))?;
+        let mut dec = FrameDecoder::<ClientFrame>::new(protocol::MAX_HELLO_FRAME);
+        let first = read_frame(&mut recv, &mut dec).await;
+        Ok::<_, GatewayError>((send, recv, dec, first))
+    })
+    .await;
+    let (mut send, mut recv, mut dec, first) = match hello {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            let reason = format!("no Hello within {:?}", shared.auth_timeout);
+            conn.close(close::AUTH_TIMEOUT.into(), reason.as_bytes());
+            return Err(GatewayError::Job(reason));
+        }
+    };
+    let tenant = match first {
+        Ok(Some(ClientFrame::Hello { version, token })) => {
             let tenant = protocol::check_hello(version)
                 .map_err(GatewayError::from)
                 .and_then(|()| {
@@ -919,19 +1027,30 @@ async fn handle_connection(
                     let refusal = protocol::encode_frame(&ServerFrame::Refused {
                         reason: e.to_string(),
                     });
-                    let _ = send.write_all(&refusal).await;
-                    let _ = send.finish();
-                    let _ = send.stopped().await;
-                    conn.close(1u32.into(), b"refused");
+                    // Bounded: a peer that never acknowledges must not hold its slot.
+                    let _ = tokio::time::timeout(shared.auth_timeout, async {
+                        let _ = send.write_all(&refusal).await;
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    })
+                    .await;
+                    conn.close(close::REFUSED.into(), b"refused");
                     return Err(e);
                 }
             }
         }
-        _ => {
-            conn.close(2u32.into(), b"expected Hello");
+        Ok(_) => {
+            conn.close(close::EXPECTED_HELLO.into(), b"expected Hello");
             return Err(ProtocolError::Unexpected("first frame must be Hello".into()).into());
         }
+        Err(e) => {
+            let reason = format!("expected Hello: {e}");
+            conn.close(close::EXPECTED_HELLO.into(), reason.as_bytes());
+            return Err(e);
+        }
     };
+    dec.set_max(protocol::MAX_CONTROL_FRAME);
+    crate::transport::open_after_auth(&conn);
     info!(tenant = %tenant, peer = %conn.remote_address(), "sender authenticated");
     let (out, mut out_rx) = mpsc::unbounded_channel::<ServerFrame>();
     tokio::spawn(async move {
@@ -1113,8 +1232,7 @@ async fn handle_chunk_stream(
     recv.read_exact(&mut hbuf)
         .await
         .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))?;
-    let header: ChunkHeader =
-        postcard::from_bytes(&hbuf).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let header = protocol::decode_chunk_header(&hbuf)?;
     let job = state
         .handles
         .lock()

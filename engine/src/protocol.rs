@@ -14,6 +14,9 @@ use trackshift_crypto::{ChunkLayout, FileEntry, Hash32};
 pub const VERSION: u16 = 1;
 /// Largest control frame (an `OpenJob` listing many files, or a `JobDone` carrying a manifest).
 pub const MAX_CONTROL_FRAME: usize = 64 << 20;
+/// Largest frame the gateway reads before the peer is authenticated: a `Hello` (version and
+/// a token of a few hundred bytes). Raised to [`MAX_CONTROL_FRAME`] once the token checks out.
+pub const MAX_HELLO_FRAME: usize = 4 << 10;
 /// Largest chunk-stream header.
 pub const MAX_CHUNK_HEADER: usize = 1024;
 /// Most files in one job.
@@ -241,15 +244,87 @@ pub fn encode_frame<T: Serialize>(frame: &T) -> Bytes {
     out.freeze()
 }
 
-/// Incremental decoder of length-prefixed frames. It buffers at most one frame's bytes and
-/// refuses a declared length over its limit before buffering it.
+/// Decodes one postcard value that must fill `bytes` exactly, in its one canonical
+/// encoding: trailing bytes, and encodings postcard would not have written (over-long
+/// varints, say), are refused, so every accepted frame has exactly one byte form.
+pub fn decode_exact<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let (value, rest): (T, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} trailing bytes after the frame",
+            rest.len()
+        )));
+    }
+    // Re-encode without allocating, comparing byte by byte with what arrived.
+    let canonical = postcard::serialize_with_flavor(&value, SameBytes { expected: bytes })
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if !canonical {
+        return Err(ProtocolError::Malformed(
+            "frame is not in canonical postcard encoding".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// A postcard serializer output that compares with `expected` instead of storing.
+struct SameBytes<'a> {
+    expected: &'a [u8],
+}
+
+impl postcard::ser_flavors::Flavor for SameBytes<'_> {
+    /// True when the encoding equals `expected` exactly.
+    type Output = bool;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        match self.expected.split_first() {
+            Some((&b, rest)) if b == data => {
+                self.expected = rest;
+                Ok(())
+            }
+            // Stop at the first difference (the error is mapped to "not canonical").
+            _ => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<bool> {
+        Ok(self.expected.is_empty())
+    }
+}
+
+/// Encodes a chunk-stream header: `u32` big-endian length, then the postcard encoding.
+pub fn encode_chunk_header(header: &ChunkHeader) -> Vec<u8> {
+    let body = postcard::to_allocvec(header).expect("headers serialise");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a chunk-stream header body (the bytes after its length prefix, at most
+/// [`MAX_CHUNK_HEADER`]); trailing or non-canonical bytes are refused.
+pub fn decode_chunk_header(body: &[u8]) -> Result<ChunkHeader, ProtocolError> {
+    if body.len() > MAX_CHUNK_HEADER {
+        return Err(ProtocolError::FrameTooLarge {
+            len: body.len(),
+            max: MAX_CHUNK_HEADER,
+        });
+    }
+    decode_exact(body)
+}
+
+/// Incremental decoder of length-prefixed frames. It holds only bytes that have arrived
+/// (never reserving room for a declared length), refuses a declared length over its limit
+/// as soon as the 4-byte prefix is in, and reports how much more it needs
+/// ([`Self::wanted`]) so that a reader never takes more than the current frame from the
+/// stream.
 pub struct FrameDecoder<T> {
     buf: BytesMut,
     max: usize,
     _frame: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> FrameDecoder<T> {
+impl<T: Serialize + DeserializeOwned> FrameDecoder<T> {
     /// A decoder refusing frames longer than `max` bytes.
     pub fn new(max: usize) -> Self {
         Self {
@@ -259,38 +334,58 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
         }
     }
 
+    /// Changes the limit (the gateway raises it from [`MAX_HELLO_FRAME`] to
+    /// [`MAX_CONTROL_FRAME`] once the peer is authenticated).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The current limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
-    /// How many more bytes the decoder needs at least before it can make progress.
+    /// The declared length of the frame being received, once its prefix is in.
+    fn declared(&self) -> Option<usize> {
+        let prefix: [u8; 4] = self.buf.get(..4)?.try_into().expect("4 bytes");
+        Some(u32::from_be_bytes(prefix) as usize)
+    }
+
+    /// How many more bytes the current frame needs (at least 1, at most `4 + max`): what
+    /// a reader should ask the stream for, so that it never buffers beyond this frame.
     pub fn wanted(&self) -> usize {
-        if self.buf.len() < 4 {
-            return 4 - self.buf.len();
+        match self.declared() {
+            None => 4 - self.buf.len(),
+            Some(len) => (4 + len.min(self.max))
+                .saturating_sub(self.buf.len())
+                .max(1),
         }
-        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-        (4 + len).saturating_sub(self.buf.len()).max(1)
     }
 
     /// The next complete frame, if buffered.
     pub fn next_frame(&mut self) -> Result<Option<T>, ProtocolError> {
-        if self.buf.len() < 4 {
+        let Some(len) = self.declared() else {
             return Ok(None);
-        }
-        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        };
         if len > self.max {
             return Err(ProtocolError::FrameTooLarge { len, max: self.max });
         }
         if self.buf.len() < 4 + len {
-            self.buf.reserve(4 + len - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(4);
         let body = self.buf.split_to(len);
-        postcard::from_bytes(&body)
-            .map(Some)
-            .map_err(|e| ProtocolError::Malformed(e.to_string()))
+        decode_exact(&body).map(Some)
     }
 
     /// Call at end of stream: an error if a partial frame is left.
@@ -366,6 +461,12 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ProtocolError> {
             "{what} must be 1 to 128 characters of A-Z a-z 0-9 . _ - and not start with a dot"
         )))
     }
+}
+
+/// A chunk index from the wire as a `usize` slot index, or `None` when it cannot name one
+/// (it never wraps: on a 32-bit target, `2^32 + 1` must not alias chunk 1).
+fn slot_index(index: u64) -> Option<usize> {
+    usize::try_from(index).ok()
 }
 
 /// What the receiver should do with an incoming chunk header.
@@ -459,7 +560,7 @@ impl ReceiverJob {
         let slot = self
             .hashes
             .get_mut(chunk.file as usize)
-            .and_then(|f| f.get_mut(chunk.index as usize))
+            .and_then(|f| f.get_mut(slot_index(chunk.index)?))
             .ok_or_else(|| ProtocolError::InvalidChunk(format!("{chunk:?} out of range")))?;
         match slot {
             Some(h) if *h == hash => Ok(()),
@@ -590,11 +691,13 @@ impl SenderJob {
         self.queue.clear();
         for (f, list) in held.iter().enumerate() {
             for (i, h) in list {
-                let slot = self.hashes[f].get_mut(*i as usize).ok_or_else(|| {
-                    ProtocolError::Unexpected(format!(
-                        "JobReady lists chunk {i} of file {f}, out of range"
-                    ))
-                })?;
+                let slot = slot_index(*i)
+                    .and_then(|i| self.hashes[f].get_mut(i))
+                    .ok_or_else(|| {
+                        ProtocolError::Unexpected(format!(
+                            "JobReady lists chunk {i} of file {f}, out of range"
+                        ))
+                    })?;
                 *slot = Some(*h);
             }
         }
@@ -637,22 +740,19 @@ impl SenderJob {
     fn slot(&mut self, c: ChunkRef) -> Result<&mut ChunkState, ProtocolError> {
         self.state
             .get_mut(c.file as usize)
-            .and_then(|f| f.get_mut(c.index as usize))
+            .and_then(|f| f.get_mut(slot_index(c.index)?))
             .ok_or_else(|| ProtocolError::Unexpected(format!("ack for unknown {c:?}")))
     }
 
     /// The gateway acknowledged `c` (verified and durable). Duplicate acks are harmless.
     pub fn on_ack(&mut self, c: ChunkRef) -> Result<(), ProtocolError> {
-        let len = self
-            .layouts
-            .get(c.file as usize)
-            .map(|l| l.chunk_len(c.index))
-            .unwrap_or(0);
+        // The slot first: it exists only for an index within the file, so the length
+        // below is computed for a real chunk (never from an arbitrary index on the wire).
         let st = self.slot(c)?;
         if *st != ChunkState::Acked {
             *st = ChunkState::Acked;
             self.acked += 1;
-            self.acked_bytes += len;
+            self.acked_bytes += self.layouts[c.file as usize].chunk_len(c.index);
         }
         Ok(())
     }
@@ -688,7 +788,7 @@ impl SenderJob {
         if let Some(slot) = self
             .hashes
             .get_mut(c.file as usize)
-            .and_then(|f| f.get_mut(c.index as usize))
+            .and_then(|f| f.get_mut(slot_index(c.index)?))
         {
             *slot = Some(hash);
         }
@@ -855,6 +955,157 @@ mod tests {
         assert_eq!(dec.finish(), Err(ProtocolError::Truncated));
         assert!(check_hello(2).is_err());
         assert!(check_hello(VERSION).is_ok());
+    }
+
+    /// `Acks` naming chunk 2^62 (or any index past the file) used to overflow
+    /// `ChunkLayout::offset` while computing the chunk's length, before the index was checked.
+    #[test]
+    fn acks_with_huge_chunk_index_do_not_panic() {
+        let open = job(&[5000, 10], 1024);
+        let mut tx = SenderJob::new(&open).unwrap();
+        tx.on_ready(&[vec![], vec![]]).unwrap();
+        for index in [5, 1 << 62, (u64::MAX / 1024) + 1, u64::MAX] {
+            let c = ChunkRef { file: 0, index };
+            assert!(tx.on_ack(c).is_err(), "ack of {index}");
+            assert!(tx.on_reject(c).is_err(), "reject of {index}");
+            assert!(
+                tx.on_ready(&[vec![(index, Hash32::default())], vec![]])
+                    .is_err()
+            );
+            tx.set_hash(c, Hash32::default());
+        }
+        let c = ChunkRef {
+            file: u32::MAX,
+            index: 0,
+        };
+        assert!(tx.on_ack(c).is_err());
+        assert_eq!(tx.progress(), (0, 0, 6), "nothing was counted");
+        let real = ChunkRef { file: 0, index: 4 };
+        tx.on_ack(real).unwrap();
+        assert_eq!(tx.progress(), (1, 5000 - 4096, 6));
+
+        let mut rx = ReceiverJob::new(open).unwrap();
+        let header = ChunkHeader {
+            handle: 0,
+            chunk: ChunkRef {
+                file: 0,
+                index: 1 << 62,
+            },
+            len: 0,
+            hash: Hash32::default(),
+        };
+        assert!(rx.check_header(&header).is_err());
+        assert!(rx.record(header.chunk, Hash32::default()).is_err());
+    }
+
+    /// `postcard::from_bytes` ignores what follows a value: a frame with junk appended was
+    /// accepted as if the junk were not there.
+    #[test]
+    fn frames_with_trailing_junk_are_refused() {
+        let hello = ClientFrame::Hello {
+            version: VERSION,
+            token: Secret("tok".into()),
+        };
+        let mut body = postcard::to_allocvec(&hello).unwrap();
+        assert_eq!(decode_exact::<ClientFrame>(&body).unwrap(), hello);
+        body.extend_from_slice(b"junk");
+        let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&body);
+        let mut dec = FrameDecoder::<ClientFrame>::new(MAX_HELLO_FRAME);
+        dec.push(&wire);
+        let err = dec.next_frame().unwrap_err();
+        assert!(err.to_string().contains("4 trailing bytes"), "{err}");
+
+        let header = ChunkHeader {
+            handle: 1,
+            chunk: ChunkRef { file: 2, index: 3 },
+            len: 1024,
+            hash: Hash32::blake3(b"c"),
+        };
+        let encoded = encode_chunk_header(&header);
+        assert_eq!(decode_chunk_header(&encoded[4..]).unwrap(), header);
+        let mut junk = encoded[4..].to_vec();
+        junk.push(0);
+        assert!(decode_chunk_header(&junk).is_err());
+        assert!(decode_chunk_header(&vec![0; MAX_CHUNK_HEADER + 1]).is_err());
+    }
+
+    /// Over-long varints decode to the same value as the short form: refused, so that a
+    /// frame has one byte form (what a fuzzer's re-encoding check relies on).
+    #[test]
+    fn frames_in_non_canonical_encoding_are_refused() {
+        // Hello (variant 0), version 1 as the two-byte varint 0x81 0x00, token "t".
+        let overlong = [0u8, 0x81, 0x00, 1, b't'];
+        assert!(matches!(
+            decode_exact::<ClientFrame>(&overlong),
+            Err(ProtocolError::Malformed(_))
+        ));
+        let canonical = [0u8, 0x01, 1, b't'];
+        assert_eq!(
+            decode_exact::<ClientFrame>(&canonical).unwrap(),
+            ClientFrame::Hello {
+                version: 1,
+                token: Secret("t".into())
+            }
+        );
+    }
+
+    /// A 4-byte prefix declaring 64 MiB used to make the decoder reserve 64 MiB at once,
+    /// before a single byte of the body arrived (and before authentication).
+    #[test]
+    fn huge_length_prefix_reserves_nothing_before_the_bytes_arrive() {
+        let mut dec = FrameDecoder::<ClientFrame>::new(MAX_CONTROL_FRAME);
+        dec.push(&(MAX_CONTROL_FRAME as u32).to_be_bytes());
+        dec.push(&[0; 10]);
+        assert_eq!(dec.next_frame().unwrap(), None);
+        assert!(
+            dec.buf.capacity() < 4096,
+            "reserved {} bytes for a declared length",
+            dec.buf.capacity()
+        );
+        assert_eq!(dec.wanted(), MAX_CONTROL_FRAME - 10);
+        assert_eq!(dec.buffered(), 14);
+    }
+
+    /// Before authentication the gateway's limit is a Hello's size: a client cannot make
+    /// it buffer up to [`MAX_CONTROL_FRAME`] before showing a token.
+    #[test]
+    fn pre_auth_frames_above_the_hello_limit_are_refused_at_the_prefix() {
+        let mut dec = FrameDecoder::<ClientFrame>::new(MAX_HELLO_FRAME);
+        dec.push(&((MAX_HELLO_FRAME + 1) as u32).to_be_bytes());
+        assert_eq!(
+            dec.next_frame(),
+            Err(ProtocolError::FrameTooLarge {
+                len: MAX_HELLO_FRAME + 1,
+                max: MAX_HELLO_FRAME
+            })
+        );
+        assert_eq!(dec.wanted(), MAX_HELLO_FRAME + 4 - 4);
+        // The longest real Hello (a job-service token for a 128-character tenant) fits.
+        let token = format!("svc.{}.{}", "t".repeat(128), "ab".repeat(32));
+        let hello = encode_frame(&ClientFrame::Hello {
+            version: VERSION,
+            token: Secret(token),
+        });
+        assert!(hello.len() < MAX_HELLO_FRAME / 4);
+        let mut dec = FrameDecoder::<ClientFrame>::new(MAX_HELLO_FRAME);
+        dec.push(&hello);
+        assert!(matches!(
+            dec.next_frame().unwrap(),
+            Some(ClientFrame::Hello { .. })
+        ));
+        // Raised after authentication: an OpenJob larger than the Hello limit then passes.
+        let big = encode_frame(&ClientFrame::OpenJob(job(&[1; 900], 1024)));
+        assert!(big.len() > MAX_HELLO_FRAME);
+        dec.push(&big);
+        assert!(dec.next_frame().is_err());
+        let mut dec = FrameDecoder::<ClientFrame>::new(MAX_HELLO_FRAME);
+        dec.set_max(MAX_CONTROL_FRAME);
+        dec.push(&big);
+        assert!(matches!(
+            dec.next_frame().unwrap(),
+            Some(ClientFrame::OpenJob(_))
+        ));
     }
 
     #[test]

@@ -998,10 +998,7 @@ fn spawn_chunk(
                 len: data.len() as u64,
                 hash,
             };
-            let hbytes = postcard::to_allocvec(&header).expect("headers serialise");
-            let mut prefix = Vec::with_capacity(4 + hbytes.len());
-            prefix.extend_from_slice(&(hbytes.len() as u32).to_be_bytes());
-            prefix.extend_from_slice(&hbytes);
+            let prefix = protocol::encode_chunk_header(&header);
             let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
             stream.write_all(&prefix).await.map_err(|e| e.to_string())?;
             stream.write_chunk(data).await.map_err(|e| e.to_string())?;

@@ -14,6 +14,10 @@
 //! | MTU discovery | on (quinn default), up to the path's limit | fewer packets per byte |
 //! | congestion control | CUBIC (quinn default) | robust on shared links |
 //! | keep-alive / idle timeout | 5 s / 30 s | detect a dead peer and resume promptly |
+//!
+//! A gateway connection starts smaller, until its sender is authenticated (see
+//! [`server_transport_config`]): a peer that has shown no token can make the gateway hold
+//! at most [`PRE_AUTH_WINDOW`] bytes for it, on its one control stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +39,9 @@ pub const CONNECTION_WINDOW: u32 = 256 << 20;
 pub const UDP_BUFFER: usize = 4 << 20;
 /// Most unidirectional (chunk) streams a peer may have open at once.
 pub const MAX_UNI_STREAMS: u32 = 1024;
+/// Connection receive window of a gateway connection before its sender is authenticated
+/// (room for a `Hello`; raised to [`CONNECTION_WINDOW`] by [`open_after_auth`]).
+pub const PRE_AUTH_WINDOW: u32 = 64 << 10;
 
 /// Endpoint set-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +123,27 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config()));
+    server.transport_config(Arc::new(server_transport_config()));
     endpoint(listen, Some(server))
+}
+
+/// The gateway's transport parameters before authentication: a [`PRE_AUTH_WINDOW`]
+/// connection window, no chunk streams, one control stream. Data on streams the gateway
+/// has not accepted yet counts against the window, so this bounds what an unauthenticated
+/// peer can make the gateway buffer.
+pub fn server_transport_config() -> TransportConfig {
+    let mut t = transport_config();
+    t.receive_window(VarInt::from_u32(PRE_AUTH_WINDOW))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t
+}
+
+/// Opens an authenticated gateway connection to full speed: the [`CONNECTION_WINDOW`] and
+/// [`MAX_UNI_STREAMS`] chunk streams (sent to the peer as `MAX_DATA`/`MAX_STREAMS`).
+pub fn open_after_auth(conn: &quinn::Connection) {
+    conn.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
 }
 
 /// A client endpoint bound to `bind` that trusts gateways per `trust`.

@@ -118,9 +118,10 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// Parses a hash tile path (`tile/L/N[.p/W]`, height [`TILE_HEIGHT`]) and checks the tile
+/// Parses a hash tile path (`tile/L/N[.p/W]`, height [`TILE_HEIGHT`]), as the HTTP tile
+/// handler receives it from anyone, and checks the tile
 /// lies within a tree of `size` entries. Entry bundles are refused.
-pub(crate) fn parse_hash_tile(path: &str, size: u64) -> Result<tlog_tiles::Tile> {
+pub fn parse_hash_tile(path: &str, size: u64) -> Result<tlog_tiles::Tile> {
     let bad = || LedgerError::InvalidRequest(format!("not a hash tile path: {path:?}"));
     let rest = path.strip_prefix("tile/").ok_or_else(bad)?;
     if rest.starts_with("entries/") || rest.starts_with("data/") {

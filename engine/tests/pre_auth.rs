@@ -1,0 +1,239 @@
+//! What a peer that has not authenticated can make the gateway do, over real QUIC on
+//! 127.0.0.1: connections per address are capped, a Hello must come within a deadline and
+//! fit a small frame limit, and no chunk stream can be opened before it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trackshift_engine::gateway::{Gateway, GatewayConfig, add_tenant};
+use trackshift_engine::protocol::{self, ClientFrame, FrameDecoder, Secret, ServerFrame};
+use trackshift_engine::tls::ServerTrust;
+use trackshift_engine::transport;
+
+const TOKEN: &str = "pre-auth-token-0123456789abcdef";
+
+struct Running {
+    gateway: Arc<Gateway>,
+    task: tokio::task::JoinHandle<()>,
+    client: quinn::Endpoint,
+}
+
+impl Running {
+    async fn start(data: &Path, configure: impl FnOnce(&mut GatewayConfig)) -> Self {
+        add_tenant(data, "acme", TOKEN, &["null://"]).unwrap();
+        let mut cfg = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), data);
+        configure(&mut cfg);
+        let gateway = Arc::new(Gateway::bind(cfg).await.unwrap());
+        let g = gateway.clone();
+        let task = tokio::spawn(async move { g.serve().await });
+        let trust = ServerTrust::fingerprint(&gateway.fingerprint()).unwrap();
+        let client =
+            transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &trust, false).unwrap();
+        Self {
+            gateway,
+            task,
+            client,
+        }
+    }
+
+    async fn connect(&self) -> quinn::Connection {
+        transport::connect(&self.client, self.gateway.local_addr(), "localhost")
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.gateway.close();
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Sends a Hello and reads the gateway's answer on the control stream.
+async fn hello(
+    conn: &quinn::Connection,
+    token: &str,
+) -> (quinn::SendStream, quinn::RecvStream, ServerFrame) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let frame = ClientFrame::Hello {
+        version: protocol::VERSION,
+        token: Secret(token.into()),
+    };
+    send.write_all(&protocol::encode_frame(&frame))
+        .await
+        .unwrap();
+    let mut dec = FrameDecoder::<ServerFrame>::new(protocol::MAX_CONTROL_FRAME);
+    let answer = loop {
+        if let Some(f) = dec.next_frame().unwrap() {
+            break f;
+        }
+        let chunk = recv.read_chunk(1 << 16, true).await.unwrap().unwrap();
+        dec.push(&chunk.bytes);
+    };
+    (send, recv, answer)
+}
+
+/// How the gateway closed `conn` (code and reason), waiting at most `within`.
+async fn closed_with(conn: &quinn::Connection, within: Duration) -> (u64, String) {
+    let err = tokio::time::timeout(within, conn.closed())
+        .await
+        .expect("the gateway closed the connection in time");
+    match err {
+        quinn::ConnectionError::ApplicationClosed(c) => (
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_limit_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |cfg| cfg.max_connections_per_ip = 2).await;
+    let a = gw.connect().await;
+    let b = gw.connect().await;
+    // Both held open (one authenticated, one silent), a third from 127.0.0.1 is refused.
+    let (_s, _r, welcome) = hello(&a, TOKEN).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
+    let c = gw.connect().await;
+    let (code, reason) = closed_with(&c, Duration::from_secs(5)).await;
+    assert_eq!(code, 4);
+    assert!(
+        reason.contains("too many connections from 127.0.0.1 (at most 2"),
+        "{reason}"
+    );
+    // A place comes back when a connection ends.
+    b.close(0u32.into(), b"bye");
+    drop(b);
+    let mut admitted = None;
+    for _ in 0..50 {
+        let d = gw.connect().await;
+        let (mut send, _recv) = d.open_bi().await.unwrap();
+        let frame = ClientFrame::Hello {
+            version: protocol::VERSION,
+            token: Secret(TOKEN.into()),
+        };
+        if send
+            .write_all(&protocol::encode_frame(&frame))
+            .await
+            .is_ok()
+            && tokio::time::timeout(Duration::from_millis(300), d.closed())
+                .await
+                .is_err()
+        {
+            admitted = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted.is_some(), "no place came back after a close");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_at_the_auth_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |cfg| {
+        cfg.auth_timeout = Duration::from_millis(500)
+    })
+    .await;
+    // No control stream at all.
+    let silent = gw.connect().await;
+    let started = std::time::Instant::now();
+    let (code, reason) = closed_with(&silent, Duration::from_secs(5)).await;
+    assert_eq!(code, 3);
+    assert!(reason.contains("no Hello within"), "{reason}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // A control stream with a Hello that never completes (slowloris).
+    let slow = gw.connect().await;
+    let (mut send, _recv) = slow.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 40, 0, 1]).await.unwrap();
+    let (code, _) = closed_with(&slow, Duration::from_secs(5)).await;
+    assert_eq!(code, 3);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_frame_larger_than_a_hello_is_refused_at_its_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |_| {}).await;
+    let conn = gw.connect().await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    // Declares 64 MiB: refused from the 4-byte prefix, nothing read or reserved for it.
+    let declared = protocol::MAX_CONTROL_FRAME as u32;
+    send.write_all(&declared.to_be_bytes()).await.unwrap();
+    let (code, reason) = closed_with(&conn, Duration::from_secs(5)).await;
+    assert_eq!(code, 2);
+    assert!(
+        reason.contains(&format!(
+            "exceeds the {}-byte limit",
+            protocol::MAX_HELLO_FRAME
+        )),
+        "{reason}"
+    );
+    // A Hello with junk after it inside the frame is refused as well.
+    let conn = gw.connect().await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut body = postcard_hello(TOKEN);
+    body.extend_from_slice(b"junk");
+    let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&body);
+    send.write_all(&wire).await.unwrap();
+    let (code, reason) = closed_with(&conn, Duration::from_secs(5)).await;
+    assert_eq!(code, 2);
+    assert!(reason.contains("trailing bytes"), "{reason}");
+    gw.stop().await;
+}
+
+/// The body of a valid Hello frame (without its length prefix).
+fn postcard_hello(token: &str) -> Vec<u8> {
+    protocol::encode_frame(&ClientFrame::Hello {
+        version: protocol::VERSION,
+        token: Secret(token.into()),
+    })[4..]
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_streams_cannot_be_opened_before_authentication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |_| {}).await;
+    let conn = gw.connect().await;
+    // No stream credit before the Hello: opening a chunk stream waits.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), conn.open_uni())
+            .await
+            .is_err(),
+        "a chunk stream opened before authentication"
+    );
+    // Nor a second control stream.
+    let (_s, _r) = conn.open_bi().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), conn.open_bi())
+            .await
+            .is_err(),
+        "a second bidirectional stream opened before authentication"
+    );
+    // A wrong token is refused and closed.
+    let bad = gw.connect().await;
+    let (_s2, _r2, answer) = hello(&bad, "not-a-token").await;
+    assert!(matches!(answer, ServerFrame::Refused { .. }), "{answer:?}");
+    assert_eq!(closed_with(&bad, Duration::from_secs(15)).await.0, 1);
+    // After a valid Hello the gateway opens the window and the stream limit.
+    let good = gw.connect().await;
+    let (_s3, _r3, welcome) = hello(&good, TOKEN).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), good.open_uni())
+        .await
+        .expect("stream credit after Hello")
+        .unwrap();
+    gw.stop().await;
+}

@@ -1,0 +1,19 @@
+//! What the fuzz targets run: the engine's pure parsers and state machines compiled from
+//! their own sources (`engine/src/protocol.rs`, `engine/src/jobs/model.rs`), so that the
+//! instrumented build does not pull in QUIC, SQLite and the connectors (it stays within
+//! CI's few minutes), and the property checks of `checks.rs`.
+
+#[path = "../../engine/src/protocol.rs"]
+pub mod protocol;
+
+/// `trackshift_engine::jobs`' submission model (`JobSpec`).
+#[path = "../../engine/src/jobs/model.rs"]
+pub mod jobs;
+
+/// What `checks.rs` calls `crate::engine` (in the engine's tests, `trackshift_engine`).
+mod engine {
+    pub use super::{jobs, protocol};
+}
+
+#[path = "../checks.rs"]
+pub mod checks;
