@@ -25,11 +25,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 /// The longest destination string accepted.
 pub const MAX_DESTINATION_LEN: usize = 4096;
 
-/// Suffix of the gateway's temporary object names; no path segment may end with it.
-pub const TEMP_SUFFIX: &str = ".tspart";
-
-/// Prefix the gateway reserves for its own names; no path segment may start with it.
-pub const RESERVED_PREFIX: &str = ".trackshift";
+pub use trackshift_crypto::reserved::{RESERVED_PREFIX, TEMP_SUFFIX};
 
 /// A destination that cannot be parsed or normalized unambiguously. The message names
 /// what is wrong and never repeats a password.
@@ -583,7 +579,7 @@ fn parse_path(path: &str) -> Result<Vec<String>, DestinationError> {
         if seg.len() > 255 {
             return bad("a path segment is at most 255 bytes");
         }
-        if seg.ends_with(TEMP_SUFFIX) || seg.starts_with(RESERVED_PREFIX) {
+        if trackshift_crypto::reserved::is_reserved(&seg) {
             return bad(format!(
                 "path segment {seg:?} uses a name the gateway reserves ('{RESERVED_PREFIX}...', '...{TEMP_SUFFIX}')"
             ));

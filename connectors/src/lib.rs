@@ -413,8 +413,7 @@ pub fn check_object_path(path: &str) -> Result<(), ConnectorError> {
                 || c == "."
                 || c == ".."
                 || c.len() > 255
-                || c.ends_with(destination::TEMP_SUFFIX)
-                || c.starts_with(destination::RESERVED_PREFIX)
+                || trackshift_crypto::reserved::is_reserved(c)
         });
     if bad {
         return Err(ConnectorError::InvalidPath(path.to_string()));

@@ -36,6 +36,7 @@ pub mod keys;
 pub mod lowhex;
 pub mod manifest;
 pub mod receipt;
+pub mod reserved;
 pub mod signer;
 pub mod timestamp;
 

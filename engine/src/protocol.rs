@@ -426,12 +426,14 @@ fn layouts(open: &OpenJob) -> Result<Vec<ChunkLayout>, ProtocolError> {
         trackshift_crypto::manifest::check_path(&f.path)
             .map_err(|r| ProtocolError::InvalidJob(format!("file {:?}: {r}", f.path)))?;
         // Names the gateway keeps for its temporary objects are not a job's to take.
-        trackshift_connectors::check_object_path(&f.path).map_err(|_| {
-            ProtocolError::InvalidJob(format!(
-                "file {:?}: a component uses a name the gateway reserves ('.trackshift...', '...tspart') or a control character",
+        if let Some(c) = f.path.split('/').find(|c| {
+            trackshift_crypto::reserved::is_reserved(c) || c.chars().any(char::is_control)
+        }) {
+            return Err(ProtocolError::InvalidJob(format!(
+                "file {:?}: the component {c:?} uses a name the gateway reserves ('.trackshift...', '...tspart') or a control character",
                 f.path
-            ))
-        })?;
+            )));
+        }
         let layout = ChunkLayout::new(f.size, open.chunk_size)
             .map_err(|e| ProtocolError::InvalidJob(e.to_string()))?;
         total = total.saturating_add(layout.chunk_count());
