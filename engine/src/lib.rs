@@ -8,10 +8,12 @@
 //! - [`sender`]: reads a source and drives a job to completion, resuming after faults.
 //! - [`jobs`]: the job service (queue, lifecycle, leases, fair scheduling, workers).
 //! - [`tenants`]: tenant keys and policy (sources, destinations, classifications, quotas).
+//! - [`quota`]: the per-tenant quotas the gateway enforces (jobs, bandwidth, memory).
 
 pub mod gateway;
 pub mod jobs;
 pub mod protocol;
+pub mod quota;
 mod record;
 pub mod scan;
 pub mod sender;
