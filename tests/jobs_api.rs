@@ -1172,6 +1172,13 @@ async fn a_tenant_flooding_the_queue_gets_429_with_retry_after_at_max_queued_job
         .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{j}");
     assert_eq!(headers["retry-after"], "30");
+    let (_, doc, _) = api.call("GET", "/v1/openapi.json", None, None).await;
+    for path in ["/v1/jobs", "/v1/jobs/{id}/retry"] {
+        assert!(
+            doc["paths"][path]["post"]["responses"]["429"]["headers"]["Retry-After"].is_object(),
+            "{path} documents its 429"
+        );
+    }
     for j in [&second, &third] {
         let id = j["id"].as_str().unwrap();
         api.call("POST", &format!("/v1/jobs/{id}/cancel"), Some(ACME), None)
