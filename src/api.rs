@@ -1,10 +1,18 @@
-//! The job API (`/v1/jobs...`), operator endpoints (`/health`, `/ready`, `/metrics`,
-//! `/reports/kpi`, `/dashboard`) and the OpenAPI document (`/v1/openapi.json`).
+//! The job API (`/v1/jobs...`, `/reports/kpi`), operator endpoints (`/health`, `/ready`,
+//! `/metrics`, `/dashboard`) and the OpenAPI document (`/v1/openapi.json`).
 //!
 //! Tenants authenticate with `Authorization: Bearer KEY`. A tenant only ever sees its own
-//! jobs: another tenant's job id answers exactly like an unknown one (404). Every request
-//! gets a correlation id (`X-Correlation-Id`, taken from the request when valid, else
-//! new) that is logged, returned, and becomes the id of a job it creates.
+//! jobs: another tenant's job id answers exactly like an unknown one (404), and
+//! `/reports/kpi` gives the calling tenant's figures only. Every request gets a
+//! correlation id (`X-Correlation-Id`, taken from the request when valid, else new) that
+//! is logged, returned, and becomes the id of a job it creates.
+//!
+//! Operators present the operator key ([`trackshift_engine::operator`], in
+//! `DATA/operator.key`) the same way. Without it `/health` and `/ready` answer only
+//! `{"status":"up"}` or `{"status":"down"}` (200 or 503), and `/metrics` and `/dashboard`
+//! answer 401 (no or an unknown key) or 403 (a tenant's key): no tenant name, destination
+//! or error text reaches anyone else. [`operator_router`] serves the operator endpoints
+//! with their details and no key asked, for `serve --operator-http` on a private address.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,6 +52,8 @@ pub struct AppState {
     pub gateway: Arc<trackshift_engine::gateway::Gateway>,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The operator key of the operator endpoints.
+    pub operator: Arc<trackshift_engine::operator::OperatorKey>,
 }
 
 /// An error as JSON: `{"error": "..."}`.
@@ -98,6 +108,78 @@ fn json_rejection(e: JsonRejection) -> ApiError {
     ApiError(status, e.body_text())
 }
 
+/// The key of `Authorization: Bearer KEY`, if the request has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// Marks the requests of the operator listen address ([`operator_router`]): an extension
+/// set by the server, which no request header can forge.
+#[derive(Clone, Copy)]
+struct OperatorListener;
+
+/// Who calls an operator endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// The operator key, or the operator listen address.
+    Operator,
+    /// A tenant's key: not an operator's.
+    Tenant,
+    /// No key, or one nobody has.
+    Unknown,
+}
+
+fn caller(parts: &Parts, state: &AppState) -> Caller {
+    if parts.extensions.get::<OperatorListener>().is_some() {
+        return Caller::Operator;
+    }
+    match bearer(&parts.headers) {
+        Some(k) if state.operator.matches(k) => Caller::Operator,
+        Some(k) if state.tenants.current().file.authenticate(k).is_some() => Caller::Tenant,
+        _ => Caller::Unknown,
+    }
+}
+
+/// An operator's request: the operator key, or the operator listen address. Otherwise
+/// 401 (no or an unknown key) or 403 (a tenant's key).
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match caller(parts, state) {
+            Caller::Operator => Ok(Operator),
+            Caller::Tenant => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "this endpoint is for operators; a tenant key is not an operator key".into(),
+            )),
+            Caller::Unknown => Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs the operator key (send Authorization: Bearer KEY, the key \
+                 in the gateway's DATA/operator.key)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Whether an endpoint that answers everyone may show an operator its details.
+pub struct IsOperator(pub bool);
+
+impl FromRequestParts<AppState> for IsOperator {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        Ok(IsOperator(caller(parts, state) == Caller::Operator))
+    }
+}
+
 /// The authenticated tenant of a request.
 pub struct Tenant(pub TenantEntry);
 
@@ -111,16 +193,7 @@ impl FromRequestParts<AppState> for Tenant {
                 "missing or unknown API key (send Authorization: Bearer KEY)".into(),
             )
         };
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(unauthorized)?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(unauthorized)?;
+        let key = bearer(&parts.headers).ok_or_else(unauthorized)?;
         state
             .tenants
             .current()
@@ -179,11 +252,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/receipts", get(job_receipts))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/openapi.json", get(openapi))
+        .route("/reports/kpi", get(kpi))
+        .merge(operator_routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(correlate))
+        .with_state(state)
+}
+
+fn operator_routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(prometheus))
-        .route("/reports/kpi", get(kpi))
         .route("/dashboard", get(dashboard))
+}
+
+/// The operator endpoints alone, with their details and no key asked (every request is
+/// an operator's): for `serve --operator-http`, an address only operators reach.
+pub fn operator_router(state: AppState) -> Router {
+    operator_routes()
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(OperatorListener))
         .layer(axum::middleware::from_fn(correlate))
         .with_state(state)
 }
@@ -308,8 +398,14 @@ async fn create_job(
     for d in &spec.destinations {
         // Policy first, on the parsed destination: a refused one builds nothing and
         // reads nothing, so the answer reveals nothing about the gateway's side.
+        let dest = trackshift_engine::connectors::Destination::parse(d).map_err(|e| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("destinations: {d}: {e}"),
+            )
+        })?;
         let dest = tenant
-            .check_destination(d, spec.classification.as_deref())
+            .check_parsed_destination(&dest, spec.classification.as_deref())
             .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
         let settings = state
             .tenants
@@ -328,7 +424,7 @@ async fn create_job(
             })?;
     }
     tenant
-        .check_source(&spec.source)
+        .check_source(&spec.source, state.tenants.data_dir())
         .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
     let (job, created) = state
         .store
@@ -562,11 +658,28 @@ async fn openapi() -> Response {
         .into_response()
 }
 
+/// `/health`: the process answers. `{"status":"up"}`; an operator also gets the version,
+/// the running jobs and the number of tenants.
+async fn health(State(state): State<AppState>, IsOperator(operator): IsOperator) -> Response {
+    if !operator {
+        return Json(serde_json::json!({ "status": "up" })).into_response();
+    }
+    Json(serde_json::json!({
+        "status": "up",
+        "version": env!("CARGO_PKG_VERSION"),
+        "running_jobs": state.runner.running(),
+        "tenants": state.tenants.current().file.tenants.len(),
+    }))
+    .into_response()
+}
+
 /// `/ready`: the store answers, the ledger can be read, and the destinations in use are
 /// reachable. One failing destination (a tenant's bucket) is reported but does not make
 /// the gateway unready, or one tenant could take the whole fleet out of service; every
-/// destination failing (this gateway's network) does.
-async fn ready(State(state): State<AppState>) -> Response {
+/// destination failing (this gateway's network) does. Only an operator sees which check
+/// failed and why (destination URIs and errors name tenants); everyone else gets
+/// `{"status":"up"}` or `{"status":"down"}`.
+async fn ready(State(state): State<AppState>, IsOperator(operator): IsOperator) -> Response {
     let store = state.store.ping().await;
     let ledger = state.ledger.refresh().await;
     let (checked, failing) = state
@@ -575,7 +688,17 @@ async fn ready(State(state): State<AppState>) -> Response {
         .await;
     let destinations_ok = checked == 0 || failing.len() < checked;
     let ok = store.is_ok() && ledger.is_ok() && destinations_ok;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let up = if ok { "up" } else { "down" };
+    if !operator {
+        return (status, Json(serde_json::json!({ "status": up }))).into_response();
+    }
     let body = serde_json::json!({
+        "status": up,
         "ready": ok,
         "store": store.map_or_else(|e| e.to_string(), |()| "ok".into()),
         "ledger": ledger.map_or_else(|e| e.to_string(), |_| "ok".into()),
@@ -589,17 +712,12 @@ async fn ready(State(state): State<AppState>) -> Response {
         "tenants": state.tenants.current().file.tenants.len(),
         "running_jobs": state.runner.running(),
     });
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (status, Json(body)).into_response()
 }
 
-/// `/metrics`: Prometheus text. Job counts per tenant and state are read from the store
-/// at scrape time (so they are right across several gateways sharing it).
-async fn prometheus(State(state): State<AppState>) -> Response {
+/// `/metrics` (operators only): Prometheus text. Job counts per tenant and state are read
+/// from the store at scrape time (so they are right across several gateways sharing it).
+async fn prometheus(State(state): State<AppState>, _: Operator) -> Response {
     match state.store.counts().await {
         Ok(counts) => {
             for t in &state.tenants.current().file.tenants {
@@ -686,8 +804,9 @@ async fn kpi(
 
 /// `/dashboard`: a small self-refreshing page for operators: jobs per tenant and state,
 /// the last hour's completions, bytes, throughput, failure rate and p95 chunk latency,
-/// and this gateway's running jobs and ledger size. Counts only, no job details.
-async fn dashboard(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// and this gateway's running jobs and ledger size. Counts only, no job details. Operators
+/// only (it names every tenant).
+async fn dashboard(State(state): State<AppState>, _: Operator) -> Result<Response, ApiError> {
     use std::fmt::Write as _;
     let since = now_ms() - 3_600_000;
     let counts = state.store.counts().await?;

@@ -1,7 +1,7 @@
-//! The gateway's read-only HTTP endpoints for auditors and operators.
+//! The gateway's read-only HTTP endpoints for auditors (`/health` and the other operator
+//! endpoints are in [`crate::api`]).
 //!
 //! ```text
-//! GET /health                                   liveness ("ok")
 //! GET /checkpoint                               latest signed checkpoint (C2SP tlog-tiles)
 //! GET /tile/<L>/<N>[.p/<W>]                     hash tiles (C2SP tlog-tiles; no entry bundles)
 //! GET /v1/ledger/checkpoint                     the same checkpoint
@@ -66,7 +66,6 @@ type Shared = Log;
 /// The router over a ledger (the gateway's own handle, or a read-only one).
 pub fn router(ledger: Log) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok\n" }))
         .route("/checkpoint", get(checkpoint))
         .route("/tile/{*path}", get(tile))
         .route("/v1/ledger/checkpoint", get(checkpoint))

@@ -112,10 +112,7 @@ impl Client {
     fn new(a: &ApiArgs) -> Result<Self> {
         let key = match (&a.key, &a.key_file) {
             (Some(k), None) => k.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .with_context(|| format!("reading key file {}", f.display()))?
-                .trim()
-                .to_string(),
+            (None, Some(f)) => crate::read_secret_text(f)?,
             (Some(_), Some(_)) => bail!("give either --key (TRACKSHIFT_API_KEY) or --key-file"),
             (None, None) => bail!("no API key: set TRACKSHIFT_API_KEY or pass --key-file"),
         };

@@ -654,6 +654,15 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Reads a token or key file (a tenant token, an API key) with the owner-only check of
+/// every secret ([`trackshift_crypto::filestore::read_secret`]), trimmed.
+fn read_secret_text(path: &Path) -> Result<String> {
+    let raw = trackshift_crypto::filestore::read_secret(path)?;
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
 fn write_doc(path: &Path, json: &str) -> Result<()> {
     let mut text = json.to_string();
     text.push('\n');

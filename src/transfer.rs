@@ -32,11 +32,19 @@ pub struct ServeArgs {
     /// Most chunk writes in flight to destinations, across all jobs.
     #[arg(long)]
     dest_concurrency: Option<usize>,
-    /// TCP address for HTTP: the job API (/v1/jobs), /health, /ready, /metrics,
-    /// /reports/kpi, and the ledger's checkpoint, tiles and proofs for auditors (off
-    /// unless given). With it the gateway also runs jobs submitted through the API.
+    /// TCP address for HTTP: the job API (/v1/jobs), /reports/kpi, /health, /ready,
+    /// /metrics, /dashboard, and the ledger's checkpoint, tiles and proofs for auditors
+    /// (off unless given). With it the gateway also runs jobs submitted through the API.
+    /// /health and /ready say only up or down unless the operator key is presented
+    /// (`Authorization: Bearer`, the key in DATA/operator.key); /metrics and /dashboard
+    /// need it.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// TCP address serving only the operator endpoints (/health, /ready, /metrics,
+    /// /dashboard) with their details and without the operator key: bind it to loopback
+    /// or an operators' network, never where tenants can reach it.
+    #[arg(long, requires = "http")]
+    operator_http: Option<SocketAddr>,
     /// Most API jobs this gateway runs at once.
     #[arg(long, default_value_t = 256)]
     max_jobs: usize,
@@ -188,9 +196,49 @@ fn ensure_default_tenant(data_dir: &Path, default_dest: &[String]) -> Result<()>
     Ok(())
 }
 
-/// Runs the gateway until interrupted.
+/// Loads the operator key (`DATA/operator.key`), creating it on first start, and says
+/// where it is (never the key itself).
+fn operator_key(data_dir: &Path) -> Result<trackshift_engine::operator::OperatorKey> {
+    let (key, created) = trackshift_engine::operator::OperatorKey::load_or_create(data_dir)?;
+    if created {
+        println!(
+            "created the operator key (for /metrics, /dashboard and the details of /health \
+             and /ready) in {} (mode 0600)",
+            key.path().display()
+        );
+    } else {
+        println!("operator key: {}", key.path().display());
+    }
+    Ok(key)
+}
+
+/// Checks the secret files the gateway itself does not otherwise read at start: the
+/// default tenant's token, the operator key (also without `--http`) and the SSH key of
+/// the process environment's `TRACKSHIFT_SFTP_KEY` (tenants' credentials files, the
+/// signing, ledger, TLS and service keys are checked as they load). Each must be
+/// owner-only.
+fn check_secret_files(data_dir: &Path) -> Result<()> {
+    for name in [
+        "default.token",
+        trackshift_engine::operator::OPERATOR_KEY_FILE,
+    ] {
+        trackshift_crypto::filestore::read_secret_if_exists(&data_dir.join(name))?;
+    }
+    trackshift_engine::connectors::Settings::Process
+        .check_secret_files()
+        .context("the gateway's TRACKSHIFT_SFTP_KEY")?;
+    Ok(())
+}
+
+/// Runs the gateway until interrupted. Every secret file is checked before anything is
+/// bound or accepted.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     ensure_default_tenant(&args.data_dir, &args.default_dest)?;
+    check_secret_files(&args.data_dir)?;
+    let operator = match args.http {
+        Some(_) => Some(std::sync::Arc::new(operator_key(&args.data_dir)?)),
+        None => None,
+    };
     // Installed before anything says the gateway is up, so that no SIGHUP can find the
     // default action (which ends the process).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -237,18 +285,42 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     let (stop_jobs, stop_rx) = tokio::sync::watch::channel(false);
     let mut runner_task = None;
-    let http = match args.http {
-        Some(addr) => {
-            let (router, runner) =
-                job_service(&args, gateway.clone(), service_key, tenants.clone()).await?;
+    let http = match (args.http, operator) {
+        (Some(addr), Some(operator)) => {
+            let (state, runner) = job_service(
+                &args,
+                gateway.clone(),
+                service_key,
+                tenants.clone(),
+                operator,
+            )
+            .await?;
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
+            let router = crate::http::router(gateway.ledger().clone())
+                .merge(crate::api::router(state.clone()));
             let (local, serving) = crate::http::bind(addr, router).await?;
             println!(
                 "HTTP (job API, health, metrics, ledger checkpoint, tiles, proofs) on http://{local}"
             );
-            Some(tokio::spawn(serving))
+            let operator_serving = match args.operator_http {
+                Some(addr) => {
+                    let (local, serving) =
+                        crate::http::bind(addr, crate::api::operator_router(state)).await?;
+                    println!(
+                        "operator HTTP (health, ready, metrics, dashboard; no key asked: keep it private) on http://{local}"
+                    );
+                    Some(serving)
+                }
+                None => None,
+            };
+            Some(tokio::spawn(async move {
+                match operator_serving {
+                    Some(op) => tokio::try_join!(serving, op).map(drop),
+                    None => serving.await,
+                }
+            }))
         }
-        None => None,
+        _ => None,
     };
     tokio::spawn(reload_tenants_on_hangup(tenants, hangup));
     tokio::select! {
@@ -292,14 +364,15 @@ async fn reload_tenants_on_hangup(
     }
 }
 
-/// The job service next to a gateway: store (`DATA/jobs.db`), worker, API routes.
+/// The job service next to a gateway: store (`DATA/jobs.db`), worker, the API's state.
 async fn job_service(
     args: &ServeArgs,
     gateway: std::sync::Arc<Gateway>,
     service_key: std::sync::Arc<trackshift_engine::tenants::ServiceKey>,
     tenants: std::sync::Arc<trackshift_engine::tenants::LiveTenants>,
+    operator: std::sync::Arc<trackshift_engine::operator::OperatorKey>,
 ) -> Result<(
-    axum::Router,
+    crate::api::AppState,
     std::sync::Arc<trackshift_engine::jobs::runner::Runner>,
 )> {
     use std::sync::Arc;
@@ -340,9 +413,9 @@ async fn job_service(
         ledger: gateway.ledger().clone(),
         gateway: gateway.clone(),
         metrics,
+        operator,
     };
-    let router = crate::http::router(gateway.ledger().clone()).merge(crate::api::router(state));
-    Ok((router, runner))
+    Ok((state, runner))
 }
 
 fn hostname() -> String {
@@ -370,10 +443,7 @@ fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<ServerTrust> {
 pub async fn send(args: SendArgs) -> Result<()> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), None) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading token file {}", f.display()))?
-            .trim()
-            .to_string(),
+        (None, Some(f)) => crate::read_secret_text(f)?,
         _ => bail!("no tenant token: set TRACKSHIFT_TOKEN or pass --token-file"),
     };
     let mut cfg = SendConfig::new(

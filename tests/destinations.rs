@@ -182,7 +182,7 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
             creds.push_str(&format!("{var}={v}\n"));
         }
     }
-    std::fs::write(dir.join("acme.env"), creds).unwrap();
+    common::write_secret(&dir.join("acme.env"), &creds);
     let data = dir.join("gw");
     let rules = Some(vec![
         DestinationRule::from_uri(&server("TRACKSHIFT_TEST_SFTP")).unwrap(),
@@ -203,8 +203,8 @@ fn a_tenant_sends_with_its_own_credentials_and_never_with_the_gateways() {
     }
     .save(&data)
     .unwrap();
-    std::fs::write(dir.join("acme.token"), "acme-token-0123456789").unwrap();
-    std::fs::write(dir.join("beta.token"), "beta-token-0123456789").unwrap();
+    common::write_secret(&dir.join("acme.token"), "acme-token-0123456789");
+    common::write_secret(&dir.join("beta.token"), "beta-token-0123456789");
     let gw = common::start_gateway_without_credentials(&data, &[]);
     let (sftp_sub, s3_sub) = (
         format!("tc-{}", uuid::Uuid::new_v4().simple()),

@@ -85,7 +85,10 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
     assert!(out.contains("4 entries (2 manifests, 2 receipts)"), "{out}");
 
     // Raw endpoints: health, checkpoint, a partial tile of 4 leaf hashes, proofs, errors.
-    assert_eq!(get(&gw.http, "/health"), (200, b"ok\n".to_vec()));
+    assert_eq!(
+        get(&gw.http, "/health"),
+        (200, br#"{"status":"up"}"#.to_vec())
+    );
     let (status, body) = get(&gw.http, "/checkpoint");
     assert_eq!(
         (status, String::from_utf8(body).unwrap()),

@@ -17,7 +17,7 @@ const ACME: &str = "acme-key-0123456789";
 const BETA: &str = "beta-key-0123456789";
 
 /// acme: sources under `root/src-acme`, may write under `root/out-acme/` (phi allowed)
-/// and to null://; beta: sources under `root/src-beta`, any destination, unclassified.
+/// and to null://; beta: sources under `root/src-beta`, null:// for unclassified jobs.
 fn tenants(root: &Path) -> PathBuf {
     for d in ["src-acme", "src-beta", "out-acme", "out-beta"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -36,6 +36,7 @@ fn tenants(root: &Path) -> PathBuf {
     };
     let beta = TenantEntry {
         sources: vec![root.join("src-beta")],
+        destinations: Some(vec![DestinationRule::prefix("null://")]),
         ..TenantEntry::new("beta", BETA)
     };
     TenantFile {
@@ -350,13 +351,17 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
     assert_eq!(kpi["completed"], 0);
 
     // Operators: readiness, metrics, the OpenAPI document.
-    let (s, ready, _) = api.call("GET", "/ready", None, None).await;
+    let (s, ready, _) = api
+        .call("GET", "/ready", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{ready}");
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["destinations"]["checked"], 2, "{ready}");
     // One destination gone (a tenant's problem): reported, the gateway stays ready.
     std::fs::rename(root.join("out-acme/batch"), root.join("out-acme/moved")).unwrap();
-    let (s, ready, _) = api.call("GET", "/ready", None, None).await;
+    let (s, ready, _) = api
+        .call("GET", "/ready", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{ready}");
     let failing = ready["destinations"]["failing"].as_array().unwrap();
     assert_eq!(failing.len(), 1, "{ready}");
@@ -365,7 +370,9 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         "{ready}"
     );
     std::fs::rename(root.join("out-acme/moved"), root.join("out-acme/batch")).unwrap();
-    let (s, metrics, _) = api.call("GET", "/metrics", None, None).await;
+    let (s, metrics, _) = api
+        .call("GET", "/metrics", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
@@ -380,7 +387,9 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         metrics.contains("trackshift_bytes_acknowledged_total{tenant=\"acme\"} 3000012"),
         "{metrics}"
     );
-    let (s, page, headers) = api.call("GET", "/dashboard", None, None).await;
+    let (s, page, headers) = api
+        .call("GET", "/dashboard", Some(&gw.operator_key), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         headers["content-type"]
@@ -447,10 +456,12 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
         (json!({ "source": src, "destinations": [out], "priority": 10 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "priority"),
         (json!({ "source": src, "destinations": [out], "max_attempts": 0 }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "max_attempts"),
         (json!({ "source": "relative/path", "destinations": [out] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "source"),
-        (json!({ "source": root.join("src-beta/g"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "outside"),
+        (json!({ "source": root.join("src-beta/g"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "not allowed"),
+        (json!({ "source": root.join("src-beta/no-such-file"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "not allowed"),
+        (json!({ "source": root.join("src-acme/../src-beta/g"), "destinations": [out] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "normalized"),
         (json!({ "source": root.join("src-acme/missing"), "destinations": [out] }).to_string(), ACME, StatusCode::FORBIDDEN, "does not exist"),
         (json!({ "source": src, "destinations": [format!("file://{}/x", root.join("out-beta").display())] }).to_string(), ACME, StatusCode::FORBIDDEN, "not allowed"),
-        (json!({ "source": src, "destinations": [format!("file://{}/../out-beta", root.join("out-acme").display())] }).to_string(), ACME, StatusCode::FORBIDDEN, ".."),
+        (json!({ "source": src, "destinations": [format!("file://{}/../out-beta", root.join("out-acme").display())] }).to_string(), ACME, StatusCode::UNPROCESSABLE_ENTITY, "\"..\""),
         (json!({ "source": src, "destinations": ["null://"], "classification": "phi" }).to_string(), ACME, StatusCode::FORBIDDEN, "phi"),
         (json!({ "source": root.join("src-beta/g"), "destinations": ["null://"], "classification": "phi" }).to_string(), BETA, StatusCode::FORBIDDEN, "phi"),
         (ok.to_string(), "wrong-key", StatusCode::UNAUTHORIZED, "API key"),
@@ -791,6 +802,7 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     file.tenants.push(TenantEntry {
         sources: vec![root.join("src-beta")],
         bytes_per_second: Some(64 << 20),
+        destinations: Some(vec![DestinationRule::prefix("null://")]),
         ..TenantEntry::new("gamma", GAMMA)
     });
     file.save(&data).unwrap();
@@ -812,7 +824,9 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     let job = api.wait(GAMMA, &id, final_state).await;
     assert_eq!(job["state"], "completed", "{job}");
     // Its new quota applied, all of it to this gateway (the only one running its jobs).
-    let (_, metrics, _) = api.call("GET", "/metrics", None, None).await;
+    let (_, metrics, _) = api
+        .call("GET", "/metrics", Some(&gw.operator_key), None)
+        .await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
         metrics.contains("trackshift_tenant_rate_bytes_per_second{tenant=\"gamma\"} 67108864"),

@@ -11,6 +11,9 @@ impl From<crate::DestinationError> for ConnectorError {
 /// Why a destination operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
+    /// A secret file (credentials file, SSH key) is open to other users or unreadable.
+    #[error(transparent)]
+    Secret(#[from] trackshift_crypto::CryptoError),
     /// The destination URI is not understood.
     #[error("invalid destination: {0}")]
     InvalidUri(String),

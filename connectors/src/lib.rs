@@ -12,6 +12,7 @@
 //! - Reopening an object with `resume = true` keeps every byte already synced.
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
+pub mod beneath;
 pub mod destination;
 mod error;
 pub mod ftps;
@@ -235,10 +236,13 @@ impl Settings {
     }
 
     /// Reads a credentials file: `NAME=VALUE` lines (blank lines and `#` comments
-    /// ignored). Values are never logged.
+    /// ignored). Values are never logged. The file must be readable by its owner only
+    /// ([`trackshift_crypto::filestore::read_secret`]), and so must the SSH key a
+    /// `TRACKSHIFT_SFTP_KEY` in it names: both are checked now, not at the first job.
     pub fn load(path: &std::path::Path) -> Result<Self, ConnectorError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConnectorError::InvalidUri(format!("credentials file {}: {e}", path.display()))
+        let raw = trackshift_crypto::filestore::read_secret(path)?;
+        let text = std::str::from_utf8(&raw).map_err(|_| {
+            ConnectorError::InvalidUri(format!("credentials file {}: not UTF-8", path.display()))
         })?;
         let mut map = std::collections::BTreeMap::new();
         for (n, line) in text.lines().enumerate() {
@@ -269,7 +273,20 @@ impl Settings {
                 .unwrap_or(v);
             map.insert(k.to_string(), v.to_string());
         }
-        Ok(Settings::Tenant(Arc::new(map)))
+        let settings = Settings::Tenant(Arc::new(map));
+        settings.check_secret_files()?;
+        Ok(settings)
+    }
+
+    /// Checks the secret files these settings name (`TRACKSHIFT_SFTP_KEY`) with
+    /// [`trackshift_crypto::filestore::read_secret`]: owner-only regular files. A gateway
+    /// calls it at start for its own environment; [`Settings::load`] does it for a
+    /// tenant's file.
+    pub fn check_secret_files(&self) -> Result<(), ConnectorError> {
+        if let Some(key) = self.var("TRACKSHIFT_SFTP_KEY") {
+            trackshift_crypto::filestore::read_secret(std::path::Path::new(&key))?;
+        }
+        Ok(())
     }
 }
 

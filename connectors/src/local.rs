@@ -14,7 +14,7 @@
 //! would leave it is "not allowed" whether or not it exists.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use crate::beneath::{leaves, open_beneath};
 use crate::{
     Confirmation, Connector, ConnectorError, Destination, ObjectSpec, ObjectWriter, Scheme,
     VerifyMode, check_object_path,
@@ -49,32 +50,11 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// Resolution of every tenant-named path: beneath the directory descriptor, no link.
-const BENEATH: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
-
-/// Opens `rel` beneath `dir` without following any link.
-fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
-    loop {
-        match rustix::fs::openat2(
-            dir.as_fd(),
-            rel,
-            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            mode,
-            BENEATH,
-        ) {
-            Err(Errno::AGAIN | Errno::INTR) => continue,
-            r => return r,
-        }
-    }
-}
-
 /// Maps a resolution error of the tenant's relative path `rel`: leaving the directory
 /// (a link, `..`, another mount) is "not allowed", without saying what is there.
 fn resolve_err(action: &'static str, root: &Path, rel: &str, e: Errno) -> ConnectorError {
     match e {
-        Errno::LOOP | Errno::XDEV | Errno::NOTDIR => ConnectorError::NotAllowed(format!(
+        e if leaves(e) => ConnectorError::NotAllowed(format!(
             "{rel}: not allowed (the path leaves the destination directory or crosses a link)"
         )),
         e => ConnectorError::Io {

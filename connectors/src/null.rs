@@ -85,4 +85,9 @@ impl ObjectWriter for NullWriter {
     async fn abort(&self) -> Result<(), ConnectorError> {
         Ok(())
     }
+
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        // Nothing was kept.
+        Ok(())
+    }
 }

@@ -797,6 +797,18 @@ impl ObjectWriter for Writer {
         }
         Ok(())
     }
+
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        if self.state.lock().await.committed.is_none() {
+            return self.abort().await;
+        }
+        // This writer completed the upload (it refused to start over an existing object
+        // unless overwrite was allowed): the object is its own to take back.
+        match self.store.delete(&self.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(remote(&self.uri, "removing", &e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -332,7 +332,12 @@ impl SftpInner {
     }
 
     async fn connect(&self) -> Result<Conn, ConnectorError> {
-        let key = russh::keys::load_secret_key(&self.key, None).map_err(|e| {
+        // Owner-only, checked on the descriptor read (see `read_secret`), as ssh does.
+        let pem = trackshift_crypto::filestore::read_secret(&self.key)?;
+        let pem = std::str::from_utf8(&pem).map_err(|_| {
+            ConnectorError::Unavailable(format!("SSH key {}: not UTF-8", self.key.display()))
+        })?;
+        let key = russh::keys::decode_secret_key(pem, None).map_err(|e| {
             ConnectorError::Unavailable(format!("SSH key {}: {e}", self.key.display()))
         })?;
         let config = Arc::new(client::Config {

@@ -230,6 +230,9 @@ impl ObjectWriter for LimitWriter {
     async fn abort(&self) -> Result<(), ConnectorError> {
         self.inner.abort().await
     }
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        self.inner.remove().await
+    }
 }
 
 /// Limits the bytes written per second, across all objects of the connector.
@@ -385,6 +388,9 @@ impl ObjectWriter for ThrottledWriter {
     }
     async fn abort(&self) -> Result<(), ConnectorError> {
         self.inner.abort().await
+    }
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        self.inner.remove().await
     }
 }
 

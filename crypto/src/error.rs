@@ -69,15 +69,22 @@ pub enum CryptoError {
     /// No active key for the purpose exists in the key store.
     #[error("no active {0} key in the key store")]
     NoActiveKey(Purpose),
-    /// A secret key file is readable by users other than its owner.
+    /// A secret file (key, token, credentials) is open to users other than its owner.
     #[error(
-        "refusing to use secret key {path}: mode {mode:o} lets other users read it (chmod 600)"
+        "refusing to use secret file {path}: mode {mode:04o} lets group or other users read or \
+         change it; run `chmod 600 {path}`"
     )]
     InsecurePermissions {
         /// The file.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A secret file is not a regular file (a directory, FIFO, device or socket).
+    #[error("refusing to use secret file {path}: it is not a regular file")]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
     },
     /// The key store already exists where a new one was to be created.
     #[error("key store already exists at {0}")]

@@ -11,6 +11,9 @@
 //! Every write goes to a temporary file that is fsynced and renamed into place, so a crash
 //! never leaves a half-written key file. Secret files are created 0600 and refused on read
 //! when group or other users may read them (like OpenSSH does).
+//!
+//! [`read_secret`] is the one way Trackshift reads a secret file of any kind (signing keys,
+//! ledger keys, the TLS key, the service key, tokens, tenants' credentials files).
 
 use std::fs;
 use std::io::Write as _;
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{CryptoError, Result};
 use crate::keys::{Algorithm, KeyId, KeyStatus, PublicKeyring, Purpose, b64};
@@ -89,6 +92,17 @@ impl FileKeyStore {
         &self.dir
     }
 
+    /// Checks every secret file the store holds (active, retired and revoked keys) with
+    /// [`read_secret`]: a gateway calls it at start, so that a key file other users can
+    /// read is refused before anything runs, not when a job needs a signature. Key files
+    /// deleted on purpose (a retired key's) are skipped.
+    pub fn check_secret_files(&self) -> Result<()> {
+        for record in &self.ring.keys {
+            read_secret_if_exists(&self.secret_path(&record.id))?;
+        }
+        Ok(())
+    }
+
     /// Retires the active key of `purpose` and makes a new key active from `now`. Returns
     /// the new key's id. Documents signed by the old key keep verifying: its window ends at
     /// the end of the current second (`now + 1 s`, exclusive), because signing times have
@@ -153,16 +167,9 @@ impl FileKeyStore {
 
     fn load_seed(&self, id: &KeyId) -> Result<SecretSeed> {
         let path = self.secret_path(id);
-        let meta =
-            fs::metadata(&path).map_err(|e| CryptoError::io("reading secret key", &path, e))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(CryptoError::InsecurePermissions { path, mode });
-        }
-        let mut bytes =
-            fs::read(&path).map_err(|e| CryptoError::io("reading secret key", &path, e))?;
+        let bytes = read_secret(&path)?;
         let parsed: std::result::Result<SecretFile, _> = serde_json::from_slice(&bytes);
-        bytes.zeroize();
+        drop(bytes);
         // The serde error could quote input; report only its position, never the content.
         let file = parsed.map_err(|e| {
             CryptoError::malformed(
@@ -207,6 +214,92 @@ impl KeyBackend for FileKeyStore {
     }
 }
 
+/// Largest secret file [`read_secret`] reads: keys, tokens and credentials files are a few
+/// KiB at most, and the limit keeps a wrong path (a log file) from being read whole.
+pub const MAX_SECRET_FILE: u64 = 1 << 20;
+
+/// Reads a secret file (private key, token, credentials file) after checking that no one
+/// but its owner can read or change it. Returns the bytes, wiped from memory when dropped.
+///
+/// The checks are made with `fstat` on the descriptor that is then read, not on the path
+/// beforehand, so the file checked is the file read even if the path is swapped in
+/// between. Symbolic links are followed: what is checked is the file holding the bytes.
+/// Refused, with the path in the error:
+///
+/// * anything but a regular file (a FIFO is opened non-blocking, so it cannot hang the
+///   caller; directories, devices and sockets are refused too);
+/// * any group or other permission bit (`mode & 0o077 != 0`, the rule OpenSSH applies to
+///   private keys): [`CryptoError::InsecurePermissions`], whose message gives the fix,
+///   `chmod 600 PATH`;
+/// * files over [`MAX_SECRET_FILE`].
+///
+/// Errors never contain the file's content.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    read_secret_if_exists(path)?.ok_or_else(|| {
+        CryptoError::io(
+            "reading secret file",
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })
+}
+
+/// As [`read_secret`], but a file that does not exist is `Ok(None)` (for secrets created
+/// on first start). Every other failure is an error.
+pub fn read_secret_if_exists(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let io = |e| CryptoError::io("reading secret file", path, e);
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let meta = file.metadata().map_err(io)?;
+    let kind = meta.file_type();
+    if !kind.is_file() || kind.is_fifo() || kind.is_socket() {
+        return Err(CryptoError::NotARegularFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CryptoError::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(CryptoError::malformed(
+            "secret file",
+            format!(
+                "{} is {} bytes, over the {} bytes a secret file may hold",
+                path.display(),
+                meta.len(),
+                MAX_SECRET_FILE
+            ),
+        ));
+    }
+    // Read into a buffer of the final size, so that no reallocation leaves a copy of the
+    // secret behind; a file that changed size since the fstat is refused.
+    let mut file = file;
+    let mut bytes = Zeroizing::new(vec![0u8; meta.len() as usize]);
+    file.read_exact(&mut bytes).map_err(io)?;
+    let mut more = [0u8; 1];
+    if file.read(&mut more).map_err(io)? != 0 {
+        more.zeroize();
+        return Err(CryptoError::malformed(
+            "secret file",
+            format!("{} changed while it was read", path.display()),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
 fn create_private_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| CryptoError::io("creating", dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -243,4 +336,137 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         CryptoError::io("writing", path, e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret_at(dir: &Path, name: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, b"s3cr3t-content").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn secrets_open_to_group_or_others_are_refused_with_the_path_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o777] {
+            let p = secret_at(dir.path(), &format!("k{mode:o}"), mode);
+            let e = read_secret(&p).unwrap_err();
+            assert!(
+                matches!(e, CryptoError::InsecurePermissions { mode: m, .. } if m == mode),
+                "{mode:o}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("chmod 600 {}", p.display())), "{msg}");
+            assert!(!msg.contains("s3cr3t"), "{msg}");
+            assert!(read_secret_if_exists(&p).is_err(), "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn owner_only_secrets_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o400, 0o700] {
+            let p = secret_at(dir.path(), &format!("k{mode:o}"), mode);
+            assert_eq!(&read_secret(&p).unwrap()[..], b"s3cr3t-content");
+        }
+        let empty = dir.path().join("empty");
+        fs::write(&empty, b"").unwrap();
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_secret_is_none_or_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("absent.key");
+        assert!(read_secret_if_exists(&p).unwrap().is_none());
+        let e = read_secret(&p).unwrap_err();
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn symlinks_are_judged_by_the_file_they_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = secret_at(dir.path(), "good", 0o600);
+        let bad = secret_at(dir.path(), "bad", 0o644);
+        let to_good = dir.path().join("to-good");
+        let to_bad = dir.path().join("to-bad");
+        std::os::unix::fs::symlink(&good, &to_good).unwrap();
+        std::os::unix::fs::symlink(&bad, &to_bad).unwrap();
+        assert_eq!(&read_secret(&to_good).unwrap()[..], b"s3cr3t-content");
+        let e = read_secret(&to_bad).unwrap_err();
+        assert!(matches!(e, CryptoError::InsecurePermissions { .. }), "{e}");
+    }
+
+    #[test]
+    fn directories_fifos_and_devices_are_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o700)).unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A blocking open of a FIFO without a writer would hang this test.
+        for p in [sub.as_path(), fifo.as_path(), Path::new("/dev/null")] {
+            let e = read_secret(p).unwrap_err();
+            assert!(
+                matches!(e, CryptoError::NotARegularFile { .. }),
+                "{}: {e}",
+                p.display()
+            );
+            assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn oversized_secret_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge");
+        let f = fs::File::create(&p).unwrap();
+        f.set_len(MAX_SECRET_FILE + 1).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = read_secret(&p).unwrap_err();
+        assert!(e.to_string().contains("huge"), "{e}");
+        f.set_len(MAX_SECRET_FILE).unwrap();
+        assert_eq!(read_secret(&p).unwrap().len() as u64, MAX_SECRET_FILE);
+    }
+
+    #[test]
+    fn a_store_with_a_readable_retired_key_is_refused_by_the_start_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let mut store = FileKeyStore::init(&keys, Timestamp::from_unix(1_000)).unwrap();
+        let old = store.ring.active(Purpose::Receipt).unwrap().id;
+        store
+            .rotate(Purpose::Receipt, Timestamp::from_unix(2_000))
+            .unwrap();
+        store.check_secret_files().unwrap();
+        for entry in fs::read_dir(keys.join(SECRET_DIR)).unwrap() {
+            let mode = entry.unwrap().metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "created owner-only");
+        }
+        let retired = store.secret_path(&old);
+        fs::set_permissions(&retired, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = FileKeyStore::open(&keys)
+            .unwrap()
+            .check_secret_files()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod 600 {}", retired.display())),
+            "{e}"
+        );
+        // A retired key's file deleted on purpose is no error.
+        fs::remove_file(&retired).unwrap();
+        FileKeyStore::open(&keys)
+            .unwrap()
+            .check_secret_files()
+            .unwrap();
+    }
 }

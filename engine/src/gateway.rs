@@ -390,6 +390,10 @@ impl crate::quota::Occupies for Job {
 struct Shared {
     data_dir: PathBuf,
     keys: FileKeyStore,
+    /// The active signing keys, loaded (and their files checked) at bind: a job never
+    /// reaches its end to find it cannot sign.
+    manifest_signer: Arc<dyn trackshift_crypto::Signer>,
+    receipt_signer: Arc<dyn trackshift_crypto::Signer>,
     tenants: Arc<LiveTenants>,
     service_key: Option<Arc<crate::tenants::ServiceKey>>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
@@ -425,7 +429,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the endpoint and loads (or creates on first start) the keys and TLS identity.
+    /// Loads (or creates on first start) the keys and TLS identity, then binds the
+    /// endpoint. Every secret file is read and checked (owner-only, see
+    /// [`trackshift_crypto::filestore::read_secret`]) before the endpoint is bound.
     pub async fn bind(cfg: GatewayConfig) -> Result<Self, GatewayError> {
         let data = &cfg.data_dir;
         fs::create_dir_all(data.join("jobs")).map_err(io("creating", data))?;
@@ -435,9 +441,11 @@ impl Gateway {
         } else {
             FileKeyStore::init(&keys_dir, Timestamp::now())?
         };
+        keys.check_secret_files()?;
+        let manifest_signer = keys.signer(Purpose::Manifest, Timestamp::now())?;
+        let receipt_signer = keys.signer(Purpose::Receipt, Timestamp::now())?;
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
-        let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
         let tenants = match &cfg.tenants {
             Some(t) => t.clone(),
             None => Arc::new(LiveTenants::load(data)?),
@@ -458,7 +466,10 @@ impl Gateway {
                 &cfg.ledger_origin,
             )?)),
         };
+        let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
         let shared = Arc::new(Shared {
+            manifest_signer,
+            receipt_signer,
             data_dir: data.clone(),
             ledger,
             verify: cfg.verify,
@@ -1351,7 +1362,7 @@ async fn sign_finish(
         open.destinations.clone(),
         entries,
     )?;
-    manifest.sign_with(shared.keys.signer(Purpose::Manifest, now)?.as_ref(), now)?;
+    manifest.sign_with(shared.manifest_signer.as_ref(), now)?;
     let mut receipts = Vec::with_capacity(outcomes.len());
     for (uri, outcome) in open.destinations.iter().zip(outcomes) {
         let (confirmation, status, detail) = match outcome {
@@ -1384,7 +1395,7 @@ async fn sign_finish(
             signature: None,
             ledger_proof: None,
         };
-        receipt.sign_with(shared.keys.signer(Purpose::Receipt, now)?.as_ref(), now)?;
+        receipt.sign_with(shared.receipt_signer.as_ref(), now)?;
         receipts.push(receipt);
     }
     let signed = crate::record::SignedFinish {
@@ -1406,25 +1417,31 @@ async fn commit_dest(
     let mut size = 0u64;
     let mut etag = None;
     for (i, entry) in entries.iter().enumerate() {
-        let conf = job.writer(d, i as u32).await?.commit().await?;
+        let w = job.writer(d, i as u32).await?;
+        let conf = w.commit().await?;
         // The destination must hold what the manifest says: its size, and its hash when it
         // read the object back.
-        if conf.size != entry.size {
-            return Err(trackshift_connectors::ConnectorError::SizeMismatch {
+        let wrong = if conf.size != entry.size {
+            Some(trackshift_connectors::ConnectorError::SizeMismatch {
                 path: entry.path.clone(),
                 expected: entry.size,
                 actual: conf.size,
-            }
-            .into());
-        }
-        if let Some(seen) = conf.blake3
-            && seen != entry.blake3.0
-        {
-            return Err(trackshift_connectors::ConnectorError::HashMismatch {
+            })
+        } else if conf.blake3.is_some_and(|seen| seen != entry.blake3.0) {
+            Some(trackshift_connectors::ConnectorError::HashMismatch {
                 path: entry.path.clone(),
                 what: "the BLAKE3 of the object read back differs from the file's".into(),
+            })
+        } else {
+            None
+        };
+        if let Some(e) = wrong {
+            // Wrong bytes do not stay under the final name: this writer takes back what
+            // it committed (never an object it did not create).
+            if let Err(re) = w.remove().await {
+                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, destination = %job.dests[d].connector.uri(), path = %entry.path, error = %re, "could not remove an object that failed verification");
             }
-            .into());
+            return Err(e.into());
         }
         size += conf.size;
         if entries.len() == 1 {

@@ -91,6 +91,18 @@ pub struct FaultInjection {
     /// Close the connection after this many chunks were sent, once (the sender must
     /// reconnect and resume).
     pub drop_connection_after: std::sync::Mutex<Option<u64>>,
+    /// Run once after every source was listed and before any chunk is read (a test
+    /// changes the source tree here).
+    pub after_listing: std::sync::Mutex<Option<TestHook>>,
+}
+
+/// A test's action for [`FaultInjection::after_listing`].
+pub struct TestHook(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for TestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestHook")
+    }
 }
 
 /// Settings of one send.
@@ -235,17 +247,35 @@ pub struct SendReport {
 }
 
 struct Source {
+    /// Each file's path (for messages) and spec, in manifest order.
     files: Vec<(PathBuf, FileSpec)>,
-    handles: Vec<std::sync::OnceLock<Arc<File>>>,
+    reader: Reader,
+}
+
+/// How a job's files are opened for reading.
+enum Reader {
+    /// By path, each opened once and held for the job (the sender's own files).
+    Plain(Vec<std::sync::OnceLock<Arc<File>>>),
+    /// Beneath a tenant's source directory, opened again for each chunk and closed after it.
+    Confined(crate::scan::ConfinedListing),
 }
 
 impl Source {
-    fn file(&self, i: u32) -> std::io::Result<Arc<File>> {
-        let cell = &self.handles[i as usize];
+    fn file(&self, i: u32) -> Result<Arc<File>, String> {
+        let cell = match &self.reader {
+            Reader::Plain(handles) => &handles[i as usize],
+            Reader::Confined(listing) => {
+                return listing
+                    .open(i as usize)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string());
+            }
+        };
         if let Some(f) = cell.get() {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(&self.files[i as usize].0)?);
+        let path = &self.files[i as usize].0;
+        let f = Arc::new(File::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
         Ok(cell.get_or_init(|| f).clone())
     }
 }
@@ -265,6 +295,11 @@ pub struct JobRequest {
     pub classification: Option<String>,
     /// Fail-closed for this job (see [`OpenJob::strict`]).
     pub strict: Option<bool>,
+    /// Read the source only beneath a tenant's source directory (the job service, reading
+    /// on a tenant's behalf): `path` is then only the name shown in the manifest, and every
+    /// listing and read resolves `confined` beneath its root without following links
+    /// (see [`crate::scan::list_confined`]).
+    pub confined: Option<crate::scan::Confined>,
 }
 
 impl JobRequest {
@@ -277,6 +312,15 @@ impl JobRequest {
             correlation_id: None,
             classification: None,
             strict: None,
+            confined: None,
+        }
+    }
+
+    /// A job sending a tenant's confined source to `destination` with a fresh job id.
+    pub fn confined(source: crate::scan::Confined, destination: impl Into<String>) -> Self {
+        Self {
+            confined: Some(source.clone()),
+            ..Self::new(source.path(), destination)
         }
     }
 }
@@ -295,6 +339,7 @@ pub async fn send_path(
         correlation_id: cfg.correlation_id.clone(),
         classification: None,
         strict: None,
+        confined: None,
     };
     send_jobs(vec![request], cfg, |_, p| progress(p))
         .await
@@ -331,6 +376,10 @@ pub async fn send_jobs(
     }
     for (job, res) in jobs.iter_mut().zip(&results) {
         job.done = res.is_some();
+    }
+    let hook = cfg.faults.after_listing.lock().expect("fault lock").take();
+    if let Some(TestHook(hook)) = hook {
+        hook();
     }
     let finish = |jobs: Vec<JobState>,
                   mut results: Vec<Option<Result<SendReport, SendError>>>,
@@ -464,16 +513,28 @@ struct JobState {
 
 impl JobState {
     fn prepare(req: &JobRequest, chunk_size: u64) -> Result<Self, SendError> {
-        let listed = crate::scan::list_files(&req.path)?;
-        let source_uri = format!(
-            "file://{}",
-            std::fs::canonicalize(&req.path)
-                .map_err(|e| crate::scan::ScanError::Io {
-                    path: req.path.clone(),
-                    source: e
-                })?
-                .display()
-        );
+        let (listed, reader, source_uri) = match &req.confined {
+            Some(confined) => {
+                let listing = crate::scan::list_confined(confined)?;
+                let listed: Vec<_> = listing.files().map(|(p, f)| (p, f.clone())).collect();
+                let uri = format!("file://{}", confined.path().display());
+                (listed, Reader::Confined(listing), uri)
+            }
+            None => {
+                let listed = crate::scan::list_files(&req.path)?;
+                let uri = format!(
+                    "file://{}",
+                    std::fs::canonicalize(&req.path)
+                        .map_err(|e| crate::scan::ScanError::Io {
+                            path: req.path.clone(),
+                            source: e
+                        })?
+                        .display()
+                );
+                let handles = listed.iter().map(|_| std::sync::OnceLock::new()).collect();
+                (listed, Reader::Plain(handles), uri)
+            }
+        };
         let open = OpenJob {
             job_id: req
                 .job_id
@@ -491,8 +552,8 @@ impl JobState {
         Ok(Self {
             total_bytes: open.files.iter().map(|f| f.size).sum(),
             source: Arc::new(Source {
-                handles: listed.iter().map(|_| std::sync::OnceLock::new()).collect(),
                 files: listed,
+                reader,
             }),
             open,
             job: Some(job),
@@ -524,7 +585,7 @@ impl JobState {
             job: None,
             source: Arc::new(Source {
                 files: Vec::new(),
-                handles: Vec::new(),
+                reader: Reader::Plain(Vec::new()),
             }),
             total_bytes: 0,
             handle: None,
@@ -952,9 +1013,7 @@ fn spawn_chunk(
     tokio::spawn(async move {
         let result = async {
             let read = tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), String> {
-                let file = source
-                    .file(c.file)
-                    .map_err(|e| format!("{}: {e}", source.files[c.file as usize].0.display()))?;
+                let file = source.file(c.file)?;
                 let mut buf = vec![0u8; layout.chunk_len(c.index) as usize];
                 file.read_exact_at(&mut buf, layout.offset(c.index))
                     .map_err(|e| {

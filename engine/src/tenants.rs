@@ -21,7 +21,8 @@
 //! Keys are stored as SHA-256 digests and compared in constant time; any key of a tenant
 //! works for the QUIC sender protocol and the HTTP API. `token_sha256` (one key) is the
 //! older spelling and still accepted. Without `destinations` a tenant writes nowhere;
-//! without `sources` the job service reads nothing for it.
+//! without `sources` the job service reads nothing for it, and with them it reads only
+//! beneath them, never through a link (see [`TenantEntry::check_source`]).
 //!
 //! A destination rule may carry the operator's `options` for everything under its prefix
 //! (`endpoint`, `region`, `allow_http`, `known_hosts`, `fingerprint`, `key`, `ca`,
@@ -246,6 +247,15 @@ impl TenantEntry {
     ) -> Result<Destination, PolicyError> {
         let dest = Destination::parse(uri)
             .map_err(|e| PolicyError(format!("destination {:?}: {e}", shorten(uri))))?;
+        self.check_parsed_destination(&dest, classification)
+    }
+
+    /// As [`TenantEntry::check_destination`], for a destination already parsed.
+    pub fn check_parsed_destination(
+        &self,
+        dest: &Destination,
+        classification: Option<&str>,
+    ) -> Result<Destination, PolicyError> {
         if let Some((k, _)) = dest.options_of(OptionKind::Operator).next() {
             return Err(PolicyError(format!(
                 "destination {dest}: the setting {k:?} is chosen by the gateway's operator, not by a job"
@@ -298,13 +308,28 @@ impl TenantEntry {
         }
     }
 
-    /// Resolves a job's source path and checks it lies under one of the tenant's source
-    /// directories (after resolving symbolic links). Returns the canonical path.
-    pub fn check_source(&self, path: &Path) -> Result<PathBuf, PolicyError> {
+    /// Checks a job's source `path` against this tenant's source directories and returns
+    /// it confined beneath the one that holds it, to be read with
+    /// [`crate::scan::list_confined`] (which resolves it again, beneath that directory,
+    /// without following links: what is checked here is not trusted later).
+    ///
+    /// `path` must be absolute, without `.` or `..`, and lie (as written) beneath a
+    /// configured directory (as the operator wrote it, or resolved): anything else is "not
+    /// allowed" without looking at the file system, so the answer says nothing about what
+    /// exists outside the tenant's directories. Inside them the tenant may learn its own
+    /// tree: a missing path "does not exist", a path crossing a link is "not allowed", and
+    /// so is the gateway's data directory `data_dir` or any directory holding it.
+    pub fn check_source(
+        &self,
+        path: &Path,
+        data_dir: Option<&Path>,
+    ) -> Result<crate::scan::Confined, PolicyError> {
+        use crate::scan::ScanError;
+        use std::path::Component;
+        let shown = shorten(&path.display().to_string());
         if !path.is_absolute() {
             return Err(PolicyError(format!(
-                "source {} must be an absolute path",
-                path.display()
+                "source {shown} must be an absolute path"
             )));
         }
         if self.sources.is_empty() {
@@ -312,25 +337,54 @@ impl TenantEntry {
                 "no source directories are configured for this tenant".into(),
             ));
         }
-        let real = std::fs::canonicalize(path).map_err(|e| {
-            PolicyError(if e.kind() == std::io::ErrorKind::NotFound {
-                format!("source {} does not exist", path.display())
-            } else {
-                format!("source {} cannot be read: {e}", path.display())
-            })
-        })?;
-        let allowed = self
+        let not_allowed = || {
+            PolicyError(format!(
+                "source {shown} is not allowed for this tenant (not beneath its source directories)"
+            ))
+        };
+        if path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(not_allowed());
+        }
+        let (root, rel) = self
             .sources
             .iter()
-            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)));
-        if allowed {
-            Ok(real)
-        } else {
-            Err(PolicyError(format!(
-                "source {} is outside this tenant's source directories",
-                path.display()
-            )))
-        }
+            .flat_map(|root| [Some(root.clone()), std::fs::canonicalize(root).ok()])
+            .flatten()
+            .filter_map(|root| {
+                let rel = path.strip_prefix(&root).ok()?;
+                let parts = rel
+                    .components()
+                    .map(|c| match c {
+                        Component::Normal(n) => n.to_str(),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some((root, parts.join("/")))
+            })
+            .max_by_key(|(root, _)| root.components().count())
+            .ok_or_else(not_allowed)?;
+        let confined = crate::scan::Confined {
+            root,
+            rel,
+            keep_out: data_dir.map(Path::to_path_buf).into_iter().collect(),
+        };
+        confined.probe().map_err(|e| {
+            PolicyError(match e {
+                ScanError::NotAllowed { reason, .. } => {
+                    format!("source {shown} is not allowed for this tenant ({reason})")
+                }
+                ScanError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    format!("source {shown} does not exist")
+                }
+                ScanError::Io { source, .. } => format!("source {shown} cannot be read: {source}"),
+                ScanError::Unsupported { reason, .. } => format!("source {shown}: {reason}"),
+                e => format!("source {shown}: {e}"),
+            })
+        })?;
+        Ok(confined)
     }
 }
 
@@ -554,6 +608,12 @@ impl LiveTenants {
         })
     }
 
+    /// The gateway's data directory the tenants were loaded from (`None` for
+    /// [`LiveTenants::fixed`]): no tenant source may be, contain or reach it.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
     /// The version in force.
     pub fn current(&self) -> std::sync::Arc<TenantSnapshot> {
         self.current.read().expect("tenants lock").clone()
@@ -662,20 +722,14 @@ impl ServiceKey {
             source,
         })?;
         let path = data_dir.join("service.key");
-        let mut raw = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = vec![0u8; 32];
+        // Owner-only, checked on the descriptor read (see `read_secret`).
+        let raw = match trackshift_crypto::filestore::read_secret_if_exists(&path)? {
+            Some(b) => b,
+            None => {
+                let mut b = zeroize::Zeroizing::new(vec![0u8; 32]);
                 aws_lc_rs::rand::fill(&mut b).expect("system random generator");
                 trackshift_crypto::filestore::write_atomic(&path, &b, 0o600)?;
                 b
-            }
-            Err(source) => {
-                return Err(TenantError::Io {
-                    action: "reading",
-                    path,
-                    source,
-                });
             }
         };
         if raw.len() != 32 {
@@ -684,9 +738,10 @@ impl ServiceKey {
                 message: "a service key is 32 bytes".into(),
             });
         }
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &raw);
-        zeroize::Zeroize::zeroize(&mut raw);
-        Ok(Self(key))
+        Ok(Self(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &raw,
+        )))
     }
 
     /// The token a worker presents for `tenant`.
@@ -868,28 +923,129 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let allowed = root.path().join("acme");
         let other = root.path().join("other");
-        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(allowed.join("sub")).unwrap();
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(allowed.join("f"), b"x").unwrap();
         std::fs::write(other.join("g"), b"y").unwrap();
-        std::os::unix::fs::symlink(other.join("g"), allowed.join("link")).unwrap();
         let mut t = tenant(None);
         assert!(
-            t.check_source(&allowed.join("f")).is_err(),
+            t.check_source(&allowed.join("f"), None).is_err(),
             "no sources configured"
         );
         t.sources = vec![allowed.clone()];
-        assert!(t.check_source(&allowed.join("f")).is_ok());
-        assert!(t.check_source(&allowed).is_ok());
-        assert!(t.check_source(&other.join("g")).is_err());
-        assert!(t.check_source(&allowed.join("../other/g")).is_err());
+        let c = t.check_source(&allowed.join("f"), None).unwrap();
+        assert_eq!((c.root.as_path(), c.rel.as_str()), (allowed.as_path(), "f"));
+        let c = t.check_source(&allowed, None).unwrap();
+        assert_eq!(c.rel, "");
+        assert!(t.check_source(Path::new("relative"), None).is_err());
+        // Beneath the directory as the operator wrote it or as it resolves.
+        let link = root.path().join("acme-link");
+        std::os::unix::fs::symlink(&allowed, &link).unwrap();
+        t.sources = vec![link.clone()];
+        assert_eq!(t.check_source(&link.join("f"), None).unwrap().root, link);
+        let c = t.check_source(&allowed.join("f"), None).unwrap();
+        assert_eq!(c.root, std::fs::canonicalize(&allowed).unwrap());
+        t.sources = vec![allowed.clone()];
+        // An inside path that is missing may say so: it is the tenant's own tree.
+        let e = t.check_source(&allowed.join("missing"), None).unwrap_err();
+        assert!(e.0.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn outside_sources_answer_the_same_whether_or_not_they_exist() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("acme");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::write(root.path().join("secret"), b"s").unwrap();
+        let mut t = tenant(None);
+        t.sources = vec![allowed.clone()];
+        let answer = |p: &Path| {
+            let e = t.check_source(p, None).unwrap_err().0;
+            assert!(e.contains("not allowed"), "{e}");
+            e.replace(&p.display().to_string(), "PATH")
+        };
+        let existing = answer(&root.path().join("secret"));
+        assert_eq!(existing, answer(&root.path().join("no-such-file")));
+        assert_eq!(existing, answer(Path::new("/etc/passwd")));
+        assert_eq!(existing, answer(Path::new("/no/such/dir/at/all")));
+        // `..` is refused as written, even where it would land inside again.
+        assert_eq!(existing, answer(&allowed.join("../secret")));
+        assert_eq!(existing, answer(&allowed.join("../nothing-here")));
+        std::fs::create_dir_all(allowed.join("sub")).unwrap();
+        std::fs::write(allowed.join("f"), b"x").unwrap();
+        assert_eq!(existing, answer(&allowed.join("sub/../f")));
+        // A sibling whose name starts with the directory's is not beneath it.
+        assert_eq!(existing, answer(&root.path().join("acme-evil/f")));
+    }
+
+    #[test]
+    fn a_symlink_as_the_source_itself_or_on_its_way_is_not_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("acme");
+        let other = root.path().join("other");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("g"), b"y").unwrap();
+        let mut t = tenant(None);
+        t.sources = vec![allowed.clone()];
+        std::os::unix::fs::symlink(other.join("g"), allowed.join("file-link")).unwrap();
+        std::os::unix::fs::symlink(&other, allowed.join("dir-link")).unwrap();
+        std::os::unix::fs::symlink(other.join("none"), allowed.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("f", allowed.join("inside-link")).unwrap();
+        std::fs::write(allowed.join("f"), b"x").unwrap();
+        for p in [
+            "file-link",
+            "dir-link",
+            "dir-link/g",
+            "dir-link/none",
+            "dangling",
+            "inside-link",
+        ] {
+            let e = t.check_source(&allowed.join(p), None).unwrap_err();
+            assert!(e.0.contains("not allowed"), "{p}: {e}");
+        }
+        // What is behind a link is not told: the same answer with or without a target.
+        let msg = |p: &str| {
+            t.check_source(&allowed.join(p), None)
+                .unwrap_err()
+                .0
+                .replace(p, "P")
+        };
+        assert_eq!(msg("dir-link/g"), msg("dir-link/none"));
+    }
+
+    #[test]
+    fn a_source_that_is_or_holds_the_data_directory_is_not_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("acme");
+        let data = allowed.join("gw/data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("service.key"), [0u8; 32]).unwrap();
+        std::fs::create_dir_all(allowed.join("ok")).unwrap();
+        // The tenant file refuses this overlap at load; a job's path is checked as well.
+        let mut t = tenant(None);
+        t.sources = vec![allowed.clone()];
+        for p in [allowed.clone(), allowed.join("gw"), data.clone()] {
+            let e = t.check_source(&p, Some(&data)).unwrap_err();
+            assert!(e.0.contains("not allowed"), "{}: {e}", p.display());
+        }
+        assert!(t.check_source(&allowed.join("ok"), Some(&data)).is_ok());
+    }
+
+    #[test]
+    fn a_hard_linked_file_as_the_source_is_not_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("acme");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::write(root.path().join("secret"), b"s").unwrap();
+        std::fs::hard_link(root.path().join("secret"), allowed.join("hl")).unwrap();
+        let mut t = tenant(None);
+        t.sources = vec![allowed.clone()];
+        let e = t.check_source(&allowed.join("hl"), None).unwrap_err();
         assert!(
-            t.check_source(&allowed.join("link")).is_err(),
-            "symlink out"
+            e.0.contains("not allowed") && e.0.contains("hard link"),
+            "{e}"
         );
-        assert!(t.check_source(Path::new("relative")).is_err());
-        let e = t.check_source(&allowed.join("missing")).unwrap_err();
-        assert!(e.0.contains("does not exist"));
     }
 
     #[test]
@@ -962,6 +1118,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("b.env");
         std::fs::write(&creds, "AWS_ACCESS_KEY_ID=one\n").unwrap();
+        let owner_only = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode;
+        std::fs::set_permissions(&creds, owner_only(0o600)).unwrap();
         let save = |tenants: Vec<TenantEntry>| TenantFile { tenants }.save(dir.path()).unwrap();
         save(vec![TenantEntry::new("a", "key-a")]);
         let live = LiveTenants::load(dir.path()).unwrap();

@@ -58,6 +58,9 @@ pub enum TlsError {
     /// rustls rejected the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// The private key file is open to other users, or not a readable regular file.
+    #[error("TLS private key: {0}")]
+    Secret(#[from] trackshift_crypto::CryptoError),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TlsError + 'a {
@@ -133,12 +136,14 @@ impl GatewayIdentity {
                 reason: "no certificate".into(),
             });
         }
-        check_private(&key_path)?;
+        // Owner-only, checked on the descriptor read (see `read_secret`).
+        let pem = trackshift_crypto::filestore::read_secret(&key_path)?;
         // The parser's error never contains key material.
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::BadFile {
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::BadFile {
             path: key_path.clone(),
             reason: e.to_string(),
         })?;
+        drop(pem);
         Ok(Self {
             chain,
             key,
@@ -202,21 +207,6 @@ impl GatewayIdentity {
         cfg.max_early_data_size = 0;
         Ok(cfg)
     }
-}
-
-fn check_private(path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(io("reading", path))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(TlsError::BadFile {
-            path: path.to_path_buf(),
-            reason: format!(
-                "private key is readable by group or others (mode {:o}); run chmod 600",
-                meta.permissions().mode() & 0o777
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// How a sender authenticates the gateway.
@@ -351,14 +341,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_readable_key() {
+    fn a_tls_key_readable_by_group_or_others_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         GatewayIdentity::load_or_generate(dir.path()).unwrap();
         let key = dir.path().join("key.pem");
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = GatewayIdentity::load_or_generate(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("chmod 600"), "{e}");
-        assert!(!e.to_string().contains("BEGIN"), "{e}");
+        for mode in [0o644, 0o640] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = GatewayIdentity::load_or_generate(dir.path()).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("chmod 600 {}", key.display())),
+                "{msg}"
+            );
+            assert!(!msg.contains("BEGIN"), "{msg}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        GatewayIdentity::load_or_generate(dir.path()).unwrap();
     }
 
     #[test]

@@ -348,3 +348,20 @@ async fn a_tenants_bandwidth_quota_is_split_between_the_workers_running_its_jobs
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_turned_into_a_link_to_the_gateway_keys_after_submit_is_not_read() {
+    let s = setup(0, 4).await;
+    let dest = out(&s.root, "links");
+    // The job is queued as if the API had accepted a regular file there (the store takes
+    // it as given); by the time the worker runs it, the tenant has put a link to the
+    // gateway's service key in its place.
+    std::os::unix::fs::symlink(s.root.join("gw/service.key"), s.root.join("src/evil")).unwrap();
+    let id = s.submit("a", "evil", &dest, 1).await;
+    let job = s.wait_final("a", &id).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let reason = job.last_error.clone().unwrap_or_default();
+    assert!(reason.contains("not allowed"), "{reason}");
+    assert!(!s.root.join("out/links/evil").exists());
+    s.stop().await;
+}

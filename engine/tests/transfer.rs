@@ -13,8 +13,9 @@ use trackshift_connectors::{
 };
 use trackshift_crypto::{Manifest, Receipt, Signable as _};
 use trackshift_engine::gateway::{Gateway, GatewayConfig, add_tenant};
+use trackshift_engine::scan::Confined;
 use trackshift_engine::sender::{
-    JobRequest, SendConfig, SendError, SendReport, send_jobs, send_path,
+    FaultInjection, JobRequest, SendConfig, SendError, SendReport, TestHook, send_jobs, send_path,
 };
 use trackshift_engine::tls::ServerTrust;
 
@@ -703,6 +704,9 @@ impl ObjectWriter for MisreportingWriter {
     async fn abort(&self) -> Result<(), ConnectorError> {
         self.inner.abort().await
     }
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        self.inner.remove().await
+    }
 }
 
 /// A connector factory whose destinations with `marker` in their URI fail every write.
@@ -752,6 +756,17 @@ async fn a_destination_that_misreports_size_or_hash_fails_the_job() {
             .filter(|p| p.ends_with("receipt.json"))
             .count();
         assert_eq!(receipts, 0, "{lie:?}");
+        // And the object that failed verification does not stay under its final name.
+        let left: Vec<_> = walk(&dest)
+            .into_iter()
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .ends_with(".tspart")
+            })
+            .collect();
+        assert!(left.is_empty(), "{lie:?}: objects stayed: {left:?}");
         gw.stop().await;
     }
 }
@@ -969,5 +984,90 @@ async fn sends_sharing_a_rate_limit_and_a_memory_budget_stay_within_both() {
     // One latency per chunk: 16 chunks of 64 KiB per send, plus one each for the small
     // and the empty file.
     assert_eq!(latencies.lock().unwrap().len(), 2 * (16 + 2));
+    gw.stop().await;
+}
+
+/// A tenant's source directory ROOT/acme holding the job tree `src`, and ROOT/secret with
+/// a file of the same name and size as one of the tenant's, outside every source directory.
+fn tenant_source(root: &Path, big: usize) -> (Confined, PathBuf) {
+    let src = make_source(&root.join("acme"), big);
+    let secret = root.join("secret/deeper");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("big.bin"), vec![0x5a; big]).unwrap();
+    let confined = Confined {
+        root: root.join("acme"),
+        rel: "src".into(),
+        keep_out: vec![root.join("gw")],
+    };
+    assert_eq!(confined.path(), src);
+    (confined, root.join("secret"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confined_source_sends_like_a_plain_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let (confined, _) = tenant_source(tmp.path(), 300_000);
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
+    let cfg = gw.send_config(&dest);
+    let req = JobRequest::confined(confined.clone(), cfg.destinations[0].clone());
+    let report = send_jobs(vec![req], &cfg, |_, _| {})
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_same_tree(&confined.path(), &dest);
+    check_documents(&gw, &report, 300_000 + 18);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_directory_swapped_for_a_symlink_after_listing_ships_nothing_from_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(&tmp.path().join("gw"), false).await;
+    let (confined, secret) = tenant_source(tmp.path(), 300_000);
+    let dest = tmp.path().join("out/dest");
+    fs::create_dir_all(&dest).unwrap();
+    let mut cfg = gw.send_config(&dest);
+    // Between the listing and the first read, the tenant swaps a directory of its tree
+    // for a link to a directory outside (same names, same sizes).
+    let nested = confined.path().join("nested");
+    let target = secret.clone();
+    let faults = Arc::new(FaultInjection::default());
+    *faults.after_listing.lock().unwrap() = Some(TestHook(Box::new(move || {
+        fs::rename(&nested, nested.with_extension("old")).unwrap();
+        std::os::unix::fs::symlink(&target, &nested).unwrap();
+    })));
+    cfg.faults = faults;
+    let req = JobRequest::confined(confined.clone(), cfg.destinations[0].clone());
+    let result = send_jobs(vec![req], &cfg, |_, _| {}).await.pop().unwrap();
+    match result {
+        Err(SendError::SourceRead(e)) => assert!(e.contains("not allowed"), "{e}"),
+        other => panic!("expected the read to be refused, got {other:?}"),
+    }
+    // Nothing of the secret reached the destination, not even a partial object.
+    let secret_bytes = fs::read(secret.join("deeper/big.bin")).unwrap();
+    for p in walk(&dest) {
+        let got = fs::read(&p).unwrap();
+        assert!(
+            !got.windows(64).any(|w| secret_bytes[..64] == *w),
+            "{} holds secret bytes",
+            p.display()
+        );
+    }
+    // The symbolic link is the source itself now: refused at the listing.
+    let req = JobRequest::confined(
+        Confined {
+            rel: "src/nested".into(),
+            ..confined
+        },
+        cfg.destinations[0].clone(),
+    );
+    cfg.faults = Arc::new(FaultInjection::default());
+    match send_jobs(vec![req], &cfg, |_, _| {}).await.pop().unwrap() {
+        Err(SendError::Source(e)) => assert!(e.to_string().contains("not allowed"), "{e}"),
+        other => panic!("expected the listing to be refused, got {other:?}"),
+    }
     gw.stop().await;
 }

@@ -220,20 +220,11 @@ impl LedgerKeys {
 }
 
 fn load_or_create_seed(path: &Path) -> Result<[u8; 32]> {
-    use std::os::unix::fs::PermissionsExt as _;
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let mode = std::fs::metadata(path)
-                .map_err(LedgerError::io("reading", path))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(LedgerError::Key(format!(
-                    "{} is readable by others (mode {:o}); chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                )));
-            }
+    // Owner-only, checked on the descriptor read (see `read_secret`).
+    let secret = trackshift_crypto::filestore::read_secret_if_exists(path)
+        .map_err(|e| LedgerError::Key(e.to_string()))?;
+    match secret {
+        Some(bytes) => {
             let text = Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_string());
             let mut seed = [0u8; 32];
             hex::decode_to_slice(text.as_bytes(), &mut seed).map_err(|_| {
@@ -241,7 +232,7 @@ fn load_or_create_seed(path: &Path) -> Result<[u8; 32]> {
             })?;
             Ok(seed)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             let mut seed = [0u8; 32];
             aws_lc_rs::rand::fill(&mut seed)
                 .map_err(|_| LedgerError::Key("random generator failed".into()))?;
@@ -250,7 +241,6 @@ fn load_or_create_seed(path: &Path) -> Result<[u8; 32]> {
                 .map_err(|e| LedgerError::Key(e.to_string()))?;
             Ok(seed)
         }
-        Err(e) => Err(LedgerError::io("reading", path)(e)),
     }
 }
 

@@ -729,3 +729,33 @@ fn entry_frames_carry_the_crc_32_iso_hdlc_of_length_and_entry_big_endian() {
     assert_eq!(&log[4..13], b"123456789");
     assert_eq!(log[13..], crc32_iso_hdlc(&log[..13]).to_be_bytes());
 }
+
+#[test]
+fn ledger_keys_open_to_group_or_others_are_refused_naming_the_file_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("keys");
+    let first = LedgerKeys::load_or_generate(&dir, ORIGIN).unwrap();
+    for name in ["log-ed25519.key", "cosigner-mldsa44.key"] {
+        let path = dir.join(name);
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} created owner-only");
+        let secret = fs::read_to_string(&path).unwrap();
+        for bad in [0o644, 0o640] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(bad)).unwrap();
+            let e = LedgerKeys::load_or_generate(&dir, ORIGIN).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("chmod 600 {}", path.display())),
+                "{msg}"
+            );
+            assert!(!msg.contains(secret.trim()), "{msg}");
+            // A file ledger using these keys does not open either.
+            let ledger_dir = tmp.path().to_path_buf();
+            assert!(Ledger::open(&ledger_dir, ORIGIN).is_err());
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let again = LedgerKeys::load_or_generate(&dir, ORIGIN).unwrap();
+    assert_eq!(again.public_keys(), first.public_keys(), "the same keys");
+}

@@ -3,7 +3,9 @@
 # the gateway serves. A real `trackshift serve --http` runs on 127.0.0.1 with one tenant;
 # a copy of the document pins `source` and the destinations to values that tenant may use,
 # so generated requests also create real jobs and the stateful phase follows the links
-# (get, cancel, retry, manifest, receipts, events) on them. Fails on any 5xx, any response
+# (get, cancel, retry, manifest, receipts, events) on them. The operator endpoints
+# (/health, /ready, /metrics, /dashboard) are called with the gateway's operator key, the
+# rest with the tenant's. Fails on any 5xx, any response
 # that does not match the document, and any invalid request that is accepted.
 #
 # Usage: tests/api-fuzz/run.sh TRACKSHIFT_BINARY [SECONDS]
@@ -64,15 +66,21 @@ props["source"]["pattern"] = "^" + re.escape(work + "/src") + "(/[^/]+)*$"
 props["destinations"]["items"]["pattern"] = "^null://"
 json.dump(doc, open(work + "/openapi-fuzz.json", "w"))
 PYEOF
+OPERATOR_KEY=$(tr -d '\n' <"$WORK/gw/operator.key")
 # An invalid request refused as too large (413) is refused all the same.
-cat >"$WORK/schemathesis.toml" <<'TOML'
+cat >"$WORK/schemathesis.toml" <<TOML
+headers = { Authorization = "Bearer $KEY" }
+
 [checks.negative_data_rejection]
 expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+
+[[operations]]
+include-path-regex = "^/(health|ready|metrics|dashboard)\$"
+headers = { Authorization = "Bearer $OPERATOR_KEY" }
 TOML
 cd "$WORK"
 set +e
 "$VENV/bin/st" run "$WORK/openapi-fuzz.json" --url "$URL" \
-    -H "Authorization: Bearer $KEY" \
     --checks all --exclude-checks positive_data_acceptance \
     --max-time "$SECONDS_BUDGET" --workers 2 --no-color \
     --request-timeout 30 --request-retries 3 ${FUZZ_ARGS:-} 2>&1 | tail -n "${FUZZ_TAIL:-40}"

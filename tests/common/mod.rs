@@ -31,6 +31,10 @@ pub struct Gateway {
     pub quic: String,
     pub http: String,
     pub fingerprint: String,
+    /// The operator key (from `DATA/operator.key`).
+    pub operator_key: String,
+    /// The operator listen address, when started with `--operator-http`.
+    pub operator_http: Option<String>,
 }
 
 impl Drop for Gateway {
@@ -102,8 +106,13 @@ fn spawn_gateway(
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut quic, mut http, mut fingerprint) = (None, None, None);
-    while quic.is_none() || http.is_none() || fingerprint.is_none() {
+    let (mut quic, mut http, mut fingerprint, mut operator_http) = (None, None, None, None);
+    let wants_operator_http = args.contains(&"--operator-http");
+    while quic.is_none()
+        || http.is_none()
+        || fingerprint.is_none()
+        || (wants_operator_http && operator_http.is_none())
+    {
         let Some(line) = lines.next() else {
             let tail = log
                 .and_then(|l| std::fs::read_to_string(l).ok())
@@ -116,27 +125,43 @@ fn spawn_gateway(
             quic = rest.split_whitespace().next().map(str::to_string);
         } else if let Some(rest) = line.strip_prefix("certificate fingerprint: ") {
             fingerprint = Some(rest.trim().to_string());
+        } else if let Some(i) = line.find("http://")
+            && line.starts_with("operator HTTP")
+        {
+            operator_http = Some(line[i..].trim().to_string());
         } else if let Some(i) = line.find("http://") {
             http = Some(line[i..].trim().to_string());
         }
     }
     // Keep draining stdout so the gateway never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
+    let operator_key = std::fs::read_to_string(data.join("operator.key"))
+        .unwrap()
+        .trim()
+        .to_string();
     Gateway {
         child,
         quic: quic.unwrap(),
         http: http.unwrap(),
         fingerprint: fingerprint.unwrap(),
+        operator_key,
+        operator_http,
     }
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
 pub fn get(base: &str, path: &str) -> (u16, Vec<u8>) {
+    get_with_key(base, path, None)
+}
+
+/// A plain HTTP/1.1 GET with `Authorization: Bearer KEY` when given: (status, body).
+pub fn get_with_key(base: &str, path: &str, key: Option<&str>) -> (u16, Vec<u8>) {
     let addr = base.strip_prefix("http://").unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
+    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = Vec::new();
@@ -197,4 +222,44 @@ pub fn send_args(
         args.extend(["--out-dir".to_string(), o.to_string()]);
     }
     args
+}
+
+/// Runs `trackshift serve` on `data` (loopback QUIC and HTTP) and waits for it to exit,
+/// for starts that must be refused: (exit code, stdout, stderr). Panics if it is still
+/// running after 30 s (it started when it should not have).
+pub fn serve_until_exit(data: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the gateway started when it should have refused: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a secret file the way operators must: owner-only (0600).
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -394,7 +394,7 @@ impl Runner {
             .get(&job.tenant)
             .ok_or_else(|| format!("tenant {} is no longer configured", job.tenant))?;
         let source = tenant
-            .check_source(&job.spec.source)
+            .check_source(&job.spec.source, self.tenants.data_dir())
             .map_err(|e| e.to_string())?;
         for d in &job.spec.destinations {
             tenant
@@ -402,12 +402,12 @@ impl Runner {
                 .map_err(|e| e.to_string())?;
         }
         Ok(JobRequest {
-            path: source,
             destinations: job.spec.destinations.clone(),
             job_id: Some(job.id.clone()),
             correlation_id: Some(job.correlation_id.clone()),
             classification: job.spec.classification.clone(),
             strict: job.spec.strict,
+            ..JobRequest::confined(source, String::new())
         })
     }
 
