@@ -59,9 +59,17 @@ pub struct AppState {
 /// An error as JSON: `{"error": "..."}`.
 pub struct ApiError(pub StatusCode, pub String);
 
+/// Seconds a client refused with 429 (a tenant quota) is asked to wait.
+pub const RETRY_AFTER_SECS: u32 = 30;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut resp = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
     }
 }
 
@@ -71,6 +79,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError(StatusCode::NOT_FOUND, "no such job".into()),
             StoreError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
             StoreError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            e @ StoreError::TooManyJobs { .. } => {
+                ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
             other => {
                 warn!(error = %other, "job store failed");
                 ApiError(
@@ -423,6 +434,7 @@ async fn create_job(
                 spec,
                 correlation_id: Some(correlation),
                 idempotency_key,
+                max_queued: Some(tenant.queued_jobs_limit()),
             },
             now_ms(),
         )
@@ -541,7 +553,15 @@ async fn retry_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&id)?;
-    let job = state.store.retry(&tenant.tenant, id, now_ms()).await?;
+    let job = state
+        .store
+        .retry(
+            &tenant.tenant,
+            id,
+            Some(tenant.queued_jobs_limit()),
+            now_ms(),
+        )
+        .await?;
     info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job queued again");
     state.runner.wake();
     Ok(Json(view(job, None)))

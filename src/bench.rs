@@ -229,6 +229,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
                     },
                     correlation_id: Some(format!("bench-{j}")),
                     idempotency_key: None,
+                    max_queued: None,
                 },
                 now_ms(),
             )

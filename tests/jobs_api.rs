@@ -1105,3 +1105,97 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
     let (code, out, _) = verify(&[&key_files[1 - ran]]);
     assert_eq!(code, 1, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_the_queue_gets_429_with_retry_after_at_max_queued_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    // acme may have 2 jobs queued or running; at 1 KiB/s its jobs stay running.
+    let mut file = TenantFile::load(&data).unwrap();
+    let acme = file
+        .tenants
+        .iter_mut()
+        .find(|t| t.tenant == "acme")
+        .unwrap();
+    acme.max_queued_jobs = Some(2);
+    acme.bytes_per_second = Some(1024);
+    file.save(&data).unwrap();
+    let gw = start_gateway_full(&data, &[], &[], None);
+    let api = Api::new(&gw);
+    let src = root.join("src-acme/slow.bin");
+    write_random(&src, 1 << 20, 3);
+    let spec = json!({ "source": src, "destinations": ["null://"], "chunk_size": 65536 });
+    let submit_keyed = |key: &'static str| {
+        let body = spec.to_string();
+        let http = api.http.clone();
+        let url = format!("{}/v1/jobs", api.base);
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(ACME)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+            (status, retry_after, body)
+        }
+    };
+    let (s, _, first) = submit_keyed("k1").await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let (s, _, second) = submit_keyed("k2").await;
+    assert_eq!(s, StatusCode::CREATED, "{second}");
+    let (s, retry_after, refused) = submit_keyed("k3").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    let msg = refused["error"].as_str().unwrap();
+    assert!(
+        msg.contains("tenant acme has 2 jobs queued or running (max_queued_jobs = 2)"),
+        "{msg}"
+    );
+    // Resubmitting an accepted job (same idempotency key) is not a new job: still fine.
+    let (s, _, again) = submit_keyed("k1").await;
+    assert_eq!((s, &again["id"]), (StatusCode::OK, &first["id"]), "{again}");
+    assert_eq!(
+        api.get("/v1/jobs", ACME).await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "the refused submission stored nothing"
+    );
+    // Cancel one: there is room for one more, after which retrying the cancelled one is
+    // refused in turn (cancel-and-retry does not get round the cap).
+    let id = first["id"].as_str().unwrap();
+    let (s, j, _) = api
+        .call("POST", &format!("/v1/jobs/{id}/cancel"), Some(ACME), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    let (s, _, third) = submit_keyed("k4").await;
+    assert_eq!(s, StatusCode::CREATED, "{third}");
+    let (s, j, headers) = api
+        .call("POST", &format!("/v1/jobs/{id}/retry"), Some(ACME), None)
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{j}");
+    assert_eq!(headers["retry-after"], "30");
+    let (_, doc, _) = api.call("GET", "/v1/openapi.json", None, None).await;
+    for path in ["/v1/jobs", "/v1/jobs/{id}/retry"] {
+        assert!(
+            doc["paths"][path]["post"]["responses"]["429"]["headers"]["Retry-After"].is_object(),
+            "{path} documents its 429"
+        );
+    }
+    for j in [&second, &third] {
+        let id = j["id"].as_str().unwrap();
+        api.call("POST", &format!("/v1/jobs/{id}/cancel"), Some(ACME), None)
+            .await;
+    }
+}

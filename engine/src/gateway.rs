@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut as _, BytesMut};
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter, VerifyMode};
 use trackshift_crypto::{
@@ -213,7 +213,7 @@ struct Pending {
     hash: Hash32,
     handle: u32,
     reply: mpsc::UnboundedSender<ServerFrame>,
-    _permit: OwnedSemaphorePermit,
+    _permit: crate::quota::MemoryPermit,
 }
 
 /// A job known to the gateway (in progress or finished).
@@ -393,6 +393,15 @@ impl Job {
     }
 }
 
+impl crate::quota::Occupies for Job {
+    fn occupies(&self) -> bool {
+        // A finish in progress holds the lock: the job still counts.
+        self.failed.lock().expect("job lock").is_none()
+            && !self.cancelled.load(Ordering::Relaxed)
+            && self.finished.try_lock().map_or(true, |f| f.is_none())
+    }
+}
+
 struct Shared {
     data_dir: PathBuf,
     keys: FileKeyStore,
@@ -409,8 +418,8 @@ struct Shared {
     /// Connectors by destination URI, shared by every job that writes there (so jobs to
     /// one server share its connections).
     connector_cache: Mutex<HashMap<ConnectorKey, Arc<dyn Connector>>>,
-    budget: Arc<Semaphore>,
-    budget_max: u32,
+    /// Per-tenant quotas: open jobs, receive rate, part of the memory budget.
+    quotas: Arc<crate::quota::Quotas>,
     connections: AtomicU64,
     jobs_completed: AtomicU64,
     jobs_failed: AtomicU64,
@@ -489,8 +498,10 @@ impl Gateway {
             tenants,
             service_key: cfg.service_key.clone(),
             jobs: tokio::sync::Mutex::new(HashMap::new()),
-            budget: Arc::new(Semaphore::new(budget_max as usize)),
-            budget_max,
+            quotas: Arc::new(crate::quota::Quotas::new(
+                Arc::new(Semaphore::new(budget_max as usize)),
+                budget_max,
+            )),
             connections: AtomicU64::new(0),
             jobs_completed: AtomicU64::new(0),
             jobs_failed: AtomicU64::new(0),
@@ -569,6 +580,11 @@ impl Gateway {
             jobs_completed: self.shared.jobs_completed.load(Ordering::Relaxed),
             jobs_failed: self.shared.jobs_failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// What `tenant` uses on this gateway now (open jobs, chunk memory).
+    pub fn tenant_usage(&self, tenant: &str) -> crate::quota::TenantUsage {
+        self.shared.quotas.usage(tenant)
     }
 
     /// Serves connections until [`Gateway::close`] is called (or the endpoint fails).
@@ -893,6 +909,8 @@ async fn commit_batch(
 struct ConnState {
     tenant: String,
     handles: Mutex<HashMap<u32, Arc<Job>>>,
+    /// The job slot each handle holds (see [`crate::quota`]).
+    slots: Mutex<HashMap<u32, crate::quota::JobSlot>>,
     next_handle: AtomicU32,
     out: mpsc::UnboundedSender<ServerFrame>,
 }
@@ -1072,6 +1090,7 @@ async fn handle_connection(
     let state = Arc::new(ConnState {
         tenant,
         handles: Mutex::new(HashMap::new()),
+        slots: Mutex::new(HashMap::new()),
         next_handle: AtomicU32::new(0),
         out,
     });
@@ -1093,6 +1112,8 @@ async fn handle_connection(
     };
     let result = control_loop(&shared, &state, &mut recv, &mut dec).await;
     uni.abort();
+    // The connection's jobs no longer occupy their tenant's slots.
+    state.slots.lock().expect("slots lock").clear();
     result
 }
 
@@ -1110,10 +1131,27 @@ async fn control_loop(
             ClientFrame::OpenJob(open) => {
                 let job_id = open.job_id.clone();
                 let correlation = open.correlation_id.clone().unwrap_or_else(|| "-".into());
+                // The tenant's job slots, before any work: whatever path the job came by.
+                let max = (shared.tenants.current().file.get(&state.tenant))
+                    .and_then(|t| t.max_concurrent_jobs);
+                let slot = match shared.quotas.reserve_job(&state.tenant, &job_id, max) {
+                    Ok(slot) => slot,
+                    Err(crate::quota::Busy(reason)) => {
+                        info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, %reason, "job deferred");
+                        let _ = state.out.send(ServerFrame::Busy {
+                            job_id,
+                            reason,
+                            retry_after_ms: crate::quota::BUSY_RETRY_MS,
+                        });
+                        continue;
+                    }
+                };
                 match shared.open_job(&state.tenant, open).await {
                     Ok(job) => {
                         let handle = state.next_handle.fetch_add(1, Ordering::Relaxed);
                         let held = job.state.lock().expect("job lock").held_chunks();
+                        slot.attach(job.clone());
+                        state.slots.lock().expect("slots lock").insert(handle, slot);
                         state
                             .handles
                             .lock()
@@ -1183,6 +1221,7 @@ async fn control_loop(
             }
             ClientFrame::CancelJob { handle, reason } => {
                 let job = state.handles.lock().expect("handles lock").remove(&handle);
+                state.slots.lock().expect("slots lock").remove(&handle);
                 if let Some(job) = job {
                     info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %reason, "job cancelled");
                     // Marked first: a writer opened from here on aborts itself (see
@@ -1280,15 +1319,28 @@ async fn handle_chunk_stream(
         }
     };
     let len = header.len as usize;
-    let permits = u32::try_from(len)
-        .unwrap_or(u32::MAX)
-        .clamp(1, shared.budget_max);
-    let permit = shared
-        .budget
-        .clone()
-        .acquire_many_owned(permits)
-        .await
-        .expect("budget semaphore is never closed");
+    // The tenant's quotas before the gateway spends anything on the payload: its receive
+    // rate (the stream is not read meanwhile: QUIC flow control holds the sender), then
+    // its part of the memory budget, then the budget.
+    let (limit, cap) = {
+        let tenants = shared.tenants.current();
+        let entry = tenants.file.get(&state.tenant);
+        let total: u64 = tenants
+            .file
+            .tenants
+            .iter()
+            .map(|t| u64::from(t.share))
+            .sum();
+        let share = entry.map_or(1, |t| t.share);
+        (
+            entry.and_then(|t| t.bytes_per_second),
+            shared.quotas.memory_cap(share, total),
+        )
+    };
+    if let Some(rate) = shared.quotas.rate(&state.tenant, limit) {
+        rate.take(header.len).await;
+    }
+    let permit = shared.quotas.memory(&state.tenant, cap, header.len).await;
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
         let before = buf.len();

@@ -8,12 +8,14 @@
 //! - [`sender`]: reads a source and drives a job to completion, resuming after faults.
 //! - [`jobs`]: the job service (queue, lifecycle, leases, fair scheduling, workers).
 //! - [`tenants`]: tenant keys and policy (sources, destinations, classifications, quotas).
+//! - [`quota`]: the per-tenant quotas the gateway enforces (jobs, bandwidth, memory).
 //! - [`operator`]: the operator key of the HTTP operator endpoints.
 
 pub mod gateway;
 pub mod jobs;
 pub mod operator;
 pub mod protocol;
+pub mod quota;
 mod record;
 pub mod scan;
 pub mod sender;

@@ -220,6 +220,16 @@ pub enum ServerFrame {
         /// Why.
         reason: String,
     },
+    /// The job was not opened because its tenant is at a quota (`max_concurrent_jobs`):
+    /// nothing is wrong with it; open it again after `retry_after_ms`.
+    Busy {
+        /// Job id.
+        job_id: String,
+        /// Why (names the tenant and the quota).
+        reason: String,
+        /// How long to wait before opening it again (milliseconds).
+        retry_after_ms: u32,
+    },
 }
 
 /// Header at the start of every chunk stream; `len` payload bytes follow.

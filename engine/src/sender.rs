@@ -40,6 +40,13 @@ pub enum SendError {
         /// True when retrying cannot help.
         permanent: bool,
     },
+    /// The gateway had no room for the job (its tenant is at `max_concurrent_jobs`)
+    /// however long the send waited: nothing is wrong with the job; try again later.
+    #[error("the gateway is busy with this tenant's other jobs: {reason}")]
+    Busy {
+        /// The gateway's reason (names the quota).
+        reason: String,
+    },
     /// The protocol was broken (by either side).
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -495,6 +502,9 @@ struct JobState {
     chunks_sent: u64,
     /// Transient gateway failures of this job survived (the job is reopened).
     reopens: u32,
+    /// Times the gateway had no room for the job while none of this send's other jobs
+    /// was open (see `ServerFrame::Busy`).
+    busy_waits: u32,
     /// Set when the job can no longer change (success or final error).
     done: bool,
     outcome: Option<Result<(String, Vec<String>), SendError>>,
@@ -553,6 +563,7 @@ impl JobState {
             finish_sent: false,
             chunks_sent: 0,
             reopens: 0,
+            busy_waits: 0,
             done: false,
             outcome: None,
             finished: None,
@@ -583,6 +594,7 @@ impl JobState {
             finish_sent: false,
             chunks_sent: 0,
             reopens: 0,
+            busy_waits: 0,
             done: true,
             outcome: None,
             finished: None,
@@ -841,6 +853,41 @@ async fn connection(
                             j.detach();
                             let backoff = Duration::from_millis((100u64 << j.reopens.min(6)).min(5_000));
                             warn!(job = %job_id, %reason, attempt = j.reopens, ?backoff, "job failed at the gateway; reopening");
+                            let events = events.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(backoff).await;
+                                let _ = events.send(Event::Reopen(i));
+                            });
+                        }
+                    }
+                    Event::Frame(ServerFrame::Busy { job_id, reason, retry_after_ms }) => {
+                        let Some(&i) = by_id.get(&job_id) else {
+                            return Err(ProtocolError::Unexpected(format!("Busy for a job never opened: {job_id}")).into());
+                        };
+                        if jobs[i].done {
+                            continue;
+                        }
+                        // While another job of this send is open a slot will come free: the
+                        // job waits for it as long as it takes. Otherwise it waits up to
+                        // `max_reconnects` times.
+                        let sibling_open = jobs
+                            .iter()
+                            .enumerate()
+                            .any(|(k, j)| k != i && !j.done && j.handle.is_some());
+                        let j = &mut jobs[i];
+                        if !sibling_open {
+                            j.busy_waits += 1;
+                        }
+                        if j.busy_waits > cfg.max_reconnects {
+                            warn!(job = %job_id, %reason, "gateway busy; giving up for now");
+                            j.settle(Err(SendError::Busy { reason }), at);
+                        } else {
+                            j.detach();
+                            let backoff = Duration::from_millis(
+                                (u64::from(retry_after_ms).max(50) << j.busy_waits.saturating_sub(1).min(4))
+                                    .min(5_000),
+                            );
+                            info!(job = %job_id, %reason, ?backoff, "gateway busy; opening the job again later");
                             let events = events.clone();
                             tokio::spawn(async move {
                                 tokio::time::sleep(backoff).await;

@@ -11,6 +11,7 @@
 //!       { "prefix": "file:///srv/incoming/acme/" }
 //!     ],
 //!     "max_concurrent_jobs": 50,
+//!     "max_queued_jobs": 10000,
 //!     "share": 2,
 //!     "bytes_per_second": 104857600,
 //!     "credentials": "/etc/trackshift/acme.env"
@@ -29,6 +30,15 @@
 //! account), and `job_options`: the few options a job's URI may carry there (`overwrite`,
 //! `connections`). A job URI with any other option is refused, at submit and at the
 //! gateway, before any connector is built.
+//!
+//! Quotas (see [`crate::quota`] and `docs/RUNBOOK.md`): `max_concurrent_jobs` caps the
+//! tenant's jobs open at once on each gateway, whether sent directly or by the job
+//! service (whose claims keep to it across gateways); `bytes_per_second` caps the chunk
+//! bytes each gateway receives for the tenant per second (the job service also divides
+//! it between the gateways running the tenant's jobs); `share` weighs the tenant in fair
+//! scheduling and in its part of each gateway's memory budget; `max_queued_jobs`
+//! (default [`DEFAULT_MAX_QUEUED_JOBS`]) caps its jobs queued or running in the job
+//! service, beyond which `POST /v1/jobs` answers 429.
 
 use std::path::{Path, PathBuf};
 
@@ -169,14 +179,20 @@ pub struct TenantEntry {
     /// Allowed destinations (absent: any destination, unclassified jobs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destinations: Option<Vec<DestinationRule>>,
-    /// Most jobs of this tenant running at once in the job service.
+    /// Most jobs of this tenant open at once: on each gateway (direct sends and the job
+    /// service's together) and in the job service's claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_jobs: Option<u32>,
+    /// Most jobs of this tenant queued, running or verifying in the job service at once
+    /// (default [`DEFAULT_MAX_QUEUED_JOBS`]); a submission beyond it is refused (429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_jobs: Option<u32>,
     /// Weight in fair scheduling (default 1): a tenant with share 2 gets twice the
     /// running jobs of a tenant with share 1 when both have work queued.
     #[serde(default = "default_share")]
     pub share: u32,
-    /// Most bytes per second all of this tenant's jobs send together (on each worker).
+    /// Most chunk bytes per second each gateway receives for this tenant, all its jobs and
+    /// connections together (the job service splits it between gateways).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_second: Option<u64>,
     /// The tenant's own destination credentials: a file of `NAME=VALUE` lines with the
@@ -191,6 +207,9 @@ fn default_share() -> u32 {
     1
 }
 
+/// A tenant's `max_queued_jobs` when its entry sets none.
+pub const DEFAULT_MAX_QUEUED_JOBS: u32 = 10_000;
+
 impl TenantEntry {
     /// A tenant with one key and the default policy.
     pub fn new(tenant: &str, key: &str) -> Self {
@@ -201,10 +220,16 @@ impl TenantEntry {
             sources: Vec::new(),
             destinations: None,
             max_concurrent_jobs: None,
+            max_queued_jobs: None,
             share: 1,
             bytes_per_second: None,
             credentials: None,
         }
+    }
+
+    /// Most jobs the tenant may have queued or running in the job service.
+    pub fn queued_jobs_limit(&self) -> u32 {
+        self.max_queued_jobs.unwrap_or(DEFAULT_MAX_QUEUED_JOBS)
     }
 
     fn digests(&self) -> impl Iterator<Item = &Hash32> {
@@ -448,6 +473,12 @@ impl TenantFile {
             if t.max_concurrent_jobs == Some(0) {
                 return Err(invalid(format!(
                     "tenant {:?}: max_concurrent_jobs must be at least 1",
+                    t.tenant
+                )));
+            }
+            if t.max_queued_jobs == Some(0) {
+                return Err(invalid(format!(
+                    "tenant {:?}: max_queued_jobs must be at least 1",
                     t.tenant
                 )));
             }

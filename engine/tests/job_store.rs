@@ -78,6 +78,9 @@ on_both!(
     concurrent_claimers_never_take_the_same_job,
     an_idempotency_key_makes_a_resubmission_return_the_first_job,
     running_shares_count_each_workers_jobs_against_all,
+    a_tenant_flooding_the_queue_is_refused_at_max_queued_jobs,
+    concurrent_submits_cannot_overshoot_max_queued_jobs,
+    deferred_attempts_never_spend_attempts_or_dead_letter,
 );
 
 async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
@@ -87,6 +90,7 @@ async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
             spec: spec(None, Some(3)),
             correlation_id: None,
             idempotency_key: None,
+            max_queued: None,
         },
         at,
     )
@@ -177,7 +181,7 @@ async fn a_job_runs_through_its_lifecycle_with_every_transition_recorded(s: SqlS
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.retry("a", &id, 5_000).await,
+        s.retry("a", &id, None, 5_000).await,
         Err(StoreError::Conflict(_))
     ));
 }
@@ -220,7 +224,7 @@ async fn transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at
         }
     }
     // The tenant retries: fresh attempts.
-    let j = s.retry("a", &id, 1_000_000).await.unwrap();
+    let j = s.retry("a", &id, None, 1_000_000).await.unwrap();
     assert_eq!(
         (j.state, j.attempts, j.dead_letter),
         (JobState::Queued, 0, false)
@@ -305,7 +309,10 @@ async fn cancelling_a_running_job_reaches_its_worker(s: SqlStore) {
         matches!(s.cancel("a", &id, 4).await, Err(StoreError::Conflict(_))),
         "twice"
     );
-    assert_eq!(s.retry("a", &id, 5).await.unwrap().state, JobState::Queued);
+    assert_eq!(
+        s.retry("a", &id, None, 5).await.unwrap().state,
+        JobState::Queued
+    );
 }
 
 async fn tenants_never_see_each_others_jobs(s: SqlStore) {
@@ -325,7 +332,7 @@ async fn tenants_never_see_each_others_jobs(s: SqlStore) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        s.retry("b", &a, 3).await,
+        s.retry("b", &a, None, 3).await,
         Err(StoreError::NotFound)
     ));
     let listed: Vec<String> = s
@@ -445,6 +452,7 @@ async fn claims_share_workers_fairly_and_respect_quotas_and_priority(s: SqlStore
                 spec: spec(Some(9), None),
                 correlation_id: Some("c-1".into()),
                 idempotency_key: None,
+                max_queued: None,
             },
             5_000,
         )
@@ -574,6 +582,7 @@ async fn an_idempotency_key_makes_a_resubmission_return_the_first_job(s: SqlStor
         spec: spec(priority, None),
         correlation_id: None,
         idempotency_key: Some(key.into()),
+        max_queued: None,
     };
     let (first, created) = s.create(new("a", "k1", None), 1).await.unwrap();
     assert!(created);
@@ -607,4 +616,145 @@ async fn an_idempotency_key_makes_a_resubmission_return_the_first_job(s: SqlStor
         s.list("a", &ListQuery::default()).await.unwrap().jobs.len(),
         2
     );
+}
+
+fn capped(tenant: &str, limit: u32) -> NewJob {
+    NewJob {
+        tenant: tenant.into(),
+        spec: spec(None, Some(1)),
+        correlation_id: None,
+        idempotency_key: None,
+        max_queued: Some(limit),
+    }
+}
+
+async fn a_tenant_flooding_the_queue_is_refused_at_max_queued_jobs(s: SqlStore) {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(s.create(capped("a", 3), i).await.unwrap().0.id);
+    }
+    let refused = s.create(capped("a", 3), 10).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::TooManyJobs { tenant, active: 3, limit: 3 } if tenant == "a"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("max_queued_jobs = 3"),
+        "{refused}"
+    );
+    // Nothing was stored for the refused one; another tenant is not affected.
+    assert_eq!(
+        s.list("a", &ListQuery::default()).await.unwrap().jobs.len(),
+        3
+    );
+    s.create(capped("b", 3), 11).await.unwrap();
+    // A running job still counts; a finished one does not.
+    let j = s
+        .claim("w", &NO_QUOTAS(), 20, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        s.create(capped("a", 3), 21).await,
+        Err(StoreError::TooManyJobs { .. })
+    ));
+    s.finish(&j.id, "w", Outcome::Permanent("x".into()), 30, SEC)
+        .await
+        .unwrap();
+    let fourth = s.create(capped("a", 3), 31).await.unwrap().0.id;
+    // Cancelling a job and retrying it once the queue is full again gets nothing past it.
+    let victim = ids.iter().find(|id| **id != j.id).unwrap();
+    s.cancel("a", victim, 40).await.unwrap();
+    s.create(capped("a", 3), 41).await.unwrap();
+    assert!(matches!(
+        s.retry("a", victim, Some(3), 42).await,
+        Err(StoreError::TooManyJobs { .. })
+    ));
+    assert_eq!(s.get("a", victim).await.unwrap().state, JobState::Cancelled);
+    // The failed one can be retried once there is room.
+    s.cancel("a", &fourth, 50).await.unwrap();
+    assert_eq!(
+        s.retry("a", &j.id, Some(3), 51).await.unwrap().state,
+        JobState::Queued
+    );
+}
+
+async fn concurrent_submits_cannot_overshoot_max_queued_jobs(s: SqlStore) {
+    // Many submissions at once (on PostgreSQL each in its own transaction on its own
+    // connection, as from several gateways): exactly the cap gets in. The pool's
+    // connections are opened first, so that the submissions do overlap.
+    for _ in 0..3 {
+        for r in futures::future::join_all((0..8).map(|_| s.ping())).await {
+            r.unwrap();
+        }
+    }
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(
+            async move { s.create(capped("a", 5), i).await },
+        ));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::TooManyJobs { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, refused), (5, 19));
+    let queued: u64 = s
+        .counts()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(t, st, _)| t == "a" && *st == JobState::Queued)
+        .map(|(_, _, n)| n)
+        .sum();
+    assert_eq!(queued, 5);
+}
+
+async fn deferred_attempts_never_spend_attempts_or_dead_letter(s: SqlStore) {
+    // One attempt allowed; the gateway defers it again and again (tenant at its quota).
+    let id = s.create(capped("a", 10), 0).await.unwrap().0.id;
+    let mut now = 1_000;
+    for _ in 0..5 {
+        let j = s
+            .claim("w", &NO_QUOTAS(), now, now + 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((j.id.as_str(), j.attempts), (id.as_str(), 1));
+        let state = s
+            .finish(
+                &id,
+                "w",
+                Outcome::Deferred("tenant a has 2 jobs running".into()),
+                now,
+                SEC,
+            )
+            .await
+            .unwrap();
+        assert_eq!(state, Some(JobState::Queued));
+        let j = s.get("a", &id).await.unwrap();
+        assert_eq!((j.attempts, j.dead_letter), (0, false));
+        assert!(j.not_before_ms >= now + 1_000, "deferred with its delay");
+        now += 2_000;
+    }
+    let t = s.transitions("a", &id).await.unwrap();
+    assert!(
+        t.iter().any(|t| t.reason.starts_with("deferred: ")),
+        "{t:?}"
+    );
+    // A real transient failure still spends the attempt.
+    s.claim("w", &NO_QUOTAS(), now, now + 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    s.finish(&id, "w", Outcome::Transient("reset".into()), now, SEC)
+        .await
+        .unwrap();
+    let j = s.get("a", &id).await.unwrap();
+    assert_eq!((j.state, j.dead_letter), (JobState::Failed, true));
 }

@@ -181,6 +181,7 @@ impl Setup {
                     },
                     correlation_id: None,
                     idempotency_key: None,
+                    max_queued: None,
                 },
                 now_ms(),
             )

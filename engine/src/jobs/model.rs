@@ -280,6 +280,10 @@ pub enum Outcome {
     Permanent(String),
     /// May work later (connection lost, server busy).
     Transient(String),
+    /// The gateway had no room for it now (its tenant is at `max_concurrent_jobs`, for
+    /// example with sends of its own): queued again without spending an attempt, so a
+    /// busy tenant's jobs wait rather than being dead-lettered.
+    Deferred(String),
 }
 
 /// Backoff before attempt `attempt + 1` after `attempt` failed: exponential from `base`,

@@ -361,11 +361,15 @@ impl Runner {
             Outcome::Transient(r) => {
                 warn!(reason = %r, retry_in_ms = delay.as_millis() as u64, "job attempt failed (transient)")
             }
+            Outcome::Deferred(r) => {
+                info!(reason = %r, retry_in_ms = delay.as_millis() as u64, "job deferred (the gateway is at the tenant's quota)")
+            }
         }
         metrics::counter!("trackshift_job_attempts_total", "tenant" => job.tenant.clone(), "outcome" => match &outcome {
             Outcome::Completed { .. } => "completed",
             Outcome::Permanent(_) => "failed",
             Outcome::Transient(_) => "retried",
+            Outcome::Deferred(_) => "deferred",
         })
         .increment(1);
         match self
@@ -518,6 +522,7 @@ fn classify(e: SendError) -> Outcome {
         SendError::JobFailed {
             permanent: true, ..
         } => Outcome::Permanent(text),
+        SendError::Busy { .. } => Outcome::Deferred(text),
         SendError::JobFailed { .. }
         | SendError::Connection(_)
         | SendError::GaveUp { .. }
@@ -594,6 +599,12 @@ mod tests {
         assert!(matches!(
             classify(SendError::Connection("reset".into())),
             Outcome::Transient(_)
+        ));
+        assert!(matches!(
+            classify(SendError::Busy {
+                reason: "tenant a has 2 jobs running (max_concurrent_jobs = 2)".into()
+            }),
+            Outcome::Deferred(_)
         ));
     }
 }

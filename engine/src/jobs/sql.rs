@@ -134,6 +134,10 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, tenant, priority DESC, cre
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
 CREATE INDEX IF NOT EXISTS jobs_started ON jobs (started_ms);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (tenant, idempotency_key);
+CREATE TABLE IF NOT EXISTS tenant_locks (
+    tenant TEXT PRIMARY KEY,
+    submits BIGINT NOT NULL DEFAULT 0
+);
 ";
 
 // ---------------------------------------------------------------------------------------

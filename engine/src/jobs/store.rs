@@ -31,6 +31,19 @@ pub enum StoreError {
     /// The request itself is wrong (a cursor this store never gave out).
     #[error("{0}")]
     Invalid(String),
+    /// The tenant has as many jobs queued or running as it may (`max_queued_jobs`): try
+    /// again once some have finished.
+    #[error(
+        "tenant {tenant} has {active} jobs queued or running (max_queued_jobs = {limit}); submit again once some have finished"
+    )]
+    TooManyJobs {
+        /// The tenant.
+        tenant: String,
+        /// Its jobs queued, running or verifying.
+        active: u64,
+        /// Its `max_queued_jobs`.
+        limit: u32,
+    },
     /// The database failed.
     #[error("job store: {0}")]
     Backend(String),
@@ -56,6 +69,9 @@ pub struct NewJob {
     /// The client's idempotency key: submitting again with the same key returns the job
     /// made the first time instead of a new one.
     pub idempotency_key: Option<String>,
+    /// Most jobs the tenant may have queued, running or verifying, this one included
+    /// (its `max_queued_jobs`); `None`: no cap.
+    pub max_queued: Option<u32>,
 }
 
 /// Filters and paging of a job listing (newest first).
@@ -133,8 +149,15 @@ pub trait JobStore: Send + Sync {
     async fn documents(&self, tenant: &str, id: &str) -> Result<(String, Vec<String>), StoreError>;
     /// Cancels a queued or running job.
     async fn cancel(&self, tenant: &str, id: &str, now_ms: i64) -> Result<Job, StoreError>;
-    /// Queues a failed or cancelled job again with fresh attempts.
-    async fn retry(&self, tenant: &str, id: &str, now_ms: i64) -> Result<Job, StoreError>;
+    /// Queues a failed or cancelled job again with fresh attempts, within `max_queued`
+    /// (see [`NewJob::max_queued`]).
+    async fn retry(
+        &self,
+        tenant: &str,
+        id: &str,
+        max_queued: Option<u32>,
+        now_ms: i64,
+    ) -> Result<Job, StoreError>;
     /// Takes the next job fairly across tenants (see [`pick_fair`]) for `worker`, leased
     /// until `lease_until_ms`. Tenants missing from `quotas` get share 1 and no limit.
     async fn claim(
@@ -302,6 +325,42 @@ async fn fail(
     Ok(())
 }
 
+/// Refuses when `tenant` already has `limit` jobs queued, running or verifying. Takes the
+/// tenant's row in `tenant_locks` first (a write: PostgreSQL locks the row until commit,
+/// SQLite's write transactions are exclusive), so concurrent submissions for one tenant,
+/// from any gateway sharing the store, count one after another and cannot overshoot.
+async fn within_queue_limit(
+    tx: &mut dyn Tx,
+    tenant: &str,
+    limit: Option<u32>,
+) -> Result<(), StoreError> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    tx.exec(
+        "INSERT INTO tenant_locks (tenant, submits) VALUES ($1, 1)
+         ON CONFLICT (tenant) DO UPDATE SET submits = tenant_locks.submits + 1",
+        &[tenant.into()],
+    )
+    .await?;
+    let active = tx
+        .query(
+            "SELECT COUNT(*) FROM jobs WHERE tenant = $1 AND state IN ('queued', 'running', 'verifying')",
+            &[tenant.into()],
+        )
+        .await?
+        .first()
+        .map_or(0, |r| u64::try_from(r.i64(0)).unwrap_or(0));
+    if active >= u64::from(limit) {
+        return Err(StoreError::TooManyJobs {
+            tenant: tenant.to_string(),
+            active,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 async fn held_or_not(tx: &mut dyn Tx, id: &str, worker: &str) -> Result<Heartbeat, StoreError> {
     Ok(match load(tx, id).await? {
         Some((j, _)) if j.state == JobState::Cancelled && j.worker.as_deref() == Some(worker) => {
@@ -345,6 +404,7 @@ impl SqlStore {
 
     async fn insert(&self, job: &NewJob, now_ms: i64) -> Result<Job, StoreError> {
         let mut tx = self.db.begin().await?;
+        within_queue_limit(&mut *tx, &job.tenant, job.max_queued).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let correlation = job.correlation_id.clone().unwrap_or_else(|| id.clone());
         let spec = serde_json::to_string(&job.spec).expect("specs serialise");
@@ -538,7 +598,13 @@ impl JobStore for SqlStore {
         Ok(job)
     }
 
-    async fn retry(&self, tenant: &str, id: &str, now_ms: i64) -> Result<Job, StoreError> {
+    async fn retry(
+        &self,
+        tenant: &str,
+        id: &str,
+        max_queued: Option<u32>,
+        now_ms: i64,
+    ) -> Result<Job, StoreError> {
         let mut tx = self.db.begin().await?;
         let job = load_for(&mut *tx, tenant, id).await?;
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
@@ -547,6 +613,8 @@ impl JobStore for SqlStore {
                 job.state
             )));
         }
+        // Queued again, it counts again: cancelling and retrying cannot get round the cap.
+        within_queue_limit(&mut *tx, tenant, max_queued).await?;
         transition(
             &mut *tx,
             &job,
@@ -773,6 +841,24 @@ impl JobStore for SqlStore {
             Outcome::Permanent(reason) => {
                 fail(&mut *tx, &job, &reason, false, now_ms).await?;
                 JobState::Failed
+            }
+            Outcome::Deferred(reason) => {
+                // Not an attempt: the gateway never opened the job.
+                let why = format!("deferred: {reason}");
+                transition(&mut *tx, &job, JobState::Queued, &why, now_ms).await?;
+                tx.exec(
+                    "UPDATE jobs SET not_before_ms = $1, last_error = $2, worker = NULL,
+                     lease_until_ms = NULL,
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE id = $3",
+                    &[
+                        (now_ms + i64::try_from(retry_delay.as_millis()).unwrap_or(i64::MAX / 2))
+                            .into(),
+                        reason.into(),
+                        id.into(),
+                    ],
+                )
+                .await?;
+                JobState::Queued
             }
             Outcome::Transient(reason) => {
                 match after_failure(false, job.attempts, max_attempts, now_ms, retry_delay) {
