@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("sender_frames", sender_frames),
     ("tile_path", tile_path),
     ("job_spec", job_spec),
+    ("destination", destination),
 ];
 
 /// Decodes `data` as a stream of frames with limit `max`, as one read. Every frame must
@@ -344,6 +345,41 @@ pub fn job_spec(data: &[u8]) {
 
 /// Seed inputs for every target, made from real encodings (`fuzz/corpus/<target>/seed-*`;
 /// `engine/tests/fuzz_corpus.rs` writes them and checks they are committed as made).
+/// A destination string, alone and after the prefix `file:///X/allowed/`: what parses
+/// round-trips through its canonical form, every segment is a plain name, and it lies
+/// within the rule `file:///X/allowed` exactly when its decoded segments begin with `X`,
+/// `allowed`; applying that rule trusts no more than the rule's segments.
+pub fn destination(data: &[u8]) {
+    use crate::engine::connectors::destination::Destination;
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let rule = Destination::parse("file:///X/allowed").expect("the rule parses");
+    for text in [s.to_string(), format!("file:///X/allowed/{s}")] {
+        let Ok(d) = Destination::parse(&text) else {
+            continue;
+        };
+        let again = Destination::parse(&d.to_string()).expect("the canonical form parses");
+        assert_eq!(again, d, "{text:?} -> {d}");
+        for seg in d.segments() {
+            assert!(seg != "." && seg != ".." && !seg.is_empty(), "{text:?}");
+            assert!(!seg.contains(['/', '\\', '\0']), "{text:?}");
+        }
+        let under = d.segments().len() >= 2 && d.segments()[..2] == ["X", "allowed"];
+        let within = d.is_within(&rule);
+        assert_eq!(
+            within,
+            under && d.scheme() == rule.scheme() && d.authority() == rule.authority(),
+            "{text:?}"
+        );
+        if within {
+            let eff = d.under_rule(&rule);
+            assert_eq!(eff.trusted_segments(), 2, "{text:?}");
+            assert_eq!(eff.segments(), d.segments());
+        }
+    }
+}
+
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     use crate::engine::protocol::Secret;
     use trackshift_crypto::Hash32;
@@ -516,6 +552,25 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let mut input = size.to_be_bytes().to_vec();
         input.extend_from_slice(path.as_bytes());
         add("tile_path", name, input);
+    }
+
+    for (name, uri) in [
+        ("file", "file:///srv/in/acme"),
+        ("s3", "s3://bucket/prefix?region=eu-west-1"),
+        ("azure", "az://container/p"),
+        ("sftp", "sftp://user@host.example:2222/dir?connections=2"),
+        ("ftps", "ftps://user@[::1]/dir"),
+        ("null", "null://"),
+        ("fragment-escape", "#/../../outside"),
+        ("query-escape", "?/../../outside"),
+        ("encoded-dots", "%2e%2e/%2E%2E/outside"),
+        ("encoded-slash", "a%2f..%2f..%2foutside"),
+        ("double-slash", "a//b"),
+        ("backslash", "..\\..\\outside"),
+        ("reserved", ".trackshift-0.tspart"),
+        ("hash-directory", "%23/in"),
+    ] {
+        add("destination", name, uri.as_bytes().to_vec());
     }
 
     add(

@@ -12,6 +12,9 @@ mod checks;
 /// What `checks.rs` calls `crate::engine` (in the fuzz crate: the same sources compiled there).
 mod engine {
     pub use trackshift_engine::{jobs, protocol};
+    pub mod connectors {
+        pub use trackshift_engine::connectors::destination;
+    }
 }
 
 fn fuzz_dir() -> PathBuf {

@@ -10,9 +10,16 @@ pub mod protocol;
 #[path = "../../engine/src/jobs/model.rs"]
 pub mod jobs;
 
+/// `trackshift_connectors::destination`: destination strings parsed once (pure).
+#[path = "../../connectors/src/destination.rs"]
+pub mod destination;
+
 /// What `checks.rs` calls `crate::engine` (in the engine's tests, `trackshift_engine`).
 mod engine {
     pub use super::{jobs, protocol};
+    pub mod connectors {
+        pub use crate::destination;
+    }
 }
 
 #[path = "../checks.rs"]
