@@ -281,7 +281,9 @@ fn killed_writers_lose_no_acknowledged_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
     let mut acked: Vec<(u64, String)> = Vec::new();
-    for (round, delay_ms) in [40u64, 170, 90, 260, 130, 60].into_iter().enumerate() {
+    // Each round kills the child once it has acknowledged a different number of appends
+    // (by count, not by time: the machine's fsync speed does not change what is tested).
+    for (round, kill_after) in [200usize, 350, 250, 400, 300, 220].into_iter().enumerate() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["child_writer", "--exact", "--nocapture", "--test-threads=1"])
             .env("TRACKSHIFT_LEDGER_CHILD_DIR", &dir)
@@ -290,6 +292,8 @@ fn killed_writers_lose_no_acknowledged_entry() {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(out).lines() {
@@ -297,16 +301,17 @@ fn killed_writers_lose_no_acknowledged_entry() {
                 if let Some(rest) = line.strip_prefix("ACK ") {
                     let (i, e) = rest.split_once(' ').unwrap();
                     lines.push((i.parse::<u64>().unwrap(), e.to_string()));
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             lines
         });
-        // Let it get going (the first round also creates the log), then SIGKILL it.
         let start = std::time::Instant::now();
-        while !dir.join("checkpoint").exists() && start.elapsed().as_secs() < 20 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        while seen.load(std::sync::atomic::Ordering::SeqCst) < kill_after
+            && start.elapsed().as_secs() < 60
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();
         let got = reader.join().unwrap();
