@@ -198,6 +198,32 @@ async fn an_object_the_job_did_not_create_is_not_replaced_without_overwrite() {
             "{}",
             d.name
         );
+        // One that appears between open and commit: the commit itself refuses it where
+        // the destination can rename without replacing (local disk, SFTP).
+        if matches!(d.name, "file" | "sftp") {
+            let mine = pattern(100, 4);
+            // (another job: its own temporary object)
+            let late = ObjectSpec {
+                job_id: "another-job".into(),
+                ..spec("late", 100, 1 << 20, None)
+            };
+            let w = plain.open(&late, false).await.unwrap();
+            w.write_at(0, mine).await.unwrap();
+            w.sync().await.unwrap();
+            put(c.as_ref(), "late", &first, 1 << 20).await;
+            let r = w.commit().await;
+            assert!(
+                matches!(r, Err(ConnectorError::Exists(_))),
+                "{}: the commit of an object that appeared after open: {r:?}",
+                d.name
+            );
+            assert_eq!(
+                c.read_back("late").await.unwrap(),
+                (3000, blake3(&first)),
+                "{}",
+                d.name
+            );
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! Each object is written to `.NAME.JOBID.tspart` beside its final name, with every chunk
 //! split into SFTP writes that are all in flight at once,
 //! made durable with `fsync@openssh.com`, and on commit size-checked and renamed into place
-//! with `posix-rename@openssh.com` (atomic overwrite). A connector keeps a few SSH
+//! with the plain SFTP rename, which refuses an existing target (with `overwrite=true`:
+//! `posix-rename@openssh.com`, atomic overwrite). A connector keeps a few SSH
 //! connections (default 4, `connections=N`), shared by all of its objects and re-established
 //! when they drop; a file's chunks go round-robin over them, since one connection is one
 //! cipher stream.
@@ -757,7 +758,16 @@ impl SftpWriter {
                 .size
                 .unwrap_or(0);
             self.spec.check_size(size)?;
-            if c.posix_rename {
+            if !self.inner.overwrite {
+                // Plain SFTP v3 rename refuses an existing target: never replace an
+                // object this job did not create, even one that appeared since open.
+                if let Err(e) = sftp.rename(self.temp.as_str(), self.full.as_str()).await {
+                    if sftp.stat(self.full.as_str()).await.is_ok() {
+                        return Err(ConnectorError::Exists(self.spec.path.clone()));
+                    }
+                    return Err(self.err("renaming into place on", &e));
+                }
+            } else if c.posix_rename {
                 let mut data = Vec::new();
                 ssh_string(&mut data, &self.temp);
                 ssh_string(&mut data, &self.full);
