@@ -357,12 +357,6 @@ pub struct ServerUri {
     pub query: Vec<(String, String)>,
 }
 
-/// The path of `uri`, parsed as a [`Destination`]: percent-decoded, normalized and
-/// checked; "" when there is none.
-pub fn uri_path(uri: &str) -> Result<String, ConnectorError> {
-    Ok(Destination::parse(uri)?.path())
-}
-
 impl ServerUri {
     /// The server parts of a parsed `sftp://` or `ftps://` destination.
     pub fn of(dest: &Destination) -> Result<Self, ConnectorError> {
@@ -385,18 +379,6 @@ impl ServerUri {
                 .collect(),
         })
     }
-}
-
-/// Parses a server destination URI of `scheme` (see [`Destination::parse`]).
-pub fn parse_server_uri(uri: &str, scheme: &str) -> Result<ServerUri, ConnectorError> {
-    let dest = Destination::parse(uri)?;
-    if dest.scheme().as_str() != scheme {
-        return Err(ConnectorError::InvalidUri(format!(
-            "not an {scheme} URI: {}",
-            dest.scheme().as_str()
-        )));
-    }
-    ServerUri::of(&dest)
 }
 
 /// Checks that `path` is a safe relative object path: `/`-separated, no empty, `.` or `..`

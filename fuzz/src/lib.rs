@@ -11,7 +11,7 @@ pub mod protocol;
 pub mod jobs;
 
 /// `trackshift_connectors::destination`: destination strings parsed once (pure).
-#[path = "../../connectors/src/destination.rs"]
+#[path = "../../connectors/src/destination/mod.rs"]
 pub mod destination;
 
 /// What `checks.rs` calls `crate::engine` (in the engine's tests, `trackshift_engine`).
