@@ -159,6 +159,15 @@ pub struct SendArgs {
     /// Offer only the post-quantum X25519MLKEM768 key exchange.
     #[arg(long)]
     pq_only: bool,
+    /// How long to keep trying to reach a gateway that went away (or was not there yet)
+    /// before giving up, for example `30s` or `10m`; an interrupted send resumes where it
+    /// stopped.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    retry_for: std::time::Duration,
+    /// How long the gateway may be silent before the connection counts as dead
+    /// (keep-alives go out every second; raise it for links that drop out for seconds).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    idle_timeout: std::time::Duration,
 }
 
 /// Ensures the gateway has a tenant: on first start creates `default` with a fresh token
@@ -481,6 +490,8 @@ pub async fn send(args: SendArgs) -> Result<()> {
     cfg.in_flight_bytes = args.in_flight;
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;
+    cfg.retry_for = args.retry_for;
+    cfg.idle_timeout = args.idle_timeout;
     let report = send_with_progress(&args.path, &cfg).await?;
     let out_dir = args
         .out_dir

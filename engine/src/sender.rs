@@ -63,10 +63,14 @@ pub enum SendError {
     #[error("cancelled")]
     Cancelled,
     /// Gave up after repeated connection failures.
-    #[error("gave up after {attempts} connection attempts; last error: {last}")]
+    #[error(
+        "gave up after {attempts} connection attempts in {seconds} s without reaching the gateway; last error: {last}"
+    )]
     GaveUp {
         /// Attempts made.
         attempts: u32,
+        /// Seconds since the gateway was last reachable.
+        seconds: u64,
         /// The last error.
         last: String,
     },
@@ -105,6 +109,25 @@ impl std::fmt::Debug for TestHook {
     }
 }
 
+/// How long a send keeps trying to reach a gateway it lost, by default.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Longest wait between two connection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The wait before reconnect attempt `attempt` (1, 2, ...): 200 ms doubling up to
+/// [`MAX_BACKOFF`], with jitter (see [`crate::jobs::model::backoff`]) so that many senders
+/// cut off together do not come back in step; never past `remaining`.
+pub fn backoff(attempt: u32, remaining: Duration) -> Duration {
+    crate::jobs::model::backoff(
+        attempt,
+        Duration::from_millis(100),
+        MAX_BACKOFF,
+        fastrand::f64(),
+    )
+    .min(remaining)
+}
+
 /// Settings of one send.
 #[derive(Debug, Clone)]
 pub struct SendConfig {
@@ -130,6 +153,13 @@ pub struct SendConfig {
     pub correlation_id: Option<String>,
     /// How often to reconnect after a dropped connection before giving up.
     pub max_reconnects: u32,
+    /// How long to keep trying to reach the gateway after the connection is lost (or the
+    /// first connection fails) before giving up; restarts after every connection on which
+    /// the gateway authenticated the sender.
+    pub retry_for: Duration,
+    /// How long the connection may be silent before it counts as dead (QUIC idle timeout;
+    /// keep-alives go out every [`crate::transport::KEEP_ALIVE`]).
+    pub idle_timeout: Duration,
     /// Test faults.
     pub faults: Arc<FaultInjection>,
     /// A memory budget shared with other sends (bytes as permits); when set, this send's
@@ -186,7 +216,8 @@ impl std::fmt::Debug for LatencyHook {
 }
 
 impl SendConfig {
-    /// Defaults: 4 MiB chunks, 256 MiB in flight, 20 reconnects.
+    /// Defaults: 4 MiB chunks, 256 MiB in flight, 20 reconnects within
+    /// [`DEFAULT_RETRY_FOR`], a dead gateway noticed after [`crate::transport::IDLE_TIMEOUT`].
     pub fn new(
         gateway: SocketAddr,
         trust: ServerTrust,
@@ -205,6 +236,8 @@ impl SendConfig {
             job_id: None,
             correlation_id: None,
             max_reconnects: 20,
+            retry_for: DEFAULT_RETRY_FOR,
+            idle_timeout: crate::transport::IDLE_TIMEOUT,
             faults: Arc::new(FaultInjection::default()),
             shared_budget: None,
             cancel: None,
@@ -412,7 +445,12 @@ pub async fn send_jobs(
     } else {
         "[::]:0".parse().expect("valid")
     };
-    let endpoint = match crate::transport::client_endpoint(bind, &cfg.trust, cfg.pq_only) {
+    let endpoint = match crate::transport::client_endpoint_with(
+        bind,
+        &cfg.trust,
+        cfg.pq_only,
+        cfg.idle_timeout,
+    ) {
         Ok(e) => e,
         Err(e) => {
             let msg = e.to_string();
@@ -437,20 +475,28 @@ pub async fn send_jobs(
         )
     };
     let mut reconnects = 0u32;
+    // Since when the gateway has not been reachable (reset by every authenticated connection).
+    let mut outage = Instant::now();
     loop {
-        let outcome = connection(&endpoint, cfg, &mut jobs, started, &report).await;
+        let mut welcomed = false;
+        let outcome = connection(&endpoint, cfg, &mut jobs, started, &report, &mut welcomed).await;
+        if welcomed {
+            outage = Instant::now();
+        }
+        let remaining = cfg.retry_for.saturating_sub(outage.elapsed());
         match outcome {
             Ok(()) => break,
-            Err(e) if e.retryable() && reconnects < cfg.max_reconnects => {
+            Err(e) if e.retryable() && reconnects < cfg.max_reconnects && !remaining.is_zero() => {
                 reconnects += 1;
-                let backoff = Duration::from_millis((100u64 << reconnects.min(6)).min(5_000));
-                warn!(error = %e, attempt = reconnects, ?backoff, "connection lost; resuming");
-                tokio::time::sleep(backoff).await;
+                let wait = backoff(reconnects, remaining);
+                warn!(error = %e, attempt = reconnects, backoff = ?wait, "connection lost; resuming");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 let e = if e.retryable() {
                     SendError::GaveUp {
                         attempts: reconnects + 1,
+                        seconds: outage.elapsed().as_secs(),
                         last: e.to_string(),
                     }
                 } else {
@@ -639,6 +685,7 @@ async fn connection(
     jobs: &mut [JobState],
     started: Instant,
     report: &(impl Fn(usize, u64, u64) + Send + Sync),
+    welcomed: &mut bool,
 ) -> Result<(), SendError> {
     for j in jobs.iter_mut() {
         j.detach();
@@ -772,7 +819,10 @@ async fn connection(
             ev = ev_rx.recv() => {
                 let at = started.elapsed();
                 match ev.expect("the connection task holds a sender") {
-                    Event::Frame(ServerFrame::Welcome { tenant, .. }) => debug!(%tenant, "authenticated"),
+                    Event::Frame(ServerFrame::Welcome { tenant, .. }) => {
+                        *welcomed = true;
+                        debug!(%tenant, "authenticated");
+                    }
                     Event::Frame(ServerFrame::Refused { reason }) => return Err(SendError::Refused(reason)),
                     Event::Frame(ServerFrame::JobReady { job_id, handle: h, held }) => {
                         let Some(&i) = by_id.get(&job_id) else {
@@ -1057,4 +1107,24 @@ fn spawn_chunk(
             let _ = events.send(Event::SendFailed(job, handle, e));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_is_bounded_and_never_outlasts_the_budget() {
+        let plenty = Duration::from_secs(3600);
+        for attempt in 1..100 {
+            let b = backoff(attempt, plenty);
+            assert!(
+                b <= MAX_BACKOFF && b >= Duration::from_millis(100),
+                "{attempt}: {b:?}"
+            );
+        }
+        assert!(backoff(30, plenty) >= MAX_BACKOFF / 2);
+        assert!(backoff(10, Duration::from_millis(30)) <= Duration::from_millis(30));
+        assert_eq!(backoff(3, Duration::ZERO), Duration::ZERO);
+    }
 }

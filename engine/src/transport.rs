@@ -13,7 +13,7 @@
 //! | UDP socket buffers | 4 MiB (capped by `net.core.rmem_max`) | absorbs bursts; no drops at 7+ Gbps |
 //! | MTU discovery | on (quinn default), up to the path's limit | fewer packets per byte |
 //! | congestion control | CUBIC (quinn default) | robust on shared links |
-//! | keep-alive / idle timeout | 5 s / 30 s | detect a dead peer and resume promptly |
+//! | keep-alive / idle timeout | 1 s / 5 s | notice a dead peer within seconds and resume |
 //!
 //! A gateway connection starts smaller, until its sender is authenticated (see
 //! [`server_transport_config`]): a peer that has shown no token can make the gateway hold
@@ -43,6 +43,14 @@ pub const MAX_UNI_STREAMS: u32 = 1024;
 /// (room for a `Hello`; raised to [`CONNECTION_WINDOW`] by [`open_after_auth`]).
 pub const PRE_AUTH_WINDOW: u32 = 64 << 10;
 
+/// How often an idle connection sends a keep-alive (a PING), so that silence means a dead
+/// peer or path rather than nothing to say.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How long a connection may hear nothing before it is closed as dead; with a keep-alive
+/// every [`KEEP_ALIVE`], about five lost round trips in a row. QUIC uses the smaller of
+/// both peers' values.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Endpoint set-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -70,15 +78,22 @@ pub enum TransportError {
 
 /// The transport parameters both sides use.
 pub fn transport_config() -> TransportConfig {
+    transport_config_with(IDLE_TIMEOUT)
+}
+
+/// [`transport_config`] with another idle timeout (clamped to 1 s ..= 10 min; the
+/// keep-alive interval is the smaller of [`KEEP_ALIVE`] and a fifth of it).
+pub fn transport_config_with(idle_timeout: Duration) -> TransportConfig {
+    let idle = idle_timeout.clamp(Duration::from_secs(1), Duration::from_secs(600));
     let mut t = TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(u64::from(CONNECTION_WINDOW))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .max_concurrent_bidi_streams(VarInt::from_u32(4))
-        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .keep_alive_interval(Some(KEEP_ALIVE.min(idle / 5)))
         .max_idle_timeout(Some(
-            IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid idle timeout"),
+            IdleTimeout::try_from(idle).expect("at most 10 min is a valid idle timeout"),
         ));
     t
 }
@@ -152,11 +167,22 @@ pub fn client_endpoint(
     trust: &ServerTrust,
     pq_only: bool,
 ) -> Result<quinn::Endpoint, TransportError> {
+    client_endpoint_with(bind, trust, pq_only, IDLE_TIMEOUT)
+}
+
+/// [`client_endpoint`] whose connections count as dead after `idle_timeout` of silence
+/// (also the most a connection attempt to an unreachable gateway waits).
+pub fn client_endpoint_with(
+    bind: SocketAddr,
+    trust: &ServerTrust,
+    pq_only: bool,
+    idle_timeout: Duration,
+) -> Result<quinn::Endpoint, TransportError> {
     let tls = trust.client_config(pq_only)?;
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config()));
+    client.transport_config(Arc::new(transport_config_with(idle_timeout)));
     let mut ep = endpoint(bind, None)?;
     ep.set_default_client_config(client);
     Ok(ep)
@@ -179,4 +205,25 @@ pub async fn connect(
         addr,
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alives_go_out_well_inside_the_idle_timeout() {
+        for idle in [1, 2, 5, 30, 600, 3600] {
+            let idle = Duration::from_secs(idle);
+            let clamped = idle.clamp(Duration::from_secs(1), Duration::from_secs(600));
+            // TransportConfig keeps its settings private; its Debug output shows them.
+            let shown = format!("{:?}", transport_config_with(idle));
+            let keep_alive = KEEP_ALIVE.min(clamped / 5);
+            assert!(
+                shown.contains(&format!("keep_alive_interval: Some({keep_alive:?})")),
+                "{shown}"
+            );
+            assert!(keep_alive * 5 <= clamped);
+        }
+    }
 }

@@ -96,8 +96,13 @@ fn spawn_gateway(
     stderr: Stdio,
     log: Option<&Path>,
 ) -> Gateway {
+    cmd.arg("serve");
+    // A test that restarts a gateway at the same address passes its own `--listen`.
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
     let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .args(args)
