@@ -54,6 +54,52 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The operator key of the operator endpoints.
     pub operator: Arc<trackshift_engine::operator::OperatorKey>,
+    /// The last readiness check, shared by every `/ready` caller for [`READY_MAX_AGE`].
+    pub readiness: Arc<Readiness>,
+}
+
+/// How long one readiness check answers every anonymous `/ready` request: however often
+/// anyone without the operator key asks, the gateway checks its store, ledger and
+/// destinations at most once per this (an operator's request always checks afresh).
+pub const READY_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// What `/ready` found.
+#[derive(Clone, Debug)]
+pub struct ReadyReport {
+    store: Result<(), String>,
+    ledger: Result<(), String>,
+    checked: usize,
+    failing: Vec<(String, String)>,
+}
+
+impl ReadyReport {
+    fn ok(&self) -> bool {
+        let destinations_ok = self.checked == 0 || self.failing.len() < self.checked;
+        self.store.is_ok() && self.ledger.is_ok() && destinations_ok
+    }
+}
+
+/// A readiness result and when it was taken; callers that arrive while a check runs
+/// wait for it instead of starting their own (single flight).
+#[derive(Default)]
+pub struct Readiness(tokio::sync::Mutex<Option<(std::time::Instant, ReadyReport)>>);
+
+impl Readiness {
+    /// The last report if younger than `max_age`, else a new one from `check`.
+    pub async fn get<F>(&self, max_age: Duration, check: impl FnOnce() -> F) -> ReadyReport
+    where
+        F: std::future::Future<Output = ReadyReport>,
+    {
+        let mut last = self.0.lock().await;
+        if let Some((at, report)) = last.as_ref()
+            && at.elapsed() < max_age
+        {
+            return report.clone();
+        }
+        let report = check().await;
+        *last = Some((std::time::Instant::now(), report.clone()));
+        report
+    }
 }
 
 /// An error as JSON: `{"error": "..."}`.
@@ -680,14 +726,34 @@ async fn health(State(state): State<AppState>, IsOperator(operator): IsOperator)
 /// failed and why (destination URIs and errors name tenants); everyone else gets
 /// `{"status":"up"}` or `{"status":"down"}`.
 async fn ready(State(state): State<AppState>, IsOperator(operator): IsOperator) -> Response {
-    let store = state.store.ping().await;
-    let ledger = state.ledger.refresh().await;
-    let (checked, failing) = state
-        .gateway
-        .check_destinations(Duration::from_secs(3))
+    let max_age = if operator {
+        Duration::ZERO
+    } else {
+        READY_MAX_AGE
+    };
+    let report = state
+        .readiness
+        .get(max_age, || async {
+            let store = state.store.ping().await.map_err(|e| e.to_string());
+            let ledger = state
+                .ledger
+                .refresh()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let (checked, failing) = state
+                .gateway
+                .check_destinations(Duration::from_secs(3))
+                .await;
+            ReadyReport {
+                store,
+                ledger,
+                checked,
+                failing,
+            }
+        })
         .await;
-    let destinations_ok = checked == 0 || failing.len() < checked;
-    let ok = store.is_ok() && ledger.is_ok() && destinations_ok;
+    let ok = report.ok();
     let status = if ok {
         StatusCode::OK
     } else {
@@ -697,15 +763,17 @@ async fn ready(State(state): State<AppState>, IsOperator(operator): IsOperator) 
     if !operator {
         return (status, Json(serde_json::json!({ "status": up }))).into_response();
     }
+    let text = |r: &Result<(), String>| r.clone().err().unwrap_or_else(|| "ok".into());
     let body = serde_json::json!({
         "status": up,
         "ready": ok,
-        "store": store.map_or_else(|e| e.to_string(), |()| "ok".into()),
-        "ledger": ledger.map_or_else(|e| e.to_string(), |_| "ok".into()),
+        "store": text(&report.store),
+        "ledger": text(&report.ledger),
         "destinations": {
-            "checked": checked,
-            "failing": failing
-                .into_iter()
+            "checked": report.checked,
+            "failing": report
+                .failing
+                .iter()
                 .map(|(uri, error)| serde_json::json!({ "uri": uri, "error": error }))
                 .collect::<Vec<_>>(),
         },
@@ -877,4 +945,51 @@ async fn dashboard(State(state): State<AppState>, _: Operator) -> Result<Respons
     }
     html.push_str("</table><p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/ready\">/ready</a> &middot; <a href=\"/v1/openapi.json\">API</a></p></body></html>\n");
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn report() -> ReadyReport {
+        ReadyReport {
+            store: Ok(()),
+            ledger: Ok(()),
+            checked: 0,
+            failing: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_ready_requests_runs_one_check_per_window() {
+        let readiness = Arc::new(Readiness::default());
+        let checks = Arc::new(AtomicUsize::new(0));
+        let ask = || {
+            let (readiness, checks) = (readiness.clone(), checks.clone());
+            async move {
+                readiness
+                    .get(Duration::from_secs(60), || async move {
+                        checks.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        report()
+                    })
+                    .await
+            }
+        };
+        let all = futures::future::join_all((0..200).map(|_| tokio::spawn(ask()))).await;
+        assert!(all.into_iter().all(|r| r.unwrap().ok()));
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+        // Once the window has passed, the next request checks again.
+        let fresh = Readiness::default();
+        fresh.get(Duration::ZERO, || async { report() }).await;
+        let again = AtomicUsize::new(0);
+        fresh
+            .get(Duration::ZERO, || async {
+                again.fetch_add(1, Ordering::SeqCst);
+                report()
+            })
+            .await;
+        assert_eq!(again.load(Ordering::SeqCst), 1);
+    }
 }

@@ -57,6 +57,15 @@ pub struct ServeArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     max_connections_per_ip: usize,
+    /// Most connections, from all addresses together, still handshaking or not yet
+    /// authenticated; more are refused before any handshake work, and above half of it
+    /// peers must first prove their address (QUIC Retry).
+    #[arg(
+        long,
+        default_value_t = trackshift_engine::gateway::DEFAULT_MAX_UNAUTHENTICATED,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_unauthenticated: usize,
     /// Chunk bytes in flight across all API jobs (the job service's sending memory). Chunk
     /// latency is about this over the throughput: raise it for long fat links, keep it
     /// small next to the gateway.
@@ -278,6 +287,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     cfg.max_connections_per_ip = args.max_connections_per_ip;
+    cfg.max_unauthenticated = args.max_unauthenticated;
     let wrapping = trackshift_engine::connectors::Wrapping {
         prefix: None,
         concurrency: args.dest_concurrency,
@@ -440,6 +450,7 @@ async fn job_service(
         gateway: gateway.clone(),
         metrics,
         operator,
+        readiness: Default::default(),
     };
     Ok((state, runner))
 }

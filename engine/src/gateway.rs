@@ -119,11 +119,18 @@ pub struct GatewayConfig {
     pub max_connections_per_ip: usize,
     /// How long a new connection has to open its control stream and show a valid `Hello`.
     pub auth_timeout: std::time::Duration,
+    /// Most connections at once, from all addresses together, that have not authenticated
+    /// yet (handshaking or before their `Hello`); beyond it new ones are refused before any
+    /// handshake work, and beyond half of it a peer must first prove its address (a QUIC
+    /// Retry), so spoofed sources cannot take the places.
+    pub max_unauthenticated: usize,
 }
 
 /// Default [`GatewayConfig::max_connections_per_ip`]: above the job service's default of
 /// 256 concurrent jobs, whose connections all come from one address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
+/// Default [`GatewayConfig::max_unauthenticated`].
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
 /// Default [`GatewayConfig::auth_timeout`].
 pub const DEFAULT_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -137,6 +144,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("ledger_origin", &self.ledger_origin)
             .field("verify", &self.verify)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_unauthenticated", &self.max_unauthenticated)
             .field("auth_timeout", &self.auth_timeout)
             .finish_non_exhaustive()
     }
@@ -180,6 +188,7 @@ impl GatewayConfig {
             ledger: None,
             tenants: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
         }
     }
@@ -427,6 +436,10 @@ struct Shared {
     per_address: Mutex<HashMap<std::net::IpAddr, usize>>,
     max_connections_per_ip: usize,
     auth_timeout: std::time::Duration,
+    /// Places for connections not authenticated yet (see
+    /// [`GatewayConfig::max_unauthenticated`]).
+    unauthenticated: Arc<Semaphore>,
+    max_unauthenticated: usize,
 }
 
 /// Counters of a running gateway since it started.
@@ -508,6 +521,8 @@ impl Gateway {
             per_address: Mutex::new(HashMap::new()),
             max_connections_per_ip: cfg.max_connections_per_ip.max(1),
             auth_timeout: cfg.auth_timeout,
+            unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated.max(1))),
+            max_unauthenticated: cfg.max_unauthenticated.max(1),
         });
         info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), "gateway listening");
         Ok(Self {
@@ -591,12 +606,25 @@ impl Gateway {
     pub async fn serve(&self) {
         while let Some(incoming) = self.endpoint.accept().await {
             let shared = self.shared.clone();
+            let Ok(place) = shared.unauthenticated.clone().try_acquire_owned() else {
+                debug!(peer = %incoming.remote_address(), "too many unauthenticated connections; refused");
+                incoming.refuse();
+                continue;
+            };
+            // Under pressure, only peers that proved their address get handshake work.
+            if shared.unauthenticated.available_permits() < shared.max_unauthenticated / 2
+                && incoming.may_retry()
+            {
+                drop(place);
+                let _ = incoming.retry();
+                continue;
+            }
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => {
                         shared.connections.fetch_add(1, Ordering::Relaxed);
                         let peer = conn.remote_address();
-                        if let Err(e) = handle_connection(shared, conn).await {
+                        if let Err(e) = handle_connection(shared, conn, place).await {
                             debug!(%peer, error = %e, "connection ended");
                         }
                     }
@@ -997,6 +1025,7 @@ mod close {
 async fn handle_connection(
     shared: Arc<Shared>,
     conn: quinn::Connection,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), GatewayError> {
     let peer = conn.remote_address();
     let Some(_slot) = AddressSlot::take(&shared, peer.ip()) else {
@@ -1067,6 +1096,7 @@ async fn handle_connection(
             return Err(e);
         }
     };
+    drop(unauthenticated);
     dec.set_max(protocol::MAX_CONTROL_FRAME);
     crate::transport::open_after_auth(&conn);
     info!(tenant = %tenant, peer = %conn.remote_address(), "sender authenticated");

@@ -432,18 +432,34 @@ impl TenantFile {
 
     /// Reads and validates `DATA/tenants.json` (absent: no tenants).
     pub fn load(data_dir: &Path) -> Result<Self, TenantError> {
+        use std::io::Read as _;
+        use std::os::unix::fs::PermissionsExt as _;
         let path = Self::path(data_dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(TenantError::Io {
-                    action: "reading",
-                    path,
-                    source,
-                });
-            }
+        let io = |source| TenantError::Io {
+            action: "reading",
+            path: path.clone(),
+            source,
         };
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(io(source)),
+        };
+        // Key digests and policy: only the gateway's user may read or change them (checked
+        // on the descriptor that is read, so a swap after the check changes nothing).
+        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TenantError::Invalid {
+                path: path.clone(),
+                message: format!(
+                    "mode {mode:04o} lets other users read or change tenants' key digests and \
+                     policy; make it owner-only: chmod 600 {}",
+                    path.display()
+                ),
+            });
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
         let invalid = |message: String| TenantError::Invalid {
             path: path.clone(),
             message,
@@ -776,6 +792,26 @@ mod tests {
             classifications: classes.iter().map(|s| (*s).to_string()).collect(),
             ..DestinationRule::prefix(prefix)
         }
+    }
+
+    #[test]
+    fn a_tenant_file_others_can_read_or_change_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = TenantFile {
+            tenants: vec![tenant(Some(vec![rule("null://", &[])]))],
+        };
+        file.save(dir.path()).unwrap();
+        assert_eq!(TenantFile::load(dir.path()).unwrap().tenants.len(), 1);
+        let path = TenantFile::path(dir.path());
+        for mode in [0o644, 0o660, 0o606, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = TenantFile::load(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(TenantFile::load(dir.path()).is_ok());
     }
 
     #[test]

@@ -545,6 +545,20 @@ async fn the_store_survives_a_reopen() {
     assert_eq!(s.get("a", &id).await.unwrap().state, JobState::Queued);
 }
 
+#[tokio::test]
+async fn the_sqlite_store_and_its_journal_are_not_readable_by_other_users() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let s = SqlStore::open(&path).unwrap();
+    submit(&s, "a", 0).await;
+    for name in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+        let p = dir.path().join(name);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
+    }
+}
+
 async fn concurrent_claimers_never_take_the_same_job(s: SqlStore) {
     for i in 0..40 {
         submit(&s, if i % 2 == 0 { "a" } else { "b" }, i).await;

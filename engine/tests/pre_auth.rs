@@ -136,6 +136,38 @@ async fn connections_beyond_the_per_address_limit_are_refused_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_from_everywhere_together_are_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |cfg| {
+        cfg.max_unauthenticated = 4;
+        cfg.max_connections_per_ip = 100;
+    })
+    .await;
+    // Four silent connections take every place (the last two after a QUIC Retry, which
+    // the client answers on its own).
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(gw.connect().await);
+    }
+    let refused = transport::connect(&gw.client, gw.gateway.local_addr(), "localhost").await;
+    let err = refused.expect_err("a fifth unauthenticated connection was admitted");
+    assert!(err.to_string().contains("refused"), "{err}");
+    // Authenticating gives the place back: the next peer gets in.
+    let (_s, _r, welcome) = hello(&silent[0], TOKEN).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
+    let next = gw.connect().await;
+    let (_s2, _r2, welcome) = hello(&next, TOKEN).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_at_the_auth_deadline() {
     let tmp = tempfile::tempdir().unwrap();
     let gw = Running::start(tmp.path(), |cfg| {

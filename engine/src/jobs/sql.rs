@@ -149,8 +149,26 @@ pub struct Sqlite {
 }
 
 impl Sqlite {
-    /// Opens (creating) the database file and its schema.
+    /// Opens (creating, owner-only) the database file and its schema. Its `-wal` and
+    /// `-shm` files take the database file's mode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Jobs name tenants' sources and destinations: not for other users of the host.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "creating {}: {e}",
+                    path.display()
+                )));
+            }
+        }
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
