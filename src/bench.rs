@@ -23,39 +23,47 @@ use trackshift_engine::tls::ServerTrust;
 pub struct BenchArgs {
     /// Jobs submitted at once.
     #[arg(long, default_value_t = 200)]
-    jobs: usize,
+    pub(crate) jobs: usize,
     /// Bytes per job (accepts KiB, MiB, GiB).
     #[arg(long, default_value = "64MiB", value_parser = crate::size::parse_size)]
-    size: u64,
+    pub(crate) size: u64,
     /// Tenants the jobs are spread over (round robin).
     #[arg(long, default_value_t = 4)]
-    tenants: usize,
+    pub(crate) tenants: usize,
     /// Destination of every job (default `null://`, which discards the data).
     #[arg(long, default_value = "null://")]
-    dest: String,
+    pub(crate) dest: String,
     /// Chunk size.
     #[arg(long, default_value = "4MiB", value_parser = crate::size::parse_size)]
-    chunk_size: u64,
+    pub(crate) chunk_size: u64,
     /// Chunk bytes in flight across all jobs (bounds memory and, by Little's law, chunk
     /// latency: in flight / throughput).
     #[arg(long, default_value = "32MiB", value_parser = crate::size::parse_size)]
-    memory: u64,
+    pub(crate) memory: u64,
     /// Working directory (default: a temporary one, removed afterwards).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// Where to write bench-result.json and bench-report.html.
     #[arg(long, default_value = ".")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Fail (exit 1) below this aggregate throughput.
     #[arg(long)]
-    min_gbps: Option<f64>,
+    pub(crate) min_gbps: Option<f64>,
     /// Fail (exit 1) above this p99 chunk latency.
     #[arg(long)]
-    max_p99_ms: Option<f64>,
+    pub(crate) max_p99_ms: Option<f64>,
+    /// Soak test instead: keep `--jobs` jobs running for this long (e.g. `30m`), print
+    /// descriptors, memory, ledger size and latency every `--report-every`, and fail if
+    /// descriptors or memory trend upward or a job fails.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) soak: Option<Duration>,
+    /// How often the soak test reports.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub(crate) report_every: Duration,
 }
 
 /// Percentiles of a latency distribution, milliseconds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Latency {
     /// Samples.
     pub count: usize,
@@ -70,7 +78,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut ms: Vec<f64>) -> Self {
+    pub(crate) fn of(mut ms: Vec<f64>) -> Self {
         ms.sort_by(f64::total_cmp);
         let q = |p: f64| {
             if ms.is_empty() {
@@ -146,80 +154,90 @@ pub struct BenchResult {
 }
 
 /// Runs the load test.
-pub async fn run(args: BenchArgs) -> Result<bool> {
-    if args.jobs == 0 || args.tenants == 0 {
-        bail!("--jobs and --tenants must be at least 1");
-    }
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let data = dir.join("gateway");
-    let sources = dir.join("sources");
-    std::fs::create_dir_all(&sources)?;
-    // One source file per tenant (jobs of a tenant read the same file: the test is of the
-    // transfer path, not of the disk).
-    let names: Vec<String> = (0..args.tenants).map(|i| format!("tenant-{i}")).collect();
-    let mut file = TenantFile::default();
-    for (i, t) in names.iter().enumerate() {
-        let src = sources.join(t);
-        std::fs::create_dir_all(&src)?;
-        crate::demo::write_generated(
-            &src.join("data.bin"),
-            args.size,
-            b"trackshift bench data",
-            i as u64,
-        )?;
-        file.tenants.push(TenantEntry {
-            sources: vec![src],
-            destinations: Some(vec![trackshift_engine::tenants::DestinationRule::prefix(
-                args.dest.clone(),
-            )]),
-            ..TenantEntry::new(t, &trackshift_engine::tenants::generate_key())
-        });
-    }
-    file.save(&data)?;
-    let tenants = Arc::new(LiveTenants::load(&data)?);
-    let key = Arc::new(ServiceKey::load_or_create(&data)?);
-    let mut gcfg = GatewayConfig::new("127.0.0.1:0".parse()?, &data);
-    gcfg.service_key = Some(key.clone());
-    gcfg.tenants = Some(tenants.clone());
-    gcfg.memory_budget = usize::try_from(args.memory.max(64 << 20) * 2).unwrap_or(usize::MAX);
-    let gateway = Arc::new(Gateway::bind(gcfg).await?);
-    let g = gateway.clone();
-    let serving = tokio::spawn(async move { g.serve().await });
-    let store: Arc<dyn JobStore> = Arc::new(SqlStore::open(&data.join("jobs.db"))?);
-    let mut pin = [0u8; 32];
-    hex::decode_to_slice(gateway.fingerprint(), &mut pin)?;
-    let mut rc = RunnerConfig::new("bench", gateway.local_addr(), ServerTrust::Fingerprint(pin));
-    rc.max_running = args.jobs;
-    rc.memory_budget = args.memory;
-    rc.per_job_in_flight = args.memory.min(64 << 20);
-    rc.poll = Duration::from_millis(50);
-    rc.heartbeat = Duration::from_secs(1);
-    let runner = Runner::new(store.clone(), tenants, key, rc);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(runner.clone().run(stop_rx));
+/// A gateway and its job service in this process, with tenants whose sources are ready.
+pub(crate) struct Rig {
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) serving: tokio::task::JoinHandle<()>,
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) runner: Arc<Runner>,
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
+    pub(crate) worker: tokio::task::JoinHandle<()>,
+    pub(crate) names: Vec<String>,
+    pub(crate) sources: PathBuf,
+}
 
-    eprintln!(
-        "bench: {} jobs x {} bytes from {} tenants to {} over loopback QUIC",
-        args.jobs, args.size, args.tenants, args.dest
-    );
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
-    let start_ms = now_ms();
-    for j in 0..args.jobs {
-        let t = &names[j % names.len()];
-        store
+impl Rig {
+    /// Sets up `args.tenants` tenants under `dir` (one source file of `args.size` each),
+    /// a gateway on loopback and a worker allowed `args.jobs` jobs at once.
+    pub(crate) async fn start(args: &BenchArgs, dir: &std::path::Path) -> Result<Self> {
+        let data = dir.join("gateway");
+        let sources = dir.join("sources");
+        std::fs::create_dir_all(&sources)?;
+        // One source file per tenant (jobs of a tenant read the same file: the test is of
+        // the transfer path, not of the disk).
+        let names: Vec<String> = (0..args.tenants).map(|i| format!("tenant-{i}")).collect();
+        let mut file = TenantFile::default();
+        for (i, t) in names.iter().enumerate() {
+            let src = sources.join(t);
+            std::fs::create_dir_all(&src)?;
+            crate::demo::write_generated(
+                &src.join("data.bin"),
+                args.size,
+                b"trackshift bench data",
+                i as u64,
+            )?;
+            file.tenants.push(TenantEntry {
+                sources: vec![src],
+                destinations: Some(vec![trackshift_engine::tenants::DestinationRule::prefix(
+                    args.dest.clone(),
+                )]),
+                ..TenantEntry::new(t, &trackshift_engine::tenants::generate_key())
+            });
+        }
+        file.save(&data)?;
+        let tenants = Arc::new(LiveTenants::load(&data)?);
+        let key = Arc::new(ServiceKey::load_or_create(&data)?);
+        let mut gcfg = GatewayConfig::new("127.0.0.1:0".parse()?, &data);
+        gcfg.service_key = Some(key.clone());
+        gcfg.tenants = Some(tenants.clone());
+        gcfg.memory_budget = usize::try_from(args.memory.max(64 << 20) * 2).unwrap_or(usize::MAX);
+        let gateway = Arc::new(Gateway::bind(gcfg).await?);
+        let g = gateway.clone();
+        let serving = tokio::spawn(async move { g.serve().await });
+        let store: Arc<dyn JobStore> = Arc::new(SqlStore::open(&data.join("jobs.db"))?);
+        let mut pin = [0u8; 32];
+        hex::decode_to_slice(gateway.fingerprint(), &mut pin)?;
+        let mut rc =
+            RunnerConfig::new("bench", gateway.local_addr(), ServerTrust::Fingerprint(pin));
+        rc.max_running = args.jobs;
+        rc.memory_budget = args.memory;
+        rc.per_job_in_flight = args.memory.min(64 << 20);
+        rc.poll = Duration::from_millis(50);
+        rc.heartbeat = Duration::from_secs(1);
+        let runner = Runner::new(store.clone(), tenants, key, rc);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(runner.clone().run(stop_rx));
+        Ok(Self {
+            gateway,
+            serving,
+            store,
+            runner,
+            stop,
+            worker,
+            names,
+            sources,
+        })
+    }
+
+    /// Queues job number `j` (its tenant round robin) of `args`.
+    pub(crate) async fn submit(&self, args: &BenchArgs, j: usize) -> Result<()> {
+        let t = &self.names[j % self.names.len()];
+        self.store
             .create(
                 NewJob {
                     tenant: t.clone(),
                     spec: JobSpec {
-                        source: sources.join(t).join("data.bin"),
+                        source: self.sources.join(t).join("data.bin"),
                         destinations: vec![args.dest.clone()],
                         chunk_size: Some(args.chunk_size),
                         priority: None,
@@ -234,6 +252,57 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
                 now_ms(),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Jobs queued or running.
+    pub(crate) async fn open_jobs(&self) -> Result<u64> {
+        let counts = self.store.counts().await?;
+        Ok(counts
+            .iter()
+            .filter(|(_, s, _)| !s.is_terminal())
+            .map(|c| c.2)
+            .sum())
+    }
+
+    /// Stops the worker and the gateway.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.worker.await;
+        self.gateway.close();
+        self.serving.abort();
+    }
+}
+
+/// Runs the load test (or, with `--soak`, the soak test); `Ok(false)` when a target
+/// was missed.
+pub async fn run(args: BenchArgs) -> Result<bool> {
+    if args.jobs == 0 || args.tenants == 0 {
+        bail!("--jobs and --tenants must be at least 1");
+    }
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    if let Some(duration) = args.soak {
+        return crate::soak::run(&args, &dir, duration).await;
+    }
+    let rig = Rig::start(&args, &dir).await?;
+    let (store, runner, names) = (rig.store.clone(), rig.runner.clone(), rig.names.clone());
+
+    eprintln!(
+        "bench: {} jobs x {} bytes from {} tenants to {} over loopback QUIC",
+        args.jobs, args.size, args.tenants, args.dest
+    );
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let start_ms = now_ms();
+    for j in 0..args.jobs {
+        rig.submit(&args, j).await?;
     }
     runner.wake();
     let total = args.size * args.jobs as u64;
@@ -246,12 +315,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         let rate = (bytes - last.1) as f64 * 8.0 / (now - last.0).max(1e-6) / 1e9;
         samples.push((now, rate));
         last = (now, bytes);
-        let counts = store.counts().await?;
-        let open: u64 = counts
-            .iter()
-            .filter(|(_, s, _)| !s.is_terminal())
-            .map(|c| c.2)
-            .sum();
+        let open = rig.open_jobs().await?;
         if open == 0 {
             break;
         }
@@ -267,10 +331,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
-    let _ = stop.send(true);
-    let _ = worker.await;
-    gateway.close();
-    serving.abort();
+    rig.stop().await;
 
     // Results from the store and the worker's latency samples.
     let mut per_tenant = Vec::new();
@@ -419,7 +480,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
 }
 
 /// User + system CPU seconds of this process (from /proc).
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };

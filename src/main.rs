@@ -7,6 +7,7 @@ mod http;
 mod jobs_cmd;
 mod ledger_cmd;
 mod size;
+mod soak;
 mod transfer;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,313 @@
+//! `trackshift bench --soak DURATION`: the endurance test. Keeps `--jobs` jobs running
+//! through one gateway for DURATION, prints open descriptors, resident memory, ledger size
+//! and chunk latency every `--report-every`, and fails if a job failed or descriptors or
+//! memory trend upward (the last third of the run against the first third).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use trackshift_engine::jobs::JobState;
+use trackshift_engine::jobs::runner::now_ms;
+
+use crate::bench::{BenchArgs, Latency, Rig, cpu_seconds};
+
+/// Descriptors the last third of a soak may hold above the first third's most.
+pub const FD_SLACK: usize = 16;
+/// Resident memory the last third may average above the first third: this fraction ...
+pub const RSS_SLACK_FRACTION: f64 = 0.10;
+/// ... plus this many MiB.
+pub const RSS_SLACK_MIB: f64 = 32.0;
+
+/// One report line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the start.
+    pub at_s: f64,
+    /// Open descriptors of this process.
+    pub fds: usize,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+    /// Ledger entries.
+    pub ledger_entries: u64,
+    /// Ledger files on disk, MiB.
+    pub ledger_mib: f64,
+    /// Jobs completed so far.
+    pub completed: u64,
+    /// Jobs failed so far.
+    pub failed: u64,
+    /// Chunk latency over this interval.
+    pub chunk_latency: Latency,
+    /// CPU cores busy over this interval.
+    pub cpu_cores: f64,
+}
+
+/// What a soak run found.
+#[derive(Debug, Serialize)]
+pub struct SoakResult {
+    /// Jobs kept running at once.
+    pub concurrency: usize,
+    /// Bytes per job.
+    pub size: u64,
+    /// Seconds run.
+    pub seconds: f64,
+    /// Every report.
+    pub samples: Vec<Sample>,
+    /// Resident memory before the first job, MiB.
+    pub start_rss_mib: f64,
+    /// Resident memory a few seconds after the last job, MiB.
+    pub idle_rss_mib: f64,
+    /// Each check and whether it held.
+    pub targets: Vec<(String, bool)>,
+}
+
+/// Runs the soak test; `Ok(false)` when a check failed.
+pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<bool> {
+    let rig = Rig::start(args, dir).await?;
+    let ledger_dir = dir.join("gateway").join("ledger");
+    let start_rss = rss_mib();
+    eprintln!(
+        "soak: {} jobs x {} bytes at once for {:?}, a report every {:?}",
+        args.jobs, args.size, duration, args.report_every
+    );
+    println!(
+        "{:>7} {:>5} {:>8} {:>9} {:>9} {:>9} {:>6} {:>8} {:>8} {:>5}",
+        "time_s",
+        "fds",
+        "rss_mib",
+        "ledger_n",
+        "ledger_mb",
+        "completed",
+        "failed",
+        "p50_ms",
+        "p99_ms",
+        "cpu"
+    );
+    let t0 = Instant::now();
+    let mut submitted = 0usize;
+    let mut samples = Vec::new();
+    let (mut mark, mut mark_ms, mut mark_cpu) = (Instant::now(), now_ms(), cpu_seconds());
+    while t0.elapsed() < duration {
+        let open = rig.open_jobs().await? as usize;
+        for _ in open..args.jobs {
+            rig.submit(args, submitted).await?;
+            submitted += 1;
+        }
+        rig.runner.wake();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if mark.elapsed() >= args.report_every {
+            let s = sample(&rig, t0, &ledger_dir, mark_ms, mark.elapsed(), mark_cpu).await?;
+            print_sample(&s);
+            samples.push(s);
+            (mark, mark_ms, mark_cpu) = (Instant::now(), now_ms(), cpu_seconds());
+        }
+    }
+    // Let the last jobs finish, then see what the process gives back when idle.
+    while rig.open_jobs().await? > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = sample(&rig, t0, &ledger_dir, mark_ms, mark.elapsed(), mark_cpu).await?;
+    print_sample(&last);
+    samples.push(last.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_rss = rss_mib();
+    let seconds = t0.elapsed().as_secs_f64();
+    rig.stop().await;
+
+    let mut targets = vec![(
+        format!("no failed jobs ({} completed)", last.completed),
+        last.failed == 0,
+    )];
+    targets.extend(trend_checks(&samples));
+    let result = SoakResult {
+        concurrency: args.jobs,
+        size: args.size,
+        seconds,
+        samples,
+        start_rss_mib: start_rss,
+        idle_rss_mib: idle_rss,
+        targets,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let path = args.out.join("soak-result.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "memory: {:.0} MiB before the first job, {:.0} MiB 5 s after the last",
+        result.start_rss_mib, result.idle_rss_mib
+    );
+    let mut ok = true;
+    for (target, met) in &result.targets {
+        println!("target {target}: {}", if *met { "met" } else { "MISSED" });
+        ok &= met;
+    }
+    println!("results: {}", path.display());
+    Ok(ok)
+}
+
+/// Descriptors and memory of the last third of the reports against the first third
+/// (the very first report, warm-up, left out when there are enough).
+pub fn trend_checks(samples: &[Sample]) -> Vec<(String, bool)> {
+    let body = if samples.len() > 4 {
+        &samples[1..]
+    } else {
+        samples
+    };
+    if body.len() < 3 {
+        return vec![(
+            format!(
+                "at least 3 reports to judge trends (got {}; run longer or report more often)",
+                body.len()
+            ),
+            false,
+        )];
+    }
+    let third = body.len() / 3;
+    let (first, last) = (&body[..third], &body[body.len() - third..]);
+    let max_fds = |s: &[Sample]| s.iter().map(|x| x.fds).max().unwrap_or(0);
+    let mean_rss = |s: &[Sample]| s.iter().map(|x| x.rss_mib).sum::<f64>() / s.len() as f64;
+    let (f0, f1) = (max_fds(first), max_fds(last));
+    let (r0, r1) = (mean_rss(first), mean_rss(last));
+    let rss_limit = r0 * (1.0 + RSS_SLACK_FRACTION) + RSS_SLACK_MIB;
+    vec![
+        (
+            format!(
+                "descriptors flat (first third at most {f0}, last third at most {f1}, slack {FD_SLACK})"
+            ),
+            f1 <= f0 + FD_SLACK,
+        ),
+        (
+            format!(
+                "memory flat (first third {r0:.0} MiB, last third {r1:.0} MiB, limit {rss_limit:.0} MiB)"
+            ),
+            r1 <= rss_limit,
+        ),
+    ]
+}
+
+async fn sample(
+    rig: &Rig,
+    t0: Instant,
+    ledger_dir: &Path,
+    since_ms: i64,
+    interval: Duration,
+    cpu_at_mark: f64,
+) -> Result<Sample> {
+    let counts = rig.store.counts().await?;
+    let in_state = |state: JobState| {
+        counts
+            .iter()
+            .filter(|c| c.1 == state)
+            .map(|c| c.2)
+            .sum::<u64>()
+    };
+    let chunk_ms = rig
+        .runner
+        .latencies
+        .samples_since(since_ms)
+        .into_iter()
+        .map(|(_, d)| d.as_secs_f64() * 1000.0)
+        .collect();
+    Ok(Sample {
+        at_s: t0.elapsed().as_secs_f64(),
+        fds: open_fds(),
+        rss_mib: rss_mib(),
+        ledger_entries: rig.gateway.ledger().size(),
+        ledger_mib: dir_bytes(ledger_dir) as f64 / f64::from(1 << 20),
+        completed: in_state(JobState::Completed),
+        failed: in_state(JobState::Failed) + in_state(JobState::Cancelled),
+        chunk_latency: Latency::of(chunk_ms),
+        cpu_cores: (cpu_seconds() - cpu_at_mark) / interval.as_secs_f64().max(1e-3),
+    })
+}
+
+fn print_sample(s: &Sample) {
+    println!(
+        "{:>7.0} {:>5} {:>8.0} {:>9} {:>9.1} {:>9} {:>6} {:>8.1} {:>8.1} {:>5.2}",
+        s.at_s,
+        s.fds,
+        s.rss_mib,
+        s.ledger_entries,
+        s.ledger_mib,
+        s.completed,
+        s.failed,
+        s.chunk_latency.p50_ms,
+        s.chunk_latency.p99_ms,
+        s.cpu_cores
+    );
+}
+
+/// Open descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Resident memory now (VmRSS), MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walk(dir)
+}
+
+fn walk(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(fds: usize, rss_mib: f64) -> Sample {
+        Sample {
+            at_s: 0.0,
+            fds,
+            rss_mib,
+            ledger_entries: 0,
+            ledger_mib: 0.0,
+            completed: 0,
+            failed: 0,
+            chunk_latency: Latency::of(vec![]),
+            cpu_cores: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_flat_run_passes_and_a_leaking_one_fails() {
+        let flat: Vec<_> = (0..9)
+            .map(|i| s(40 + i % 3, 200.0 + (i % 2) as f64))
+            .collect();
+        assert!(trend_checks(&flat).iter().all(|(_, ok)| *ok));
+        // One descriptor per job leaked: climbs past the slack.
+        let leaking: Vec<_> = (0..9).map(|i| s(40 + i * 10, 200.0)).collect();
+        let checks = trend_checks(&leaking);
+        assert!(!checks[0].1, "{checks:?}");
+        assert!(checks[1].1, "{checks:?}");
+        // Memory climbing 30% over the run.
+        let growing: Vec<_> = (0..9).map(|i| s(40, 200.0 + 10.0 * i as f64)).collect();
+        let checks = trend_checks(&growing);
+        assert!(checks[0].1 && !checks[1].1, "{checks:?}");
+        // Too few reports to say anything: that is a failure, not a pass.
+        assert!(!trend_checks(&flat[..2])[0].1);
+    }
+}
