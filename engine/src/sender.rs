@@ -172,6 +172,11 @@ pub struct SendConfig {
     pub chunk_latency: Option<LatencyHook>,
     /// A bandwidth limit shared with other sends (for example one tenant's jobs).
     pub rate: Option<Arc<trackshift_connectors::ByteRate>>,
+    /// A client endpoint (one UDP socket and its receive buffers) shared with other sends
+    /// to the same gateway, for example every job of a job service; its trust, key
+    /// exchange and idle timeout apply instead of this config's. Without it each send
+    /// makes and closes its own.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// A memory budget several sends share (for example every job of a job service).
@@ -243,6 +248,7 @@ impl SendConfig {
             cancel: None,
             chunk_latency: None,
             rate: None,
+            endpoint: None,
         }
     }
 }
@@ -445,12 +451,14 @@ pub async fn send_jobs(
     } else {
         "[::]:0".parse().expect("valid")
     };
-    let endpoint = match crate::transport::client_endpoint_with(
-        bind,
-        &cfg.trust,
-        cfg.pq_only,
-        cfg.idle_timeout,
-    ) {
+    let own_endpoint = cfg.endpoint.is_none();
+    let made = match &cfg.endpoint {
+        Some(shared) => Ok(shared.clone()),
+        None => {
+            crate::transport::client_endpoint_with(bind, &cfg.trust, cfg.pq_only, cfg.idle_timeout)
+        }
+    };
+    let endpoint = match made {
         Ok(e) => e,
         Err(e) => {
             let msg = e.to_string();
@@ -521,7 +529,9 @@ pub async fn send_jobs(
             }
         }
     }
-    endpoint.close(0u32.into(), b"done");
+    if own_endpoint {
+        endpoint.close(0u32.into(), b"done");
+    }
     finish(jobs, results, reconnects)
 }
 

@@ -163,6 +163,9 @@ pub struct Runner {
     /// each limiter was made for, and the limiter (made again when the tenant file
     /// changes the rate).
     rates: Mutex<HashMap<String, (u64, Arc<trackshift_connectors::ByteRate>)>>,
+    /// One client endpoint for every job (made on first use): a UDP socket and its
+    /// receive buffers per job cost about 0.4 MiB each at a thousand jobs.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
 }
 
 impl Runner {
@@ -185,7 +188,26 @@ impl Runner {
             acked: Arc::new(AtomicU64::new(0)),
             cancels: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
+            endpoint: Mutex::new(None),
         })
+    }
+
+    /// The endpoint every job shares, made on first use. `None` if it cannot be made:
+    /// the send then makes its own and reports why that failed.
+    fn endpoint(&self) -> Option<quinn::Endpoint> {
+        let mut held = self.endpoint.lock().expect("endpoint lock");
+        if held.is_none() {
+            let bind: std::net::SocketAddr = if self.cfg.gateway.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            match crate::transport::client_endpoint(bind, &self.cfg.trust, self.cfg.pq_only) {
+                Ok(e) => *held = Some(e),
+                Err(e) => warn!(error = %e, "making the shared client endpoint"),
+            }
+        }
+        held.clone()
     }
 
     /// Looks for work now (after a submission).
@@ -441,6 +463,7 @@ impl Runner {
         cfg.max_reconnects = 3;
         cfg.shared_budget = Some(self.budget.clone());
         cfg.cancel = Some(cancel_rx);
+        cfg.endpoint = self.endpoint();
         cfg.rate = self.rate(&job.tenant);
         if cfg.rate.is_some() {
             self.rebalance().await;
