@@ -9,6 +9,10 @@
 //! the gateway's job directory) at every [`ObjectWriter::sync`], so a job resumes after a
 //! restart without sending acknowledged chunks again.
 //!
+//! Without `overwrite=true` a job refuses an existing object at open, and the commit
+//! itself is create-only (`If-None-Match: *`, see `create_only.rs`): an object that
+//! appeared under the name since open makes it fail with [`ConnectorError::Exists`].
+//!
 //! Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, ... as `object_store` reads
 //! them), never from the URI. Non-secret settings may be given in the URI's query:
