@@ -198,31 +198,164 @@ async fn an_object_the_job_did_not_create_is_not_replaced_without_overwrite() {
             "{}",
             d.name
         );
-        // One that appears between open and commit: the commit itself refuses it where
-        // the destination can rename without replacing (local disk, SFTP).
-        if matches!(d.name, "file" | "sftp") {
-            let mine = pattern(100, 4);
+        // One that appears between open and commit: the commit itself refuses it (local
+        // disk and SFTP rename without replacing, S3 and Azure commit with
+        // `If-None-Match: *`, FTPS looks again right before RNTO).
+        for (name, size) in [("late", 100u64), ("late-empty", 0)] {
+            let mine = pattern(size as usize, 4);
             // (another job: its own temporary object)
             let late = ObjectSpec {
                 job_id: "another-job".into(),
-                ..spec("late", 100, 1 << 20, None)
+                ..spec(name, size, 1 << 20, None)
             };
             let w = plain.open(&late, false).await.unwrap();
-            w.write_at(0, mine).await.unwrap();
+            if size > 0 {
+                w.write_at(0, mine).await.unwrap();
+            }
             w.sync().await.unwrap();
-            put(c.as_ref(), "late", &first, 1 << 20).await;
+            put(c.as_ref(), name, &first, 1 << 20).await;
             let r = w.commit().await;
             assert!(
                 matches!(r, Err(ConnectorError::Exists(_))),
-                "{}: the commit of an object that appeared after open: {r:?}",
+                "{} {name}: the commit of an object that appeared after open: {r:?}",
                 d.name
             );
+            // Taking back what it never committed leaves the other object alone.
+            w.remove().await.unwrap();
             assert_eq!(
-                c.read_back("late").await.unwrap(),
+                c.read_back(name).await.unwrap(),
                 (3000, blake3(&first)),
-                "{}",
+                "{} {name}",
                 d.name
             );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overwrite_true_replaces_an_object_that_appeared_after_open() {
+    for d in destinations() {
+        let c = connector(&d, VerifyMode::Size);
+        let theirs = pattern(3000, 2);
+        let mine = pattern(100, 4);
+        let w = c
+            .open(&spec("replaced", 100, 1 << 20, None), false)
+            .await
+            .unwrap();
+        w.write_at(0, mine.clone()).await.unwrap();
+        w.sync().await.unwrap();
+        let other = ObjectSpec {
+            job_id: "another-job".into(),
+            ..spec("replaced", 3000, 1 << 20, None)
+        };
+        let o = c.open(&other, false).await.unwrap();
+        o.write_at(0, theirs).await.unwrap();
+        o.sync().await.unwrap();
+        o.commit().await.unwrap();
+        let r = w.commit().await;
+        if d.name == "azure" {
+            // Azure drops a blob's uncommitted blocks when another upload to the name
+            // commits: the later of two concurrent uploads fails, and replaces nothing.
+            assert!(r.is_err(), "azure: a commit of discarded blocks: {r:?}");
+            assert_eq!(c.read_back("replaced").await.unwrap().0, 3000);
+            continue;
+        }
+        let conf = r.unwrap_or_else(|e| panic!("{}: overwrite=true was refused: {e}", d.name));
+        assert_eq!(conf.size, 100, "{}", d.name);
+        assert_eq!(
+            c.read_back("replaced").await.unwrap(),
+            (100, blake3(&mine)),
+            "{}",
+            d.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remove_deletes_what_this_job_committed() {
+    for d in destinations() {
+        // Without overwrite: what it committed is its own.
+        let c = from_uri_with(&d.uri, VerifyMode::Size).unwrap();
+        for (name, size) in [("removed", 5000usize), ("removed-empty", 0)] {
+            let data = pattern(size, 8);
+            let w = c
+                .open(&spec(name, size as u64, 1 << 20, None), false)
+                .await
+                .unwrap();
+            if size > 0 {
+                w.write_at(0, data).await.unwrap();
+            }
+            w.sync().await.unwrap();
+            w.commit().await.unwrap();
+            assert_eq!(c.stat(name).await.unwrap(), Some(size as u64), "{}", d.name);
+            w.remove()
+                .await
+                .unwrap_or_else(|e| panic!("{} {name}: {e}", d.name));
+            assert_eq!(c.stat(name).await.unwrap(), None, "{} {name}", d.name);
+            // Twice is fine (a retried clean-up).
+            w.remove().await.unwrap();
+        }
+    }
+}
+
+/// A commit retried after a crash between completing the upload and recording that it
+/// did (the upload state on disk still says "not committed") confirms its own object,
+/// and never one that replaced it in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_retried_after_a_crash_confirms_only_its_own_object() {
+    for d in destinations() {
+        if !matches!(d.name, "s3" | "azure") {
+            continue;
+        }
+        let plain = from_uri_with(&d.uri, VerifyMode::Size).unwrap();
+        let other = connector(&d, VerifyMode::Size);
+        for (name, replaced) in [("crash-mine", false), ("crash-replaced", true)] {
+            let state_dir = tempfile::tempdir().unwrap();
+            let state = state_dir.path().join("upload.json");
+            let size = 12u64 << 20;
+            let chunk = chunk_for(plain.as_ref(), size);
+            let data = pattern(size as usize, 9);
+            let s = spec(name, size, chunk, Some(&state));
+            let w = plain.open(&s, false).await.unwrap();
+            for i in 0..size.div_ceil(chunk) {
+                let start = (i * chunk) as usize;
+                let end = (start + chunk as usize).min(data.len());
+                w.write_at(i * chunk, data.slice(start..end)).await.unwrap();
+            }
+            w.sync().await.unwrap();
+            let before_commit = std::fs::read(&state).unwrap();
+            w.commit().await.unwrap();
+            drop(w);
+            // The crash: what was recorded is from before the commit.
+            std::fs::write(&state, &before_commit).unwrap();
+            let theirs = pattern(size as usize, 10);
+            if replaced {
+                put(other.as_ref(), name, &theirs, chunk).await;
+            }
+            let w = plain.open(&s, true).await.unwrap();
+            let r = w.commit().await;
+            if replaced {
+                assert!(
+                    matches!(r, Err(ConnectorError::Exists(_))),
+                    "{}: a replacement was confirmed as this job's: {r:?}",
+                    d.name
+                );
+                assert_eq!(
+                    plain.read_back(name).await.unwrap(),
+                    (size, blake3(&theirs)),
+                    "{}",
+                    d.name
+                );
+            } else {
+                let conf = r.unwrap_or_else(|e| panic!("{}: own commit refused: {e}", d.name));
+                assert_eq!(conf.size, size, "{}", d.name);
+                assert_eq!(
+                    plain.read_back(name).await.unwrap(),
+                    (size, blake3(&data)),
+                    "{}",
+                    d.name
+                );
+            }
         }
     }
 }

@@ -5,13 +5,22 @@
 //! certificate is verified against `ca=PATH` (PEM) or `TRACKSHIFT_FTPS_CA`, else the system's
 //! roots; the name checked is the URI's host (`server_name=NAME` overrides it).
 //!
-//! Objects are written to `.NAME.JOBID.tspart` beside their final name, each chunk in its
+//! Objects are written to a temporary name beside their final name
+//! ([`ObjectSpec::temp_name`]), each chunk in its
 //! own `REST offset` + `STOR` transfer, several at once over a small pool of logged-in
 //! control connections. FTP truncates a file stored at offset 0, so the first chunk must be
 //! stored before any other: chunks that arrive before it are held in memory and stored right
 //! after it, and `sync` waits for them (a bounded time); a state file remembers that the
-//! first chunk is on the server, so a resumed job never stores at offset 0 again. Commit checks the size (`SIZE`) and renames into place (`RNFR`/`RNTO`);
-//! strict mode reads the file back (`RETR`) and hashes it with BLAKE3.
+//! first chunk is on the server, so a resumed job never stores at offset 0 again. Commit
+//! checks the size (`SIZE`) and renames into place (`RNFR`/`RNTO`); strict mode reads the
+//! file back (`RETR`) and hashes it with BLAKE3.
+//!
+//! Without `overwrite=true` an existing object is refused at open and again right before
+//! the rename, on the connection that renames. FTP has no rename that refuses an existing
+//! target (vsftpd's `RNTO` replaces one), so an object that appears within that last
+//! exchange (between `SIZE` and `RNTO`, one round trip) can still be replaced: the one
+//! remaining window on this connector. [`ObjectWriter::remove`] deletes (`DELE`) an
+//! object this writer committed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -695,9 +704,26 @@ impl ObjectWriter for FtpsWriter {
         }
         let size = self.inner.size_of(&self.temp).await?.unwrap_or(0);
         self.spec.check_size(size)?;
+        let attempted = std::sync::atomic::AtomicBool::new(false);
         crate::retry::transient(&self.inner.uri, "renaming into place on", || {
             bounded(&self.inner.uri, "renaming into place on", EXCHANGE, async {
                 let mut l = self.inner.lease().await?;
+                // FTP has no rename that refuses an existing target (vsftpd's RNTO
+                // replaces): look again right before it, on the same connection, so only
+                // an object appearing within this one exchange can be replaced.
+                if !self.inner.overwrite && self.exists_on(&mut l, &self.full).await? {
+                    // A retried rename whose first answer was lost: the temporary file
+                    // (a name no other job can use) is gone because it is the final one.
+                    let renamed = attempted.load(std::sync::atomic::Ordering::Relaxed)
+                        && !self.exists_on(&mut l, &self.temp).await?;
+                    l.release();
+                    return if renamed {
+                        Ok(())
+                    } else {
+                        Err(ConnectorError::Exists(self.spec.path.clone()))
+                    };
+                }
+                attempted.store(true, std::sync::atomic::Ordering::Relaxed);
                 l.ftp()
                     .rename(self.temp.as_str(), self.full.as_str())
                     .await
@@ -716,8 +742,35 @@ impl ObjectWriter for FtpsWriter {
         if *self.committed.lock().await {
             return Ok(());
         }
+        self.delete(&self.temp).await
+    }
+
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        let committed = self.committed.lock().await;
+        if !*committed {
+            drop(committed);
+            return self.abort().await;
+        }
+        // This writer renamed it into place (after refusing an existing object unless
+        // overwrite was allowed): the object is its own to take back.
+        self.delete(&self.full).await
+    }
+}
+
+impl FtpsWriter {
+    /// Whether `full` exists, asked on the leased connection (`SIZE`).
+    async fn exists_on(&self, l: &mut Lease<'_>, full: &str) -> Result<bool, ConnectorError> {
+        match l.ftp().size(full).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_missing(&e) => Ok(false),
+            Err(e) => Err(self.inner.remote("checking", &e)),
+        }
+    }
+
+    /// Deletes `full` (`DELE`); one that is already gone is fine.
+    async fn delete(&self, full: &str) -> Result<(), ConnectorError> {
         let mut l = self.inner.lease().await?;
-        match l.ftp().rm(self.temp.as_str()).await {
+        match l.ftp().rm(full).await {
             Ok(()) => {
                 l.release();
                 Ok(())

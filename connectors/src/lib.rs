@@ -13,6 +13,7 @@
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
 pub mod beneath;
+mod create_only;
 pub mod destination;
 mod error;
 pub mod ftps;

@@ -9,6 +9,10 @@
 //! the gateway's job directory) at every [`ObjectWriter::sync`], so a job resumes after a
 //! restart without sending acknowledged chunks again.
 //!
+//! Without `overwrite=true` a job refuses an existing object at open, and the commit
+//! itself is create-only (`If-None-Match: *`, see `create_only.rs`): an object that
+//! appeared under the name since open makes it fail with [`ConnectorError::Exists`].
+//!
 //! Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, ... as `object_store` reads
 //! them), never from the URI. Non-secret settings may be given in the URI's query:
@@ -26,11 +30,13 @@ use md5::{Digest as _, Md5};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt as _, PutMode, PutPayload,
+    RetryConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
+use crate::create_only::CreateOnly;
 use crate::{
     Confirmation, Connector, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode,
     check_object_path,
@@ -166,6 +172,7 @@ impl ObjectStoreConnector {
         all.extend(extra.iter().cloned());
         let settings = all;
         let build_err = |e: object_store::Error| invalid(scrub(&e.to_string()));
+        let overwrite = dest.overwrite();
         let mut signed_payload = false;
         let store: Arc<dyn Store> = match service {
             Service::S3 => {
@@ -198,6 +205,9 @@ impl ObjectStoreConnector {
                     b.get_config_value(&K::Client(ClientConfigKey::AllowHttp)),
                     "allow_http=true in the URI or AWS_ALLOW_HTTP=true",
                 )?;
+                if !overwrite {
+                    b = b.with_http_connector(CreateOnly::S3);
+                }
                 Arc::new(b.build().map_err(build_err)?)
             }
             Service::Azure => {
@@ -225,7 +235,28 @@ impl ObjectStoreConnector {
                         "allow_http=true in the URI or AZURE_ALLOW_HTTP=true",
                     )?;
                 }
-                Arc::new(b.build().map_err(build_err)?)
+                if overwrite {
+                    Arc::new(b.build().map_err(build_err)?)
+                } else {
+                    // The account Shared Key signs for (the emulator's unless set).
+                    let account = b.get_config_value(&K::AccountName).unwrap_or_else(|| {
+                        if truthy(b.get_config_value(&K::UseEmulator)) {
+                            "devstoreaccount1".to_string()
+                        } else {
+                            String::new()
+                        }
+                    });
+                    let credentials = Arc::new(std::sync::OnceLock::new());
+                    let store = b
+                        .with_http_connector(CreateOnly::Azure {
+                            account,
+                            credentials: credentials.clone(),
+                        })
+                        .build()
+                        .map_err(build_err)?;
+                    let _ = credentials.set(store.credentials().clone());
+                    Arc::new(store)
+                }
             }
         };
         // The canonical URI (nothing secret: secrets are refused when parsing).
@@ -236,7 +267,7 @@ impl ObjectStoreConnector {
             prefix,
             verify,
             signed_payload,
-            overwrite: dest.overwrite(),
+            overwrite,
         })
     }
 
@@ -456,6 +487,7 @@ impl Connector for ObjectStoreConnector {
             store: self.store.clone(),
             location,
             spec: spec.clone(),
+            overwrite: self.overwrite,
             chunk,
             upload,
             state: Mutex::new(state.unwrap_or_default()),
@@ -555,6 +587,8 @@ struct Writer {
     store: Arc<dyn Store>,
     location: StorePath,
     spec: ObjectSpec,
+    /// `overwrite=true`: commits may replace an existing object.
+    overwrite: bool,
     chunk: u64,
     upload: OnceCell<String>,
     state: Mutex<UploadState>,
@@ -598,6 +632,65 @@ impl Writer {
             hex::encode(md5.finalize()),
             st.parts.len()
         ))
+    }
+
+    /// A create-only commit refused because an object exists under the name is
+    /// [`ConnectorError::Exists`]; anything else a remote error for `op`.
+    fn refused_or(&self, e: object_store::Error, op: &'static str) -> ConnectorError {
+        match e {
+            object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+                if !self.overwrite =>
+            {
+                ConnectorError::Exists(self.spec.path.clone())
+            }
+            e => remote(&self.uri, op, &e),
+        }
+    }
+
+    /// The S3 ETag an upload of these parts gets: MD5 of the parts' ETags (each the MD5
+    /// of its part), then "-" and the count. `None` when a part's ETag is not an MD5.
+    fn parts_etag(st: &UploadState) -> Option<String> {
+        let mut md5 = Md5::new();
+        for (content_id, _) in st.parts.values() {
+            let digest = hex::decode(content_id.trim_matches('"')).ok()?;
+            if digest.len() != 16 {
+                return None;
+            }
+            md5.update(digest);
+        }
+        Some(format!(
+            "{}-{}",
+            hex::encode(md5.finalize()),
+            st.parts.len()
+        ))
+    }
+
+    /// After the service said it no longer knows this upload: succeeds only if the object
+    /// under the name is the one this upload made (S3: its ETag is the one these parts
+    /// give; Azure never forgets uploads this way). Anything else is not this job's.
+    async fn completed_before(&self) -> Result<(), ConnectorError> {
+        if self.overwrite {
+            return Ok(());
+        }
+        let want = if self.service == Service::S3 {
+            Self::parts_etag(&*self.state.lock().await)
+        } else {
+            None
+        };
+        let got = match self.store.head(&self.location).await {
+            Ok(meta) => meta.e_tag.map(|e| e.trim_matches('"').to_string()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(remote(&self.uri, "confirming", &e)),
+        };
+        match (want, got) {
+            (Some(want), Some(got)) if want == got => Ok(()),
+            (_, None) => Err(ConnectorError::Unavailable(format!(
+                "{}: the upload is gone and nothing is under the final name",
+                self.spec.path
+            ))),
+            _ => Err(ConnectorError::Exists(self.spec.path.clone())),
+        }
     }
 
     async fn persist(&self) -> Result<(), ConnectorError> {
@@ -725,11 +818,16 @@ impl ObjectWriter for Writer {
             });
         }
         let (etag, md5_etag) = if self.spec.size == 0 {
+            let mode = if self.overwrite {
+                PutMode::Overwrite
+            } else {
+                PutMode::Create
+            };
             let r = self
                 .store
-                .put(&self.location, PutPayload::default())
+                .put_opts(&self.location, PutPayload::default(), mode.into())
                 .await
-                .map_err(|e| remote(&self.uri, "writing", &e))?;
+                .map_err(|e| self.refused_or(e, "writing"))?;
             (r.e_tag, None)
         } else {
             let id = self.upload_id().await?.clone();
@@ -759,15 +857,37 @@ impl ObjectWriter for Writer {
                     .flatten();
                 (parts, md5)
             };
+            // Without overwrite the completion is create-only (see `create_only`): an
+            // object that appeared under the name since open makes it fail, not replace.
             match self
                 .store
                 .complete_multipart(&self.location, &id, parts)
                 .await
             {
                 Ok(r) => (r.e_tag, md5_etag),
-                // Completed before (a retried commit after a crash): confirm what is there.
-                Err(object_store::Error::NotFound { .. }) => (None, md5_etag),
-                Err(e) => return Err(remote(&self.uri, "completing an upload to", &e)),
+                // The service no longer knows the upload: completed before (a retried
+                // commit after a crash) if what is there is made of this upload's parts.
+                Err(object_store::Error::NotFound { .. }) => {
+                    self.completed_before().await?;
+                    (None, md5_etag)
+                }
+                Err(e) => {
+                    let mut e = self.refused_or(e, "completing an upload to");
+                    // Azure drops a blob's uncommitted blocks when another upload to the
+                    // name commits: this commit then fails as an invalid block list.
+                    if !self.overwrite
+                        && !e.is_transient()
+                        && !matches!(e, ConnectorError::Exists(_))
+                        && self.store.head(&self.location).await.is_ok()
+                    {
+                        e = ConnectorError::Exists(self.spec.path.clone());
+                    }
+                    if matches!(e, ConnectorError::Exists(_)) {
+                        // Free the parts (S3); the other object stays.
+                        let _ = self.store.abort_multipart(&self.location, &id).await;
+                    }
+                    return Err(e);
+                }
             }
         };
         let conf = self.confirm(etag, md5_etag).await?;
@@ -786,11 +906,12 @@ impl ObjectWriter for Writer {
 
     async fn abort(&self) -> Result<(), ConnectorError> {
         if let Some(id) = self.upload.get() {
-            // Azure has nothing to abort (uncommitted blocks expire); S3 frees the parts.
-            self.store
-                .abort_multipart(&self.location, id)
-                .await
-                .map_err(|e| remote(&self.uri, "aborting an upload to", &e))?;
+            // Azure has nothing to abort (uncommitted blocks expire); S3 frees the parts
+            // (an upload already aborted is fine).
+            match self.store.abort_multipart(&self.location, id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(remote(&self.uri, "aborting an upload to", &e)),
+            }
         }
         if let Some(path) = &self.spec.state_file {
             let _ = tokio::fs::remove_file(path).await;

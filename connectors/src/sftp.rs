@@ -862,4 +862,21 @@ impl ObjectWriter for SftpWriter {
             Err(e) => Err(self.err("removing", &e)),
         }
     }
+
+    async fn remove(&self) -> Result<(), ConnectorError> {
+        if !self.is_committed() {
+            return self.abort().await;
+        }
+        // This writer renamed it into place, without replacing anything unless overwrite
+        // was allowed: the object is its own to take back.
+        crate::retry::transient(&self.inner.uri, "removing", || async {
+            let c = self.inner.conn().await?;
+            match c.sftp.remove(self.full.as_str()).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(self.err("removing", &e)),
+            }
+        })
+        .await
+    }
 }
