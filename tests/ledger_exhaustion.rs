@@ -1,7 +1,8 @@
 //! A gateway whose ledger writes fail (a child `trackshift serve` under a low `ulimit -n`
 //! and a file-size limit its ledger outgrows after a few jobs, so its writes fail as on a
 //! full disk) keeps serving, hands out no receipt for what the ledger did not store, leaves
-//! a ledger `trackshift ledger verify` accepts, and starts again and takes new jobs.
+//! a ledger `trackshift ledger verify` accepts, records jobs again once the disk has room,
+//! and after a `kill -9` starts again and takes new jobs.
 
 mod common;
 
@@ -22,19 +23,24 @@ const LEDGER_BYTES: u64 = 6 << 20;
 /// Room in entries.log under the file-size limit: a few jobs' documents.
 const ROOM: u64 = 40 << 10;
 
-/// `trackshift serve` with RLIMIT_NOFILE and RLIMIT_FSIZE lowered (and SIGXFSZ ignored, so
-/// a write past the limit fails with EFBIG instead of killing the process).
+/// `trackshift serve` with the soft RLIMIT_NOFILE and RLIMIT_FSIZE lowered (the hard limits
+/// stay, so the test can raise them again) and SIGXFSZ ignored, so that a write past the
+/// limit fails with EFBIG instead of killing the process.
 fn limited_serve(fsize: u64) -> Command {
     let mut cmd = Command::new(common::bin());
     // SAFETY: between fork and exec the closure only makes async-signal-safe calls
-    // (setrlimit, signal) on values on its stack.
+    // (getrlimit, setrlimit, signal) on values on its stack.
     unsafe {
         cmd.pre_exec(move || {
             for (resource, limit) in [(libc::RLIMIT_NOFILE, NOFILE), (libc::RLIMIT_FSIZE, fsize)] {
-                let rl = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
+                let mut rl = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
                 };
+                if libc::getrlimit(resource, &mut rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                rl.rlim_cur = limit.min(rl.rlim_max);
                 if libc::setrlimit(resource, &rl) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -46,6 +52,29 @@ fn limited_serve(fsize: u64) -> Command {
         });
     }
     cmd
+}
+
+/// Gives the running gateway `pid` its file-size limit back (the disk has room again).
+fn lift_fsize_limit(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on values on the stack.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut rl),
+            0
+        );
+        rl.rlim_cur = rl.rlim_max;
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_FSIZE, &rl, std::ptr::null_mut()),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Checks each receipt in `out` against the ledger: its proof verifies with the ledger's
@@ -189,7 +218,13 @@ fn ledger_writes_that_fail_under_exhaustion_leave_a_ledger_that_verifies_and_res
         done.len()
     );
 
-    // Checked while the gateway still runs, then after it is killed.
+    ledger_verify(&data, dir);
+
+    // The disk has room again: the same gateway, never restarted, records jobs again.
+    lift_fsize_limit(gw.child.id());
+    let (ok, out, text) = send(&gw, 60);
+    assert!(ok, "a job after the resource is back: {text}");
+    done.push(out);
     ledger_verify(&data, dir);
     drop(gw);
     let out = ledger_verify(&data, dir);
