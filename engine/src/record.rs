@@ -333,6 +333,95 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ledger_write_failure_fails_the_finish_with_no_receipt_and_the_retry_records_it_once()
+    {
+        use trackshift_ledger::fault::FaultPlan;
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = FileKeyStore::init(tmp.path().join("keys"), Timestamp::now()).unwrap();
+        let ring = keys.public_keyring().unwrap();
+        for (errno, persistent) in [
+            (libc::EMFILE, false),
+            (libc::ENOSPC, true),
+            (libc::EIO, false),
+        ] {
+            let mut fired_any = true;
+            let mut at = 0;
+            while fired_any {
+                let ctx = format!("errno {errno} at operation {at}, persistent {persistent}");
+                let case = tempfile::tempdir().unwrap();
+                let (ledger_dir, job_dir) = (case.path().join("ledger"), case.path().join("job"));
+                std::fs::create_dir_all(&job_dir).unwrap();
+                let log = open_log(&ledger_dir);
+                let Log::File(l) = &log else { unreachable!() };
+                log.append(signed_docs(&keys, "earlier", 0).entries().unwrap())
+                    .await
+                    .unwrap();
+                let signed = signed_docs(&keys, "job-1", log.size());
+                save(&job_dir, &signed).unwrap();
+                l.inject_faults(Some(FaultPlan {
+                    at,
+                    times: if persistent { u64::MAX } else { 1 },
+                    errno,
+                    takes_effect: at % 2 == 1,
+                }));
+                let first = record(&log, &job_dir, signed.clone(), receipt_name).await;
+                fired_any = !l.fault_counts().1.is_empty();
+                l.inject_faults(None);
+                if let Err(e) = first {
+                    assert!(
+                        matches!(&e, GatewayError::Ledger(trackshift_ledger::LedgerError::Io { source, .. })
+                            if source.raw_os_error() == Some(errno)),
+                        "{ctx}: {e}"
+                    );
+                    // No job file claims a ledger index; the documents wait for the retry.
+                    assert!(!job_dir.join("manifest.json").exists(), "{ctx}");
+                    assert!(!job_dir.join(receipt_name(0)).exists(), "{ctx}");
+                    assert_eq!(load(&job_dir).unwrap().as_ref(), Some(&signed), "{ctx}");
+                    // The sender retries the finish (the gateway keeps serving).
+                    record(
+                        &log,
+                        &job_dir,
+                        load(&job_dir).unwrap().unwrap(),
+                        receipt_name,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: the retry fails: {e}"));
+                }
+                // One record of the job; every receipt proves its entry; the log verifies.
+                let all = entries_of(&log);
+                let ours = signed.entries().unwrap();
+                for e in &ours {
+                    assert_eq!(all.iter().filter(|x| *x == e).count(), 1, "{ctx}");
+                }
+                for d in 0..2 {
+                    let text = std::fs::read_to_string(job_dir.join(receipt_name(d))).unwrap();
+                    let r = Receipt::from_json(text.as_bytes()).unwrap();
+                    let proof = TlogProof::parse(r.ledger_proof.as_deref().unwrap()).unwrap();
+                    assert_eq!(
+                        all[proof.index as usize],
+                        r.signed_bytes().unwrap(),
+                        "{ctx}"
+                    );
+                    proof
+                        .verify(&r.signed_bytes().unwrap(), log.public_keys())
+                        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                }
+                log.close();
+                drop(log);
+                let ro = Ledger::open_read_only(&ledger_dir, None).unwrap();
+                ro.verify_all(|_, e| {
+                    trackshift_crypto::verify_signed_bytes(e, &ring)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|e| panic!("{ctx}: ledger verify: {e}"));
+                at += 1;
+            }
+            assert!(at > 5, "the loop reached every operation of an append");
+        }
+    }
+
+    #[tokio::test]
     async fn documents_appended_before_the_saved_size_are_not_taken_for_this_finish() {
         // find_appended looks only from the saved size on: a stale size can only make it
         // miss (and append), never match entries of the log's past.

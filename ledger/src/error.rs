@@ -50,9 +50,8 @@ pub enum LedgerError {
     /// A request the ledger cannot answer (index past the end, sizes out of order).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// An earlier write failed and could not be rolled back; the ledger refuses appends
-    /// until it is reopened (which re-checks it).
-    #[error("ledger stopped after a failed write: {0}")]
+    /// The ledger takes no appends: it is closed, or open read-only.
+    #[error("ledger stopped: {0}")]
     Stopped(String),
 }
 
@@ -65,6 +64,40 @@ impl LedgerError {
             self,
             Self::Proof(_) | Self::Checkpoint(_) | Self::Corrupt { .. } | Self::Damaged(_)
         )
+    }
+
+    /// A copy of this error for each request of a failed batch (an I/O error keeps its
+    /// kind and errno, so callers can tell `ENOSPC` from `EIO`).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Io {
+                action,
+                path,
+                source,
+            } => Self::Io {
+                action,
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(errno) => std::io::Error::from_raw_os_error(errno),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Self::Corrupt { entry, what } => Self::Corrupt {
+                entry: *entry,
+                what: what.clone(),
+            },
+            Self::Damaged(s) => Self::Damaged(s.clone()),
+            Self::Checkpoint(s) => Self::Checkpoint(s.clone()),
+            Self::Proof(s) => Self::Proof(s.clone()),
+            Self::Malformed(s) => Self::Malformed(s.clone()),
+            Self::Key(s) => Self::Key(s.clone()),
+            Self::EntryTooLarge { len, max } => Self::EntryTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Self::InvalidRequest(s) => Self::InvalidRequest(s.clone()),
+            Self::Stopped(s) => Self::Stopped(s.clone()),
+        }
     }
 
     pub(crate) fn io(

@@ -10,6 +10,7 @@
 //!   see [`proof`].
 
 pub mod error;
+pub mod fault;
 pub mod log;
 pub mod note;
 pub mod pg;

@@ -16,7 +16,11 @@
 //! An append runs in one transaction under an advisory lock on the log: it reads the
 //! current checkpoint (checking its signatures), writes the entries and their hashes,
 //! checks the new tree extends the old one, signs and stores the new checkpoint, commits.
-//! A gateway that dies mid-append leaves nothing (the transaction rolls back).
+//! A gateway that dies mid-append leaves nothing (the transaction rolls back). The entries,
+//! their hashes and the checkpoint covering them are one transaction, committed with
+//! `synchronous_commit = on`: no checkpoint is visible, or acknowledged, before its entries
+//! are durable. A commit whose outcome is unknown (the connection dropped) fails the append;
+//! the entries may be in the log, and a retried finish finds them (`Log::find_appended`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -394,6 +398,12 @@ impl PgLedger {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_id])
+            .await
+            .map_err(db)?;
+        // The commit acknowledges the entries: it must be durable whatever the server's or
+        // role's default (with `synchronous_commit = off` a crash can lose a committed
+        // checkpoint whose receipts are already out, and the log would then fork).
+        tx.batch_execute("SET LOCAL synchronous_commit TO on")
             .await
             .map_err(db)?;
         let old = latest_checkpoint(&tx, &self.origin, &self.public)

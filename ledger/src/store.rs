@@ -7,14 +7,28 @@
 //!                    `tlog_tiles::stored_hash_index`: level-0 leaf hashes and completed
 //!                    subtree hashes, so any proof reads O(log n) hashes from disk
 //! DIR/checkpoint     the latest signed checkpoint (the commit point)
+//! DIR/.checkpoint.next  the next checkpoint, written and fsynced before it is renamed
+//!                    over `checkpoint` (opened ahead; its content means nothing)
 //! DIR/keys/          log-ed25519.key, cosigner-mldsa44.key (0600)
 //! ```
 //!
 //! Appends are group-committed by one writer thread: every request waiting when a batch
 //! starts is written, the three files are fdatasync'ed, the new tree is checked to be
-//! consistent with the previous checkpoint, a checkpoint is signed and atomically replaces
-//! `checkpoint`, and only then are the appends acknowledged. Memory use does not depend on
-//! the log's size: hashes and entries are read from disk with positioned reads.
+//! consistent with the previous checkpoint, a checkpoint is signed, written to
+//! `.checkpoint.next`, fsynced and renamed over `checkpoint` (the commit point), the
+//! directory is fsynced, and only then are the appends acknowledged. Memory use does not
+//! depend on the log's size: hashes and entries are read from disk with positioned reads.
+//!
+//! The append path opens no file: the data files, the directory and the next checkpoint's
+//! file are held open, so running out of descriptors does not stop the log. Any error
+//! (`EMFILE`, `ENOSPC`, `EIO`, ...) fails every append of the batch with
+//! [`LedgerError::Io`] and leaves the log at its last checkpoint: before the commit point
+//! the batch's bytes are cut (before the next batch, if cutting fails too); after it (the
+//! directory's fsync failed) the new checkpoint is kept, because it is on disk and its
+//! entries are durable, but the appends still fail, as the rename may not survive a crash.
+//! When a failed rename leaves it unknown whether it took place, no batch is written until
+//! the writer has found out. The writer keeps taking appends; the first one after the
+//! resource is back succeeds.
 //!
 //! On open, the checkpoint names the committed size. Data past it was never acknowledged
 //! (a crash between the write and the checkpoint) and is cut. Data up to it must be intact:
@@ -23,7 +37,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read as _};
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,6 +47,9 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::error::{LedgerError, Result};
+#[cfg(any(test, feature = "fault-injection"))]
+use crate::fault::FaultPlan;
+use crate::fault::{Faults, FsOp};
 use crate::note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 use crate::proof::TlogProof;
 
@@ -47,6 +64,9 @@ const ENTRIES: &str = "entries.log";
 const INDEX: &str = "index.log";
 const HASHES: &str = "hashes.log";
 const CHECKPOINT: &str = "checkpoint";
+/// The next checkpoint, written and fsynced here before it is renamed over `checkpoint`.
+/// The writer opens it ahead of time, so a commit opens no file.
+const CHECKPOINT_NEXT: &str = ".checkpoint.next";
 /// File in the log directory holding the public keys auditors need (JSON, not secret).
 pub const PUBLIC_KEYS_FILE: &str = "public-keys.json";
 
@@ -83,6 +103,7 @@ struct Files {
     hashes: File,
 }
 
+#[derive(Clone)]
 struct State {
     size: u64,
     /// End of the last committed frame in entries.log.
@@ -97,7 +118,11 @@ struct Inner {
     public: LedgerPublicKeys,
     files: Files,
     state: RwLock<State>,
-    stopped: Mutex<Option<String>>,
+    /// The log directory, held open to fsync it after the checkpoint's rename (so that
+    /// needs no new descriptor); `None` when read-only.
+    dir_file: Option<File>,
+    /// Where the append path's file-system operations go through (fault injection).
+    faults: Faults,
     /// Exclusive lock on `DIR/lock` (one writer process per log); `None` when read-only.
     _lock: Option<File>,
 }
@@ -375,6 +400,7 @@ impl Ledger {
             load_checkpoint(&cp_path, &public)?
         };
         let entries_len = recover(&dir, &files, &checkpoint)?;
+        let dir_file = File::open(&dir).map_err(LedgerError::io("opening", &dir))?;
         let pk_path = dir.join(PUBLIC_KEYS_FILE);
         let pk_json = serde_json::to_string_pretty(&public).expect("keys serialise") + "\n";
         if std::fs::read_to_string(&pk_path).ok().as_deref() != Some(pk_json.as_str()) {
@@ -391,7 +417,8 @@ impl Ledger {
                 entries_len,
                 checkpoint: Arc::new(checkpoint),
             }),
-            stopped: Mutex::new(None),
+            dir_file: Some(dir_file),
+            faults: Faults::default(),
             _lock: Some(lock),
         });
         let (tx, rx) = mpsc::channel::<Request>();
@@ -464,7 +491,8 @@ impl Ledger {
                 entries_len: 0,
                 checkpoint: Arc::new(checkpoint),
             }),
-            stopped: Mutex::new(None),
+            dir_file: None,
+            faults: Faults::default(),
             _lock: None,
         });
         Ok(Self {
@@ -472,6 +500,20 @@ impl Ledger {
             tx: Mutex::new(None),
             writer: Mutex::new(None),
         })
+    }
+
+    /// Makes file-system operations of the append path fail as `plan` says (`None`: none
+    /// fail), counting operations from now. For fault-injection tests only.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_faults(&self, plan: Option<FaultPlan>) {
+        self.inner.faults.set(plan);
+    }
+
+    /// The number of append-path operations run since [`Ledger::inject_faults`], and the
+    /// ones it made fail.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn fault_counts(&self) -> (u64, Vec<crate::fault::FsOp>) {
+        self.inner.faults.counts()
     }
 
     /// Whether this handle was opened with [`Ledger::open_read_only`].
@@ -890,7 +932,93 @@ fn recover(dir: &Path, files: &Files, cp: &SignedCheckpoint) -> Result<u64> {
     Ok(offset)
 }
 
+/// What the writer thread knows beyond the committed state.
+#[derive(Default)]
+struct Writer {
+    /// `CHECKPOINT_NEXT`, opened (empty) ahead of the next commit.
+    spare: Option<File>,
+    /// The files may hold bytes past the committed state (a failed batch's, not cut yet).
+    dirty: bool,
+    /// The rename of a new checkpoint reported an error and whether it took place is not
+    /// known yet: the state it commits if it did. No batch is written until it is known.
+    unresolved: Option<State>,
+}
+
+impl Writer {
+    /// Brings the files back to the committed state before a batch: settles a checkpoint
+    /// rename whose outcome is not known, then cuts what a failed batch left.
+    fn settle(&mut self, inner: &Inner) -> Result<()> {
+        if let Some(st) = self.unresolved.take() {
+            match renamed(inner) {
+                Ok(true) => {
+                    info!(
+                        size = st.size,
+                        "the checkpoint whose rename reported an error is in place"
+                    );
+                    *inner.state.write().expect("state lock") = st;
+                }
+                Ok(false) => self.dirty = true,
+                Err(e) => {
+                    self.unresolved = Some(st);
+                    return Err(e);
+                }
+            }
+        }
+        if self.dirty {
+            rollback(inner)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Opens the next checkpoint's file ahead of time, if it is not open (a failure only
+    /// means the next commit opens it itself).
+    fn refill(&mut self, inner: &Inner) {
+        if self.spare.is_some() || self.unresolved.is_some() {
+            return;
+        }
+        match open_next_checkpoint(inner) {
+            Ok(f) => self.spare = Some(f),
+            Err(e) => warn!(error = %e, "could not open the next checkpoint's file ahead"),
+        }
+    }
+}
+
+fn open_next_checkpoint(inner: &Inner) -> Result<File> {
+    let path = inner.dir.join(CHECKPOINT_NEXT);
+    inner
+        .faults
+        .run(FsOp::Open, || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&path)
+        })
+        .map_err(LedgerError::io("opening", &path))
+}
+
+/// Whether the new checkpoint was renamed into place (its temporary name is gone), after a
+/// rename that reported an error.
+fn renamed(inner: &Inner) -> Result<bool> {
+    let path = inner.dir.join(CHECKPOINT_NEXT);
+    match inner
+        .faults
+        .run(FsOp::Stat, || std::fs::symlink_metadata(&path))
+    {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(LedgerError::io(
+            "checking whether the last checkpoint was renamed into place, looking up",
+            &path,
+        )(e)),
+    }
+}
+
 fn writer_loop(inner: &Inner, rx: &mpsc::Receiver<Request>) {
+    let mut w = Writer::default();
+    w.refill(inner);
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let mut count = batch[0].entries.len();
@@ -903,14 +1031,17 @@ fn writer_loop(inner: &Inner, rx: &mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let stopped = inner.stopped.lock().expect("stopped lock").clone();
-        if let Some(reason) = stopped {
-            for r in batch {
-                let _ = r.reply.send(Err(LedgerError::Stopped(reason.clone())));
+        let result = w.settle(inner).and_then(|()| commit(inner, &mut w, &batch));
+        if let Err(e) = &result {
+            warn!(error = %e, entries = count, "ledger append failed; the log stays at its last checkpoint");
+            // Cut the batch's bytes now; if that fails too, before the next batch.
+            if let Err(e) = w.settle(inner) {
+                warn!(error = %e, "could not cut a failed append back yet");
             }
-            continue;
         }
-        match commit(inner, &batch) {
+        // Before the replies, so a caller that saw its append done sees the writer idle.
+        w.refill(inner);
+        match result {
             Ok((firsts, cp)) => {
                 for (r, first) in batch.into_iter().zip(firsts) {
                     let count = r.entries.len() as u64;
@@ -922,17 +1053,8 @@ fn writer_loop(inner: &Inner, rx: &mpsc::Receiver<Request>) {
                 }
             }
             Err(e) => {
-                let reason = e.to_string();
-                warn!(error = %reason, "ledger append failed");
-                if rollback(inner).is_err() {
-                    *inner.stopped.lock().expect("stopped lock") = Some(reason.clone());
-                }
-                let mut e = Some(e);
                 for r in batch {
-                    let err = e
-                        .take()
-                        .unwrap_or_else(|| LedgerError::Stopped(reason.clone()));
-                    let _ = r.reply.send(Err(err));
+                    let _ = r.reply.send(Err(e.duplicate()));
                 }
             }
         }
@@ -953,7 +1075,9 @@ fn rollback(inner: &Inner) -> Result<()> {
         ),
     ] {
         let path = inner.dir.join(name);
-        f.set_len(keep)
+        inner
+            .faults
+            .run(FsOp::Truncate, || f.set_len(keep))
             .map_err(LedgerError::io("truncating", &path))?;
     }
     Ok(())
@@ -961,7 +1085,12 @@ fn rollback(inner: &Inner) -> Result<()> {
 
 type Committed = (Vec<u64>, Arc<SignedCheckpoint>);
 
-fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
+/// Writes a batch and commits it. The commit point is the rename of the new checkpoint over
+/// the old one, after every ledger file is fsynced: an error before it leaves `w.dirty`
+/// (the caller cuts the files back), one after it leaves the new state installed (the
+/// entries are durable and named by the checkpoint on disk) but still fails the batch,
+/// because the rename may not survive a crash.
+fn commit(inner: &Inner, w: &mut Writer, batch: &[Request]) -> Result<Committed> {
     let (old_size, entries_len, old_cp) = {
         let st = inner.state.read().expect("state lock");
         (st.size, st.entries_len, st.checkpoint.clone())
@@ -992,26 +1121,28 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
     }
     let hash_bytes: Vec<u8> = pending.iter().flat_map(|h| h.0).collect();
     let f = &inner.files;
+    let faults = &inner.faults;
     let epath = inner.dir.join(ENTRIES);
     let ipath = inner.dir.join(INDEX);
-    f.entries
-        .write_all_at(&frames, entries_len)
+    w.dirty = true;
+    faults
+        .write_at(&f.entries, &frames, entries_len)
         .map_err(LedgerError::io("writing", &epath))?;
-    f.index
-        .write_all_at(&offsets, old_size * 8)
+    faults
+        .write_at(&f.index, &offsets, old_size * 8)
         .map_err(LedgerError::io("writing", &ipath))?;
-    f.hashes
-        .write_all_at(&hash_bytes, on_disk * 32)
+    faults
+        .write_at(&f.hashes, &hash_bytes, on_disk * 32)
         .map_err(LedgerError::io("writing", &hpath))?;
-    f.entries
-        .sync_data()
-        .map_err(LedgerError::io("syncing", &epath))?;
-    f.index
-        .sync_data()
-        .map_err(LedgerError::io("syncing", &ipath))?;
-    f.hashes
-        .sync_data()
-        .map_err(LedgerError::io("syncing", &hpath))?;
+    for (file, path) in [
+        (&f.entries, &epath),
+        (&f.index, &ipath),
+        (&f.hashes, &hpath),
+    ] {
+        faults
+            .run(FsOp::Sync, || file.sync_data())
+            .map_err(LedgerError::io("syncing", path))?;
+    }
     let reader = DiskHashes::committed(&f.hashes, &hpath);
     let root = tlog_tiles::tree_hash(n, &reader)
         .map_err(|e| LedgerError::Damaged(format!("computing the root: {e}")))?
@@ -1033,17 +1164,58 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Committed> {
         .as_ref()
         .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
     let note = keys.sign_checkpoint(n, root, now_secs())?;
+    let next_path = inner.dir.join(CHECKPOINT_NEXT);
     let cp_path = inner.dir.join(CHECKPOINT);
-    trackshift_crypto::filestore::write_atomic(&cp_path, note.as_bytes(), 0o644)
-        .map_err(|e| LedgerError::Damaged(format!("writing the checkpoint: {e}")))?;
+    // The spare is empty; a failed commit drops it (it may hold part of a note).
+    let next = match w.spare.take() {
+        Some(file) => file,
+        None => open_next_checkpoint(inner)?,
+    };
+    faults
+        .write_at(&next, note.as_bytes(), 0)
+        .map_err(LedgerError::io("writing the checkpoint to", &next_path))?;
+    faults
+        .run(FsOp::Sync, || next.sync_all())
+        .map_err(LedgerError::io("syncing the checkpoint in", &next_path))?;
+    drop(next);
     let cp = Arc::new(SignedCheckpoint {
         size: n,
         root,
         note,
     });
-    let mut st = inner.state.write().expect("state lock");
-    st.size = n;
-    st.entries_len = entries_len + frames.len() as u64;
-    st.checkpoint = cp.clone();
+    let new_state = State {
+        size: n,
+        entries_len: entries_len + frames.len() as u64,
+        checkpoint: cp.clone(),
+    };
+    if let Err(e) = faults.run(FsOp::Rename, || std::fs::rename(&next_path, &cp_path)) {
+        let err = LedgerError::io("renaming the new checkpoint to", &cp_path)(e);
+        // A failed rename normally leaves the old name in place; check rather than trust.
+        match renamed(inner) {
+            Ok(false) => {}
+            Ok(true) => {
+                w.dirty = false;
+                *inner.state.write().expect("state lock") = new_state;
+            }
+            Err(_) => {
+                w.dirty = false;
+                w.unresolved = Some(new_state);
+            }
+        }
+        return Err(err);
+    }
+    // The commit point: the checkpoint on disk covers the batch, which is durable.
+    w.dirty = false;
+    *inner.state.write().expect("state lock") = new_state;
+    let dir_file = inner
+        .dir_file
+        .as_ref()
+        .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
+    faults
+        .run(FsOp::Sync, || dir_file.sync_all())
+        .map_err(LedgerError::io(
+            "syncing the directory (the new checkpoint may not survive a crash)",
+            &inner.dir,
+        ))?;
     Ok((firsts, cp))
 }

@@ -329,3 +329,59 @@ async fn an_auditor_checks_a_log_of_many_batches_and_finds_tampering_deep_in_it(
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_commit_durably_even_where_the_database_defaults_to_asynchronous_commit() {
+    // With `synchronous_commit = off` a commit returns before its WAL is flushed: a server
+    // crash then loses a checkpoint whose receipts are already out, and the next append
+    // signs a different tree of the same size (a fork). The append sets it back on.
+    let url = database().await;
+    let db = url.split('?').next().unwrap().rsplit_once('/').unwrap().1;
+    let base = std::env::var("TRACKSHIFT_TEST_POSTGRES").unwrap();
+    let plain = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} SET synchronous_commit = off"))
+        .await
+        .unwrap();
+    let log = PgLedger::connect(&url, keys(7)).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Record the setting in force when each checkpoint is stored.
+    client
+        .batch_execute(
+            "CREATE TABLE seen (setting TEXT);
+             CREATE FUNCTION note_setting() RETURNS trigger AS $$
+               BEGIN INSERT INTO seen VALUES (current_setting('synchronous_commit')); RETURN NEW; END
+             $$ LANGUAGE plpgsql;
+             CREATE TRIGGER note_setting AFTER INSERT ON ledger_checkpoints
+               FOR EACH ROW EXECUTE FUNCTION note_setting();",
+        )
+        .await
+        .unwrap();
+    let default: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        default, "off",
+        "the database's default applies to new sessions"
+    );
+    for i in 0..3u8 {
+        log.append(vec![vec![i; 10]]).await.unwrap();
+    }
+    let seen: Vec<String> = client
+        .query("SELECT setting FROM seen", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, ["on", "on", "on"]);
+}

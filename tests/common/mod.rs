@@ -89,7 +89,9 @@ pub fn start_gateway_without_credentials(data: &Path, args: &[&str]) -> Gateway 
     spawn_gateway(cmd, data, args, Stdio::null(), None)
 }
 
-fn spawn_gateway(
+/// Starts `cmd` as `trackshift serve` on `data` (loopback QUIC and HTTP) with `args`, and
+/// waits until it is ready.
+pub fn spawn_gateway(
     mut cmd: Command,
     data: &Path,
     args: &[&str],
