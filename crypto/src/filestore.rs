@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{CryptoError, Result};
-use crate::keys::{Algorithm, KeyId, KeyStatus, PublicKeyring, Purpose, b64};
+use crate::keys::{Algorithm, KeyId, KeyStatus, PublicKeyRecord, PublicKeyring, Purpose, b64};
 use crate::signer::{KeyBackend, SecretSeed, Signer, SoftwareSigner};
 use crate::timestamp::Timestamp;
 
-const KEYRING_FILE: &str = "keyring.json";
+pub(crate) const KEYRING_FILE: &str = "keyring.json";
 const SECRET_DIR: &str = "secret";
 const SECRET_FORMAT: &str = "trackshift.secret-key.v1";
 
@@ -198,15 +198,37 @@ impl FileKeyStore {
     }
 }
 
-impl KeyBackend for FileKeyStore {
-    fn signer(&self, purpose: Purpose, at: Timestamp) -> Result<Arc<dyn Signer>> {
-        let record = self
+impl FileKeyStore {
+    /// The key that may sign a `purpose` document at `at`: the active key when its window
+    /// holds `at`, else the retired key whose window does (a signature timestamped in the
+    /// second a rotation happened, or just before it). Revoked keys never sign.
+    pub fn key_for(&self, purpose: Purpose, at: Timestamp) -> Result<&PublicKeyRecord> {
+        let active = self
             .ring
             .active(purpose)
             .ok_or(CryptoError::NoActiveKey(purpose))?;
-        record.check_usable(purpose, at)?;
+        match active.check_usable(purpose, at) {
+            Ok(()) => Ok(active),
+            Err(not_valid) => self
+                .ring
+                .keys
+                .iter()
+                .filter(|k| k.status == KeyStatus::Retired)
+                .find(|k| k.check_usable(purpose, at).is_ok())
+                .ok_or(not_valid),
+        }
+    }
+
+    /// A signer for `record` (a key of this store), its secret file read and checked.
+    pub fn load_signer(&self, record: &PublicKeyRecord) -> Result<Arc<dyn Signer>> {
         let seed = self.load_seed(&record.id)?;
         Ok(Arc::new(SoftwareSigner::new(record.clone(), &seed)?))
+    }
+}
+
+impl KeyBackend for FileKeyStore {
+    fn signer(&self, purpose: Purpose, at: Timestamp) -> Result<Arc<dyn Signer>> {
+        self.load_signer(self.key_for(purpose, at)?)
     }
 
     fn public_keyring(&self) -> Result<PublicKeyring> {

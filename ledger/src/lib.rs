@@ -15,6 +15,7 @@ pub mod note;
 pub mod pg;
 pub mod pgconn;
 pub mod proof;
+pub mod rotation;
 pub mod store;
 
 pub use error::{LedgerError, Result};
@@ -22,4 +23,5 @@ pub use log::Log;
 pub use note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 pub use pg::PgLedger;
 pub use proof::{TlogProof, leaf_hash, verify_consistency, verify_inclusion};
+pub use rotation::{LiveLedgerKeys, rotate_ledger_keys};
 pub use store::{Appended, Ledger, SignedCheckpoint};
