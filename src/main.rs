@@ -399,12 +399,12 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             if !documents.is_empty() {
                 let mut store = FileKeyStore::open(&dir)?;
                 for p in documents {
-                    let id = store.rotate(p, now)?;
+                    let id = store.rotate_now(p)?;
                     println!("new active {p} key {id}");
                 }
             }
             if let Some(l) = ledger_dir {
-                let public = trackshift_ledger::rotate_ledger_keys(&l, now)
+                let public = trackshift_ledger::rotate_ledger_keys(&l)
                     .with_context(|| format!("rotating the checkpoint keys of {}", l.display()))?;
                 println!(
                     "new ledger keys for {}: {} and {} ({} retired pairs kept)",
