@@ -88,13 +88,21 @@ enum KeysCommand {
         dir: PathBuf,
     },
     /// Retire the active key of a purpose and activate a new one; old signatures keep verifying.
+    ///
+    /// Safe on a running gateway's store (`DATA/keys`): the gateway signs with the new key
+    /// from the next signature on, without a restart. `ledger` rotates the checkpoint keys of
+    /// the ledger next to the store (`DATA/ledger`); `all` rotates every purpose.
     Rotate {
         /// The key store directory.
         #[arg(long)]
         dir: PathBuf,
         /// Which key to rotate.
-        #[arg(long, value_parser = ["manifest", "receipt"])]
+        #[arg(long, value_parser = ["manifest", "receipt", "ledger", "all"])]
         purpose: String,
+        /// The ledger directory whose checkpoint keys `ledger` rotates (default: the
+        /// `ledger` directory next to the key store).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
     },
     /// Revoke a key: nothing it ever signed verifies any more. Re-export the public keys after.
     Revoke {
@@ -358,10 +366,64 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             println!("created key store {}", dir.display());
             print_keys(&store)?;
         }
-        KeysCommand::Rotate { dir, purpose } => {
-            let mut store = FileKeyStore::open(&dir)?;
-            let id = store.rotate(purpose.parse::<Purpose>()?, now)?;
-            println!("new active {purpose} key {id}; export the public keys again for auditors");
+        KeysCommand::Rotate {
+            dir,
+            purpose,
+            ledger,
+        } => {
+            let (documents, rotate_ledger): (Vec<Purpose>, bool) = match purpose.as_str() {
+                "all" => (Purpose::ALL.to_vec(), true),
+                "ledger" => (Vec::new(), true),
+                p => (vec![p.parse::<Purpose>()?], false),
+            };
+            // The ledger directory is checked before anything is rotated.
+            let ledger_dir = match (rotate_ledger, ledger) {
+                (false, _) => None,
+                (true, Some(l)) => Some(l),
+                (true, None) => Some(
+                    dir.parent()
+                        .map(|p| p.join("ledger"))
+                        .context("give the ledger directory with --ledger")?,
+                ),
+            };
+            if let Some(l) = &ledger_dir {
+                let pk = l.join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
+                if !pk.exists() {
+                    bail!(
+                        "{} does not exist: {} is not the ledger of a gateway that has started \
+                         (give it with --ledger); nothing was rotated",
+                        pk.display(),
+                        l.display()
+                    );
+                }
+            }
+            if !documents.is_empty() {
+                let mut store = FileKeyStore::open(&dir)?;
+                for p in documents {
+                    let id = store.rotate_now(p)?;
+                    println!("new active {p} key {id}");
+                }
+            }
+            if let Some(l) = ledger_dir {
+                let public = trackshift_ledger::rotate_ledger_keys(&l)
+                    .with_context(|| format!("rotating the checkpoint keys of {}", l.display()))?;
+                println!(
+                    "new ledger keys for {}: {} and {} ({} retired pairs kept)",
+                    l.display(),
+                    public.log_key,
+                    public
+                        .cosigner_key
+                        .split('+')
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join("+"),
+                    public.retired.len()
+                );
+            }
+            println!(
+                "a running gateway signs with the new keys from its next signature; export the \
+                 public keys again for auditors (the export keeps the retired keys)"
+            );
         }
         KeysCommand::Revoke { dir, key_id } => {
             let mut store = FileKeyStore::open(&dir)?;

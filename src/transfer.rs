@@ -358,7 +358,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => None,
     };
-    tokio::spawn(reload_tenants_on_hangup(tenants, hangup));
+    tokio::spawn(reload_on_hangup(tenants, gateway.clone(), hangup));
     tokio::select! {
         () = gateway.serve() => {}
         Some(Ok(Err(e))) = async { match http { Some(h) => Some(h.await), None => None } } => {
@@ -378,27 +378,69 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads `DATA/tenants.json` again on every SIGHUP: keys, policy, quotas and credentials
-/// change for the next connection, request and job, with nothing restarted. A file that
-/// does not load is reported and the version in force stays.
-async fn reload_tenants_on_hangup(
+/// Reads `DATA/tenants.json` and the signing keys again on every SIGHUP: keys, policy,
+/// quotas and credentials change for the next connection, request and job, with nothing
+/// restarted. A tenant file that does not load is reported and the version in force stays.
+///
+/// The key store is also watched (every [`KEY_STORE_POLL`]) so a `keys rotate` is loaded,
+/// its secret files checked and logged without a signal; signing checks the store once
+/// more by itself before every signature, so neither the signal nor the poll is needed for
+/// a job to sign with the key valid at its signing time.
+async fn reload_on_hangup(
     tenants: std::sync::Arc<trackshift_engine::tenants::LiveTenants>,
+    gateway: std::sync::Arc<Gateway>,
     mut hangup: tokio::signal::unix::Signal,
 ) {
-    while hangup.recv().await.is_some() {
-        match tenants.reload() {
-            Ok(t) => tracing::info!(
-                tenants = t.file.tenants.len(),
-                generation = t.generation,
-                "tenant file reloaded"
-            ),
-            Err(e) => tracing::error!(
-                error = %e,
-                "tenant file not reloaded; the version loaded before stays in force"
-            ),
+    let mut poll = tokio::time::interval(KEY_STORE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last key reload error logged, so a broken store is reported once, not per poll.
+    let mut reported: Option<String> = None;
+    loop {
+        let force = tokio::select! {
+            signal = hangup.recv() => {
+                if signal.is_none() {
+                    return;
+                }
+                match tenants.reload() {
+                    Ok(t) => tracing::info!(
+                        tenants = t.file.tenants.len(),
+                        generation = t.generation,
+                        "tenant file reloaded"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "tenant file not reloaded; the version loaded before stays in force"
+                    ),
+                }
+                true
+            }
+            _ = poll.tick() => false,
+        };
+        match gateway.reload_keys(force) {
+            Ok(r) if r.documents.changed || r.ledger => {
+                reported = None;
+                let active: Vec<String> = r
+                    .documents
+                    .active
+                    .iter()
+                    .map(|(p, id)| format!("{p} {id}"))
+                    .collect();
+                tracing::info!(generation = r.documents.generation, active = %active.join(", "), ledger = r.ledger, "signing keys reloaded");
+            }
+            Ok(_) => reported = None,
+            Err(e) => {
+                let msg = e.to_string();
+                if force || reported.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(error = %msg, "signing keys not reloaded; nothing is signed until the key store loads");
+                }
+                reported = Some(msg);
+            }
         }
     }
 }
+
+/// How often a running gateway looks for a changed key store.
+const KEY_STORE_POLL: Duration = Duration::from_secs(2);
 
 /// The job service next to a gateway: store (`DATA/jobs.db`), worker, the API's state.
 async fn job_service(

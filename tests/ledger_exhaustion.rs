@@ -85,7 +85,7 @@ fn check_receipt(ledger: &Ledger, out: &Path) {
     let bytes = trackshift_crypto::Signable::signed_bytes(&r).unwrap();
     let proof = TlogProof::parse(r.ledger_proof.as_deref().unwrap()).unwrap();
     proof
-        .verify(&bytes, ledger.public_keys())
+        .verify(&bytes, &ledger.public_keys())
         .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     assert!(proof.index < ledger.size(), "{}", out.display());
     assert_eq!(

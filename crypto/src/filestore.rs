@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{CryptoError, Result};
-use crate::keys::{Algorithm, KeyId, KeyStatus, PublicKeyring, Purpose, b64};
+use crate::keys::{Algorithm, KeyId, KeyStatus, PublicKeyRecord, PublicKeyring, Purpose, b64};
 use crate::signer::{KeyBackend, SecretSeed, Signer, SoftwareSigner};
 use crate::timestamp::Timestamp;
 
-const KEYRING_FILE: &str = "keyring.json";
+pub(crate) const KEYRING_FILE: &str = "keyring.json";
 const SECRET_DIR: &str = "secret";
 const SECRET_FORMAT: &str = "trackshift.secret-key.v1";
 
@@ -120,6 +120,31 @@ impl FileKeyStore {
         Ok(id)
     }
 
+    /// Rotates `purpose` at the current time, for a store a running gateway signs with
+    /// (`keys rotate`). The gateway may sign with the old key until it sees the new
+    /// keyring, so the old key's window must end after the second in which the new keyring
+    /// appeared: when the write ended in a later second than it began, the window is
+    /// extended to the end of that second (and written again) until it does.
+    pub fn rotate_now(&mut self, purpose: Purpose) -> Result<KeyId> {
+        let old = self.ring.active(purpose).map(|k| k.id);
+        let id = self.rotate(purpose, Timestamp::now())?;
+        let Some(old) = old else { return Ok(id) };
+        loop {
+            let after = Timestamp::now();
+            let key = self
+                .ring
+                .keys
+                .iter_mut()
+                .find(|k| k.id == old)
+                .expect("the retired key stays in the ring");
+            if key.not_after.is_some_and(|end| after < end) {
+                return Ok(id);
+            }
+            key.not_after = Some(Timestamp::from_unix(after.unix().saturating_add(1)));
+            self.save_ring()?;
+        }
+    }
+
     /// Revokes a key: nothing it signed verifies any more. Revoking the active key leaves
     /// its purpose without one until the next [`Self::rotate`].
     pub fn revoke(&mut self, id: &KeyId, now: Timestamp) -> Result<()> {
@@ -198,15 +223,37 @@ impl FileKeyStore {
     }
 }
 
-impl KeyBackend for FileKeyStore {
-    fn signer(&self, purpose: Purpose, at: Timestamp) -> Result<Arc<dyn Signer>> {
-        let record = self
+impl FileKeyStore {
+    /// The key that may sign a `purpose` document at `at`: the active key when its window
+    /// holds `at`, else the retired key whose window does (a signature timestamped in the
+    /// second a rotation happened, or just before it). Revoked keys never sign.
+    pub fn key_for(&self, purpose: Purpose, at: Timestamp) -> Result<&PublicKeyRecord> {
+        let active = self
             .ring
             .active(purpose)
             .ok_or(CryptoError::NoActiveKey(purpose))?;
-        record.check_usable(purpose, at)?;
+        match active.check_usable(purpose, at) {
+            Ok(()) => Ok(active),
+            Err(not_valid) => self
+                .ring
+                .keys
+                .iter()
+                .filter(|k| k.status == KeyStatus::Retired)
+                .find(|k| k.check_usable(purpose, at).is_ok())
+                .ok_or(not_valid),
+        }
+    }
+
+    /// A signer for `record` (a key of this store), its secret file read and checked.
+    pub fn load_signer(&self, record: &PublicKeyRecord) -> Result<Arc<dyn Signer>> {
         let seed = self.load_seed(&record.id)?;
         Ok(Arc::new(SoftwareSigner::new(record.clone(), &seed)?))
+    }
+}
+
+impl KeyBackend for FileKeyStore {
+    fn signer(&self, purpose: Purpose, at: Timestamp) -> Result<Arc<dyn Signer>> {
+        self.load_signer(self.key_for(purpose, at)?)
     }
 
     fn public_keyring(&self) -> Result<PublicKeyring> {
@@ -435,6 +482,30 @@ mod tests {
         assert!(e.to_string().contains("huge"), "{e}");
         f.set_len(MAX_SECRET_FILE).unwrap();
         assert_eq!(read_secret(&p).unwrap().len() as u64, MAX_SECRET_FILE);
+    }
+
+    #[test]
+    fn a_live_rotation_ends_the_old_window_after_the_second_the_new_keyring_appeared() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Timestamp::now();
+        let mut store = FileKeyStore::init(dir.path().join("keys"), before).unwrap();
+        let old = store.ring.active(Purpose::Manifest).unwrap().id;
+        let new = store.rotate_now(Purpose::Manifest).unwrap();
+        let after = Timestamp::now();
+        let ring = FileKeyStore::open(dir.path().join("keys"))
+            .unwrap()
+            .public_keyring()
+            .unwrap();
+        let end = ring.get(&old).unwrap().not_after.unwrap().unix();
+        assert!(
+            (before.unix() + 1..=after.unix() + 1).contains(&end),
+            "{end}"
+        );
+        assert_eq!(ring.active(Purpose::Manifest).unwrap().id, new);
+        assert!(
+            ring.get(&new).unwrap().not_before.unix() < end,
+            "the windows overlap"
+        );
     }
 
     #[test]

@@ -351,6 +351,23 @@ pub struct LedgerPublicKeys {
     pub log_key: String,
     /// ML-DSA-44 verifier key of the log's cosigner (`vkey`, signature type 0x06).
     pub cosigner_key: String,
+    /// Key pairs the log signed with before its last rotation (`keys rotate --purpose
+    /// ledger`), oldest first: a checkpoint they signed verifies when its cosignature's
+    /// timestamp is before the pair's `not_after`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredLedgerKeys>,
+}
+
+/// A retired pair of ledger verifier keys and the end of its validity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredLedgerKeys {
+    /// Ed25519 verifier key of the log (`vkey`).
+    pub log_key: String,
+    /// ML-DSA-44 verifier key of the cosigner (`vkey`).
+    pub cosigner_key: String,
+    /// Checkpoints cosigned at or after this time are refused (exclusive end).
+    pub not_after: Timestamp,
 }
 
 impl Default for PublicKeyring {

@@ -23,6 +23,7 @@
 //! * [`signer`]: the [`Signer`] / [`KeyBackend`] traits (a KMS or HSM can implement them)
 //!   and the in-process [`SoftwareSigner`].
 //! * [`filestore`]: the on-disk key store (secret files 0600, atomic writes, rotation).
+//! * [`live`]: the key store a running gateway signs with, following rotations on disk.
 //! * [`canonical`]: the byte encoding signatures cover (`docs/FORMATS.md`).
 //! * [`manifest`], [`receipt`], [`document`]: the signed documents.
 //! * [`lowhex`]: the one strict (lower-case) hex decoder for every hash and key id.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod filestore;
 pub mod hash;
 pub mod keys;
+pub mod live;
 pub mod lowhex;
 pub mod manifest;
 pub mod receipt;
@@ -46,7 +48,9 @@ pub use filestore::FileKeyStore;
 pub use hash::{ChunkHasher, ChunkLayout, Hash32};
 pub use keys::{
     Algorithm, KeyId, KeyStatus, LedgerPublicKeys, PublicKeyRecord, PublicKeyring, Purpose,
+    RetiredLedgerKeys,
 };
+pub use live::LiveKeyStore;
 pub use manifest::{FileEntry, Manifest};
 pub use receipt::{Confirmation, DeliveryStatus, Receipt};
 pub use signer::{KeyBackend, SecretSeed, Signer, SoftwareSigner};

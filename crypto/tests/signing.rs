@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use trackshift_crypto::{
     Algorithm, ChunkLayout, Confirmation, CryptoError, DeliveryStatus, Document, FileEntry,
     FileKeyStore, Hash32, KeyBackend as _, KeyId, KeyStatus, Manifest, PublicKeyring, Purpose,
-    Receipt, Signable, Timestamp,
+    Receipt, Signable, Timestamp, verify_signed_bytes,
 };
 
 const T0: u64 = 1_790_000_000; // 2026-09-21
@@ -384,6 +384,61 @@ fn rotation_keeps_old_signatures_and_revocation_kills_them() {
     assert!(matches!(e, CryptoError::RevokedKey { .. }), "{e}");
     assert!(e.to_string().contains("revoked"));
     new.verify_signature(&keyring).unwrap();
+}
+
+/// What a gateway that kept its signer across a rotation produced: genuine signatures by a
+/// retired key, timestamped after its window. Verification (of the document and of its
+/// ledger bytes) judges each by the key's window at its signing time.
+#[test]
+fn a_genuine_signature_made_after_the_key_was_retired_is_refused_and_one_made_before_is_not() {
+    let mut k = keys();
+    // Signers loaded at start, as a gateway held them (their records say "active, no end").
+    let stale_m = k.store.signer(Purpose::Manifest, ts(T0 + 1)).unwrap();
+    let stale_r = k.store.signer(Purpose::Receipt, ts(T0 + 1)).unwrap();
+    let before_m = signed_manifest(&k, T0 + 20);
+    let before_r = signed_receipt(&k, &before_m, T0 + 20);
+    for p in Purpose::ALL {
+        k.store.rotate(p, ts(T0 + 20)).unwrap();
+    }
+    let keyring = ring(&k);
+    // Made in the second of the rotation (inside the window): valid after it.
+    before_m.verify_signature(&keyring).unwrap();
+    before_r.verify(&keyring, Some(&before_m)).unwrap();
+    for bytes in [
+        before_m.signed_bytes().unwrap(),
+        before_r.signed_bytes().unwrap(),
+    ] {
+        verify_signed_bytes(&bytes, &keyring).unwrap();
+    }
+    // Made one second after the window closed, with the stale signers: the signatures are
+    // mathematically valid, and still refused.
+    let mut late_m = sample_manifest();
+    late_m.sign_with(stale_m.as_ref(), ts(T0 + 21)).unwrap();
+    let mut late_r = receipt_for(&late_m);
+    late_r.sign_with(stale_r.as_ref(), ts(T0 + 21)).unwrap();
+    let old_m = keyring
+        .get(&late_m.signature.as_ref().unwrap().key_id)
+        .unwrap();
+    assert_eq!(old_m.status, KeyStatus::Retired);
+    assert_eq!(old_m.not_after, Some(ts(T0 + 21)));
+    let e = late_m.verify_signature(&keyring).unwrap_err();
+    assert!(matches!(e, CryptoError::KeyNotValidAt { .. }), "{e}");
+    let e = late_r.verify(&keyring, Some(&late_m)).unwrap_err();
+    assert!(matches!(e, CryptoError::KeyNotValidAt { .. }), "{e}");
+    for bytes in [
+        late_m.signed_bytes().unwrap(),
+        late_r.signed_bytes().unwrap(),
+    ] {
+        let e = verify_signed_bytes(&bytes, &keyring).unwrap_err();
+        assert!(matches!(e, CryptoError::KeyNotValidAt { .. }), "{e}");
+    }
+    // The store itself never hands out that key for that time: it gives the new one.
+    let fresh = k.store.signer(Purpose::Receipt, ts(T0 + 21)).unwrap();
+    assert_ne!(fresh.public().id, stale_r.public().id);
+    // ...and for a time inside the old window it gives the old key, with its window closed.
+    let edge = k.store.signer(Purpose::Receipt, ts(T0 + 19)).unwrap();
+    assert_eq!(edge.public().id, stale_r.public().id);
+    assert_eq!(edge.public().not_after, Some(ts(T0 + 21)));
 }
 
 #[test]

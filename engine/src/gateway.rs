@@ -28,8 +28,8 @@ use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter, VerifyMode};
 use trackshift_crypto::{
-    Confirmation, DeliveryStatus, FileKeyStore, Hash32, KeyBackend as _, Manifest, PublicKeyring,
-    Purpose, Receipt, Signable as _, Timestamp,
+    Confirmation, DeliveryStatus, FileKeyStore, Hash32, KeyBackend as _, LiveKeyStore, Manifest,
+    PublicKeyring, Purpose, Receipt, Signable as _, Timestamp,
 };
 
 use crate::protocol::{
@@ -413,11 +413,10 @@ impl crate::quota::Occupies for Job {
 
 struct Shared {
     data_dir: PathBuf,
-    keys: FileKeyStore,
-    /// The active signing keys, loaded (and their files checked) at bind: a job never
-    /// reaches its end to find it cannot sign.
-    manifest_signer: Arc<dyn trackshift_crypto::Signer>,
-    receipt_signer: Arc<dyn trackshift_crypto::Signer>,
+    /// The signing keys, loaded (and their files checked) at bind, so a job never reaches
+    /// its end to find it cannot sign; they follow `keys rotate` on disk (each signature
+    /// uses the key valid at its signing time in the store as it is then).
+    keys: LiveKeyStore,
     tenants: Arc<LiveTenants>,
     service_key: Option<Arc<crate::tenants::ServiceKey>>,
     jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
@@ -453,6 +452,15 @@ pub struct GatewayStats {
     pub jobs_failed: u64,
 }
 
+/// What [`Gateway::reload_keys`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysReloaded {
+    /// The manifest and receipt keys.
+    pub documents: trackshift_crypto::live::Reloaded,
+    /// Whether the ledger's checkpoint keys were loaded again.
+    pub ledger: bool,
+}
+
 /// A running gateway.
 pub struct Gateway {
     endpoint: quinn::Endpoint,
@@ -468,14 +476,10 @@ impl Gateway {
         let data = &cfg.data_dir;
         fs::create_dir_all(data.join("jobs")).map_err(io("creating", data))?;
         let keys_dir = data.join("keys");
-        let keys = if keys_dir.join("keyring.json").exists() {
-            FileKeyStore::open(&keys_dir)?
-        } else {
-            FileKeyStore::init(&keys_dir, Timestamp::now())?
-        };
-        keys.check_secret_files()?;
-        let manifest_signer = keys.signer(Purpose::Manifest, Timestamp::now())?;
-        let receipt_signer = keys.signer(Purpose::Receipt, Timestamp::now())?;
+        if !keys_dir.join("keyring.json").exists() {
+            FileKeyStore::init(&keys_dir, Timestamp::now())?;
+        }
+        let keys = LiveKeyStore::open(&keys_dir)?;
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
         let tenants = match &cfg.tenants {
@@ -500,8 +504,6 @@ impl Gateway {
         };
         let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
         let shared = Arc::new(Shared {
-            manifest_signer,
-            receipt_signer,
             data_dir: data.clone(),
             ledger,
             verify: cfg.verify,
@@ -550,6 +552,19 @@ impl Gateway {
         let mut ring = self.shared.keys.public_keyring()?;
         ring.ledger = Some(self.shared.ledger.public_keys().clone());
         Ok(ring)
+    }
+
+    /// Loads the signing keys (manifest, receipt, and the ledger's checkpoint keys) again
+    /// if they changed on disk (`force`: in any case), checking every secret file as at
+    /// start. Signing does this by itself before each signature; SIGHUP calls it to load
+    /// (and report) a rotation at once.
+    pub fn reload_keys(&self, force: bool) -> Result<KeysReloaded, GatewayError> {
+        let documents = self.shared.keys.reload(force);
+        let ledger = self.shared.ledger.reload_keys(force);
+        Ok(KeysReloaded {
+            documents: documents?,
+            ledger: ledger?,
+        })
     }
 
     /// The gateway's ledger (read-only use: checkpoints and proofs for auditors).
@@ -1510,7 +1525,11 @@ async fn sign_finish(
         open.destinations.clone(),
         entries,
     )?;
-    manifest.sign_with(shared.manifest_signer.as_ref(), now)?;
+    // The key valid now in the key store as it is now (`now` is taken first: a rotation
+    // the store does not show yet happens later, inside the old key's window).
+    let manifest_signer = shared.keys.signer(Purpose::Manifest, now)?;
+    let receipt_signer = shared.keys.signer(Purpose::Receipt, now)?;
+    manifest.sign_with(manifest_signer.as_ref(), now)?;
     let mut receipts = Vec::with_capacity(outcomes.len());
     for (uri, outcome) in open.destinations.iter().zip(outcomes) {
         let (confirmation, status, detail) = match outcome {
@@ -1543,7 +1562,7 @@ async fn sign_finish(
             signature: None,
             ledger_proof: None,
         };
-        receipt.sign_with(shared.receipt_signer.as_ref(), now)?;
+        receipt.sign_with(receipt_signer.as_ref(), now)?;
         receipts.push(receipt);
     }
     let signed = crate::record::SignedFinish {

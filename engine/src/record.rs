@@ -315,7 +315,7 @@ mod tests {
                 assert_eq!(proof.index, (first + 1 + d) as u64, "{crash:?}");
                 assert_eq!(all[first + 1 + d], r.signed_bytes().unwrap());
                 proof
-                    .verify(&r.signed_bytes().unwrap(), log.public_keys())
+                    .verify(&r.signed_bytes().unwrap(), &log.public_keys())
                     .unwrap();
             }
             assert!(!job_dir.join(SIGNED_FILE).exists());

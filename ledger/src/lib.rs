@@ -16,6 +16,7 @@ pub mod note;
 pub mod pg;
 pub mod pgconn;
 pub mod proof;
+pub mod rotation;
 pub mod store;
 
 pub use error::{LedgerError, Result};
@@ -23,4 +24,5 @@ pub use log::Log;
 pub use note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 pub use pg::PgLedger;
 pub use proof::{TlogProof, leaf_hash, verify_consistency, verify_inclusion};
+pub use rotation::{LiveLedgerKeys, rotate_ledger_keys};
 pub use store::{Appended, Ledger, SignedCheckpoint};

@@ -101,11 +101,21 @@ impl Log {
         }
     }
 
+    /// Loads the checkpoint keys again if their files changed (`force`: in any case); a
+    /// file log's writer also does it before every checkpoint. The shared PostgreSQL log's
+    /// keys are pinned in its database and never reload (`false`).
+    pub fn reload_keys(&self, force: bool) -> Result<bool> {
+        match self {
+            Log::File(l) => l.reload_keys(force),
+            Log::Postgres(_) => Ok(false),
+        }
+    }
+
     /// The log's public keys.
-    pub fn public_keys(&self) -> &LedgerPublicKeys {
+    pub fn public_keys(&self) -> LedgerPublicKeys {
         match self {
             Log::File(l) => l.public_keys(),
-            Log::Postgres(l) => l.public_keys(),
+            Log::Postgres(l) => l.public_keys().clone(),
         }
     }
 

@@ -126,8 +126,8 @@ impl std::fmt::Debug for LedgerKeys {
     }
 }
 
-const ED25519_FILE: &str = "log-ed25519.key";
-const MLDSA_FILE: &str = "cosigner-mldsa44.key";
+pub(crate) const ED25519_FILE: &str = "log-ed25519.key";
+pub(crate) const MLDSA_FILE: &str = "cosigner-mldsa44.key";
 
 impl LedgerKeys {
     /// Keys from 32-byte seeds (tests and key import).
@@ -173,6 +173,7 @@ impl LedgerKeys {
                 ALG_MLDSA44_COSIGNATURE,
                 self.mldsa.public_key().as_ref(),
             ),
+            retired: Vec::new(),
         }
     }
 
@@ -356,6 +357,11 @@ pub const MAX_NOTE_LEN: usize = 64 << 10;
 /// Verifies a signed checkpoint against the ledger's public keys. Both the Ed25519 log
 /// signature and the ML-DSA-44 cosignature must be present and valid; signatures by other
 /// keys are ignored.
+///
+/// A checkpoint signed by a retired key pair (`keys.retired`, after `keys rotate --purpose
+/// ledger`) verifies when its cosignature's timestamp lies before the pair's `not_after`:
+/// both signatures are made together, and the cosignature's timestamp is the one signed
+/// time a checkpoint carries. One cosigned at or after it is refused.
 pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<VerifiedCheckpoint> {
     if note.len() > MAX_NOTE_LEN {
         return Err(LedgerError::Malformed(format!(
@@ -363,19 +369,65 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
             note.len()
         )));
     }
-    let log = VerifierKey::parse(&keys.log_key)?;
-    let cos = VerifierKey::parse(&keys.cosigner_key)?;
-    if log.alg != ALG_ED25519 || log.name != keys.origin {
-        return Err(LedgerError::Key(
-            "log key must be an Ed25519 key named after the origin".into(),
-        ));
+    let pairs: Vec<(VerifierKey, VerifierKey, Option<u64>)> =
+        std::iter::once((&keys.log_key, &keys.cosigner_key, None))
+            .chain(
+                keys.retired
+                    .iter()
+                    .rev()
+                    .map(|r| (&r.log_key, &r.cosigner_key, Some(r.not_after.unix()))),
+            )
+            .map(|(log, cos, end)| {
+                Ok((
+                    checked_key(VerifierKey::parse(log)?, ALG_ED25519, &keys.origin)?,
+                    checked_key(
+                        VerifierKey::parse(cos)?,
+                        ALG_MLDSA44_COSIGNATURE,
+                        &cosigner_name(&keys.origin),
+                    )?,
+                    end,
+                ))
+            })
+            .collect::<Result<_>>()?;
+    let mut first_error = None;
+    for (log, cos, not_after) in &pairs {
+        match verify_with_pair(note, &keys.origin, log, cos) {
+            Ok(v) => match not_after {
+                Some(end) if v.cosigned_at >= *end => {
+                    return Err(LedgerError::Checkpoint(format!(
+                        "cosigned at {} by a ledger key pair retired at {end}: signatures                          made after a key's retirement are refused",
+                        v.cosigned_at
+                    )));
+                }
+                _ => return Ok(v),
+            },
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    if cos.alg != ALG_MLDSA44_COSIGNATURE || cos.name != cosigner_name(&keys.origin) {
-        return Err(LedgerError::Key(format!(
-            "cosigner key must be an ML-DSA-44 cosignature key (type 0x06) named {:?}",
-            cosigner_name(&keys.origin)
-        )));
+    Err(first_error.expect("the current pair is always tried"))
+}
+
+/// Checks that a verifier key has the type and name the ledger gives that role.
+fn checked_key(key: VerifierKey, alg: u8, name: &str) -> Result<VerifierKey> {
+    if key.alg == alg && key.name == name {
+        return Ok(key);
     }
+    Err(LedgerError::Key(if alg == ALG_ED25519 {
+        "log key must be an Ed25519 key named after the origin".into()
+    } else {
+        format!("cosigner key must be an ML-DSA-44 cosignature key (type 0x06) named {name:?}")
+    }))
+}
+
+fn verify_with_pair(
+    note: &str,
+    origin: &str,
+    log: &VerifierKey,
+    cos: &VerifierKey,
+) -> Result<VerifiedCheckpoint> {
+    // (Types and names were checked by `checked_key`.)
     let ed_key = ed25519_dalek::VerifyingKey::from_bytes(
         log.public_key
             .as_slice()
@@ -413,11 +465,11 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
     }
     let cp = Checkpoint::from_bytes(parsed.text())
         .map_err(|e| LedgerError::Malformed(format!("signed checkpoint: {e}")))?;
-    if cp.origin() != keys.origin {
+    if cp.origin() != origin {
         return Err(LedgerError::Checkpoint(format!(
             "checkpoint is for origin {:?}, expected {:?}",
             cp.origin(),
-            keys.origin
+            origin
         )));
     }
     let cosigned_at = ml

@@ -9,7 +9,8 @@
 //! DIR/checkpoint     the latest signed checkpoint (the commit point)
 //! DIR/.checkpoint.next  the next checkpoint, written and fsynced before it is renamed
 //!                    over `checkpoint` (opened ahead; its content means nothing)
-//! DIR/keys/          log-ed25519.key, cosigner-mldsa44.key (0600)
+//! DIR/keys/          log-ed25519.key, cosigner-mldsa44.key (0600), or after a rotation
+//!                    ledger-keys.json (0600, see [`crate::rotation`])
 //! ```
 //!
 //! Appends are group-committed by one writer thread: every request waiting when a batch
@@ -50,8 +51,9 @@ use crate::error::{LedgerError, Result};
 #[cfg(any(test, feature = "fault-injection"))]
 use crate::fault::FaultPlan;
 use crate::fault::{Faults, FsOp};
-use crate::note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
+use crate::note::{LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 use crate::proof::TlogProof;
+use crate::rotation::LiveLedgerKeys;
 
 /// Largest entry the ledger accepts.
 pub const MAX_ENTRY_LEN: usize = 16 << 20;
@@ -113,8 +115,9 @@ struct State {
 
 struct Inner {
     dir: PathBuf,
-    /// Signing keys; `None` when opened read-only.
-    keys: Option<LedgerKeys>,
+    /// Signing keys (following rotations on disk); `None` when opened read-only.
+    keys: Option<LiveLedgerKeys>,
+    /// The keys checkpoints are verified with when opened read-only.
     public: LedgerPublicKeys,
     files: Files,
     state: RwLock<State>,
@@ -183,7 +186,7 @@ pub fn parse_hash_tile(path: &str, size: u64) -> Result<tlog_tiles::Tile> {
     Ok(tile)
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -363,7 +366,7 @@ impl Ledger {
     pub fn open(dir: impl AsRef<Path>, origin: &str) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(LedgerError::io("creating", &dir))?;
-        let keys = LedgerKeys::load_or_generate(&dir.join("keys"), origin)?;
+        let keys = LiveLedgerKeys::load_or_generate(&dir.join("keys"), origin)?;
         let public = keys.public_keys();
         let lock_path = dir.join("lock");
         let lock = open_rw(&lock_path)?;
@@ -387,7 +390,7 @@ impl Ledger {
         };
         let checkpoint = if fresh {
             let root = tlog_tiles::EMPTY_HASH.0;
-            let note = keys.sign_checkpoint(0, root, now_secs())?;
+            let note = keys.sign_checkpoint(0, root)?;
             trackshift_crypto::filestore::write_atomic(&cp_path, note.as_bytes(), 0o644)
                 .map_err(|e| LedgerError::Damaged(e.to_string()))?;
             info!(dir = %dir.display(), origin, "created ledger");
@@ -402,7 +405,7 @@ impl Ledger {
         let entries_len = recover(&dir, &files, &checkpoint)?;
         let dir_file = File::open(&dir).map_err(LedgerError::io("opening", &dir))?;
         let pk_path = dir.join(PUBLIC_KEYS_FILE);
-        let pk_json = serde_json::to_string_pretty(&public).expect("keys serialise") + "\n";
+        let pk_json = crate::rotation::public_keys_json(&public);
         if std::fs::read_to_string(&pk_path).ok().as_deref() != Some(pk_json.as_str()) {
             trackshift_crypto::filestore::write_atomic(&pk_path, pk_json.as_bytes(), 0o644)
                 .map_err(|e| LedgerError::Damaged(e.to_string()))?;
@@ -582,9 +585,23 @@ impl Ledger {
         &self.inner.dir
     }
 
-    /// Public keys auditors use to verify checkpoints.
-    pub fn public_keys(&self) -> &LedgerPublicKeys {
-        &self.inner.public
+    /// Public keys auditors use to verify checkpoints (for a writable log, the keys in force
+    /// now, with the pairs retired by `keys rotate --purpose ledger`).
+    pub fn public_keys(&self) -> LedgerPublicKeys {
+        match &self.inner.keys {
+            Some(k) => k.public_keys(),
+            None => self.inner.public.clone(),
+        }
+    }
+
+    /// Loads the signing keys again if their files changed (`force`: in any case); the
+    /// writer also does it before every checkpoint it signs. Returns whether they were
+    /// loaded again (always `false` read-only).
+    pub fn reload_keys(&self, force: bool) -> Result<bool> {
+        match &self.inner.keys {
+            Some(k) => k.reload(force),
+            None => Ok(false),
+        }
     }
 
     /// Number of committed entries.
@@ -785,7 +802,7 @@ impl Ledger {
         mut check_entry: impl FnMut(u64, &[u8]) -> std::result::Result<(), String>,
     ) -> Result<VerifiedCheckpoint> {
         let cp = self.checkpoint();
-        let verified = verify_checkpoint(&cp.note, &self.inner.public)?;
+        let verified = verify_checkpoint(&cp.note, &self.public_keys())?;
         let inner = &self.inner;
         let epath = inner.dir.join(ENTRIES);
         let ipath = inner.dir.join(INDEX);
@@ -1163,7 +1180,7 @@ fn commit(inner: &Inner, w: &mut Writer, batch: &[Request]) -> Result<Committed>
         .keys
         .as_ref()
         .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
-    let note = keys.sign_checkpoint(n, root, now_secs())?;
+    let note = keys.sign_checkpoint(n, root)?;
     let next_path = inner.dir.join(CHECKPOINT_NEXT);
     let cp_path = inner.dir.join(CHECKPOINT);
     // The spare is empty; a failed commit drops it (it may hold part of a note).

@@ -1,0 +1,317 @@
+//! Keys rotate on a running gateway: `trackshift keys rotate` (manifest, receipt, ledger and
+//! all of them) on the data directory of a `trackshift serve` child while 50 jobs run
+//! through it, with and without SIGHUP. No job fails, every document verifies with the
+//! public keys exported afterwards (retired keys included), each job was signed with the
+//! key valid when it signed, the ledger verifies, and a restart is clean.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, run, start_gateway_full};
+use serde_json::{Value, json};
+use trackshift_crypto::{Manifest, PublicKeyring, Receipt, Signable as _, verify_signed_bytes};
+use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
+
+const ACME: &str = "acme-key-0123456789";
+const JOBS: usize = 50;
+
+fn setup(root: &Path) -> PathBuf {
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    let data = root.join("gw");
+    TenantFile {
+        tenants: vec![TenantEntry {
+            sources: vec![root.join("src")],
+            destinations: Some(vec![
+                DestinationRule::prefix(format!("file://{}/", root.join("out").display())),
+                DestinationRule::prefix("null://"),
+            ]),
+            ..TenantEntry::new("acme", ACME)
+        }],
+    }
+    .save(&data)
+    .unwrap();
+    for i in 0..JOBS {
+        let body: Vec<u8> = (0..4096 + i * 37).map(|b| (b * 31 + i) as u8).collect();
+        std::fs::write(root.join(format!("src/f{i}.bin")), body).unwrap();
+        std::fs::create_dir_all(root.join(format!("out/job{i}"))).unwrap();
+    }
+    data
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(ACME);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    async fn submit(&self, root: &Path, i: usize) -> String {
+        let dests = if i.is_multiple_of(2) {
+            json!(["null://"])
+        } else {
+            json!([
+                format!("file://{}/job{i}", root.join("out").display()),
+                "null://"
+            ])
+        };
+        let (s, body) = self
+            .call(
+                "POST",
+                "/v1/jobs",
+                Some(
+                    json!({ "source": root.join(format!("src/f{i}.bin")), "destinations": dests }),
+                ),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    async fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let (s, body) = self.call("GET", &format!("/v1/jobs/{id}"), None).await;
+            assert_eq!(s, 200, "{body}");
+            let job: Value = serde_json::from_str(&body).unwrap();
+            if matches!(
+                job["state"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never finished: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn cli(args: &[&str], cwd: &Path) -> String {
+    let (code, out, err) = run(args, cwd);
+    assert_eq!(code, 0, "{args:?}: {out}{err}");
+    out
+}
+
+fn hangup(gw: &Gateway) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Runs the whole scenario; `sighup`: signal the gateway after each rotation.
+async fn rotate_while_jobs_run(sighup: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = setup(root);
+    let log = root.join("gw.log");
+    let keys = data.join("keys");
+    let keys_arg = keys.to_str().unwrap().to_string();
+    let data_arg = data.to_str().unwrap().to_string();
+    let gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let api = Api {
+        base: gw.http.clone(),
+        http: reqwest::Client::new(),
+    };
+
+    // Jobs go in one every 40 ms; the keys rotate at fixed points in between, while the
+    // earlier jobs are still running or finishing.
+    let rotations = [
+        (10, "manifest"),
+        (20, "receipt"),
+        (30, "ledger"),
+        (40, "all"),
+    ];
+    let mut ids = Vec::new();
+    let mut before_ledger_rotation = None;
+    for i in 0..JOBS {
+        if let Some((_, purpose)) = rotations.iter().find(|(at, _)| *at == i) {
+            if *purpose == "ledger" {
+                before_ledger_rotation = Some(cli(
+                    &["ledger", "checkpoint", "--data-dir", &data_arg],
+                    root,
+                ));
+            }
+            let out = cli(
+                &["keys", "rotate", "--dir", &keys_arg, "--purpose", purpose],
+                root,
+            );
+            assert!(out.contains("next signature"), "{out}");
+            if sighup {
+                hangup(&gw);
+            }
+        }
+        ids.push(api.submit(root, i).await);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let mut jobs = Vec::new();
+    for id in &ids {
+        let job = api.wait(id).await;
+        assert_eq!(job["state"], "completed", "{job}");
+        jobs.push(job);
+    }
+    assert_eq!(jobs.len(), JOBS);
+
+    // The auditor's export after the rotations: every key ever used, with its window.
+    cli(
+        &[
+            "keys",
+            "export-public",
+            "--dir",
+            &keys_arg,
+            "--out",
+            "pk.json",
+        ],
+        root,
+    );
+    let ring = PublicKeyring::from_json(&std::fs::read(root.join("pk.json")).unwrap()).unwrap();
+    // Two rotations of each document purpose: three keys each, two retired.
+    assert_eq!(ring.keys.len(), 6, "{}", ring.to_json());
+    let ledger_keys = ring
+        .ledger
+        .clone()
+        .expect("the export holds the ledger keys");
+    assert_eq!(ledger_keys.retired.len(), 2, "two ledger rotations");
+
+    let mut manifest_keys = BTreeSet::new();
+    let mut receipt_keys = BTreeSet::new();
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let (s, m) = api
+            .call("GET", &format!("/v1/jobs/{id}/manifest"), None)
+            .await;
+        assert_eq!(s, 200, "{m}");
+        let manifest = Manifest::from_json(m.as_bytes()).unwrap();
+        let key = manifest.verify_signature(&ring).unwrap();
+        manifest_keys.insert(key.id);
+        verify_signed_bytes(&manifest.signed_bytes().unwrap(), &ring).unwrap();
+        let (s, r) = api
+            .call("GET", &format!("/v1/jobs/{id}/receipts"), None)
+            .await;
+        assert_eq!(s, 200, "{r}");
+        let receipts: Value = serde_json::from_str(&r).unwrap();
+        let receipts = receipts["receipts"].as_array().unwrap();
+        assert_eq!(receipts.len(), 1 + i % 2);
+        for (d, r) in receipts.iter().enumerate() {
+            let receipt = Receipt::from_json(r.to_string().as_bytes()).unwrap();
+            let key = receipt.verify(&ring, Some(&manifest)).unwrap();
+            receipt_keys.insert(key.id);
+            // Every tenth job and the last go through `trackshift verify` too, which also
+            // checks the receipt's ledger proof against its (perhaps old-key) checkpoint.
+            if i % 10 == 9 || i == JOBS - 1 {
+                let (mp, rp) = (format!("docs/m{i}.json"), format!("docs/r{i}-{d}.json"));
+                std::fs::write(root.join(&mp), &m).unwrap();
+                std::fs::write(root.join(&rp), r.to_string()).unwrap();
+                let out = cli(
+                    &["verify", &rp, "--public-keys", "pk.json", "--manifest", &mp],
+                    root,
+                );
+                assert!(out.starts_with("OK"), "{out}");
+            }
+        }
+        // A job submitted after the last rotation signs with the keys active now.
+        if i == JOBS - 1 {
+            let sig = manifest.signature.as_ref().unwrap();
+            assert_eq!(
+                Some(sig.key_id),
+                ring.active(trackshift_crypto::Purpose::Manifest)
+                    .map(|k| k.id)
+            );
+        }
+    }
+    // The rotations took effect on the running gateway: all three keys of each purpose
+    // signed documents.
+    assert_eq!(manifest_keys.len(), 3, "{manifest_keys:?}");
+    assert_eq!(receipt_keys.len(), 3, "{receipt_keys:?}");
+
+    // The ledger verifies, and the log grew consistently across the ledger key rotation.
+    let out = cli(&["ledger", "verify", "--data-dir", &data_arg], root);
+    assert!(out.starts_with("OK"), "{out}");
+    let after = cli(&["ledger", "checkpoint", "--data-dir", &data_arg], root);
+    std::fs::write(root.join("cp-old"), before_ledger_rotation.unwrap()).unwrap();
+    std::fs::write(root.join("cp-new"), &after).unwrap();
+    let out = cli(
+        &[
+            "ledger",
+            "consistency",
+            "cp-old",
+            "cp-new",
+            "--public-keys",
+            "pk.json",
+            "--data-dir",
+            &data_arg,
+        ],
+        root,
+    );
+    assert!(out.starts_with("OK"), "{out}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("not reloaded"), "{text}");
+
+    // A restart is clean: it opens the ledger (its checkpoint signed by the newest pair),
+    // runs a job, and the ledger still verifies.
+    drop(gw);
+    let gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let api = Api {
+        base: gw.http.clone(),
+        http: reqwest::Client::new(),
+    };
+    let id = api.submit(root, 0).await;
+    assert_eq!(api.wait(&id).await["state"], "completed");
+    let out = cli(&["ledger", "verify", "--data-dir", &data_arg], root);
+    assert!(out.starts_with("OK"), "{out}");
+    assert!(
+        out.contains(&format!("{} manifests", JOBS + 1)),
+        "every job recorded once: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_every_key_while_fifty_jobs_run_fails_none_without_a_signal() {
+    rotate_while_jobs_run(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_every_key_while_fifty_jobs_run_fails_none_with_sighup() {
+    rotate_while_jobs_run(true).await;
+}
+
+#[test]
+fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let keys = root.join("keys");
+    cli(&["keys", "init", "--dir", keys.to_str().unwrap()], root);
+    let before = std::fs::read(keys.join("keyring.json")).unwrap();
+    let (code, out, err) = run(
+        &[
+            "keys",
+            "rotate",
+            "--dir",
+            keys.to_str().unwrap(),
+            "--purpose",
+            "all",
+        ],
+        root,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("nothing was rotated"), "{err}");
+    assert_eq!(std::fs::read(keys.join("keyring.json")).unwrap(), before);
+}
