@@ -89,7 +89,9 @@ pub fn start_gateway_without_credentials(data: &Path, args: &[&str]) -> Gateway 
     spawn_gateway(cmd, data, args, Stdio::null(), None)
 }
 
-fn spawn_gateway(
+/// Starts `trackshift serve` from `cmd` (a command for [`bin`] with whatever the test set
+/// on it: environment, resource limits), with `args` added.
+pub fn spawn_gateway(
     mut cmd: Command,
     data: &Path,
     args: &[&str],
