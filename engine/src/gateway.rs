@@ -697,7 +697,7 @@ impl Gateway {
             auth_timeout: cfg.auth_timeout,
             open_files: Arc::new(Semaphore::new(cfg.max_open_files.max(1))),
         });
-        info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), "gateway listening");
+        info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), max_open_files = cfg.max_open_files, "gateway listening");
         Ok(Self {
             endpoint,
             shared,
