@@ -974,8 +974,10 @@ impl Shared {
             });
         }
         let finished = read_finished(&dir, open.destinations.len());
+        // Made (and shown writable) now; each group commit opens it for its append only, so
+        // a job holds no descriptor of its own between commits.
         let log_path = dir.join("chunks.log");
-        let log = fs::OpenOptions::new()
+        fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
@@ -998,7 +1000,7 @@ impl Shared {
         });
         // The committer holds the job weakly: it ends (closing the chunk log) once the job
         // is dropped, when no connection or finish holds it any more.
-        tokio::spawn(committer(Arc::downgrade(&job), log, commit_rx));
+        tokio::spawn(committer(Arc::downgrade(&job), commit_rx));
         jobs.insert(key, Arc::downgrade(&job));
         Ok(job)
     }
@@ -1029,12 +1031,7 @@ fn read_finished(dir: &Path, dests: usize) -> Option<(String, Vec<String>)> {
 /// Group commit: takes every chunk written since the last round, syncs the files they went
 /// to, appends their records to the chunk log with one fsync, then acknowledges them.
 /// Ends when the job is gone (every sender of `rx` is the job's).
-async fn committer(
-    job: std::sync::Weak<Job>,
-    log: fs::File,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-) {
-    let log = Arc::new(Mutex::new(log));
+async fn committer(job: std::sync::Weak<Job>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(p) = rx.try_recv() {
@@ -1042,7 +1039,7 @@ async fn committer(
         }
         // Nobody holds the job any more: nobody waits for these acknowledgements either.
         let Some(job) = job.upgrade() else { break };
-        let result = commit_batch(&job, &log, &batch).await;
+        let result = commit_batch(&job, &batch).await;
         match result {
             Ok(()) => {
                 // One Acks frame per (connection, handle).
@@ -1078,11 +1075,7 @@ async fn committer(
     }
 }
 
-async fn commit_batch(
-    job: &Arc<Job>,
-    log: &Arc<Mutex<fs::File>>,
-    batch: &[Pending],
-) -> Result<(), GatewayError> {
+async fn commit_batch(job: &Arc<Job>, batch: &[Pending]) -> Result<(), GatewayError> {
     let mut files: Vec<u32> = batch.iter().map(|p| p.chunk.file).collect();
     files.sort_unstable();
     files.dedup();
@@ -1093,10 +1086,10 @@ async fn commit_batch(
     for p in batch {
         records.extend_from_slice(&protocol::encode_log_record(p.chunk, &p.hash));
     }
-    let log = log.clone();
     let path = job.dir.join("chunks.log");
+    let log = path.clone();
     tokio::task::spawn_blocking(move || {
-        let mut f = log.lock().expect("log lock");
+        let mut f = fs::OpenOptions::new().append(true).open(&log)?;
         f.write_all(&records)?;
         f.sync_data()
     })
