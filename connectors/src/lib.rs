@@ -187,6 +187,21 @@ pub trait ObjectWriter: Send + Sync {
             "this destination cannot remove a committed object".into(),
         ))
     }
+    /// Whether the writer holds something open between calls (local descriptors, remote
+    /// file handles): the engine then closes it as soon as every chunk of the file is
+    /// durable and opens the object again (`resume = true`) to commit it, so a job holds
+    /// such writers only for the files in flight. Default: no (the writer is kept).
+    fn holds_open(&self) -> bool {
+        false
+    }
+    /// Releases what dropping the writer would not (remote file handles), neither
+    /// committing nor discarding: the object stays as synced and is opened again with
+    /// `resume = true` when needed. Called on a writer no other call is using, just before
+    /// it is dropped. Local descriptors must be released by the drop itself. Default:
+    /// nothing to release.
+    async fn close(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// Where connectors read credentials and other settings named like environment variables

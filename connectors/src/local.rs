@@ -395,6 +395,11 @@ impl LocalWriter {
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
+    fn holds_open(&self) -> bool {
+        // The object's directory, and the temporary file until committed.
+        true
+    }
+
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
         self.spec.check_range(offset, data.len() as u64)?;
         let file = self.file()?;

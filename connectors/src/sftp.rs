@@ -824,6 +824,11 @@ impl SftpWriter {
 
 #[async_trait]
 impl ObjectWriter for SftpWriter {
+    fn holds_open(&self) -> bool {
+        // The server's handles of the temporary file, one per lane used.
+        true
+    }
+
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
         self.spec.check_range(offset, data.len() as u64)?;
         crate::retry::transient(&self.inner.uri, "writing", || {
@@ -878,5 +883,19 @@ impl ObjectWriter for SftpWriter {
             }
         })
         .await
+    }
+
+    async fn close(&self) -> Result<(), ConnectorError> {
+        // The server's handles of the temporary file go; a reopen makes new ones.
+        let mut first = Ok(());
+        for slot in &self.lanes {
+            if let Some((c, handle)) = slot.lock().await.take()
+                && let Err(e) = c.sftp.close(handle.as_str()).await
+                && first.is_ok()
+            {
+                first = Err(self.err("closing", &e));
+            }
+        }
+        first
     }
 }

@@ -233,6 +233,12 @@ impl ObjectWriter for LimitWriter {
     async fn remove(&self) -> Result<(), ConnectorError> {
         self.inner.remove().await
     }
+    fn holds_open(&self) -> bool {
+        self.inner.holds_open()
+    }
+    async fn close(&self) -> Result<(), ConnectorError> {
+        self.inner.close().await
+    }
 }
 
 /// Limits the bytes written per second, across all objects of the connector.
@@ -391,6 +397,12 @@ impl ObjectWriter for ThrottledWriter {
     }
     async fn remove(&self) -> Result<(), ConnectorError> {
         self.inner.remove().await
+    }
+    fn holds_open(&self) -> bool {
+        self.inner.holds_open()
+    }
+    async fn close(&self) -> Result<(), ConnectorError> {
+        self.inner.close().await
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut as _, BytesMut};
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::{OnceCell, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter, VerifyMode};
 use trackshift_crypto::{
@@ -124,6 +124,10 @@ pub struct GatewayConfig {
     /// handshake work, and beyond half of it a peer must first prove its address (a QUIC
     /// Retry), so spoofed sources cannot take the places.
     pub max_unauthenticated: usize,
+    /// Most files being written at once across all jobs (each holds a writer per
+    /// destination: at a local destination two descriptors). A chunk of a file not open
+    /// yet waits for a place (up to [`OPEN_FILE_WAIT`], before it takes any memory).
+    pub max_open_files: usize,
 }
 
 /// Default [`GatewayConfig::max_connections_per_ip`]: above the job service's default of
@@ -133,6 +137,23 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
 /// Default [`GatewayConfig::auth_timeout`].
 pub const DEFAULT_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a chunk of a file not open yet waits for a place among the open files
+/// ([`GatewayConfig::max_open_files`]) before it goes ahead anyway: the bound gives way
+/// rather than stall a transfer whose open files wait for chunks queued behind it.
+pub const OPEN_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Default [`GatewayConfig::max_open_files`]: a quarter of the process's soft limit on
+/// open descriptors (`ulimit -n`), so that writers (two descriptors each at a local
+/// destination) take at most half of it; between 16 and 65,536.
+pub fn default_max_open_files() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 65_536)
+}
 
 impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +167,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("auth_timeout", &self.auth_timeout)
+            .field("max_open_files", &self.max_open_files)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +212,7 @@ impl GatewayConfig {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            max_open_files: default_max_open_files(),
         }
     }
 }
@@ -244,14 +267,38 @@ struct Job {
     failed: Mutex<Option<String>>,
     /// The sender cancelled the job: its partial objects are discarded.
     cancelled: std::sync::atomic::AtomicBool,
+    /// Per file, its place among the gateway's open files while it is being written.
+    open_files: Vec<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 /// One destination of a job.
 struct Dest {
     connector: Arc<dyn Connector>,
-    writers: Vec<OnceCell<Arc<dyn ObjectWriter>>>,
+    /// One slot per file of the job.
+    writers: Vec<WriterSlot>,
     /// Why this destination was dropped (non-strict fan-out).
     failed: Mutex<Option<String>>,
+}
+
+/// One file's writer at one destination. It is open only while the file is being written:
+/// closed once every chunk of the file is durable and again once the file is committed,
+/// and opened again (resuming) when it is needed after that, so a job holds writers (and
+/// their descriptors) for the files in flight, not for every file it has.
+#[derive(Default)]
+struct WriterSlot {
+    writer: tokio::sync::Mutex<Option<Arc<dyn ObjectWriter>>>,
+    /// The destination may hold a partial object of this file (opened here, or chunks held
+    /// before a restart): an open resumes it, a cancellation or a drop aborts it.
+    touched: std::sync::atomic::AtomicBool,
+}
+
+impl WriterSlot {
+    fn new(touched: bool) -> Self {
+        Self {
+            writer: tokio::sync::Mutex::new(None),
+            touched: std::sync::atomic::AtomicBool::new(touched),
+        }
+    }
 }
 
 impl Job {
@@ -259,52 +306,165 @@ impl Job {
         self.state.lock().expect("job lock").open().clone()
     }
 
+    /// What the connector of destination `dest` is told about file `file`.
+    fn spec(&self, dest: usize, file: u32) -> ObjectSpec {
+        let open = self.open();
+        let f = &open.files[file as usize];
+        let state = if dest == 0 {
+            format!("upload-{file}.json")
+        } else {
+            format!("upload-{dest}-{file}.json")
+        };
+        ObjectSpec {
+            tenant: self.tenant.clone(),
+            job_id: open.job_id.clone(),
+            path: f.path.clone(),
+            size: f.size,
+            chunk_size: open.chunk_size,
+            state_file: Some(self.dir.join(state)),
+        }
+    }
+
     async fn writer(&self, dest: usize, file: u32) -> Result<Arc<dyn ObjectWriter>, GatewayError> {
         let d = &self.dests[dest];
-        let cell = d
+        let slot = d
             .writers
             .get(file as usize)
             .ok_or_else(|| GatewayError::Job(format!("file index {file} out of range")))?;
-        let created = std::sync::atomic::AtomicBool::new(false);
-        let w = cell
-            .get_or_try_init(|| async {
-                created.store(true, Ordering::Relaxed);
-                if let Some(reason) = self.failed.lock().expect("job lock").clone() {
-                    return Err(GatewayError::Job(reason));
+        let (w, created) = {
+            let mut held = slot.writer.lock().await;
+            match held.as_ref() {
+                Some(w) => (w.clone(), false),
+                None => {
+                    if let Some(reason) = self.failed.lock().expect("job lock").clone() {
+                        return Err(GatewayError::Job(reason));
+                    }
+                    // Opened before (and closed since): resume it, keeping what it holds.
+                    let resume = self.resume || slot.touched.load(Ordering::Acquire);
+                    let w = d.connector.open(&self.spec(dest, file), resume).await?;
+                    slot.touched.store(true, Ordering::Release);
+                    *held = Some(w.clone());
+                    (w, true)
                 }
-                let open = self.open();
-                let f = &open.files[file as usize];
-                let state = if dest == 0 {
-                    format!("upload-{file}.json")
-                } else {
-                    format!("upload-{dest}-{file}.json")
-                };
-                let spec = ObjectSpec {
-                    tenant: self.tenant.clone(),
-                    job_id: open.job_id.clone(),
-                    path: f.path.clone(),
-                    size: f.size,
-                    chunk_size: open.chunk_size,
-                    state_file: Some(self.dir.join(state)),
-                };
-                Ok::<_, GatewayError>(d.connector.open(&spec, self.resume).await?)
-            })
-            .await?;
+            }
+        };
         // A drop or a cancellation racing with this open: it marks first, then aborts the
         // writers it finds; a writer this call opened checks after storing. Whichever comes
         // second aborts. (A job that merely failed keeps its partial objects for resume.)
-        if created.load(Ordering::Relaxed) {
+        if created {
             let gone = if self.cancelled.load(Ordering::Relaxed) {
                 Some("the job was cancelled".to_string())
             } else {
                 d.failed.lock().expect("dest lock").clone()
             };
             if let Some(reason) = gone {
-                let _ = w.abort().await;
+                let mut held = slot.writer.lock().await;
+                if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, &w)) {
+                    *held = None;
+                }
+                drop(held);
+                if w.abort().await.is_ok() {
+                    slot.touched.store(false, Ordering::Release);
+                }
                 return Err(GatewayError::Job(reason));
             }
         }
-        Ok(w.clone())
+        Ok(w)
+    }
+
+    /// Closes file `file`'s writer at destination `dest` (it is opened again if needed);
+    /// `early` (the file is complete but not committed): only a writer that holds
+    /// something open.
+    async fn close_writer(&self, dest: usize, file: u32, early: bool) {
+        let Some(slot) = self.dests[dest].writers.get(file as usize) else {
+            return;
+        };
+        let w = {
+            let mut held = slot.writer.lock().await;
+            if early && held.as_ref().is_some_and(|w| !w.holds_open()) {
+                return;
+            }
+            held.take()
+        };
+        let Some(w) = w else {
+            return;
+        };
+        // Out of the slot, nobody gets this writer again: when no call holds it now, its
+        // remote handles go too (else the last holder's drop releases what a drop can).
+        if Arc::strong_count(&w) == 1
+            && let Err(e) = w.close().await
+        {
+            debug!(tenant = %self.tenant, job = %self.id, destination = %self.dests[dest].connector.uri(), error = %e, "closing a writer failed");
+        }
+    }
+
+    /// The file is complete: closes its writers that hold something open (see
+    /// [`ObjectWriter::holds_open`]) and gives up its place among the open files.
+    async fn close_writers(&self, file: u32) {
+        for d in 0..self.dests.len() {
+            self.close_writer(d, file, true).await;
+        }
+        if let Some(place) = self.open_files.get(file as usize) {
+            place.lock().expect("open files lock").take();
+        }
+    }
+
+    /// Takes a place among the gateway's open files (`pool`) for file `file`, unless it has
+    /// one; waits at most [`OPEN_FILE_WAIT`], then goes on without.
+    async fn hold_open_file(&self, pool: &Arc<Semaphore>, file: u32) {
+        let Some(place) = self.open_files.get(file as usize) else {
+            return;
+        };
+        if place.lock().expect("open files lock").is_some() {
+            return;
+        }
+        let permit = match tokio::time::timeout(OPEN_FILE_WAIT, pool.clone().acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                debug!(tenant = %self.tenant, job = %self.id, file, "no place among the open files in time; writing anyway");
+                return;
+            }
+        };
+        let mut place = place.lock().expect("open files lock");
+        if place.is_none() {
+            *place = Some(permit);
+        }
+    }
+
+    /// Discards every partial object the job may have at destination `d`: the writers
+    /// open now, and those closed since (opened again to abort them). Stops reopening at
+    /// the first sign that the destination is unreachable.
+    async fn abort_dest(&self, d: usize) {
+        let dest = &self.dests[d];
+        for (file, slot) in dest.writers.iter().enumerate() {
+            let mut held = slot.writer.lock().await;
+            let w = match held.take() {
+                Some(w) => w,
+                None if slot.touched.load(Ordering::Acquire) => {
+                    match dest.connector.open(&self.spec(d, file as u32), true).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %dest.connector.uri(), error = %e, "could not reopen a partial object to discard it");
+                            if e.is_transient()
+                                || matches!(
+                                    e,
+                                    trackshift_connectors::ConnectorError::Unavailable(_)
+                                )
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => continue,
+            };
+            drop(held);
+            if w.abort().await.is_ok() {
+                slot.touched.store(false, Ordering::Release);
+            }
+        }
     }
 
     /// Destinations still being written.
@@ -340,11 +500,7 @@ impl Job {
         }
         warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %uri, error = %e, "destination dropped from the job");
         // Leave nothing behind there: partial objects are aborted.
-        for w in &self.dests[d].writers {
-            if let Some(w) = w.get() {
-                let _ = w.abort().await;
-            }
-        }
+        self.abort_dest(d).await;
         if self.live().is_empty() {
             return Err(GatewayError::Job(format!(
                 "every destination failed; the last: {uri}: {e}"
@@ -411,6 +567,32 @@ impl crate::quota::Occupies for Job {
     }
 }
 
+/// The jobs held now (see `Shared::jobs`), with entries of dropped jobs pruned as it grows.
+#[derive(Default)]
+struct JobMap {
+    jobs: HashMap<(String, String), std::sync::Weak<Job>>,
+    /// Prune dropped entries when the map reaches this size.
+    prune_at: usize,
+}
+
+impl JobMap {
+    fn get(&self, key: &(String, String)) -> Option<Arc<Job>> {
+        self.jobs.get(key).and_then(std::sync::Weak::upgrade)
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        self.jobs.remove(key);
+    }
+
+    fn insert(&mut self, key: (String, String), job: std::sync::Weak<Job>) {
+        if self.jobs.len() >= self.prune_at {
+            self.jobs.retain(|_, j| j.strong_count() > 0);
+            self.prune_at = (2 * self.jobs.len()).max(64);
+        }
+        self.jobs.insert(key, job);
+    }
+}
+
 struct Shared {
     data_dir: PathBuf,
     /// The signing keys, loaded (and their files checked) at bind, so a job never reaches
@@ -419,7 +601,10 @@ struct Shared {
     keys: LiveKeyStore,
     tenants: Arc<LiveTenants>,
     service_key: Option<Arc<crate::tenants::ServiceKey>>,
-    jobs: tokio::sync::Mutex<HashMap<(String, String), Arc<Job>>>,
+    /// Jobs some connection (or finish) holds now, by (tenant, job id); weak, so that a job
+    /// nothing holds is dropped with everything it owns (writers, chunk log, committer)
+    /// and is loaded from its directory when it is opened again.
+    jobs: tokio::sync::Mutex<JobMap>,
     ledger: trackshift_ledger::Log,
     verify: VerifyMode,
     connectors: ConnectorFactory,
@@ -439,6 +624,8 @@ struct Shared {
     /// [`GatewayConfig::max_unauthenticated`]).
     unauthenticated: Arc<Semaphore>,
     max_unauthenticated: usize,
+    /// Places among the files being written (see [`GatewayConfig::max_open_files`]).
+    open_files: Arc<Semaphore>,
 }
 
 /// Counters of a running gateway since it started.
@@ -512,7 +699,7 @@ impl Gateway {
             keys,
             tenants,
             service_key: cfg.service_key.clone(),
-            jobs: tokio::sync::Mutex::new(HashMap::new()),
+            jobs: tokio::sync::Mutex::new(JobMap::default()),
             quotas: Arc::new(crate::quota::Quotas::new(
                 Arc::new(Semaphore::new(budget_max as usize)),
                 budget_max,
@@ -525,8 +712,9 @@ impl Gateway {
             auth_timeout: cfg.auth_timeout,
             unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated.max(1))),
             max_unauthenticated: cfg.max_unauthenticated.max(1),
+            open_files: Arc::new(Semaphore::new(cfg.max_open_files.max(1))),
         });
-        info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), "gateway listening");
+        info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), max_open_files = cfg.max_open_files, "gateway listening");
         Ok(Self {
             endpoint,
             shared,
@@ -745,7 +933,7 @@ impl Shared {
                     open.job_id
                 )));
             }
-            return Ok(job.clone());
+            return Ok(job);
         }
         let dir = self.data_dir.join("jobs").join(tenant).join(&open.job_id);
         let job_file = dir.join("job.json");
@@ -789,6 +977,10 @@ impl Shared {
             let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
             trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
         }
+        // Files with chunks held from before may have partial objects at the destinations.
+        let touched: Vec<bool> = (0..open.files.len())
+            .map(|f| state.held_in_file(f as u32) > 0)
+            .collect();
         let mut dests = Vec::with_capacity(open.destinations.len());
         for dest in &destinations {
             let connector = self.connector(dest, verify, tenant)?;
@@ -798,7 +990,9 @@ impl Shared {
                 // since), and its server need not even be reachable now.
                 dests.push(Dest {
                     connector,
-                    writers: (0..open.files.len()).map(|_| OnceCell::new()).collect(),
+                    writers: (0..open.files.len())
+                        .map(|_| WriterSlot::new(false))
+                        .collect(),
                     failed: Mutex::new(Some(reason)),
                 });
                 continue;
@@ -818,13 +1012,15 @@ impl Shared {
             connector.check().await?;
             dests.push(Dest {
                 connector,
-                writers: (0..open.files.len()).map(|_| OnceCell::new()).collect(),
+                writers: touched.iter().map(|&t| WriterSlot::new(t)).collect(),
                 failed: Mutex::new(None),
             });
         }
         let finished = read_finished(&dir, open.destinations.len());
+        // Made (and shown writable) now; each group commit opens it for its append only, so
+        // a job holds no descriptor of its own between commits.
         let log_path = dir.join("chunks.log");
-        let log = fs::OpenOptions::new()
+        fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
@@ -843,9 +1039,12 @@ impl Shared {
             finished: tokio::sync::Mutex::new(finished),
             failed: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
+            open_files: (0..open.files.len()).map(|_| Mutex::new(None)).collect(),
         });
-        tokio::spawn(committer(job.clone(), log, commit_rx));
-        jobs.insert(key, job.clone());
+        // The committer holds the job weakly: it ends (closing the chunk log) once the job
+        // is dropped, when no connection or finish holds it any more.
+        tokio::spawn(committer(Arc::downgrade(&job), commit_rx));
+        jobs.insert(key, Arc::downgrade(&job));
         Ok(job)
     }
 }
@@ -874,14 +1073,16 @@ fn read_finished(dir: &Path, dests: usize) -> Option<(String, Vec<String>)> {
 
 /// Group commit: takes every chunk written since the last round, syncs the files they went
 /// to, appends their records to the chunk log with one fsync, then acknowledges them.
-async fn committer(job: Arc<Job>, log: fs::File, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let log = Arc::new(Mutex::new(log));
+/// Ends when the job is gone (every sender of `rx` is the job's).
+async fn committer(job: std::sync::Weak<Job>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(p) = rx.try_recv() {
             batch.push(p);
         }
-        let result = commit_batch(&job, &log, &batch).await;
+        // Nobody holds the job any more: nobody waits for these acknowledgements either.
+        let Some(job) = job.upgrade() else { break };
+        let result = commit_batch(&job, &batch).await;
         match result {
             Ok(()) => {
                 // One Acks frame per (connection, handle).
@@ -917,34 +1118,38 @@ async fn committer(job: Arc<Job>, log: fs::File, mut rx: mpsc::UnboundedReceiver
     }
 }
 
-async fn commit_batch(
-    job: &Arc<Job>,
-    log: &Arc<Mutex<fs::File>>,
-    batch: &[Pending],
-) -> Result<(), GatewayError> {
+async fn commit_batch(job: &Arc<Job>, batch: &[Pending]) -> Result<(), GatewayError> {
     let mut files: Vec<u32> = batch.iter().map(|p| p.chunk.file).collect();
     files.sort_unstable();
     files.dedup();
-    for f in files {
+    for &f in &files {
         job.sync_all(f).await?;
     }
     let mut records = Vec::with_capacity(batch.len() * protocol::LOG_RECORD_LEN);
     for p in batch {
         records.extend_from_slice(&protocol::encode_log_record(p.chunk, &p.hash));
     }
-    let log = log.clone();
     let path = job.dir.join("chunks.log");
+    let log = path.clone();
     tokio::task::spawn_blocking(move || {
-        let mut f = log.lock().expect("log lock");
+        let mut f = fs::OpenOptions::new().append(true).open(&log)?;
         f.write_all(&records)?;
         f.sync_data()
     })
     .await
     .expect("log task does not panic")
     .map_err(io("appending to", &path))?;
-    let mut state = job.state.lock().expect("job lock");
-    for p in batch {
-        state.record(p.chunk, p.hash)?;
+    let complete: Vec<u32> = {
+        let mut state = job.state.lock().expect("job lock");
+        for p in batch {
+            state.record(p.chunk, p.hash)?;
+        }
+        files.retain(|&f| state.file_complete(f));
+        files
+    };
+    // A file whose every chunk is durable needs its writers again only to commit.
+    for f in complete {
+        job.close_writers(f).await;
     }
     Ok(())
 }
@@ -1176,6 +1381,18 @@ async fn control_loop(
             ClientFrame::OpenJob(open) => {
                 let job_id = open.job_id.clone();
                 let correlation = open.correlation_id.clone().unwrap_or_else(|| "-".into());
+                // Opening a job again on this connection (after it failed, or was busy)
+                // abandons its earlier handle: that handle and its slot go, so handles do
+                // not pile up on a long-lived connection.
+                let stale: Vec<u32> = (state.handles.lock().expect("handles lock"))
+                    .iter()
+                    .filter(|(_, j)| j.id == job_id)
+                    .map(|(&h, _)| h)
+                    .collect();
+                for h in stale {
+                    state.handles.lock().expect("handles lock").remove(&h);
+                    state.slots.lock().expect("slots lock").remove(&h);
+                }
                 // The tenant's job slots, before any work: whatever path the job came by.
                 let max = (shared.tenants.current().file.get(&state.tenant))
                     .and_then(|t| t.max_concurrent_jobs);
@@ -1237,7 +1454,7 @@ async fn control_loop(
                     ))
                     .into());
                 };
-                let out = state.out.clone();
+                let state = state.clone();
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let frame = match finish_job(&shared, &job, &file_hashes).await {
@@ -1261,7 +1478,11 @@ async fn control_loop(
                             }
                         }
                     };
-                    let _ = out.send(frame);
+                    // The job has ended on this connection: its handle and slot go (the
+                    // sender sends nothing more under it; a repeat open gets a new one).
+                    state.handles.lock().expect("handles lock").remove(&handle);
+                    state.slots.lock().expect("slots lock").remove(&handle);
+                    let _ = state.out.send(frame);
                 });
             }
             ClientFrame::CancelJob { handle, reason } => {
@@ -1284,14 +1505,10 @@ async fn control_loop(
     Ok(())
 }
 
-/// Aborts every destination object the job has opened (idempotent).
+/// Aborts every partial destination object the job may have (idempotent).
 async fn abort_writers(job: &Job) {
-    for d in &job.dests {
-        for w in &d.writers {
-            if let Some(w) = w.get() {
-                let _ = w.abort().await;
-            }
-        }
+    for d in 0..job.dests.len() {
+        job.abort_dest(d).await;
     }
 }
 
@@ -1363,6 +1580,9 @@ async fn handle_chunk_stream(
             return Err(e.into());
         }
     };
+    // A file not open yet waits for a place among the open files, before it holds memory.
+    job.hold_open_file(&shared.open_files, header.chunk.file)
+        .await;
     let len = header.len as usize;
     // The tenant's quotas before the gateway spends anything on the payload: its receive
     // rate (the stream is not read meanwhile: QUIC flow control holds the sender), then
@@ -1585,7 +1805,10 @@ async fn commit_dest(
     let mut etag = None;
     for (i, entry) in entries.iter().enumerate() {
         let w = job.writer(d, i as u32).await?;
-        let conf = w.commit().await?;
+        let conf = w.commit().await;
+        // Committed (or failed): the writer need not stay open (`w` serves a removal).
+        job.close_writer(d, i as u32, false).await;
+        let conf = conf?;
         // The destination must hold what the manifest says: its size, and its hash when it
         // read the object back.
         let wrong = if conf.size != entry.size {

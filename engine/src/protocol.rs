@@ -496,6 +496,8 @@ pub struct ReceiverJob {
     open: OpenJob,
     layouts: Vec<ChunkLayout>,
     hashes: Vec<Vec<Option<Hash32>>>,
+    /// Chunks held per file.
+    held_in: Vec<u64>,
     held: u64,
     total: u64,
 }
@@ -514,6 +516,7 @@ impl ReceiverJob {
             .collect();
         let total = layouts.iter().map(ChunkLayout::chunk_count).sum();
         Ok(Self {
+            held_in: vec![0; layouts.len()],
             open,
             layouts,
             hashes,
@@ -582,9 +585,22 @@ impl ReceiverJob {
             None => {
                 *slot = Some(hash);
                 self.held += 1;
+                self.held_in[chunk.file as usize] += 1;
                 Ok(())
             }
         }
+    }
+
+    /// Chunks of file `file` held (0 for a file the job does not have).
+    pub fn held_in_file(&self, file: u32) -> u64 {
+        self.held_in.get(file as usize).copied().unwrap_or(0)
+    }
+
+    /// Every chunk of file `file` is held (false for a file the job does not have).
+    pub fn file_complete(&self, file: u32) -> bool {
+        self.layouts
+            .get(file as usize)
+            .is_some_and(|l| self.held_in_file(file) == l.chunk_count())
     }
 
     /// Held chunks with their hashes, per file (for `JobReady`).
@@ -913,6 +929,28 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    #[test]
+    fn a_file_is_complete_only_once_each_of_its_chunks_is_held_once() {
+        let mut r = ReceiverJob::new(job(&[1500, 0, 3000], 1024)).unwrap();
+        let h = |n: u8| Hash32([n; 32]);
+        assert!(!r.file_complete(0) && !r.file_complete(2));
+        // An empty file still has its one (empty) chunk to receive.
+        assert!(!r.file_complete(1));
+        r.record(ChunkRef { file: 0, index: 0 }, h(1)).unwrap();
+        // The same chunk again does not count twice.
+        r.record(ChunkRef { file: 0, index: 0 }, h(1)).unwrap();
+        assert_eq!(r.held_in_file(0), 1);
+        assert!(!r.file_complete(0));
+        r.record(ChunkRef { file: 0, index: 1 }, h(2)).unwrap();
+        assert!(r.file_complete(0));
+        r.record(ChunkRef { file: 1, index: 0 }, h(3)).unwrap();
+        assert!(r.file_complete(1));
+        assert!(!r.file_complete(2));
+        // Files the job does not have are never complete (and do not panic).
+        assert!(!r.file_complete(3) && !r.file_complete(u32::MAX));
+        assert_eq!(r.held_in_file(u32::MAX), 0);
     }
 
     #[test]

@@ -293,29 +293,115 @@ struct Source {
 
 /// How a job's files are opened for reading.
 enum Reader {
-    /// By path, each opened once and held for the job (the sender's own files).
-    Plain(Vec<std::sync::OnceLock<Arc<File>>>),
+    /// By path (the sender's own files), through a few open files kept for reuse.
+    Plain(OpenFiles),
     /// Beneath a tenant's source directory, opened again for each chunk and closed after it.
     Confined(crate::scan::ConfinedListing),
 }
 
+/// Most source files a job keeps open between reads. Chunks go out in file order, so
+/// reads of one file follow each other; any other read opens its file again.
+pub const OPEN_FILES_PER_JOB: usize = 4;
+
+/// Most chunk reads of one send at once (each holds its file open while it reads).
+pub const READS_IN_FLIGHT: usize = 16;
+
+/// What identifies the content of a source file: a reopened file must show the same, or
+/// it changed while it was being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
+/// A job's plain source files: the identity each had when first opened, and a small
+/// most-recently-used set of open ones ([`OPEN_FILES_PER_JOB`]), so a job holds a few
+/// descriptors however many files it has.
+struct OpenFiles {
+    identities: Vec<std::sync::OnceLock<FileIdentity>>,
+    /// Most recently used last.
+    open: std::sync::Mutex<Vec<(u32, Arc<File>)>>,
+}
+
+impl OpenFiles {
+    fn new(files: usize) -> Self {
+        Self {
+            identities: (0..files).map(|_| std::sync::OnceLock::new()).collect(),
+            open: std::sync::Mutex::new(Vec::with_capacity(OPEN_FILES_PER_JOB + 1)),
+        }
+    }
+
+    /// File `i` at `path`, open: kept from an earlier read, or opened now and checked to be
+    /// the file first opened (device, inode, size and modification time).
+    fn get(&self, i: u32, path: &Path) -> Result<Arc<File>, String> {
+        {
+            let mut open = self.open.lock().expect("open files lock");
+            if let Some(k) = open.iter().position(|(f, _)| *f == i) {
+                let entry = open.remove(k);
+                let file = entry.1.clone();
+                open.push(entry);
+                return Ok(file);
+            }
+        }
+        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let seen = FileIdentity::of(&meta);
+        let first = *self.identities[i as usize].get_or_init(|| seen);
+        if first != seen {
+            return Err(format!(
+                "{}: the file changed while it was being sent (it is not the file first                  read: device, inode, size or modification time differ); send it again",
+                path.display()
+            ));
+        }
+        let file = Arc::new(file);
+        let mut open = self.open.lock().expect("open files lock");
+        if !open.iter().any(|(f, _)| *f == i) {
+            open.push((i, file.clone()));
+            if open.len() > OPEN_FILES_PER_JOB {
+                open.remove(0);
+            }
+        }
+        Ok(file)
+    }
+
+    /// Closes every file kept open (reads in progress keep theirs until they end).
+    fn close_all(&self) {
+        self.open.lock().expect("open files lock").clear();
+    }
+}
+
 impl Source {
     fn file(&self, i: u32) -> Result<Arc<File>, String> {
-        let cell = match &self.reader {
-            Reader::Plain(handles) => &handles[i as usize],
-            Reader::Confined(listing) => {
-                return listing
-                    .open(i as usize)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string());
-            }
-        };
-        if let Some(f) = cell.get() {
-            return Ok(f.clone());
+        match &self.reader {
+            Reader::Plain(files) => files.get(i, &self.files[i as usize].0),
+            Reader::Confined(listing) => listing
+                .open(i as usize)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
         }
-        let path = &self.files[i as usize].0;
-        let f = Arc::new(File::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
-        Ok(cell.get_or_init(|| f).clone())
+    }
+
+    /// Releases the descriptors the source keeps between reads (the job has ended).
+    fn close(&self) {
+        if let Reader::Plain(files) = &self.reader {
+            files.close_all();
+        }
     }
 }
 
@@ -511,16 +597,18 @@ pub async fn send_jobs(
                     e
                 };
                 // Every unfinished job gets the error: the first one the error itself, the
-                // others a copy of its text (refusals keep their kind).
+                // others a copy of its text (refusals and cancellations keep their kind).
                 let refused = match &e {
                     SendError::Refused(r) => Some(r.clone()),
                     _ => None,
                 };
+                let cancelled_all = matches!(e, SendError::Cancelled);
                 let text = e.to_string();
                 let mut original = Some(e);
                 for job in jobs.iter_mut().filter(|j| j.outcome.is_none() && !j.done) {
                     let err = original.take().unwrap_or_else(|| match &refused {
                         Some(r) => SendError::Refused(r.clone()),
+                        None if cancelled_all => SendError::Cancelled,
                         None => SendError::Connection(text.clone()),
                     });
                     job.outcome = Some(Err(err));
@@ -587,8 +675,8 @@ impl JobState {
                         })?
                         .display()
                 );
-                let handles = listed.iter().map(|_| std::sync::OnceLock::new()).collect();
-                (listed, Reader::Plain(handles), uri)
+                let files = OpenFiles::new(listed.len());
+                (listed, Reader::Plain(files), uri)
             }
         };
         let open = OpenJob {
@@ -641,7 +729,7 @@ impl JobState {
             job: None,
             source: Arc::new(Source {
                 files: Vec::new(),
-                reader: Reader::Plain(Vec::new()),
+                reader: Reader::Plain(OpenFiles::new(0)),
             }),
             total_bytes: 0,
             handle: None,
@@ -671,6 +759,7 @@ impl JobState {
 
     fn settle(&mut self, outcome: Result<(String, Vec<String>), SendError>, at: Duration) {
         self.detach();
+        self.source.close();
         self.done = true;
         self.outcome = Some(outcome);
         self.finished = Some(at);
@@ -731,6 +820,7 @@ async fn connection(
         .unwrap_or(u32::MAX)
         .max(1);
     let budget = Arc::new(Semaphore::new(budget_max as usize));
+    let reads = Arc::new(Semaphore::new(READS_IN_FLIGHT));
     let mut by_handle: HashMap<u32, usize> = HashMap::new();
     let by_id: HashMap<String, usize> = jobs
         .iter()
@@ -801,7 +891,7 @@ async fn connection(
                 chunks_this_conn += 1;
                 let layout = *j.sender().layout(c.file);
                 let task = ChunkTask { job: i, handle: j.handle.expect("open"), chunk: c, layout };
-                spawn_chunk(conn.clone(), j.source.clone(), task, cfg.faults.clone(), events.clone());
+                spawn_chunk(conn.clone(), j.source.clone(), task, cfg.faults.clone(), events.clone(), reads.clone());
                 let drop_now = {
                     let mut d = cfg.faults.drop_connection_after.lock().expect("fault lock");
                     match *d {
@@ -1063,6 +1153,7 @@ fn spawn_chunk(
     task: ChunkTask,
     faults: Arc<FaultInjection>,
     events: mpsc::UnboundedSender<Event>,
+    reads: Arc<Semaphore>,
 ) {
     let ChunkTask {
         job,
@@ -1072,7 +1163,9 @@ fn spawn_chunk(
     } = task;
     tokio::spawn(async move {
         let result = async {
+            let reading = reads.acquire_owned().await.expect("never closed");
             let read = tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), String> {
+                let _reading = reading;
                 let file = source.file(c.file)?;
                 let mut buf = vec![0u8; layout.chunk_len(c.index) as usize];
                 file.read_exact_at(&mut buf, layout.offset(c.index))
@@ -1136,5 +1229,72 @@ mod tests {
         assert!(backoff(30, plenty) >= MAX_BACKOFF / 2);
         assert!(backoff(10, Duration::from_millis(30)) <= Duration::from_millis(30));
         assert_eq!(backoff(3, Duration::ZERO), Duration::ZERO);
+    }
+
+    fn tree(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = (0..n)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, format!("file {i}")).unwrap();
+                p
+            })
+            .collect();
+        (dir, paths)
+    }
+
+    #[test]
+    fn reading_many_files_keeps_only_a_few_open() {
+        let (_dir, paths) = tree(3 * OPEN_FILES_PER_JOB);
+        let files = OpenFiles::new(paths.len());
+        for (i, p) in paths.iter().enumerate() {
+            let f = files.get(i as u32, p).unwrap();
+            let want = format!("file {i}");
+            let mut buf = vec![0u8; want.len()];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            assert_eq!(buf, want.as_bytes());
+            assert!(files.open.lock().unwrap().len() <= OPEN_FILES_PER_JOB);
+        }
+        // The most recent ones are kept; an evicted one opens again (the same file).
+        let kept: Vec<u32> = files.open.lock().unwrap().iter().map(|(i, _)| *i).collect();
+        let last = paths.len() as u32 - 1;
+        assert!(kept.contains(&last), "{kept:?}");
+        files.get(0, &paths[0]).unwrap();
+        files.close_all();
+        assert!(files.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_replaced_between_reads_is_refused_not_read() {
+        let (dir, paths) = tree(OPEN_FILES_PER_JOB + 2);
+        let files = OpenFiles::new(paths.len());
+        files.get(0, &paths[0]).unwrap();
+        // Push file 0 out of the open set, then swap another file in under its name.
+        for (i, p) in paths.iter().enumerate().skip(1) {
+            files.get(i as u32, p).unwrap();
+        }
+        assert!(!files.open.lock().unwrap().iter().any(|(i, _)| *i == 0));
+        let other = dir.path().join("other");
+        std::fs::write(&other, "file 0").unwrap();
+        std::fs::rename(&other, &paths[0]).unwrap();
+        let err = files.get(0, &paths[0]).unwrap_err();
+        assert!(err.contains("changed while it was being sent"), "{err}");
+    }
+
+    #[test]
+    fn a_file_grown_between_reads_is_refused_not_read() {
+        let (_dir, paths) = tree(OPEN_FILES_PER_JOB + 2);
+        let files = OpenFiles::new(paths.len());
+        files.get(0, &paths[0]).unwrap();
+        for (i, p) in paths.iter().enumerate().skip(1) {
+            files.get(i as u32, p).unwrap();
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&paths[0])
+            .unwrap();
+        std::io::Write::write_all(&mut f, b" and more").unwrap();
+        let err = files.get(0, &paths[0]).unwrap_err();
+        assert!(err.contains("changed while it was being sent"), "{err}");
     }
 }
