@@ -403,7 +403,7 @@ mod tests {
                         "{ctx}"
                     );
                     proof
-                        .verify(&r.signed_bytes().unwrap(), log.public_keys())
+                        .verify(&r.signed_bytes().unwrap(), &log.public_keys())
                         .unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 }
                 log.close();
