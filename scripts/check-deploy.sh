@@ -44,11 +44,15 @@ passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "  ok: $*"; }
 bad() { failed=$((failed + 1)); echo "  FAILED: $*"; }
-# count OUTPUT: adds the ok/FAILED lines of a sub-check to the totals.
+# count OUTPUT [STATUS]: adds the ok/FAILED lines of a sub-check to the totals; a sub-check
+# that exited non-zero without a FAILED line (it crashed) is a failure too.
 count() {
     cat "$1"
+    local f
+    f=$(grep -c '^  FAILED: ' "$1" || true)
     passed=$((passed + $(grep -c '^  ok: ' "$1" || true)))
-    failed=$((failed + $(grep -c '^  FAILED: ' "$1" || true)))
+    failed=$((failed + f))
+    if [ "${2:-0}" != 0 ] && [ "$f" = 0 ]; then bad "$(basename "$1" .out) exited with status $2"; fi
 }
 
 echo "==> Dockerfile: hadolint"
@@ -59,8 +63,9 @@ else
 fi
 
 echo "==> Helm chart: render, schema validation, cross-checks"
-"$py" "$root/scripts/check_deploy.py" render "$chart" "$work/rendered" ${bin:+"$bin"} > "$work/render.out" 2>&1 || true
-count "$work/render.out"
+rc=0
+"$py" "$root/scripts/check_deploy.py" render "$chart" "$work/rendered" ${bin:+"$bin"} > "$work/render.out" 2>&1 || rc=$?
+count "$work/render.out" "$rc"
 
 # checkov: no failed check; every skipped one must carry its reason (shown here).
 checkov_run() { # NAME ARGS...
@@ -122,6 +127,16 @@ if command -v systemd-analyze > /dev/null; then
 else
     echo "  (systemd-analyze not installed: the unit is not verified)"
 fi
+if command -v systemd-sysusers > /dev/null; then
+    uroot="$work/uroot"
+    mkdir -p "$uroot/etc" && touch "$uroot/etc/passwd" "$uroot/etc/group"
+    if systemd-sysusers --root="$uroot" --dry-run "$root/deploy/systemd/trackshift.sysusers" > "$work/sysusers.out" 2>&1 &&
+        grep -q "Creating user 'trackshift'" "$work/sysusers.out"; then
+        ok "systemd-sysusers creates the user trackshift (trackshift.sysusers)"
+    else
+        bad "systemd-sysusers trackshift.sysusers"; sed 's/^/      /' "$work/sysusers.out"
+    fi
+fi
 
 echo "==> pod secret layout with the real gateway"
 if [ -z "$bin" ]; then
@@ -129,8 +144,9 @@ if [ -z "$bin" ]; then
 elif [ "$(id -u)" != 0 ] || ! command -v unshare > /dev/null || ! command -v setpriv > /dev/null; then
     echo "  (needs root, unshare and setpriv: skipped)"
 else
-    "$py" "$root/scripts/check_deploy.py" pod "$chart" "$work/pod" "$bin" "$root/deploy/logging/vector.yaml" > "$work/pod.out" 2>&1 || true
-    count "$work/pod.out"
+    rc=0
+    "$py" "$root/scripts/check_deploy.py" pod "$chart" "$work/pod" "$bin" "$root/deploy/logging/vector.yaml" > "$work/pod.out" 2>&1 || rc=$?
+    count "$work/pod.out" "$rc"
 fi
 
 echo
