@@ -245,29 +245,18 @@ fn open_fds() -> usize {
 
 /// Resident memory now (VmRSS), MiB.
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::bench::status_mib("VmRSS:")
 }
 
+/// Bytes of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
-    walk(dir)
-}
-
-fn walk(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .filter_map(Result::ok)
         .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => walk(&e.path()),
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
             Ok(_) => e.metadata().map_or(0, |m| m.len()),
             Err(_) => 0,
         })

@@ -619,19 +619,10 @@ impl Writer {
     /// `None` when a part's MD5 is unknown (uploaded without verification, then resumed
     /// strictly).
     fn expected_etag(st: &UploadState) -> Option<String> {
-        let mut md5 = Md5::new();
-        for (_, (_, part_md5)) in st.parts.iter() {
-            let digest = hex::decode(part_md5).ok()?;
-            if digest.len() != 16 {
-                return None;
-            }
-            md5.update(digest);
-        }
-        Some(format!(
-            "{}-{}",
-            hex::encode(md5.finalize()),
-            st.parts.len()
-        ))
+        multipart_etag(
+            st.parts.values().map(|(_, part_md5)| part_md5.as_str()),
+            st.parts.len(),
+        )
     }
 
     /// A create-only commit refused because an object exists under the name is
@@ -651,19 +642,12 @@ impl Writer {
     /// The S3 ETag an upload of these parts gets: MD5 of the parts' ETags (each the MD5
     /// of its part), then "-" and the count. `None` when a part's ETag is not an MD5.
     fn parts_etag(st: &UploadState) -> Option<String> {
-        let mut md5 = Md5::new();
-        for (content_id, _) in st.parts.values() {
-            let digest = hex::decode(content_id.trim_matches('"')).ok()?;
-            if digest.len() != 16 {
-                return None;
-            }
-            md5.update(digest);
-        }
-        Some(format!(
-            "{}-{}",
-            hex::encode(md5.finalize()),
-            st.parts.len()
-        ))
+        multipart_etag(
+            st.parts
+                .values()
+                .map(|(content_id, _)| content_id.trim_matches('"')),
+            st.parts.len(),
+        )
     }
 
     /// After the service said it no longer knows this upload: succeeds only if the object
@@ -930,6 +914,20 @@ impl ObjectWriter for Writer {
             Err(e) => Err(remote(&self.uri, "removing", &e)),
         }
     }
+}
+
+/// An S3 multipart ETag from its parts' MD5s (hex): MD5 of the digests, "-", the count.
+/// `None` when one is not a hex MD5.
+fn multipart_etag<'a>(md5s: impl Iterator<Item = &'a str>, parts: usize) -> Option<String> {
+    let mut md5 = Md5::new();
+    for part in md5s {
+        let digest = hex::decode(part).ok()?;
+        if digest.len() != 16 {
+            return None;
+        }
+        md5.update(digest);
+    }
+    Some(format!("{}-{parts}", hex::encode(md5.finalize())))
 }
 
 #[cfg(test)]
