@@ -66,6 +66,26 @@ pub struct ServeArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     max_unauthenticated: usize,
+    /// Most files being written at once across all jobs (each holds a writer per
+    /// destination: two descriptors at a local one). Default: a quarter of `ulimit -n`.
+    #[arg(
+        long,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_open_files: Option<usize>,
+    /// Most jobs one connection may hold open at once; a sender asking for more is told to
+    /// wait (Busy) until one of its jobs ends.
+    #[arg(
+        long,
+        default_value_t = trackshift_engine::gateway::DEFAULT_MAX_JOBS_PER_CONNECTION,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_jobs_per_connection: usize,
+    /// Job directories (DATA/jobs) nothing has touched for this long are removed; an
+    /// abandoned job's partial destination objects are discarded with it. A job id sent
+    /// again after that is a new job. `never` keeps them.
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    job_retention: Retention,
     /// Chunk bytes in flight across all API jobs (the job service's sending memory). Chunk
     /// latency is about this over the throughput: raise it for long fat links, keep it
     /// small next to the gateway.
@@ -168,7 +188,8 @@ pub struct SendArgs {
     /// Offer only the post-quantum X25519MLKEM768 key exchange.
     #[arg(long)]
     pq_only: bool,
-    /// How long to keep trying to reach a gateway that went away (or was not there yet)
+    /// How long to keep trying to reach a gateway that went away (or was not there yet),
+    /// or to open again a job the gateway failed for a passing reason (its disk full, say),
     /// before giving up, for example `30s` or `10m`; an interrupted send resumes where it
     /// stopped.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
@@ -288,6 +309,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     cfg.max_connections_per_ip = args.max_connections_per_ip;
     cfg.max_unauthenticated = args.max_unauthenticated;
+    if let Some(n) = args.max_open_files {
+        cfg.max_open_files = n;
+    }
+    cfg.max_jobs_per_connection = args.max_jobs_per_connection;
+    cfg.job_retention = args.job_retention.0;
     let wrapping = trackshift_engine::connectors::Wrapping {
         prefix: None,
         concurrency: args.dest_concurrency,
@@ -624,4 +650,19 @@ pub async fn send_with_progress(path: &Path, cfg: &SendConfig) -> Result<SendRep
         bar.finish_and_clear();
     }
     Ok(result?)
+}
+
+/// `--job-retention`: a duration, or `never`.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<std::time::Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s == "never" {
+        return Ok(Retention(None));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Retention(Some(d))),
+        Ok(_) => Err("a retention of zero would remove jobs as they run; use `never` to keep job directories".into()),
+        Err(e) => Err(format!("{e} (a duration such as 7d or 12h, or `never`)")),
+    }
 }

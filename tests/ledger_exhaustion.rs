@@ -1,8 +1,8 @@
 //! A gateway whose ledger writes fail (a child `trackshift serve` under a low `ulimit -n`
 //! and a file-size limit its ledger outgrows after a few jobs, so its writes fail as on a
 //! full disk) keeps serving, hands out no receipt for what the ledger did not store, leaves
-//! a ledger `trackshift ledger verify` accepts, records jobs again once the disk has room,
-//! and after a `kill -9` starts again and takes new jobs.
+//! a ledger `trackshift ledger verify` accepts, records a job whose finish waited for room
+//! once the disk has it, and after a `kill -9` starts again and takes new jobs.
 
 mod common;
 
@@ -167,7 +167,9 @@ fn ledger_writes_that_fail_under_exhaustion_leave_a_ledger_that_verifies_and_res
         });
     }
     let token = data.join("default.token");
-    let send = |gw: &common::Gateway, k: usize| {
+    // `retry_for`: how long the sender opens a job again that the gateway failed for a
+    // passing reason (its ledger could not write).
+    let send = |gw: &common::Gateway, k: usize, retry_for: &str| {
         let file = format!("f{k}.txt");
         std::fs::write(dir.join(&file), format!("job {k}\n")).unwrap();
         std::fs::create_dir_all(dir.join(format!("dest/{k}"))).unwrap();
@@ -179,14 +181,15 @@ fn ledger_writes_that_fail_under_exhaustion_leave_a_ledger_that_verifies_and_res
             &[&format!("{dest}/{k}")],
             Some(out.to_str().unwrap()),
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--retry-for", retry_for]);
         let (code, stdout, stderr) = run(&args, dir);
         (code == 0, out, format!("{stdout}\n{stderr}"))
     };
 
     let (mut done, mut failed) = (Vec::new(), 0);
     for k in 0..60 {
-        let (ok, out, text) = send(&gw, k);
+        let (ok, out, text) = send(&gw, k, "2s");
         if ok {
             done.push(out);
         } else {
@@ -220,10 +223,30 @@ fn ledger_writes_that_fail_under_exhaustion_leave_a_ledger_that_verifies_and_res
 
     ledger_verify(&data, dir);
 
-    // The disk has room again: the same gateway, never restarted, records jobs again.
-    lift_fsize_limit(gw.child.id());
-    let (ok, out, text) = send(&gw, 60);
-    assert!(ok, "a job after the resource is back: {text}");
+    // A job whose finish fails while the ledger cannot grow is not failed: its sender
+    // keeps asking, and once the disk has room again the same gateway, never restarted,
+    // records it (once).
+    let failures = || {
+        (log.lock().unwrap().iter())
+            .filter(|l| l.contains("ledger append failed"))
+            .count()
+    };
+    let before = failures();
+    let (ok, out, text) = std::thread::scope(|scope| {
+        let sending = scope.spawn(|| send(&gw, 60, "60s"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while failures() < before + 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            failures() >= before + 2,
+            "the finish was tried again while the ledger was full"
+        );
+        assert!(!sending.is_finished(), "the sender is still waiting");
+        lift_fsize_limit(gw.child.id());
+        sending.join().unwrap()
+    });
+    assert!(ok, "a job whose finish waited for the resource: {text}");
     done.push(out);
     ledger_verify(&data, dir);
     drop(gw);
@@ -246,7 +269,7 @@ fn ledger_writes_that_fail_under_exhaustion_leave_a_ledger_that_verifies_and_res
 
     // A restart (without the limits) accepts the log and takes new jobs.
     let gw = common::start_gateway_full(&data, &[], &args, None);
-    let (ok, out, text) = send(&gw, 100);
+    let (ok, out, text) = send(&gw, 100, "10s");
     assert!(ok, "{text}");
     let out2 = ledger_verify(&data, dir);
     assert!(out2.contains(&format!("{} entries", entries + 2)), "{out2}");

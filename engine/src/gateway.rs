@@ -128,7 +128,20 @@ pub struct GatewayConfig {
     /// destination: at a local destination two descriptors). A chunk of a file not open
     /// yet waits for a place (up to [`OPEN_FILE_WAIT`], before it takes any memory).
     pub max_open_files: usize,
+    /// Most jobs one connection holds open at once; an open beyond it is answered `Busy`
+    /// (the sender waits and asks again), so one connection cannot hold unbounded state.
+    pub max_jobs_per_connection: usize,
+    /// Job directories nothing has touched for this long are removed (see
+    /// [`Gateway::sweep_jobs`]); `None` keeps them. A job id sent again after its
+    /// directory went is a new job.
+    pub job_retention: Option<std::time::Duration>,
 }
+
+/// Default [`GatewayConfig::job_retention`]: a week.
+pub const DEFAULT_JOB_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// Default [`GatewayConfig::max_jobs_per_connection`].
+pub const DEFAULT_MAX_JOBS_PER_CONNECTION: usize = 1024;
 
 /// Default [`GatewayConfig::max_connections_per_ip`]: above the job service's default of
 /// 256 concurrent jobs, whose connections all come from one address.
@@ -168,6 +181,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("auth_timeout", &self.auth_timeout)
             .field("max_open_files", &self.max_open_files)
+            .field("max_jobs_per_connection", &self.max_jobs_per_connection)
+            .field("job_retention", &self.job_retention)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +228,8 @@ impl GatewayConfig {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             max_open_files: default_max_open_files(),
+            max_jobs_per_connection: DEFAULT_MAX_JOBS_PER_CONNECTION,
+            job_retention: Some(DEFAULT_JOB_RETENTION),
         }
     }
 }
@@ -604,7 +621,9 @@ struct Shared {
     /// Jobs some connection (or finish) holds now, by (tenant, job id); weak, so that a job
     /// nothing holds is dropped with everything it owns (writers, chunk log, committer)
     /// and is loaded from its directory when it is opened again.
-    jobs: tokio::sync::Mutex<JobMap>,
+    jobs: Mutex<JobMap>,
+    /// One lock per job being opened now, so opens of one job run one at a time.
+    opening: Mutex<HashMap<JobKey, Arc<tokio::sync::Mutex<()>>>>,
     ledger: trackshift_ledger::Log,
     verify: VerifyMode,
     connectors: ConnectorFactory,
@@ -626,6 +645,10 @@ struct Shared {
     max_unauthenticated: usize,
     /// Places among the files being written (see [`GatewayConfig::max_open_files`]).
     open_files: Arc<Semaphore>,
+    /// See [`GatewayConfig::max_jobs_per_connection`].
+    max_jobs_per_connection: usize,
+    /// See [`GatewayConfig::job_retention`].
+    job_retention: Option<std::time::Duration>,
 }
 
 /// Counters of a running gateway since it started.
@@ -699,7 +722,8 @@ impl Gateway {
             keys,
             tenants,
             service_key: cfg.service_key.clone(),
-            jobs: tokio::sync::Mutex::new(JobMap::default()),
+            jobs: Mutex::new(JobMap::default()),
+            opening: Mutex::new(HashMap::new()),
             quotas: Arc::new(crate::quota::Quotas::new(
                 Arc::new(Semaphore::new(budget_max as usize)),
                 budget_max,
@@ -713,6 +737,8 @@ impl Gateway {
             unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated.max(1))),
             max_unauthenticated: cfg.max_unauthenticated.max(1),
             open_files: Arc::new(Semaphore::new(cfg.max_open_files.max(1))),
+            max_jobs_per_connection: cfg.max_jobs_per_connection.max(1),
+            job_retention: cfg.job_retention,
         });
         info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), max_open_files = cfg.max_open_files, "gateway listening");
         Ok(Self {
@@ -791,6 +817,14 @@ impl Gateway {
         (connectors.len(), failing)
     }
 
+    /// Removes the directories of jobs nothing has touched for longer than `older_than`
+    /// and nothing holds now (a finished job's documents stay in the ledger; an abandoned
+    /// job's partial destination objects are discarded). The gateway does this by itself
+    /// every [`sweep_interval`] when [`GatewayConfig::job_retention`] is set.
+    pub async fn sweep_jobs(&self, older_than: std::time::Duration) -> SweepReport {
+        retention::sweep(&self.shared, older_than).await
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> GatewayStats {
         GatewayStats {
@@ -807,6 +841,28 @@ impl Gateway {
 
     /// Serves connections until [`Gateway::close`] is called (or the endpoint fails).
     pub async fn serve(&self) {
+        // Job directories past their retention go while the gateway serves.
+        let sweeper = self.shared.job_retention.map(|retention| {
+            let shared = Arc::downgrade(&self.shared);
+            tokio::spawn(async move {
+                loop {
+                    let Some(s) = shared.upgrade() else { break };
+                    let report = retention::sweep(&s, retention).await;
+                    drop(s);
+                    if report != SweepReport::default() {
+                        info!(?report, "job retention sweep");
+                    }
+                    tokio::time::sleep(sweep_interval(retention)).await;
+                }
+            })
+        });
+        self.accept().await;
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+    }
+
+    async fn accept(&self) {
         while let Some(incoming) = self.endpoint.accept().await {
             let shared = self.shared.clone();
             let Ok(place) = shared.unauthenticated.clone().try_acquire_owned() else {
@@ -917,66 +973,43 @@ impl Shared {
             (v, _) => v,
         };
         let key = (tenant.to_string(), open.job_id.clone());
-        let mut jobs = self.jobs.lock().await;
-        // A job that failed (say the disk filled up) is reloaded from its directory when
-        // opened again, so it resumes from the chunks it holds once the cause is fixed.
-        if jobs
-            .get(&key)
-            .is_some_and(|j| j.failed.lock().expect("job lock").is_some())
+        // Opens of one job run one at a time; opens of different jobs run side by side (the
+        // map of held jobs is locked only to look up and to insert, never across I/O).
+        let gate = OpenGate::enter(self, &key).await;
         {
-            jobs.remove(&key);
-        }
-        if let Some(job) = jobs.get(&key) {
-            if job.open() != open {
-                return Err(GatewayError::Job(format!(
-                    "job {} already exists with different files or destination",
-                    open.job_id
-                )));
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            // A job that failed (say the disk filled up) is reloaded from its directory
+            // when opened again, so it resumes from the chunks it holds once the cause is
+            // fixed.
+            if jobs
+                .get(&key)
+                .is_some_and(|j| j.failed.lock().expect("job lock").is_some())
+            {
+                jobs.remove(&key);
             }
-            return Ok(job);
+            if let Some(job) = jobs.get(&key) {
+                if job.open() != open {
+                    return Err(GatewayError::Job(format!(
+                        "job {} already exists with different files or destination",
+                        open.job_id
+                    )));
+                }
+                return Ok(job);
+            }
         }
         let dir = self.data_dir.join("jobs").join(tenant).join(&open.job_id);
-        let job_file = dir.join("job.json");
-        let mut state = state;
-        let resume = job_file.exists();
-        if resume {
-            let bytes = fs::read(&job_file).map_err(io("reading", &job_file))?;
-            let stored: OpenJob = serde_json::from_slice(&bytes).map_err(|e| {
-                GatewayError::Job(format!("stored job {}: {e}", job_file.display()))
-            })?;
-            if stored != open {
-                return Err(GatewayError::Job(format!(
-                    "job {} already exists with different files or destination",
-                    open.job_id
-                )));
-            }
-            let log_path = dir.join("chunks.log");
-            let bytes = match fs::read(&log_path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(io("reading", &log_path)(e)),
-            };
-            let log = protocol::decode_chunk_log(&bytes)
-                .map_err(|e| GatewayError::Job(format!("{}: {e}", log_path.display())))?;
-            if log.valid_len != bytes.len() {
-                warn!(job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), cut = bytes.len() - log.valid_len, "cutting torn tail of chunk log");
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&log_path)
-                    .map_err(io("opening", &log_path))?;
-                f.set_len(log.valid_len as u64)
-                    .map_err(io("truncating", &log_path))?;
-                f.sync_all().map_err(io("syncing", &log_path))?;
-            }
-            for (c, h) in log.records {
-                state.record(c, h)?;
-            }
-            info!(tenant, job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), held = state.progress().0, "resuming job");
-        } else {
-            fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-            let json = serde_json::to_vec_pretty(&open).expect("jobs serialise");
-            trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
-        }
+        // The job directory's reads, writes and fsyncs, off the runtime's threads.
+        let loaded = {
+            let (dir, open, tenant) = (dir.clone(), open.clone(), tenant.to_string());
+            tokio::task::spawn_blocking(move || load_job_dir(&tenant, &dir, &open, state))
+                .await
+                .expect("job directory task does not panic")?
+        };
+        let LoadedDir {
+            state,
+            resume,
+            finished,
+        } = loaded;
         // Files with chunks held from before may have partial objects at the destinations.
         let touched: Vec<bool> = (0..open.files.len())
             .map(|f| state.held_in_file(f as u32) > 0)
@@ -1016,15 +1049,6 @@ impl Shared {
                 failed: Mutex::new(None),
             });
         }
-        let finished = read_finished(&dir, open.destinations.len());
-        // Made (and shown writable) now; each group commit opens it for its append only, so
-        // a job holds no descriptor of its own between commits.
-        let log_path = dir.join("chunks.log");
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io("opening", &log_path))?;
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let job = Arc::new(Job {
             tenant: tenant.to_string(),
@@ -1044,9 +1068,122 @@ impl Shared {
         // The committer holds the job weakly: it ends (closing the chunk log) once the job
         // is dropped, when no connection or finish holds it any more.
         tokio::spawn(committer(Arc::downgrade(&job), commit_rx));
-        jobs.insert(key, Arc::downgrade(&job));
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .insert(key.clone(), Arc::downgrade(&job));
+        drop(gate);
         Ok(job)
     }
+}
+
+/// Key of a job held by the gateway: (tenant, job id).
+type JobKey = (String, String);
+
+/// A place in the queue of opens of one job (see `Shared::opening`): held, it keeps other
+/// opens of the same job waiting; dropped, it removes the job's lock when nobody waits.
+struct OpenGate<'a> {
+    shared: &'a Shared,
+    key: &'a JobKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<'a> OpenGate<'a> {
+    async fn enter(shared: &'a Shared, key: &'a JobKey) -> Self {
+        let lock = (shared.opening.lock().expect("opening lock"))
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let held = lock.clone().lock_owned().await;
+        Self {
+            shared,
+            key,
+            lock,
+            _held: Some(held),
+        }
+    }
+}
+
+impl Drop for OpenGate<'_> {
+    fn drop(&mut self) {
+        self._held = None;
+        let mut opening = self.shared.opening.lock().expect("opening lock");
+        // Clones are taken under this lock only: two left are the map's and this one.
+        if Arc::strong_count(&self.lock) == 2 {
+            opening.remove(self.key);
+        }
+    }
+}
+
+/// What a job's directory holds, read (or made) by [`load_job_dir`].
+struct LoadedDir {
+    state: ReceiverJob,
+    resume: bool,
+    finished: Option<(String, Vec<String>)>,
+}
+
+/// Reads the job directory `dir` of `tenant`'s `open` (its stored job, the chunks it holds, its
+/// finished documents), or makes it; blocking.
+fn load_job_dir(
+    tenant: &str,
+    dir: &Path,
+    open: &OpenJob,
+    mut state: ReceiverJob,
+) -> Result<LoadedDir, GatewayError> {
+    let job_file = dir.join("job.json");
+    let resume = job_file.exists();
+    if resume {
+        let bytes = fs::read(&job_file).map_err(io("reading", &job_file))?;
+        let stored: OpenJob = serde_json::from_slice(&bytes)
+            .map_err(|e| GatewayError::Job(format!("stored job {}: {e}", job_file.display())))?;
+        if stored != *open {
+            return Err(GatewayError::Job(format!(
+                "job {} already exists with different files or destination",
+                open.job_id
+            )));
+        }
+        let log_path = dir.join("chunks.log");
+        let bytes = match fs::read(&log_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("reading", &log_path)(e)),
+        };
+        let log = protocol::decode_chunk_log(&bytes)
+            .map_err(|e| GatewayError::Job(format!("{}: {e}", log_path.display())))?;
+        if log.valid_len != bytes.len() {
+            warn!(tenant, job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), cut = bytes.len() - log.valid_len, "cutting torn tail of chunk log");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&log_path)
+                .map_err(io("opening", &log_path))?;
+            f.set_len(log.valid_len as u64)
+                .map_err(io("truncating", &log_path))?;
+            f.sync_all().map_err(io("syncing", &log_path))?;
+        }
+        for (c, h) in log.records {
+            state.record(c, h)?;
+        }
+        info!(tenant, job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), held = state.progress().0, "resuming job");
+    } else {
+        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let json = serde_json::to_vec_pretty(open).expect("jobs serialise");
+        trackshift_crypto::filestore::write_atomic(&job_file, &json, 0o644)?;
+    }
+    let finished = read_finished(dir, open.destinations.len());
+    // Made (and shown writable) now; each group commit opens it for its append only, so a
+    // job holds no descriptor of its own between commits.
+    let log_path = dir.join("chunks.log");
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io("opening", &log_path))?;
+    Ok(LoadedDir {
+        state,
+        resume,
+        finished,
+    })
 }
 
 /// Name of the file recording why destination `d` was dropped from a job.
@@ -1231,6 +1368,9 @@ impl Drop for AddressSlot {
 }
 
 /// Close codes the gateway gives connections it refuses (the reason text says why).
+mod retention;
+pub use retention::{SweepReport, sweep_interval};
+
 mod close {
     /// The token or version was refused.
     pub const REFUSED: u32 = 1;
@@ -1393,7 +1533,20 @@ async fn control_loop(
                     state.handles.lock().expect("handles lock").remove(&h);
                     state.slots.lock().expect("slots lock").remove(&h);
                 }
-                // The tenant's job slots, before any work: whatever path the job came by.
+                // The connection's share, then the tenant's job slots, before any work.
+                let held = state.handles.lock().expect("handles lock").len();
+                if held >= shared.max_jobs_per_connection {
+                    let reason = format!(
+                        "this connection holds {held} open jobs, the most the gateway allows one connection"
+                    );
+                    info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, %reason, "job deferred");
+                    let _ = state.out.send(ServerFrame::Busy {
+                        job_id,
+                        reason,
+                        retry_after_ms: crate::quota::BUSY_RETRY_MS,
+                    });
+                    continue;
+                }
                 let max = (shared.tenants.current().file.get(&state.tenant))
                     .and_then(|t| t.max_concurrent_jobs);
                 let slot = match shared.quotas.reserve_job(&state.tenant, &job_id, max) {
@@ -1466,14 +1619,28 @@ async fn control_loop(
                                 receipts,
                             }
                         }
-                        Err(e) => {
-                            shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, error = %e, "job failed at finish");
-                            job.fail(e.to_string());
+                        // Nothing is lost: the job stays as it is, and a finish sent again
+                        // (on this connection or another) goes on where this one stopped.
+                        Err(FinishFailure {
+                            error,
+                            retryable: true,
+                        }) => {
+                            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job finish failed; the sender may retry it");
                             ServerFrame::JobFailed {
                                 handle,
                                 job_id: job.open().job_id,
-                                reason: e.to_string(),
+                                reason: error.to_string(),
+                                permanent: false,
+                            }
+                        }
+                        Err(FinishFailure { error, .. }) => {
+                            shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
+                            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job failed at finish");
+                            job.fail(error.to_string());
+                            ServerFrame::JobFailed {
+                                handle,
+                                job_id: job.open().job_id,
+                                reason: error.to_string(),
                                 permanent: true,
                             }
                         }
@@ -1496,7 +1663,7 @@ async fn control_loop(
                     job.fail(format!("cancelled: {reason}"));
                     abort_writers(&job).await;
                     let key = (job.tenant.clone(), job.open().job_id);
-                    shared.jobs.lock().await.remove(&key);
+                    shared.jobs.lock().expect("jobs lock").remove(&key);
                     let _ = fs::remove_dir_all(&job.dir);
                 }
             }
@@ -1672,49 +1839,97 @@ async fn handle_chunk_stream(
     Ok(())
 }
 
+/// Why a finish failed, and whether sending it again can succeed.
+struct FinishFailure {
+    error: GatewayError,
+    /// The failure left the job as it was before the finish (or with its signed documents
+    /// saved): an I/O error of the job directory or the ledger (`EMFILE`, `ENOSPC`, `EIO`),
+    /// or a ledger that is stopping; the ledger itself is at its last good checkpoint.
+    retryable: bool,
+}
+
+impl From<GatewayError> for FinishFailure {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            error,
+            retryable: false,
+        }
+    }
+}
+
+impl FinishFailure {
+    /// `error`, retryable when it is an I/O error or a stopping ledger.
+    fn of(error: GatewayError) -> Self {
+        use trackshift_ledger::LedgerError;
+        let retryable = matches!(
+            &error,
+            GatewayError::Io { .. }
+                | GatewayError::Crypto(trackshift_crypto::CryptoError::Io { .. })
+                | GatewayError::Ledger(LedgerError::Io { .. } | LedgerError::Stopped(_))
+        );
+        Self { error, retryable }
+    }
+}
+
 async fn finish_job(
     shared: &Arc<Shared>,
     job: &Arc<Job>,
     sender_hashes: &[Hash32],
-) -> Result<(String, Vec<String>), GatewayError> {
+) -> Result<(String, Vec<String>), FinishFailure> {
     let mut finished = job.finished.lock().await;
     if let Some(done) = finished.as_ref() {
         return Ok(done.clone());
     }
     if let Some(reason) = job.failed.lock().expect("job lock").clone() {
-        return Err(GatewayError::Job(reason));
+        return Err(GatewayError::Job(reason).into());
     }
-    let entries = job.state.lock().expect("job lock").finish(sender_hashes)?;
+    let entries = job
+        .state
+        .lock()
+        .expect("job lock")
+        .finish(sender_hashes)
+        .map_err(GatewayError::from)?;
     let open = job.open();
     // A finish that signed its documents before the gateway stopped resumes with them: the
     // destinations were committed before they were signed, and the documents may be in the
     // ledger already (crate::record).
-    let signed = match crate::record::load(&job.dir)? {
+    let signed = match crate::record::load(&job.dir).map_err(FinishFailure::of)? {
         Some(signed) if signed.manifest.files == entries => signed,
         Some(_) => {
             return Err(GatewayError::Job(format!(
                 "job {}: the documents signed before a restart describe other files",
                 open.job_id
-            )));
+            ))
+            .into());
         }
-        None => sign_finish(shared, job, &open, entries).await?,
+        None => {
+            // The ledger's size before anything is committed (the documents go at or after
+            // it): a ledger that cannot answer fails the finish while it can be sent again.
+            let ledger_size = (shared.ledger.refresh().await)
+                .map_err(|e| FinishFailure::of(e.into()))?
+                .size;
+            sign_finish(shared, job, &open, entries, ledger_size).await?
+        }
     };
     let bytes = signed.manifest.total_bytes();
     // Record them in the ledger once (adjacent: the manifest, then the receipts in
     // destination order), each receipt with its inclusion proof, then the job's files.
-    let (m, texts) = crate::record::record(&shared.ledger, &job.dir, signed, receipt_file).await?;
+    let (m, texts) = crate::record::record(&shared.ledger, &job.dir, signed, receipt_file)
+        .await
+        .map_err(FinishFailure::of)?;
     info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, bytes, destinations = texts.len(), "job complete; manifest and receipts signed");
     *finished = Some((m.clone(), texts.clone()));
     Ok((m, texts))
 }
 
 /// Commits every live destination, signs the manifest and one receipt per destination, and
-/// saves them with the ledger's size before they go to the ledger (crate::record).
+/// saves them with `ledger_size`, the ledger's size before they go to it (crate::record).
 async fn sign_finish(
     shared: &Arc<Shared>,
     job: &Arc<Job>,
     open: &OpenJob,
     entries: Vec<trackshift_crypto::manifest::FileEntry>,
+    ledger_size: u64,
 ) -> Result<crate::record::SignedFinish, GatewayError> {
     // Commit every live destination; a destination that fails here is dropped like one
     // that failed a write (or fails the job, in strict mode or when it is the only one).
@@ -1786,12 +2001,16 @@ async fn sign_finish(
         receipts.push(receipt);
     }
     let signed = crate::record::SignedFinish {
-        ledger_size: shared.ledger.refresh().await?.size,
+        ledger_size,
         manifest,
         receipts,
     };
-    crate::record::save(&job.dir, &signed)?;
-    Ok(signed)
+    let dir = job.dir.clone();
+    // The destinations are committed: a failure to save is not retried (it would commit
+    // them again).
+    tokio::task::spawn_blocking(move || crate::record::save(&dir, &signed).map(|()| signed))
+        .await
+        .expect("saving task does not panic")
 }
 
 /// Commits every file of the job at destination `d` and checks what it confirms against

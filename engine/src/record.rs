@@ -146,21 +146,41 @@ pub async fn record(
         r.ledger_proof = Some(proof.to_text());
         texts.push(r.to_json());
     }
-    trackshift_crypto::filestore::write_atomic(&dir.join("manifest.json"), m.as_bytes(), 0o644)?;
-    crash_point(CrashPoint::AfterManifestFile)?;
-    for (d, r) in texts.iter().enumerate() {
-        trackshift_crypto::filestore::write_atomic(
-            &dir.join(receipt_file(d)),
-            r.as_bytes(),
-            0o644,
-        )?;
+    // Written (and fsynced) off the runtime's threads.
+    let files: Vec<(String, String)> = std::iter::once(("manifest.json".to_string(), m.clone()))
+        .chain(
+            texts
+                .iter()
+                .enumerate()
+                .map(|(d, r)| (receipt_file(d), r.clone())),
+        )
+        .collect();
+    let (dir, job_id) = (dir.to_path_buf(), manifest.job_id.clone());
+    tokio::task::spawn_blocking(move || write_job_files(&dir, &job_id, &files))
+        .await
+        .expect("job file task does not panic")?;
+    Ok((m, texts))
+}
+
+/// Writes the finished job's files (`manifest.json` first) and removes the saved
+/// documents; blocking.
+fn write_job_files(
+    dir: &Path,
+    job_id: &str,
+    files: &[(String, String)],
+) -> Result<(), GatewayError> {
+    for (i, (name, text)) in files.iter().enumerate() {
+        trackshift_crypto::filestore::write_atomic(&dir.join(name), text.as_bytes(), 0o644)?;
+        if i == 0 {
+            crash_point(CrashPoint::AfterManifestFile)?;
+        }
     }
     // The job's files now say what the saved documents said; a failure to remove them only
     // leaves a file that a later finish (which finds the job complete) never reads.
     if let Err(e) = std::fs::remove_file(dir.join(SIGNED_FILE)) {
-        tracing::warn!(job = %manifest.job_id, error = %e, "could not remove {SIGNED_FILE}");
+        tracing::warn!(job = %job_id, error = %e, "could not remove {SIGNED_FILE}");
     }
-    Ok((m, texts))
+    Ok(())
 }
 
 #[cfg(test)]

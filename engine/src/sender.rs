@@ -155,7 +155,8 @@ pub struct SendConfig {
     pub max_reconnects: u32,
     /// How long to keep trying to reach the gateway after the connection is lost (or the
     /// first connection fails) before giving up; restarts after every connection on which
-    /// the gateway authenticated the sender.
+    /// the gateway authenticated the sender. It also bounds how long a job the gateway
+    /// failed transiently (say its ledger could not write) is opened again.
     pub retry_for: Duration,
     /// How long the connection may be silent before it counts as dead (QUIC idle timeout;
     /// keep-alives go out every [`crate::transport::KEEP_ALIVE`]).
@@ -638,6 +639,8 @@ struct JobState {
     total_bytes: u64,
     /// Handle on the current connection, once the gateway answered `JobReady`.
     handle: Option<u32>,
+    /// `OpenJob` sent on the current connection and not answered yet.
+    awaiting_ready: bool,
     /// The next chunk to send, taken from `job` and waiting for budget.
     next: Option<ChunkRef>,
     /// Chunks sent and not yet acknowledged: their budget and when they were sent.
@@ -646,6 +649,8 @@ struct JobState {
     chunks_sent: u64,
     /// Transient gateway failures of this job survived (the job is reopened).
     reopens: u32,
+    /// When the first of them came (time since the send started).
+    failing_since: Option<Duration>,
     /// Times the gateway had no room for the job while none of this send's other jobs
     /// was open (see `ServerFrame::Busy`).
     busy_waits: u32,
@@ -708,6 +713,8 @@ impl JobState {
             chunks_sent: 0,
             reopens: 0,
             busy_waits: 0,
+            awaiting_ready: false,
+            failing_since: None,
             done: false,
             outcome: None,
             finished: None,
@@ -739,6 +746,8 @@ impl JobState {
             chunks_sent: 0,
             reopens: 0,
             busy_waits: 0,
+            awaiting_ready: false,
+            failing_since: None,
             done: true,
             outcome: None,
             finished: None,
@@ -804,12 +813,13 @@ async fn connection(
     send.write_all(&protocol::encode_frame(&hello))
         .await
         .map_err(conn_err)?;
-    for j in jobs.iter().filter(|j| !j.done) {
+    for j in jobs.iter_mut().filter(|j| !j.done) {
         send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(
             j.open.clone(),
         )))
         .await
         .map_err(conn_err)?;
+        j.awaiting_ready = true;
     }
 
     let (events, mut ev_rx) = mpsc::unbounded_channel::<Event>();
@@ -910,6 +920,28 @@ async fn connection(
                         let _ = send.write_all(&protocol::encode_frame(&frame)).await;
                     }
                 }
+                // A job whose open is not answered yet may be made at the gateway all the
+                // same: each one that turns ready in the next moments is cancelled too, so
+                // that the gateway removes what it made.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                while jobs.iter().any(|j| !j.done && j.awaiting_ready) {
+                    let Ok(Some(ev)) = tokio::time::timeout_at(deadline, ev_rx.recv()).await else {
+                        break;
+                    };
+                    let job_id = match ev {
+                        Event::Frame(ServerFrame::JobReady { job_id, handle, .. }) => {
+                            let frame = ClientFrame::CancelJob { handle, reason: "cancelled by the sender".into() };
+                            let _ = send.write_all(&protocol::encode_frame(&frame)).await;
+                            job_id
+                        }
+                        Event::Frame(ServerFrame::JobFailed { job_id, .. } | ServerFrame::Busy { job_id, .. }) => job_id,
+                        Event::ControlClosed(_) => break,
+                        _ => continue,
+                    };
+                    if let Some(&i) = by_id.get(&job_id) {
+                        jobs[i].awaiting_ready = false;
+                    }
+                }
                 let _ = send.finish();
                 // Give the gateway a moment to read the cancellations before closing.
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
@@ -929,6 +961,7 @@ async fn connection(
                             return Err(ProtocolError::Unexpected(format!("JobReady for a job never opened: {job_id}")).into());
                         };
                         let j = &mut jobs[i];
+                        j.awaiting_ready = false;
                         if j.done {
                             continue;
                         }
@@ -992,10 +1025,14 @@ async fn connection(
                             })?,
                         };
                         let j = &mut jobs[i];
+                        if h == u32::MAX {
+                            j.awaiting_ready = false;
+                        }
                         if j.done || j.handle.is_none() && h != u32::MAX {
                             continue; // already settled, or a repeat for a job being reopened
                         }
-                        if permanent || j.reopens >= cfg.max_reconnects {
+                        let since = *j.failing_since.get_or_insert(at);
+                        if permanent || j.reopens >= cfg.max_reconnects || at.saturating_sub(since) >= cfg.retry_for {
                             warn!(job = %job_id, %reason, permanent, "job failed");
                             j.settle(Err(SendError::JobFailed { reason, permanent }), at);
                         } else {
@@ -1014,6 +1051,7 @@ async fn connection(
                         let Some(&i) = by_id.get(&job_id) else {
                             return Err(ProtocolError::Unexpected(format!("Busy for a job never opened: {job_id}")).into());
                         };
+                        jobs[i].awaiting_ready = false;
                         if jobs[i].done {
                             continue;
                         }
@@ -1050,6 +1088,7 @@ async fn connection(
                             send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(jobs[i].open.clone())))
                                 .await
                                 .map_err(conn_err)?;
+                            jobs[i].awaiting_ready = true;
                         }
                     }
                     Event::Sent(i, c, h) => {
