@@ -1,7 +1,8 @@
 //! Tenant quotas at the gateway (real QUIC on 127.0.0.1), whatever path a job comes by:
 //! `max_concurrent_jobs` holds for direct sends and job-service workers together (a worker
 //! refused is deferred, never dead-lettered), `bytes_per_second` holds across a tenant's
-//! connections, and a tenant flooding chunks cannot take the memory budget from another.
+//! connections, a tenant flooding chunks cannot take the memory budget from another, and
+//! one connection holds no more jobs than the gateway allows.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,15 @@ fn key(tenant: &str) -> String {
 /// A gateway serving `tenants` (each may read ROOT/src and write to `null://`); writes
 /// to destinations naming `slow` go at [`SLOW`].
 async fn setup(tenants: Vec<TenantEntry>, memory_budget: usize) -> Setup {
+    setup_with(tenants, memory_budget, |_| {}).await
+}
+
+/// [`setup`], with the gateway's configuration changed by `configure` last.
+async fn setup_with(
+    tenants: Vec<TenantEntry>,
+    memory_budget: usize,
+    configure: impl FnOnce(&mut GatewayConfig),
+) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     std::fs::create_dir_all(root.join("src")).unwrap();
@@ -68,6 +78,7 @@ async fn setup(tenants: Vec<TenantEntry>, memory_budget: usize) -> Setup {
             inner
         })
     });
+    configure(&mut cfg);
     let gateway = Arc::new(Gateway::bind(cfg).await.unwrap());
     let g = gateway.clone();
     tokio::spawn(async move { g.serve().await });
@@ -216,6 +227,32 @@ async fn many_jobs_on_one_connection_wait_for_a_slot_instead_of_exceeding_the_ca
         assert!(r.is_ok(), "{r:?}");
     }
     assert_eq!(watch.peaks().0, 2, "never more than two open at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_no_more_jobs_than_the_gateway_allows_and_the_rest_wait() {
+    // No tenant quota: the gateway's own bound per connection holds.
+    let s = setup_with(vec![tenant("a")], 64 << 20, |cfg| {
+        cfg.max_jobs_per_connection = 3;
+    })
+    .await;
+    let src = s.source("x.bin", 128 << 10);
+    let watch = s.watch("a");
+    let requests: Vec<JobRequest> = (0..7)
+        .map(|i| JobRequest::new(&src, format!("null:///slow{i}")))
+        .collect();
+    let mut cfg = s.send_config("a", "null://");
+    cfg.max_reconnects = 2;
+    let results = send_jobs(requests, &cfg, |_, _| {}).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(
+        watch.peaks().0,
+        3,
+        "never more than three open on the connection"
+    );
+    assert_eq!(s.gateway.stats().connections, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Job-directory retention: a sweep removes the directories of finished and abandoned jobs
-//! once nothing has touched them for the retention period (an abandoned job's partial
+//! Job directories are released: a sweep removes the directories of finished and abandoned
+//! jobs once nothing has touched them for the retention period (an abandoned job's partial
 //! objects go with it), keeps those of jobs in progress, and leaves the ledger and the
-//! delivered files alone.
+//! delivered files alone; a send cancelled before the gateway answered its opens leaves
+//! nothing behind.
 
 use std::fs;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use trackshift_crypto::{Manifest, Receipt};
 use trackshift_engine::gateway::{Gateway, GatewayConfig, SweepReport, add_tenant};
-use trackshift_engine::sender::{SendConfig, SendError, send_path};
+use trackshift_engine::sender::{JobRequest, SendConfig, SendError, send_jobs, send_path};
 use trackshift_engine::tls::ServerTrust;
 
 const TOKEN: &str = "retention-token-0123456789abcdef";
@@ -204,4 +205,42 @@ fn walk(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cancelled_before_its_jobs_are_ready_leaves_no_job_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("gw");
+    let out = tmp.path().join("out");
+    let (gw, task) = start(&data, &out, None).await;
+    let src = source(tmp.path(), "c", 500_000);
+    let requests: Vec<JobRequest> = (0..3)
+        .map(|i| {
+            let dest = out.join(format!("c{i}"));
+            fs::create_dir_all(&dest).unwrap();
+            let mut r = JobRequest::new(&src, format!("file://{}", dest.display()));
+            r.job_id = Some(format!("early-{i}"));
+            r
+        })
+        .collect();
+    let mut cfg = send_config(&gw, &out, "unused");
+    // Cancelled from the start: the cancel comes while the opens are on their way.
+    let (_cancel, cancel_rx) = tokio::sync::watch::channel(true);
+    cfg.cancel = Some(cancel_rx);
+    for r in send_jobs(requests, &cfg, |_, _| {}).await {
+        assert!(matches!(r, Err(SendError::Cancelled)), "{r:?}");
+    }
+    let jobs = data.join("jobs/acme");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let left = || fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0);
+    while left() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left(), 0, "job directories left: {:?}", walk(&jobs));
+    for i in 0..3 {
+        let dest = out.join(format!("c{i}"));
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 0, "{:?}", walk(&dest));
+    }
+    gw.close();
+    task.abort();
 }
