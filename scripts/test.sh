@@ -55,6 +55,9 @@ step "independent auditor verification (tests/independent)"
 cargo build --locked --bin trackshift
 bash tests/independent/run.sh target/debug/trackshift 2>&1 | tee -a "$RESULTS"
 
+step "deployment files (Dockerfile, Helm chart, systemd unit, log config: deploy/)"
+bash scripts/check-deploy.sh target/debug/trackshift
+
 step "job API fuzzing (Schemathesis against the served OpenAPI document; tests/api-fuzz)"
 bash tests/api-fuzz/run.sh target/debug/trackshift 60
 

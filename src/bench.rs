@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// How often the soak test reports.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub(crate) report_every: Duration,
+    /// Job directories untouched this long are removed while the test runs (the gateway's
+    /// `--job-retention`; default: 7 days, for a soak 2 minutes, so that the sweep runs
+    /// under load).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) job_retention: Option<Duration>,
 }
 
 /// Percentiles of a latency distribution, milliseconds.
@@ -201,6 +206,9 @@ impl Rig {
         gcfg.service_key = Some(key.clone());
         gcfg.tenants = Some(tenants.clone());
         gcfg.memory_budget = usize::try_from(args.memory.max(64 << 20) * 2).unwrap_or(usize::MAX);
+        gcfg.job_retention = args.job_retention.or(gcfg.job_retention);
+        // Every worker connection comes from this host, as `serve --http` requires.
+        gcfg.max_connections_per_ip = gcfg.max_connections_per_ip.max(args.jobs + 64);
         let gateway = Arc::new(Gateway::bind(gcfg).await?);
         let g = gateway.clone();
         let serving = tokio::spawn(async move { g.serve().await });
@@ -289,6 +297,8 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         }
     };
     if let Some(duration) = args.soak {
+        let mut args = args;
+        args.job_retention = args.job_retention.or(Some(crate::soak::JOB_RETENTION));
         return crate::soak::run(&args, &dir, duration).await;
     }
     let rig = Rig::start(&args, &dir).await?;

@@ -13,6 +13,9 @@ use trackshift_engine::jobs::runner::now_ms;
 
 use crate::bench::{BenchArgs, Latency, Rig, cpu_seconds};
 
+/// Job retention of a soak's gateway unless `--job-retention` says otherwise.
+pub const JOB_RETENTION: Duration = Duration::from_secs(120);
+
 /// Descriptors the last third of a soak may hold above the first third's most.
 pub const FD_SLACK: usize = 16;
 /// Resident memory the last third may average above the first third: this fraction ...
@@ -33,6 +36,8 @@ pub struct Sample {
     pub ledger_entries: u64,
     /// Ledger files on disk, MiB.
     pub ledger_mib: f64,
+    /// Job directories on disk (`DATA/jobs/TENANT/JOB`).
+    pub job_dirs: usize,
     /// Jobs completed so far.
     pub completed: u64,
     /// Jobs failed so far.
@@ -66,18 +71,20 @@ pub struct SoakResult {
 pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<bool> {
     let rig = Rig::start(args, dir).await?;
     let ledger_dir = dir.join("gateway").join("ledger");
+    let jobs_dir = dir.join("gateway").join("jobs");
     let start_rss = rss_mib();
     eprintln!(
         "soak: {} jobs x {} bytes at once for {:?}, a report every {:?}",
         args.jobs, args.size, duration, args.report_every
     );
     println!(
-        "{:>7} {:>5} {:>8} {:>9} {:>9} {:>9} {:>6} {:>8} {:>8} {:>5}",
+        "{:>7} {:>5} {:>8} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>8} {:>5}",
         "time_s",
         "fds",
         "rss_mib",
         "ledger_n",
         "ledger_mb",
+        "job_dirs",
         "completed",
         "failed",
         "p50_ms",
@@ -97,7 +104,7 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
         rig.runner.wake();
         tokio::time::sleep(Duration::from_millis(100)).await;
         if mark.elapsed() >= args.report_every {
-            let s = sample(&rig, t0, &ledger_dir, mark_ms, mark.elapsed(), mark_cpu).await?;
+            let s = sample(&rig, t0, [&ledger_dir, &jobs_dir], mark_ms, mark.elapsed(), mark_cpu).await?;
             print_sample(&s);
             samples.push(s);
             (mark, mark_ms, mark_cpu) = (Instant::now(), now_ms(), cpu_seconds());
@@ -107,7 +114,7 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
     while rig.open_jobs().await? > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let last = sample(&rig, t0, &ledger_dir, mark_ms, mark.elapsed(), mark_cpu).await?;
+    let last = sample(&rig, t0, [&ledger_dir, &jobs_dir], mark_ms, mark.elapsed(), mark_cpu).await?;
     print_sample(&last);
     samples.push(last.clone());
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -120,6 +127,11 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
         last.failed == 0,
     )];
     targets.extend(trend_checks(&samples));
+    targets.push(job_dirs_check(
+        &samples,
+        args.job_retention.unwrap_or(JOB_RETENTION),
+        args.report_every,
+    ));
     let result = SoakResult {
         concurrency: args.jobs,
         size: args.size,
@@ -186,10 +198,40 @@ pub fn trend_checks(samples: &[Sample]) -> Vec<(String, bool)> {
     ]
 }
 
+/// Job directories the last third may hold above the first third's most: this fraction.
+pub const JOB_DIRS_SLACK_FRACTION: f64 = 0.5;
+
+/// Job directories level off once the sweep removes as many as the jobs make: the last
+/// third of the reports holds at most half again the most of the reports after the first
+/// retention period. Shorter runs are not judged (they pass, saying so).
+pub fn job_dirs_check(samples: &[Sample], retention: Duration, every: Duration) -> (String, bool) {
+    let settled = (retention.as_secs_f64() / every.as_secs_f64().max(1e-3)).ceil() as usize + 1;
+    let body = samples.get(settled..).unwrap_or_default();
+    if body.len() < 3 {
+        return (
+            format!(
+                "job directories flat: not judged (fewer than 3 reports after the first retention period of {})",
+                humantime::format_duration(retention)
+            ),
+            true,
+        );
+    }
+    let third = body.len() / 3;
+    let max = |s: &[Sample]| s.iter().map(|x| x.job_dirs).max().unwrap_or(0);
+    let (d0, d1) = (max(&body[..third]), max(&body[body.len() - third..]));
+    let limit = (d0 as f64 * (1.0 + JOB_DIRS_SLACK_FRACTION)).ceil() as usize + 16;
+    (
+        format!(
+            "job directories flat (first third at most {d0}, last third at most {d1}, limit {limit})"
+        ),
+        d1 <= limit,
+    )
+}
+
 async fn sample(
     rig: &Rig,
     t0: Instant,
-    ledger_dir: &Path,
+    [ledger_dir, jobs_dir]: [&Path; 2],
     since_ms: i64,
     interval: Duration,
     cpu_at_mark: f64,
@@ -215,6 +257,7 @@ async fn sample(
         rss_mib: rss_mib(),
         ledger_entries: rig.gateway.ledger().size(),
         ledger_mib: dir_bytes(ledger_dir) as f64 / f64::from(1 << 20),
+        job_dirs: subdirs(jobs_dir).iter().map(|t| subdirs(t).len()).sum(),
         completed: in_state(JobState::Completed),
         failed: in_state(JobState::Failed) + in_state(JobState::Cancelled),
         chunk_latency: Latency::of(chunk_ms),
@@ -224,12 +267,13 @@ async fn sample(
 
 fn print_sample(s: &Sample) {
     println!(
-        "{:>7.0} {:>5} {:>8.0} {:>9} {:>9.1} {:>9} {:>6} {:>8.1} {:>8.1} {:>5.2}",
+        "{:>7.0} {:>5} {:>8.0} {:>9} {:>9.1} {:>8} {:>9} {:>6} {:>8.1} {:>8.1} {:>5.2}",
         s.at_s,
         s.fds,
         s.rss_mib,
         s.ledger_entries,
         s.ledger_mib,
+        s.job_dirs,
         s.completed,
         s.failed,
         s.chunk_latency.p50_ms,
@@ -246,6 +290,19 @@ fn open_fds() -> usize {
 /// Resident memory now (VmRSS), MiB.
 fn rss_mib() -> f64 {
     crate::bench::status_mib("VmRSS:")
+}
+
+/// The directories in `dir`.
+fn subdirs(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir).map_or_else(
+        |_| Vec::new(),
+        |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        },
+    )
 }
 
 /// Bytes of the files under `dir`.
@@ -274,6 +331,7 @@ mod tests {
             rss_mib,
             ledger_entries: 0,
             ledger_mib: 0.0,
+            job_dirs: 0,
             completed: 0,
             failed: 0,
             chunk_latency: Latency::of(vec![]),
@@ -298,5 +356,28 @@ mod tests {
         assert!(checks[0].1 && !checks[1].1, "{checks:?}");
         // Too few reports to say anything: that is a failure, not a pass.
         assert!(!trend_checks(&flat[..2])[0].1);
+    }
+
+    #[test]
+    fn job_directories_must_level_off_after_the_retention_period() {
+        let (retention, every) = (Duration::from_secs(120), Duration::from_secs(60));
+        let with = |dirs: &dyn Fn(usize) -> usize| -> Vec<Sample> {
+            (0..12)
+                .map(|i| Sample {
+                    job_dirs: dirs(i),
+                    ..s(40, 200.0)
+                })
+                .collect()
+        };
+        // Rising for the first two minutes, then flat: the sweep keeps up.
+        let level = with(&|i| 1000 * i.min(2) + i % 2 * 30);
+        assert!(job_dirs_check(&level, retention, every).1);
+        // Never swept: one more minute's jobs every report.
+        let growing = with(&|i| 1000 * i);
+        let (what, ok) = job_dirs_check(&growing, retention, every);
+        assert!(!ok, "{what}");
+        // A run too short to tell says so and does not fail.
+        let (what, ok) = job_dirs_check(&growing[..4], retention, every);
+        assert!(ok && what.contains("not judged"), "{what}");
     }
 }
