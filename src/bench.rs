@@ -82,6 +82,19 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// `samples` (Unix ms, latency) grouped by the second since `start_ms` they came in.
+pub(crate) fn by_second(samples: &[(i64, Duration)], start_ms: i64) -> Vec<(u64, Latency)> {
+    let mut seconds: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (at, d) in samples {
+        let s = u64::try_from((at - start_ms).max(0) / 1000).unwrap_or(0);
+        seconds.entry(s).or_default().push(d.as_secs_f64() * 1000.0);
+    }
+    seconds
+        .into_iter()
+        .map(|(s, ms)| (s, Latency::of(ms)))
+        .collect()
+}
+
 impl Latency {
     pub(crate) fn of(mut ms: Vec<f64>) -> Self {
         ms.sort_by(f64::total_cmp);
@@ -142,6 +155,9 @@ pub struct BenchResult {
     pub gbps: f64,
     /// Per-chunk latency (sent until acknowledged as durable).
     pub chunk_latency: Latency,
+    /// Chunk latency of the chunks acknowledged in each second of the run (`[second,
+    /// latency]`): where in the run the slow chunks were.
+    pub chunk_latency_by_second: Vec<(u64, Latency)>,
     /// Per-job latency (submitted until completed).
     pub job_latency: Latency,
     /// CPU time used over wall time (2.0 = two cores busy).
@@ -265,7 +281,7 @@ impl Rig {
 
     /// Jobs queued or running.
     pub(crate) async fn open_jobs(&self) -> Result<u64> {
-        let counts = self.store.counts().await?;
+        let counts = self.store.open_counts().await?;
         Ok(counts
             .iter()
             .filter(|(_, s, _)| !s.is_terminal())
@@ -392,12 +408,12 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
             mean_job_ms: if done > 0 { tms / done as f64 } else { 0.0 },
         });
     }
-    let chunk_ms: Vec<f64> = runner
-        .latencies
-        .samples_since(start_ms)
-        .into_iter()
+    let timed = runner.latencies.samples_since(start_ms);
+    let chunk_ms: Vec<f64> = timed
+        .iter()
         .map(|(_, d)| d.as_secs_f64() * 1000.0)
         .collect();
+    let chunk_latency_by_second = by_second(&timed, start_ms);
     let gbps = bytes as f64 * 8.0 / seconds / 1e9;
     let chunk_latency = Latency::of(chunk_ms.clone());
     let mut targets = Vec::new();
@@ -424,6 +440,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         seconds,
         gbps,
         chunk_latency,
+        chunk_latency_by_second,
         job_latency: Latency::of(job_ms),
         cpu_cores_used: cpu / seconds,
         peak_rss_mib: peak_rss_mib(),

@@ -104,7 +104,15 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
         rig.runner.wake();
         tokio::time::sleep(Duration::from_millis(100)).await;
         if mark.elapsed() >= args.report_every {
-            let s = sample(&rig, t0, [&ledger_dir, &jobs_dir], mark_ms, mark.elapsed(), mark_cpu).await?;
+            let s = sample(
+                &rig,
+                t0,
+                [&ledger_dir, &jobs_dir],
+                mark_ms,
+                mark.elapsed(),
+                mark_cpu,
+            )
+            .await?;
             print_sample(&s);
             samples.push(s);
             (mark, mark_ms, mark_cpu) = (Instant::now(), now_ms(), cpu_seconds());
@@ -114,7 +122,15 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
     while rig.open_jobs().await? > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let last = sample(&rig, t0, [&ledger_dir, &jobs_dir], mark_ms, mark.elapsed(), mark_cpu).await?;
+    let last = sample(
+        &rig,
+        t0,
+        [&ledger_dir, &jobs_dir],
+        mark_ms,
+        mark.elapsed(),
+        mark_cpu,
+    )
+    .await?;
     print_sample(&last);
     samples.push(last.clone());
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -169,6 +169,11 @@ pub struct SendConfig {
     /// Set to `true` to cancel: the gateway is told to drop the jobs' partial data and the
     /// send ends with [`SendError::Cancelled`].
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Places, shared by many sends, for setting a connection up (its handshake, until
+    /// every job on it is open at the gateway): bounds the setup work done at once, so
+    /// that when many jobs start together the chunks already in flight are not starved
+    /// of CPU by handshakes (the job runner's [`crate::jobs::runner::RunnerConfig::max_connecting`]).
+    pub setup_slots: Option<Arc<Semaphore>>,
     /// Called with each chunk's latency (sent until acknowledged as durable).
     pub chunk_latency: Option<LatencyHook>,
     /// A bandwidth limit shared with other sends (for example one tenant's jobs).
@@ -247,6 +252,7 @@ impl SendConfig {
             faults: Arc::new(FaultInjection::default()),
             shared_budget: None,
             cancel: None,
+            setup_slots: None,
             chunk_latency: None,
             rate: None,
             endpoint: None,
@@ -798,6 +804,11 @@ async fn connection(
     for j in jobs.iter_mut() {
         j.detach();
     }
+    // Held from the handshake until every job is open at the gateway (or settled).
+    let mut setting_up = match &cfg.setup_slots {
+        Some(slots) => Some(slots.clone().acquire_owned().await.expect("never closed")),
+        None => None,
+    };
     let conn = crate::transport::connect(endpoint, cfg.gateway, &cfg.server_name)
         .await
         .map_err(|e| SendError::Connection(e.to_string()))?;
@@ -848,6 +859,9 @@ async fn connection(
             let _ = send.finish();
             conn.close(0u32.into(), b"done");
             return Ok(());
+        }
+        if setting_up.is_some() && !jobs.iter().any(|j| !j.done && j.awaiting_ready) {
+            setting_up = None;
         }
         for j in jobs.iter_mut().filter(|j| !j.done) {
             let Some(h) = j.handle else { continue };

@@ -499,6 +499,13 @@ async fn counts_and_kpis_reflect_finished_jobs(s: SqlStore) {
     let counts = s.counts().await.unwrap();
     assert!(counts.contains(&("a".into(), JobState::Completed, 1)));
     assert!(counts.contains(&("a".into(), JobState::Failed, 1)));
+    // Only what has not ended, read from the state index.
+    assert_eq!(s.open_counts().await.unwrap(), vec![]);
+    submit(&s, "a", 4_000).await;
+    assert_eq!(
+        s.open_counts().await.unwrap(),
+        vec![("a".into(), JobState::Queued, 1)]
+    );
     s.ping().await.unwrap();
 }
 

@@ -59,7 +59,14 @@ pub struct RunnerConfig {
     pub retry_max: Duration,
     /// Offer only the post-quantum key exchange.
     pub pq_only: bool,
+    /// Most jobs setting up their connection at once (handshake until the gateway has the
+    /// job open): when many jobs start together, the rest wait, so that the chunks of the
+    /// jobs already sending keep their share of the CPU (their latency).
+    pub max_connecting: usize,
 }
+
+/// Default [`RunnerConfig::max_connecting`].
+pub const DEFAULT_MAX_CONNECTING: usize = 16;
 
 impl RunnerConfig {
     /// Defaults for a worker next to its gateway: 256 jobs, 512 MiB in flight, 30 s
@@ -79,6 +86,7 @@ impl RunnerConfig {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             pq_only: false,
+            max_connecting: DEFAULT_MAX_CONNECTING,
         }
     }
 }
@@ -151,6 +159,8 @@ pub struct Runner {
     service_key: Arc<ServiceKey>,
     cfg: RunnerConfig,
     budget: SharedBudget,
+    /// Places for jobs setting up their connection (see [`RunnerConfig::max_connecting`]).
+    connecting: Arc<tokio::sync::Semaphore>,
     wake: Notify,
     /// Chunk latencies per tenant.
     pub latencies: Arc<LatencyWindow>,
@@ -178,6 +188,7 @@ impl Runner {
     ) -> Arc<Self> {
         Arc::new(Self {
             budget: SharedBudget::new(cfg.memory_budget),
+            connecting: Arc::new(tokio::sync::Semaphore::new(cfg.max_connecting.max(1))),
             store,
             tenants,
             service_key,
@@ -462,6 +473,7 @@ impl Runner {
         // its longer backoff) takes over.
         cfg.max_reconnects = 3;
         cfg.shared_budget = Some(self.budget.clone());
+        cfg.setup_slots = Some(self.connecting.clone());
         cfg.cancel = Some(cancel_rx);
         cfg.endpoint = self.endpoint();
         cfg.rate = self.rate(&job.tenant);

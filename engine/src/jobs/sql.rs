@@ -133,6 +133,7 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_ms DESC,
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, tenant, priority DESC, created_ms);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
 CREATE INDEX IF NOT EXISTS jobs_started ON jobs (started_ms);
+CREATE INDEX IF NOT EXISTS jobs_tenant_started ON jobs (tenant, started_ms);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (tenant, idempotency_key);
 CREATE TABLE IF NOT EXISTS tenant_locks (
     tenant TEXT PRIMARY KEY,
@@ -196,6 +197,18 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Runs `f`, a call into SQLite that may wait for the disk, so that it does not hold up
+/// the other tasks of the runtime thread it runs on (they move to another thread; on a
+/// single-threaded runtime it just runs).
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 struct SqliteTx {
     conn: Option<tokio::sync::OwnedMutexGuard<rusqlite::Connection>>,
 }
@@ -221,6 +234,33 @@ fn sqlite_params(params: &[Val]) -> Vec<rusqlite::types::Value> {
 impl Tx for SqliteTx {
     async fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let conn = self.conn.as_ref().expect("open transaction");
+        off_runtime(|| query_rows(conn, sql, params))
+    }
+
+    async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let conn = self.conn.as_ref().expect("open transaction");
+        let n = off_runtime(|| {
+            conn.execute(
+                &sqlite_sql(sql),
+                rusqlite::params_from_iter(sqlite_params(params)),
+            )
+        })?;
+        Ok(n as u64)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let conn = self.conn.take().expect("open transaction");
+        off_runtime(|| conn.execute_batch("COMMIT"))?;
+        Ok(())
+    }
+}
+
+fn query_rows(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[Val],
+) -> Result<Vec<Row>, StoreError> {
+    {
         let mut stmt = conn.prepare_cached(&sqlite_sql(sql))?;
         let n = stmt.column_count();
         let rows = stmt.query_map(rusqlite::params_from_iter(sqlite_params(params)), |r| {
@@ -241,21 +281,6 @@ impl Tx for SqliteTx {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        let conn = self.conn.as_ref().expect("open transaction");
-        let n = conn.execute(
-            &sqlite_sql(sql),
-            rusqlite::params_from_iter(sqlite_params(params)),
-        )?;
-        Ok(n as u64)
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        let conn = self.conn.take().expect("open transaction");
-        conn.execute_batch("COMMIT")?;
-        Ok(())
-    }
 }
 
 impl Drop for SqliteTx {
@@ -270,7 +295,7 @@ impl Drop for SqliteTx {
 impl Backend for Sqlite {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let conn = self.conn.clone().lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        off_runtime(|| conn.execute_batch("BEGIN IMMEDIATE"))?;
         Ok(Box::new(SqliteTx { conn: Some(conn) }))
     }
 

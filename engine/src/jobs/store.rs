@@ -190,8 +190,12 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Option<JobState>, StoreError>;
     /// Queues again (or dead-letters) jobs whose worker's lease ran out. Returns how many.
     async fn expire_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
-    /// Jobs per tenant and state.
+    /// Jobs per tenant and state (every job the store holds: a scan of the whole table).
     async fn counts(&self) -> Result<StateCounts, StoreError>;
+    /// Jobs per tenant and state for the states a job is still in before it ends (queued,
+    /// running, verifying): read from the state index, so it costs what is open, not what
+    /// the store ever held.
+    async fn open_counts(&self) -> Result<StateCounts, StoreError>;
     /// Per tenant with running (or verifying) jobs: how many `worker` holds, and how many
     /// all workers hold together (for splitting a tenant's bandwidth quota between them).
     async fn running_shares(&self, worker: &str)
@@ -388,6 +392,27 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl SqlStore {
+    /// Jobs per tenant and state among those `filter` (a `WHERE` clause or nothing) keeps.
+    async fn count_where(&self, filter: &str) -> Result<StateCounts, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT tenant, state, COUNT(*) FROM jobs {filter} GROUP BY tenant, state"
+                ),
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                JobState::parse(&r.str(1))
+                    .map(|s| (r.str(0), s, u64::try_from(r.i64(2)).unwrap_or(0)))
+            })
+            .collect())
+    }
+
     /// The embedded store: SQLite at `path` (created if absent).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
@@ -652,17 +677,6 @@ impl JobStore for SqlStore {
         {
             running.insert(r.str(0), u32::try_from(r.i64(1)).unwrap_or(u32::MAX));
         }
-        // When each tenant was last served (within the last hour: enough for round robin).
-        let mut last_claim: HashMap<String, i64> = HashMap::new();
-        for r in tx
-            .query(
-                "SELECT tenant, MAX(started_ms) FROM jobs WHERE started_ms >= $1 GROUP BY tenant",
-                &[(now_ms - 3_600_000).into()],
-            )
-            .await?
-        {
-            last_claim.insert(r.str(0), r.opt_i64(1).unwrap_or(i64::MIN));
-        }
         let mut candidates: Vec<Candidate> = tx
             .query(
                 "SELECT id, tenant, created_ms FROM (
@@ -682,7 +696,7 @@ impl JobStore for SqlStore {
                 });
                 Candidate {
                     running: running.get(&tenant).copied().unwrap_or(0),
-                    last_claim_ms: last_claim.get(&tenant).copied().unwrap_or(i64::MIN),
+                    last_claim_ms: i64::MIN,
                     tenant,
                     job_id: r.str(0),
                     created_ms: r.i64(2),
@@ -691,6 +705,18 @@ impl JobStore for SqlStore {
                 }
             })
             .collect();
+        // When each candidate's tenant was last served (within the last hour: enough for
+        // round robin), read from the (tenant, started_ms) index: one lookup per tenant
+        // with queued jobs, whatever the number of jobs the store has ever held.
+        for c in &mut candidates {
+            let rows = tx
+                .query(
+                    "SELECT MAX(started_ms) FROM jobs WHERE tenant = $1 AND started_ms >= $2",
+                    &[c.tenant.as_str().into(), (now_ms - 3_600_000).into()],
+                )
+                .await?;
+            c.last_claim_ms = rows.first().and_then(|r| r.opt_i64(0)).unwrap_or(i64::MIN);
+        }
         // Fairest first; a candidate another gateway holds right now is skipped.
         let lock = format!(
             "SELECT id FROM jobs WHERE id = $1 AND state = 'queued'{}",
@@ -918,21 +944,12 @@ impl JobStore for SqlStore {
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        let mut tx = self.db.begin().await?;
-        let rows = tx
-            .query(
-                "SELECT tenant, state, COUNT(*) FROM jobs GROUP BY tenant, state",
-                &[],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                JobState::parse(&r.str(1))
-                    .map(|s| (r.str(0), s, u64::try_from(r.i64(2)).unwrap_or(0)))
-            })
-            .collect())
+        self.count_where("").await
+    }
+
+    async fn open_counts(&self) -> Result<StateCounts, StoreError> {
+        self.count_where("WHERE state IN ('queued', 'running', 'verifying')")
+            .await
     }
 
     async fn running_shares(
