@@ -197,18 +197,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Runs `f`, a call into SQLite that may wait for the disk, so that it does not hold up
-/// the other tasks of the runtime thread it runs on (they move to another thread; on a
-/// single-threaded runtime it just runs).
-fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 struct SqliteTx {
     conn: Option<tokio::sync::OwnedMutexGuard<rusqlite::Connection>>,
 }
@@ -234,23 +222,21 @@ fn sqlite_params(params: &[Val]) -> Vec<rusqlite::types::Value> {
 impl Tx for SqliteTx {
     async fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let conn = self.conn.as_ref().expect("open transaction");
-        off_runtime(|| query_rows(conn, sql, params))
+        query_rows(conn, sql, params)
     }
 
     async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let conn = self.conn.as_ref().expect("open transaction");
-        let n = off_runtime(|| {
-            conn.execute(
-                &sqlite_sql(sql),
-                rusqlite::params_from_iter(sqlite_params(params)),
-            )
-        })?;
+        let n = conn.execute(
+            &sqlite_sql(sql),
+            rusqlite::params_from_iter(sqlite_params(params)),
+        )?;
         Ok(n as u64)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         let conn = self.conn.take().expect("open transaction");
-        off_runtime(|| conn.execute_batch("COMMIT"))?;
+        conn.execute_batch("COMMIT")?;
         Ok(())
     }
 }
@@ -295,7 +281,7 @@ impl Drop for SqliteTx {
 impl Backend for Sqlite {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let conn = self.conn.clone().lock_owned().await;
-        off_runtime(|| conn.execute_batch("BEGIN IMMEDIATE"))?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(Box::new(SqliteTx { conn: Some(conn) }))
     }
 
