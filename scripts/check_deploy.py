@@ -304,8 +304,9 @@ def cmd_pod(chart: str, work: str, binary: str, logging_config: str) -> None:
     p = as_gateway_user([bin_, "serve", "--data-dir", str(direct), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=30)
-    check(p.returncode != 0 and "chmod 600" in err and "listening" not in out,
-          "a Secret file mounted as it is (root:fsGroup 0440) is refused by the gateway: the copy is needed")
+    refused = p.returncode != 0 and "chmod 600" in err and "listening" not in out
+    check(refused, "a Secret file mounted as it is (root:fsGroup 0440) is refused by the gateway: the copy is needed"
+          + ("" if refused else f" (exit {p.returncode}; it said: {' | '.join((out + err).strip().splitlines()[-3:])})"))
 
     # A Secret without a key the chart expects stops the init container, naming it.
     broken = w / "broken"
