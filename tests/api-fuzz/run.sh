@@ -35,7 +35,7 @@ mkdir -p "$WORK/src" "$WORK/gw"
 echo "fuzz source" >"$WORK/src/data.txt"
 KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 python3 - "$WORK" "$KEY" <<'PYEOF'
-import hashlib, json, sys
+import hashlib, json, os, sys
 work, key = sys.argv[1], sys.argv[2]
 tenants = {"tenants": [{
     "tenant": "fuzz",
@@ -43,7 +43,11 @@ tenants = {"tenants": [{
     "sources": [work + "/src"],
     "destinations": [{"prefix": "null://"}],
 }]}
-open(work + "/gw/tenants.json", "w").write(json.dumps(tenants))
+path = work + "/gw/tenants.json"  # owner-only, as the gateway requires
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.fchmod(fd, 0o600)
+os.write(fd, json.dumps(tenants).encode())
+os.close(fd)
 PYEOF
 "$BIN" serve --data-dir "$WORK/gw" --listen 127.0.0.1:0 --http 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.log" &
 GW_PID=$!
