@@ -257,11 +257,21 @@ def cmd_pod(chart: str, work: str, binary: str, logging_config: str) -> None:
     bin_ = str(w / "trackshift")
     # The secrets an operator exports from a gateway: a first gateway's data directory.
     seed = w / "seed"
-    p = subprocess.run(["timeout", "-s", "TERM", "3", bin_, "serve", "--data-dir", str(seed), "--listen", "127.0.0.1:0",
-                        "--http", "127.0.0.1:0"], capture_output=True, text=True)
-    fingerprint = re.search(r"certificate fingerprint: ([0-9a-f]{64})", p.stdout)
-    if not check(fingerprint is not None, "seed gateway made the secrets to export"):
-        print(p.stdout, p.stderr)
+    # Stopped once it serves HTTP (its data directory is then complete), not after a fixed
+    # time: on a loaded machine a fixed 3 s could stop it half-way through making it.
+    p = subprocess.Popen([bin_, "serve", "--data-dir", str(seed), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("HTTP ("):
+            break
+    p.terminate()
+    rest, err = p.communicate(timeout=30)
+    out = "".join(lines) + rest
+    fingerprint = re.search(r"certificate fingerprint: ([0-9a-f]{64})", out)
+    if not check(fingerprint is not None and p.returncode == 0, "seed gateway made the secrets to export"):
+        print(out, err)
         return
     fingerprint = fingerprint.group(1)
     operator_key = "k" * 8 + os.urandom(16).hex()
