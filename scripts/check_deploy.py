@@ -238,7 +238,14 @@ def get(url: str, key: str | None = None) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def pod_env() -> dict:
+    """A pod's environment, not this shell's: the test suite exports its test servers'
+    settings (TRACKSHIFT_SFTP_KEY and such), naming files uid 65532 may not read."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TRACKSHIFT_", "AWS_", "AZURE_", "PG"))}
+
+
 def as_gateway_user(args: list[str], **kw) -> subprocess.Popen:
+    kw.setdefault("env", pod_env())
     return subprocess.Popen(["setpriv", f"--reuid={UID}", f"--regid={UID}", f"--groups={UID}", "--inh-caps=-all",
                              "--bounding-set=-all", "--no-new-privs", *args], **kw)
 
@@ -260,7 +267,7 @@ def cmd_pod(chart: str, work: str, binary: str, logging_config: str) -> None:
     # Stopped once it serves HTTP (its data directory is then complete), not after a fixed
     # time: on a loaded machine a fixed 3 s could stop it half-way through making it.
     p = subprocess.Popen([bin_, "serve", "--data-dir", str(seed), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pod_env())
     lines = []
     for line in p.stdout:
         lines.append(line)
