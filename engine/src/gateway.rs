@@ -1539,12 +1539,7 @@ async fn control_loop(
                     let reason = format!(
                         "this connection holds {held} open jobs, the most the gateway allows one connection"
                     );
-                    info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, %reason, "job deferred");
-                    let _ = state.out.send(ServerFrame::Busy {
-                        job_id,
-                        reason,
-                        retry_after_ms: crate::quota::BUSY_RETRY_MS,
-                    });
+                    defer(state, job_id, &correlation, reason);
                     continue;
                 }
                 let max = (shared.tenants.current().file.get(&state.tenant))
@@ -1552,12 +1547,7 @@ async fn control_loop(
                 let slot = match shared.quotas.reserve_job(&state.tenant, &job_id, max) {
                     Ok(slot) => slot,
                     Err(crate::quota::Busy(reason)) => {
-                        info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, %reason, "job deferred");
-                        let _ = state.out.send(ServerFrame::Busy {
-                            job_id,
-                            reason,
-                            retry_after_ms: crate::quota::BUSY_RETRY_MS,
-                        });
+                        defer(state, job_id, &correlation, reason);
                         continue;
                     }
                 };
@@ -1670,6 +1660,16 @@ async fn control_loop(
         }
     }
     Ok(())
+}
+
+/// Tells the sender to open `job_id` again later (`Busy`), and logs why.
+fn defer(state: &ConnState, job_id: String, correlation: &str, reason: String) {
+    info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, %reason, "job deferred");
+    let _ = state.out.send(ServerFrame::Busy {
+        job_id,
+        reason,
+        retry_after_ms: crate::quota::BUSY_RETRY_MS,
+    });
 }
 
 /// Aborts every partial destination object the job may have (idempotent).

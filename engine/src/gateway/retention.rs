@@ -93,6 +93,11 @@ fn newest_mtime(dir: &Path) -> std::io::Result<SystemTime> {
     Ok(newest)
 }
 
+/// Whether a connection or a finish holds the job now.
+fn holds(shared: &Shared, key: &JobKey) -> bool {
+    shared.jobs.lock().expect("jobs lock").get(key).is_some()
+}
+
 async fn remove_dir(dir: PathBuf) -> Result<(), GatewayError> {
     let path = dir.clone();
     tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
@@ -123,26 +128,14 @@ pub(super) async fn sweep(shared: &Arc<Shared>, older_than: Duration) -> SweepRe
     };
     for job in expired {
         let (tenant, id) = (&job.key.0, &job.key.1);
-        if shared
-            .jobs
-            .lock()
-            .expect("jobs lock")
-            .get(&job.key)
-            .is_some()
-        {
+        if holds(shared, &job.key) {
             report.held += 1;
             continue;
         }
         let outcome = if job.finished {
             // No open of the job runs while its directory goes.
             let _gate = OpenGate::enter(shared, &job.key).await;
-            if shared
-                .jobs
-                .lock()
-                .expect("jobs lock")
-                .get(&job.key)
-                .is_some()
-            {
+            if holds(shared, &job.key) {
                 report.held += 1;
                 continue;
             }
