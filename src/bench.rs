@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// latency: in flight / throughput).
     #[arg(long, default_value = "32MiB", value_parser = crate::size::parse_size)]
     pub(crate) memory: u64,
+    /// Queueing allowed above the base delay before the jobs send less at once (as
+    /// `serve --jobs-latency-target`); `off` keeps `--memory` in flight.
+    #[arg(long, default_value = "100ms", value_parser = crate::transfer::parse_latency_target)]
+    pub(crate) latency_target: crate::transfer::LatencyTarget,
     /// Working directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
@@ -235,6 +239,7 @@ impl Rig {
             RunnerConfig::new("bench", gateway.local_addr(), ServerTrust::Fingerprint(pin));
         rc.max_running = args.jobs;
         rc.memory_budget = args.memory;
+        rc.latency_target = args.latency_target.0;
         rc.per_job_in_flight = args.memory.min(64 << 20);
         rc.poll = Duration::from_millis(50);
         rc.heartbeat = Duration::from_secs(1);

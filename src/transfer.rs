@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// small next to the gateway.
     #[arg(long, default_value = "64MiB", value_parser = crate::size::parse_size)]
     jobs_memory: u64,
+    /// Queueing the job service allows its chunks above the path's base delay before it
+    /// sends less at once (its in-flight budget, at most `--jobs-memory`, follows measured
+    /// chunk latency as LEDBAT does). `off` keeps the budget fixed at `--jobs-memory`.
+    #[arg(long, default_value = "100ms", value_parser = parse_latency_target)]
+    jobs_latency_target: LatencyTarget,
     /// How long a worker's claim on a job lasts without renewal (seconds); a job whose
     /// worker died is taken over after this.
     #[arg(long, default_value_t = 30)]
@@ -505,6 +510,7 @@ async fn job_service(
     let mut rc = RunnerConfig::new(worker, gw, ServerTrust::Fingerprint(pin));
     rc.max_running = args.max_jobs.max(1);
     rc.memory_budget = args.jobs_memory;
+    rc.latency_target = args.jobs_latency_target.0;
     rc.lease = Duration::from_secs(args.lease_secs.max(2));
     rc.heartbeat = (rc.lease / 6).max(Duration::from_millis(300));
     rc.pq_only = args.pq_only;
@@ -655,6 +661,22 @@ pub async fn send_with_progress(path: &Path, cfg: &SendConfig) -> Result<SendRep
 /// `--job-retention`: a duration, or `never`.
 #[derive(Debug, Clone, Copy)]
 struct Retention(Option<std::time::Duration>);
+
+/// A queueing-delay target, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LatencyTarget(pub(crate) Option<std::time::Duration>);
+
+/// Parses `--jobs-latency-target` (a duration such as `100ms`, or `off`).
+pub(crate) fn parse_latency_target(s: &str) -> Result<LatencyTarget, String> {
+    if s == "off" {
+        return Ok(LatencyTarget(None));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(LatencyTarget(Some(d))),
+        Ok(_) => Err("a target of zero would shrink the budget to its floor; use `off` for a fixed budget".into()),
+        Err(e) => Err(format!("{e} (a duration such as 100ms, or `off`)")),
+    }
+}
 
 fn parse_retention(s: &str) -> Result<Retention, String> {
     if s == "never" {

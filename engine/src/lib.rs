@@ -5,12 +5,14 @@
 //! - [`protocol`]: frames, codec and the sender/receiver state machines (no I/O).
 //! - [`tls`], [`transport`]: rustls + quinn set-up (post-quantum key exchange, tuning).
 //! - [`gateway`]: receives jobs, verifies chunks, writes through connectors, signs.
+//! - [`budget`]: the in-flight budget sends share, sized by chunk latency (LEDBAT-style).
 //! - [`sender`]: reads a source and drives a job to completion, resuming after faults.
 //! - [`jobs`]: the job service (queue, lifecycle, leases, fair scheduling, workers).
 //! - [`tenants`]: tenant keys and policy (sources, destinations, classifications, quotas).
 //! - [`quota`]: the per-tenant quotas the gateway enforces (jobs, bandwidth, memory).
 //! - [`operator`]: the operator key of the HTTP operator endpoints.
 
+pub mod budget;
 pub mod gateway;
 pub mod jobs;
 pub mod operator;

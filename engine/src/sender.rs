@@ -21,6 +21,8 @@ use crate::protocol::{
     self, ChunkHeader, ChunkRef, ClientFrame, FileSpec, FrameDecoder, OpenJob, ProtocolError,
     Secret, SenderJob, ServerFrame,
 };
+use crate::budget::BudgetPermit;
+pub use crate::budget::SharedBudget;
 use crate::tls::ServerTrust;
 
 /// Why a send failed.
@@ -183,37 +185,6 @@ pub struct SendConfig {
     /// exchange and idle timeout apply instead of this config's. Without it each send
     /// makes and closes its own.
     pub endpoint: Option<quinn::Endpoint>,
-}
-
-/// A memory budget several sends share (for example every job of a job service).
-#[derive(Debug, Clone)]
-pub struct SharedBudget {
-    sem: Arc<Semaphore>,
-    capacity: u32,
-}
-
-impl SharedBudget {
-    /// A budget of `bytes` (at most 4 GiB - 1, at least 1 MiB).
-    pub fn new(bytes: u64) -> Self {
-        let capacity = u32::try_from(bytes).unwrap_or(u32::MAX).max(1 << 20);
-        Self {
-            sem: Arc::new(Semaphore::new(capacity as usize)),
-            capacity,
-        }
-    }
-
-    /// Bytes not held by any chunk now.
-    pub fn available(&self) -> usize {
-        self.sem.available_permits()
-    }
-
-    async fn acquire(&self, n: u32) -> OwnedSemaphorePermit {
-        self.sem
-            .clone()
-            .acquire_many_owned(n.min(self.capacity))
-            .await
-            .expect("the shared budget is never closed")
-    }
 }
 
 /// Receives per-chunk latencies (see [`SendConfig::chunk_latency`]).
@@ -633,8 +604,9 @@ pub async fn send_jobs(
 /// A chunk on its way: the budget it holds (here and in the shared budget) and its start.
 struct InFlight {
     _permit: OwnedSemaphorePermit,
-    _shared: Option<OwnedSemaphorePermit>,
+    shared: Option<BudgetPermit>,
     sent: Instant,
+    len: u32,
 }
 
 /// One job's sending state across connections.
@@ -910,7 +882,7 @@ async fn connection(
                 cursor = (i + 1) % n;
                 let j = &mut jobs[i];
                 let c = j.next.take().expect("picked jobs have a next chunk");
-                j.in_flight.insert(c, InFlight { _permit: permit, _shared: shared, sent: Instant::now() });
+                j.in_flight.insert(c, InFlight { _permit: permit, shared, sent: Instant::now(), len: want.unwrap_or(1) });
                 j.chunks_sent += 1;
                 chunks_this_conn += 1;
                 let layout = *j.sender().layout(c.file);
@@ -995,8 +967,13 @@ async fn connection(
                         }
                         for c in chunks {
                             j.sender().on_ack(c)?;
-                            if let (Some(f), Some(hook)) = (j.in_flight.remove(&c), &cfg.chunk_latency) {
-                                (hook.0)(f.sent.elapsed());
+                            let Some(f) = j.in_flight.remove(&c) else { continue };
+                            let latency = f.sent.elapsed();
+                            if let (Some(b), Some(_)) = (&cfg.shared_budget, &f.shared) {
+                                b.observe(latency, u64::from(f.len));
+                            }
+                            if let Some(hook) = &cfg.chunk_latency {
+                                (hook.0)(latency);
                             }
                         }
                         let bytes = j.sender().progress().1;

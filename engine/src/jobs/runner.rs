@@ -45,6 +45,10 @@ pub struct RunnerConfig {
     pub max_running: usize,
     /// Chunk bytes in flight across all of this worker's jobs.
     pub memory_budget: u64,
+    /// Queueing allowed above the base delay before the worker sends less at once: its
+    /// in-flight budget (at most `memory_budget`) follows chunk latency (see
+    /// [`crate::budget::DelayControl`]). `None`: a fixed `memory_budget`.
+    pub latency_target: Option<Duration>,
     /// Chunk bytes in flight per job.
     pub per_job_in_flight: u64,
     /// How long a claim lasts without renewal.
@@ -65,6 +69,9 @@ pub struct RunnerConfig {
     pub max_connecting: usize,
 }
 
+/// Default [`RunnerConfig::latency_target`] (RFC 6817's upper bound for LEDBAT's target).
+pub const DEFAULT_LATENCY_TARGET: Duration = Duration::from_millis(100);
+
 /// Default [`RunnerConfig::max_connecting`].
 pub const DEFAULT_MAX_CONNECTING: usize = 16;
 
@@ -79,6 +86,7 @@ impl RunnerConfig {
             trust,
             max_running: 256,
             memory_budget: 512 << 20,
+            latency_target: Some(DEFAULT_LATENCY_TARGET),
             per_job_in_flight: 64 << 20,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
@@ -187,7 +195,10 @@ impl Runner {
         cfg: RunnerConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
-            budget: SharedBudget::new(cfg.memory_budget),
+            budget: match cfg.latency_target {
+                Some(t) => SharedBudget::with_latency_target(cfg.memory_budget, t),
+                None => SharedBudget::new(cfg.memory_budget),
+            },
             connecting: Arc::new(tokio::sync::Semaphore::new(cfg.max_connecting.max(1))),
             store,
             tenants,

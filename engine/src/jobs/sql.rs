@@ -144,9 +144,47 @@ CREATE TABLE IF NOT EXISTS tenant_locks (
 // ---------------------------------------------------------------------------------------
 // SQLite
 
-/// SQLite in WAL mode: one file, one writer at a time.
+/// SQLite in WAL mode: one file, one writer at a time. The connection lives on a thread of
+/// its own and runs the statements sent to it in order, so that the runtime's worker threads
+/// never wait for SQLite (page reads, WAL checkpoints) while chunks are waiting for them.
 pub struct Sqlite {
-    conn: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
+    /// One transaction at a time (held from `BEGIN` to `COMMIT` or `ROLLBACK`).
+    turn: Arc<tokio::sync::Mutex<()>>,
+    thread: SqliteThread,
+}
+
+/// Work for the connection's thread.
+type Work = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+
+/// The way to the connection's thread; the thread ends when the last copy is dropped.
+#[derive(Clone)]
+struct SqliteThread(std::sync::mpsc::Sender<Work>);
+
+fn thread_gone() -> StoreError {
+    StoreError::Backend("the SQLite connection's thread has stopped".into())
+}
+
+impl SqliteThread {
+    /// Runs `f` on the connection and waits for its result.
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.0
+            .send(Box::new(move |c| {
+                let _ = reply.send(f(c));
+            }))
+            .map_err(|_| thread_gone())?;
+        result.await.map_err(|_| thread_gone())?
+    }
+
+    /// Runs `sql` on the connection without waiting (a rollback from `Drop`).
+    fn post(&self, sql: &'static str) {
+        let _ = self.0.send(Box::new(move |c| {
+            let _ = c.execute_batch(sql);
+        }));
+    }
 }
 
 impl Sqlite {
@@ -170,7 +208,7 @@ impl Sqlite {
                 )));
             }
         }
-        let conn = rusqlite::Connection::open(path)?;
+        let mut conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -185,8 +223,18 @@ impl Sqlite {
                 reason TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);",
         )?;
+        let (send, work) = std::sync::mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("trackshift-sqlite".into())
+            .spawn(move || {
+                while let Ok(w) = work.recv() {
+                    w(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the SQLite thread: {e}")))?;
         Ok(Self {
-            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            thread: SqliteThread(send),
         })
     }
 }
@@ -198,7 +246,9 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 struct SqliteTx {
-    conn: Option<tokio::sync::OwnedMutexGuard<rusqlite::Connection>>,
+    /// The transaction's turn; `None` once committed.
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    thread: SqliteThread,
 }
 
 /// `$1` → `?1` (SQLite reads `$1` as a named parameter).
@@ -221,58 +271,65 @@ fn sqlite_params(params: &[Val]) -> Vec<rusqlite::types::Value> {
 #[async_trait::async_trait]
 impl Tx for SqliteTx {
     async fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
-        let conn = self.conn.as_ref().expect("open transaction");
-        query_rows(conn, sql, params)
+        let (sql, params) = (sqlite_sql(sql), sqlite_params(params));
+        self.thread.call(move |c| query_rows(c, &sql, params)).await
     }
 
     async fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        let conn = self.conn.as_ref().expect("open transaction");
-        let n = conn.execute(
-            &sqlite_sql(sql),
-            rusqlite::params_from_iter(sqlite_params(params)),
-        )?;
-        Ok(n as u64)
+        let (sql, params) = (sqlite_sql(sql), sqlite_params(params));
+        self.thread
+            .call(move |c| {
+                let n = c
+                    .prepare_cached(&sql)?
+                    .execute(rusqlite::params_from_iter(params))?;
+                Ok(n as u64)
+            })
+            .await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        let conn = self.conn.take().expect("open transaction");
-        conn.execute_batch("COMMIT")?;
-        Ok(())
+        let turn = self.turn.take().expect("open transaction");
+        let done = self.thread.call(|c| Ok(c.execute_batch("COMMIT")?)).await;
+        if done.is_err() {
+            // Not committed: the transaction must not stay open for the next one.
+            self.thread.post("ROLLBACK");
+        }
+        drop(turn);
+        done
     }
 }
 
 fn query_rows(
     conn: &rusqlite::Connection,
     sql: &str,
-    params: &[Val],
+    params: Vec<rusqlite::types::Value>,
 ) -> Result<Vec<Row>, StoreError> {
-    {
-        let mut stmt = conn.prepare_cached(&sqlite_sql(sql))?;
-        let n = stmt.column_count();
-        let rows = stmt.query_map(rusqlite::params_from_iter(sqlite_params(params)), |r| {
-            let mut v = Vec::with_capacity(n);
-            for i in 0..n {
-                v.push(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Integer(x) => Val::I(x),
-                    rusqlite::types::ValueRef::Real(x) => Val::I(x as i64),
-                    rusqlite::types::ValueRef::Text(t) => {
-                        Val::T(String::from_utf8_lossy(t).into_owned())
-                    }
-                    rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => {
-                        Val::NullT
-                    }
-                });
-            }
-            Ok(Row(v))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
+    let mut stmt = conn.prepare_cached(sql)?;
+    let n = stmt.column_count();
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            v.push(match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(x) => Val::I(x),
+                rusqlite::types::ValueRef::Real(x) => Val::I(x as i64),
+                rusqlite::types::ValueRef::Text(t) => {
+                    Val::T(String::from_utf8_lossy(t).into_owned())
+                }
+                rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => Val::NullT,
+            });
+        }
+        Ok(Row(v))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
-        if let Some(conn) = &self.conn {
-            let _ = conn.execute_batch("ROLLBACK");
+        // Dropped before its commit (an error, a cancelled future): the rollback runs on
+        // the connection's thread before anything the next transaction sends, because
+        // the turn is released only after this (fields drop after `drop`).
+        if self.turn.is_some() {
+            self.thread.post("ROLLBACK");
         }
     }
 }
@@ -280,9 +337,14 @@ impl Drop for SqliteTx {
 #[async_trait::async_trait]
 impl Backend for Sqlite {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        let conn = self.conn.clone().lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Box::new(SqliteTx { conn: Some(conn) }))
+        let turn = self.turn.clone().lock_owned().await;
+        self.thread
+            .call(|c| Ok(c.execute_batch("BEGIN IMMEDIATE")?))
+            .await?;
+        Ok(Box::new(SqliteTx {
+            turn: Some(turn),
+            thread: self.thread.clone(),
+        }))
     }
 
     fn skip_locked(&self) -> &'static str {
