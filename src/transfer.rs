@@ -673,7 +673,10 @@ pub(crate) fn parse_latency_target(s: &str) -> Result<LatencyTarget, String> {
     }
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => Ok(LatencyTarget(Some(d))),
-        Ok(_) => Err("a target of zero would shrink the budget to its floor; use `off` for a fixed budget".into()),
+        Ok(_) => Err(
+            "a target of zero would shrink the budget to its floor; use `off` for a fixed budget"
+                .into(),
+        ),
         Err(e) => Err(format!("{e} (a duration such as 100ms, or `off`)")),
     }
 }

@@ -37,22 +37,48 @@ pub struct DelayControl {
     floor: u64,
     ceiling: u64,
     limit: f64,
+    phase: Phase,
     /// The least latency of each minute (by minute number), oldest first.
     base: VecDeque<(u64, Duration)>,
+    /// The minute of the last drain.
+    drained: u64,
+}
+
+/// What the controller is doing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// From the floor, doubling per round trip until queueing reaches half the target (or
+    /// the ceiling): the first chunks measure the path before a queue builds.
+    SlowStart,
+    /// Steady state: up by a unit per round trip under the target, down in proportion above.
+    Steady,
+    /// Down to the floor for about two round trips so that the queue drains and the base
+    /// delay is measured afresh (once a minute; LEDBAT++'s periodic slowdown). Without it
+    /// a queue that never drains would become the base, and the base would creep up by a
+    /// target every [`BASE_HISTORY_MINUTES`].
+    Drain {
+        /// When to go back.
+        until: Duration,
+        /// The budget to go back to.
+        restore: f64,
+    },
 }
 
 impl DelayControl {
     /// A controller between [`MIN_BUDGET`] (or `ceiling` if smaller) and `ceiling` bytes,
-    /// allowing `target` of queueing above the base delay. It starts at the ceiling, so a
-    /// fresh budget never holds back a link it has not measured.
+    /// allowing `target` of queueing above the base delay. It starts at the floor and
+    /// doubles per round trip until it sees queueing (slow start).
     pub fn new(ceiling: u64, target: Duration) -> Self {
         let ceiling = ceiling.max(1);
+        let floor = MIN_BUDGET.min(ceiling);
         Self {
             target: target.max(Duration::from_millis(1)),
-            floor: MIN_BUDGET.min(ceiling),
+            floor,
             ceiling,
-            limit: ceiling as f64,
+            limit: floor as f64,
+            phase: Phase::SlowStart,
             base: VecDeque::with_capacity(BASE_HISTORY_MINUTES + 1),
+            drained: 0,
         }
     }
 
@@ -93,14 +119,43 @@ impl DelayControl {
         let target = self.target.as_secs_f64();
         // The share of a round trip's worth of acknowledgements this one is.
         let share = (bytes as f64 / self.limit.max(1.0)).min(1.0);
-        if queueing <= target {
-            // Grow only when the budget is what holds the sends back.
-            if in_flight as f64 + GROWTH_UNIT as f64 >= self.limit {
-                self.limit += GROWTH_UNIT as f64 * (1.0 - queueing / target) * share;
+        // Grow only when the budget is what holds the sends back.
+        let full = in_flight as f64 + GROWTH_UNIT as f64 >= self.limit;
+        match self.phase {
+            Phase::Drain { until, restore } => {
+                if now >= until {
+                    self.limit = restore;
+                    self.phase = Phase::Steady;
+                }
             }
-        } else {
-            let cut = ((queueing / target - 1.0) * DECREASE_GAIN).min(0.5);
-            self.limit -= self.limit * cut * share;
+            _ if minute > self.drained => {
+                self.drained = minute;
+                let rtt = latency.max(Duration::from_millis(25));
+                self.phase = Phase::Drain {
+                    until: now + 2 * rtt,
+                    restore: self.limit,
+                };
+                self.limit = self.floor as f64;
+            }
+            Phase::SlowStart if queueing < target / 2.0 => {
+                if full {
+                    self.limit += bytes as f64;
+                }
+                if self.limit >= self.ceiling as f64 {
+                    self.phase = Phase::Steady;
+                }
+            }
+            Phase::SlowStart | Phase::Steady => {
+                self.phase = Phase::Steady;
+                if queueing <= target {
+                    if full {
+                        self.limit += GROWTH_UNIT as f64 * (1.0 - queueing / target) * share;
+                    }
+                } else {
+                    let cut = ((queueing / target - 1.0) * DECREASE_GAIN).min(0.5);
+                    self.limit -= self.limit * cut * share;
+                }
+            }
         }
         self.limit = self.limit.clamp(self.floor as f64, self.ceiling as f64);
         self.limit()
@@ -145,14 +200,18 @@ impl SharedBudget {
 
     fn make(bytes: u64, target: Option<Duration>) -> Self {
         let capacity = u32::try_from(bytes).unwrap_or(u32::MAX).max(1 << 20);
+        let control = target.map(|t| DelayControl::new(u64::from(capacity), t));
+        let limit = control
+            .as_ref()
+            .map_or(u64::from(capacity), DelayControl::limit);
         Self {
             inner: Arc::new(Inner {
-                sem: Arc::new(Semaphore::new(capacity as usize)),
+                sem: Arc::new(Semaphore::new(limit as usize)),
                 capacity,
                 started: Instant::now(),
                 state: Mutex::new(State {
-                    control: target.map(|t| DelayControl::new(u64::from(capacity), t)),
-                    limit: u64::from(capacity),
+                    control,
+                    limit,
                     debt: 0,
                 }),
             }),
@@ -264,9 +323,14 @@ mod tests {
     }
 
     #[test]
-    fn starts_at_the_ceiling_and_stays_there_without_queueing() {
+    fn climbs_to_the_ceiling_and_stays_there_without_queueing() {
         let mut c = DelayControl::new(32 * MIB, ms(100));
-        assert_eq!(c.limit(), 32 * MIB);
+        assert_eq!(c.limit(), MIN_BUDGET, "starts at the floor");
+        // Slow start: doubling per round trip (a budget's worth of acknowledgements).
+        for _ in 0..4 {
+            c.on_ack(Duration::ZERO, ms(8), MIB, c.limit());
+        }
+        assert_eq!(c.limit(), 2 * MIN_BUDGET);
         drive(&mut c, Duration::ZERO, 10, 100, ms(8));
         assert_eq!(c.limit(), 32 * MIB);
         assert_eq!(c.base_delay(), Some(ms(8)));
@@ -318,9 +382,45 @@ mod tests {
         let last = &seen[2000..];
         let worst = last.iter().max().unwrap();
         let least = last.iter().min().unwrap();
-        assert!(*worst <= ms(10 + 100 + 30), "settled at {worst:?}");
+        // The base it measures includes the floor's own queue (4 MiB at 100 MiB/s).
+        assert!(*worst <= ms(10 + 41 + 100 + 30), "settled at {worst:?}");
         // The budget did not collapse: the bottleneck still has most of a target's queue.
         assert!(*least >= ms(10 + 50), "collapsed to {least:?}");
+    }
+
+    #[test]
+    fn a_queue_that_never_drains_does_not_become_the_base() {
+        // As above, for 25 minutes: past the base history, so the first minutes' least
+        // latency is forgotten; the drain each minute measures the base again.
+        let mut c = DelayControl::new(64 * MIB, ms(100));
+        let rate = 100.0 * MIB as f64;
+        let mut now = Duration::ZERO;
+        let mut last_minute = Vec::new();
+        let mut drains = 0;
+        while now < Duration::from_secs(25 * 60) {
+            let latency = ms(10) + Duration::from_secs_f64(c.limit() as f64 / rate);
+            let before = c.limit();
+            c.on_ack(now, latency, MIB, c.limit());
+            if c.limit() == MIN_BUDGET && before > 2 * MIN_BUDGET {
+                drains += 1;
+            }
+            if now >= Duration::from_secs(24 * 60) {
+                last_minute.push(latency);
+            }
+            now += ms(10);
+        }
+        assert!(
+            (24..=26).contains(&drains),
+            "one drain a minute, not {drains}"
+        );
+        // The floor's own queue (4 MiB at 100 MiB/s) is the resolution of the base.
+        let base = c.base_delay().unwrap();
+        assert!(base <= ms(10 + 41), "base crept up to {base:?}");
+        let worst = last_minute.iter().max().unwrap();
+        assert!(
+            *worst <= ms(10 + 41 + 100 + 30),
+            "latency crept up to {worst:?}"
+        );
     }
 
     #[test]
@@ -338,6 +438,7 @@ mod tests {
     #[test]
     fn does_not_grow_when_the_demand_is_below_the_budget() {
         let mut c = DelayControl::new(32 * MIB, ms(100));
+        c.on_ack(Duration::ZERO, ms(1), MIB, 0);
         drive(&mut c, Duration::ZERO, 3, 100, ms(400));
         let low = c.limit();
         assert!(low < 32 * MIB);
@@ -350,6 +451,7 @@ mod tests {
     #[test]
     fn the_budget_fits_the_largest_chunk() {
         let mut c = DelayControl::new(32 * MIB, ms(100));
+        c.on_ack(Duration::ZERO, ms(1), MIB, 0);
         drive(&mut c, Duration::ZERO, 5, 100, ms(900));
         assert_eq!(c.limit(), MIN_BUDGET);
         c.fit(16 * MIB);
@@ -367,6 +469,14 @@ mod tests {
     #[tokio::test]
     async fn a_shrinking_budget_takes_back_held_bytes_as_they_return() {
         let b = SharedBudget::with_latency_target(16 * MIB, ms(10));
+        assert_eq!(b.limit(), MIN_BUDGET);
+        assert_eq!(b.available() as u64, MIN_BUDGET);
+        while b.limit() < 16 * MIB {
+            let full = hold(&b, b.limit() / MIB).await;
+            b.observe(ms(1), MIB);
+            drop(full);
+        }
+        assert_eq!(b.available() as u64, 16 * MIB, "grown by freeing bytes");
         let held = hold(&b, 12).await;
         assert_eq!(b.available() as u64, 4 * MIB);
         // Long queueing: the budget goes down to its floor while 12 MiB are held.

@@ -17,12 +17,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 use trackshift_crypto::{ChunkLayout, Hash32};
 
+use crate::budget::BudgetPermit;
+pub use crate::budget::SharedBudget;
 use crate::protocol::{
     self, ChunkHeader, ChunkRef, ClientFrame, FileSpec, FrameDecoder, OpenJob, ProtocolError,
     Secret, SenderJob, ServerFrame,
 };
-use crate::budget::BudgetPermit;
-pub use crate::budget::SharedBudget;
 use crate::tls::ServerTrust;
 
 /// Why a send failed.
