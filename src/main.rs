@@ -241,6 +241,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// `MIMALLOC_PURGE_DELAY` in the environment wins.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
+/// [`PURGE_DELAY_MS`] as a duration (what an idle reading of resident memory must wait).
+pub(crate) const PURGE_DELAY: std::time::Duration =
+    std::time::Duration::from_millis(PURGE_DELAY_MS as u64);
+
 /// Also turns transparent huge pages off for the process, as `MIMALLOC_ALLOW_THP=0` would
 /// (that variable in the environment wins): mimalloc asks for them on its arenas, and then
 /// every partly used 2 MiB range is resident in full. The 200-job load test peaked at

@@ -133,8 +133,7 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
     .await?;
     print_sample(&last);
     samples.push(last.clone());
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle_rss = rss_mib();
+    let (idle_rss, idle_after) = settled_rss().await;
     let seconds = t0.elapsed().as_secs_f64();
     rig.stop().await;
 
@@ -162,8 +161,10 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
     std::fs::write(&path, serde_json::to_string_pretty(&result)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!(
-        "memory: {:.0} MiB before the first job, {:.0} MiB 5 s after the last",
-        result.start_rss_mib, result.idle_rss_mib
+        "memory: {:.0} MiB before the first job, {:.0} MiB {:.0} s after the last",
+        result.start_rss_mib,
+        result.idle_rss_mib,
+        idle_after.as_secs_f64()
     );
     let mut ok = true;
     for (target, met) in &result.targets {
@@ -172,6 +173,25 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
     }
     println!("results: {}", path.display());
     Ok(ok)
+}
+
+/// Resident memory once the process is idle: read every second until two readings a second
+/// apart agree within 1 MiB, but not before the allocator's purge delay has passed (freed
+/// memory stays with the process that long) and not longer than 30 s. Returns the reading
+/// and when it was taken.
+async fn settled_rss() -> (f64, Duration) {
+    let started = Instant::now();
+    let earliest = crate::PURGE_DELAY + Duration::from_secs(2);
+    let mut last = rss_mib();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_mib();
+        let waited = started.elapsed();
+        if (waited >= earliest && (now - last).abs() < 1.0) || waited >= Duration::from_secs(30) {
+            return (now, waited);
+        }
+        last = now;
+    }
 }
 
 /// Descriptors and memory of the last third of the reports against the first third
