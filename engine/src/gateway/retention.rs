@@ -57,13 +57,24 @@ fn list_expired(root: &Path, older_than: Duration) -> Result<Vec<Expired>, Gatew
         {
             continue;
         }
-        for job in std::fs::read_dir(&tenant_dir).map_err(io("listing", &tenant_dir))? {
+        // Directories go away while this runs (a job cancelled, another sweep): gone is
+        // not an error, and it must not stop the sweep of the rest.
+        let jobs = match std::fs::read_dir(&tenant_dir) {
+            Ok(j) => j,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("listing", &tenant_dir)(e)),
+        };
+        for job in jobs {
             let job = job.map_err(io("listing", &tenant_dir))?;
             let dir = job.path();
             if !job.file_type().map_err(io("reading", &dir))?.is_dir() {
                 continue;
             }
-            let newest = newest_mtime(&dir).map_err(io("reading", &dir))?;
+            let newest = match newest_mtime(&dir) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("reading", &dir)(e)),
+            };
             if now.duration_since(newest).unwrap_or_default() <= older_than {
                 continue;
             }
@@ -83,12 +94,16 @@ fn list_expired(root: &Path, older_than: Duration) -> Result<Vec<Expired>, Gatew
     Ok(out)
 }
 
-/// The latest modification time of `dir` and the files in it.
+/// The latest modification time of `dir` and the files in it. A file that goes away while
+/// this looks (a record's temporary file, renamed into place) is left out.
 fn newest_mtime(dir: &Path) -> std::io::Result<SystemTime> {
     let mut newest = std::fs::metadata(dir)?.modified()?;
     for entry in std::fs::read_dir(dir)? {
-        let m = entry?.metadata()?.modified()?;
-        newest = newest.max(m);
+        match entry?.metadata() {
+            Ok(m) => newest = newest.max(m.modified()?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(newest)
 }
@@ -190,5 +205,49 @@ async fn discard_abandoned(shared: &Arc<Shared>, expired: &Expired) -> Result<()
             warn!(tenant = %tenant, job = %expired.key.1, error = %e, "job retention: partial objects of an abandoned job could not be discarded");
             remove_dir(expired.dir.clone()).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_and_directories_going_away_while_listing_are_not_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let job = root.path().join("acme/job-1");
+        std::fs::create_dir_all(&job).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started, wait) = std::sync::mpsc::channel();
+        // What the gateway does all the time: files made and removed in job directories
+        // (records renamed into place, the signing marker), directories made and removed.
+        let churn = {
+            let (job, stop, root) = (job.clone(), stop.clone(), root.path().to_path_buf());
+            std::thread::spawn(move || {
+                let mut k = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tmp = |i| job.join(format!("record-{i}.json.tmp"));
+                    for i in 0..500 {
+                        std::fs::write(tmp(i), b"{}").unwrap();
+                    }
+                    let _ = started.send(());
+                    for i in 0..500 {
+                        std::fs::remove_file(tmp(i)).unwrap();
+                    }
+                    let other = root.join(format!("acme/job-{}", 2 + k % 4));
+                    std::fs::create_dir_all(&other).unwrap();
+                    std::fs::write(other.join("chunks.log"), b"").unwrap();
+                    std::fs::remove_dir_all(&other).unwrap();
+                    k += 1;
+                }
+            })
+        };
+        wait.recv().unwrap();
+        for _ in 0..300 {
+            newest_mtime(&job).expect("the newest time of a directory under churn");
+            list_expired(root.path(), Duration::ZERO).expect("a listing under churn");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
     }
 }
