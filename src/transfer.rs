@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// chunk latency as LEDBAT does). `off` keeps the budget fixed at `--jobs-memory`.
     #[arg(long, default_value = "100ms", value_parser = parse_latency_target)]
     jobs_latency_target: LatencyTarget,
+    /// How long jobs that ended stay in the job store (status, transitions, manifest and
+    /// receipts through the API; the ledger keeps its entries forever). `never` keeps them.
+    #[arg(long, default_value = "90d", value_parser = parse_retention)]
+    job_history: Retention,
     /// How long a worker's claim on a job lasts without renewal (seconds); a job whose
     /// worker died is taken over after this.
     #[arg(long, default_value_t = 30)]
@@ -511,6 +515,7 @@ async fn job_service(
     rc.max_running = args.max_jobs.max(1);
     rc.memory_budget = args.jobs_memory;
     rc.latency_target = args.jobs_latency_target.0;
+    rc.job_history = args.job_history.0;
     rc.lease = Duration::from_secs(args.lease_secs.max(2));
     rc.heartbeat = (rc.lease / 6).max(Duration::from_millis(300));
     rc.pq_only = args.pq_only;
@@ -687,7 +692,10 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
     }
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => Ok(Retention(Some(d))),
-        Ok(_) => Err("a retention of zero would remove jobs as they run; use `never` to keep job directories".into()),
+        Ok(_) => Err(
+            "a retention of zero would remove jobs as soon as they end; use `never` to keep them"
+                .into(),
+        ),
         Err(e) => Err(format!("{e} (a duration such as 7d or 12h, or `never`)")),
     }
 }

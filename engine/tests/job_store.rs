@@ -81,6 +81,7 @@ on_both!(
     a_tenant_flooding_the_queue_is_refused_at_max_queued_jobs,
     concurrent_submits_cannot_overshoot_max_queued_jobs,
     deferred_attempts_never_spend_attempts_or_dead_letter,
+    purging_removes_only_jobs_that_ended_before_the_cutoff,
 );
 
 async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
@@ -778,4 +779,60 @@ async fn deferred_attempts_never_spend_attempts_or_dead_letter(s: SqlStore) {
         .unwrap();
     let j = s.get("a", &id).await.unwrap();
     assert_eq!((j.state, j.dead_letter), (JobState::Failed, true));
+}
+
+async fn purging_removes_only_jobs_that_ended_before_the_cutoff(s: SqlStore) {
+    // Three jobs that end at 10 s, 20 s and 30 s (completed, failed, cancelled), one
+    // still running and one queued.
+    let done = submit(&s, "a", 0).await;
+    let failed = submit(&s, "a", 0).await;
+    let cancelled = submit(&s, "b", 0).await;
+    let running = submit(&s, "b", 0).await;
+    let mut claimed = Vec::new();
+    while let Some(j) = s.claim("w", &NO_QUOTAS(), 1_000, 1_000_000).await.unwrap() {
+        claimed.push(j.id);
+    }
+    assert_eq!(claimed.len(), 4);
+    let completed = Outcome::Completed {
+        bytes: 1,
+        manifest: "{}".into(),
+        receipts: vec![],
+    };
+    s.finish(&done, "w", completed, 10_000, SEC).await.unwrap();
+    let fatal = Outcome::Permanent("refused".into());
+    s.finish(&failed, "w", fatal, 20_000, SEC).await.unwrap();
+    s.cancel("b", &cancelled, 30_000).await.unwrap();
+    let queued = submit(&s, "a", 5_000).await;
+
+    // Nothing ended before 10 s.
+    assert_eq!(s.purge_finished(10_000, 100).await.unwrap(), 0);
+    // Before 25 s: the completed and the failed job, oldest first, a batch at a time.
+    assert_eq!(s.purge_finished(25_000, 1).await.unwrap(), 1);
+    assert!(matches!(s.get("a", &done).await, Err(StoreError::NotFound)));
+    assert!(
+        s.get("a", &failed).await.is_ok(),
+        "the newer one waits for the next batch"
+    );
+    assert_eq!(s.purge_finished(25_000, 100).await.unwrap(), 1);
+    assert!(matches!(
+        s.get("a", &failed).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.transitions("a", &failed).await,
+        Err(StoreError::NotFound)
+    ));
+    // Far in the future: the cancelled job goes; running and queued jobs never do.
+    assert_eq!(s.purge_finished(i64::MAX, 100).await.unwrap(), 1);
+    assert!(s.get("b", &running).await.is_ok());
+    assert!(s.get("a", &queued).await.is_ok());
+    assert_eq!(
+        s.list("a", &ListQuery::default()).await.unwrap().jobs.len(),
+        1
+    );
+    // The store still works as before around the gap.
+    assert_eq!(
+        s.heartbeat(&running, "w", 2_000_000, 1, 2).await.unwrap(),
+        Heartbeat::Held
+    );
 }

@@ -49,6 +49,9 @@ pub struct RunnerConfig {
     /// in-flight budget (at most `memory_budget`) follows chunk latency (see
     /// [`crate::budget::DelayControl`]). `None`: a fixed `memory_budget`.
     pub latency_target: Option<Duration>,
+    /// How long jobs that ended stay in the store (their status, transitions, manifest
+    /// and receipts through the API; the ledger keeps its entries forever). `None`: forever.
+    pub job_history: Option<Duration>,
     /// Chunk bytes in flight per job.
     pub per_job_in_flight: u64,
     /// How long a claim lasts without renewal.
@@ -72,6 +75,15 @@ pub struct RunnerConfig {
 /// Default [`RunnerConfig::latency_target`] (RFC 6817's upper bound for LEDBAT's target).
 pub const DEFAULT_LATENCY_TARGET: Duration = Duration::from_millis(100);
 
+/// Default [`RunnerConfig::job_history`]: 90 days.
+pub const DEFAULT_JOB_HISTORY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How often a worker removes jobs past [`RunnerConfig::job_history`].
+const HISTORY_SWEEP: Duration = Duration::from_secs(60);
+
+/// Most jobs one purge transaction removes (a short write lock; a sweep runs several).
+const PURGE_BATCH: u32 = 500;
+
 /// Default [`RunnerConfig::max_connecting`].
 pub const DEFAULT_MAX_CONNECTING: usize = 16;
 
@@ -87,6 +99,7 @@ impl RunnerConfig {
             max_running: 256,
             memory_budget: 512 << 20,
             latency_target: Some(DEFAULT_LATENCY_TARGET),
+            job_history: Some(DEFAULT_JOB_HISTORY),
             per_job_in_flight: 64 << 20,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
@@ -319,14 +332,49 @@ impl Runner {
             .collect()
     }
 
+    /// Removes jobs that ended longer than [`RunnerConfig::job_history`] ago, a batch per
+    /// transaction, at most 20 batches a sweep (the rest wait for the next). Returns how
+    /// many went.
+    pub async fn purge_history(&self) -> u64 {
+        let Some(keep) = self.cfg.job_history else {
+            return 0;
+        };
+        let before = now_ms() - millis(keep);
+        let mut removed = 0;
+        for _ in 0..20 {
+            match self.store.purge_finished(before, PURGE_BATCH).await {
+                Ok(n) => {
+                    removed += n;
+                    if n < u64::from(PURGE_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "removing old jobs from the store failed");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            info!(jobs = removed, "removed jobs past the job history");
+            metrics::counter!("trackshift_jobs_purged_total").increment(removed);
+        }
+        removed
+    }
+
     /// Claims and runs jobs until `shutdown` turns true; then stops claiming and waits
     /// for running jobs to end (their leases lapse if the process is killed instead).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut last_expiry = Instant::now() - self.cfg.heartbeat;
+        let mut last_purge = Instant::now() - HISTORY_SWEEP;
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if last_purge.elapsed() >= HISTORY_SWEEP {
+                last_purge = Instant::now();
+                self.purge_history().await;
             }
             if last_expiry.elapsed() >= self.cfg.heartbeat {
                 last_expiry = Instant::now();

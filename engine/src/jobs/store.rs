@@ -190,6 +190,10 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Option<JobState>, StoreError>;
     /// Queues again (or dead-letters) jobs whose worker's lease ran out. Returns how many.
     async fn expire_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
+    /// Removes up to `limit` jobs that ended (completed, failed, cancelled) before
+    /// `finished_before_ms`, oldest first, with their transitions: the store's history is
+    /// kept for a time, not forever. Returns how many went.
+    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> Result<u64, StoreError>;
     /// Jobs per tenant and state (every job the store holds: a scan of the whole table).
     async fn counts(&self) -> Result<StateCounts, StoreError>;
     /// Jobs per tenant and state for the states a job is still in before it ends (queued,
@@ -941,6 +945,32 @@ impl JobStore for SqlStore {
         }
         tx.commit().await?;
         Ok(expired.len() as u64)
+    }
+
+    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let sql = format!(
+            "SELECT id FROM jobs WHERE finished_ms < $1 AND state IN ('completed', 'failed', 'cancelled')
+             ORDER BY finished_ms LIMIT $2{}",
+            self.db.skip_locked()
+        );
+        let ids: Vec<String> = tx
+            .query(&sql, &[finished_before_ms.into(), i64::from(limit).into()])
+            .await?
+            .iter()
+            .map(|r| r.str(0))
+            .collect();
+        for id in &ids {
+            tx.exec(
+                "DELETE FROM transitions WHERE job_id = $1",
+                &[id.as_str().into()],
+            )
+            .await?;
+            tx.exec("DELETE FROM jobs WHERE id = $1", &[id.as_str().into()])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
