@@ -727,3 +727,61 @@ async fn a_full_disk_on_the_server_gives_a_clear_error() {
         );
     }
 }
+
+/// Descriptors any process on this host holds of files whose name contains `needle`
+/// (`/proc/*/fd`; the test servers run here).
+fn descriptors_of(needle: &str) -> usize {
+    let mut n = 0;
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains(needle)) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sftp_writer_closes_its_handles_on_the_server() {
+    let base =
+        std::env::var("TRACKSHIFT_TEST_SFTP").expect("TRACKSHIFT_TEST_SFTP (the SFTP test server)");
+    let d = Dest {
+        name: "sftp",
+        uri: common::under(&base, &unique()),
+        _tmp: None,
+    };
+    let c = connector(&d, VerifyMode::Size);
+    let chunk = 1 << 20;
+    let s = spec("dropped.bin", 4 * chunk, chunk, None);
+    let temp = s.temp_name();
+    let w = c.open(&s, false).await.unwrap();
+    // Two chunks on two lanes: two handles of the temporary file on the server.
+    for i in [0, 1] {
+        w.write_at(i * chunk, pattern(chunk as usize, 1))
+            .await
+            .unwrap();
+    }
+    let held = descriptors_of(&temp);
+    assert!(
+        held >= 1,
+        "the server's descriptors of {temp} are visible in /proc (found none: run as root, as the test servers do)"
+    );
+    // Neither committed nor aborted (its job failed or was set aside): dropped.
+    drop(w);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while descriptors_of(&temp) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        descriptors_of(&temp),
+        0,
+        "the server still holds {held} descriptor(s) of the dropped writer's file"
+    );
+    // The connection it shared is still good for the next writer.
+    let data = pattern(chunk as usize, 2);
+    put(&*c, "after-drop.bin", &data, chunk).await;
+}

@@ -822,6 +822,31 @@ impl SftpWriter {
     }
 }
 
+impl Drop for SftpWriter {
+    /// A writer dropped with handles open (neither committed nor aborted: its job failed
+    /// or was set aside) closes them: the connection is shared and lives on, and the
+    /// server keeps a descriptor per open handle for as long as it does. The temporary
+    /// file stays for a resume (or the gateway's sweep) to deal with.
+    fn drop(&mut self) {
+        let open: Vec<_> = self
+            .lanes
+            .iter_mut()
+            .filter_map(|l| l.get_mut().take())
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            for (c, handle) in open {
+                let _ = c.sftp.close(handle.as_str()).await;
+            }
+        });
+    }
+}
+
 #[async_trait]
 impl ObjectWriter for SftpWriter {
     fn holds_open(&self) -> bool {
