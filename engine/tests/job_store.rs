@@ -554,6 +554,38 @@ async fn the_store_survives_a_reopen() {
 }
 
 #[tokio::test]
+async fn a_store_made_before_counts_were_kept_counts_its_jobs_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    {
+        let s = SqlStore::open(&path).unwrap();
+        submit(&s, "a", 0).await;
+        submit(&s, "a", 0).await;
+        submit(&s, "b", 0).await;
+        s.claim("w", &NO_QUOTAS(), 1_000, 60_000).await.unwrap();
+    }
+    // As an older version left it: jobs, no counts.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch("DELETE FROM job_count_deltas; DELETE FROM store_meta;")
+        .unwrap();
+    drop(db);
+    let s = SqlStore::open(&path).unwrap();
+    let mut counts = s.counts().await.unwrap();
+    counts.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    let mut open = s.open_counts().await.unwrap();
+    open.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    assert_eq!(counts, open);
+    assert_eq!(counts.iter().map(|c| c.2).sum::<u64>(), 3);
+    // Opened again: counted once, not twice.
+    drop(s);
+    let s = SqlStore::open(&path).unwrap();
+    assert_eq!(
+        s.counts().await.unwrap().iter().map(|c| c.2).sum::<u64>(),
+        3
+    );
+}
+
+#[tokio::test]
 async fn the_sqlite_store_and_its_journal_are_not_readable_by_other_users() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
@@ -824,6 +856,25 @@ async fn purging_removes_only_jobs_that_ended_before_the_cutoff(s: SqlStore) {
     ));
     // Far in the future: the cancelled job goes; running and queued jobs never do.
     assert_eq!(s.purge_finished(i64::MAX, 100).await.unwrap(), 1);
+    // The kept counts follow, before and after they are folded, and match a full count.
+    let mut expected = vec![
+        ("a".to_string(), JobState::Queued, 1),
+        ("b".to_string(), JobState::Running, 1),
+    ];
+    let sorted = |mut v: Vec<(String, JobState, u64)>| {
+        v.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+        v
+    };
+    expected = sorted(expected);
+    assert_eq!(sorted(s.counts().await.unwrap()), expected);
+    assert!(s.compact_counts().await.unwrap() > 2);
+    assert_eq!(sorted(s.counts().await.unwrap()), expected);
+    assert_eq!(
+        s.compact_counts().await.unwrap(),
+        2,
+        "one row per tenant and state"
+    );
+    assert_eq!(sorted(s.open_counts().await.unwrap()), expected);
     assert!(s.get("b", &running).await.is_ok());
     assert!(s.get("a", &queued).await.is_ok());
     assert_eq!(

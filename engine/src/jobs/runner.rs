@@ -332,10 +332,13 @@ impl Runner {
             .collect()
     }
 
-    /// Removes jobs that ended longer than [`RunnerConfig::job_history`] ago, a batch per
-    /// transaction, at most 20 batches a sweep (the rest wait for the next). Returns how
-    /// many went.
+    /// Folds the store's job counts, then removes jobs that ended longer than
+    /// [`RunnerConfig::job_history`] ago, a batch per transaction, at most 20 batches a
+    /// sweep (the rest wait for the next). Returns how many jobs went.
     pub async fn purge_history(&self) -> u64 {
+        if let Err(e) = self.store.compact_counts().await {
+            warn!(error = %e, "compacting the job counts failed");
+        }
         let Some(keep) = self.cfg.job_history else {
             return 0;
         };

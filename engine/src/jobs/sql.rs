@@ -135,6 +135,7 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms);
 CREATE INDEX IF NOT EXISTS jobs_started ON jobs (started_ms);
 CREATE INDEX IF NOT EXISTS jobs_tenant_started ON jobs (tenant, started_ms);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (tenant, idempotency_key);
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tenant_locks (
     tenant TEXT PRIMARY KEY,
     submits BIGINT NOT NULL DEFAULT 0
@@ -221,7 +222,12 @@ impl Sqlite {
                 from_state TEXT,
                 to_state TEXT NOT NULL,
                 reason TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);",
+             CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);
+             CREATE TABLE IF NOT EXISTS job_count_deltas (
+                seq INTEGER PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                state TEXT NOT NULL,
+                d BIGINT NOT NULL);",
         )?;
         let (send, work) = std::sync::mpsc::channel::<Work>();
         std::thread::Builder::new()
@@ -385,6 +391,11 @@ impl Postgres {
                     to_state TEXT NOT NULL,
                     reason TEXT NOT NULL);
                  CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, seq);
+                 CREATE TABLE IF NOT EXISTS job_count_deltas (
+                    seq BIGSERIAL PRIMARY KEY,
+                    tenant TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    d BIGINT NOT NULL);
                  COMMIT;"
             ))
             .await

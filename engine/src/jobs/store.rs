@@ -194,8 +194,12 @@ pub trait JobStore: Send + Sync {
     /// `finished_before_ms`, oldest first, with their transitions: the store's history is
     /// kept for a time, not forever. Returns how many went.
     async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> Result<u64, StoreError>;
-    /// Jobs per tenant and state (every job the store holds: a scan of the whole table).
+    /// Jobs per tenant and state (every job the store holds), from counts kept as jobs
+    /// change state: it costs the changes since the last [`JobStore::compact_counts`],
+    /// not the jobs.
     async fn counts(&self) -> Result<StateCounts, StoreError>;
+    /// Folds the kept counts into one row per tenant and state. Returns the rows folded.
+    async fn compact_counts(&self) -> Result<u64, StoreError>;
     /// Jobs per tenant and state for the states a job is still in before it ends (queued,
     /// running, verifying): read from the state index, so it costs what is open, not what
     /// the store ever held.
@@ -284,6 +288,19 @@ async fn record(
     Ok(())
 }
 
+/// Adds `by` to the number of `tenant`'s jobs in `state`: a row of `job_count_deltas`, which
+/// [`JobStore::counts`] sums instead of counting every job. Rows are only ever inserted
+/// (no row two transactions both update, so no lock order to get wrong on PostgreSQL) and
+/// [`JobStore::compact_counts`] folds them into one per tenant and state.
+async fn bump(tx: &mut dyn Tx, tenant: &str, state: JobState, by: i64) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO job_count_deltas (tenant, state, d) VALUES ($1, $2, $3)",
+        &[tenant.into(), state.as_str().into(), by.into()],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Moves `job` to `to` (checked against the lifecycle) and records why.
 async fn transition(
     tx: &mut dyn Tx,
@@ -303,6 +320,8 @@ async fn transition(
         &[to.as_str().into(), now_ms.into(), job.id.as_str().into()],
     )
     .await?;
+    bump(tx, &job.tenant, job.state, -1).await?;
+    bump(tx, &job.tenant, to, 1).await?;
     record(tx, &job.id, Some(job.state), to, reason, now_ms).await
 }
 
@@ -419,16 +438,44 @@ impl SqlStore {
 
     /// The embedded store: SQLite at `path` (created if absent).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
+        let me = Self {
             db: Arc::new(super::sql::Sqlite::open(path)?),
-        })
+        };
+        // Runs on the connection's thread: no runtime needed (none may be running yet).
+        futures::executor::block_on(me.init_counts())?;
+        Ok(me)
     }
 
     /// The shared store: PostgreSQL at `url` (schema created if absent).
     pub async fn connect_postgres(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        Ok(Self {
+        let me = Self {
             db: Arc::new(super::sql::Postgres::connect(url, max_connections).await?),
-        })
+        };
+        me.init_counts().await?;
+        Ok(me)
+    }
+
+    /// Fills the job counts from the jobs once, in a store made before they were kept.
+    /// The marker and the counts are one transaction: of gateways opening a shared store
+    /// at once, one inserts the marker and counts, the others wait on its key and skip.
+    async fn init_counts(&self) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let first = tx
+            .exec(
+                "INSERT INTO store_meta (key, value) VALUES ('job_counts', '1') ON CONFLICT (key) DO NOTHING",
+                &[],
+            )
+            .await?;
+        if first == 1 {
+            tx.exec("DELETE FROM job_count_deltas", &[]).await?;
+            tx.exec(
+                "INSERT INTO job_count_deltas (tenant, state, d)
+                 SELECT tenant, state, COUNT(*) FROM jobs GROUP BY tenant, state",
+                &[],
+            )
+            .await?;
+        }
+        tx.commit().await
     }
 
     async fn insert(&self, job: &NewJob, now_ms: i64) -> Result<Job, StoreError> {
@@ -454,6 +501,7 @@ impl SqlStore {
         )
         .await?;
         record(&mut *tx, &id, None, JobState::Queued, "submitted", now_ms).await?;
+        bump(&mut *tx, &job.tenant, JobState::Queued, 1).await?;
         let created = load_for(&mut *tx, &job.tenant, &id).await?;
         tx.commit().await?;
         Ok(created)
@@ -950,17 +998,17 @@ impl JobStore for SqlStore {
     async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
         let mut tx = self.db.begin().await?;
         let sql = format!(
-            "SELECT id FROM jobs WHERE finished_ms < $1 AND state IN ('completed', 'failed', 'cancelled')
+            "SELECT id, tenant, state FROM jobs WHERE finished_ms < $1 AND state IN ('completed', 'failed', 'cancelled')
              ORDER BY finished_ms LIMIT $2{}",
             self.db.skip_locked()
         );
-        let ids: Vec<String> = tx
+        let ids: Vec<(String, String, String)> = tx
             .query(&sql, &[finished_before_ms.into(), i64::from(limit).into()])
             .await?
             .iter()
-            .map(|r| r.str(0))
+            .map(|r| (r.str(0), r.str(1), r.str(2)))
             .collect();
-        for id in &ids {
+        for (id, tenant, state) in &ids {
             tx.exec(
                 "DELETE FROM transitions WHERE job_id = $1",
                 &[id.as_str().into()],
@@ -968,13 +1016,62 @@ impl JobStore for SqlStore {
             .await?;
             tx.exec("DELETE FROM jobs WHERE id = $1", &[id.as_str().into()])
                 .await?;
+            if let Some(state) = JobState::parse(state) {
+                bump(&mut *tx, tenant, state, -1).await?;
+            }
         }
         tx.commit().await?;
         Ok(ids.len() as u64)
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        self.count_where("").await
+        let mut tx = self.db.begin().await?;
+        let rows = tx
+            .query(
+                "SELECT tenant, state, CAST(SUM(d) AS BIGINT) FROM job_count_deltas GROUP BY tenant, state",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let n = u64::try_from(r.i64(2)).unwrap_or(0);
+                JobState::parse(&r.str(1))
+                    .filter(|_| n > 0)
+                    .map(|s| (r.str(0), s, n))
+            })
+            .collect())
+    }
+
+    async fn compact_counts(&self) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // One compaction at a time (the marker row's lock on PostgreSQL; SQLite's write
+        // transactions are exclusive anyway).
+        tx.exec(
+            "UPDATE store_meta SET value = value WHERE key = 'job_counts'",
+            &[],
+        )
+        .await?;
+        // What is deleted is what is summed (a change committed meanwhile is either both
+        // or neither).
+        let rows = tx
+            .query(
+                "DELETE FROM job_count_deltas RETURNING tenant, state, d",
+                &[],
+            )
+            .await?;
+        let mut sums: HashMap<(String, String), i64> = HashMap::new();
+        for r in &rows {
+            *sums.entry((r.str(0), r.str(1))).or_default() += r.i64(2);
+        }
+        for ((tenant, state), n) in &sums {
+            if let (Some(state), true) = (JobState::parse(state), *n > 0) {
+                bump(&mut *tx, tenant, state, *n).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
     }
 
     async fn open_counts(&self) -> Result<StateCounts, StoreError> {
