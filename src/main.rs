@@ -434,6 +434,15 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             };
             if let Some(l) = &ledger_dir {
                 let pk = l.join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
+                let shared = l
+                    .join("keys")
+                    .join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
+                if !pk.exists() && shared.exists() {
+                    bail!(
+                        "{} is the key directory of a ledger shared in PostgreSQL (serve --store postgres://...): the shared log's keys are pinned in its database and every gateway signing it holds them, so they do not rotate yet; rotate the document keys alone with --purpose manifest or receipt; nothing was rotated",
+                        l.join("keys").display()
+                    );
+                }
                 if !pk.exists() {
                     bail!(
                         "{} does not exist: {} is not the ledger of a gateway that has started \

@@ -315,3 +315,37 @@ fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
     assert!(err.contains("nothing was rotated"), "{err}");
     assert_eq!(std::fs::read(keys.join("keyring.json")).unwrap(), before);
 }
+
+#[test]
+fn a_shared_postgres_ledger_is_named_as_the_reason_nothing_rotates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let keys = root.join("keys");
+    cli(&["keys", "init", "--dir", keys.to_str().unwrap()], root);
+    let before = std::fs::read(keys.join("keyring.json")).unwrap();
+    // What `serve --store postgres://...` leaves: the ledger's keys and their public half
+    // under ledger/keys, no file log.
+    let ledger_keys = root.join("ledger/keys");
+    std::fs::create_dir_all(&ledger_keys).unwrap();
+    std::fs::write(ledger_keys.join("public-keys.json"), "{}").unwrap();
+    let (code, out, err) = run(
+        &[
+            "keys",
+            "rotate",
+            "--dir",
+            keys.to_str().unwrap(),
+            "--purpose",
+            "all",
+        ],
+        root,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("shared in PostgreSQL"), "{err}");
+    assert!(err.contains("nothing was rotated"), "{err}");
+    assert_eq!(
+        err.matches("nothing was rotated").count(),
+        1,
+        "said once: {err}"
+    );
+    assert_eq!(std::fs::read(keys.join("keyring.json")).unwrap(), before);
+}
