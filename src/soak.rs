@@ -94,7 +94,7 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
     let t0 = Instant::now();
     let mut submitted = 0usize;
     let mut samples = Vec::new();
-    let (mut mark, mut mark_ms, mut mark_cpu) = (Instant::now(), now_ms(), cpu_seconds());
+    let mut mark = Mark::now();
     while t0.elapsed() < duration {
         let open = rig.open_jobs().await? as usize;
         for _ in open..args.jobs {
@@ -103,36 +103,18 @@ pub async fn run(args: &BenchArgs, dir: &Path, duration: Duration) -> Result<boo
         }
         rig.runner.wake();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if mark.elapsed() >= args.report_every {
-            let s = sample(
-                &rig,
-                t0,
-                [&ledger_dir, &jobs_dir],
-                mark_ms,
-                mark.elapsed(),
-                mark_cpu,
-            )
-            .await?;
-            print_sample(&s);
-            samples.push(s);
-            (mark, mark_ms, mark_cpu) = (Instant::now(), now_ms(), cpu_seconds());
+        if mark.at.elapsed() >= args.report_every {
+            mark.report(&rig, t0, [&ledger_dir, &jobs_dir], &mut samples)
+                .await?;
         }
     }
     // Let the last jobs finish, then see what the process gives back when idle.
     while rig.open_jobs().await? > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let last = sample(
-        &rig,
-        t0,
-        [&ledger_dir, &jobs_dir],
-        mark_ms,
-        mark.elapsed(),
-        mark_cpu,
-    )
-    .await?;
-    print_sample(&last);
-    samples.push(last.clone());
+    mark.report(&rig, t0, [&ledger_dir, &jobs_dir], &mut samples)
+        .await?;
+    let last = samples.last().cloned().expect("just reported");
     let (idle_rss, idle_after) = settled_rss().await;
     let seconds = t0.elapsed().as_secs_f64();
     rig.stop().await;
@@ -262,6 +244,38 @@ pub fn job_dirs_check(samples: &[Sample], retention: Duration, every: Duration) 
         ),
         d1 <= limit,
     )
+}
+
+/// Where the current report interval began (time, clock for latencies, CPU used).
+struct Mark {
+    at: Instant,
+    at_ms: i64,
+    cpu: f64,
+}
+
+impl Mark {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            at_ms: now_ms(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    /// Takes, prints and keeps a report of the interval since the mark; starts the next.
+    async fn report(
+        &mut self,
+        rig: &Rig,
+        t0: Instant,
+        dirs: [&Path; 2],
+        samples: &mut Vec<Sample>,
+    ) -> Result<()> {
+        let s = sample(rig, t0, dirs, self.at_ms, self.at.elapsed(), self.cpu).await?;
+        print_sample(&s);
+        samples.push(s);
+        *self = Self::now();
+        Ok(())
+    }
 }
 
 async fn sample(
