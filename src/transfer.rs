@@ -673,29 +673,39 @@ pub(crate) struct LatencyTarget(pub(crate) Option<std::time::Duration>);
 
 /// Parses `--jobs-latency-target` (a duration such as `100ms`, or `off`).
 pub(crate) fn parse_latency_target(s: &str) -> Result<LatencyTarget, String> {
-    if s == "off" {
-        return Ok(LatencyTarget(None));
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(LatencyTarget(Some(d))),
-        Ok(_) => Err(
-            "a target of zero would shrink the budget to its floor; use `off` for a fixed budget"
-                .into(),
-        ),
-        Err(e) => Err(format!("{e} (a duration such as 100ms, or `off`)")),
-    }
+    duration_or(
+        s,
+        "off",
+        "a target of zero would shrink the budget to its floor; use `off` for a fixed budget",
+        "100ms",
+    )
+    .map(LatencyTarget)
 }
 
 fn parse_retention(s: &str) -> Result<Retention, String> {
-    if s == "never" {
-        return Ok(Retention(None));
+    duration_or(
+        s,
+        "never",
+        "a retention of zero would remove jobs as soon as they end; use `never` to keep them",
+        "7d or 12h",
+    )
+    .map(Retention)
+}
+
+/// A duration other than zero (`zero` says why not), or `word` for none; `example` shows
+/// the form when `s` is neither.
+fn duration_or(
+    s: &str,
+    word: &str,
+    zero: &str,
+    example: &str,
+) -> Result<Option<std::time::Duration>, String> {
+    if s == word {
+        return Ok(None);
     }
     match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(Retention(Some(d))),
-        Ok(_) => Err(
-            "a retention of zero would remove jobs as soon as they end; use `never` to keep them"
-                .into(),
-        ),
-        Err(e) => Err(format!("{e} (a duration such as 7d or 12h, or `never`)")),
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => Err(zero.into()),
+        Err(e) => Err(format!("{e} (a duration such as {example}, or `{word}`)")),
     }
 }

@@ -293,14 +293,15 @@ async fn rotating_every_key_while_fifty_jobs_run_fails_none_with_sighup() {
     rotate_while_jobs_run(true).await;
 }
 
-#[test]
-fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let keys = root.join("keys");
+/// `keys init` of a key store at `keys`; returns its keyring as it is then.
+fn init_key_store(root: &std::path::Path, keys: &std::path::Path) -> Vec<u8> {
     cli(&["keys", "init", "--dir", keys.to_str().unwrap()], root);
-    let before = std::fs::read(keys.join("keyring.json")).unwrap();
-    let (code, out, err) = run(
+    std::fs::read(keys.join("keyring.json")).unwrap()
+}
+
+/// `keys rotate --purpose all` of the key store at `keys`: exit code, stdout, stderr.
+fn rotate_all(root: &std::path::Path, keys: &std::path::Path) -> (i32, String, String) {
+    run(
         &[
             "keys",
             "rotate",
@@ -310,7 +311,15 @@ fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
             "all",
         ],
         root,
-    );
+    )
+}
+
+#[test]
+fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, keys) = (tmp.path(), tmp.path().join("keys"));
+    let before = init_key_store(root, &keys);
+    let (code, out, err) = rotate_all(root, &keys);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("nothing was rotated"), "{err}");
     assert_eq!(std::fs::read(keys.join("keyring.json")).unwrap(), before);
@@ -319,26 +328,14 @@ fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
 #[test]
 fn a_shared_postgres_ledger_is_named_as_the_reason_nothing_rotates() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let keys = root.join("keys");
-    cli(&["keys", "init", "--dir", keys.to_str().unwrap()], root);
-    let before = std::fs::read(keys.join("keyring.json")).unwrap();
+    let (root, keys) = (tmp.path(), tmp.path().join("keys"));
+    let before = init_key_store(root, &keys);
     // What `serve --store postgres://...` leaves: the ledger's keys and their public half
     // under ledger/keys, no file log.
     let ledger_keys = root.join("ledger/keys");
     std::fs::create_dir_all(&ledger_keys).unwrap();
     std::fs::write(ledger_keys.join("public-keys.json"), "{}").unwrap();
-    let (code, out, err) = run(
-        &[
-            "keys",
-            "rotate",
-            "--dir",
-            keys.to_str().unwrap(),
-            "--purpose",
-            "all",
-        ],
-        root,
-    );
+    let (code, out, err) = rotate_all(root, &keys);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("shared in PostgreSQL"), "{err}");
     assert!(err.contains("nothing was rotated"), "{err}");

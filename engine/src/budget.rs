@@ -252,27 +252,36 @@ impl SharedBudget {
         }
     }
 
-    /// A chunk of `bytes` was acknowledged `latency` after it was sent (before its permit
-    /// is dropped): feeds the controller, if any.
-    pub(crate) fn observe(&self, latency: Duration, bytes: u64) {
-        let mut s = self.inner.state.lock().expect("budget lock");
-        let held = (s.limit + s.debt).saturating_sub(self.available() as u64);
-        let now = self.inner.started.elapsed();
-        let Some(c) = s.control.as_mut() else { return };
-        let limit = c.on_ack(now, latency, bytes, held);
-        self.inner.resize(&mut s, limit);
+    /// As [`BudgetPermit::observe`], for a chunk of `bytes` (tests drive it directly).
+    #[cfg(test)]
+    fn observe(&self, latency: Duration, bytes: u64) {
+        self.inner.observe(latency, bytes);
     }
 }
 
 impl Inner {
+    /// Feeds the controller, if any, a chunk of `bytes` acknowledged `latency` after it
+    /// was sent (before its permit is dropped).
+    fn observe(&self, latency: Duration, bytes: u64) {
+        let mut s = self.state.lock().expect("budget lock");
+        let held = (s.limit + s.debt).saturating_sub(self.sem.available_permits() as u64);
+        let Some(c) = s.control.as_mut() else { return };
+        let limit = c.on_ack(self.started.elapsed(), latency, bytes, held);
+        self.resize(&mut s, limit);
+    }
+
+    /// Makes `n` bytes available again, paying the debt first.
+    fn release(&self, s: &mut State, n: u64) {
+        let pay = n.min(s.debt);
+        s.debt -= pay;
+        self.sem.add_permits((n - pay) as usize);
+    }
+
     /// Moves the budget to `limit` bytes: frees permits (paying debt first) or takes them
     /// back (the available ones now, the held ones as they return).
     fn resize(&self, s: &mut State, limit: u64) {
         if limit > s.limit {
-            let grow = limit - s.limit;
-            let pay = grow.min(s.debt);
-            s.debt -= pay;
-            self.sem.add_permits((grow - pay) as usize);
+            self.release(s, limit - s.limit);
         } else if limit < s.limit {
             let shrink = s.limit - limit;
             let taken = self.sem.forget_permits(shrink as usize) as u64;
@@ -290,15 +299,23 @@ pub(crate) struct BudgetPermit {
     inner: Arc<Inner>,
 }
 
+impl BudgetPermit {
+    /// The chunk holding this was acknowledged `latency` after it was sent: feeds the
+    /// budget's controller, if any, with the chunk's bytes.
+    pub(crate) fn observe(&self, latency: Duration) {
+        if let Some(p) = &self.permit {
+            self.inner.observe(latency, p.num_permits() as u64);
+        }
+    }
+}
+
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
         let Some(p) = self.permit.take() else { return };
         let n = p.num_permits() as u64;
         p.forget();
         let mut s = self.inner.state.lock().expect("budget lock");
-        let pay = n.min(s.debt);
-        s.debt -= pay;
-        self.inner.sem.add_permits((n - pay) as usize);
+        self.inner.release(&mut s, n);
     }
 }
 

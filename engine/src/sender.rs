@@ -606,7 +606,6 @@ struct InFlight {
     _permit: OwnedSemaphorePermit,
     shared: Option<BudgetPermit>,
     sent: Instant,
-    len: u32,
 }
 
 /// One job's sending state across connections.
@@ -882,7 +881,7 @@ async fn connection(
                 cursor = (i + 1) % n;
                 let j = &mut jobs[i];
                 let c = j.next.take().expect("picked jobs have a next chunk");
-                j.in_flight.insert(c, InFlight { _permit: permit, shared, sent: Instant::now(), len: want.unwrap_or(1) });
+                j.in_flight.insert(c, InFlight { _permit: permit, shared, sent: Instant::now() });
                 j.chunks_sent += 1;
                 chunks_this_conn += 1;
                 let layout = *j.sender().layout(c.file);
@@ -969,8 +968,8 @@ async fn connection(
                             j.sender().on_ack(c)?;
                             let Some(f) = j.in_flight.remove(&c) else { continue };
                             let latency = f.sent.elapsed();
-                            if let (Some(b), Some(_)) = (&cfg.shared_budget, &f.shared) {
-                                b.observe(latency, u64::from(f.len));
+                            if let Some(p) = &f.shared {
+                                p.observe(latency);
                             }
                             if let Some(hook) = &cfg.chunk_latency {
                                 (hook.0)(latency);

@@ -101,6 +101,12 @@ async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
     .id
 }
 
+/// Job counts in a fixed order (tenant, then state), to compare.
+fn sorted(mut v: Vec<(String, JobState, u64)>) -> Vec<(String, JobState, u64)> {
+    v.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    v
+}
+
 const NO_QUOTAS: fn() -> HashMap<String, Quota> = HashMap::new;
 const SEC: Duration = Duration::from_secs(1);
 
@@ -570,10 +576,8 @@ async fn a_store_made_before_counts_were_kept_counts_its_jobs_on_open() {
         .unwrap();
     drop(db);
     let s = SqlStore::open(&path).unwrap();
-    let mut counts = s.counts().await.unwrap();
-    counts.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
-    let mut open = s.open_counts().await.unwrap();
-    open.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    let counts = sorted(s.counts().await.unwrap());
+    let open = sorted(s.open_counts().await.unwrap());
     assert_eq!(counts, open);
     assert_eq!(counts.iter().map(|c| c.2).sum::<u64>(), 3);
     // Opened again: counted once, not twice.
@@ -861,10 +865,6 @@ async fn purging_removes_only_jobs_that_ended_before_the_cutoff(s: SqlStore) {
         ("a".to_string(), JobState::Queued, 1),
         ("b".to_string(), JobState::Running, 1),
     ];
-    let sorted = |mut v: Vec<(String, JobState, u64)>| {
-        v.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
-        v
-    };
     expected = sorted(expected);
     assert_eq!(sorted(s.counts().await.unwrap()), expected);
     assert!(s.compact_counts().await.unwrap() > 2);

@@ -415,23 +415,18 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl SqlStore {
-    /// Jobs per tenant and state among those `filter` (a `WHERE` clause or nothing) keeps.
-    async fn count_where(&self, filter: &str) -> Result<StateCounts, StoreError> {
+    /// The (tenant, state, number) rows `sql` selects, those with a number above zero.
+    async fn counts_of(&self, sql: &str) -> Result<StateCounts, StoreError> {
         let mut tx = self.db.begin().await?;
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT tenant, state, COUNT(*) FROM jobs {filter} GROUP BY tenant, state"
-                ),
-                &[],
-            )
-            .await?;
+        let rows = tx.query(sql, &[]).await?;
         tx.commit().await?;
         Ok(rows
             .iter()
             .filter_map(|r| {
+                let n = u64::try_from(r.i64(2)).unwrap_or(0);
                 JobState::parse(&r.str(1))
-                    .map(|s| (r.str(0), s, u64::try_from(r.i64(2)).unwrap_or(0)))
+                    .filter(|_| n > 0)
+                    .map(|s| (r.str(0), s, n))
             })
             .collect())
     }
@@ -1025,23 +1020,10 @@ impl JobStore for SqlStore {
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        let mut tx = self.db.begin().await?;
-        let rows = tx
-            .query(
-                "SELECT tenant, state, CAST(SUM(d) AS BIGINT) FROM job_count_deltas GROUP BY tenant, state",
-                &[],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let n = u64::try_from(r.i64(2)).unwrap_or(0);
-                JobState::parse(&r.str(1))
-                    .filter(|_| n > 0)
-                    .map(|s| (r.str(0), s, n))
-            })
-            .collect())
+        self.counts_of(
+            "SELECT tenant, state, CAST(SUM(d) AS BIGINT) FROM job_count_deltas GROUP BY tenant, state",
+        )
+        .await
     }
 
     async fn compact_counts(&self) -> Result<u64, StoreError> {
@@ -1075,8 +1057,11 @@ impl JobStore for SqlStore {
     }
 
     async fn open_counts(&self) -> Result<StateCounts, StoreError> {
-        self.count_where("WHERE state IN ('queued', 'running', 'verifying')")
-            .await
+        self.counts_of(
+            "SELECT tenant, state, COUNT(*) FROM jobs
+             WHERE state IN ('queued', 'running', 'verifying') GROUP BY tenant, state",
+        )
+        .await
     }
 
     async fn running_shares(
