@@ -7,7 +7,7 @@
 //! the gateway resumes from the chunks it already holds (the job id is the gateway's job
 //! id). Every log line of a job carries its id, tenant and correlation id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,15 @@ use super::store::{Heartbeat, JobStore, Quota};
 use crate::sender::{JobRequest, LatencyHook, SendConfig, SendError, SharedBudget, send_jobs};
 use crate::tenants::{LiveTenants, ServiceKey};
 use crate::tls::ServerTrust;
+
+mod history;
+mod latency;
+#[cfg(test)]
+mod tests;
+
+pub use history::DEFAULT_JOB_HISTORY;
+use history::HISTORY_SWEEP;
+pub use latency::LatencyWindow;
 
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -75,15 +84,6 @@ pub struct RunnerConfig {
 /// Default [`RunnerConfig::latency_target`] (RFC 6817's upper bound for LEDBAT's target).
 pub const DEFAULT_LATENCY_TARGET: Duration = Duration::from_millis(100);
 
-/// Default [`RunnerConfig::job_history`]: 90 days.
-pub const DEFAULT_JOB_HISTORY: Duration = Duration::from_secs(90 * 24 * 3600);
-
-/// How often a worker removes jobs past [`RunnerConfig::job_history`].
-const HISTORY_SWEEP: Duration = Duration::from_secs(60);
-
-/// Most jobs one purge transaction removes (a short write lock; a sweep runs several).
-const PURGE_BATCH: u32 = 500;
-
 /// Default [`RunnerConfig::max_connecting`].
 pub const DEFAULT_MAX_CONNECTING: usize = 16;
 
@@ -109,56 +109,6 @@ impl RunnerConfig {
             pq_only: false,
             max_connecting: DEFAULT_MAX_CONNECTING,
         }
-    }
-}
-
-/// Per-chunk latencies of recent jobs, per tenant, for KPIs (bounded).
-#[derive(Debug, Default)]
-pub struct LatencyWindow {
-    samples: Mutex<HashMap<String, VecDeque<(i64, u32)>>>,
-}
-
-/// Most latency samples kept per tenant.
-const LATENCY_SAMPLES: usize = 200_000;
-
-impl LatencyWindow {
-    /// Records one chunk's latency.
-    pub fn record(&self, tenant: &str, at_ms: i64, latency: Duration) {
-        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        let mut s = self.samples.lock().expect("latency lock");
-        let q = s.entry(tenant.to_string()).or_default();
-        if q.len() == LATENCY_SAMPLES {
-            q.pop_front();
-        }
-        q.push_back((at_ms, micros));
-    }
-
-    /// Every tenant's chunk latencies since `since_ms`, as (time in Unix ms, latency).
-    pub fn samples_since(&self, since_ms: i64) -> Vec<(i64, Duration)> {
-        let s = self.samples.lock().expect("latency lock");
-        s.values()
-            .flatten()
-            .filter(|(at, _)| *at >= since_ms)
-            .map(|(at, us)| (*at, Duration::from_micros(u64::from(*us))))
-            .collect()
-    }
-
-    /// The `q` quantile (0..1) of the tenant's chunk latencies since `since_ms`, and how
-    /// many samples it is over.
-    pub fn quantile(&self, tenant: &str, since_ms: i64, q: f64) -> Option<(Duration, usize)> {
-        let s = self.samples.lock().expect("latency lock");
-        let mut v: Vec<u32> = s
-            .get(tenant)?
-            .iter()
-            .filter(|(at, _)| *at >= since_ms)
-            .map(|(_, us)| *us)
-            .collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let idx = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        Some((Duration::from_micros(u64::from(v[idx])), v.len()))
     }
 }
 
@@ -330,39 +280,6 @@ impl Runner {
                 )
             })
             .collect()
-    }
-
-    /// Folds the store's job counts, then removes jobs that ended longer than
-    /// [`RunnerConfig::job_history`] ago, a batch per transaction, at most 20 batches a
-    /// sweep (the rest wait for the next). Returns how many jobs went.
-    pub async fn purge_history(&self) -> u64 {
-        if let Err(e) = self.store.compact_counts().await {
-            warn!(error = %e, "compacting the job counts failed");
-        }
-        let Some(keep) = self.cfg.job_history else {
-            return 0;
-        };
-        let before = now_ms() - millis(keep);
-        let mut removed = 0;
-        for _ in 0..20 {
-            match self.store.purge_finished(before, PURGE_BATCH).await {
-                Ok(n) => {
-                    removed += n;
-                    if n < u64::from(PURGE_BATCH) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "removing old jobs from the store failed");
-                    break;
-                }
-            }
-        }
-        if removed > 0 {
-            info!(jobs = removed, "removed jobs past the job history");
-            metrics::counter!("trackshift_jobs_purged_total").increment(removed);
-        }
-        removed
     }
 
     /// Claims and runs jobs until `shutdown` turns true; then stops claiming and waits
@@ -638,70 +555,4 @@ fn jitter() -> f64 {
     let mut b = [0u8; 4];
     aws_lc_rs::rand::fill(&mut b).expect("system random generator");
     f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_quota_is_split_in_proportion_to_the_jobs_each_worker_runs() {
-        assert_eq!(local_share(1 << 20, 1, 1), 1 << 20);
-        assert_eq!(local_share(1 << 20, 1, 2), 1 << 19);
-        assert_eq!(local_share(1 << 20, 3, 4), 3 << 18);
-        // Nothing known to run here: the whole quota (the next job start splits it).
-        assert_eq!(local_share(1 << 20, 0, 3), 1 << 20);
-        // Never below the limiter's floor, never overflowing.
-        assert_eq!(local_share(4096, 1, 1000), 1024);
-        assert_eq!(local_share(u64::MAX, 1, 2), u64::MAX / 2);
-    }
-
-    #[test]
-    fn latency_quantiles_cover_the_window_only() {
-        let w = LatencyWindow::default();
-        for i in 1..=100u64 {
-            w.record("a", 1_000, Duration::from_millis(i));
-        }
-        w.record("a", 10, Duration::from_secs(9)); // before the window
-        let (p95, n) = w.quantile("a", 500, 0.95).unwrap();
-        assert_eq!(n, 100);
-        assert_eq!(p95, Duration::from_millis(95));
-        assert_eq!(
-            w.quantile("a", 500, 1.0).unwrap().0,
-            Duration::from_millis(100)
-        );
-        assert!(w.quantile("b", 0, 0.95).is_none());
-    }
-
-    #[test]
-    fn errors_are_sorted_into_permanent_and_transient() {
-        assert!(matches!(
-            classify(SendError::Refused("bad token".into())),
-            Outcome::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(SendError::JobFailed {
-                reason: "auth".into(),
-                permanent: true
-            }),
-            Outcome::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(SendError::JobFailed {
-                reason: "503".into(),
-                permanent: false
-            }),
-            Outcome::Transient(_)
-        ));
-        assert!(matches!(
-            classify(SendError::Connection("reset".into())),
-            Outcome::Transient(_)
-        ));
-        assert!(matches!(
-            classify(SendError::Busy {
-                reason: "tenant a has 2 jobs running (max_concurrent_jobs = 2)".into()
-            }),
-            Outcome::Deferred(_)
-        ));
-    }
 }
