@@ -262,8 +262,13 @@ mod tests {
         (0..l.size()).map(|i| l.entry(i).unwrap()).collect()
     }
 
+    /// The tests that arm [`CRASH_AT`] (one process-wide crash point) run one at a time:
+    /// in parallel, one test's crash point fired in the other's finish.
+    static CRASH_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn a_finish_retried_after_a_crash_at_any_point_records_the_job_once() {
+        let _serial = CRASH_TESTS.lock().await;
         for crash in [
             None,
             Some(CrashPoint::BeforeAppend),
@@ -355,6 +360,7 @@ mod tests {
     #[tokio::test]
     async fn a_ledger_write_failure_fails_the_finish_with_no_receipt_and_the_retry_records_it_once()
     {
+        let _serial = CRASH_TESTS.lock().await;
         use trackshift_ledger::fault::FaultPlan;
         let tmp = tempfile::tempdir().unwrap();
         let keys = FileKeyStore::init(tmp.path().join("keys"), Timestamp::now()).unwrap();
