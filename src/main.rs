@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod http;
 mod jobs_cmd;
+mod keys_cmd;
 mod ledger_cmd;
 mod size;
 mod soak;
@@ -16,8 +17,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use trackshift_crypto::{
-    CryptoError, Document, FileKeyStore, KeyBackend as _, KeyId, Manifest, Purpose, Receipt,
-    Signable as _, Timestamp,
+    CryptoError, Document, FileKeyStore, KeyBackend as _, Manifest, Receipt, Signable as _,
+    Timestamp,
 };
 
 /// Exit code when a document was checked and rejected.
@@ -53,7 +54,7 @@ enum Command {
     Send(transfer::SendArgs),
     /// Create, rotate, revoke, list and export signing keys.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(keys_cmd::KeysCommand),
     /// Build and sign transfer manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -76,61 +77,6 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         cmd: jobs_cmd::JobsCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create a key store with one active key per purpose (manifest: ML-DSA-65, receipt: Ed25519).
-    Init {
-        /// Directory for the key store (created 0700; secret files are 0600).
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Retire the active key of a purpose and activate a new one; old signatures keep verifying.
-    ///
-    /// Safe on a running gateway's store (`DATA/keys`): the gateway signs with the new key
-    /// from the next signature on, without a restart. `ledger` rotates the checkpoint keys of
-    /// the ledger next to the store (`DATA/ledger`); `all` rotates every purpose.
-    Rotate {
-        /// The key store directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Which key to rotate.
-        #[arg(long, value_parser = ["manifest", "receipt", "ledger", "all"])]
-        purpose: String,
-        /// The ledger directory whose checkpoint keys `ledger` rotates (default: the
-        /// `ledger` directory next to the key store).
-        #[arg(long)]
-        ledger: Option<PathBuf>,
-    },
-    /// Revoke a key: nothing it ever signed verifies any more. Re-export the public keys after.
-    Revoke {
-        /// The key store directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Id of the key (64 hex digits, see `keys list`).
-        #[arg(long)]
-        key_id: String,
-    },
-    /// List keys with their purpose, status and validity window.
-    List {
-        /// The key store directory.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Write the public key file auditors verify with (no secret material).
-    ExportPublic {
-        /// The key store directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-        /// Include the checkpoint keys of this ledger directory (default: the `ledger`
-        /// directory next to the key store, when there is one).
-        #[arg(long)]
-        ledger: Option<PathBuf>,
     },
 }
 
@@ -339,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Serve(args) => runtime()?.block_on(transfer::serve(args)),
         Command::Send(args) => runtime()?.block_on(transfer::send(args)),
-        Command::Keys(cmd) => keys(cmd),
+        Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Manifest(ManifestCommand::Create(args)) => manifest_create(args),
         Command::Manifest(ManifestCommand::Sign { file, keys, out }) => {
             let mut m = Manifest::from_json(&read(&file)?)?;
@@ -356,7 +302,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     start_purger();
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -402,128 +348,6 @@ fn start_purger() {
                 }
             });
     });
-}
-
-fn keys(cmd: KeysCommand) -> Result<()> {
-    let now = Timestamp::now();
-    match cmd {
-        KeysCommand::Init { dir } => {
-            let store = FileKeyStore::init(&dir, now)?;
-            println!("created key store {}", dir.display());
-            print_keys(&store)?;
-        }
-        KeysCommand::Rotate {
-            dir,
-            purpose,
-            ledger,
-        } => {
-            let (documents, rotate_ledger): (Vec<Purpose>, bool) = match purpose.as_str() {
-                "all" => (Purpose::ALL.to_vec(), true),
-                "ledger" => (Vec::new(), true),
-                p => (vec![p.parse::<Purpose>()?], false),
-            };
-            // The ledger directory is checked before anything is rotated.
-            let ledger_dir = match (rotate_ledger, ledger) {
-                (false, _) => None,
-                (true, Some(l)) => Some(l),
-                (true, None) => Some(
-                    dir.parent()
-                        .map(|p| p.join("ledger"))
-                        .context("give the ledger directory with --ledger")?,
-                ),
-            };
-            if let Some(l) = &ledger_dir {
-                let pk = l.join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
-                let shared = l
-                    .join("keys")
-                    .join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
-                if !pk.exists() && shared.exists() {
-                    bail!(
-                        "{} is the key directory of a ledger shared in PostgreSQL (serve --store postgres://...): the shared log's keys are pinned in its database and every gateway signing it holds them, so they do not rotate yet; rotate the document keys alone with --purpose manifest or receipt; nothing was rotated",
-                        l.join("keys").display()
-                    );
-                }
-                if !pk.exists() {
-                    bail!(
-                        "{} does not exist: {} is not the ledger of a gateway that has started \
-                         (give it with --ledger); nothing was rotated",
-                        pk.display(),
-                        l.display()
-                    );
-                }
-            }
-            if !documents.is_empty() {
-                let mut store = FileKeyStore::open(&dir)?;
-                for p in documents {
-                    let id = store.rotate_now(p)?;
-                    println!("new active {p} key {id}");
-                }
-            }
-            if let Some(l) = ledger_dir {
-                let public = trackshift_ledger::rotate_ledger_keys(&l)
-                    .with_context(|| format!("rotating the checkpoint keys of {}", l.display()))?;
-                println!(
-                    "new ledger keys for {}: {} and {} ({} retired pairs kept)",
-                    l.display(),
-                    public.log_key,
-                    public
-                        .cosigner_key
-                        .split('+')
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join("+"),
-                    public.retired.len()
-                );
-            }
-            println!(
-                "a running gateway signs with the new keys from its next signature; export the \
-                 public keys again for auditors (the export keeps the retired keys)"
-            );
-        }
-        KeysCommand::Revoke { dir, key_id } => {
-            let mut store = FileKeyStore::open(&dir)?;
-            let id = KeyId::from_hex(&key_id)?;
-            store.revoke(&id, now)?;
-            println!("revoked {id}; export the public keys again for auditors");
-        }
-        KeysCommand::List { dir } => print_keys(&FileKeyStore::open(&dir)?)?,
-        KeysCommand::ExportPublic { dir, out, ledger } => {
-            let mut ring = FileKeyStore::open(&dir)?.public_keyring()?;
-            let ledger = ledger.or_else(|| {
-                let sibling = dir.parent()?.join("ledger");
-                sibling.join("checkpoint").exists().then_some(sibling)
-            });
-            if let Some(l) = ledger {
-                let path = l.join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
-                ring.ledger = Some(
-                    serde_json::from_slice(&read(&path)?)
-                        .with_context(|| format!("ledger public keys {}", path.display()))?,
-                );
-            }
-            write_doc(&out, &ring.to_json())?;
-            println!("wrote {} public keys to {}", ring.keys.len(), out.display());
-        }
-    }
-    Ok(())
-}
-
-fn print_keys(store: &FileKeyStore) -> Result<()> {
-    for k in store.public_keyring()?.keys {
-        let until = k
-            .not_after
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<8} {:<9} {:<8} {}  from {} until {}",
-            k.purpose.as_str(),
-            k.algorithm.as_str(),
-            format!("{:?}", k.status).to_lowercase(),
-            k.id,
-            k.not_before,
-            until
-        );
-    }
-    Ok(())
 }
 
 fn manifest_create(args: CreateArgs) -> Result<()> {
@@ -760,7 +584,7 @@ fn check_data(m: &Manifest, data: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.len() > trackshift_crypto::document::MAX_DOCUMENT_BYTES as u64 {
         bail!(
@@ -781,7 +605,7 @@ fn read_secret_text(path: &Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-fn write_doc(path: &Path, json: &str) -> Result<()> {
+pub(crate) fn write_doc(path: &Path, json: &str) -> Result<()> {
     let mut text = json.to_string();
     text.push('\n');
     trackshift_crypto::filestore::write_atomic(path, text.as_bytes(), 0o644)?;

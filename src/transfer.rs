@@ -120,26 +120,21 @@ pub struct ServeArgs {
     default_dest: Vec<String>,
 }
 
-fn is_postgres(url: &str) -> bool {
+pub(crate) fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// The ledger shared through PostgreSQL, with the keys of `--ledger-keys`; their public
-/// half is written next to them (`public-keys.json`) for `keys export-public --ledger`.
+/// The ledger shared through PostgreSQL, with the keys of `--ledger-keys` (loaded again
+/// when their files change); the log's public keys are written next to them
+/// (`public-keys.json`) for `keys export-public --ledger`.
 async fn shared_ledger(args: &ServeArgs, url: &str) -> Result<trackshift_ledger::Log> {
     let dir = args
         .ledger_keys
         .clone()
         .unwrap_or_else(|| args.data_dir.join("ledger").join("keys"));
-    let keys = trackshift_ledger::LedgerKeys::load_or_generate(
+    let keys = trackshift_ledger::LiveLedgerKeys::load_or_generate(
         &dir,
         trackshift_engine::gateway::DEFAULT_LEDGER_ORIGIN,
-    )?;
-    let public = serde_json::to_string_pretty(&keys.public_keys())? + "\n";
-    trackshift_crypto::filestore::write_atomic(
-        &dir.join(trackshift_ledger::store::PUBLIC_KEYS_FILE),
-        public.as_bytes(),
-        0o644,
     )?;
     let pg = trackshift_ledger::PgLedger::connect(url, keys)
         .await

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, run, start_gateway_full};
+use common::{Gateway, postgres_database, run, start_gateway_full};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
@@ -850,30 +850,6 @@ async fn sighup_reloads_the_tenant_file_and_a_broken_one_changes_nothing_and_sig
     signal(&gw, "-TERM");
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-/// A fresh database on the test PostgreSQL server (`scripts/test-servers.sh start postgres`).
-async fn postgres_database() -> String {
-    let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(
-        "TRACKSHIFT_TEST_POSTGRES is not set: start the server with `scripts/test-servers.sh start postgres` \
-         and source `scripts/test-servers.sh env` (scripts/test.sh does both)",
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let db = format!("ts_{}", uuid::Uuid::new_v4().simple());
-    client
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    // Gateways and auditor reach it over TLS, verifying its certificate.
-    let ca = std::env::var("TRACKSHIFT_TEST_POSTGRES_CA")
-        .expect("TRACKSHIFT_TEST_POSTGRES_CA is not set: source `scripts/test-servers.sh env`");
-    format!(
-        "{}/{db}?sslmode=verify-full&sslrootcert={ca}",
-        url.rsplit_once('/').unwrap().0
-    )
 }
 
 fn ledger_size(gw: &Gateway) -> u64 {

@@ -2,7 +2,8 @@
 //! all of them) on the data directory of a `trackshift serve` child while 50 jobs run
 //! through it, with and without SIGHUP. No job fails, every document verifies with the
 //! public keys exported afterwards (retired keys included), each job was signed with the
-//! key valid when it signed, the ledger verifies, and a restart is clean.
+//! key valid when it signed, the ledger verifies, and a restart is clean. The same with
+//! the ledger and jobs shared through PostgreSQL, whose keys rotate in the database.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, run, start_gateway_full};
+use common::{Gateway, postgres_database, run, start_gateway_full};
 use serde_json::{Value, json};
 use trackshift_crypto::{Manifest, PublicKeyring, Receipt, Signable as _, verify_signed_bytes};
 use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
@@ -117,8 +118,16 @@ fn hangup(gw: &Gateway) {
     assert!(status.success());
 }
 
-/// Runs the whole scenario; `sighup`: signal the gateway after each rotation.
-async fn rotate_while_jobs_run(sighup: bool) {
+/// How the scenario runs: signal the gateway after each rotation; ledger and jobs in
+/// PostgreSQL (`serve --store`) instead of the data directory.
+#[derive(Clone, Copy)]
+struct Scenario {
+    sighup: bool,
+    shared: bool,
+}
+
+/// Runs the whole scenario.
+async fn rotate_while_jobs_run(Scenario { sighup, shared }: Scenario) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = setup(root);
@@ -126,7 +135,24 @@ async fn rotate_while_jobs_run(sighup: bool) {
     let keys = data.join("keys");
     let keys_arg = keys.to_str().unwrap().to_string();
     let data_arg = data.to_str().unwrap().to_string();
-    let gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let store = if shared {
+        Some(postgres_database().await)
+    } else {
+        None
+    };
+    let serve_args: Vec<&str> = match &store {
+        Some(url) => vec!["--store", url],
+        None => vec![],
+    };
+    // Where the ledger is, for the ledger commands and the key export.
+    let ledger_keys = data.join("ledger/keys").to_str().unwrap().to_string();
+    let gw = start_gateway_full(&data, &[], &serve_args, Some(&log));
+    let from_gateway = ["--gateway", gw.http.as_str()];
+    let source: Vec<&str> = if shared {
+        from_gateway.to_vec()
+    } else {
+        vec!["--data-dir", &data_arg]
+    };
     let api = Api {
         base: gw.http.clone(),
         http: reqwest::Client::new(),
@@ -146,14 +172,15 @@ async fn rotate_while_jobs_run(sighup: bool) {
         if let Some((_, purpose)) = rotations.iter().find(|(at, _)| *at == i) {
             if *purpose == "ledger" {
                 before_ledger_rotation = Some(cli(
-                    &["ledger", "checkpoint", "--data-dir", &data_arg],
+                    &[&["ledger", "checkpoint"][..], &source].concat(),
                     root,
                 ));
             }
-            let out = cli(
-                &["keys", "rotate", "--dir", &keys_arg, "--purpose", purpose],
-                root,
-            );
+            let mut args = vec!["keys", "rotate", "--dir", &keys_arg, "--purpose", purpose];
+            if let Some(url) = &store {
+                args.extend(["--store", url]);
+            }
+            let out = cli(&args, root);
             assert!(out.contains("next signature"), "{out}");
             if sighup {
                 hangup(&gw);
@@ -171,17 +198,18 @@ async fn rotate_while_jobs_run(sighup: bool) {
     assert_eq!(jobs.len(), JOBS);
 
     // The auditor's export after the rotations: every key ever used, with its window.
-    cli(
-        &[
-            "keys",
-            "export-public",
-            "--dir",
-            &keys_arg,
-            "--out",
-            "pk.json",
-        ],
-        root,
-    );
+    let mut args = vec![
+        "keys",
+        "export-public",
+        "--dir",
+        &keys_arg,
+        "--out",
+        "pk.json",
+    ];
+    if shared {
+        args.extend(["--ledger", &ledger_keys]);
+    }
+    cli(&args, root);
     let ring = PublicKeyring::from_json(&std::fs::read(root.join("pk.json")).unwrap()).unwrap();
     // Two rotations of each document purpose: three keys each, two retired.
     assert_eq!(ring.keys.len(), 6, "{}", ring.to_json());
@@ -243,22 +271,35 @@ async fn rotate_while_jobs_run(sighup: bool) {
     assert_eq!(receipt_keys.len(), 3, "{receipt_keys:?}");
 
     // The ledger verifies, and the log grew consistently across the ledger key rotation.
-    let out = cli(&["ledger", "verify", "--data-dir", &data_arg], root);
+    let verify: Vec<&str> = match &store {
+        Some(url) => vec![
+            "ledger",
+            "verify",
+            "--store",
+            url,
+            "--public-keys",
+            "pk.json",
+        ],
+        None => vec!["ledger", "verify", "--data-dir", &data_arg],
+    };
+    let out = cli(&verify, root);
     assert!(out.starts_with("OK"), "{out}");
-    let after = cli(&["ledger", "checkpoint", "--data-dir", &data_arg], root);
+    let after = cli(&[&["ledger", "checkpoint"][..], &source].concat(), root);
     std::fs::write(root.join("cp-old"), before_ledger_rotation.unwrap()).unwrap();
     std::fs::write(root.join("cp-new"), &after).unwrap();
     let out = cli(
         &[
-            "ledger",
-            "consistency",
-            "cp-old",
-            "cp-new",
-            "--public-keys",
-            "pk.json",
-            "--data-dir",
-            &data_arg,
-        ],
+            &[
+                "ledger",
+                "consistency",
+                "cp-old",
+                "cp-new",
+                "--public-keys",
+                "pk.json",
+            ][..],
+            &source,
+        ]
+        .concat(),
         root,
     );
     assert!(out.starts_with("OK"), "{out}");
@@ -268,14 +309,14 @@ async fn rotate_while_jobs_run(sighup: bool) {
     // A restart is clean: it opens the ledger (its checkpoint signed by the newest pair),
     // runs a job, and the ledger still verifies.
     drop(gw);
-    let gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let gw = start_gateway_full(&data, &[], &serve_args, Some(&log));
     let api = Api {
         base: gw.http.clone(),
         http: reqwest::Client::new(),
     };
     let id = api.submit(root, 0).await;
     assert_eq!(api.wait(&id).await["state"], "completed");
-    let out = cli(&["ledger", "verify", "--data-dir", &data_arg], root);
+    let out = cli(&verify, root);
     assert!(out.starts_with("OK"), "{out}");
     assert!(
         out.contains(&format!("{} manifests", JOBS + 1)),
@@ -285,12 +326,29 @@ async fn rotate_while_jobs_run(sighup: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_every_key_while_fifty_jobs_run_fails_none_without_a_signal() {
-    rotate_while_jobs_run(false).await;
+    rotate_while_jobs_run(Scenario {
+        sighup: false,
+        shared: false,
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_every_key_while_fifty_jobs_run_fails_none_with_sighup() {
-    rotate_while_jobs_run(true).await;
+    rotate_while_jobs_run(Scenario {
+        sighup: true,
+        shared: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_every_key_of_a_gateway_sharing_postgresql_while_fifty_jobs_run_fails_none() {
+    rotate_while_jobs_run(Scenario {
+        sighup: false,
+        shared: true,
+    })
+    .await;
 }
 
 /// `keys init` of a key store at `keys`; returns its keyring as it is then.
@@ -326,7 +384,7 @@ fn a_ledger_rotation_without_a_started_ledger_rotates_nothing() {
 }
 
 #[test]
-fn a_shared_postgres_ledger_is_named_as_the_reason_nothing_rotates() {
+fn a_shared_postgres_ledger_without_its_database_rotates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, keys) = (tmp.path(), tmp.path().join("keys"));
     let before = init_key_store(root, &keys);
@@ -337,7 +395,10 @@ fn a_shared_postgres_ledger_is_named_as_the_reason_nothing_rotates() {
     std::fs::write(ledger_keys.join("public-keys.json"), "{}").unwrap();
     let (code, out, err) = rotate_all(root, &keys);
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("shared in PostgreSQL"), "{err}");
+    assert!(
+        err.contains("shared in PostgreSQL") && err.contains("--store"),
+        "{err}"
+    );
     assert!(err.contains("nothing was rotated"), "{err}");
     assert_eq!(
         err.matches("nothing was rotated").count(),

@@ -343,7 +343,7 @@ impl OpenFiles {
         let first = *self.identities[i as usize].get_or_init(|| seen);
         if first != seen {
             return Err(format!(
-                "{}: the file changed while it was being sent (it is not the file first                  read: device, inode, size or modification time differ); send it again",
+                "{}: the file changed while it was being sent (it is not the file first read: device, inode, size or modification time differ); send it again",
                 path.display()
             ));
         }

@@ -24,5 +24,5 @@ pub use log::Log;
 pub use note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 pub use pg::PgLedger;
 pub use proof::{TlogProof, leaf_hash, verify_consistency, verify_inclusion};
-pub use rotation::{LiveLedgerKeys, rotate_ledger_keys};
+pub use rotation::{LiveLedgerKeys, promote_staged, rotate_ledger_keys, stage_ledger_keys};
 pub use store::{Appended, Ledger, SignedCheckpoint};

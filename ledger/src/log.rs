@@ -115,7 +115,7 @@ impl Log {
     pub fn public_keys(&self) -> LedgerPublicKeys {
         match self {
             Log::File(l) => l.public_keys(),
-            Log::Postgres(l) => l.public_keys().clone(),
+            Log::Postgres(l) => l.public_keys(),
         }
     }
 

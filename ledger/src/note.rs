@@ -395,7 +395,7 @@ pub fn verify_checkpoint(note: &str, keys: &LedgerPublicKeys) -> Result<Verified
             Ok(v) => match not_after {
                 Some(end) if v.cosigned_at >= *end => {
                     return Err(LedgerError::Checkpoint(format!(
-                        "cosigned at {} by a ledger key pair retired at {end}: signatures                          made after a key's retirement are refused",
+                        "cosigned at {} by a ledger key pair retired at {end}: signatures made after a key's retirement are refused",
                         v.cosigned_at
                     )));
                 }

@@ -2,12 +2,21 @@
 //!
 //! Same log as [`crate::Ledger`]: RFC 9162 hashing with the stored-hash layout of
 //! `tlog_tiles`, checkpoints signed with the log's Ed25519 key and cosigned with ML-DSA-44,
-//! the same proofs. Every gateway sharing the log holds the same [`LedgerKeys`] (one log
-//! identity); the first one to connect records their public half and the others must
-//! match it.
+//! the same proofs. Every gateway sharing the log holds the same keys (one log identity);
+//! the first one to connect records their public half in the database, and that record
+//! says which pair signs: a gateway signs with the pair it names, and refuses a record
+//! naming a pair its key files do not (so whoever can write the table cannot make the
+//! gateways accept another key).
+//!
+//! Rotation is in two steps, so no gateway is ever asked to sign with a pair it lacks:
+//! [`crate::stage_ledger_keys`] adds a new pair to a key directory (copy the file to every
+//! gateway; they load it on change and keep signing with the current pair), then
+//! [`PgLedger::activate_staged`] makes it current in the database, under the log's lock:
+//! the old pair is retired with its window ending after the last checkpoint it signed, and
+//! every gateway's next append signs with the new one.
 //!
 //! ```text
-//! ledger_meta(origin, public_keys)          the log's public keys (JSON)
+//! ledger_meta(origin, public_keys)          the log's public keys (JSON, with the retired)
 //! ledger_entries(origin, idx, data)         the entries, 0-based
 //! ledger_hashes(origin, idx, hash)          stored tree hashes (tlog_tiles order)
 //! ledger_checkpoints(origin, size, note)    every signed checkpoint; the largest is current
@@ -28,8 +37,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use tlog_tiles::{Hash, HashReader};
 
 use crate::error::{LedgerError, Result};
-use crate::note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
+use crate::note::{LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
 use crate::proof::TlogProof;
+use crate::rotation::{LiveLedgerKeys, public_keys_json};
 use crate::store::{Appended, SignedCheckpoint};
 
 /// The log in PostgreSQL.
@@ -37,8 +47,10 @@ pub struct PgLedger {
     pool: deadpool_postgres::Pool,
     origin: String,
     /// Signing keys; `None` for an auditor's read-only handle.
-    keys: Option<LedgerKeys>,
-    public: LedgerPublicKeys,
+    keys: Option<LiveLedgerKeys>,
+    /// The log's public keys: the database's record as last read (a writer) or the
+    /// auditor's (read-only), and the record's text.
+    public: RwLock<(String, Arc<LedgerPublicKeys>)>,
     /// Advisory lock id of this log (from its origin).
     lock_id: i64,
     latest: RwLock<Arc<SignedCheckpoint>>,
@@ -188,58 +200,80 @@ fn now_secs() -> u64 {
 }
 
 impl PgLedger {
-    /// Connects to the log `keys.origin()` in the database at `url` (no TLS: loopback or a
-    /// private network), creating it on first use. Refuses keys other than the ones the log
-    /// was created with.
-    pub async fn connect(url: &str, keys: LedgerKeys) -> Result<Self> {
+    /// Connects to the log of `keys` in the database at `url`, creating it on first use.
+    /// Refuses a log whose recorded keys name a pair `keys` does not hold (see the module
+    /// docs). Writes the log's public keys next to the key files (`public-keys.json`).
+    pub async fn connect(url: &str, keys: LiveLedgerKeys) -> Result<Self> {
+        Self::connect_inner(url, keys, true).await
+    }
+
+    /// [`PgLedger::connect`] to a log that must exist already (a tool acting on a running
+    /// log: it never creates one in a database given by mistake).
+    pub async fn connect_existing(url: &str, keys: LiveLedgerKeys) -> Result<Self> {
+        Self::connect_inner(url, keys, false).await
+    }
+
+    async fn connect_inner(url: &str, keys: LiveLedgerKeys, create: bool) -> Result<Self> {
         let pool = pool(url)?;
-        let origin = keys.origin().to_string();
-        let public = keys.public_keys();
-        let public_json = serde_json::to_string(&public).expect("keys serialise");
+        let mine = keys.public_keys();
+        let origin = mine.origin.clone();
         let lock_id = lock_id(&origin);
-        let mut client = pool.get().await.map_err(db)?;
+        let mut ledger = Self {
+            pool,
+            origin,
+            keys: Some(keys),
+            public: RwLock::new((String::new(), Arc::new(mine.clone()))),
+            lock_id,
+            latest: RwLock::new(Arc::new(SignedCheckpoint {
+                size: 0,
+                root: tlog_tiles::EMPTY_HASH.0,
+                note: String::new(),
+            })),
+        };
+        let mut client = ledger.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id])
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ledger.lock_id])
             .await
             .map_err(db)?;
         tx.batch_execute(SCHEMA).await.map_err(db)?;
-        let stored: Option<String> = tx
+        let exists = tx
             .query_opt(
-                "SELECT public_keys FROM ledger_meta WHERE origin = $1",
-                &[&origin],
+                "SELECT 1 FROM ledger_meta WHERE origin = $1",
+                &[&ledger.origin],
             )
             .await
             .map_err(db)?
-            .map(|r| r.get(0));
-        match stored {
-            Some(s) if s == public_json => {}
-            Some(_) => {
-                return Err(LedgerError::Key(format!(
-                    "the shared log {origin} was created with other keys: give every gateway \
-                     the same ledger keys"
-                )));
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO ledger_meta (origin, public_keys) VALUES ($1, $2)",
-                    &[&origin, &public_json],
-                )
-                .await
-                .map_err(db)?;
-            }
+            .is_some();
+        if !exists && !create {
+            return Err(LedgerError::InvalidRequest(format!(
+                "no log {} in the database",
+                ledger.origin
+            )));
         }
-        let latest = match latest_checkpoint(&tx, &origin, &public).await? {
+        if !exists {
+            tx.execute(
+                "INSERT INTO ledger_meta (origin, public_keys) VALUES ($1, $2)",
+                &[
+                    &ledger.origin,
+                    &serde_json::to_string(&mine).expect("keys serialise"),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        let public = ledger.read_keys(&tx).await?;
+        let latest = match latest_checkpoint(&tx, &ledger.origin, &public).await? {
             Some(cp) => cp,
             None => {
                 let root = tlog_tiles::EMPTY_HASH.0;
-                let note = keys.sign_checkpoint(0, root, now_secs())?;
+                let note = ledger.sign(&public, 0, root)?;
                 tx.execute(
                     "INSERT INTO ledger_checkpoints (origin, size, note) VALUES ($1, 0, $2)",
-                    &[&origin, &note],
+                    &[&ledger.origin, &note],
                 )
                 .await
                 .map_err(db)?;
-                tracing::info!(origin, "created the shared ledger");
+                tracing::info!(origin = ledger.origin, "created the shared ledger");
                 SignedCheckpoint {
                     size: 0,
                     root,
@@ -249,14 +283,172 @@ impl PgLedger {
         };
         tx.commit().await.map_err(db)?;
         drop(client);
-        Ok(Self {
-            pool,
-            origin,
-            keys: Some(keys),
-            public,
-            lock_id,
-            latest: RwLock::new(Arc::new(latest)),
-        })
+        ledger.latest = RwLock::new(Arc::new(latest));
+        ledger.write_public_file(&public)?;
+        Ok(ledger)
+    }
+
+    /// Signs with the pair `public` names as current (a writer only).
+    fn sign(&self, public: &LedgerPublicKeys, size: u64, root: [u8; 32]) -> Result<String> {
+        self.keys
+            .as_ref()
+            .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?
+            .sign_checkpoint_as(public, size, root)
+    }
+
+    /// The log's keys as its database records them now (a writer; an auditor's handle keeps
+    /// the keys it was given). A changed record is accepted only when this gateway holds
+    /// the pair it names as current and its key files name every retired pair it lists
+    /// that the record held before did not.
+    async fn read_keys(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+    ) -> Result<Arc<LedgerPublicKeys>> {
+        let Some(keys) = &self.keys else {
+            return Ok(self.public_keys_held());
+        };
+        let text: String = client
+            .query_opt(
+                "SELECT public_keys FROM ledger_meta WHERE origin = $1",
+                &[&self.origin],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(|| {
+                LedgerError::Damaged(format!("the shared log {} has no keys", self.origin))
+            })?
+            .get(0);
+        let (held_text, held) = self.public.read().expect("keys lock").clone();
+        if text == held_text {
+            return Ok(held);
+        }
+        let refused = |why: String| {
+            LedgerError::Key(format!(
+                "the shared log {}'s keys in the database (ledger_meta) are refused: {why}",
+                self.origin
+            ))
+        };
+        let record: LedgerPublicKeys = serde_json::from_str(&text)
+            .map_err(|e| refused(format!("not the log's public keys ({e})")))?;
+        if record.origin != self.origin {
+            return Err(refused(format!("they are for the log {}", record.origin)));
+        }
+        if !keys.holds(&record)? {
+            return Err(LedgerError::Key(format!(
+                "the shared log {} signs with the ledger key {}, which {} does not hold: give \
+                 every gateway the same ledger keys (copy {} from the gateway that rotated \
+                 them)",
+                self.origin,
+                record.log_key,
+                keys.dir().display(),
+                crate::rotation::ROTATED_KEYS_FILE
+            )));
+        }
+        for r in &record.retired {
+            if !held.retired.contains(r) && !keys.knows_pair(&r.log_key, &r.cosigner_key)? {
+                return Err(refused(format!(
+                    "the retired key {} is not one this gateway's key files name",
+                    r.log_key
+                )));
+            }
+        }
+        let record = Arc::new(record);
+        if !held_text.is_empty() && (record.log_key != held.log_key) {
+            tracing::info!(
+                origin = self.origin,
+                log_key = record.log_key,
+                retired = record.retired.len(),
+                "the shared log's keys rotated"
+            );
+            self.write_public_file(&record)?;
+        }
+        *self.public.write().expect("keys lock") = (text, record.clone());
+        Ok(record)
+    }
+
+    /// Writes the log's public keys next to the key files, for `keys export-public`.
+    fn write_public_file(&self, public: &LedgerPublicKeys) -> Result<()> {
+        let Some(keys) = &self.keys else {
+            return Ok(());
+        };
+        let path = keys.dir().join(crate::store::PUBLIC_KEYS_FILE);
+        trackshift_crypto::filestore::write_atomic(
+            &path,
+            public_keys_json(public).as_bytes(),
+            0o644,
+        )
+        .map_err(|e| LedgerError::Damaged(e.to_string()))
+    }
+
+    fn public_keys_held(&self) -> Arc<LedgerPublicKeys> {
+        self.public.read().expect("keys lock").1.clone()
+    }
+
+    /// Makes the pair staged in this gateway's key directory ([`crate::stage_ledger_keys`])
+    /// the log's current pair, for every gateway sharing the log: under the log's lock, the
+    /// pair in force is retired with its window ending after the last checkpoint it signed
+    /// (whatever the gateways' clocks) and the database's record names the staged pair.
+    /// Then this gateway's key directory is rewritten to match ([`crate::promote_staged`]).
+    /// Activating a staged pair that is current already (another gateway activated it)
+    /// only promotes it here. Returns the log's keys now.
+    pub async fn activate_staged(&self) -> Result<LedgerPublicKeys> {
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_id])
+            .await
+            .map_err(db)?;
+        let current = self.read_keys(&tx).await?;
+        let staged = keys.staged_public()?;
+        match staged {
+            // Activated before (by this gateway or another with the same staged pair).
+            Some(staged)
+                if staged.log_key == current.log_key
+                    && staged.cosigner_key == current.cosigner_key => {}
+            Some(staged) => {
+                let last = latest_checkpoint(&tx, &self.origin, &current)
+                    .await?
+                    .ok_or_else(|| {
+                        LedgerError::Damaged("the shared log has no checkpoint".into())
+                    })?;
+                let signed_at = verify_checkpoint(&last.note, &current)?.cosigned_at;
+                let mut retired = current.retired.clone();
+                retired.push(trackshift_crypto::RetiredLedgerKeys {
+                    log_key: current.log_key.clone(),
+                    cosigner_key: current.cosigner_key.clone(),
+                    not_after: trackshift_crypto::Timestamp::from_unix(
+                        now_secs().max(signed_at).saturating_add(1),
+                    ),
+                });
+                let new = LedgerPublicKeys { retired, ..staged };
+                tx.execute(
+                    "UPDATE ledger_meta SET public_keys = $2 WHERE origin = $1",
+                    &[
+                        &self.origin,
+                        &serde_json::to_string(&new).expect("keys serialise"),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+            None => {
+                return Err(LedgerError::Key(format!(
+                    "{} holds no staged pair: stage one first (`keys rotate --prepare`)",
+                    keys.dir().display()
+                )));
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        drop(client);
+        let new = {
+            let client = self.pool.get().await.map_err(db)?;
+            self.read_keys(&client).await?
+        };
+        crate::rotation::promote_staged(keys.dir(), &new)?;
+        Ok((*new).clone())
     }
 
     /// Opens the log `public.origin` for reading only (an auditor: no private keys, nothing
@@ -276,7 +468,7 @@ impl PgLedger {
             lock_id: lock_id(&origin),
             origin,
             keys: None,
-            public,
+            public: RwLock::new((String::new(), Arc::new(public))),
             latest: RwLock::new(Arc::new(latest)),
         })
     }
@@ -291,7 +483,7 @@ impl PgLedger {
         mut check_entry: impl FnMut(u64, &[u8]) -> std::result::Result<(), String>,
     ) -> Result<VerifiedCheckpoint> {
         let cp = self.refresh().await?;
-        let verified = verify_checkpoint(&cp.note, &self.public)?;
+        let verified = verify_checkpoint(&cp.note, &self.public_keys_held())?;
         let client = self.pool.get().await.map_err(db)?;
         let mut computed: HashMap<u64, Hash> = HashMap::new();
         let mut i = 0u64;
@@ -364,9 +556,9 @@ impl PgLedger {
         Ok(verified)
     }
 
-    /// The log's public keys.
-    pub fn public_keys(&self) -> &LedgerPublicKeys {
-        &self.public
+    /// The log's public keys (with the retired pairs), as last read.
+    pub fn public_keys(&self) -> LedgerPublicKeys {
+        (*self.public_keys_held()).clone()
     }
 
     /// The latest checkpoint this handle has seen.
@@ -406,7 +598,8 @@ impl PgLedger {
         tx.batch_execute("SET LOCAL synchronous_commit TO on")
             .await
             .map_err(db)?;
-        let old = latest_checkpoint(&tx, &self.origin, &self.public)
+        let public = self.read_keys(&tx).await?;
+        let old = latest_checkpoint(&tx, &self.origin, &public)
             .await?
             .ok_or_else(|| LedgerError::Damaged("the shared log has no checkpoint".into()))?;
         let mut known = HashMap::new();
@@ -458,11 +651,7 @@ impl PgLedger {
         )
         .await
         .map_err(db)?;
-        let keys = self
-            .keys
-            .as_ref()
-            .ok_or_else(|| LedgerError::InvalidRequest("the ledger is open read-only".into()))?;
-        let note = keys.sign_checkpoint(n, root, now_secs())?;
+        let note = self.sign(&public, n, root)?;
         let size = i64::try_from(n).unwrap_or(i64::MAX);
         tx.execute(
             "INSERT INTO ledger_checkpoints (origin, size, note) VALUES ($1, $2, $3)",
@@ -497,7 +686,8 @@ impl PgLedger {
     pub async fn refresh(&self) -> Result<Arc<SignedCheckpoint>> {
         let client = self.pool.get().await.map_err(db)?;
         let held = self.checkpoint();
-        let Some(cp) = latest_checkpoint(&client, &self.origin, &self.public).await? else {
+        let public = self.read_keys(&client).await?;
+        let Some(cp) = latest_checkpoint(&client, &self.origin, &public).await? else {
             return Err(LedgerError::Damaged(
                 "the shared log has no checkpoint".into(),
             ));

@@ -6,7 +6,8 @@
 //! LOG/keys/ledger-keys.json      after the first rotation, instead of the two above (0600):
 //!                                {"format", "log_seed", "cosigner_seed" (hex),
 //!                                 "retired": the public verifier keys of the pairs used
-//!                                 before, each with the end of its window}
+//!                                 before, each with the end of its window;
+//!                                 "staged": a pair held for a shared log, not yet signing}
 //! LOG/public-keys.json           what auditors get: the current pair and the retired ones
 //! ```
 //!
@@ -46,9 +47,27 @@ struct RotatedKeys {
     log_seed: String,
     cosigner_seed: String,
     retired: Vec<RetiredLedgerKeys>,
+    /// A pair staged for a log shared through PostgreSQL ([`stage_ledger_keys`]): held,
+    /// signing only once the log's database names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    staged: Option<StagedSeeds>,
 }
 
 impl Drop for RotatedKeys {
+    fn drop(&mut self) {
+        self.log_seed.zeroize();
+        self.cosigner_seed.zeroize();
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StagedSeeds {
+    log_seed: String,
+    cosigner_seed: String,
+}
+
+impl Drop for StagedSeeds {
     fn drop(&mut self) {
         self.log_seed.zeroize();
         self.cosigner_seed.zeroize();
@@ -68,13 +87,12 @@ fn seed_from_hex(text: &str, path: &Path) -> Result<Zeroizing<[u8; 32]>> {
     Ok(seed)
 }
 
-/// The keys in `dir` and the pairs they retired: `ledger-keys.json` when a rotation wrote
-/// it, else the first seed files (generated on first use).
-fn load_keys(dir: &Path, origin: &str) -> Result<(LedgerKeys, Vec<RetiredLedgerKeys>)> {
+/// `ledger-keys.json` in `dir`, if a rotation wrote it.
+fn read_rotated(dir: &Path) -> Result<Option<RotatedKeys>> {
     let path = dir.join(ROTATED_KEYS_FILE);
     let Some(bytes) = read_secret_if_exists(&path).map_err(|e| LedgerError::Key(e.to_string()))?
     else {
-        return Ok((LedgerKeys::load_or_generate(dir, origin)?, Vec::new()));
+        return Ok(None);
     };
     // The serde error could quote input; report only its position, never the content.
     let file: RotatedKeys = serde_json::from_slice(&bytes).map_err(|e| {
@@ -91,12 +109,43 @@ fn load_keys(dir: &Path, origin: &str) -> Result<(LedgerKeys, Vec<RetiredLedgerK
             path.display()
         )));
     }
-    let keys = LedgerKeys::from_seeds(
-        origin,
-        &*seed_from_hex(&file.log_seed, &path)?,
-        &*seed_from_hex(&file.cosigner_seed, &path)?,
-    )?;
-    Ok((keys, file.retired.clone()))
+    Ok(Some(file))
+}
+
+/// What a key directory holds.
+struct KeyFile {
+    keys: LedgerKeys,
+    retired: Vec<RetiredLedgerKeys>,
+    staged: Option<LedgerKeys>,
+}
+
+/// The keys in `dir`, the pairs they retired and a staged pair: `ledger-keys.json` when a
+/// rotation wrote it, else the first seed files (generated on first use).
+fn load_keys(dir: &Path, origin: &str) -> Result<KeyFile> {
+    let Some(file) = read_rotated(dir)? else {
+        return Ok(KeyFile {
+            keys: LedgerKeys::load_or_generate(dir, origin)?,
+            retired: Vec::new(),
+            staged: None,
+        });
+    };
+    let path = dir.join(ROTATED_KEYS_FILE);
+    let pair = |log: &str, cosigner: &str| {
+        LedgerKeys::from_seeds(
+            origin,
+            &*seed_from_hex(log, &path)?,
+            &*seed_from_hex(cosigner, &path)?,
+        )
+    };
+    Ok(KeyFile {
+        keys: pair(&file.log_seed, &file.cosigner_seed)?,
+        retired: file.retired.clone(),
+        staged: file
+            .staged
+            .as_ref()
+            .map(|s| pair(&s.log_seed, &s.cosigner_seed))
+            .transpose()?,
+    })
 }
 
 fn public_with_history(keys: &LedgerKeys, retired: Vec<RetiredLedgerKeys>) -> LedgerPublicKeys {
@@ -131,6 +180,17 @@ struct Loaded {
     stamp: Stamp,
     keys: LedgerKeys,
     public: LedgerPublicKeys,
+    staged: Option<(LedgerKeys, LedgerPublicKeys)>,
+}
+
+impl Loaded {
+    /// The held pair (current or staged) whose verifier keys are `log_key`/`cosigner_key`.
+    fn pair(&self, log_key: &str, cosigner_key: &str) -> Option<&LedgerKeys> {
+        std::iter::once((&self.keys, &self.public))
+            .chain(self.staged.as_ref().map(|(k, p)| (k, p)))
+            .find(|(_, p)| p.log_key == log_key && p.cosigner_key == cosigner_key)
+            .map(|(k, _)| k)
+    }
 }
 
 /// The ledger's signing keys as a running writer holds them: loaded again whenever the key
@@ -154,12 +214,16 @@ fn load(dir: &Path, origin: &str) -> Result<Loaded> {
     // The identity is taken before the files are read: a change in between is seen by the
     // next look.
     let stamp = stamp(dir);
-    let (keys, retired) = load_keys(dir, origin)?;
-    let public = public_with_history(&keys, retired);
+    let file = load_keys(dir, origin)?;
+    let public = public_with_history(&file.keys, file.retired);
     Ok(Loaded {
         stamp,
-        keys,
+        keys: file.keys,
         public,
+        staged: file.staged.map(|k| {
+            let p = k.public_keys();
+            (k, p)
+        }),
     })
 }
 
@@ -212,6 +276,65 @@ impl LiveLedgerKeys {
         self.refresh(&mut loaded, false)?;
         loaded.keys.sign_checkpoint(size, root, timestamp)
     }
+
+    /// The key directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The public keys of the pair staged for a shared log ([`stage_ledger_keys`]), if any.
+    pub fn staged_public(&self) -> Result<Option<LedgerPublicKeys>> {
+        let mut loaded = self.loaded.lock().expect("ledger keys lock");
+        self.refresh(&mut loaded, false)?;
+        Ok(loaded.staged.as_ref().map(|(_, p)| p.clone()))
+    }
+
+    /// Whether the files name the pair `log_key`/`cosigner_key`: held (current or staged)
+    /// or retired.
+    pub fn knows_pair(&self, log_key: &str, cosigner_key: &str) -> Result<bool> {
+        let mut loaded = self.loaded.lock().expect("ledger keys lock");
+        self.refresh(&mut loaded, false)?;
+        Ok(loaded.pair(log_key, cosigner_key).is_some()
+            || loaded
+                .public
+                .retired
+                .iter()
+                .any(|r| r.log_key == log_key && r.cosigner_key == cosigner_key))
+    }
+
+    /// Whether a held pair (current or staged) has the verifier keys `signer` names as
+    /// current.
+    pub fn holds(&self, signer: &LedgerPublicKeys) -> Result<bool> {
+        let mut loaded = self.loaded.lock().expect("ledger keys lock");
+        self.refresh(&mut loaded, false)?;
+        Ok(loaded.pair(&signer.log_key, &signer.cosigner_key).is_some())
+    }
+
+    /// Signs a checkpoint, cosigned now, with the held pair (current or staged) that
+    /// `signer` names as current: for a shared log, whose database says which pair signs.
+    pub fn sign_checkpoint_as(
+        &self,
+        signer: &LedgerPublicKeys,
+        size: u64,
+        root: [u8; 32],
+    ) -> Result<String> {
+        let timestamp = now_secs();
+        let mut loaded = self.loaded.lock().expect("ledger keys lock");
+        self.refresh(&mut loaded, false)?;
+        let pair = loaded
+            .pair(&signer.log_key, &signer.cosigner_key)
+            .ok_or_else(|| {
+                LedgerError::Key(format!(
+                    "the shared log {} signs with the ledger key {}, which {} does not hold: \
+                     copy {ROTATED_KEYS_FILE} from the gateway that rotated the keys into it \
+                     (stage keys with `keys rotate --prepare` and copy them before activating)",
+                    signer.origin,
+                    signer.log_key,
+                    self.dir.display()
+                ))
+            })?;
+        pair.sign_checkpoint(size, root, timestamp)
+    }
 }
 
 fn new_seed() -> Result<Zeroizing<String>> {
@@ -228,7 +351,8 @@ fn new_seed() -> Result<Zeroizing<String>> {
 /// public keys.
 ///
 /// The log's origin is read from its `public-keys.json`, so the gateway must have started
-/// once. Not for a ledger shared through PostgreSQL (its keys are pinned in the database).
+/// once. A pair staged before ([`stage_ledger_keys`]) is the new pair. A ledger shared
+/// through PostgreSQL rotates in its database instead ([`crate::PgLedger::activate_staged`]).
 pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
     let keys_dir = log_dir.join("keys");
     let pk_path = log_dir.join(crate::store::PUBLIC_KEYS_FILE);
@@ -246,18 +370,29 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
             read_secret(&keys_dir.join(name)).map_err(|e| LedgerError::Key(e.to_string()))?;
         }
     }
-    let (current, mut retired) = load_keys(&keys_dir, &old.origin)?;
+    let KeyFile {
+        keys: current,
+        mut retired,
+        ..
+    } = load_keys(&keys_dir, &old.origin)?;
     let current = current.public_keys();
     retired.push(RetiredLedgerKeys {
         log_key: current.log_key,
         cosigner_key: current.cosigner_key,
         not_after: Timestamp::from_unix(now_secs().saturating_add(1)),
     });
+    // A staged pair is the one the operator prepared: it becomes the new pair.
+    let (log_seed, cosigner_seed) = match read_rotated(&keys_dir)?.and_then(|mut f| f.staged.take())
+    {
+        Some(s) => (s.log_seed.clone(), s.cosigner_seed.clone()),
+        None => (new_seed()?.to_string(), new_seed()?.to_string()),
+    };
     let mut file = RotatedKeys {
         format: ROTATED_KEYS_FORMAT.to_string(),
-        log_seed: new_seed()?.to_string(),
-        cosigner_seed: new_seed()?.to_string(),
+        log_seed,
+        cosigner_seed,
         retired,
+        staged: None,
     };
     let new = LedgerKeys::from_seeds(
         &old.origin,
@@ -269,9 +404,7 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
     // end after the second the file appeared in: when the write ended in a later second
     // than it began, the window is extended to the end of that second and written again.
     loop {
-        let json = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("keys serialise"));
-        write_atomic(&keys_dir.join(ROTATED_KEYS_FILE), &json, 0o600)
-            .map_err(|e| LedgerError::Key(e.to_string()))?;
+        write_rotated(&keys_dir, &file)?;
         let after = now_secs();
         let end = &mut file.retired.last_mut().expect("just pushed").not_after;
         if after < end.unix() {
@@ -281,7 +414,15 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
     }
     let public = public_with_history(&new, file.retired.clone());
     drop(file);
-    // The first seeds are no longer read; their secrets need not stay on disk.
+    remove_first_seeds(&keys_dir);
+    write_atomic(&pk_path, public_keys_json(&public).as_bytes(), 0o644)
+        .map_err(|e| LedgerError::Damaged(e.to_string()))?;
+    Ok(public)
+}
+
+/// Removes the first seed files once `ledger-keys.json` holds the keys: they are no longer
+/// read, and their secrets need not stay on disk.
+fn remove_first_seeds(keys_dir: &Path) {
     for name in [ED25519_FILE, MLDSA_FILE] {
         match std::fs::remove_file(keys_dir.join(name)) {
             Ok(()) => {}
@@ -291,9 +432,108 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
             }
         }
     }
-    write_atomic(&pk_path, public_keys_json(&public).as_bytes(), 0o644)
-        .map_err(|e| LedgerError::Damaged(e.to_string()))?;
-    Ok(public)
+}
+
+/// The key file of `keys_dir` as a rotation rewrites it: `ledger-keys.json`, or the first
+/// seed files' pair in that form (they must be there: a rotation never creates a first key).
+fn rotated_or_first(keys_dir: &Path) -> Result<RotatedKeys> {
+    if let Some(file) = read_rotated(keys_dir)? {
+        return Ok(file);
+    }
+    let seed = |name: &str| -> Result<String> {
+        let path = keys_dir.join(name);
+        let bytes = read_secret(&path).map_err(|e| LedgerError::Key(e.to_string()))?;
+        let text = Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_string());
+        seed_from_hex(&text, &path)?;
+        Ok(text.to_string())
+    };
+    Ok(RotatedKeys {
+        format: ROTATED_KEYS_FORMAT.to_string(),
+        log_seed: seed(ED25519_FILE)?,
+        cosigner_seed: seed(MLDSA_FILE)?,
+        retired: Vec::new(),
+        staged: None,
+    })
+}
+
+fn write_rotated(keys_dir: &Path, file: &RotatedKeys) -> Result<()> {
+    let json = Zeroizing::new(serde_json::to_vec_pretty(file).expect("keys serialise"));
+    write_atomic(&keys_dir.join(ROTATED_KEYS_FILE), &json, 0o600)
+        .map_err(|e| LedgerError::Key(e.to_string()))
+}
+
+/// Stages a new pair in the key directory of a log shared through PostgreSQL (`keys rotate
+/// --purpose ledger --prepare`): it is written next to the current pair (one atomic
+/// replacement of `ledger-keys.json`, 0600) and held by every gateway that loads the file,
+/// but signs nothing until the log's database names it ([`crate::PgLedger::activate_staged`]).
+/// Copy the file to every gateway sharing the log before activating. Staging again
+/// returns the pair already staged. Returns its public keys.
+pub fn stage_ledger_keys(keys_dir: &Path, origin: &str) -> Result<LedgerPublicKeys> {
+    let mut file = rotated_or_first(keys_dir)?;
+    let path = keys_dir.join(ROTATED_KEYS_FILE);
+    let staged = match &file.staged {
+        Some(s) => s,
+        None => {
+            file.staged = Some(StagedSeeds {
+                log_seed: new_seed()?.to_string(),
+                cosigner_seed: new_seed()?.to_string(),
+            });
+            write_rotated(keys_dir, &file)?;
+            remove_first_seeds(keys_dir);
+            file.staged.as_ref().expect("just staged")
+        }
+    };
+    Ok(LedgerKeys::from_seeds(
+        origin,
+        &*seed_from_hex(&staged.log_seed, &path)?,
+        &*seed_from_hex(&staged.cosigner_seed, &path)?,
+    )?
+    .public_keys())
+}
+
+/// After the shared log's database made the staged pair current (`history`: its keys now),
+/// rewrites the key directory to match: the staged pair becomes the current one, the old
+/// seeds go, the retired pairs are `history`'s, and `public-keys.json` is rewritten. A
+/// directory already promoted is left as it is.
+pub fn promote_staged(keys_dir: &Path, history: &LedgerPublicKeys) -> Result<()> {
+    let path = keys_dir.join(ROTATED_KEYS_FILE);
+    let mut file = rotated_or_first(keys_dir)?;
+    let pair = |log: &str, cosigner: &str| -> Result<LedgerPublicKeys> {
+        Ok(LedgerKeys::from_seeds(
+            &history.origin,
+            &*seed_from_hex(log, &path)?,
+            &*seed_from_hex(cosigner, &path)?,
+        )?
+        .public_keys())
+    };
+    let names = |p: &LedgerPublicKeys| {
+        p.log_key == history.log_key && p.cosigner_key == history.cosigner_key
+    };
+    if !names(&pair(&file.log_seed, &file.cosigner_seed)?) {
+        let staged = file.staged.take().ok_or_else(|| {
+            LedgerError::Key(format!(
+                "{} holds no staged pair: nothing to promote",
+                keys_dir.display()
+            ))
+        })?;
+        if !names(&pair(&staged.log_seed, &staged.cosigner_seed)?) {
+            return Err(LedgerError::Key(format!(
+                "the pair staged in {} is not the one the shared log signs with",
+                keys_dir.display()
+            )));
+        }
+        file.log_seed.clone_from(&staged.log_seed);
+        file.cosigner_seed.clone_from(&staged.cosigner_seed);
+    }
+    file.retired.clone_from(&history.retired);
+    write_rotated(keys_dir, &file)?;
+    remove_first_seeds(keys_dir);
+    write_atomic(
+        &keys_dir.join(crate::store::PUBLIC_KEYS_FILE),
+        public_keys_json(history).as_bytes(),
+        0o644,
+    )
+    .map_err(|e| LedgerError::Damaged(e.to_string()))
 }
 
 #[cfg(test)]
@@ -407,6 +647,37 @@ mod tests {
         assert!(e.to_string().contains("chmod 600"), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         live.sign_checkpoint(1, [1; 32]).unwrap();
+    }
+
+    #[test]
+    fn a_staged_pair_is_held_not_signing_until_named_and_a_file_rotation_takes_it() {
+        let (_tmp, dir) = log_dir();
+        let keys_dir = dir.join("keys");
+        let live = LiveLedgerKeys::load_or_generate(&keys_dir, ORIGIN).unwrap();
+        let first = live.public_keys();
+        let staged = stage_ledger_keys(&keys_dir, ORIGIN).unwrap();
+        assert_eq!(stage_ledger_keys(&keys_dir, ORIGIN).unwrap(), staged);
+        // The first seeds went into ledger-keys.json; the current pair is unchanged.
+        assert!(!keys_dir.join(ED25519_FILE).exists());
+        assert_eq!(live.public_keys(), first);
+        assert_eq!(live.staged_public().unwrap(), Some(staged.clone()));
+        assert!(live.holds(&staged).unwrap() && live.holds(&first).unwrap());
+        // Signs with the current pair, or with the staged one when asked for it.
+        verify_checkpoint(&live.sign_checkpoint(1, [1; 32]).unwrap(), &first).unwrap();
+        let by_staged = live.sign_checkpoint_as(&staged, 1, [1; 32]).unwrap();
+        verify_checkpoint(&by_staged, &staged).unwrap();
+        let mut other = staged.clone();
+        other.log_key = first.log_key.clone();
+        let e = live.sign_checkpoint_as(&other, 1, [1; 32]).unwrap_err();
+        assert!(e.to_string().contains("does not hold"), "{e}");
+        // A file ledger's rotation takes the staged pair.
+        let public = rotate_ledger_keys(&dir).unwrap();
+        assert_eq!(public.log_key, staged.log_key);
+        assert_eq!(live.staged_public().unwrap(), None);
+        assert!(
+            live.knows_pair(&first.log_key, &first.cosigner_key)
+                .unwrap()
+        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! The log in PostgreSQL (a real server from `scripts/test-servers.sh start postgres`, one
 //! fresh database per test): several handles append to one sequence; it computes exactly
-//! the roots, proofs and tiles of the file log; other keys are refused.
+//! the roots, proofs and tiles of the file log; other keys are refused; the keys rotate
+//! across gateways while they append.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use trackshift_ledger::{
-    Ledger, LedgerKeys, PgLedger, leaf_hash, verify_consistency, verify_inclusion,
+    Ledger, LedgerPublicKeys, LiveLedgerKeys, PgLedger, leaf_hash, stage_ledger_keys,
+    verify_checkpoint, verify_consistency, verify_inclusion,
 };
 
 async fn database() -> String {
@@ -54,8 +58,49 @@ fn uuid_like() -> String {
 
 const ORIGIN: &str = "shared.example/log";
 
-fn keys(seed: u8) -> LedgerKeys {
-    LedgerKeys::from_seeds(ORIGIN, &[seed; 32], &[seed ^ 0x55; 32]).unwrap()
+/// A gateway's key directory holding the pair of `seed` (a directory of its own on every
+/// call, as every gateway has its own), under the test target's scratch directory.
+fn key_dir(seed: u8) -> PathBuf {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-keys-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, s) in [
+        ("log-ed25519.key", seed),
+        ("cosigner-mldsa44.key", seed ^ 0x55),
+    ] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .unwrap()
+            .write_all(hex::encode([s; 32]).as_bytes())
+            .unwrap();
+    }
+    dir
+}
+
+fn load(dir: &Path) -> LiveLedgerKeys {
+    LiveLedgerKeys::load_or_generate(dir, ORIGIN).unwrap()
+}
+
+fn keys(seed: u8) -> LiveLedgerKeys {
+    load(&key_dir(seed))
+}
+
+/// Copies the key file of `from` into `to` the way an operator should: one rename.
+fn copy_key_file(from: &Path, to: &Path) {
+    std::fs::copy(
+        from.join("ledger-keys.json"),
+        to.join(".ledger-keys.json.new"),
+    )
+    .unwrap();
+    std::fs::rename(
+        to.join(".ledger-keys.json.new"),
+        to.join("ledger-keys.json"),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +252,10 @@ async fn a_gateway_with_other_keys_is_refused() {
     let url = database().await;
     PgLedger::connect(&url, keys(3)).await.unwrap();
     let err = PgLedger::connect(&url, keys(4)).await.unwrap_err();
-    assert!(err.to_string().contains("other keys"), "{err}");
+    assert!(
+        err.to_string().contains("does not hold") && err.to_string().contains("same ledger keys"),
+        "{err}"
+    );
     // The same keys reconnect and find the log as it was.
     let again = PgLedger::connect(&url, keys(3)).await.unwrap();
     again.append(vec![b"x".to_vec()]).await.unwrap();
@@ -384,4 +432,201 @@ async fn appends_commit_durably_even_where_the_database_defaults_to_asynchronous
         .map(|r| r.get(0))
         .collect();
     assert_eq!(seen, ["on", "on", "on"]);
+}
+
+/// Every checkpoint note in the database, oldest first.
+async fn notes(url: &str) -> Vec<String> {
+    let pool = trackshift_ledger::pgconn::pool(url, 1).unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .query("SELECT note FROM ledger_checkpoints ORDER BY size", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn current_only(public: &LedgerPublicKeys) -> LedgerPublicKeys {
+    LedgerPublicKeys {
+        retired: Vec::new(),
+        ..public.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_across_gateways_while_both_append_and_no_append_fails() {
+    let url = database().await;
+    let (dir_a, dir_b) = (key_dir(10), key_dir(10));
+    let first = load(&dir_a).public_keys();
+    let a = Arc::new(PgLedger::connect(&url, load(&dir_a)).await.unwrap());
+    let b = Arc::new(PgLedger::connect(&url, load(&dir_b)).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let appenders: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(w, log)| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) || n < 5 {
+                    log.append(vec![format!("w{w} e{n}").into_bytes()])
+                        .await
+                        .unwrap_or_else(|e| panic!("appender {w}, entry {n}: {e}"));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Stage on one gateway, give the file to the other, activate: the gateways load the
+    // file as it changes and never stop appending.
+    let staged = stage_ledger_keys(&dir_a, ORIGIN).unwrap();
+    assert_eq!(
+        stage_ledger_keys(&dir_a, ORIGIN).unwrap(),
+        staged,
+        "staged once"
+    );
+    assert_ne!(staged.log_key, first.log_key);
+    copy_key_file(&dir_a, &dir_b);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = a.size();
+    let now = a.activate_staged().await.unwrap();
+    assert_eq!(now.log_key, staged.log_key);
+    assert_eq!(now.retired.len(), 1);
+    assert_eq!(now.retired[0].log_key, first.log_key);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in appenders {
+        total += t.await.unwrap();
+    }
+    let size = b.refresh().await.unwrap().size;
+    assert_eq!(u64::from(total), size);
+    assert!(size > before + 4, "appends went on after the activation");
+
+    // Both gateways hold the log's keys now, and wrote them for the export.
+    assert_eq!(a.public_keys(), now);
+    assert_eq!(b.public_keys(), now);
+    for dir in [&dir_a, &dir_b] {
+        let on_disk: LedgerPublicKeys =
+            serde_json::from_slice(&std::fs::read(dir.join("public-keys.json")).unwrap()).unwrap();
+        assert_eq!(on_disk, now, "{}", dir.display());
+    }
+    // The activating gateway's directory was promoted: the new pair is its current one.
+    let promoted = load(&dir_a);
+    assert_eq!(promoted.public_keys(), now);
+    assert_eq!(promoted.staged_public().unwrap(), None);
+
+    // Checkpoints of both pairs; with the history every one verifies, and each pair alone
+    // verifies only its own.
+    let notes = notes(&url).await;
+    let by_first = notes
+        .iter()
+        .filter(|n| verify_checkpoint(n, &first).is_ok())
+        .count();
+    let by_new = notes
+        .iter()
+        .filter(|n| verify_checkpoint(n, &current_only(&now)).is_ok())
+        .count();
+    assert!(by_first > 0 && by_new > 0, "{by_first} + {by_new}");
+    assert_eq!(by_first + by_new, notes.len());
+    for n in &notes {
+        verify_checkpoint(n, &now).unwrap();
+    }
+    let auditor = PgLedger::open_read_only(&url, now.clone()).await.unwrap();
+    assert_eq!(auditor.verify_all(|_, _| Ok(())).await.unwrap().size, size);
+    assert!(
+        PgLedger::open_read_only(&url, first.clone()).await.is_err(),
+        "the old pair alone does not verify the new checkpoint"
+    );
+
+    // The other gateway activating the same pair only promotes its directory; with
+    // nothing staged any more, activating again is refused and changes nothing.
+    assert_eq!(b.activate_staged().await.unwrap(), now);
+    assert_eq!(load(&dir_b).staged_public().unwrap(), None);
+    let e = a.activate_staged().await.unwrap_err();
+    assert!(e.to_string().contains("no staged pair"), "{e}");
+    assert_eq!(a.public_keys(), now);
+    // A restart of either gateway signs on.
+    for dir in [&dir_a, &dir_b] {
+        let again = PgLedger::connect(&url, load(dir)).await.unwrap();
+        again.append(vec![b"after restart".to_vec()]).await.unwrap();
+    }
+    let auditor = PgLedger::open_read_only(&url, now.clone()).await.unwrap();
+    auditor.verify_all(|_, _| Ok(())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_the_new_pair_signs_nothing_until_it_gets_the_file() {
+    let url = database().await;
+    let (dir_a, dir_c) = (key_dir(11), key_dir(11));
+    let a = PgLedger::connect(&url, load(&dir_a)).await.unwrap();
+    let c = PgLedger::connect(&url, load(&dir_c)).await.unwrap();
+    let e = a.activate_staged().await.unwrap_err();
+    assert!(e.to_string().contains("no staged pair"), "{e}");
+    a.append(vec![b"one".to_vec()]).await.unwrap();
+    stage_ledger_keys(&dir_a, ORIGIN).unwrap();
+    let now = a.activate_staged().await.unwrap();
+    // The gateway that was not given the staged pair refuses to append, naming the cause
+    // and the file to copy; the log is as it was.
+    let e = c.append(vec![b"two".to_vec()]).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("does not hold") && text.contains("ledger-keys.json"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&hex::encode([11u8; 32])),
+        "no seed in errors"
+    );
+    assert_eq!(a.refresh().await.unwrap().size, 1);
+    // Given the promoted file, it signs on without a restart.
+    copy_key_file(&dir_a, &dir_c);
+    c.append(vec![b"two".to_vec()]).await.unwrap();
+    let auditor = PgLedger::open_read_only(&url, now).await.unwrap();
+    assert_eq!(auditor.verify_all(|_, _| Ok(())).await.unwrap().size, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_record_naming_a_pair_no_gateway_holds_is_refused() {
+    let url = database().await;
+    let dir = key_dir(12);
+    let log = PgLedger::connect(&url, load(&dir)).await.unwrap();
+    log.append(vec![b"one".to_vec()]).await.unwrap();
+    let pool = trackshift_ledger::pgconn::pool(&url, 1).unwrap();
+    let client = pool.get().await.unwrap();
+    let set = |public: &LedgerPublicKeys| serde_json::to_string(public).unwrap();
+    let real = log.public_keys();
+    // Whoever can write the table names their own pair: refused.
+    let other = keys(99).public_keys();
+    client
+        .execute("UPDATE ledger_meta SET public_keys = $1", &[&set(&other)])
+        .await
+        .unwrap();
+    let e = log.append(vec![b"two".to_vec()]).await.unwrap_err();
+    assert!(e.to_string().contains("does not hold"), "{e}");
+    // Or keeps the real pair and adds a retired one of theirs (to pass off checkpoints
+    // they signed): refused too.
+    let mut forged = real.clone();
+    forged.retired.push(trackshift_crypto::RetiredLedgerKeys {
+        log_key: other.log_key.clone(),
+        cosigner_key: other.cosigner_key.clone(),
+        not_after: trackshift_crypto::Timestamp::from_unix(u64::from(u32::MAX)),
+    });
+    client
+        .execute("UPDATE ledger_meta SET public_keys = $1", &[&set(&forged)])
+        .await
+        .unwrap();
+    let e = log.append(vec![b"two".to_vec()]).await.unwrap_err();
+    assert!(e.to_string().contains("key files name"), "{e}");
+    assert!(PgLedger::connect(&url, load(&dir)).await.is_err());
+    // The real record back: appends go on.
+    client
+        .execute("UPDATE ledger_meta SET public_keys = $1", &[&set(&real)])
+        .await
+        .unwrap();
+    log.append(vec![b"two".to_vec()]).await.unwrap();
+    assert_eq!(log.size(), 2);
 }

@@ -270,3 +270,27 @@ pub fn write_secret(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// A fresh database on the test PostgreSQL server (`scripts/test-servers.sh start postgres`),
+/// reached over TLS with the server's certificate verified.
+pub async fn postgres_database() -> String {
+    let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(
+        "TRACKSHIFT_TEST_POSTGRES is not set: start the server with `scripts/test-servers.sh start postgres` \
+         and source `scripts/test-servers.sh env` (scripts/test.sh does both)",
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = format!("ts_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let ca = std::env::var("TRACKSHIFT_TEST_POSTGRES_CA")
+        .expect("TRACKSHIFT_TEST_POSTGRES_CA is not set: source `scripts/test-servers.sh env`");
+    format!(
+        "{}/{db}?sslmode=verify-full&sslrootcert={ca}",
+        url.rsplit_once('/').unwrap().0
+    )
+}

@@ -1,0 +1,326 @@
+//! `trackshift keys`: the key store's keys and the ledger's checkpoint keys (rotation on a
+//! running gateway, file ledger or shared through PostgreSQL).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+use trackshift_crypto::{FileKeyStore, KeyBackend as _, KeyId, Purpose, Timestamp};
+
+use crate::{read, write_doc};
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key store with one active key per purpose (manifest: ML-DSA-65, receipt: Ed25519).
+    Init {
+        /// Directory for the key store (created 0700; secret files are 0600).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Retire the active key of a purpose and activate a new one; old signatures keep verifying.
+    ///
+    /// Safe on a running gateway's store (`DATA/keys`): the gateway signs with the new key
+    /// from the next signature on, without a restart. `ledger` rotates the checkpoint keys of
+    /// the ledger next to the store (`DATA/ledger`); `all` rotates every purpose.
+    ///
+    /// A ledger shared through PostgreSQL (`serve --store postgres://...`) rotates in its
+    /// database, for every gateway at once: with several gateways, stage the new pair first
+    /// (`--prepare`), copy `ledger-keys.json` to each gateway's ledger key directory, then
+    /// run without `--prepare` to activate it.
+    Rotate {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Which key to rotate.
+        #[arg(long, value_parser = ["manifest", "receipt", "ledger", "all"])]
+        purpose: String,
+        /// The ledger directory whose checkpoint keys `ledger` rotates (default: the
+        /// `ledger` directory next to the key store).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// The key directory of a ledger shared through PostgreSQL (as given to `serve
+        /// --ledger-keys`; default: `keys` in the ledger directory).
+        #[arg(long)]
+        ledger_keys: Option<PathBuf>,
+        /// The database of a ledger shared through PostgreSQL (as given to `serve --store`;
+        /// better: the TRACKSHIFT_STORE environment variable).
+        #[arg(long, env = "TRACKSHIFT_STORE", hide_env_values = true)]
+        store: Option<String>,
+        /// Shared ledger: only stage a new pair in the key directory (held by the gateways
+        /// that load it, signing nothing yet).
+        #[arg(long)]
+        prepare: bool,
+    },
+    /// Revoke a key: nothing it ever signed verifies any more. Re-export the public keys after.
+    Revoke {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Id of the key (64 hex digits, see `keys list`).
+        #[arg(long)]
+        key_id: String,
+    },
+    /// List keys with their purpose, status and validity window.
+    List {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write the public key file auditors verify with (no secret material).
+    ExportPublic {
+        /// The key store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Include the checkpoint keys of this ledger directory (default: the `ledger`
+        /// directory next to the key store, when there is one).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+    },
+}
+
+/// Runs `trackshift keys ...`.
+pub fn run(cmd: KeysCommand) -> Result<()> {
+    let now = Timestamp::now();
+    match cmd {
+        KeysCommand::Init { dir } => {
+            let store = FileKeyStore::init(&dir, now)?;
+            println!("created key store {}", dir.display());
+            print_keys(&store)?;
+        }
+        KeysCommand::Rotate {
+            dir,
+            purpose,
+            ledger,
+            ledger_keys,
+            store,
+            prepare,
+        } => rotate(dir, &purpose, ledger, ledger_keys, store, prepare)?,
+        KeysCommand::Revoke { dir, key_id } => {
+            let mut store = FileKeyStore::open(&dir)?;
+            let id = KeyId::from_hex(&key_id)?;
+            store.revoke(&id, now)?;
+            println!("revoked {id}; export the public keys again for auditors");
+        }
+        KeysCommand::List { dir } => print_keys(&FileKeyStore::open(&dir)?)?,
+        KeysCommand::ExportPublic { dir, out, ledger } => {
+            let mut ring = FileKeyStore::open(&dir)?.public_keyring()?;
+            let ledger = ledger.or_else(|| {
+                let sibling = dir.parent()?.join("ledger");
+                sibling.join("checkpoint").exists().then_some(sibling)
+            });
+            if let Some(l) = ledger {
+                let path = l.join(trackshift_ledger::store::PUBLIC_KEYS_FILE);
+                ring.ledger = Some(
+                    serde_json::from_slice(&read(&path)?)
+                        .with_context(|| format!("ledger public keys {}", path.display()))?,
+                );
+            }
+            write_doc(&out, &ring.to_json())?;
+            println!("wrote {} public keys to {}", ring.keys.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_keys(store: &FileKeyStore) -> Result<()> {
+    for k in store.public_keyring()?.keys {
+        let until = k
+            .not_after
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:<9} {:<8} {}  from {} until {}",
+            k.purpose.as_str(),
+            k.algorithm.as_str(),
+            format!("{:?}", k.status).to_lowercase(),
+            k.id,
+            k.not_before,
+            until
+        );
+    }
+    Ok(())
+}
+
+/// Where a rotation of the checkpoint keys goes.
+enum LedgerTarget {
+    /// The gateway's own file ledger (`DATA/ledger`).
+    File(PathBuf),
+    /// A ledger shared through PostgreSQL: its key directory, database and origin.
+    Shared {
+        keys_dir: PathBuf,
+        url: String,
+        origin: String,
+    },
+}
+
+/// Finds and checks what `--purpose ledger` rotates, before anything is rotated.
+fn ledger_target(
+    dir: &Path,
+    ledger: Option<PathBuf>,
+    ledger_keys: Option<PathBuf>,
+    store: Option<String>,
+) -> Result<LedgerTarget> {
+    let l = match ledger {
+        Some(l) => l,
+        None => dir
+            .parent()
+            .map(|p| p.join("ledger"))
+            .context("give the ledger directory with --ledger")?,
+    };
+    let pk_name = trackshift_ledger::store::PUBLIC_KEYS_FILE;
+    let keys_dir = ledger_keys.or_else(|| {
+        let k = l.join("keys");
+        (!l.join(pk_name).exists() && k.join(pk_name).exists()).then_some(k)
+    });
+    let Some(keys_dir) = keys_dir else {
+        let pk = l.join(pk_name);
+        if !pk.exists() {
+            bail!(
+                "{} does not exist: {} is not the ledger of a gateway that has started \
+                 (give it with --ledger); nothing was rotated",
+                pk.display(),
+                l.display()
+            );
+        }
+        return Ok(LedgerTarget::File(l));
+    };
+    let Some(url) = store.filter(|u| crate::transfer::is_postgres(u)) else {
+        bail!(
+            "{} is the key directory of a ledger shared in PostgreSQL (serve --store \
+             postgres://...): give its database with --store or TRACKSHIFT_STORE; nothing was \
+             rotated",
+            keys_dir.display()
+        );
+    };
+    let pk = keys_dir.join(pk_name);
+    let public: trackshift_ledger::LedgerPublicKeys = serde_json::from_slice(&crate::read(&pk)?)
+        .with_context(|| {
+            format!(
+                "{} is not a shared ledger's public key file (a gateway writes it at start); \
+                 nothing was rotated",
+                pk.display()
+            )
+        })?;
+    Ok(LedgerTarget::Shared {
+        keys_dir,
+        url,
+        origin: public.origin,
+    })
+}
+
+fn short_keys(public: &trackshift_ledger::LedgerPublicKeys) -> String {
+    format!(
+        "{} and {}",
+        public.log_key,
+        public
+            .cosigner_key
+            .split('+')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("+")
+    )
+}
+
+/// `keys rotate`: see [`KeysCommand::Rotate`].
+fn rotate(
+    dir: PathBuf,
+    purpose: &str,
+    ledger: Option<PathBuf>,
+    ledger_keys: Option<PathBuf>,
+    store: Option<String>,
+    prepare: bool,
+) -> Result<()> {
+    let (documents, rotate_ledger): (Vec<Purpose>, bool) = match purpose {
+        "all" => (Purpose::ALL.to_vec(), true),
+        "ledger" => (Vec::new(), true),
+        p => (vec![p.parse::<Purpose>()?], false),
+    };
+    // Everything is checked before anything is rotated.
+    let target = rotate_ledger
+        .then(|| ledger_target(&dir, ledger, ledger_keys, store))
+        .transpose()?;
+    if prepare {
+        let Some(LedgerTarget::Shared {
+            keys_dir, origin, ..
+        }) = target.filter(|_| documents.is_empty())
+        else {
+            bail!(
+                "--prepare stages checkpoint keys of a ledger shared in PostgreSQL, alone \
+                 (--purpose ledger); nothing was rotated"
+            );
+        };
+        let staged = trackshift_ledger::stage_ledger_keys(&keys_dir, &origin)
+            .with_context(|| format!("staging ledger keys in {}", keys_dir.display()))?;
+        println!(
+            "staged ledger keys {} in {}: copy {} to the ledger key directory of every \
+             gateway sharing the log (they load it and keep signing with the current keys), \
+             then run this again without --prepare to activate them",
+            short_keys(&staged),
+            keys_dir.display(),
+            keys_dir
+                .join(trackshift_ledger::rotation::ROTATED_KEYS_FILE)
+                .display()
+        );
+        return Ok(());
+    }
+    // A shared ledger is reached before anything is rotated; a pair staged before is the
+    // one activated (else one is staged now: one gateway, or all given the file already).
+    let shared = match &target {
+        Some(LedgerTarget::Shared {
+            keys_dir,
+            url,
+            origin,
+        }) => {
+            trackshift_ledger::stage_ledger_keys(keys_dir, origin)
+                .with_context(|| format!("staging ledger keys in {}", keys_dir.display()))?;
+            let keys = trackshift_ledger::LiveLedgerKeys::load_or_generate(keys_dir, origin)?;
+            let rt = crate::runtime()?;
+            let pg = rt
+                .block_on(trackshift_ledger::PgLedger::connect_existing(url, keys))
+                .context("connecting to the shared ledger; nothing was rotated")?;
+            Some((rt, pg))
+        }
+        _ => None,
+    };
+    if !documents.is_empty() {
+        let mut store = FileKeyStore::open(&dir)?;
+        for p in documents {
+            let id = store.rotate_now(p)?;
+            println!("new active {p} key {id}");
+        }
+    }
+    match (target, shared) {
+        (Some(LedgerTarget::File(l)), _) => {
+            let public = trackshift_ledger::rotate_ledger_keys(&l)
+                .with_context(|| format!("rotating the checkpoint keys of {}", l.display()))?;
+            println!(
+                "new ledger keys for {}: {} ({} retired pairs kept)",
+                l.display(),
+                short_keys(&public),
+                public.retired.len()
+            );
+        }
+        (Some(LedgerTarget::Shared { keys_dir, .. }), Some((rt, pg))) => {
+            let public = rt
+                .block_on(pg.activate_staged())
+                .context("activating the staged ledger keys in the shared ledger")?;
+            println!(
+                "new ledger keys for the shared ledger (keys in {}): {} ({} retired pairs \
+                 kept); a gateway without them refuses to append until it has {}",
+                keys_dir.display(),
+                short_keys(&public),
+                public.retired.len(),
+                trackshift_ledger::rotation::ROTATED_KEYS_FILE
+            );
+        }
+        _ => {}
+    }
+    println!(
+        "a running gateway signs with the new keys from its next signature; export the \
+         public keys again for auditors (the export keeps the retired keys)"
+    );
+    Ok(())
+}
