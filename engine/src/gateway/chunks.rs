@@ -1,0 +1,164 @@
+//! A chunk stream: header and data read, the BLAKE3 hash checked, the bytes written to
+//! every live destination, then queued for the group commit.
+
+use super::*;
+
+pub(super) async fn handle_chunk_stream(
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
+    mut recv: quinn::RecvStream,
+) -> Result<(), GatewayError> {
+    let hlen = recv
+        .read_u32()
+        .await
+        .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))? as usize;
+    if hlen > protocol::MAX_CHUNK_HEADER {
+        let _ = recv.stop(1u32.into());
+        return Err(ProtocolError::FrameTooLarge {
+            len: hlen,
+            max: protocol::MAX_CHUNK_HEADER,
+        }
+        .into());
+    }
+    let mut hbuf = vec![0u8; hlen];
+    recv.read_exact(&mut hbuf)
+        .await
+        .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))?;
+    let header = protocol::decode_chunk_header(&hbuf)?;
+    let job = state
+        .handles
+        .lock()
+        .expect("handles lock")
+        .get(&header.handle)
+        .cloned();
+    let Some(job) = job else {
+        let _ = recv.stop(1u32.into());
+        return Err(
+            ProtocolError::InvalidChunk(format!("unknown job handle {}", header.handle)).into(),
+        );
+    };
+    let failed = job.failed.lock().expect("job lock").clone();
+    if let Some(reason) = failed {
+        let _ = recv.stop(1u32.into());
+        // Tell the sender: a stopped stream alone can go unnoticed when its data was
+        // already written, and the sender would wait for an ack that never comes.
+        let _ = state.out.send(ServerFrame::JobFailed {
+            handle: header.handle,
+            job_id: job.open().job_id,
+            reason: reason.clone(),
+            permanent: true,
+        });
+        return Err(GatewayError::Job(reason));
+    }
+    let disposition = job.state.lock().expect("job lock").check_header(&header);
+    let layout = match disposition {
+        Ok(Disposition::Accept(layout)) => layout,
+        Ok(Disposition::AlreadyHeld) => {
+            let _ = recv.stop(0u32.into());
+            let _ = state.out.send(ServerFrame::Acks {
+                handle: header.handle,
+                chunks: vec![header.chunk],
+            });
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = recv.stop(1u32.into());
+            let _ = state.out.send(ServerFrame::Reject {
+                handle: header.handle,
+                chunk: header.chunk,
+                reason: e.to_string(),
+            });
+            return Err(e.into());
+        }
+    };
+    // A file not open yet waits for a place among the open files, before it holds memory.
+    job.hold_open_file(&shared.open_files, header.chunk.file)
+        .await;
+    let len = header.len as usize;
+    // The tenant's quotas before the gateway spends anything on the payload: its receive
+    // rate (the stream is not read meanwhile: QUIC flow control holds the sender), then
+    // its part of the memory budget, then the budget.
+    let (limit, cap) = {
+        let tenants = shared.tenants.current();
+        let entry = tenants.file.get(&state.tenant);
+        let total: u64 = tenants
+            .file
+            .tenants
+            .iter()
+            .map(|t| u64::from(t.share))
+            .sum();
+        let share = entry.map_or(1, |t| t.share);
+        (
+            entry.and_then(|t| t.bytes_per_second),
+            shared.quotas.memory_cap(share, total),
+        )
+    };
+    if let Some(rate) = shared.quotas.rate(&state.tenant, limit) {
+        rate.take(header.len).await;
+    }
+    let permit = shared.quotas.memory(&state.tenant, cap, header.len).await;
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let before = buf.len();
+        let mut limited = (&mut buf).limit(len - before);
+        match recv.read_buf(&mut limited).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(GatewayError::Job(format!("chunk payload: {e}"))),
+        }
+    }
+    let extra = recv.read_chunk(1, true).await;
+    if buf.len() != len || !matches!(extra, Ok(None)) {
+        let _ = state.out.send(ServerFrame::Reject {
+            handle: header.handle,
+            chunk: header.chunk,
+            reason: format!("payload is not {len} bytes"),
+        });
+        return Err(ProtocolError::InvalidChunk("payload length mismatch".into()).into());
+    }
+    let data = buf.freeze();
+    let (data, hash) = {
+        let data = data.clone();
+        let index = header.chunk.index;
+        tokio::task::spawn_blocking(move || {
+            let h = layout.chunk_hash(index, &data);
+            (data, h)
+        })
+        .await
+        .expect("hashing does not panic")
+    };
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &hash.0[..],
+        &header.hash.0[..],
+    )) {
+        warn!(tenant = %state.tenant, job = %job.id, correlation_id = %job.correlation, chunk = ?header.chunk, "chunk failed verification; asking for it again");
+        let _ = state.out.send(ServerFrame::Reject {
+            handle: header.handle,
+            chunk: header.chunk,
+            reason: "chunk hash mismatch".into(),
+        });
+        return Ok(());
+    }
+    if let Err(e) = job
+        .write_all(header.chunk.file, layout.offset(header.chunk.index), data)
+        .await
+    {
+        let reason = format!("writing to destination: {e}");
+        job.fail(reason.clone());
+        let _ = state.out.send(ServerFrame::JobFailed {
+            handle: header.handle,
+            job_id: job.open().job_id,
+            reason,
+            permanent: !matches!(&e, GatewayError::Connector(c) if c.is_transient()),
+        });
+        return Err(e);
+    }
+    let _ = job.commit_tx.send(Pending {
+        chunk: header.chunk,
+        hash,
+        handle: header.handle,
+        reply: state.out.clone(),
+        _permit: permit,
+    });
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! The receiving gateway: accepts QUIC connections, authenticates tenants, receives and
+//! verifies chunks, writes them through connectors, makes them durable before
+//! acknowledging (group commit), and on completion signs the manifest and the receipt.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! DATA/keys/                       signing keys (crypto::FileKeyStore)
+//! DATA/tls/                        gateway certificate and key
+//! DATA/tenants.json                tenants and SHA-256 digests of their tokens
+//! DATA/jobs/<tenant>/<job id>/
+//!     job.json                     the job as opened (OpenJob)
+//!     chunks.log                   durable chunks: append-only records (protocol::encode_log_record)
+//!     manifest.json, receipt.json  once complete
+//! ```
+//!
+//! Rooms: `config` (settings and defaults), `connection` (`Hello` and authentication, the
+//! connection caps, the control stream), `chunks` (a chunk stream: read, hash check,
+//! write), `job` (a held job, its destinations and writers, the connector cache, open and
+//! resume), `journal` (the job directory, group commit), `seal` (commit, sign, ledger
+//! append), `retention` (old job directories). This file: errors, the shared state and the
+//! accept loop.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut as _, BytesMut};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
+use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter, VerifyMode};
+use trackshift_crypto::{
+    Confirmation, DeliveryStatus, FileKeyStore, Hash32, KeyBackend as _, LiveKeyStore, Manifest,
+    PublicKeyring, Purpose, Receipt, Signable as _, Timestamp,
+};
+
+use crate::protocol::{
+    self, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError, ReceiverJob,
+    ServerFrame,
+};
+use crate::tenants::LiveTenants;
+use crate::tls::GatewayIdentity;
+
+/// Why the gateway could not start or a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// File-system problem in the data directory.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Keys or signing.
+    #[error(transparent)]
+    Crypto(#[from] trackshift_crypto::CryptoError),
+    /// The ledger refused or failed an operation.
+    #[error(transparent)]
+    Ledger(#[from] trackshift_ledger::LedgerError),
+    /// The peer broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A destination failed.
+    #[error("destination: {0}")]
+    Connector(#[from] trackshift_connectors::ConnectorError),
+    /// TLS identity or endpoint set-up.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// Tenant configuration problem.
+    #[error("tenant configuration: {0}")]
+    Tenants(#[from] crate::tenants::TenantError),
+    /// A job was refused or failed (message is safe to send to the tenant).
+    #[error("{0}")]
+    Job(String),
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> GatewayError + 'a {
+    move |source| GatewayError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+mod chunks;
+mod config;
+mod connection;
+mod job;
+mod journal;
+mod retention;
+mod seal;
+
+use chunks::*;
+pub use config::*;
+use connection::*;
+use job::*;
+use journal::*;
+pub use retention::{SweepReport, sweep_interval};
+use seal::*;
+
+/// Adds a key for `tenant` to `DATA/tenants.json`, allowing it the destination prefixes
+/// `destinations` (added to its rules; see [`crate::tenants::add_key`]). A tenant without
+/// any destination rule writes nowhere.
+pub fn add_tenant(
+    data_dir: &Path,
+    tenant: &str,
+    token: &str,
+    destinations: &[&str],
+) -> Result<(), GatewayError> {
+    Ok(crate::tenants::add_key(
+        data_dir,
+        tenant,
+        token,
+        destinations,
+    )?)
+}
+
+/// Creates a random token (256 bits, hex).
+pub fn generate_token() -> String {
+    crate::tenants::generate_key()
+}
+
+struct Shared {
+    data_dir: PathBuf,
+    /// The signing keys, loaded (and their files checked) at bind, so a job never reaches
+    /// its end to find it cannot sign; they follow `keys rotate` on disk (each signature
+    /// uses the key valid at its signing time in the store as it is then).
+    keys: LiveKeyStore,
+    tenants: Arc<LiveTenants>,
+    service_key: Option<Arc<crate::tenants::ServiceKey>>,
+    /// Jobs some connection (or finish) holds now, by (tenant, job id); weak, so that a job
+    /// nothing holds is dropped with everything it owns (writers, chunk log, committer)
+    /// and is loaded from its directory when it is opened again.
+    jobs: Mutex<JobMap>,
+    /// One lock per job being opened now, so opens of one job run one at a time.
+    opening: Mutex<HashMap<JobKey, Arc<tokio::sync::Mutex<()>>>>,
+    ledger: trackshift_ledger::Log,
+    verify: VerifyMode,
+    connectors: ConnectorFactory,
+    /// Connectors by destination URI, shared by every job that writes there (so jobs to
+    /// one server share its connections).
+    connector_cache: Mutex<HashMap<ConnectorKey, Arc<dyn Connector>>>,
+    /// Per-tenant quotas: open jobs, receive rate, part of the memory budget.
+    quotas: Arc<crate::quota::Quotas>,
+    connections: AtomicU64,
+    jobs_completed: AtomicU64,
+    jobs_failed: AtomicU64,
+    /// Open connections per source address (see [`address_key`]).
+    per_address: Mutex<HashMap<std::net::IpAddr, usize>>,
+    max_connections_per_ip: usize,
+    auth_timeout: std::time::Duration,
+    /// Places for connections not authenticated yet (see
+    /// [`GatewayConfig::max_unauthenticated`]).
+    unauthenticated: Arc<Semaphore>,
+    max_unauthenticated: usize,
+    /// Places among the files being written (see [`GatewayConfig::max_open_files`]).
+    open_files: Arc<Semaphore>,
+    /// See [`GatewayConfig::max_jobs_per_connection`].
+    max_jobs_per_connection: usize,
+    /// See [`GatewayConfig::job_retention`].
+    job_retention: Option<std::time::Duration>,
+}
+
+/// Counters of a running gateway since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Sender connections that completed the QUIC handshake.
+    pub connections: u64,
+    /// Jobs that completed with a signed receipt.
+    pub jobs_completed: u64,
+    /// Jobs refused at open or failed at finish (verification or commit).
+    pub jobs_failed: u64,
+}
+
+/// What [`Gateway::reload_keys`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysReloaded {
+    /// The manifest and receipt keys.
+    pub documents: trackshift_crypto::live::Reloaded,
+    /// Whether the ledger's checkpoint keys were loaded again.
+    pub ledger: bool,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    identity: GatewayIdentity,
+}
+
+impl Gateway {
+    /// Loads (or creates on first start) the keys and TLS identity, then binds the
+    /// endpoint. Every secret file is read and checked (owner-only, see
+    /// [`trackshift_crypto::filestore::read_secret`]) before the endpoint is bound.
+    pub async fn bind(cfg: GatewayConfig) -> Result<Self, GatewayError> {
+        let data = &cfg.data_dir;
+        fs::create_dir_all(data.join("jobs")).map_err(io("creating", data))?;
+        let keys_dir = data.join("keys");
+        if !keys_dir.join("keyring.json").exists() {
+            FileKeyStore::init(&keys_dir, Timestamp::now())?;
+        }
+        let keys = LiveKeyStore::open(&keys_dir)?;
+        let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
+            .map_err(crate::transport::TransportError::from)?;
+        let tenants = match &cfg.tenants {
+            Some(t) => t.clone(),
+            None => Arc::new(LiveTenants::load(data)?),
+        };
+        if tenants.current().file.tenants.is_empty() {
+            warn!(
+                "no tenants configured in {}: every sender will be refused",
+                data.join("tenants.json").display()
+            );
+        }
+        let budget_max = u32::try_from(cfg.memory_budget)
+            .unwrap_or(u32::MAX)
+            .max(1 << 20);
+        let ledger = match &cfg.ledger {
+            Some(l) => l.clone(),
+            None => trackshift_ledger::Log::File(Arc::new(trackshift_ledger::Ledger::open(
+                data.join("ledger"),
+                &cfg.ledger_origin,
+            )?)),
+        };
+        let endpoint = crate::transport::server_endpoint(cfg.listen, &identity, cfg.pq_only)?;
+        let shared = Arc::new(Shared {
+            data_dir: data.clone(),
+            ledger,
+            verify: cfg.verify,
+            connectors: cfg.connectors.clone(),
+            connector_cache: Mutex::new(HashMap::new()),
+            keys,
+            tenants,
+            service_key: cfg.service_key.clone(),
+            jobs: Mutex::new(JobMap::default()),
+            opening: Mutex::new(HashMap::new()),
+            quotas: Arc::new(crate::quota::Quotas::new(
+                Arc::new(Semaphore::new(budget_max as usize)),
+                budget_max,
+            )),
+            connections: AtomicU64::new(0),
+            jobs_completed: AtomicU64::new(0),
+            jobs_failed: AtomicU64::new(0),
+            per_address: Mutex::new(HashMap::new()),
+            max_connections_per_ip: cfg.max_connections_per_ip.max(1),
+            auth_timeout: cfg.auth_timeout,
+            unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated.max(1))),
+            max_unauthenticated: cfg.max_unauthenticated.max(1),
+            open_files: Arc::new(Semaphore::new(cfg.max_open_files.max(1))),
+            max_jobs_per_connection: cfg.max_jobs_per_connection.max(1),
+            job_retention: cfg.job_retention,
+        });
+        info!(addr = %endpoint.local_addr().map_err(io("binding", data))?, fingerprint = %identity.fingerprint(), max_open_files = cfg.max_open_files, "gateway listening");
+        Ok(Self {
+            endpoint,
+            shared,
+            identity,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    /// SHA-256 fingerprint of the gateway certificate (what senders pin).
+    pub fn fingerprint(&self) -> String {
+        self.identity.fingerprint()
+    }
+
+    /// The public keys auditors need to verify this gateway's manifests, receipts and
+    /// ledger checkpoints.
+    pub fn public_keyring(&self) -> Result<PublicKeyring, GatewayError> {
+        let mut ring = self.shared.keys.public_keyring()?;
+        ring.ledger = Some(self.shared.ledger.public_keys().clone());
+        Ok(ring)
+    }
+
+    /// Loads the signing keys (manifest, receipt, and the ledger's checkpoint keys) again
+    /// if they changed on disk (`force`: in any case), checking every secret file as at
+    /// start. Signing does this by itself before each signature; SIGHUP calls it to load
+    /// (and report) a rotation at once.
+    pub fn reload_keys(&self, force: bool) -> Result<KeysReloaded, GatewayError> {
+        let documents = self.shared.keys.reload(force);
+        let ledger = self.shared.ledger.reload_keys(force);
+        Ok(KeysReloaded {
+            documents: documents?,
+            ledger: ledger?,
+        })
+    }
+
+    /// The gateway's ledger (read-only use: checkpoints and proofs for auditors).
+    pub fn ledger(&self) -> &trackshift_ledger::Log {
+        &self.shared.ledger
+    }
+
+    /// Checks every destination in use (the connectors jobs have opened), each bounded by
+    /// `timeout`, concurrently. Returns how many were checked and the failing URIs with
+    /// their errors (no credentials: URIs never hold any).
+    pub async fn check_destinations(
+        &self,
+        timeout: std::time::Duration,
+    ) -> (usize, Vec<(String, String)>) {
+        let connectors: Vec<Arc<dyn Connector>> = self
+            .shared
+            .connector_cache
+            .lock()
+            .expect("connector cache lock")
+            .values()
+            .cloned()
+            .collect();
+        let checks = connectors.iter().map(|c| async move {
+            let res = match tokio::time::timeout(timeout, c.check()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {timeout:?}")),
+            };
+            res.map(|e| (c.uri().to_string(), e))
+        });
+        let failing = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        (connectors.len(), failing)
+    }
+
+    /// Removes the directories of jobs nothing has touched for longer than `older_than`
+    /// and nothing holds now (a finished job's documents stay in the ledger; an abandoned
+    /// job's partial destination objects are discarded). The gateway does this by itself
+    /// every [`sweep_interval`] when [`GatewayConfig::job_retention`] is set.
+    pub async fn sweep_jobs(&self, older_than: std::time::Duration) -> SweepReport {
+        retention::sweep(&self.shared, older_than).await
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> GatewayStats {
+        GatewayStats {
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            jobs_completed: self.shared.jobs_completed.load(Ordering::Relaxed),
+            jobs_failed: self.shared.jobs_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What `tenant` uses on this gateway now (open jobs, chunk memory).
+    pub fn tenant_usage(&self, tenant: &str) -> crate::quota::TenantUsage {
+        self.shared.quotas.usage(tenant)
+    }
+
+    /// Serves connections until [`Gateway::close`] is called (or the endpoint fails).
+    pub async fn serve(&self) {
+        // Job directories past their retention go while the gateway serves.
+        let sweeper = self.shared.job_retention.map(|retention| {
+            let shared = Arc::downgrade(&self.shared);
+            tokio::spawn(async move {
+                loop {
+                    let Some(s) = shared.upgrade() else { break };
+                    let report = retention::sweep(&s, retention).await;
+                    drop(s);
+                    if report != SweepReport::default() {
+                        info!(?report, "job retention sweep");
+                    }
+                    tokio::time::sleep(sweep_interval(retention)).await;
+                }
+            })
+        });
+        self.accept().await;
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+    }
+
+    async fn accept(&self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let shared = self.shared.clone();
+            let Ok(place) = shared.unauthenticated.clone().try_acquire_owned() else {
+                debug!(peer = %incoming.remote_address(), "too many unauthenticated connections; refused");
+                incoming.refuse();
+                continue;
+            };
+            // Under pressure, only peers that proved their address get handshake work.
+            if shared.unauthenticated.available_permits() < shared.max_unauthenticated / 2
+                && incoming.may_retry()
+            {
+                drop(place);
+                let _ = incoming.retry();
+                continue;
+            }
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        shared.connections.fetch_add(1, Ordering::Relaxed);
+                        let peer = conn.remote_address();
+                        if let Err(e) = handle_connection(shared, conn, place).await {
+                            debug!(%peer, error = %e, "connection ended");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "handshake failed"),
+                }
+            });
+        }
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"gateway shutting down");
+    }
+}
