@@ -1,0 +1,497 @@
+//! The sending side: reads a file or directory in chunks, hashes each chunk, and streams
+//! them to a gateway over QUIC, one unidirectional stream per chunk, many in flight, within a
+//! memory budget. Chunks are read into `Bytes` and handed to QUIC without another copy.
+//! When the connection drops it reconnects and sends only what the gateway does not hold.
+//!
+//! Rooms: `source` (reading the files, a few open at a time), `job` (one job's state across
+//! connections), `connection` (one connection: control events, chunk streams, cancel). This
+//! file: errors, settings, reports and the reconnect loop (`send_jobs`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::{debug, info, warn};
+use trackshift_crypto::{ChunkLayout, Hash32};
+
+use crate::budget::BudgetPermit;
+pub use crate::budget::SharedBudget;
+use crate::protocol::{
+    self, ChunkHeader, ChunkRef, ClientFrame, FileSpec, FrameDecoder, OpenJob, ProtocolError,
+    Secret, SenderJob, ServerFrame,
+};
+use crate::tls::ServerTrust;
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The source could not be read.
+    #[error(transparent)]
+    Source(#[from] crate::scan::ScanError),
+    /// The gateway refused the connection (bad token, version).
+    #[error("gateway refused the connection: {0}")]
+    Refused(String),
+    /// The gateway failed the job.
+    #[error("job failed at the gateway: {reason}")]
+    JobFailed {
+        /// The gateway's reason.
+        reason: String,
+        /// True when retrying cannot help.
+        permanent: bool,
+    },
+    /// The gateway had no room for the job (its tenant is at `max_concurrent_jobs`)
+    /// however long the send waited: nothing is wrong with the job; try again later.
+    #[error("the gateway is busy with this tenant's other jobs: {reason}")]
+    Busy {
+        /// The gateway's reason (names the quota).
+        reason: String,
+    },
+    /// The protocol was broken (by either side).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// Connecting or the connection failed.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// Endpoint set-up.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// A source file could not be read during the send (removed, truncated, I/O error).
+    #[error("reading the source: {0}")]
+    SourceRead(String),
+    /// The send was cancelled (see [`SendConfig::cancel`]).
+    #[error("cancelled")]
+    Cancelled,
+    /// Gave up after repeated connection failures.
+    #[error(
+        "gave up after {attempts} connection attempts in {seconds} s without reaching the gateway; last error: {last}"
+    )]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Seconds since the gateway was last reachable.
+        seconds: u64,
+        /// The last error.
+        last: String,
+    },
+}
+
+impl SendError {
+    fn retryable(&self) -> bool {
+        match self {
+            SendError::Connection(_) => true,
+            SendError::JobFailed { permanent, .. } => !permanent,
+            _ => false,
+        }
+    }
+}
+
+/// Deliberate faults for tests of the recovery paths.
+#[derive(Debug, Default)]
+pub struct FaultInjection {
+    /// Flip one bit of the first non-empty chunk after hashing it, once (the gateway must
+    /// reject it and receive a good copy).
+    pub corrupt_first_chunk: AtomicBool,
+    /// Close the connection after this many chunks were sent, once (the sender must
+    /// reconnect and resume).
+    pub drop_connection_after: std::sync::Mutex<Option<u64>>,
+    /// Run once after every source was listed and before any chunk is read (a test
+    /// changes the source tree here).
+    pub after_listing: std::sync::Mutex<Option<TestHook>>,
+}
+
+/// A test's action for [`FaultInjection::after_listing`].
+pub struct TestHook(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for TestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestHook")
+    }
+}
+
+/// How long a send keeps trying to reach a gateway it lost, by default.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Longest wait between two connection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The wait before reconnect attempt `attempt` (1, 2, ...): 200 ms doubling up to
+/// [`MAX_BACKOFF`], with jitter (see [`crate::jobs::model::backoff`]) so that many senders
+/// cut off together do not come back in step; never past `remaining`.
+pub fn backoff(attempt: u32, remaining: Duration) -> Duration {
+    crate::jobs::model::backoff(
+        attempt,
+        Duration::from_millis(100),
+        MAX_BACKOFF,
+        fastrand::f64(),
+    )
+    .min(remaining)
+}
+
+/// Settings of one send.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// Gateway address.
+    pub gateway: SocketAddr,
+    /// Name the gateway certificate must carry (`localhost` for generated ones).
+    pub server_name: String,
+    /// How the gateway's certificate is trusted.
+    pub trust: ServerTrust,
+    /// Tenant token.
+    pub token: String,
+    /// Destination URIs at the gateway (one or more; the data is sent once).
+    pub destinations: Vec<String>,
+    /// Chunk size (power of two).
+    pub chunk_size: u64,
+    /// Most chunk bytes read but not yet acknowledged.
+    pub in_flight_bytes: u64,
+    /// Only the X25519MLKEM768 key exchange.
+    pub pq_only: bool,
+    /// Job id (default: a new UUID).
+    pub job_id: Option<String>,
+    /// Correlation id recorded in logs and the receipt.
+    pub correlation_id: Option<String>,
+    /// How often to reconnect after a dropped connection before giving up.
+    pub max_reconnects: u32,
+    /// How long to keep trying to reach the gateway after the connection is lost (or the
+    /// first connection fails) before giving up; restarts after every connection on which
+    /// the gateway authenticated the sender. It also bounds how long a job the gateway
+    /// failed transiently (say its ledger could not write) is opened again.
+    pub retry_for: Duration,
+    /// How long the connection may be silent before it counts as dead (QUIC idle timeout;
+    /// keep-alives go out every [`crate::transport::KEEP_ALIVE`]).
+    pub idle_timeout: Duration,
+    /// Test faults.
+    pub faults: Arc<FaultInjection>,
+    /// A memory budget shared with other sends (bytes as permits); when set, this send's
+    /// chunks wait for it as well as for `in_flight_bytes`.
+    pub shared_budget: Option<SharedBudget>,
+    /// Set to `true` to cancel: the gateway is told to drop the jobs' partial data and the
+    /// send ends with [`SendError::Cancelled`].
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Places, shared by many sends, for setting a connection up (its handshake, until
+    /// every job on it is open at the gateway): bounds the setup work done at once, so
+    /// that when many jobs start together the chunks already in flight are not starved
+    /// of CPU by handshakes (the job runner's [`crate::jobs::runner::RunnerConfig::max_connecting`]).
+    pub setup_slots: Option<Arc<Semaphore>>,
+    /// Called with each chunk's latency (sent until acknowledged as durable).
+    pub chunk_latency: Option<LatencyHook>,
+    /// A bandwidth limit shared with other sends (for example one tenant's jobs).
+    pub rate: Option<Arc<trackshift_connectors::ByteRate>>,
+    /// A client endpoint (one UDP socket and its receive buffers) shared with other sends
+    /// to the same gateway, for example every job of a job service; its trust, key
+    /// exchange and idle timeout apply instead of this config's. Without it each send
+    /// makes and closes its own.
+    pub endpoint: Option<quinn::Endpoint>,
+}
+
+/// Receives per-chunk latencies (see [`SendConfig::chunk_latency`]).
+#[derive(Clone)]
+pub struct LatencyHook(pub Arc<dyn Fn(Duration) + Send + Sync>);
+
+impl std::fmt::Debug for LatencyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LatencyHook")
+    }
+}
+
+impl SendConfig {
+    /// Defaults: 4 MiB chunks, 256 MiB in flight, 20 reconnects within
+    /// [`DEFAULT_RETRY_FOR`], a dead gateway noticed after [`crate::transport::IDLE_TIMEOUT`].
+    pub fn new(
+        gateway: SocketAddr,
+        trust: ServerTrust,
+        token: impl Into<String>,
+        destination: impl Into<String>,
+    ) -> Self {
+        Self {
+            gateway,
+            server_name: "localhost".into(),
+            trust,
+            token: token.into(),
+            destinations: vec![destination.into()],
+            chunk_size: trackshift_crypto::hash::DEFAULT_CHUNK_SIZE,
+            in_flight_bytes: 256 << 20,
+            pq_only: false,
+            job_id: None,
+            correlation_id: None,
+            max_reconnects: 20,
+            retry_for: DEFAULT_RETRY_FOR,
+            idle_timeout: crate::transport::IDLE_TIMEOUT,
+            faults: Arc::new(FaultInjection::default()),
+            shared_budget: None,
+            cancel: None,
+            setup_slots: None,
+            chunk_latency: None,
+            rate: None,
+            endpoint: None,
+        }
+    }
+}
+
+/// Progress of a send, reported as acknowledgements arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Bytes the gateway acknowledged (verified and durable).
+    pub acked_bytes: u64,
+    /// Bytes in the job.
+    pub total_bytes: u64,
+    /// Time since the send started.
+    pub elapsed: Duration,
+}
+
+/// Outcome of a completed send.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// The job id.
+    pub job_id: String,
+    /// The signed manifest (JSON).
+    pub manifest: String,
+    /// The signed receipt (JSON) of the first destination.
+    pub receipt: String,
+    /// The signed receipts (JSON), one per destination, in order (the first is `receipt`).
+    pub receipts: Vec<String>,
+    /// Bytes in the job.
+    pub bytes: u64,
+    /// Chunk streams sent (more than the chunk count when chunks were resent).
+    pub chunks_sent: u64,
+    /// Reconnections needed.
+    pub reconnects: u32,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+mod connection;
+mod job;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use connection::*;
+use job::*;
+use source::*;
+pub use source::{OPEN_FILES_PER_JOB, READS_IN_FLIGHT};
+
+/// One job of a multi-job send: what to send and where.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// File or directory tree to send.
+    pub path: PathBuf,
+    /// Destination URIs at the gateway (one or more).
+    pub destinations: Vec<String>,
+    /// Job id (default: a new UUID). Reuse one to resume an interrupted job.
+    pub job_id: Option<String>,
+    /// Correlation id recorded in logs and the receipt.
+    pub correlation_id: Option<String>,
+    /// Data classification checked against the tenant's destination policy.
+    pub classification: Option<String>,
+    /// Fail-closed for this job (see [`OpenJob::strict`]).
+    pub strict: Option<bool>,
+    /// Read the source only beneath a tenant's source directory (the job service, reading
+    /// on a tenant's behalf): `path` is then only the name shown in the manifest, and every
+    /// listing and read resolves `confined` beneath its root without following links
+    /// (see [`crate::scan::list_confined`]).
+    pub confined: Option<crate::scan::Confined>,
+}
+
+impl JobRequest {
+    /// A job sending `path` to `destination` with a fresh job id.
+    pub fn new(path: impl Into<PathBuf>, destination: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            destinations: vec![destination.into()],
+            job_id: None,
+            correlation_id: None,
+            classification: None,
+            strict: None,
+            confined: None,
+        }
+    }
+
+    /// A job sending a tenant's confined source to `destination` with a fresh job id.
+    pub fn confined(source: crate::scan::Confined, destination: impl Into<String>) -> Self {
+        Self {
+            confined: Some(source.clone()),
+            ..Self::new(source.path(), destination)
+        }
+    }
+}
+
+/// Sends `path` (a file or a directory tree) to the gateway and returns the signed manifest
+/// and receipt. `progress` is called as chunks are acknowledged.
+pub async fn send_path(
+    path: &Path,
+    cfg: &SendConfig,
+    progress: impl Fn(Progress) + Send + Sync,
+) -> Result<SendReport, SendError> {
+    let request = JobRequest {
+        path: path.to_path_buf(),
+        destinations: cfg.destinations.clone(),
+        job_id: cfg.job_id.clone(),
+        correlation_id: cfg.correlation_id.clone(),
+        classification: None,
+        strict: None,
+        confined: None,
+    };
+    send_jobs(vec![request], cfg, |_, p| progress(p))
+        .await
+        .pop()
+        .expect("one result per job")
+}
+
+/// Sends several jobs over one QUIC connection (one control stream, chunks of all jobs
+/// interleaved on parallel streams, one shared in-flight budget). Returns one result per
+/// request, in order: a job that fails (unreadable source, refused destination) does not
+/// stop the others. `progress` gets the job's index and its progress. After a dropped
+/// connection every unfinished job resumes on the new one. `cfg.destination`, `cfg.job_id`
+/// and `cfg.correlation_id` are ignored here; each request carries its own.
+pub async fn send_jobs(
+    requests: Vec<JobRequest>,
+    cfg: &SendConfig,
+    progress: impl Fn(usize, Progress) + Send + Sync,
+) -> Vec<Result<SendReport, SendError>> {
+    let started = Instant::now();
+    let mut jobs: Vec<ActiveJob> = Vec::with_capacity(requests.len());
+    let mut results: Vec<Option<Result<SendReport, SendError>>> = Vec::new();
+    for req in &requests {
+        match ActiveJob::prepare(req, cfg.chunk_size) {
+            Ok(j) => {
+                jobs.push(j);
+                results.push(None);
+            }
+            Err(e) => {
+                // Placeholder state so indices line up; it is never opened.
+                jobs.push(ActiveJob::failed());
+                results.push(Some(Err(e)));
+            }
+        }
+    }
+    for (job, res) in jobs.iter_mut().zip(&results) {
+        job.done = res.is_some();
+    }
+    let hook = cfg.faults.after_listing.lock().expect("fault lock").take();
+    if let Some(TestHook(hook)) = hook {
+        hook();
+    }
+    let finish = |jobs: Vec<ActiveJob>,
+                  mut results: Vec<Option<Result<SendReport, SendError>>>,
+                  reconnects: u32| {
+        jobs.into_iter()
+            .zip(results.iter_mut())
+            .map(|(job, slot)| {
+                slot.take().unwrap_or_else(|| match job.outcome {
+                    Some(Ok((manifest, receipts))) => Ok(SendReport {
+                        job_id: job.open.job_id.clone(),
+                        manifest,
+                        receipt: receipts.first().cloned().unwrap_or_default(),
+                        receipts,
+                        bytes: job.total_bytes,
+                        chunks_sent: job.chunks_sent,
+                        reconnects,
+                        elapsed: job.finished.unwrap_or_else(|| started.elapsed()),
+                    }),
+                    Some(Err(e)) => Err(e),
+                    None => Err(SendError::Connection("the send ended early".into())),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    if jobs.iter().all(|j| j.done) {
+        return finish(jobs, results, 0);
+    }
+    let bind: SocketAddr = if cfg.gateway.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let own_endpoint = cfg.endpoint.is_none();
+    let made = match &cfg.endpoint {
+        Some(shared) => Ok(shared.clone()),
+        None => {
+            crate::transport::client_endpoint_with(bind, &cfg.trust, cfg.pq_only, cfg.idle_timeout)
+        }
+    };
+    let endpoint = match made {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = e.to_string();
+            for (job, slot) in jobs.iter().zip(results.iter_mut()) {
+                if !job.done {
+                    *slot = Some(Err(SendError::Connection(format!(
+                        "setting up the endpoint: {msg}"
+                    ))));
+                }
+            }
+            return finish(jobs, results, 0);
+        }
+    };
+    let report = |i: usize, acked: u64, total: u64| {
+        progress(
+            i,
+            Progress {
+                acked_bytes: acked,
+                total_bytes: total,
+                elapsed: started.elapsed(),
+            },
+        )
+    };
+    let mut reconnects = 0u32;
+    // Since when the gateway has not been reachable (reset by every authenticated connection).
+    let mut outage = Instant::now();
+    loop {
+        let mut welcomed = false;
+        let outcome = connection(&endpoint, cfg, &mut jobs, started, &report, &mut welcomed).await;
+        if welcomed {
+            outage = Instant::now();
+        }
+        let remaining = cfg.retry_for.saturating_sub(outage.elapsed());
+        match outcome {
+            Ok(()) => break,
+            Err(e) if e.retryable() && reconnects < cfg.max_reconnects && !remaining.is_zero() => {
+                reconnects += 1;
+                let wait = backoff(reconnects, remaining);
+                warn!(error = %e, attempt = reconnects, backoff = ?wait, "connection lost; resuming");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                let e = if e.retryable() {
+                    SendError::GaveUp {
+                        attempts: reconnects + 1,
+                        seconds: outage.elapsed().as_secs(),
+                        last: e.to_string(),
+                    }
+                } else {
+                    e
+                };
+                // Every unfinished job gets the error: the first one the error itself, the
+                // others a copy of its text (refusals and cancellations keep their kind).
+                let refused = match &e {
+                    SendError::Refused(r) => Some(r.clone()),
+                    _ => None,
+                };
+                let cancelled_all = matches!(e, SendError::Cancelled);
+                let text = e.to_string();
+                let mut original = Some(e);
+                for job in jobs.iter_mut().filter(|j| j.outcome.is_none() && !j.done) {
+                    let err = original.take().unwrap_or_else(|| match &refused {
+                        Some(r) => SendError::Refused(r.clone()),
+                        None if cancelled_all => SendError::Cancelled,
+                        None => SendError::Connection(text.clone()),
+                    });
+                    job.outcome = Some(Err(err));
+                }
+                break;
+            }
+        }
+    }
+    if own_endpoint {
+        endpoint.close(0u32.into(), b"done");
+    }
+    finish(jobs, results, reconnects)
+}
