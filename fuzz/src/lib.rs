@@ -1,9 +1,9 @@
 //! What the fuzz targets run: the engine's pure parsers and state machines compiled from
-//! their own sources (`engine/src/protocol.rs`, `engine/src/jobs/model.rs`), so that the
+//! their own sources (`engine/src/protocol/`, `engine/src/jobs/model.rs`), so that the
 //! instrumented build does not pull in QUIC, SQLite and the connectors (it stays within
 //! CI's few minutes), and the property checks of `checks.rs`.
 
-#[path = "../../engine/src/protocol.rs"]
+#[path = "../../engine/src/protocol/mod.rs"]
 pub mod protocol;
 
 /// `trackshift_engine::jobs`' submission model (`JobSpec`).
