@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use trackshift_engine::connectors::destination::{self, Destination};
 use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::sender::{Progress, SendConfig, SendReport, send_path};
 use trackshift_engine::tls::ServerTrust;
@@ -565,13 +566,21 @@ pub async fn send(args: SendArgs) -> Result<()> {
     );
     cfg.destinations = args.dest.clone();
     cfg.server_name = args.server_name.clone();
-    cfg.chunk_size =
-        args.chunk_size
-            .unwrap_or(if args.dest.iter().any(|d| d.starts_with("s3://")) {
-                8 << 20
-            } else {
-                4 << 20
-            });
+    cfg.chunk_size = match args.chunk_size {
+        Some(c) => c,
+        None => {
+            let schemes = args
+                .dest
+                .iter()
+                .map(|d| {
+                    Destination::parse(d)
+                        .map(|d| d.scheme())
+                        .with_context(|| format!("--dest {d}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            destination::default_chunk_size(schemes)
+        }
+    };
     cfg.in_flight_bytes = args.in_flight;
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;

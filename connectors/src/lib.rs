@@ -13,11 +13,14 @@
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
 pub mod beneath;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod create_only;
 pub mod destination;
 mod error;
 pub mod ftps;
 mod local;
+pub mod memory;
 mod null;
 pub mod object;
 pub mod retry;
@@ -33,6 +36,7 @@ pub use destination::{Authority, Destination, DestinationError, OptionKind, Sche
 pub use error::ConnectorError;
 pub use ftps::FtpsConnector;
 pub use local::LocalConnector;
+pub use memory::MemoryConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;
 pub use sftp::SftpConnector;

@@ -299,3 +299,43 @@ async fn resume_does_not_claim_a_file_it_never_renamed() {
         Err(ConnectorError::Exists(_))
     ));
 }
+
+/// Local disk in a fresh directory, as the conformance suite sees it (the workspace's
+/// `tests/connectors.rs` runs it again with the 1 GiB case, beside the servers).
+struct Local(tempfile::TempDir);
+
+impl crate::conformance::Subject for Local {
+    fn name(&self) -> &str {
+        "file"
+    }
+    fn connector(&self, overwrite: bool, verify: VerifyMode) -> Arc<dyn Connector> {
+        let uri = format!("file://{}", self.0.path().display());
+        let mut dest = crate::Destination::parse(&uri).unwrap();
+        if overwrite {
+            dest = dest.with_option("overwrite", "true").unwrap();
+        }
+        crate::connect(&dest, verify, &crate::Settings::Process).unwrap()
+    }
+    fn capabilities(&self) -> crate::conformance::Capabilities {
+        crate::conformance::Capabilities::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_disk_keeps_the_connector_contract() {
+    let local = Local(tempfile::tempdir().unwrap());
+    crate::conformance::run_all(&local).await;
+    // Nothing temporary is left beside the objects.
+    let mut left = Vec::new();
+    let mut dirs = vec![local.0.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(".tspart") {
+                left.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

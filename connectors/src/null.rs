@@ -91,3 +91,31 @@ impl ObjectWriter for NullWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{self, Capabilities, Subject};
+
+    struct Null;
+
+    impl Subject for Null {
+        fn name(&self) -> &str {
+            "null"
+        }
+        fn connector(&self, _overwrite: bool, _verify: crate::VerifyMode) -> Arc<dyn Connector> {
+            Arc::new(NullConnector::new("null://"))
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                discards: true,
+                ..Capabilities::default()
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn null_keeps_what_of_the_contract_a_discarding_destination_can() {
+        conformance::run_all(&Null).await;
+    }
+}

@@ -42,8 +42,7 @@ use crate::{
     check_object_path,
 };
 
-/// The smallest part S3 accepts (all parts but the last).
-pub const S3_MIN_PART: u64 = 5 << 20;
+pub use crate::destination::S3_MIN_PART;
 /// The most parts of one S3 multipart upload.
 pub const S3_MAX_PARTS: u64 = 10_000;
 /// The most blocks of one Azure block blob.

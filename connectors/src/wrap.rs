@@ -7,7 +7,9 @@
 //! - [`ThrottledConnector`]: at most a given number of bytes per second written (GCRA rate
 //!   limiter from `governor`), shared by all objects.
 //!
-//! [`wrap`] applies the ones a [`Wrapping`] asks for.
+//! Each is generic over what it wraps (`PrefixConnector<LocalConnector>`), `dyn Connector`
+//! by default; [`wrap`] applies the ones a [`Wrapping`] asks for. Every one runs the
+//! conformance suite in this module's tests.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -106,14 +108,14 @@ fn new_slots(n: usize) -> Result<Arc<Semaphore>, ConnectorError> {
 
 /// Puts every object under a fixed prefix.
 #[derive(Debug)]
-pub struct PrefixConnector {
-    inner: Arc<dyn Connector>,
+pub struct PrefixConnector<C: ?Sized = dyn Connector> {
+    inner: Arc<C>,
     prefix: String,
 }
 
-impl PrefixConnector {
+impl<C: Connector + ?Sized> PrefixConnector<C> {
     /// `prefix` must be a safe relative path (no `..`, no leading `/`).
-    pub fn new(inner: Arc<dyn Connector>, prefix: &str) -> Result<Self, ConnectorError> {
+    pub fn new(inner: Arc<C>, prefix: &str) -> Result<Self, ConnectorError> {
         let prefix = prefix.trim_matches('/');
         check_object_path(prefix)?;
         Ok(Self {
@@ -129,7 +131,7 @@ impl PrefixConnector {
 }
 
 #[async_trait]
-impl Connector for PrefixConnector {
+impl<C: Connector + ?Sized> Connector for PrefixConnector<C> {
     fn uri(&self) -> &str {
         self.inner.uri()
     }
@@ -158,14 +160,14 @@ impl Connector for PrefixConnector {
 
 /// Limits how many chunk writes and read-backs are in flight at once.
 #[derive(Debug)]
-pub struct LimitConnector {
-    inner: Arc<dyn Connector>,
+pub struct LimitConnector<C: ?Sized = dyn Connector> {
+    inner: Arc<C>,
     slots: Arc<Semaphore>,
 }
 
-impl LimitConnector {
+impl<C: Connector + ?Sized> LimitConnector<C> {
     /// At most `n` (at least 1) operations in flight.
-    pub fn new(inner: Arc<dyn Connector>, n: usize) -> Result<Self, ConnectorError> {
+    pub fn new(inner: Arc<C>, n: usize) -> Result<Self, ConnectorError> {
         Ok(Self {
             inner,
             slots: new_slots(n)?,
@@ -181,7 +183,7 @@ async fn slot(slots: &Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, Con
 }
 
 #[async_trait]
-impl Connector for LimitConnector {
+impl<C: Connector + ?Sized> Connector for LimitConnector<C> {
     fn uri(&self) -> &str {
         self.inner.uri()
     }
@@ -242,12 +244,12 @@ impl ObjectWriter for LimitWriter {
 }
 
 /// Limits the bytes written per second, across all objects of the connector.
-pub struct ThrottledConnector {
-    inner: Arc<dyn Connector>,
+pub struct ThrottledConnector<C: ?Sized = dyn Connector> {
+    inner: Arc<C>,
     limiter: Arc<ByteRate>,
 }
 
-impl std::fmt::Debug for ThrottledConnector {
+impl<C: Connector + ?Sized> std::fmt::Debug for ThrottledConnector<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThrottledConnector")
             .field("inner", &self.inner)
@@ -336,9 +338,9 @@ impl ByteRate {
     }
 }
 
-impl ThrottledConnector {
+impl<C: Connector + ?Sized> ThrottledConnector<C> {
     /// At most `bytes_per_second` (at least 1 KiB/s) written.
-    pub fn new(inner: Arc<dyn Connector>, bytes_per_second: u64) -> Result<Self, ConnectorError> {
+    pub fn new(inner: Arc<C>, bytes_per_second: u64) -> Result<Self, ConnectorError> {
         Ok(Self {
             inner,
             limiter: Arc::new(ByteRate::new(bytes_per_second)?),
@@ -347,7 +349,7 @@ impl ThrottledConnector {
 }
 
 #[async_trait]
-impl Connector for ThrottledConnector {
+impl<C: Connector + ?Sized> Connector for ThrottledConnector<C> {
     fn uri(&self) -> &str {
         self.inner.uri()
     }

@@ -14,6 +14,11 @@ pub mod jobs;
 #[path = "../../connectors/src/destination/mod.rs"]
 pub mod destination;
 
+/// What the engine's sources call `crate::connectors`.
+mod connectors {
+    pub use super::destination;
+}
+
 /// What `checks.rs` calls `crate::engine` (in the engine's tests, `trackshift_engine`).
 mod engine {
     pub use super::{jobs, protocol};

@@ -104,6 +104,29 @@ impl Scheme {
     pub fn option(self, name: &str) -> Option<&'static OptionSpec> {
         self.options().iter().find(|o| o.name == name)
     }
+
+    /// The smallest part (but the last) a multipart upload to this kind of destination
+    /// takes: [`S3_MIN_PART`] for S3, 1 byte elsewhere. A connector's own
+    /// `Connector::min_chunk_size` adds its limits by object size.
+    pub fn min_part_size(self) -> u64 {
+        match self {
+            Scheme::S3 => S3_MIN_PART,
+            _ => 1,
+        }
+    }
+}
+
+/// S3's smallest part of a multipart upload, but the last (5 MiB).
+pub const S3_MIN_PART: u64 = 5 << 20;
+
+/// The chunk size of a job to destinations of these `schemes` that names none: the default
+/// (4 MiB), or the power of two at or above the largest smallest part among them (8 MiB
+/// when one is S3).
+pub fn default_chunk_size(schemes: impl IntoIterator<Item = Scheme>) -> u64 {
+    schemes
+        .into_iter()
+        .map(|s| s.min_part_size().next_power_of_two())
+        .fold(trackshift_crypto::hash::DEFAULT_CHUNK_SIZE, u64::max)
 }
 
 /// Who may set an option.

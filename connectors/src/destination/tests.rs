@@ -191,3 +191,15 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_default_chunk_size_follows_the_smallest_part_of_each_scheme() {
+    assert_eq!(default_chunk_size([]), 4 << 20);
+    assert_eq!(default_chunk_size([Scheme::File, Scheme::Null]), 4 << 20);
+    assert_eq!(default_chunk_size([Scheme::Azure, Scheme::S3]), 8 << 20);
+    // Every scheme's default is a chunk size its own connector accepts for small objects.
+    for s in Scheme::ALL {
+        let c = default_chunk_size([s]);
+        assert!(c.is_power_of_two() && c >= s.min_part_size(), "{s:?}");
+    }
+}

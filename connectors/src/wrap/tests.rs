@@ -217,3 +217,96 @@ async fn rate_limit_holds_writes_to_the_rate() {
     );
     assert!(ThrottledConnector::new(Arc::new(Arc::new(Counting::default())), 10).is_err());
 }
+
+/// A wrapping of in-memory objects, as the conformance suite sees it.
+struct Wrapped {
+    name: &'static str,
+    inner: crate::MemoryConnector,
+    limits: Limits,
+}
+
+impl Wrapped {
+    fn new(name: &'static str, w: Wrapping) -> Self {
+        Self {
+            name,
+            inner: crate::MemoryConnector::new(),
+            limits: Limits::new(&w).unwrap(),
+        }
+    }
+}
+
+impl crate::conformance::Subject for Wrapped {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn connector(&self, overwrite: bool, verify: crate::VerifyMode) -> Arc<dyn Connector> {
+        let inner = self
+            .inner
+            .clone()
+            .with_overwrite(overwrite)
+            .with_verify(verify);
+        self.limits.wrap(Arc::new(inner)).unwrap()
+    }
+    fn capabilities(&self) -> crate::conformance::Capabilities {
+        crate::conformance::Capabilities::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_wrapper_keeps_the_connector_contract() {
+    let prefix = Wrapped::new(
+        "prefix",
+        Wrapping {
+            prefix: Some("tenants/acme".into()),
+            ..Wrapping::default()
+        },
+    );
+    crate::conformance::run_all(&prefix).await;
+    // Everything the suite committed is under the prefix, and nothing else.
+    let paths = prefix.inner.paths();
+    assert!(!paths.is_empty());
+    assert!(
+        paths.iter().all(|p| p.starts_with("tenants/acme/")),
+        "{paths:?}"
+    );
+    for (name, w) in [
+        (
+            "limit",
+            Wrapping {
+                concurrency: Some(2),
+                ..Wrapping::default()
+            },
+        ),
+        (
+            "throttled",
+            Wrapping {
+                bytes_per_second: Some(1 << 30),
+                ..Wrapping::default()
+            },
+        ),
+        (
+            "all three",
+            Wrapping {
+                prefix: Some("p".into()),
+                concurrency: Some(1),
+                bytes_per_second: Some(1 << 30),
+            },
+        ),
+    ] {
+        crate::conformance::run_all(&Wrapped::new(name, w)).await;
+    }
+}
+
+#[tokio::test]
+async fn wrappers_are_generic_over_what_they_wrap() {
+    let inner = crate::MemoryConnector::new();
+    // Concrete types all the way down: no `dyn` needed to wrap a connector.
+    let c: LimitConnector<PrefixConnector<crate::MemoryConnector>> = LimitConnector::new(
+        Arc::new(PrefixConnector::new(Arc::new(inner.clone()), "typed").unwrap()),
+        1,
+    )
+    .unwrap();
+    crate::conformance::put(&c, "a.txt", &Bytes::from_static(b"hello"), 1 << 20).await;
+    assert_eq!(inner.paths(), ["typed/a.txt"]);
+    assert_eq!(c.stat("a.txt").await.unwrap(), Some(5));
+}

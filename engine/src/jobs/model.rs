@@ -208,13 +208,16 @@ impl JobSpec {
 
     /// The chunk size to use.
     pub fn effective_chunk_size(&self) -> u64 {
-        self.chunk_size.unwrap_or(
-            if self.destinations.iter().any(|d| d.starts_with("s3://")) {
-                8 << 20
-            } else {
-                trackshift_crypto::hash::DEFAULT_CHUNK_SIZE
-            },
-        )
+        use crate::connectors::destination::{Destination, default_chunk_size};
+        // (A destination that does not parse is refused before this matters.)
+        self.chunk_size.unwrap_or_else(|| {
+            default_chunk_size(
+                self.destinations
+                    .iter()
+                    .filter_map(|d| Destination::parse(d).ok())
+                    .map(|d| d.scheme()),
+            )
+        })
     }
 }
 
