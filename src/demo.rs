@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use trackshift_crypto::{Manifest, PublicKeyring, Receipt, Signable as _};
+use trackshift_crypto::{Manifest, PublicKeyring, Receipt};
 use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::sender::SendConfig;
 use trackshift_engine::tls::ServerTrust;
@@ -99,20 +99,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // The auditor's view: only the public key file and the documents.
     let ring = PublicKeyring::from_json(&fs::read(&public_keys)?)?;
     let manifest = Manifest::from_json(&fs::read(&manifest_path)?)?;
-    manifest
-        .verify_signature(&ring)
-        .context("manifest verification")?;
+    trackshift_engine::audit::audit_manifest(&manifest, &ring, Some(&dest))
+        .context("manifest verification and destination check")?;
     let receipt = Receipt::from_json(&fs::read(&receipt_path)?)?;
-    receipt
-        .verify(&ring, Some(&manifest))
+    let audit = trackshift_engine::audit::audit_receipt(&receipt, &ring, Some(&manifest))
         .context("receipt verification")?;
-    crate::check_data(&manifest, &dest).context("destination check")?;
     println!(
         "4. manifest (ML-DSA-65) and receipt (Ed25519) verified with {} only; destination re-hashed and matches",
         public_keys.display()
     );
-    let (proof, cp) = crate::check_ledger_proof(&receipt, &ring)
-        .context("ledger proof")?
+    let (proof, cp) = audit
+        .logged
         .context("the receipt carries no ledger proof")?;
     println!(
         "5. receipt recorded in the append-only ledger as entry {} of {}: inclusion proof and checkpoint (Ed25519 + ML-DSA-44) verified",

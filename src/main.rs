@@ -17,9 +17,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use trackshift_crypto::{
-    CryptoError, Document, FileKeyStore, KeyBackend as _, Manifest, Receipt, Signable as _,
-    Timestamp,
+    CryptoError, Document, FileKeyStore, KeyBackend as _, Manifest, Receipt, Timestamp,
 };
+use trackshift_engine::audit;
 
 /// Exit code when a document was checked and rejected.
 const EXIT_REJECTED: u8 = 1;
@@ -223,6 +223,8 @@ fn main() -> ExitCode {
                     .is_some_and(CryptoError::is_verification_failure)
                     || e.downcast_ref::<trackshift_ledger::LedgerError>()
                         .is_some_and(trackshift_ledger::LedgerError::is_verification_failure)
+                    || e.downcast_ref::<audit::AuditError>()
+                        .is_some_and(audit::AuditError::is_verification_failure)
             });
             if rejected {
                 eprintln!("FAILED: {err:#}");
@@ -415,11 +417,9 @@ fn verify(args: VerifyArgs) -> Result<()> {
                     args.file.display()
                 );
             }
-            let key = m.verify_signature(&ring)?;
+            let audit = audit::audit_manifest(&m, &ring, args.data.as_deref())?;
+            let key = audit.key;
             let sig = m.signature.as_ref().expect("verified manifests are signed");
-            if let Some(data) = &args.data {
-                check_data(&m, data)?;
-            }
             report.push(format!(
                 "OK manifest {} (job {}, tenant {}): {} files, {} bytes, root {}",
                 args.file.display(),
@@ -433,7 +433,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 "   signed {} by {} key {} at {}",
                 key.algorithm, key.purpose, key.id, sig.signed_at
             ));
-            if args.data.is_some() {
+            if audit.data_checked {
                 report.push("   data re-hashed: every file matches".into());
             }
         }
@@ -445,20 +445,28 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 );
             }
             let manifest = match &args.manifest {
-                Some(p) => {
-                    let m = Manifest::from_json(&read(p)?)
-                        .with_context(|| format!("{}", p.display()))?;
-                    m.verify_signature(&ring)
-                        .with_context(|| format!("manifest {}", p.display()))?;
-                    Some(m)
-                }
+                Some(p) => Some(
+                    Manifest::from_json(&read(p)?).with_context(|| format!("{}", p.display()))?,
+                ),
                 None => None,
             };
-            let key = r.verify(&ring, manifest.as_ref())?;
-            let sig = r.signature.as_ref().expect("verified receipts are signed");
-            let logged = check_ledger_proof(&r, &ring).with_context(|| {
-                format!("ledger proof (keys from {})", args.public_keys.display())
+            let audit = audit::audit_receipt(&r, &ring, manifest.as_ref()).map_err(|e| {
+                let what = match &e {
+                    audit::AuditError::Manifest(_) => format!(
+                        "manifest {}",
+                        args.manifest.as_deref().unwrap_or(Path::new("")).display()
+                    ),
+                    audit::AuditError::Ledger(_)
+                    | audit::AuditError::MissingProof { .. }
+                    | audit::AuditError::NoLedgerKeys => {
+                        format!("ledger proof (keys from {})", args.public_keys.display())
+                    }
+                    _ => return anyhow::Error::new(e),
+                };
+                anyhow::Error::new(e).context(what)
             })?;
+            let (key, logged) = (audit.key, audit.logged);
+            let sig = r.signature.as_ref().expect("verified receipts are signed");
             report.push(format!(
                 "OK receipt {} (job {}, tenant {}): {} to {}, {} bytes",
                 args.file.display(),
@@ -472,7 +480,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 "   signed {} by {} key {} at {}",
                 key.algorithm, key.purpose, key.id, sig.signed_at
             ));
-            if manifest.is_some() {
+            if audit.bound {
                 report.push(format!("   bound to manifest {}", r.manifest_hash));
             }
             if let Some((proof, cp)) = logged {
@@ -507,81 +515,6 @@ pub(crate) fn print_text(text: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
     }
-}
-
-/// Checks a receipt's ledger proof (the checkpoint's signatures and the inclusion of the
-/// receipt's signed bytes) with the ledger keys of `ring`.
-///
-/// `None` only when the key file names no ledger and the receipt carries no proof. A key
-/// file that names a ledger vouches for receipt keys whose every receipt is logged: a
-/// receipt without its proof there is rejected (the proof is not signed, so stripping it
-/// must not turn a logged receipt into one nobody can check against the log).
-pub(crate) fn check_ledger_proof(
-    r: &Receipt,
-    ring: &trackshift_crypto::PublicKeyring,
-) -> Result<
-    Option<(
-        trackshift_ledger::TlogProof,
-        trackshift_ledger::VerifiedCheckpoint,
-    )>,
-> {
-    let Some(text) = &r.ledger_proof else {
-        if let Some(ledger) = &ring.ledger {
-            return Err(trackshift_ledger::LedgerError::Proof(format!(
-                "the receipt lacks its ledger proof, but the public key file names ledger {:?}: \
-                 receipts signed with these keys must carry their inclusion proof (FORMATS.md 5.3)",
-                ledger.origin
-            ))
-            .into());
-        }
-        return Ok(None);
-    };
-    let keys = ring
-        .ledger
-        .as_ref()
-        .context("the receipt carries a ledger proof but the public key file has no ledger keys")?;
-    let proof = trackshift_ledger::TlogProof::parse(text)?;
-    let cp = proof.verify(&r.signed_bytes()?, keys)?;
-    Ok(Some((proof, cp)))
-}
-
-/// Re-hashes `data` and compares it file by file with the manifest.
-fn check_data(m: &Manifest, data: &Path) -> Result<()> {
-    let chunk_size = m
-        .files
-        .first()
-        .map_or(trackshift_crypto::hash::DEFAULT_CHUNK_SIZE, |f| {
-            f.chunk_size
-        });
-    let found = trackshift_engine::scan_path(data, chunk_size)?;
-    for want in &m.files {
-        let Some(got) = found.iter().find(|f| f.path == want.path) else {
-            return Err(CryptoError::HashMismatch(format!(
-                "file {:?} is missing from {}",
-                want.path,
-                data.display()
-            ))
-            .into());
-        };
-        if got.size != want.size || got.blake3 != want.blake3 {
-            return Err(CryptoError::HashMismatch(format!(
-                "file {:?}: data has {} bytes, BLAKE3 {}; manifest says {} bytes, BLAKE3 {}",
-                want.path, got.size, got.blake3, want.size, want.blake3
-            ))
-            .into());
-        }
-    }
-    if let Some(extra) = found
-        .iter()
-        .find(|f| !m.files.iter().any(|w| w.path == f.path))
-    {
-        return Err(CryptoError::HashMismatch(format!(
-            "file {:?} is in the data but not in the manifest",
-            extra.path
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {

@@ -566,21 +566,15 @@ pub async fn send(args: SendArgs) -> Result<()> {
     );
     cfg.destinations = args.dest.clone();
     cfg.server_name = args.server_name.clone();
-    cfg.chunk_size = match args.chunk_size {
-        Some(c) => c,
-        None => {
-            let schemes = args
-                .dest
+    // A destination that does not parse is refused by the gateway, which names why.
+    cfg.chunk_size = args.chunk_size.unwrap_or_else(|| {
+        destination::default_chunk_size(
+            args.dest
                 .iter()
-                .map(|d| {
-                    Destination::parse(d)
-                        .map(|d| d.scheme())
-                        .with_context(|| format!("--dest {d}"))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            destination::default_chunk_size(schemes)
-        }
-    };
+                .filter_map(|d| Destination::parse(d).ok())
+                .map(|d| d.scheme()),
+        )
+    });
     cfg.in_flight_bytes = args.in_flight;
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;

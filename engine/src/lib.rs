@@ -12,6 +12,7 @@
 //! - [`quota`]: the per-tenant quotas the gateway enforces (jobs, bandwidth, memory).
 //! - [`operator`]: the operator key of the HTTP operator endpoints.
 
+pub mod audit;
 pub mod budget;
 pub mod gateway;
 pub mod jobs;
