@@ -31,7 +31,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use trackshift_engine::jobs::runner::{Runner, now_ms};
 use trackshift_engine::jobs::store::{ListQuery, NewJob, StoreError};
 use trackshift_engine::jobs::{Job, JobSpec, JobState, JobStore, Transition};
-use trackshift_engine::tenants::{LiveTenants, TenantEntry};
+use trackshift_engine::tenants::{AdmissionError, JobAsk, LiveTenants, TenantEntry};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 10;
@@ -441,26 +441,33 @@ async fn create_job(
     let Json(spec) = body.map_err(json_rejection)?;
     spec.validate()
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
-    for d in &spec.destinations {
-        // Policy first, on the parsed destination: a refused one builds nothing and
-        // reads nothing, so the answer reveals nothing about the gateway's side.
-        let dest = trackshift_engine::connectors::Destination::parse(d).map_err(|e| {
-            ApiError(
+    // Policy first, on the parsed destinations and the source: a refused job builds nothing
+    // and reads nothing, so the answer reveals nothing about the gateway's side.
+    let admitted = tenant
+        .admit(
+            JobAsk {
+                source: Some(&spec.source),
+                destinations: &spec.destinations,
+                classification: spec.classification.as_deref(),
+            },
+            state.tenants.data_dir(),
+        )
+        .map_err(|e| match e {
+            AdmissionError::Malformed { uri, error } => ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("destinations: {d}: {e}"),
-            )
+                format!("destinations: {uri}: {error}"),
+            ),
+            AdmissionError::Refused(e) => ApiError(StatusCode::FORBIDDEN, e.to_string()),
         })?;
-        let dest = tenant
-            .check_parsed_destination(&dest, spec.classification.as_deref())
-            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
-        let settings = state
-            .tenants
-            .current()
-            .credentials
-            .get(&tenant.tenant)
-            .cloned()
-            .unwrap_or_default();
-        trackshift_engine::connectors::connect(&dest, Default::default(), &settings)
+    let settings = state
+        .tenants
+        .current()
+        .credentials
+        .get(&tenant.tenant)
+        .cloned()
+        .unwrap_or_default();
+    for (d, dest) in spec.destinations.iter().zip(&admitted.destinations) {
+        trackshift_engine::connectors::connect(dest, Default::default(), &settings)
             .map(drop)
             .map_err(|e| {
                 ApiError(
@@ -469,9 +476,6 @@ async fn create_job(
                 )
             })?;
     }
-    tenant
-        .check_source(&spec.source, state.tenants.data_dir())
-        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?;
     let (job, created) = state
         .store
         .create(

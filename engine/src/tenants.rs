@@ -78,6 +78,45 @@ pub enum TenantError {
 #[error("refused by policy: {0}")]
 pub struct PolicyError(pub String);
 
+/// What a job asks of its tenant's policy: where the gateway reads (a job-service job's
+/// source; a direct send reads on the sender's side, so `None`) and where it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct JobAsk<'a> {
+    /// The source the gateway's worker will read, if it reads one.
+    pub source: Option<&'a Path>,
+    /// The destination URIs, as the job names them.
+    pub destinations: &'a [String],
+    /// The job's data classification.
+    pub classification: Option<&'a str>,
+}
+
+/// A job its tenant's policy admits: every destination parsed and placed under the rule
+/// that allows it (with that rule's operator options), and the source confined beneath the
+/// directory that holds it.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The source, when [`JobAsk::source`] named one.
+    pub source: Option<crate::scan::Confined>,
+    /// The destinations to build connectors from, in the job's order.
+    pub destinations: Vec<Destination>,
+}
+
+/// Why a job was not admitted (safe to show the tenant).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    /// A destination does not parse.
+    #[error("refused by policy: destination {:?}: {error}", shorten(.uri))]
+    Malformed {
+        /// The destination as the job wrote it.
+        uri: String,
+        /// What is wrong with it.
+        error: trackshift_connectors::DestinationError,
+    },
+    /// The policy does not allow it.
+    #[error(transparent)]
+    Refused(#[from] PolicyError),
+}
+
 /// Where a tenant may write, and which data classifications may go there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +273,37 @@ impl TenantEntry {
 
     fn digests(&self) -> impl Iterator<Item = &Hash32> {
         self.token_sha256.iter().chain(&self.api_keys)
+    }
+
+    /// The one admission check of a job against this tenant's policy, run alike by the job
+    /// API at submission, by the worker before every attempt (the file may have changed
+    /// meanwhile) and by the gateway when the job opens: every destination in order
+    /// ([`TenantEntry::check_parsed_destination`]), then the source
+    /// ([`TenantEntry::check_source`], beside the gateway's `data_dir`).
+    pub fn admit(
+        &self,
+        ask: JobAsk<'_>,
+        data_dir: Option<&Path>,
+    ) -> Result<Admitted, AdmissionError> {
+        let destinations = ask
+            .destinations
+            .iter()
+            .map(|uri| {
+                let dest = Destination::parse(uri).map_err(|error| AdmissionError::Malformed {
+                    uri: uri.clone(),
+                    error,
+                })?;
+                Ok(self.check_parsed_destination(&dest, ask.classification)?)
+            })
+            .collect::<Result<Vec<_>, AdmissionError>>()?;
+        let source = ask
+            .source
+            .map(|p| self.check_source(p, data_dir))
+            .transpose()?;
+        Ok(Admitted {
+            source,
+            destinations,
+        })
     }
 
     /// Checks that this tenant may send a job with `classification` to `uri`, and returns

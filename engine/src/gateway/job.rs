@@ -409,15 +409,17 @@ impl Shared {
             .get(tenant)
             .ok_or_else(|| GatewayError::Job(format!("unknown tenant {tenant}")))?;
         // Parsed and checked once: the connectors are built from these typed values.
-        let destinations = open
-            .destinations
-            .iter()
-            .map(|uri| {
-                entry
-                    .check_destination(uri, open.classification.as_deref())
-                    .map_err(|e| GatewayError::Job(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let destinations = entry
+            .admit(
+                JobAsk {
+                    source: None,
+                    destinations: &open.destinations,
+                    classification: open.classification.as_deref(),
+                },
+                None,
+            )
+            .map_err(|e| GatewayError::Job(e.to_string()))?
+            .destinations;
         // A job may ask for fail-closed delivery; it cannot relax a strict gateway.
         let verify = match (self.verify, open.strict) {
             (VerifyMode::Size, Some(true)) => VerifyMode::Strict,

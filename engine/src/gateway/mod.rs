@@ -43,7 +43,7 @@ use crate::protocol::{
     self, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError, ReceiverJob,
     ServerFrame,
 };
-use crate::tenants::LiveTenants;
+use crate::tenants::{JobAsk, LiveTenants};
 use crate::tls::GatewayIdentity;
 
 /// Why the gateway could not start or a job failed.

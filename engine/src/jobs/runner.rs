@@ -20,7 +20,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use super::model::{Job, Outcome, backoff};
 use super::store::{Heartbeat, JobStore, Quota};
 use crate::sender::{JobRequest, LatencyHook, SendConfig, SendError, SharedBudget, send_jobs};
-use crate::tenants::{LiveTenants, ServiceKey};
+use crate::tenants::{JobAsk, LiveTenants, ServiceKey};
 use crate::tls::ServerTrust;
 
 mod history;
@@ -405,14 +405,17 @@ impl Runner {
             .file
             .get(&job.tenant)
             .ok_or_else(|| format!("tenant {} is no longer configured", job.tenant))?;
-        let source = tenant
-            .check_source(&job.spec.source, self.tenants.data_dir())
+        let admitted = tenant
+            .admit(
+                JobAsk {
+                    source: Some(&job.spec.source),
+                    destinations: &job.spec.destinations,
+                    classification: job.spec.classification.as_deref(),
+                },
+                self.tenants.data_dir(),
+            )
             .map_err(|e| e.to_string())?;
-        for d in &job.spec.destinations {
-            tenant
-                .check_destination(d, job.spec.classification.as_deref())
-                .map_err(|e| e.to_string())?;
-        }
+        let source = admitted.source.expect("a source was asked for");
         Ok(JobRequest {
             destinations: job.spec.destinations.clone(),
             job_id: Some(job.id.clone()),

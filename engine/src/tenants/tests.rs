@@ -423,3 +423,66 @@ fn a_reload_replaces_the_whole_file_or_nothing() {
     assert_eq!(kept.file.authenticate("key-b").unwrap().tenant, "b");
     assert!(kept.file.authenticate("key-c").is_none());
 }
+
+#[test]
+fn admission_checks_every_destination_then_the_source_with_the_same_rules() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut t = tenant(Some(vec![
+        rule("file:///srv/acme", &[]),
+        rule("s3://bucket/acme", &["pii"]),
+    ]));
+    t.sources = vec![src.clone()];
+    let dests = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    let both = &dests(&["file:///srv/acme/x", "s3://bucket/acme/y"]);
+    let a = t.admit(ask(both, None), None).unwrap();
+    assert!(a.source.is_none());
+    // The same values the policy check gives, in the job's order.
+    let want: Vec<_> = both
+        .iter()
+        .map(|d| t.check_destination(d, None).unwrap())
+        .collect();
+    assert_eq!(a.destinations, want);
+    // A source is confined beneath its directory.
+    let s = src.as_path();
+    let a = t.admit(ask(both, Some(s)), None).unwrap();
+    assert_eq!(a.source.unwrap().root, src);
+    // A destination that does not parse is told apart from one the policy refuses.
+    let bad = &dests(&["file:///srv/acme/x", "gopher://x"]);
+    let e = t.admit(ask(bad, None), None).unwrap_err();
+    assert!(
+        matches!(&e, AdmissionError::Malformed { uri, .. } if uri == "gopher://x"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("refused by policy: destination \"gopher://x\"")
+    );
+    let other = &dests(&["file:///srv/other/x"]);
+    let e = t.admit(ask(other, Some(s)), None).unwrap_err();
+    assert!(matches!(e, AdmissionError::Refused(_)), "{e}");
+    // The classification is checked per destination.
+    let e = t
+        .admit(
+            JobAsk {
+                classification: Some("pii"),
+                ..ask(both, None)
+            },
+            None,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("may not receive \"pii\""), "{e}");
+    // And the source last: allowed destinations, a source outside.
+    let outside = root.path().join("elsewhere");
+    let e = t.admit(ask(both, Some(&outside)), None).unwrap_err();
+    assert!(e.to_string().contains("source"), "{e}");
+}
+
+fn ask<'a>(destinations: &'a [String], source: Option<&'a Path>) -> JobAsk<'a> {
+    JobAsk {
+        source,
+        destinations,
+        classification: None,
+    }
+}
