@@ -72,8 +72,12 @@ pub fn load(dir: &Path) -> Result<Option<SignedFinish>, GatewayError> {
             });
         }
     };
-    let signed: SignedFinish = serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::Job(format!("stored documents {}: {e}", path.display())))?;
+    let signed: SignedFinish =
+        serde_json::from_slice(&bytes).map_err(|e| GatewayError::Stored {
+            what: "stored documents",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
     Ok(Some(signed))
 }
 
@@ -99,7 +103,7 @@ fn crash_point(at: CrashPoint) -> Result<(), GatewayError> {
         let mut armed = CRASH_AT.lock().expect("crash point lock");
         if *armed == Some(at) {
             *armed = None;
-            return Err(GatewayError::Job(format!("injected crash at {at:?}")));
+            return Err(GatewayError::InjectedCrash(format!("{at:?}")));
         }
     }
     let _ = at;

@@ -11,7 +11,7 @@ pub(super) async fn handle_chunk_stream(
     let hlen = recv
         .read_u32()
         .await
-        .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))? as usize;
+        .map_err(|e| GatewayError::stream("chunk header")(e.into()))? as usize;
     if hlen > protocol::MAX_CHUNK_HEADER {
         let _ = recv.stop(1u32.into());
         return Err(ProtocolError::FrameTooLarge {
@@ -23,7 +23,7 @@ pub(super) async fn handle_chunk_stream(
     let mut hbuf = vec![0u8; hlen];
     recv.read_exact(&mut hbuf)
         .await
-        .map_err(|e| GatewayError::Job(format!("chunk header: {e}")))?;
+        .map_err(|e| GatewayError::stream("chunk header")(e.into()))?;
     let header = protocol::decode_chunk_header(&hbuf)?;
     let job = state
         .handles
@@ -48,7 +48,7 @@ pub(super) async fn handle_chunk_stream(
             reason: reason.clone(),
             permanent: true,
         });
-        return Err(GatewayError::Job(reason));
+        return Err(GatewayError::JobFailed(reason));
     }
     let disposition = job.state.lock().expect("job lock").check_header(&header);
     let layout = match disposition {
@@ -104,7 +104,7 @@ pub(super) async fn handle_chunk_stream(
         match recv.read_buf(&mut limited).await {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) => return Err(GatewayError::Job(format!("chunk payload: {e}"))),
+            Err(e) => return Err(GatewayError::stream("chunk payload")(e.into())),
         }
     }
     let extra = recv.read_chunk(1, true).await;

@@ -47,7 +47,7 @@ pub(super) async fn read_frame(
                 dec.finish()?;
                 return Ok(None);
             }
-            Err(e) => return Err(GatewayError::Job(format!("control stream: {e}"))),
+            Err(e) => return Err(GatewayError::stream("control stream")(e.into())),
         }
     }
 }
@@ -118,14 +118,13 @@ pub(super) async fn handle_connection(
 ) -> Result<(), GatewayError> {
     let peer = conn.remote_address();
     let Some(_slot) = AddressSlot::take(&shared, peer.ip()) else {
-        let reason = format!(
-            "too many connections from {} (at most {} at once)",
-            address_key(peer.ip()),
-            shared.max_connections_per_ip
-        );
-        warn!(%peer, "{reason}; connection refused");
-        conn.close(close::TOO_MANY_CONNECTIONS.into(), reason.as_bytes());
-        return Err(GatewayError::Job(reason));
+        let e = GatewayError::TooManyConnections {
+            address: address_key(peer.ip()).to_string(),
+            max: shared.max_connections_per_ip,
+        };
+        warn!(%peer, "{e}; connection refused");
+        conn.close(close::TOO_MANY_CONNECTIONS.into(), e.to_string().as_bytes());
+        return Err(e);
     };
     // Before authentication: one control stream, a Hello-sized frame limit (the transport
     // allows no chunk streams and a small window yet), and a deadline.
@@ -133,7 +132,7 @@ pub(super) async fn handle_connection(
         let (send, mut recv) = conn
             .accept_bi()
             .await
-            .map_err(|e| GatewayError::Job(format!("no control stream: {e}")))?;
+            .map_err(|e| GatewayError::stream("no control stream")(e.into()))?;
         let mut dec = FrameDecoder::<ClientFrame>::new(protocol::MAX_HELLO_FRAME);
         let first = read_frame(&mut recv, &mut dec).await;
         Ok::<_, GatewayError>((send, recv, dec, first))
@@ -143,9 +142,9 @@ pub(super) async fn handle_connection(
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            let reason = format!("no Hello within {:?}", shared.auth_timeout);
-            conn.close(close::AUTH_TIMEOUT.into(), reason.as_bytes());
-            return Err(GatewayError::Job(reason));
+            let e = GatewayError::HelloTimeout(shared.auth_timeout);
+            conn.close(close::AUTH_TIMEOUT.into(), e.to_string().as_bytes());
+            return Err(e);
         }
     };
     let tenant = match first {
@@ -155,7 +154,7 @@ pub(super) async fn handle_connection(
                 .and_then(|()| {
                     shared
                         .authenticate(&token.0)
-                        .ok_or_else(|| GatewayError::Job("unknown tenant token".into()))
+                        .ok_or(GatewayError::UnknownToken)
                 });
             match tenant {
                 Ok(t) => t,

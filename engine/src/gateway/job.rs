@@ -106,14 +106,14 @@ impl Job {
         let slot = d
             .writers
             .get(file as usize)
-            .ok_or_else(|| GatewayError::Job(format!("file index {file} out of range")))?;
+            .ok_or(GatewayError::FileIndex(file))?;
         let (w, created) = {
             let mut held = slot.writer.lock().await;
             match held.as_ref() {
                 Some(w) => (w.clone(), false),
                 None => {
                     if let Some(reason) = self.failed.lock().expect("job lock").clone() {
-                        return Err(GatewayError::Job(reason));
+                        return Err(GatewayError::JobFailed(reason));
                     }
                     // Opened before (and closed since): resume it, keeping what it holds.
                     let resume = self.resume || slot.touched.load(Ordering::Acquire);
@@ -142,7 +142,7 @@ impl Job {
                 if w.abort().await.is_ok() {
                     slot.touched.store(false, Ordering::Release);
                 }
-                return Err(GatewayError::Job(reason));
+                return Err(GatewayError::JobFailed(reason));
             }
         }
         Ok(w)
@@ -270,17 +270,16 @@ impl Job {
         if let Err(err) =
             trackshift_crypto::filestore::write_atomic(&marker, e.to_string().as_bytes(), 0o644)
         {
-            return Err(GatewayError::Job(format!(
-                "recording that {uri} was dropped: {err}"
-            )));
+            return Err(GatewayError::RecordingDrop { uri, source: err });
         }
         warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %uri, error = %e, "destination dropped from the job");
         // Leave nothing behind there: partial objects are aborted.
         self.abort_dest(d).await;
         if self.live().is_empty() {
-            return Err(GatewayError::Job(format!(
-                "every destination failed; the last: {uri}: {e}"
-            )));
+            return Err(GatewayError::AllDestinationsFailed {
+                uri,
+                source: Box::new(e),
+            });
         }
         Ok(())
     }
@@ -407,7 +406,7 @@ impl Shared {
         let entry = tenants
             .file
             .get(tenant)
-            .ok_or_else(|| GatewayError::Job(format!("unknown tenant {tenant}")))?;
+            .ok_or_else(|| GatewayError::UnknownTenant(tenant.to_string()))?;
         // Parsed and checked once: the connectors are built from these typed values.
         let destinations = entry
             .admit(
@@ -417,8 +416,7 @@ impl Shared {
                     classification: open.classification.as_deref(),
                 },
                 None,
-            )
-            .map_err(|e| GatewayError::Job(e.to_string()))?
+            )?
             .destinations;
         // A job may ask for fail-closed delivery; it cannot relax a strict gateway.
         let verify = match (self.verify, open.strict) {
@@ -442,10 +440,7 @@ impl Shared {
             }
             if let Some(job) = jobs.get(&key) {
                 if job.open() != open {
-                    return Err(GatewayError::Job(format!(
-                        "job {} already exists with different files or destination",
-                        open.job_id
-                    )));
+                    return Err(GatewayError::JobConflict(open.job_id.clone()));
                 }
                 return Ok(job);
             }
@@ -486,13 +481,13 @@ impl Shared {
             for f in &open.files {
                 let min = connector.min_chunk_size(f.size);
                 if f.size > open.chunk_size && open.chunk_size < min {
-                    return Err(GatewayError::Job(format!(
-                        "{} needs chunks of at least {min} bytes for {} ({} bytes); this job uses {}",
-                        connector.uri(),
-                        f.path,
-                        f.size,
-                        open.chunk_size
-                    )));
+                    return Err(GatewayError::ChunkTooSmall {
+                        destination: connector.uri().to_string(),
+                        path: f.path.clone(),
+                        size: f.size,
+                        min,
+                        chunk: open.chunk_size,
+                    });
                 }
             }
             connector.check().await?;

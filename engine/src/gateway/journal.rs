@@ -22,13 +22,13 @@ pub(super) fn load_job_dir(
     let resume = job_file.exists();
     if resume {
         let bytes = fs::read(&job_file).map_err(io("reading", &job_file))?;
-        let stored: OpenJob = serde_json::from_slice(&bytes)
-            .map_err(|e| GatewayError::Job(format!("stored job {}: {e}", job_file.display())))?;
+        let stored: OpenJob = serde_json::from_slice(&bytes).map_err(|e| GatewayError::Stored {
+            what: "stored job",
+            path: job_file.clone(),
+            source: e.into(),
+        })?;
         if stored != *open {
-            return Err(GatewayError::Job(format!(
-                "job {} already exists with different files or destination",
-                open.job_id
-            )));
+            return Err(GatewayError::JobConflict(open.job_id.clone()));
         }
         let log_path = dir.join("chunks.log");
         let bytes = match fs::read(&log_path) {
@@ -36,8 +36,11 @@ pub(super) fn load_job_dir(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io("reading", &log_path)(e)),
         };
-        let log = protocol::decode_chunk_log(&bytes)
-            .map_err(|e| GatewayError::Job(format!("{}: {e}", log_path.display())))?;
+        let log = protocol::decode_chunk_log(&bytes).map_err(|e| GatewayError::Stored {
+            what: "chunk log",
+            path: log_path.clone(),
+            source: e.into(),
+        })?;
         if log.valid_len != bytes.len() {
             warn!(tenant, job = %open.job_id, correlation_id = open.correlation_id.as_deref().unwrap_or("-"), cut = bytes.len() - log.valid_len, "cutting torn tail of chunk log");
             let f = fs::OpenOptions::new()

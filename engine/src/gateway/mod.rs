@@ -78,9 +78,108 @@ pub enum GatewayError {
     /// Tenant configuration problem.
     #[error("tenant configuration: {0}")]
     Tenants(#[from] crate::tenants::TenantError),
-    /// A job was refused or failed (message is safe to send to the tenant).
+    /// A QUIC stream or connection failed while it was read (the peer reset it, the
+    /// connection closed).
+    #[error("{what}: {source}")]
+    Stream {
+        /// Which stream, doing what.
+        what: &'static str,
+        /// What quinn or the socket said.
+        #[source]
+        source: BoxError,
+    },
+    /// A connection beyond the per-address cap.
+    #[error("too many connections from {address} (at most {max} at once)")]
+    TooManyConnections {
+        /// The address (IPv6: its /64).
+        address: String,
+        /// The cap.
+        max: usize,
+    },
+    /// The peer sent no `Hello` in time.
+    #[error("no Hello within {0:?}")]
+    HelloTimeout(std::time::Duration),
+    /// A `Hello` whose token no tenant holds.
+    #[error("unknown tenant token")]
+    UnknownToken,
+    /// A tenant the tenant file no longer names.
+    #[error("unknown tenant {0}")]
+    UnknownTenant(String),
+    /// The tenant's policy does not admit the job.
+    #[error(transparent)]
+    Admission(#[from] crate::tenants::AdmissionError),
+    /// The job failed earlier, for this reason (as it was told to the sender).
     #[error("{0}")]
-    Job(String),
+    JobFailed(String),
+    /// A chunk named a file the job does not have.
+    #[error("file index {0} out of range")]
+    FileIndex(u32),
+    /// A job id reused for other files or destinations.
+    #[error("job {0} already exists with different files or destination")]
+    JobConflict(String),
+    /// A job's chunks are smaller than a destination takes for one of its files.
+    #[error(
+        "{destination} needs chunks of at least {min} bytes for {path} ({size} bytes); this job uses {chunk}"
+    )]
+    ChunkTooSmall {
+        /// The destination.
+        destination: String,
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The smallest chunk the destination takes for it.
+        min: u64,
+        /// The job's chunk size.
+        chunk: u64,
+    },
+    /// The marker that keeps a dropped destination dropped across restarts could not be
+    /// written.
+    #[error("recording that {uri} was dropped: {source}")]
+    RecordingDrop {
+        /// The destination.
+        uri: String,
+        /// Why.
+        #[source]
+        source: trackshift_crypto::CryptoError,
+    },
+    /// Every destination of the job failed.
+    #[error("every destination failed; the last: {uri}: {source}")]
+    AllDestinationsFailed {
+        /// The last destination to fail.
+        uri: String,
+        /// Why it failed.
+        #[source]
+        source: Box<GatewayError>,
+    },
+    /// A file of the job directory does not parse (a damaged directory).
+    #[error("{what} {}: {source}", path.display())]
+    Stored {
+        /// Which file.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: BoxError,
+    },
+    /// The documents signed before a restart describe other files than the job's.
+    #[error("job {0}: the documents signed before a restart describe other files")]
+    StaleDocuments(String),
+    /// A test's crash point fired (`fault-injection` tests only).
+    #[error("injected crash at {0}")]
+    InjectedCrash(String),
+}
+
+/// A boxed error from below (quinn, serde), kept as the source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl GatewayError {
+    pub(crate) fn stream(
+        what: &'static str,
+    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
+        move |source| Self::Stream { what, source }
+    }
 }
 
 fn io<'a>(

@@ -45,7 +45,7 @@ pub(super) async fn finish_job(
         return Ok(done.clone());
     }
     if let Some(reason) = job.failed.lock().expect("job lock").clone() {
-        return Err(GatewayError::Job(reason).into());
+        return Err(GatewayError::JobFailed(reason).into());
     }
     let entries = job
         .state
@@ -60,11 +60,7 @@ pub(super) async fn finish_job(
     let signed = match crate::record::load(&job.dir).map_err(FinishFailure::of)? {
         Some(signed) if signed.manifest.files == entries => signed,
         Some(_) => {
-            return Err(GatewayError::Job(format!(
-                "job {}: the documents signed before a restart describe other files",
-                open.job_id
-            ))
-            .into());
+            return Err(GatewayError::StaleDocuments(open.job_id.clone()).into());
         }
         None => {
             // The ledger's size before anything is committed (the documents go at or after

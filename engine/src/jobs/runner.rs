@@ -32,6 +32,17 @@ pub use history::DEFAULT_JOB_HISTORY;
 use history::HISTORY_SWEEP;
 pub use latency::LatencyWindow;
 
+/// Why a claimed job cannot run at all (a permanent failure, no attempt made).
+#[derive(Debug, thiserror::Error)]
+enum Unrunnable {
+    /// Its tenant was removed from the tenant file since it was submitted.
+    #[error("tenant {0} is no longer configured")]
+    TenantGone(String),
+    /// Its tenant's policy no longer admits it.
+    #[error(transparent)]
+    Admission(#[from] crate::tenants::AdmissionError),
+}
+
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -350,7 +361,7 @@ impl Runner {
         info!(attempt = job.attempts, source = %job.spec.source.display(), "job started");
         let outcome = match self.prepare(&job) {
             Ok(request) => self.send(&job, request).await,
-            Err(reason) => Some(Outcome::Permanent(reason)),
+            Err(reason) => Some(Outcome::Permanent(reason.to_string())),
         };
         let Some(outcome) = outcome else {
             info!("job stopped (cancelled or taken over)");
@@ -399,22 +410,20 @@ impl Runner {
 
     /// Checks the job against its tenant's policy now (the file may have changed since
     /// submission) and builds the send request.
-    fn prepare(&self, job: &Job) -> Result<JobRequest, String> {
+    fn prepare(&self, job: &Job) -> Result<JobRequest, Unrunnable> {
         let tenants = self.tenants.current();
         let tenant = tenants
             .file
             .get(&job.tenant)
-            .ok_or_else(|| format!("tenant {} is no longer configured", job.tenant))?;
-        let admitted = tenant
-            .admit(
-                JobAsk {
-                    source: Some(&job.spec.source),
-                    destinations: &job.spec.destinations,
-                    classification: job.spec.classification.as_deref(),
-                },
-                self.tenants.data_dir(),
-            )
-            .map_err(|e| e.to_string())?;
+            .ok_or_else(|| Unrunnable::TenantGone(job.tenant.clone()))?;
+        let admitted = tenant.admit(
+            JobAsk {
+                source: Some(&job.spec.source),
+                destinations: &job.spec.destinations,
+                classification: job.spec.classification.as_deref(),
+            },
+            self.tenants.data_dir(),
+        )?;
         let source = admitted.source.expect("a source was asked for");
         Ok(JobRequest {
             destinations: job.spec.destinations.clone(),
