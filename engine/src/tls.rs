@@ -13,11 +13,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerified;
 use rustls::crypto::{CryptoProvider, aws_lc_rs};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use trackshift_net::verify::{CertPolicy, PolicyVerifier, Versions};
 
 /// Names the generated gateway certificate is valid for.
 pub const DEFAULT_SERVER_NAMES: &[&str] = &["trackshift-gateway", "localhost", "127.0.0.1", "::1"];
@@ -235,7 +235,11 @@ impl ServerTrust {
         let mut cfg = match self {
             Self::Fingerprint(fp) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pin: *fp, provider }))
+                .with_custom_certificate_verifier(Arc::new(PolicyVerifier::new(
+                    Pinned(*fp),
+                    provider,
+                    Versions::Tls13,
+                )))
                 .with_no_client_auth(),
             Self::CaFile(path) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -261,16 +265,14 @@ impl ServerTrust {
     }
 }
 
-/// Accepts exactly one leaf certificate (by SHA-256), still checking the handshake
-/// signature so the peer must hold the certificate's private key.
+/// Accepts exactly one leaf certificate (by SHA-256, compared in constant time); the
+/// verifier around it ([`PolicyVerifier`]) still checks the handshake signature, so the
+/// peer must hold the certificate's private key.
 #[derive(Debug)]
-struct PinnedVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
+struct Pinned([u8; 32]);
 
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
+impl CertPolicy for Pinned {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
@@ -279,44 +281,13 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got = sha256(end_entity);
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &self.pin[..])) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &self.0[..])) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

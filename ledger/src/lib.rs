@@ -14,7 +14,6 @@ pub mod fault;
 pub mod log;
 pub mod note;
 pub mod pg;
-pub mod pgconn;
 pub mod proof;
 pub mod rotation;
 pub mod store;

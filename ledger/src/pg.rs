@@ -176,9 +176,9 @@ fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A pool of connections to `url` (TLS as the URL asks: see [`crate::pgconn`]).
+/// A pool of connections to `url` (TLS as the URL asks: see [`trackshift_net::pgconn`]).
 fn pool(url: &str) -> Result<deadpool_postgres::Pool> {
-    crate::pgconn::pool(url, 8).map_err(|e| LedgerError::InvalidRequest(e.to_string()))
+    trackshift_net::pgconn::pool(url, 8).map_err(|e| LedgerError::InvalidRequest(e.to_string()))
 }
 
 /// The stored-hash indexes of the complete subtrees a tree of `size` entries is made of

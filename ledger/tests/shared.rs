@@ -315,7 +315,7 @@ async fn an_auditor_re_checks_the_shared_log_and_finds_tampering() {
         "{err}"
     );
     // Tampering in the database is found.
-    let pool = trackshift_ledger::pgconn::pool(&url, 2).unwrap();
+    let pool = trackshift_net::pgconn::pool(&url, 2).unwrap();
     let client = pool.get().await.unwrap();
     forge(&client, 11).await;
     let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
@@ -369,7 +369,7 @@ async fn an_auditor_checks_a_log_of_many_batches_and_finds_tampering_deep_in_it(
         .unwrap();
     let v = auditor.verify_all(|_, _| Ok(())).await.unwrap();
     assert_eq!(v.size, 1_337);
-    let pool = trackshift_ledger::pgconn::pool(&url, 2).unwrap();
+    let pool = trackshift_net::pgconn::pool(&url, 2).unwrap();
     forge(&pool.get().await.unwrap(), 1200).await;
     let err = auditor.verify_all(|_, _| Ok(())).await.unwrap_err();
     assert!(
@@ -436,7 +436,7 @@ async fn appends_commit_durably_even_where_the_database_defaults_to_asynchronous
 
 /// Every checkpoint note in the database, oldest first.
 async fn notes(url: &str) -> Vec<String> {
-    let pool = trackshift_ledger::pgconn::pool(url, 1).unwrap();
+    let pool = trackshift_net::pgconn::pool(url, 1).unwrap();
     let client = pool.get().await.unwrap();
     client
         .query("SELECT note FROM ledger_checkpoints ORDER BY size", &[])
@@ -595,7 +595,7 @@ async fn a_key_record_naming_a_pair_no_gateway_holds_is_refused() {
     let dir = key_dir(12);
     let log = PgLedger::connect(&url, load(&dir)).await.unwrap();
     log.append(vec![b"one".to_vec()]).await.unwrap();
-    let pool = trackshift_ledger::pgconn::pool(&url, 1).unwrap();
+    let pool = trackshift_net::pgconn::pool(&url, 1).unwrap();
     let client = pool.get().await.unwrap();
     let set = |public: &LedgerPublicKeys| serde_json::to_string(public).unwrap();
     let real = log.public_keys();

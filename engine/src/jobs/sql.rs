@@ -372,10 +372,10 @@ pub struct Postgres {
 
 impl Postgres {
     /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...]`, TLS as
-    /// libpq's `sslmode` and `sslrootcert` ask: see [`trackshift_ledger::pgconn`]) and
+    /// libpq's `sslmode` and `sslrootcert` ask: see [`trackshift_net::pgconn`]) and
     /// creates the schema if needed.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let pool = trackshift_ledger::pgconn::pool(url, max_connections)
+        let pool = trackshift_net::pgconn::pool(url, max_connections)
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let me = Self { pool };
         let client = me.client().await?;

@@ -1,7 +1,7 @@
 //! TLS to PostgreSQL as libpq's `sslmode` asks, against the real test server
 //! (`scripts/test-servers.sh start postgres` offers TLS with a certificate from a test CA).
 
-use trackshift_ledger::pgconn;
+use trackshift_net::pgconn;
 
 fn server() -> (String, String) {
     let url = std::env::var("TRACKSHIFT_TEST_POSTGRES").expect(

@@ -19,10 +19,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::client::danger::ServerCertVerified;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::verify::{CertPolicy, PolicyVerifier, Versions};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,19 +210,21 @@ pub fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, PgConnectEr
             .map_err(|e| PgConnectError::Pool(format!("TLS: {e}")))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Lenient {
-                    chain: Some(chain),
-                    provider: provider.clone(),
-                }))
+                .with_custom_certificate_verifier(Arc::new(PolicyVerifier::new(
+                    Lenient { chain: Some(chain) },
+                    provider.clone(),
+                    Versions::Tls12And13,
+                )))
                 .with_no_client_auth()
         }
     } else {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Lenient {
-                chain: None,
+            .with_custom_certificate_verifier(Arc::new(PolicyVerifier::new(
+                Lenient { chain: None },
                 provider,
-            }))
+                Versions::Tls12And13,
+            )))
             .with_no_client_auth()
     };
     Ok(config)
@@ -236,11 +238,10 @@ pub fn tls_config(target: &PgTarget) -> Result<rustls::ClientConfig, PgConnectEr
 #[derive(Debug)]
 struct Lenient {
     chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Lenient {
-    fn verify_server_cert(
+impl CertPolicy for Lenient {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -249,6 +250,7 @@ impl ServerCertVerifier for Lenient {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::CertificateError as C;
+        use rustls::client::danger::ServerCertVerifier as _;
         let Some(chain) = &self.chain else {
             return Ok(ServerCertVerified::assertion());
         };
@@ -258,32 +260,6 @@ impl ServerCertVerifier for Lenient {
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
