@@ -747,7 +747,7 @@ async fn ready(State(state): State<AppState>, IsOperator(operator): IsOperator) 
                 .map_err(|e| e.to_string());
             let (checked, failing) = state
                 .gateway
-                .check_destinations(Duration::from_secs(3))
+                .probe_destinations(Duration::from_secs(3))
                 .await;
             ReadyReport {
                 store,

@@ -23,6 +23,7 @@ mod local;
 pub mod memory;
 mod null;
 pub mod object;
+pub mod rate;
 pub mod retry;
 pub mod sftp;
 pub mod wrap;
@@ -39,8 +40,9 @@ pub use local::LocalConnector;
 pub use memory::MemoryConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;
+pub use rate::ByteRate;
 pub use sftp::SftpConnector;
-pub use wrap::{ByteRate, Limits, Wrapping, wrap};
+pub use wrap::{Limits, Wrapping, wrap};
 
 /// How far a connector confirms what it wrote before a job may succeed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -25,7 +25,7 @@ impl Shared {
 
 pub(super) struct ConnState {
     pub(super) tenant: String,
-    pub(super) handles: Mutex<HashMap<u32, Arc<Job>>>,
+    pub(super) handles: Mutex<HashMap<u32, Arc<HeldJob>>>,
     /// The job slot each handle holds (see [`crate::quota`]).
     pub(super) slots: Mutex<HashMap<u32, crate::quota::JobSlot>>,
     pub(super) next_handle: AtomicU32,
@@ -376,7 +376,7 @@ pub(super) async fn control_loop(
                 if let Some(job) = job {
                     info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %reason, "job cancelled");
                     // Marked first: a writer opened from here on aborts itself (see
-                    // `Job::writer`); the ones open now are aborted here.
+                    // `HeldJob::writer`); the ones open now are aborted here.
                     job.cancelled.store(true, Ordering::Relaxed);
                     job.fail(format!("cancelled: {reason}"));
                     abort_writers(&job).await;
@@ -401,7 +401,7 @@ pub(super) fn defer(state: &ConnState, job_id: String, correlation: &str, reason
 }
 
 /// Aborts every partial destination object the job may have (idempotent).
-pub(super) async fn abort_writers(job: &Job) {
+pub(super) async fn abort_writers(job: &HeldJob) {
     for d in 0..job.dests.len() {
         job.abort_dest(d).await;
     }

@@ -20,8 +20,9 @@ pub(super) struct Pending {
     pub(super) _permit: crate::quota::MemoryPermit,
 }
 
-/// A job known to the gateway (in progress or finished).
-pub(super) struct Job {
+/// A job the gateway holds (in progress or finished): its destinations and writers, its
+/// journal and its seal. (The job service's queued job is [`crate::jobs::Job`].)
+pub(super) struct HeldJob {
     pub(super) tenant: String,
     /// Job id and correlation id, for log lines.
     pub(super) id: String,
@@ -73,7 +74,7 @@ impl WriterSlot {
     }
 }
 
-impl Job {
+impl HeldJob {
     pub(super) fn open(&self) -> OpenJob {
         self.state.lock().expect("job lock").open().clone()
     }
@@ -333,7 +334,7 @@ impl Job {
     }
 }
 
-impl crate::quota::Occupies for Job {
+impl crate::quota::Occupies for HeldJob {
     fn occupies(&self) -> bool {
         // A finish in progress holds the lock: the job still counts.
         self.failed.lock().expect("job lock").is_none()
@@ -345,13 +346,13 @@ impl crate::quota::Occupies for Job {
 /// The jobs held now (see `Shared::jobs`), with entries of dropped jobs pruned as it grows.
 #[derive(Default)]
 pub(super) struct JobMap {
-    pub(super) jobs: HashMap<(String, String), std::sync::Weak<Job>>,
+    pub(super) jobs: HashMap<(String, String), std::sync::Weak<HeldJob>>,
     /// Prune dropped entries when the map reaches this size.
     pub(super) prune_at: usize,
 }
 
 impl JobMap {
-    pub(super) fn get(&self, key: &(String, String)) -> Option<Arc<Job>> {
+    pub(super) fn get(&self, key: &(String, String)) -> Option<Arc<HeldJob>> {
         self.jobs.get(key).and_then(std::sync::Weak::upgrade)
     }
 
@@ -359,7 +360,7 @@ impl JobMap {
         self.jobs.remove(key);
     }
 
-    pub(super) fn insert(&mut self, key: (String, String), job: std::sync::Weak<Job>) {
+    pub(super) fn insert(&mut self, key: (String, String), job: std::sync::Weak<HeldJob>) {
         if self.jobs.len() >= self.prune_at {
             self.jobs.retain(|_, j| j.strong_count() > 0);
             self.prune_at = (2 * self.jobs.len()).max(64);
@@ -400,7 +401,7 @@ impl Shared {
         self: &Arc<Self>,
         tenant: &str,
         open: OpenJob,
-    ) -> Result<Arc<Job>, GatewayError> {
+    ) -> Result<Arc<HeldJob>, GatewayError> {
         let state = ReceiverJob::new(open.clone())?;
         let tenants = self.tenants.current();
         let entry = tenants
@@ -498,7 +499,7 @@ impl Shared {
             });
         }
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-        let job = Arc::new(Job {
+        let job = Arc::new(HeldJob {
             tenant: tenant.to_string(),
             id: open.job_id.clone(),
             correlation: open.correlation_id.clone().unwrap_or_else(|| "-".into()),

@@ -101,7 +101,10 @@ pub(super) fn read_finished(dir: &Path, dests: usize) -> Option<(String, Vec<Str
 /// Group commit: takes every chunk written since the last round, syncs the files they went
 /// to, appends their records to the chunk log with one fsync, then acknowledges them.
 /// Ends when the job is gone (every sender of `rx` is the job's).
-pub(super) async fn committer(job: std::sync::Weak<Job>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+pub(super) async fn committer(
+    job: std::sync::Weak<HeldJob>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(p) = rx.try_recv() {
@@ -145,7 +148,10 @@ pub(super) async fn committer(job: std::sync::Weak<Job>, mut rx: mpsc::Unbounded
     }
 }
 
-pub(super) async fn commit_batch(job: &Arc<Job>, batch: &[Pending]) -> Result<(), GatewayError> {
+pub(super) async fn commit_batch(
+    job: &Arc<HeldJob>,
+    batch: &[Pending],
+) -> Result<(), GatewayError> {
     let mut files: Vec<u32> = batch.iter().map(|p| p.chunk.file).collect();
     files.sort_unstable();
     files.dedup();

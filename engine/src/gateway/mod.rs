@@ -410,7 +410,7 @@ impl Gateway {
     /// Checks every destination in use (the connectors jobs have opened), each bounded by
     /// `timeout`, concurrently. Returns how many were checked and the failing URIs with
     /// their errors (no credentials: URIs never hold any).
-    pub async fn check_destinations(
+    pub async fn probe_destinations(
         &self,
         timeout: std::time::Duration,
     ) -> (usize, Vec<(String, String)>) {

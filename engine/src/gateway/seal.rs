@@ -37,7 +37,7 @@ impl FinishFailure {
 
 pub(super) async fn finish_job(
     shared: &Arc<Shared>,
-    job: &Arc<Job>,
+    job: &Arc<HeldJob>,
     sender_hashes: &[Hash32],
 ) -> Result<(String, Vec<String>), FinishFailure> {
     let mut finished = job.finished.lock().await;
@@ -86,7 +86,7 @@ pub(super) async fn finish_job(
 /// saves them with `ledger_size`, the ledger's size before they go to it (crate::record).
 pub(super) async fn sign_finish(
     shared: &Arc<Shared>,
-    job: &Arc<Job>,
+    job: &Arc<HeldJob>,
     open: &OpenJob,
     entries: Vec<trackshift_crypto::manifest::FileEntry>,
     ledger_size: u64,
@@ -176,7 +176,7 @@ pub(super) async fn sign_finish(
 /// Commits every file of the job at destination `d` and checks what it confirms against
 /// the manifest's entries (size, and the read-back hash when there is one).
 pub(super) async fn commit_dest(
-    job: &Arc<Job>,
+    job: &Arc<HeldJob>,
     d: usize,
     entries: &[trackshift_crypto::manifest::FileEntry],
 ) -> Result<Confirmation, GatewayError> {

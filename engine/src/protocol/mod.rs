@@ -110,7 +110,7 @@ pub struct OpenJob {
 pub const MAX_DESTINATIONS: usize = 16;
 
 /// One to [`MAX_DESTINATIONS`] destinations, none repeated.
-fn check_destinations(d: &[String]) -> Result<(), ProtocolError> {
+fn validate_destinations(d: &[String]) -> Result<(), ProtocolError> {
     if d.is_empty() || d.len() > MAX_DESTINATIONS {
         return Err(ProtocolError::InvalidJob(format!(
             "a job needs 1 to {MAX_DESTINATIONS} destinations, not {}",

@@ -100,7 +100,7 @@ pub struct ReceiverJob {
 impl ReceiverJob {
     /// Validates an `OpenJob` and starts with nothing held.
     pub fn new(open: OpenJob) -> Result<Self, ProtocolError> {
-        check_destinations(&open.destinations)?;
+        validate_destinations(&open.destinations)?;
         if let Some(c) = &open.classification {
             check_id("classification", c)?;
         }
