@@ -14,9 +14,9 @@ use serde::Serialize;
 use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::jobs::runner::{Runner, RunnerConfig, now_ms};
 use trackshift_engine::jobs::store::{ListQuery, NewJob};
-use trackshift_engine::jobs::{JobSpec, JobState, JobStore, SqlStore};
-use trackshift_engine::tenants::{LiveTenants, ServiceKey, TenantEntry, TenantFile};
-use trackshift_engine::tls::ServerTrust;
+use trackshift_engine::jobs::{JobSpec, JobState, JobStore};
+use trackshift_engine::service::{Service, ServiceConfig};
+use trackshift_engine::tenants::{TenantEntry, TenantFile};
 
 /// Options of `trackshift bench`.
 #[derive(Args)]
@@ -220,30 +220,29 @@ impl Rig {
             });
         }
         file.save(&data)?;
-        let tenants = Arc::new(LiveTenants::load(&data)?);
-        let key = Arc::new(ServiceKey::load_or_create(&data)?);
         let mut gcfg = GatewayConfig::new("127.0.0.1:0".parse()?, &data);
-        gcfg.service_key = Some(key.clone());
-        gcfg.tenants = Some(tenants.clone());
         gcfg.memory_budget = usize::try_from(args.memory.max(64 << 20) * 2).unwrap_or(usize::MAX);
         gcfg.job_retention = args.job_retention.or(gcfg.job_retention);
         // Every worker connection comes from this host, as `serve --http` requires.
         gcfg.max_connections_per_ip = gcfg.max_connections_per_ip.max(args.jobs + 64);
-        let gateway = Arc::new(Gateway::bind(gcfg).await?);
-        let g = gateway.clone();
-        let serving = tokio::spawn(async move { g.serve().await });
-        let store: Arc<dyn JobStore> = Arc::new(SqlStore::open(&data.join("jobs.db"))?);
-        let mut pin = [0u8; 32];
-        hex::decode_to_slice(gateway.fingerprint(), &mut pin)?;
-        let mut rc =
-            RunnerConfig::new("bench", gateway.local_addr(), ServerTrust::Fingerprint(pin));
+        let mut rc = RunnerConfig::local("bench");
         rc.max_running = args.jobs;
         rc.memory_budget = args.memory;
         rc.latency_target = args.latency_target.0;
         rc.per_job_in_flight = args.memory.min(64 << 20);
         rc.poll = Duration::from_millis(50);
         rc.heartbeat = Duration::from_secs(1);
-        let runner = Runner::new(store.clone(), tenants, key, rc);
+        let service = Service::start(ServiceConfig {
+            gateway: gcfg,
+            shared: None,
+            worker: Some(rc),
+        })
+        .await?;
+        let gateway = service.gateway;
+        let jobs = service.jobs.expect("a worker was asked for");
+        let (store, runner) = (jobs.store, jobs.runner);
+        let g = gateway.clone();
+        let serving = tokio::spawn(async move { g.serve().await });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(runner.clone().run(stop_rx));
         Ok(Self {

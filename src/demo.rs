@@ -6,13 +6,13 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use trackshift_crypto::{Manifest, PublicKeyring, Receipt};
-use trackshift_engine::gateway::{Gateway, GatewayConfig};
+use trackshift_engine::gateway::GatewayConfig;
 use trackshift_engine::sender::SendConfig;
+use trackshift_engine::service::{Service, ServiceConfig};
 use trackshift_engine::tls::ServerTrust;
 
 const MARKER: &str = ".trackshift-demo";
@@ -54,8 +54,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let token = trackshift_engine::gateway::generate_token();
     let allowed = format!("file://{}", fs::canonicalize(&dest)?.display());
     trackshift_engine::gateway::add_tenant(&data_dir, "demo", &token, &[&allowed])?;
-    let gateway =
-        Arc::new(Gateway::bind(GatewayConfig::new("127.0.0.1:0".parse()?, &data_dir)).await?);
+    let gateway = Service::start(ServiceConfig {
+        gateway: GatewayConfig::new("127.0.0.1:0".parse()?, &data_dir),
+        shared: None,
+        worker: None,
+    })
+    .await?
+    .gateway;
     let serving = {
         let g = gateway.clone();
         tokio::spawn(async move { g.serve().await })

@@ -9,7 +9,9 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use trackshift_engine::connectors::destination::{self, Destination};
 use trackshift_engine::gateway::{Gateway, GatewayConfig};
+use trackshift_engine::jobs::runner::RunnerConfig;
 use trackshift_engine::sender::{Progress, SendConfig, SendReport, send_path};
+use trackshift_engine::service::{Service, ServiceConfig, Shared};
 use trackshift_engine::tls::ServerTrust;
 
 /// Options of `trackshift serve`.
@@ -123,29 +125,6 @@ pub struct ServeArgs {
 
 pub(crate) fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
-/// The ledger shared through PostgreSQL, with the keys of `--ledger-keys` (loaded again
-/// when their files change); the log's public keys are written next to them
-/// (`public-keys.json`) for `keys export-public --ledger`.
-async fn shared_ledger(args: &ServeArgs, url: &str) -> Result<trackshift_ledger::Log> {
-    let dir = args
-        .ledger_keys
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("ledger").join("keys"));
-    let keys = trackshift_ledger::LiveLedgerKeys::load_or_generate(
-        &dir,
-        trackshift_engine::gateway::DEFAULT_LEDGER_ORIGIN,
-    )?;
-    let pg = trackshift_ledger::PgLedger::connect(url, keys)
-        .await
-        .context("connecting to the shared ledger in PostgreSQL")?;
-    println!(
-        "ledger: shared in PostgreSQL, {} entries (keys in {})",
-        pg.size(),
-        dir.display()
-    );
-    Ok(trackshift_ledger::Log::Postgres(std::sync::Arc::new(pg)))
 }
 
 /// Options of `trackshift send`.
@@ -298,11 +277,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .context("installing the SIGHUP handler")?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let tenants = std::sync::Arc::new(trackshift_engine::tenants::LiveTenants::load(
-        &args.data_dir,
-    )?);
     let mut cfg = GatewayConfig::new(args.listen, &args.data_dir);
-    cfg.tenants = Some(tenants.clone());
     cfg.pq_only = args.pq_only;
     cfg.memory_budget = usize::try_from(args.memory_budget).unwrap_or(usize::MAX);
     if args.http.is_some() && args.max_connections_per_ip <= args.max_jobs {
@@ -333,14 +308,44 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             )?)
         });
     }
-    let service_key = std::sync::Arc::new(trackshift_engine::tenants::ServiceKey::load_or_create(
-        &args.data_dir,
-    )?);
-    cfg.service_key = Some(service_key.clone());
-    if let Some(url) = args.store.as_deref().filter(|u| is_postgres(u)) {
-        cfg.ledger = Some(shared_ledger(&args, url).await?);
+    let shared = match args.store.as_deref() {
+        Some(url) if is_postgres(url) => Some(Shared {
+            url: url.to_string(),
+            ledger_keys: args
+                .ledger_keys
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("ledger").join("keys")),
+            store_connections: 16,
+        }),
+        Some(other) => bail!(
+            "--store {:?}: only postgres:// URLs (default: SQLite in the data directory)",
+            other.split('@').next_back().unwrap_or("")
+        ),
+        None => None,
+    };
+    let worker = match (args.http, &operator) {
+        (Some(_), Some(_)) => Some(worker_config(&args)),
+        _ => None,
+    };
+    let service = Service::start(ServiceConfig {
+        gateway: cfg,
+        shared: shared.clone(),
+        worker,
+    })
+    .await?;
+    let Service {
+        gateway,
+        tenants,
+        jobs,
+        ..
+    } = service;
+    if let Some(s) = &shared {
+        println!(
+            "ledger: shared in PostgreSQL, {} entries (keys in {})",
+            gateway.ledger().size(),
+            s.ledger_keys.display()
+        );
     }
-    let gateway = std::sync::Arc::new(Gateway::bind(cfg).await?);
     println!(
         "gateway listening on {} (QUIC, ALPN trackshift/1)",
         gateway.local_addr()
@@ -352,16 +357,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     let (stop_jobs, stop_rx) = tokio::sync::watch::channel(false);
     let mut runner_task = None;
-    let http = match (args.http, operator) {
-        (Some(addr), Some(operator)) => {
-            let (state, runner) = job_service(
-                &args,
-                gateway.clone(),
-                service_key,
-                tenants.clone(),
+    let http = match (args.http, operator, jobs) {
+        (Some(addr), Some(operator), Some(jobs)) => {
+            println!("job store: {}", jobs.backend);
+            let runner = jobs.runner.clone();
+            let state = crate::api::AppState {
+                store: jobs.store,
+                tenants: tenants.clone(),
+                runner: jobs.runner,
+                ledger: gateway.ledger().clone(),
+                gateway: gateway.clone(),
+                metrics: crate::metrics_handle()?,
                 operator,
-            )
-            .await?;
+                readiness: Default::default(),
+            };
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
             let router = crate::http::router(gateway.ledger().clone())
                 .merge(crate::api::router(state.clone()));
@@ -473,41 +482,9 @@ async fn reload_on_hangup(
 /// How often a running gateway looks for a changed key store.
 const KEY_STORE_POLL: Duration = Duration::from_secs(2);
 
-/// The job service next to a gateway: store (`DATA/jobs.db`), worker, the API's state.
-async fn job_service(
-    args: &ServeArgs,
-    gateway: std::sync::Arc<Gateway>,
-    service_key: std::sync::Arc<trackshift_engine::tenants::ServiceKey>,
-    tenants: std::sync::Arc<trackshift_engine::tenants::LiveTenants>,
-    operator: std::sync::Arc<trackshift_engine::operator::OperatorKey>,
-) -> Result<(
-    crate::api::AppState,
-    std::sync::Arc<trackshift_engine::jobs::runner::Runner>,
-)> {
-    use std::sync::Arc;
-    use trackshift_engine::jobs::runner::{Runner, RunnerConfig};
-    let store = match &args.store {
-        Some(url) if is_postgres(url) => {
-            trackshift_engine::jobs::SqlStore::connect_postgres(url, 16)
-                .await
-                .context("connecting to the PostgreSQL job store")?
-        }
-        Some(other) => bail!(
-            "--store {:?}: only postgres:// URLs (default: SQLite in the data directory)",
-            other.split('@').next_back().unwrap_or("")
-        ),
-        None => trackshift_engine::jobs::SqlStore::open(&args.data_dir.join("jobs.db"))?,
-    };
-    println!("job store: {}", store.backend());
-    let store: Arc<dyn trackshift_engine::jobs::JobStore> = Arc::new(store);
-    let mut pin = [0u8; 32];
-    hex::decode_to_slice(gateway.fingerprint(), &mut pin).context("gateway fingerprint")?;
-    let mut gw = gateway.local_addr();
-    if gw.ip().is_unspecified() {
-        gw.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let worker = format!("{}-{}", hostname(), std::process::id());
-    let mut rc = RunnerConfig::new(worker, gw, ServerTrust::Fingerprint(pin));
+/// The job service's worker settings from the command line.
+fn worker_config(args: &ServeArgs) -> RunnerConfig {
+    let mut rc = RunnerConfig::local(format!("{}-{}", hostname(), std::process::id()));
     rc.max_running = args.max_jobs.max(1);
     rc.memory_budget = args.jobs_memory;
     rc.latency_target = args.jobs_latency_target.0;
@@ -515,19 +492,7 @@ async fn job_service(
     rc.lease = Duration::from_secs(args.lease_secs.max(2));
     rc.heartbeat = (rc.lease / 6).max(Duration::from_millis(300));
     rc.pq_only = args.pq_only;
-    let runner = Runner::new(store.clone(), tenants.clone(), service_key, rc);
-    let metrics = crate::metrics_handle()?;
-    let state = crate::api::AppState {
-        store,
-        tenants,
-        runner: runner.clone(),
-        ledger: gateway.ledger().clone(),
-        gateway: gateway.clone(),
-        metrics,
-        operator,
-        readiness: Default::default(),
-    };
-    Ok((state, runner))
+    rc
 }
 
 fn hostname() -> String {

@@ -22,6 +22,7 @@ pub mod quota;
 mod record;
 pub mod scan;
 pub mod sender;
+pub mod service;
 pub mod tenants;
 pub mod tls;
 pub mod transport;

@@ -192,6 +192,11 @@ impl GatewayIdentity {
         fingerprint_of(&self.chain[0])
     }
 
+    /// What a sender pins this identity with (its leaf certificate's SHA-256).
+    pub fn pin(&self) -> ServerTrust {
+        ServerTrust::Fingerprint(sha256(&self.chain[0]))
+    }
+
     /// The directory holding the identity (`ca.pem` there is the CA senders may trust).
     pub fn dir(&self) -> &Path {
         &self.dir

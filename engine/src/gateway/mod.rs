@@ -381,6 +381,11 @@ impl Gateway {
         self.identity.fingerprint()
     }
 
+    /// What a sender on this host pins this gateway with.
+    pub fn pin(&self) -> crate::tls::ServerTrust {
+        self.identity.pin()
+    }
+
     /// The public keys auditors need to verify this gateway's manifests, receipts and
     /// ledger checkpoints.
     pub fn public_keyring(&self) -> Result<PublicKeyring, GatewayError> {
