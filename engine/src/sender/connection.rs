@@ -5,10 +5,10 @@ use super::*;
 
 pub(super) enum Event {
     Frame(ServerFrame),
-    ControlClosed(String),
+    ControlClosed(ConnectionLost),
     Sent(usize, ChunkRef, Hash32),
     /// A chunk stream failed: (job, handle it was sent under, error).
-    SendFailed(usize, u32, String),
+    SendFailed(usize, u32, ConnectionLost),
     SourceFailed(usize, String),
     Reopen(usize),
 }
@@ -33,12 +33,12 @@ pub(super) async fn connection(
     };
     let conn = crate::transport::connect(endpoint, cfg.gateway, &cfg.server_name)
         .await
-        .map_err(|e| SendError::Connection(e.to_string()))?;
+        .map_err(|e| SendError::Connection(ConnectionLost::Connect(Arc::new(e))))?;
     let (mut send, recv) = conn
         .open_bi()
         .await
-        .map_err(|e| SendError::Connection(e.to_string()))?;
-    let conn_err = |e: quinn::WriteError| SendError::Connection(e.to_string());
+        .map_err(|e| SendError::Connection(e.into()))?;
+    let conn_err = |e: quinn::WriteError| SendError::Connection(e.into());
     let hello = ClientFrame::Hello {
         version: protocol::VERSION,
         token: Secret(cfg.token.clone()),
@@ -398,7 +398,7 @@ pub(super) async fn read_control(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = events.send(Event::ControlClosed(e.to_string()));
+                    let _ = events.send(Event::ControlClosed(e.into()));
                     return;
                 }
             }
@@ -406,13 +406,11 @@ pub(super) async fn read_control(
         match recv.read(&mut buf).await {
             Ok(Some(n)) => dec.push(&buf[..n]),
             Ok(None) => {
-                let _ = events.send(Event::ControlClosed(
-                    "gateway closed the control stream".into(),
-                ));
+                let _ = events.send(Event::ControlClosed(ConnectionLost::ControlEnded));
                 return;
             }
             Err(e) => {
-                let _ = events.send(Event::ControlClosed(e.to_string()));
+                let _ = events.send(Event::ControlClosed(e.into()));
                 return;
             }
         }
@@ -465,7 +463,7 @@ pub(super) fn spawn_chunk(
                 Ok((Bytes::from(buf), hash))
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?;
             let (data, hash) = match read {
                 Ok(r) => r,
                 Err(e) => {
@@ -482,11 +480,11 @@ pub(super) fn spawn_chunk(
                 hash,
             };
             let prefix = protocol::encode_chunk_header(&header);
-            let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-            stream.write_all(&prefix).await.map_err(|e| e.to_string())?;
-            stream.write_chunk(data).await.map_err(|e| e.to_string())?;
-            stream.finish().map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
+            let mut stream = conn.open_uni().await?;
+            stream.write_all(&prefix).await?;
+            stream.write_chunk(data).await?;
+            stream.finish()?;
+            Ok::<(), ConnectionLost>(())
         }
         .await;
         if let Err(e) = result {

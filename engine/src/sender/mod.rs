@@ -29,12 +29,13 @@ use crate::protocol::{
 };
 use crate::tls::ServerTrust;
 
-/// Why a send failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a send failed. Cheap to clone: a connection that fails gives every job it carried
+/// the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     /// The source could not be read.
     #[error(transparent)]
-    Source(#[from] crate::scan::ScanError),
+    Source(Arc<crate::scan::ScanError>),
     /// The gateway refused the connection (bad token, version).
     #[error("gateway refused the connection: {0}")]
     Refused(String),
@@ -58,10 +59,10 @@ pub enum SendError {
     Protocol(#[from] ProtocolError),
     /// Connecting or the connection failed.
     #[error("connection: {0}")]
-    Connection(String),
+    Connection(ConnectionLost),
     /// Endpoint set-up.
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(Arc<crate::transport::TransportError>),
     /// A source file could not be read during the send (removed, truncated, I/O error).
     #[error("reading the source: {0}")]
     SourceRead(String),
@@ -80,6 +81,54 @@ pub enum SendError {
         /// The last error.
         last: String,
     },
+}
+
+/// Why a connection to the gateway was lost, or never made. Cheap to clone: when a
+/// connection fails, every job it carried gets the same one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectionLost {
+    /// The local QUIC endpoint could not be set up.
+    #[error("setting up the endpoint: {0}")]
+    Endpoint(Arc<crate::transport::TransportError>),
+    /// The handshake failed or timed out.
+    #[error(transparent)]
+    Connect(Arc<crate::transport::TransportError>),
+    /// The connection closed or failed (a stream could not be opened).
+    #[error(transparent)]
+    Closed(#[from] quinn::ConnectionError),
+    /// Writing to a stream failed.
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+    /// Reading the control stream failed.
+    #[error(transparent)]
+    Read(#[from] quinn::ReadError),
+    /// A chunk stream was already finished or reset.
+    #[error(transparent)]
+    Stream(#[from] quinn::ClosedStream),
+    /// The gateway's control frames did not decode.
+    #[error(transparent)]
+    Frames(#[from] ProtocolError),
+    /// The gateway ended the control stream.
+    #[error("gateway closed the control stream")]
+    ControlEnded,
+    /// The task reading a chunk of the source did not finish.
+    #[error("reading a chunk: {0}")]
+    ReadTask(Arc<tokio::task::JoinError>),
+    /// The send stopped before this job was settled.
+    #[error("the send ended early")]
+    EndedEarly,
+}
+
+impl From<crate::scan::ScanError> for SendError {
+    fn from(e: crate::scan::ScanError) -> Self {
+        Self::Source(Arc::new(e))
+    }
+}
+
+impl From<crate::transport::TransportError> for SendError {
+    fn from(e: crate::transport::TransportError) -> Self {
+        Self::Transport(Arc::new(e))
+    }
 }
 
 impl SendError {
@@ -397,7 +446,7 @@ pub async fn send_jobs(
                         elapsed: job.finished.unwrap_or_else(|| started.elapsed()),
                     }),
                     Some(Err(e)) => Err(e),
-                    None => Err(SendError::Connection("the send ended early".into())),
+                    None => Err(SendError::Connection(ConnectionLost::EndedEarly)),
                 })
             })
             .collect::<Vec<_>>()
@@ -420,12 +469,10 @@ pub async fn send_jobs(
     let endpoint = match made {
         Ok(e) => e,
         Err(e) => {
-            let msg = e.to_string();
+            let lost = ConnectionLost::Endpoint(Arc::new(e));
             for (job, slot) in jobs.iter().zip(results.iter_mut()) {
                 if !job.done {
-                    *slot = Some(Err(SendError::Connection(format!(
-                        "setting up the endpoint: {msg}"
-                    ))));
+                    *slot = Some(Err(SendError::Connection(lost.clone())));
                 }
             }
             return finish(jobs, results, 0);
@@ -469,22 +516,9 @@ pub async fn send_jobs(
                 } else {
                     e
                 };
-                // Every unfinished job gets the error: the first one the error itself, the
-                // others a copy of its text (refusals and cancellations keep their kind).
-                let refused = match &e {
-                    SendError::Refused(r) => Some(r.clone()),
-                    _ => None,
-                };
-                let cancelled_all = matches!(e, SendError::Cancelled);
-                let text = e.to_string();
-                let mut original = Some(e);
+                // Every unfinished job gets the error.
                 for job in jobs.iter_mut().filter(|j| j.outcome.is_none() && !j.done) {
-                    let err = original.take().unwrap_or_else(|| match &refused {
-                        Some(r) => SendError::Refused(r.clone()),
-                        None if cancelled_all => SendError::Cancelled,
-                        None => SendError::Connection(text.clone()),
-                    });
-                    job.outcome = Some(Err(err));
+                    job.outcome = Some(Err(e.clone()));
                 }
                 break;
             }

@@ -52,7 +52,9 @@ fn errors_are_sorted_into_permanent_and_transient() {
         Outcome::Transient(_)
     ));
     assert!(matches!(
-        classify(SendError::Connection("reset".into())),
+        classify(SendError::Connection(
+            crate::sender::ConnectionLost::ControlEnded
+        )),
         Outcome::Transient(_)
     ));
     assert!(matches!(
