@@ -1,6 +1,6 @@
 //! Connector errors.
 
-use std::path::PathBuf;
+use trackshift_crypto::IoError;
 
 impl From<crate::DestinationError> for ConnectorError {
     fn from(e: crate::DestinationError) -> Self {
@@ -34,16 +34,8 @@ pub enum ConnectorError {
     #[error("destination unavailable: {0}")]
     Unavailable(String),
     /// A file-system operation failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] trackshift_crypto::IoError),
     /// The destination does not hold what was written.
     #[error("{path}: destination holds {actual} bytes, expected {expected}")]
     SizeMismatch {
@@ -97,7 +89,7 @@ impl ConnectorError {
     /// as opposed to permanent failures (bad path, full disk, permissions).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Io { source, .. } => matches!(
+            Self::Io(IoError { source, .. }) => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
                     | std::io::ErrorKind::TimedOut

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use trackshift_crypto::IoError;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,10 +36,12 @@ fn io<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> ConnectorError + 'a {
-    move |source| ConnectorError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        ConnectorError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -57,11 +60,11 @@ fn resolve_err(action: &'static str, root: &Path, rel: &str, e: Errno) -> Connec
         e if leaves(e) => ConnectorError::NotAllowed(format!(
             "{rel}: not allowed (the path leaves the destination directory or crosses a link)"
         )),
-        e => ConnectorError::Io {
+        e => ConnectorError::Io(IoError {
             action,
             path: root.join(rel),
             source: e.into(),
-        },
+        }),
     }
 }
 
@@ -251,7 +254,7 @@ impl Connector for LocalConnector {
             let root = this.open_root()?;
             let (dir, name) = match this.parent_of(&root, &path, false) {
                 Ok(p) => p,
-                Err(ConnectorError::Io { source, .. })
+                Err(ConnectorError::Io(IoError { source, .. }))
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     return Ok(None);

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use trackshift_crypto::IoError;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -140,11 +141,11 @@ impl Connector for MemoryConnector {
 
 /// The error for an object (or partial object) that is not there.
 fn missing(action: &'static str, path: &str) -> ConnectorError {
-    ConnectorError::Io {
+    ConnectorError::Io(IoError {
         action,
         path: format!("memory://{path}").into(),
         source: std::io::ErrorKind::NotFound.into(),
-    }
+    })
 }
 
 /// One object being written: its bytes live in the shared shelf, so a writer dropped

@@ -90,16 +90,8 @@ pub enum CryptoError {
     #[error("key store already exists at {0}")]
     AlreadyExists(PathBuf),
     /// A file-system operation failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done (`reading`, `writing`, ...).
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     /// The cryptographic backend failed (key generation, signing).
     #[error("crypto backend: {0}")]
     Backend(&'static str),
@@ -116,11 +108,11 @@ impl CryptoError {
 
     /// Builds a [`CryptoError::Io`].
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
+        Self::Io(IoError {
             action,
             path: path.into(),
             source,
-        }
+        })
     }
 
     /// True when the error means "the document was checked and rejected" (as opposed to
@@ -136,6 +128,35 @@ impl CryptoError {
                 | Self::HashMismatch(_)
                 | Self::Unsigned(_)
         )
+    }
+}
+
+/// A file-system operation that failed: what was being done, where, and the OS error.
+/// Every library's error enum carries it as its `Io` variant.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {}: {source}", path.display())]
+pub struct IoError {
+    /// What was being done (`reading`, `writing`, ...).
+    pub action: &'static str,
+    /// The path involved.
+    pub path: PathBuf,
+    /// The underlying error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// The error of `action` on `path`, as a `map_err` argument.
+    pub fn at(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self {
+            action,
+            path,
+            source,
+        }
     }
 }
 

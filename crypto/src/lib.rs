@@ -43,7 +43,7 @@ pub mod signer;
 pub mod timestamp;
 
 pub use document::{Document, Signable, SignatureBlock, verify_signed_bytes};
-pub use error::{CryptoError, Result};
+pub use error::{CryptoError, IoError, Result};
 pub use filestore::FileKeyStore;
 pub use hash::{ChunkHasher, ChunkLayout, Hash32};
 pub use keys::{

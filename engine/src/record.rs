@@ -18,6 +18,7 @@
 //! in the ledger, and the job's files are those entries.
 
 use std::path::Path;
+use trackshift_crypto::IoError;
 
 use serde::{Deserialize, Serialize};
 use trackshift_crypto::{Manifest, Receipt, Signable as _};
@@ -65,11 +66,11 @@ pub fn load(dir: &Path) -> Result<Option<SignedFinish>, GatewayError> {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(GatewayError::Io {
+            return Err(GatewayError::Io(IoError {
                 action: "reading",
                 path,
                 source,
-            });
+            }));
         }
     };
     let signed: SignedFinish =
@@ -399,7 +400,7 @@ mod tests {
                 l.inject_faults(None);
                 if let Err(e) = first {
                     assert!(
-                        matches!(&e, GatewayError::Ledger(trackshift_ledger::LedgerError::Io { source, .. })
+                        matches!(&e, GatewayError::Ledger(trackshift_ledger::LedgerError::Io(IoError { source, .. }))
                             if source.raw_os_error() == Some(errno)),
                         "{ctx}: {e}"
                     );

@@ -49,17 +49,9 @@ use trackshift_crypto::Hash32;
 /// A tenant file or policy problem.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
-    /// The file could not be read or written.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Which file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file-system operation failed.
+    #[error(transparent)]
+    Io(#[from] trackshift_crypto::IoError),
     /// The file is malformed.
     #[error("tenant file {path}: {message}")]
     Invalid {

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use trackshift_crypto::IoError;
 
 use rustls::client::danger::ServerCertVerified;
 use rustls::crypto::{CryptoProvider, aws_lc_rs};
@@ -28,17 +29,9 @@ pub const DEFAULT_SERVER_NAME: &str = "trackshift-gateway";
 /// TLS set-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// Reading or writing identity files.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file-system operation failed.
+    #[error(transparent)]
+    Io(#[from] trackshift_crypto::IoError),
     /// A certificate or key file could not be parsed.
     #[error("{path}: {reason}")]
     BadFile {
@@ -64,10 +57,12 @@ pub enum TlsError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TlsError + 'a {
-    move |source| TlsError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        TlsError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

@@ -1,21 +1,14 @@
 //! Ledger errors.
 
 use std::path::PathBuf;
+use trackshift_crypto::IoError;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// A file-system operation failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] trackshift_crypto::IoError),
     /// Stored data is damaged; `entry` names the first entry found damaged.
     #[error("ledger corrupt at entry {entry}: {what}")]
     Corrupt {
@@ -70,18 +63,18 @@ impl LedgerError {
     /// kind and errno, so callers can tell `ENOSPC` from `EIO`).
     pub(crate) fn duplicate(&self) -> Self {
         match self {
-            Self::Io {
+            Self::Io(IoError {
                 action,
                 path,
                 source,
-            } => Self::Io {
+            }) => Self::Io(IoError {
                 action,
                 path: path.clone(),
                 source: match source.raw_os_error() {
                     Some(errno) => std::io::Error::from_raw_os_error(errno),
                     None => std::io::Error::new(source.kind(), source.to_string()),
                 },
-            },
+            }),
             Self::Corrupt { entry, what } => Self::Corrupt {
                 entry: *entry,
                 what: what.clone(),
@@ -105,10 +98,12 @@ impl LedgerError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io {
-            action,
-            path,
-            source,
+        move |source| {
+            Self::Io(IoError {
+                action,
+                path,
+                source,
+            })
         }
     }
 }

@@ -150,6 +150,7 @@ mod tests {
 
     use super::*;
     use crate::{Ledger, LedgerError};
+    use trackshift_crypto::IoError;
 
     const ORIGIN: &str = "test.example/faults";
     const ERRNOS: [(i32, &str); 3] = [
@@ -283,7 +284,7 @@ mod tests {
                         }
                         Err(e) => {
                             assert!(
-                                matches!(&e, LedgerError::Io { source, .. }
+                                matches!(&e, LedgerError::Io(IoError { source, .. })
                                     if source.raw_os_error() == Some(errno)),
                                 "{ctx}: not the injected error: {e}"
                             );
@@ -420,7 +421,7 @@ mod tests {
         for h in handles {
             let e = h.join().unwrap().unwrap_err();
             assert!(
-                matches!(&e, LedgerError::Io { source, .. }
+                matches!(&e, LedgerError::Io(IoError { source, .. })
                     if source.raw_os_error() == Some(libc::ENOSPC)),
                 "{e}"
             );

@@ -2,6 +2,7 @@
 //! place on commit, removed on abort.
 
 use super::*;
+use trackshift_crypto::IoError;
 
 /// Chunks held until the first chunk is stored.
 #[derive(Default)]
@@ -116,10 +117,12 @@ impl ObjectWriter for FtpsWriter {
         if first_done && let Some(p) = &self.spec.state_file {
             tokio::fs::write(p, b"first-chunk-written\n")
                 .await
-                .map_err(|source| ConnectorError::Io {
-                    action: "writing",
-                    path: p.clone(),
-                    source,
+                .map_err(|source| {
+                    ConnectorError::Io(IoError {
+                        action: "writing",
+                        path: p.clone(),
+                        source,
+                    })
                 })?;
         }
         Ok(())

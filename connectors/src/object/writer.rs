@@ -2,6 +2,7 @@
 //! file for resuming after a restart, the commit and its read-back.
 
 use super::*;
+use trackshift_crypto::IoError;
 
 /// What a writer keeps in its state file to resume after a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,11 +31,11 @@ pub(super) async fn load_state(
             ConnectorError::Unavailable(format!("upload state {}: {e}", path.display()))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ConnectorError::Io {
+        Err(e) => Err(ConnectorError::Io(IoError {
             action: "reading",
             path: path.to_path_buf(),
             source: e,
-        }),
+        })),
     }
 }
 
@@ -45,10 +46,12 @@ pub(super) async fn save_state(path: PathBuf, state: &UploadState) -> Result<(),
         let tmp = path.with_extension("tmp");
         let io = |action, p: &std::path::Path| {
             let p = p.to_path_buf();
-            move |source| ConnectorError::Io {
-                action,
-                path: p,
-                source,
+            move |source| {
+                ConnectorError::Io(IoError {
+                    action,
+                    path: p,
+                    source,
+                })
             }
         };
         let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;

@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use trackshift_crypto::IoError;
 
 use bytes::{BufMut as _, BytesMut};
 use tokio::io::AsyncReadExt as _;
@@ -49,17 +50,9 @@ use crate::tls::GatewayIdentity;
 /// Why the gateway could not start or a job failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// File-system problem in the data directory.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file-system operation failed.
+    #[error(transparent)]
+    Io(#[from] trackshift_crypto::IoError),
     /// Keys or signing.
     #[error(transparent)]
     Crypto(#[from] trackshift_crypto::CryptoError),
@@ -186,10 +179,12 @@ fn io<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> GatewayError + 'a {
-    move |source| GatewayError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        GatewayError::Io(IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! receipts signed, appended to the ledger, and written to the job's directory.
 
 use super::*;
+use trackshift_crypto::IoError;
 
 /// Why a finish failed, and whether sending it again can succeed.
 pub(super) struct FinishFailure {
@@ -27,9 +28,9 @@ impl FinishFailure {
         use trackshift_ledger::LedgerError;
         let retryable = matches!(
             &error,
-            GatewayError::Io { .. }
-                | GatewayError::Crypto(trackshift_crypto::CryptoError::Io { .. })
-                | GatewayError::Ledger(LedgerError::Io { .. } | LedgerError::Stopped(_))
+            GatewayError::Io(IoError { .. })
+                | GatewayError::Crypto(trackshift_crypto::CryptoError::Io(IoError { .. }))
+                | GatewayError::Ledger(LedgerError::Io(IoError { .. }) | LedgerError::Stopped(_))
         );
         Self { error, retryable }
     }

@@ -2,6 +2,7 @@
 //! reload on SIGHUP ([`LiveTenants`]), adding keys and destinations.
 
 use super::*;
+use trackshift_crypto::IoError;
 
 /// The tenant file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,10 +23,12 @@ impl TenantFile {
         use std::io::Read as _;
         use std::os::unix::fs::PermissionsExt as _;
         let path = Self::path(data_dir);
-        let io = |source| TenantError::Io {
-            action: "reading",
-            path: path.clone(),
-            source,
+        let io = |source| {
+            TenantError::Io(IoError {
+                action: "reading",
+                path: path.clone(),
+                source,
+            })
         };
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -116,10 +119,12 @@ impl TenantFile {
 
     /// Writes the file (0600, atomically).
     pub fn save(&self, data_dir: &Path) -> Result<(), TenantError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| TenantError::Io {
-            action: "creating",
-            path: data_dir.to_path_buf(),
-            source,
+        std::fs::create_dir_all(data_dir).map_err(|source| {
+            TenantError::Io(IoError {
+                action: "creating",
+                path: data_dir.to_path_buf(),
+                source,
+            })
         })?;
         let json = serde_json::to_string_pretty(self).expect("tenant file serialises");
         trackshift_crypto::filestore::write_atomic(&Self::path(data_dir), json.as_bytes(), 0o600)?;
@@ -232,11 +237,11 @@ impl LiveTenants {
         };
         let path = TenantFile::path(dir);
         if let Err(source) = std::fs::metadata(&path) {
-            return Err(TenantError::Io {
+            return Err(TenantError::Io(IoError {
                 action: "reading",
                 path,
                 source,
-            });
+            }));
         }
         let file = TenantFile::load(dir)?;
         let credentials = file.credentials()?;

@@ -1,6 +1,7 @@
 //! The job service's key ([`ServiceKey`]): HMAC tokens a worker presents for a tenant.
 
 use super::*;
+use trackshift_crypto::IoError;
 
 /// The job service's key for speaking to its gateway on a tenant's behalf: a worker
 /// presents `svc1.<tenant>.<HMAC-SHA256(key, tenant)>` instead of a tenant key (which the
@@ -18,10 +19,12 @@ pub(super) const SERVICE_PREFIX: &str = "svc1.";
 impl ServiceKey {
     /// Loads `DATA/service.key`, creating it (32 random bytes, 0600) on first use.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, TenantError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| TenantError::Io {
-            action: "creating",
-            path: data_dir.to_path_buf(),
-            source,
+        std::fs::create_dir_all(data_dir).map_err(|source| {
+            TenantError::Io(IoError {
+                action: "creating",
+                path: data_dir.to_path_buf(),
+                source,
+            })
         })?;
         let path = data_dir.join("service.key");
         // Owner-only, checked on the descriptor read (see `read_secret`).
