@@ -252,6 +252,7 @@ pub struct ChunkHeader {
 mod chunk_log;
 mod codec;
 mod receiver;
+pub mod retry;
 mod sender;
 #[cfg(test)]
 mod tests;

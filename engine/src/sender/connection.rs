@@ -2,6 +2,7 @@
 //! jobs, chunk streams sent round-robin within the budget, cancel.
 
 use super::*;
+use crate::protocol::retry::{RetryLimits, Verdict, next_due};
 
 pub(super) enum Event {
     Frame(ServerFrame),
@@ -10,7 +11,6 @@ pub(super) enum Event {
     /// A chunk stream failed: (job, handle it was sent under, error).
     SendFailed(usize, u32, ConnectionLost),
     SourceFailed(usize, String),
-    Reopen(usize),
 }
 
 /// Drives every unfinished job over one connection until all are settled (`Ok`) or the
@@ -72,6 +72,10 @@ pub(super) async fn connection(
         .map(|(i, j)| (j.open.job_id.clone(), i))
         .collect();
     let mut cancel = cfg.cancel.clone();
+    let limits = RetryLimits {
+        max_reopens: cfg.max_reconnects,
+        retry_for: cfg.retry_for,
+    };
     // Round-robin cursor: which job gets the next budget grant.
     let mut cursor = 0usize;
     let mut chunks_this_conn = 0u64;
@@ -112,7 +116,25 @@ pub(super) async fn connection(
             let len = j.sender().layout(c.file).chunk_len(c.index);
             u32::try_from(len).unwrap_or(u32::MAX).clamp(1, budget_max)
         });
+        // The next reopen a job is waiting for (a timer as a value: `protocol::retry`).
+        let due = next_due(jobs.iter().filter(|j| !j.done).map(|j| j.retry.due()));
         tokio::select! {
+            () = async {
+                match due {
+                    Some(d) => tokio::time::sleep_until((started + d).into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = started.elapsed();
+                for j in jobs.iter_mut().filter(|j| !j.done) {
+                    if j.retry.take_due(now) {
+                        send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(j.open.clone())))
+                            .await
+                            .map_err(conn_err)?;
+                        j.awaiting_ready = true;
+                    }
+                }
+            }
             (permit, shared) = async {
                 let n = want.unwrap_or(1);
                 let own = budget.clone().acquire_many_owned(n).await;
@@ -272,20 +294,15 @@ pub(super) async fn connection(
                         if j.done || j.handle.is_none() && h != u32::MAX {
                             continue; // already settled, or a repeat for a job being reopened
                         }
-                        let since = *j.failing_since.get_or_insert(at);
-                        if permanent || j.reopens >= cfg.max_reconnects || at.saturating_sub(since) >= cfg.retry_for {
-                            warn!(job = %job_id, %reason, permanent, "job failed");
-                            j.settle(Err(SendError::JobFailed { reason, permanent }), at);
-                        } else {
-                            j.reopens += 1;
-                            j.detach();
-                            let backoff = Duration::from_millis((100u64 << j.reopens.min(6)).min(5_000));
-                            warn!(job = %job_id, %reason, attempt = j.reopens, ?backoff, "job failed at the gateway; reopening");
-                            let events = events.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(backoff).await;
-                                let _ = events.send(Event::Reopen(i));
-                            });
+                        j.detach();
+                        match j.retry.on_failed(permanent, at, &limits) {
+                            Verdict::GiveUp => {
+                                warn!(job = %job_id, %reason, permanent, "job failed");
+                                j.settle(Err(SendError::JobFailed { reason, permanent }), at);
+                            }
+                            Verdict::Reopen(backoff) => {
+                                warn!(job = %job_id, %reason, attempt = j.retry.reopens(), ?backoff, "job failed at the gateway; reopening");
+                            }
                         }
                     }
                     Event::Frame(ServerFrame::Busy { job_id, reason, retry_after_ms }) => {
@@ -304,32 +321,15 @@ pub(super) async fn connection(
                             .enumerate()
                             .any(|(k, j)| k != i && !j.done && j.handle.is_some());
                         let j = &mut jobs[i];
-                        if !sibling_open {
-                            j.busy_waits += 1;
-                        }
-                        if j.busy_waits > cfg.max_reconnects {
-                            warn!(job = %job_id, %reason, "gateway busy; giving up for now");
-                            j.settle(Err(SendError::Busy { reason }), at);
-                        } else {
-                            j.detach();
-                            let backoff = Duration::from_millis(
-                                (u64::from(retry_after_ms).max(50) << j.busy_waits.saturating_sub(1).min(4))
-                                    .min(5_000),
-                            );
-                            info!(job = %job_id, %reason, ?backoff, "gateway busy; opening the job again later");
-                            let events = events.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(backoff).await;
-                                let _ = events.send(Event::Reopen(i));
-                            });
-                        }
-                    }
-                    Event::Reopen(i) => {
-                        if !jobs[i].done {
-                            send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(jobs[i].open.clone())))
-                                .await
-                                .map_err(conn_err)?;
-                            jobs[i].awaiting_ready = true;
+                        j.detach();
+                        match j.retry.on_busy(sibling_open, retry_after_ms, at, &limits) {
+                            Verdict::GiveUp => {
+                                warn!(job = %job_id, %reason, "gateway busy; giving up for now");
+                                j.settle(Err(SendError::Busy { reason }), at);
+                            }
+                            Verdict::Reopen(backoff) => {
+                                info!(job = %job_id, %reason, ?backoff, "gateway busy; opening the job again later");
+                            }
                         }
                     }
                     Event::Sent(i, c, h) => {

@@ -25,13 +25,9 @@ pub(super) struct ActiveJob {
     pub(super) in_flight: HashMap<ChunkRef, InFlight>,
     pub(super) finish_sent: bool,
     pub(super) chunks_sent: u64,
-    /// Transient gateway failures of this job survived (the job is reopened).
-    pub(super) reopens: u32,
-    /// When the first of them came (time since the send started).
-    pub(super) failing_since: Option<Duration>,
-    /// Times the gateway had no room for the job while none of this send's other jobs
-    /// was open (see `ServerFrame::Busy`).
-    pub(super) busy_waits: u32,
+    /// When the job is opened again after the gateway failed it or had no room for it,
+    /// and when it is given up (pure: `protocol::retry`).
+    pub(super) retry: crate::protocol::retry::JobRetry,
     /// Set when the job can no longer change (success or final error).
     pub(super) done: bool,
     pub(super) outcome: Option<Result<(String, Vec<String>), SendError>>,
@@ -89,10 +85,8 @@ impl ActiveJob {
             in_flight: HashMap::new(),
             finish_sent: false,
             chunks_sent: 0,
-            reopens: 0,
-            busy_waits: 0,
+            retry: Default::default(),
             awaiting_ready: false,
-            failing_since: None,
             done: false,
             outcome: None,
             finished: None,
@@ -122,10 +116,8 @@ impl ActiveJob {
             in_flight: HashMap::new(),
             finish_sent: false,
             chunks_sent: 0,
-            reopens: 0,
-            busy_waits: 0,
+            retry: Default::default(),
             awaiting_ready: false,
-            failing_since: None,
             done: true,
             outcome: None,
             finished: None,
@@ -138,6 +130,7 @@ impl ActiveJob {
 
     /// Forgets per-connection state (handles, in-flight chunks).
     pub(super) fn detach(&mut self) {
+        self.retry.cancel_due();
         self.handle = None;
         self.next = None;
         self.in_flight.clear();
