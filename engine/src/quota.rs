@@ -23,8 +23,7 @@ use trackshift_connectors::ByteRate;
 /// (at most a quarter of the budget): enough for a few chunks in flight.
 pub const MEMORY_FLOOR: u32 = 32 << 20;
 
-/// How long a sender refused with `Busy` is asked to wait before opening again.
-pub const BUSY_RETRY_MS: u32 = 500;
+pub use crate::protocol::BUSY_RETRY_MS;
 
 /// Whether a job still occupies one of its tenant's job slots.
 pub(crate) trait Occupies: Send + Sync {

@@ -289,14 +289,7 @@ pub enum Outcome {
     Deferred(String),
 }
 
-/// Backoff before attempt `attempt + 1` after `attempt` failed: exponential from `base`,
-/// capped at `max`, with "full jitter" (`jitter` in 0..1 picks the point in the window).
-pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16));
-    let cap = exp.min(max);
-    // Never less than half the window, so retries do spread out.
-    cap.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
+pub use crate::protocol::retry::backoff;
 
 /// Where a failed attempt leaves the job: back in the queue (with the time of the next
 /// attempt), or failed (dead-lettered when attempts ran out on transient errors).

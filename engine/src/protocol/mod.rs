@@ -3,8 +3,10 @@
 //! comes back, so everything here is testable without sockets (`docs/PROTOCOL.md`).
 //!
 //! Rooms: `codec` (frames, chunk header, decoder), `receiver` ([`ReceiverJob`]), `sender`
-//! ([`SenderJob`]), `chunk_log` (the gateway's durable chunk records). This file: limits,
-//! errors and the frames themselves.
+//! ([`SenderJob`]), `chunk_log` (the gateway's durable chunk records), `retry` (when a job
+//! is opened again), `session` (each side's connection protocol as a state machine, and
+//! the deterministic harness that runs both). This file: limits, errors and the frames
+//! themselves.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -254,6 +256,7 @@ mod codec;
 mod receiver;
 pub mod retry;
 mod sender;
+pub mod session;
 #[cfg(test)]
 mod tests;
 
@@ -261,3 +264,4 @@ pub use chunk_log::*;
 pub use codec::*;
 pub use receiver::*;
 pub use sender::*;
+pub use session::receiver::{BUSY_RETRY_MS, close};

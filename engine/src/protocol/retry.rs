@@ -104,6 +104,15 @@ impl JobRetry {
     }
 }
 
+/// Backoff before attempt `attempt + 1` after `attempt` failed: exponential from `base`,
+/// capped at `max`, with "full jitter" (`jitter` in 0..1 picks the point in the window).
+pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let cap = exp.min(max);
+    // Never less than half the window, so retries do spread out.
+    cap.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
 /// The earliest of `dues` (the connection loop's next timer).
 pub fn next_due(dues: impl IntoIterator<Item = Option<Duration>>) -> Option<Duration> {
     dues.into_iter().flatten().min()

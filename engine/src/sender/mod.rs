@@ -17,15 +17,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tracing::{debug, info, warn};
-use trackshift_crypto::{ChunkLayout, Hash32};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::warn;
+use trackshift_crypto::Hash32;
 
 use crate::budget::BudgetPermit;
 pub use crate::budget::SharedBudget;
+use crate::protocol::retry::RetryLimits;
+use crate::protocol::session::{
+    Action, ChunkOrder, Fatal, JobEnd, Phase, Reconnect, SenderSession,
+};
 use crate::protocol::{
-    self, ChunkHeader, ChunkRef, ClientFrame, FileSpec, FrameDecoder, OpenJob, ProtocolError,
-    Secret, SenderJob, ServerFrame,
+    self, ChunkHeader, ChunkRef, FileSpec, FrameDecoder, OpenJob, ProtocolError, Secret,
+    ServerFrame,
 };
 use crate::tls::ServerTrust;
 
@@ -131,6 +135,15 @@ impl From<crate::transport::TransportError> for SendError {
     }
 }
 
+impl From<Fatal> for SendError {
+    fn from(e: Fatal) -> Self {
+        match e {
+            Fatal::Refused(reason) => Self::Refused(reason),
+            Fatal::Protocol(e) => Self::Protocol(e),
+        }
+    }
+}
+
 impl SendError {
     fn retryable(&self) -> bool {
         match self {
@@ -168,7 +181,7 @@ impl std::fmt::Debug for TestHook {
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Longest wait between two connection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = crate::protocol::session::sender::MAX_RECONNECT_BACKOFF;
 
 /// The wait before reconnect attempt `attempt` (1, 2, ...): 200 ms doubling up to
 /// [`MAX_BACKOFF`], with jitter (see [`crate::jobs::model::backoff`]) so that many senders
@@ -406,53 +419,63 @@ pub async fn send_jobs(
     progress: impl Fn(usize, Progress) + Send + Sync,
 ) -> Vec<Result<SendReport, SendError>> {
     let started = Instant::now();
-    let mut jobs: Vec<ActiveJob> = Vec::with_capacity(requests.len());
-    let mut results: Vec<Option<Result<SendReport, SendError>>> = Vec::new();
-    for req in &requests {
-        match ActiveJob::prepare(req, cfg.chunk_size) {
-            Ok(j) => {
-                jobs.push(j);
-                results.push(None);
-            }
-            Err(e) => {
-                // Placeholder state so indices line up; it is never opened.
-                jobs.push(ActiveJob::failed());
-                results.push(Some(Err(e)));
-            }
-        }
-    }
-    for (job, res) in jobs.iter_mut().zip(&results) {
-        job.done = res.is_some();
+    let limits = RetryLimits {
+        max_reopens: cfg.max_reconnects,
+        retry_for: cfg.retry_for,
+    };
+    let mut s = Sending {
+        session: SenderSession::new(limits, cfg.in_flight_bytes, Duration::ZERO),
+        sources: Vec::new(),
+        requests: Vec::new(),
+        held: HashMap::new(),
+    };
+    // Per request: its session job, or why it could not be prepared.
+    let mut slots: Vec<Result<usize, SendError>> = Vec::with_capacity(requests.len());
+    for (r, req) in requests.iter().enumerate() {
+        let prepared = prepare(req, cfg.chunk_size).and_then(|(open, source)| {
+            let i = s.session.add_job(open)?;
+            s.sources.push(Arc::new(source));
+            s.requests.push(r);
+            Ok(i)
+        });
+        slots.push(prepared);
     }
     let hook = cfg.faults.after_listing.lock().expect("fault lock").take();
     if let Some(TestHook(hook)) = hook {
         hook();
     }
-    let finish = |jobs: Vec<ActiveJob>,
-                  mut results: Vec<Option<Result<SendReport, SendError>>>,
-                  reconnects: u32| {
-        jobs.into_iter()
-            .zip(results.iter_mut())
-            .map(|(job, slot)| {
-                slot.take().unwrap_or_else(|| match job.outcome {
-                    Some(Ok((manifest, receipts))) => Ok(SendReport {
-                        job_id: job.open.job_id.clone(),
-                        manifest,
+    let finish = |s: &Sending, slots: Vec<Result<usize, SendError>>, last: Option<SendError>| {
+        let lost = last.unwrap_or(SendError::Connection(ConnectionLost::EndedEarly));
+        slots
+            .into_iter()
+            .map(|slot| {
+                let j = s.session.job(slot?);
+                match j.end() {
+                    Some(JobEnd::Done { manifest, receipts }) => Ok(SendReport {
+                        job_id: j.open().job_id.clone(),
+                        manifest: manifest.clone(),
                         receipt: receipts.first().cloned().unwrap_or_default(),
-                        receipts,
-                        bytes: job.total_bytes,
-                        chunks_sent: job.chunks_sent,
-                        reconnects,
-                        elapsed: job.finished.unwrap_or_else(|| started.elapsed()),
+                        receipts: receipts.clone(),
+                        bytes: j.total_bytes(),
+                        chunks_sent: j.chunks_sent(),
+                        reconnects: s.session.reconnects(),
+                        elapsed: j.finished_at().unwrap_or_else(|| started.elapsed()),
                     }),
-                    Some(Err(e)) => Err(e),
-                    None => Err(SendError::Connection(ConnectionLost::EndedEarly)),
-                })
+                    Some(JobEnd::Failed { reason, permanent }) => Err(SendError::JobFailed {
+                        reason: reason.clone(),
+                        permanent: *permanent,
+                    }),
+                    Some(JobEnd::Busy { reason }) => Err(SendError::Busy {
+                        reason: reason.clone(),
+                    }),
+                    Some(JobEnd::SourceRead(e)) => Err(SendError::SourceRead(e.clone())),
+                    None => Err(lost.clone()),
+                }
             })
             .collect::<Vec<_>>()
     };
-    if jobs.iter().all(|j| j.done) {
-        return finish(jobs, results, 0);
+    if s.session.is_settled() {
+        return finish(&s, slots, None);
     }
     let bind: SocketAddr = if cfg.gateway.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
@@ -469,13 +492,8 @@ pub async fn send_jobs(
     let endpoint = match made {
         Ok(e) => e,
         Err(e) => {
-            let lost = ConnectionLost::Endpoint(Arc::new(e));
-            for (job, slot) in jobs.iter().zip(results.iter_mut()) {
-                if !job.done {
-                    *slot = Some(Err(SendError::Connection(lost.clone())));
-                }
-            }
-            return finish(jobs, results, 0);
+            let lost = SendError::Connection(ConnectionLost::Endpoint(Arc::new(e)));
+            return finish(&s, slots, Some(lost));
         }
     };
     let report = |i: usize, acked: u64, total: u64| {
@@ -488,38 +506,30 @@ pub async fn send_jobs(
             },
         )
     };
-    let mut reconnects = 0u32;
-    // Since when the gateway has not been reachable (reset by every authenticated connection).
-    let mut outage = Instant::now();
+    let mut last = None;
     loop {
-        let mut welcomed = false;
-        let outcome = connection(&endpoint, cfg, &mut jobs, started, &report, &mut welcomed).await;
-        if welcomed {
-            outage = Instant::now();
-        }
-        let remaining = cfg.retry_for.saturating_sub(outage.elapsed());
-        match outcome {
-            Ok(()) => break,
-            Err(e) if e.retryable() && reconnects < cfg.max_reconnects && !remaining.is_zero() => {
-                reconnects += 1;
-                let wait = backoff(reconnects, remaining);
-                warn!(error = %e, attempt = reconnects, backoff = ?wait, "connection lost; resuming");
+        let Err(e) = connection(&endpoint, cfg, &mut s, started, &report).await else {
+            break;
+        };
+        match s
+            .session
+            .disconnected(e.retryable(), started.elapsed(), fastrand::f64())
+        {
+            Reconnect::After(wait) => {
+                warn!(error = %e, attempt = s.session.reconnects(), backoff = ?wait, "connection lost; resuming");
                 tokio::time::sleep(wait).await;
             }
-            Err(e) => {
-                let e = if e.retryable() {
+            Reconnect::GiveUp { attempts, seconds } => {
+                // Every unsettled job gets the error.
+                last = Some(if e.retryable() {
                     SendError::GaveUp {
-                        attempts: reconnects + 1,
-                        seconds: outage.elapsed().as_secs(),
+                        attempts,
+                        seconds,
                         last: e.to_string(),
                     }
                 } else {
                     e
-                };
-                // Every unfinished job gets the error.
-                for job in jobs.iter_mut().filter(|j| j.outcome.is_none() && !j.done) {
-                    job.outcome = Some(Err(e.clone()));
-                }
+                });
                 break;
             }
         }
@@ -527,5 +537,5 @@ pub async fn send_jobs(
     if own_endpoint {
         endpoint.close(0u32.into(), b"done");
     }
-    finish(jobs, results, reconnects)
+    finish(&s, slots, last)
 }

@@ -1,0 +1,764 @@
+//! The sender's side of a send as a state machine ([`SenderSession`]): every job of the
+//! send across its connections. Frames, stream events and time (since the send started)
+//! go in; [`Action`]s and the next deadline ([`SenderSession::poll_timeout`]) come out.
+//! The QUIC code only moves bytes between it and the network.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use super::super::retry::{JobRetry, RetryLimits, Verdict, backoff, next_due};
+use super::super::*;
+
+/// How long a cancelled send waits for answers to the opens still outstanding, so that each
+/// job the gateway makes meanwhile is cancelled too.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Longest wait between two connection attempts.
+pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How one job of a send ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// Every chunk is durable: the signed manifest and one signed receipt per destination.
+    Done {
+        /// Signed manifest (JSON).
+        manifest: String,
+        /// Signed receipts (JSON), one per destination, in order.
+        receipts: Vec<String>,
+    },
+    /// The gateway failed the job, permanently or more often than the send retries.
+    Failed {
+        /// The gateway's reason.
+        reason: String,
+        /// True when retrying cannot help.
+        permanent: bool,
+    },
+    /// The gateway had no room for the job for as long as the send waited.
+    Busy {
+        /// The gateway's reason (names the quota).
+        reason: String,
+    },
+    /// A source file could not be read; the gateway was told to drop the job.
+    SourceRead(String),
+}
+
+/// What ends a connection, from the session's point of view.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// The gateway refused the connection (token, version).
+    #[error("gateway refused the connection: {0}")]
+    Refused(String),
+    /// The gateway broke the protocol (or a chunk was rejected too often).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Something the I/O layer must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write this frame on the control stream.
+    Frame(ClientFrame),
+    /// A chunk the gateway acknowledged `latency` after it was sent: give back what was
+    /// held for it outside the session (shared budget, rate).
+    Acked {
+        /// Job index.
+        job: usize,
+        /// The chunk.
+        chunk: ChunkRef,
+        /// Sent until acknowledged.
+        latency: Duration,
+    },
+    /// A chunk that will not be acknowledged under its stream (rejected): give back what
+    /// was held for it.
+    Dropped {
+        /// Job index.
+        job: usize,
+        /// The chunk.
+        chunk: ChunkRef,
+    },
+    /// Every chunk of the job in flight is forgotten (the job is reopened or settled).
+    DroppedAll {
+        /// Job index.
+        job: usize,
+    },
+    /// The job's acknowledged bytes changed ([`SessionJob::acked_bytes`]).
+    Progress {
+        /// Job index.
+        job: usize,
+    },
+    /// The job ended ([`SessionJob::end`]): close its files.
+    Settled {
+        /// Job index.
+        job: usize,
+    },
+}
+
+/// A chunk to read, hash and send on a stream of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkOrder {
+    /// Job index.
+    pub job: usize,
+    /// The job's handle on this connection (for the chunk header).
+    pub handle: u32,
+    /// The chunk.
+    pub chunk: ChunkRef,
+    /// Its file's layout (offset, length, hash rule).
+    pub layout: ChunkLayout,
+}
+
+/// The chunk the session would send next, once what lies outside it (a rate limit, a
+/// budget shared with other sends) allows `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want {
+    /// Job index.
+    pub job: usize,
+    /// Bytes it will hold in flight.
+    pub len: u32,
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between connections.
+    Disconnected,
+    /// Connected: jobs open, chunks flow.
+    Open,
+    /// Cancelled: waiting (until the deadline) for answers to outstanding opens.
+    Cancelling {
+        /// When it stops waiting.
+        deadline: Duration,
+    },
+    /// Every job is settled: close the connection.
+    Finished,
+    /// Cancelled and drained: close the connection.
+    Cancelled,
+}
+
+/// What to do after a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconnect {
+    /// Connect again after this wait.
+    After(Duration),
+    /// Give up: the gateway was not reachable in `attempts` attempts over `seconds`.
+    GiveUp {
+        /// Connection attempts made.
+        attempts: u32,
+        /// Seconds since the gateway was last reachable.
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    sent: Duration,
+    len: u32,
+}
+
+/// One job of a send, across connections.
+#[derive(Debug, Clone)]
+pub struct SessionJob {
+    open: OpenJob,
+    core: SenderJob,
+    total_bytes: u64,
+    handle: Option<u32>,
+    awaiting_ready: bool,
+    next: Option<ChunkRef>,
+    in_flight: HashMap<ChunkRef, Flight>,
+    finish_sent: bool,
+    chunks_sent: u64,
+    retry: JobRetry,
+    end: Option<JobEnd>,
+    finished: Option<Duration>,
+}
+
+impl SessionJob {
+    /// The job as it is opened.
+    pub fn open(&self) -> &OpenJob {
+        &self.open
+    }
+    /// Bytes in the job.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+    /// Bytes the gateway acknowledged.
+    pub fn acked_bytes(&self) -> u64 {
+        self.core.progress().1
+    }
+    /// Chunk streams sent (more than the chunk count when chunks were resent).
+    pub fn chunks_sent(&self) -> u64 {
+        self.chunks_sent
+    }
+    /// How it ended, once it has.
+    pub fn end(&self) -> Option<&JobEnd> {
+        self.end.as_ref()
+    }
+    /// When it ended (time since the send started).
+    pub fn finished_at(&self) -> Option<Duration> {
+        self.finished
+    }
+    /// Its handle on the current connection, once open there.
+    pub fn handle(&self) -> Option<u32> {
+        self.handle
+    }
+    /// Reopens after transient failures so far.
+    pub fn reopens(&self) -> u32 {
+        self.retry.reopens()
+    }
+    fn settled(&self) -> bool {
+        self.end.is_some()
+    }
+}
+
+/// Every job of one send and the connection it is on (if any).
+#[derive(Debug, Clone)]
+pub struct SenderSession {
+    jobs: Vec<SessionJob>,
+    by_id: HashMap<String, usize>,
+    by_handle: HashMap<u32, usize>,
+    limits: RetryLimits,
+    budget: u32,
+    in_flight_bytes: u64,
+    cursor: usize,
+    phase: Phase,
+    welcomed: bool,
+    reconnects: u32,
+    outage_since: Duration,
+    actions: VecDeque<Action>,
+}
+
+impl SenderSession {
+    /// A send that holds at most `in_flight_bytes` of chunks unacknowledged and retries
+    /// within `limits` (connections and job reopens alike). `now` starts the first outage
+    /// window.
+    pub fn new(limits: RetryLimits, in_flight_bytes: u64, now: Duration) -> Self {
+        Self {
+            jobs: Vec::new(),
+            by_id: HashMap::new(),
+            by_handle: HashMap::new(),
+            limits,
+            budget: u32::try_from(in_flight_bytes).unwrap_or(u32::MAX).max(1),
+            in_flight_bytes: 0,
+            cursor: 0,
+            phase: Phase::Disconnected,
+            welcomed: false,
+            reconnects: 0,
+            outage_since: now,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Adds a job; its index is the one every [`Action`] names.
+    pub fn add_job(&mut self, open: OpenJob) -> Result<usize, ProtocolError> {
+        let core = SenderJob::new(&open)?;
+        let i = self.jobs.len();
+        self.by_id.insert(open.job_id.clone(), i);
+        self.jobs.push(SessionJob {
+            total_bytes: open.files.iter().map(|f| f.size).sum(),
+            open,
+            core,
+            handle: None,
+            awaiting_ready: false,
+            next: None,
+            in_flight: HashMap::new(),
+            finish_sent: false,
+            chunks_sent: 0,
+            retry: JobRetry::default(),
+            end: None,
+            finished: None,
+        });
+        Ok(i)
+    }
+
+    /// Job `i`.
+    pub fn job(&self, i: usize) -> &SessionJob {
+        &self.jobs[i]
+    }
+
+    /// Every job.
+    pub fn jobs(&self) -> &[SessionJob] {
+        &self.jobs
+    }
+
+    /// Where the current connection stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Every job has ended.
+    pub fn is_settled(&self) -> bool {
+        self.jobs.iter().all(SessionJob::settled)
+    }
+
+    /// Connections made again after one was lost.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects
+    }
+
+    /// Chunk bytes sent and not acknowledged.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_bytes
+    }
+
+    /// Some job's `OpenJob` on this connection is not answered yet (the connection is
+    /// still being set up).
+    pub fn setting_up(&self) -> bool {
+        self.jobs.iter().any(|j| !j.settled() && j.awaiting_ready)
+    }
+
+    /// The next thing the I/O layer must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next deadline: a due reopen, or the end of the cancel grace.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match self.phase {
+            Phase::Open => next_due(
+                self.jobs
+                    .iter()
+                    .filter(|j| !j.settled())
+                    .map(|j| j.retry.due()),
+            ),
+            Phase::Cancelling { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// A connection is up: `Hello`, then an `OpenJob` for every unsettled job.
+    pub fn connected(&mut self, token: &Secret, now: Duration) {
+        let _ = now;
+        self.phase = Phase::Open;
+        self.welcomed = false;
+        self.by_handle.clear();
+        self.cursor = 0;
+        self.actions.push_back(Action::Frame(ClientFrame::Hello {
+            version: VERSION,
+            token: token.clone(),
+        }));
+        for i in 0..self.jobs.len() {
+            self.detach(i);
+            let j = &mut self.jobs[i];
+            if !j.settled() {
+                self.actions
+                    .push_back(Action::Frame(ClientFrame::OpenJob(j.open.clone())));
+                j.awaiting_ready = true;
+            }
+        }
+        self.check_finished();
+    }
+
+    /// The connection ended (any way): per-connection state goes. Returns what to do
+    /// next when it ended with jobs unsettled and `retryable`; `jitter` in `[0, 1]` spreads
+    /// reconnects of many senders cut off together.
+    pub fn disconnected(&mut self, retryable: bool, now: Duration, jitter: f64) -> Reconnect {
+        for i in 0..self.jobs.len() {
+            self.detach(i);
+            self.jobs[i].awaiting_ready = false;
+        }
+        self.phase = Phase::Disconnected;
+        if std::mem::take(&mut self.welcomed) {
+            self.outage_since = now;
+        }
+        let remaining = self
+            .limits
+            .retry_for
+            .saturating_sub(now.saturating_sub(self.outage_since));
+        if retryable && self.reconnects < self.limits.max_reopens && !remaining.is_zero() {
+            self.reconnects += 1;
+            let wait = backoff(
+                self.reconnects,
+                Duration::from_millis(100),
+                MAX_RECONNECT_BACKOFF,
+                jitter,
+            )
+            .min(remaining);
+            return Reconnect::After(wait);
+        }
+        Reconnect::GiveUp {
+            attempts: self.reconnects + 1,
+            seconds: now.saturating_sub(self.outage_since).as_secs(),
+        }
+    }
+
+    /// A frame from the gateway's control stream.
+    pub fn on_frame(&mut self, frame: ServerFrame, now: Duration) -> Result<(), Fatal> {
+        if let Phase::Cancelling { .. } = self.phase {
+            self.on_frame_cancelling(frame);
+            return Ok(());
+        }
+        if self.phase != Phase::Open {
+            return Ok(());
+        }
+        match frame {
+            ServerFrame::Welcome { tenant, .. } => {
+                tracing::debug!(%tenant, "authenticated");
+                self.welcomed = true;
+            }
+            ServerFrame::Refused { reason } => return Err(Fatal::Refused(reason)),
+            ServerFrame::JobReady {
+                job_id,
+                handle,
+                held,
+            } => {
+                let i = self.by_id(&job_id, "JobReady")?;
+                self.jobs[i].awaiting_ready = false;
+                if self.jobs[i].settled() {
+                    return self.advance();
+                }
+                self.jobs[i].core.on_ready(&held)?;
+                self.detach(i);
+                self.jobs[i].handle = Some(handle);
+                self.by_handle.insert(handle, i);
+                let (held, _, total) = self.jobs[i].core.progress();
+                tracing::info!(job = %job_id, held, total, "job ready");
+                self.actions.push_back(Action::Progress { job: i });
+            }
+            ServerFrame::Acks { handle, chunks } => {
+                let i = self.by_handle(handle)?;
+                let j = &mut self.jobs[i];
+                if j.settled() {
+                    return self.advance();
+                }
+                for c in chunks {
+                    j.core.on_ack(c)?;
+                    let Some(f) = j.in_flight.remove(&c) else {
+                        continue;
+                    };
+                    self.in_flight_bytes -= u64::from(f.len);
+                    self.actions.push_back(Action::Acked {
+                        job: i,
+                        chunk: c,
+                        latency: now.saturating_sub(f.sent),
+                    });
+                }
+                self.actions.push_back(Action::Progress { job: i });
+            }
+            ServerFrame::Reject {
+                handle,
+                chunk,
+                reason,
+            } => {
+                let i = self.by_handle(handle)?;
+                let j = &mut self.jobs[i];
+                if j.settled() {
+                    return self.advance();
+                }
+                tracing::warn!(job = %j.open.job_id, ?chunk, %reason, "chunk rejected; sending it again");
+                if let Some(f) = j.in_flight.remove(&chunk) {
+                    self.in_flight_bytes -= u64::from(f.len);
+                    self.actions.push_back(Action::Dropped { job: i, chunk });
+                }
+                if j.next == Some(chunk) {
+                    j.next = None;
+                }
+                j.core.on_reject(chunk)?;
+            }
+            ServerFrame::JobDone {
+                handle,
+                manifest,
+                receipts,
+            } => {
+                let i = self.by_handle(handle)?;
+                let j = &self.jobs[i];
+                if j.settled() {
+                    return self.advance();
+                }
+                if receipts.len() != j.open.destinations.len() {
+                    return Err(ProtocolError::Unexpected(format!(
+                        "{} receipts for {} destinations",
+                        receipts.len(),
+                        j.open.destinations.len()
+                    ))
+                    .into());
+                }
+                tracing::info!(job = %j.open.job_id, "job done");
+                self.settle(i, JobEnd::Done { manifest, receipts }, now);
+            }
+            ServerFrame::JobFailed {
+                handle,
+                job_id,
+                reason,
+                permanent,
+            } => {
+                let i = match self.by_handle.get(&handle) {
+                    Some(&i) => i,
+                    None => self.by_id(&job_id, "JobFailed")?,
+                };
+                if handle == u32::MAX {
+                    self.jobs[i].awaiting_ready = false;
+                }
+                let j = &self.jobs[i];
+                // Already settled, or a repeat for a job being reopened.
+                if j.settled() || j.handle.is_none() && handle != u32::MAX {
+                    return self.advance();
+                }
+                self.detach(i);
+                let limits = self.limits;
+                match self.jobs[i].retry.on_failed(permanent, now, &limits) {
+                    Verdict::GiveUp => {
+                        tracing::warn!(job = %job_id, %reason, permanent, "job failed");
+                        self.settle(i, JobEnd::Failed { reason, permanent }, now);
+                    }
+                    Verdict::Reopen(backoff) => {
+                        tracing::warn!(job = %job_id, %reason, attempt = self.jobs[i].retry.reopens(), ?backoff, "job failed at the gateway; reopening");
+                    }
+                }
+            }
+            ServerFrame::Busy {
+                job_id,
+                reason,
+                retry_after_ms,
+            } => {
+                let i = self.by_id(&job_id, "Busy")?;
+                self.jobs[i].awaiting_ready = false;
+                if self.jobs[i].settled() {
+                    return self.advance();
+                }
+                // While another job of this send is open a slot will come free: the job
+                // waits for it as long as it takes. Otherwise it waits a bounded number of
+                // times.
+                let sibling_open = (self.jobs.iter().enumerate())
+                    .any(|(k, j)| k != i && !j.settled() && j.handle.is_some());
+                self.detach(i);
+                let limits = self.limits;
+                let verdict =
+                    self.jobs[i]
+                        .retry
+                        .on_busy(sibling_open, retry_after_ms, now, &limits);
+                match verdict {
+                    Verdict::GiveUp => {
+                        tracing::warn!(job = %job_id, %reason, "gateway busy; giving up for now");
+                        self.settle(i, JobEnd::Busy { reason }, now);
+                    }
+                    Verdict::Reopen(backoff) => {
+                        tracing::info!(job = %job_id, %reason, ?backoff, "gateway busy; opening the job again later");
+                    }
+                }
+            }
+        }
+        self.advance()
+    }
+
+    /// While cancelling, a job whose open was outstanding may be made at the gateway all
+    /// the same: each one that turns ready is cancelled too, so that the gateway removes
+    /// what it made.
+    fn on_frame_cancelling(&mut self, frame: ServerFrame) {
+        let job_id = match frame {
+            ServerFrame::JobReady { job_id, handle, .. } => {
+                self.actions
+                    .push_back(Action::Frame(ClientFrame::CancelJob {
+                        handle,
+                        reason: "cancelled by the sender".into(),
+                    }));
+                job_id
+            }
+            ServerFrame::JobFailed { job_id, .. } | ServerFrame::Busy { job_id, .. } => job_id,
+            _ => return,
+        };
+        if let Some(&i) = self.by_id.get(&job_id) {
+            self.jobs[i].awaiting_ready = false;
+        }
+        if !self.setting_up() {
+            self.phase = Phase::Cancelled;
+        }
+    }
+
+    /// The gateway ended the control stream. Returns whether that loses the connection
+    /// (it does not while cancelling: the cancel is then over).
+    pub fn on_control_closed(&mut self) -> bool {
+        match self.phase {
+            Phase::Cancelling { .. } => {
+                self.phase = Phase::Cancelled;
+                false
+            }
+            Phase::Open => true,
+            _ => false,
+        }
+    }
+
+    /// The chunk the session would send next (round robin over the open jobs), once the
+    /// in-flight budget has room for it.
+    pub fn want(&self) -> Option<Want> {
+        if self.phase != Phase::Open {
+            return None;
+        }
+        let n = self.jobs.len();
+        let i = (0..n).map(|k| (self.cursor + k) % n).find(|&i| {
+            let j = &self.jobs[i];
+            !j.settled() && j.handle.is_some() && j.next.is_some()
+        })?;
+        let j = &self.jobs[i];
+        let c = j.next.expect("found with a next chunk");
+        let len = u32::try_from(j.core.layout(c.file).chunk_len(c.index))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget);
+        // Room in the budget (a chunk is never counted as more than the whole budget).
+        (self.in_flight_bytes + u64::from(len) <= u64::from(self.budget))
+            .then_some(Want { job: i, len })
+    }
+
+    /// Sends what [`Self::want`] offered for `job`: the chunk is now in flight. `None`
+    /// when the job has nothing to send any more.
+    pub fn send_chunk(&mut self, job: usize, now: Duration) -> Option<ChunkOrder> {
+        if self.phase != Phase::Open {
+            return None;
+        }
+        let budget = self.budget;
+        let j = &mut self.jobs[job];
+        let handle = j.handle?;
+        let c = j.next.take()?;
+        let layout = *j.core.layout(c.file);
+        let len = u32::try_from(layout.chunk_len(c.index))
+            .unwrap_or(u32::MAX)
+            .clamp(1, budget);
+        j.in_flight.insert(c, Flight { sent: now, len });
+        j.chunks_sent += 1;
+        self.in_flight_bytes += u64::from(len);
+        self.cursor = (job + 1) % self.jobs.len();
+        let _ = self.advance();
+        Some(ChunkOrder {
+            job,
+            handle,
+            chunk: c,
+            layout,
+        })
+    }
+
+    /// The hash of a chunk as it was read (reported before its data leaves, so it is
+    /// recorded before any ack).
+    pub fn on_hashed(&mut self, job: usize, chunk: ChunkRef, hash: Hash32) {
+        let j = &mut self.jobs[job];
+        if !j.settled() {
+            j.core.set_hash(chunk, hash);
+        }
+    }
+
+    /// A chunk stream of `job` sent under `handle` failed. Returns whether that loses the
+    /// connection (a stream of a job since settled or reopened is stale, and a cancelled
+    /// send no longer cares).
+    pub fn on_stream_failed(&mut self, job: usize, handle: u32) -> bool {
+        let j = &self.jobs[job];
+        self.phase == Phase::Open && !j.settled() && j.handle == Some(handle)
+    }
+
+    /// A source file of `job` could not be read: the gateway is told to drop the job, and
+    /// it ends.
+    pub fn on_source_failed(&mut self, job: usize, reason: String, now: Duration) {
+        if self.jobs[job].settled() || self.phase != Phase::Open {
+            return;
+        }
+        let handle = self.jobs[job].handle.unwrap_or(u32::MAX);
+        self.actions
+            .push_back(Action::Frame(ClientFrame::CancelJob {
+                handle,
+                reason: "source unreadable".into(),
+            }));
+        tracing::warn!(job = %self.jobs[job].open.job_id, error = %reason, "source unreadable; job cancelled");
+        self.settle(job, JobEnd::SourceRead(reason), now);
+        self.check_finished();
+    }
+
+    /// Time passed: reopens that are due go out; a cancel's grace may end.
+    pub fn on_timeout(&mut self, now: Duration) {
+        match self.phase {
+            Phase::Open => {
+                for j in self.jobs.iter_mut().filter(|j| !j.settled()) {
+                    if j.retry.take_due(now) {
+                        self.actions
+                            .push_back(Action::Frame(ClientFrame::OpenJob(j.open.clone())));
+                        j.awaiting_ready = true;
+                    }
+                }
+            }
+            Phase::Cancelling { deadline } if now >= deadline => self.phase = Phase::Cancelled,
+            _ => {}
+        }
+    }
+
+    /// Cancels the send: every open job is cancelled at the gateway, and jobs whose open is
+    /// outstanding are cancelled as they turn ready, for up to [`CANCEL_GRACE`].
+    pub fn cancel(&mut self, now: Duration) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        for j in self.jobs.iter().filter(|j| !j.settled()) {
+            if let Some(handle) = j.handle {
+                self.actions
+                    .push_back(Action::Frame(ClientFrame::CancelJob {
+                        handle,
+                        reason: "cancelled by the sender".into(),
+                    }));
+            }
+        }
+        self.phase = if self.setting_up() {
+            Phase::Cancelling {
+                deadline: now + CANCEL_GRACE,
+            }
+        } else {
+            Phase::Cancelled
+        };
+    }
+
+    /// Fills each open job's next chunk and sends `FinishJob` for the complete ones.
+    fn advance(&mut self) -> Result<(), Fatal> {
+        for j in self.jobs.iter_mut().filter(|j| !j.settled()) {
+            let Some(handle) = j.handle else { continue };
+            if j.next.is_none() {
+                j.next = j.core.next_chunk();
+            }
+            if j.core.is_complete() && !j.finish_sent {
+                let file_hashes = j.core.file_hashes()?;
+                self.actions
+                    .push_back(Action::Frame(ClientFrame::FinishJob {
+                        handle,
+                        file_hashes,
+                    }));
+                j.finish_sent = true;
+            }
+        }
+        self.check_finished();
+        Ok(())
+    }
+
+    fn check_finished(&mut self) {
+        if self.phase == Phase::Open && self.is_settled() {
+            self.phase = Phase::Finished;
+        }
+    }
+
+    /// Forgets job `i`'s per-connection state (handle, in-flight chunks, a pending reopen).
+    fn detach(&mut self, i: usize) {
+        let j = &mut self.jobs[i];
+        j.retry.cancel_due();
+        j.handle = None;
+        j.next = None;
+        j.finish_sent = false;
+        if !j.in_flight.is_empty() {
+            let bytes: u64 = j.in_flight.values().map(|f| u64::from(f.len)).sum();
+            self.in_flight_bytes -= bytes;
+            j.in_flight.clear();
+            self.actions.push_back(Action::DroppedAll { job: i });
+        }
+    }
+
+    fn settle(&mut self, i: usize, end: JobEnd, now: Duration) {
+        self.detach(i);
+        let j = &mut self.jobs[i];
+        j.awaiting_ready = false;
+        j.end = Some(end);
+        j.finished = Some(now);
+        self.actions.push_back(Action::Settled { job: i });
+    }
+
+    fn by_id(&self, job_id: &str, frame: &str) -> Result<usize, Fatal> {
+        self.by_id.get(job_id).copied().ok_or_else(|| {
+            ProtocolError::Unexpected(format!("{frame} for a job never opened: {job_id}")).into()
+        })
+    }
+
+    fn by_handle(&self, handle: u32) -> Result<usize, Fatal> {
+        self.by_handle.get(&handle).copied().ok_or_else(|| {
+            ProtocolError::Unexpected(format!("frame for unknown job handle {handle}")).into()
+        })
+    }
+}
