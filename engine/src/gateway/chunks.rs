@@ -25,12 +25,7 @@ pub(super) async fn handle_chunk_stream(
         .await
         .map_err(|e| GatewayError::stream("chunk header")(e.into()))?;
     let header = protocol::decode_chunk_header(&hbuf)?;
-    let job = state
-        .handles
-        .lock()
-        .expect("handles lock")
-        .get(&header.handle)
-        .cloned();
+    let job = state.job(header.handle);
     let Some(job) = job else {
         let _ = recv.stop(1u32.into());
         return Err(

@@ -1,5 +1,7 @@
-//! A tenant's connection: authentication (`Hello`), the per-address and unauthenticated
-//! caps, and the control stream (open, finish, cancel and their replies).
+//! A tenant's connection, as I/O around the protocol session ([`ReceiverSession`]):
+//! the per-address and unauthenticated caps, the `Hello` read within the session's
+//! deadline, the control stream's frames fed to the session, and its actions (open,
+//! finish, cancel, replies) carried out.
 
 use super::*;
 
@@ -23,13 +25,58 @@ impl Shared {
     }
 }
 
+/// What a handle of a connection holds: the job and its place among its tenant's job
+/// slots (given back when the last holder lets go).
+#[derive(Clone)]
+pub(super) struct OpenHandle {
+    pub(super) job: Arc<HeldJob>,
+    _slot: Arc<crate::quota::JobSlot>,
+}
+
+/// A tenant's connection after authentication: the protocol session (its handle table)
+/// and the writer of its control stream, shared by the control loop, chunk streams and
+/// finishing jobs.
 pub(super) struct ConnState {
     pub(super) tenant: String,
-    pub(super) handles: Mutex<HashMap<u32, Arc<HeldJob>>>,
-    /// The job slot each handle holds (see [`crate::quota`]).
-    pub(super) slots: Mutex<HashMap<u32, crate::quota::JobSlot>>,
-    pub(super) next_handle: AtomicU32,
+    pub(super) session: Mutex<ReceiverSession<OpenHandle>>,
     pub(super) out: mpsc::UnboundedSender<ServerFrame>,
+}
+
+impl ConnState {
+    /// The job a chunk stream's handle names.
+    pub(super) fn job(&self, handle: u32) -> Option<Arc<HeldJob>> {
+        let session = self.session.lock().expect("session lock");
+        session.job(handle).map(|h| h.job.clone())
+    }
+
+    /// Feeds the session one input and takes every action it led to.
+    fn input<T>(
+        &self,
+        f: impl FnOnce(&mut ReceiverSession<OpenHandle>) -> T,
+    ) -> (T, Vec<ReceiverAction<OpenHandle>>) {
+        let mut session = self.session.lock().expect("session lock");
+        let out = f(&mut session);
+        (out, std::iter::from_fn(|| session.poll_action()).collect())
+    }
+
+    /// Writes the frames among `actions` (the answers to an open or a finish are frames only).
+    fn send(&self, actions: Vec<ReceiverAction<OpenHandle>>) {
+        for a in actions {
+            match a {
+                ReceiverAction::Frame(frame) => self.frame(frame),
+                other => {
+                    debug!(action = ?std::mem::discriminant(&other), "unexpected session action")
+                }
+            }
+        }
+    }
+
+    fn frame(&self, frame: ServerFrame) {
+        if let ServerFrame::Busy { job_id, reason, .. } = &frame {
+            info!(tenant = %self.tenant, job = %job_id, %reason, "job deferred");
+        }
+        let _ = self.out.send(frame);
+    }
 }
 
 pub(super) async fn read_frame(
@@ -99,16 +146,14 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Close codes the gateway gives connections it refuses (the reason text says why).
-pub(super) mod close {
-    /// The token or version was refused.
-    pub const REFUSED: u32 = 1;
-    /// The first frame was not a valid `Hello`.
-    pub const EXPECTED_HELLO: u32 = 2;
-    /// No valid `Hello` within the authentication deadline.
-    pub const AUTH_TIMEOUT: u32 = 3;
-    /// Too many connections from the peer's address.
-    pub const TOO_MANY_CONNECTIONS: u32 = 4;
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::UnknownToken => GatewayError::UnknownToken,
+            Refusal::HelloTimeout(d) => GatewayError::HelloTimeout(d),
+            Refusal::Protocol(e) => GatewayError::Protocol(e),
+        }
+    }
 }
 
 pub(super) async fn handle_connection(
@@ -126,69 +171,98 @@ pub(super) async fn handle_connection(
         conn.close(close::TOO_MANY_CONNECTIONS.into(), e.to_string().as_bytes());
         return Err(e);
     };
+    let start = tokio::time::Instant::now();
+    let mut session = ReceiverSession::new(
+        std::time::Duration::ZERO,
+        shared.auth_timeout,
+        shared.max_jobs_per_connection,
+    );
     // Before authentication: one control stream, a Hello-sized frame limit (the transport
-    // allows no chunk streams and a small window yet), and a deadline.
-    let hello = tokio::time::timeout(shared.auth_timeout, async {
+    // allows no chunk streams and a small window yet), and the session's deadline.
+    let deadline = start
+        + session
+            .poll_timeout()
+            .expect("a new session has a deadline");
+    let max = session.max_frame();
+    let hello = tokio::time::timeout_at(deadline, async {
         let (send, mut recv) = conn
             .accept_bi()
             .await
             .map_err(|e| GatewayError::stream("no control stream")(e.into()))?;
-        let mut dec = FrameDecoder::<ClientFrame>::new(protocol::MAX_HELLO_FRAME);
+        let mut dec = FrameDecoder::<ClientFrame>::new(max);
         let first = read_frame(&mut recv, &mut dec).await;
         Ok::<_, GatewayError>((send, recv, dec, first))
     })
     .await;
-    let (mut send, mut recv, mut dec, first) = match hello {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            let e = GatewayError::HelloTimeout(shared.auth_timeout);
-            conn.close(close::AUTH_TIMEOUT.into(), e.to_string().as_bytes());
-            return Err(e);
-        }
-    };
-    let tenant = match first {
-        Ok(Some(ClientFrame::Hello { version, token })) => {
-            let tenant = protocol::check_hello(version)
-                .map_err(GatewayError::from)
-                .and_then(|()| {
-                    shared
-                        .authenticate(&token.0)
-                        .ok_or(GatewayError::UnknownToken)
-                });
-            match tenant {
-                Ok(t) => t,
+    let mut streams = None;
+    match hello {
+        Ok(Ok((send, recv, dec, first))) => {
+            match first {
+                Ok(Some(frame)) => {
+                    let _ = session.on_frame(frame);
+                }
+                Ok(None) => session.on_control_ended(),
                 Err(e) => {
-                    let refusal = protocol::encode_frame(&ServerFrame::Refused {
-                        reason: e.to_string(),
-                    });
-                    // Bounded: a peer that never acknowledges must not hold its slot.
-                    let _ = tokio::time::timeout(shared.auth_timeout, async {
-                        let _ = send.write_all(&refusal).await;
-                        let _ = send.finish();
-                        let _ = send.stopped().await;
-                    })
-                    .await;
-                    conn.close(close::REFUSED.into(), b"refused");
+                    let reason = format!("expected Hello: {e}");
+                    conn.close(close::EXPECTED_HELLO.into(), reason.as_bytes());
                     return Err(e);
                 }
             }
+            streams = Some((send, recv, dec));
         }
-        Ok(_) => {
-            conn.close(close::EXPECTED_HELLO.into(), b"expected Hello");
-            return Err(ProtocolError::Unexpected("first frame must be Hello".into()).into());
+        Ok(Err(e)) => return Err(e),
+        Err(_) => session.on_timeout(start.elapsed()),
+    }
+    // The session's answer: authenticate, then welcome or refuse.
+    let mut tenant = None;
+    let mut queued = Vec::new();
+    while let Some(action) = session.poll_action() {
+        match action {
+            ReceiverAction::Authenticate(token) => {
+                session.authenticated(shared.authenticate(&token.0));
+            }
+            ReceiverAction::Frame(frame @ ServerFrame::Refused { .. }) => queued.push(frame),
+            ReceiverAction::Close(why) => {
+                if let Some((mut send, _, _)) = streams.take() {
+                    // Bounded: a peer that never acknowledges must not hold its slot.
+                    let _ = tokio::time::timeout(shared.auth_timeout, async {
+                        for frame in &queued {
+                            let _ = send.write_all(&protocol::encode_frame(frame)).await;
+                        }
+                        if !queued.is_empty() {
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        }
+                    })
+                    .await;
+                }
+                let reason = match why.code() {
+                    close::REFUSED => "refused".to_string(),
+                    close::EXPECTED_HELLO => "expected Hello".to_string(),
+                    _ => why.to_string(),
+                };
+                conn.close(why.code().into(), reason.as_bytes());
+                return Err(why.into());
+            }
+            ReceiverAction::Admit => tenant = session.tenant().map(str::to_string),
+            ReceiverAction::Frame(frame) => queued.push(frame),
+            other => {
+                debug!(action = ?std::mem::discriminant(&other), "unexpected action before authentication")
+            }
         }
-        Err(e) => {
-            let reason = format!("expected Hello: {e}");
-            conn.close(close::EXPECTED_HELLO.into(), reason.as_bytes());
-            return Err(e);
-        }
+    }
+    let (Some(tenant), Some((mut send, mut recv, mut dec))) = (tenant, streams) else {
+        return Err(ProtocolError::Unexpected("no Hello".into()).into());
     };
     drop(unauthenticated);
-    dec.set_max(protocol::MAX_CONTROL_FRAME);
+    dec.set_max(session.max_frame());
     crate::transport::open_after_auth(&conn);
     info!(tenant = %tenant, peer = %conn.remote_address(), "sender authenticated");
     let (out, mut out_rx) = mpsc::unbounded_channel::<ServerFrame>();
+    // The Welcome (and anything else queued with it) goes first.
+    for frame in queued {
+        let _ = out.send(frame);
+    }
     tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
             if send
@@ -201,15 +275,9 @@ pub(super) async fn handle_connection(
         }
         let _ = send.finish();
     });
-    let _ = out.send(ServerFrame::Welcome {
-        version: protocol::VERSION,
-        tenant: tenant.clone(),
-    });
     let state = Arc::new(ConnState {
         tenant,
-        handles: Mutex::new(HashMap::new()),
-        slots: Mutex::new(HashMap::new()),
-        next_handle: AtomicU32::new(0),
+        session: Mutex::new(session),
         out,
     });
     let uni = {
@@ -231,7 +299,7 @@ pub(super) async fn handle_connection(
     let result = control_loop(&shared, &state, &mut recv, &mut dec).await;
     uni.abort();
     // The connection's jobs no longer occupy their tenant's slots.
-    state.slots.lock().expect("slots lock").clear();
+    state.session.lock().expect("session lock").closed();
     result
 }
 
@@ -242,138 +310,56 @@ pub(super) async fn control_loop(
     dec: &mut FrameDecoder<ClientFrame>,
 ) -> Result<(), GatewayError> {
     while let Some(frame) = read_frame(recv, dec).await? {
-        match frame {
-            ClientFrame::Hello { .. } => {
-                return Err(ProtocolError::Unexpected("second Hello".into()).into());
-            }
-            ClientFrame::OpenJob(open) => {
-                let job_id = open.job_id.clone();
-                let correlation = open.correlation_id.clone().unwrap_or_else(|| "-".into());
-                // Opening a job again on this connection (after it failed, or was busy)
-                // abandons its earlier handle: that handle and its slot go, so handles do
-                // not pile up on a long-lived connection.
-                let stale: Vec<u32> = (state.handles.lock().expect("handles lock"))
-                    .iter()
-                    .filter(|(_, j)| j.id == job_id)
-                    .map(|(&h, _)| h)
-                    .collect();
-                for h in stale {
-                    state.handles.lock().expect("handles lock").remove(&h);
-                    state.slots.lock().expect("slots lock").remove(&h);
-                }
-                // The connection's share, then the tenant's job slots, before any work.
-                let held = state.handles.lock().expect("handles lock").len();
-                if held >= shared.max_jobs_per_connection {
-                    let reason = format!(
-                        "this connection holds {held} open jobs, the most the gateway allows one connection"
-                    );
-                    defer(state, job_id, &correlation, reason);
-                    continue;
-                }
-                let max = (shared.tenants.current().file.get(&state.tenant))
-                    .and_then(|t| t.max_concurrent_jobs);
-                let slot = match shared.quotas.reserve_job(&state.tenant, &job_id, max) {
-                    Ok(slot) => slot,
-                    Err(crate::quota::Busy(reason)) => {
-                        defer(state, job_id, &correlation, reason);
-                        continue;
-                    }
-                };
-                match shared.open_job(&state.tenant, open).await {
-                    Ok(job) => {
-                        let handle = state.next_handle.fetch_add(1, Ordering::Relaxed);
-                        let held = job.state.lock().expect("job lock").held_chunks();
-                        slot.attach(job.clone());
-                        state.slots.lock().expect("slots lock").insert(handle, slot);
-                        state
-                            .handles
-                            .lock()
-                            .expect("handles lock")
-                            .insert(handle, job);
-                        info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, handle, "job open");
-                        let _ = state.out.send(ServerFrame::JobReady {
-                            job_id,
-                            handle,
-                            held,
-                        });
-                    }
-                    Err(e) => {
-                        warn!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, error = %e, "job refused");
-                        shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                        let _ = state.out.send(ServerFrame::JobFailed {
-                            handle: u32::MAX,
-                            job_id,
-                            reason: e.to_string(),
-                            permanent: !matches!(&e, GatewayError::Connector(c) if c.is_transient()),
-                        });
-                    }
-                }
-            }
-            ClientFrame::FinishJob {
-                handle,
-                file_hashes,
-            } => {
-                let job = state
-                    .handles
-                    .lock()
-                    .expect("handles lock")
-                    .get(&handle)
-                    .cloned();
-                let Some(job) = job else {
-                    return Err(ProtocolError::Unexpected(format!(
-                        "FinishJob for unknown handle {handle}"
-                    ))
-                    .into());
-                };
-                let state = state.clone();
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let frame = match finish_job(&shared, &job, &file_hashes).await {
-                        Ok((manifest, receipts)) => {
-                            shared.jobs_completed.fetch_add(1, Ordering::Relaxed);
-                            ServerFrame::JobDone {
-                                handle,
-                                manifest,
-                                receipts,
+        let (result, actions) = state.input(|s| s.on_frame(frame));
+        result?;
+        for action in actions {
+            match action {
+                ReceiverAction::Frame(frame) => state.frame(frame),
+                ReceiverAction::Open(open) => open_job(shared, state, open).await,
+                ReceiverAction::Finish {
+                    handle,
+                    job,
+                    file_hashes,
+                } => {
+                    let state = state.clone();
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let job = job.job;
+                        let outcome = match finish_job(&shared, &job, &file_hashes).await {
+                            Ok((manifest, receipts)) => {
+                                shared.jobs_completed.fetch_add(1, Ordering::Relaxed);
+                                Finished::Done { manifest, receipts }
                             }
-                        }
-                        // Nothing is lost: the job stays as it is, and a finish sent again
-                        // (on this connection or another) goes on where this one stopped.
-                        Err(FinishFailure {
-                            error,
-                            retryable: true,
-                        }) => {
-                            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job finish failed; the sender may retry it");
-                            ServerFrame::JobFailed {
-                                handle,
-                                job_id: job.open().job_id,
-                                reason: error.to_string(),
-                                permanent: false,
+                            // Nothing is lost: the job stays as it is, and a finish sent
+                            // again (on this connection or another) goes on where this one
+                            // stopped.
+                            Err(FinishFailure {
+                                error,
+                                retryable: true,
+                            }) => {
+                                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job finish failed; the sender may retry it");
+                                Finished::Failed {
+                                    reason: error.to_string(),
+                                    permanent: false,
+                                }
                             }
-                        }
-                        Err(FinishFailure { error, .. }) => {
-                            shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job failed at finish");
-                            job.fail(error.to_string());
-                            ServerFrame::JobFailed {
-                                handle,
-                                job_id: job.open().job_id,
-                                reason: error.to_string(),
-                                permanent: true,
+                            Err(FinishFailure { error, .. }) => {
+                                shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
+                                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job failed at finish");
+                                job.fail(error.to_string());
+                                Finished::Failed {
+                                    reason: error.to_string(),
+                                    permanent: true,
+                                }
                             }
-                        }
-                    };
-                    // The job has ended on this connection: its handle and slot go (the
-                    // sender sends nothing more under it; a repeat open gets a new one).
-                    state.handles.lock().expect("handles lock").remove(&handle);
-                    state.slots.lock().expect("slots lock").remove(&handle);
-                    let _ = state.out.send(frame);
-                });
-            }
-            ClientFrame::CancelJob { handle, reason } => {
-                let job = state.handles.lock().expect("handles lock").remove(&handle);
-                state.slots.lock().expect("slots lock").remove(&handle);
-                if let Some(job) = job {
+                        };
+                        let job_id = job.open().job_id;
+                        let ((), frames) = state.input(|s| s.finished(handle, job_id, outcome));
+                        state.send(frames);
+                    });
+                }
+                ReceiverAction::Cancel { job, reason } => {
+                    let job = job.job;
                     info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %reason, "job cancelled");
                     // Marked first: a writer opened from here on aborts itself (see
                     // `HeldJob::writer`); the ones open now are aborted here.
@@ -384,22 +370,52 @@ pub(super) async fn control_loop(
                     shared.jobs.lock().expect("jobs lock").remove(&key);
                     let _ = fs::remove_dir_all(&job.dir);
                 }
+                ReceiverAction::Authenticate(_)
+                | ReceiverAction::Admit
+                | ReceiverAction::Close(_) => {
+                    debug!("authentication action after authentication; ignored");
+                }
             }
         }
     }
     Ok(())
 }
 
-/// Tells the sender to open `job_id` again later (`Busy`), and logs why.
-pub(super) fn defer(state: &ConnState, job_id: String, correlation: &str, reason: String) {
-    info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, %reason, "job deferred");
-    let _ = state.out.send(ServerFrame::Busy {
-        job_id,
-        reason,
-        retry_after_ms: crate::quota::BUSY_RETRY_MS,
-    });
+/// Takes the tenant's job slot and opens (or resumes) the job; the session answers the
+/// sender (`JobReady`, `Busy` or `JobFailed`).
+async fn open_job(shared: &Arc<Shared>, state: &Arc<ConnState>, open: OpenJob) {
+    let job_id = open.job_id.clone();
+    let correlation = open.correlation_id.clone().unwrap_or_else(|| "-".into());
+    let max =
+        (shared.tenants.current().file.get(&state.tenant)).and_then(|t| t.max_concurrent_jobs);
+    let slot = match shared.quotas.reserve_job(&state.tenant, &job_id, max) {
+        Ok(slot) => slot,
+        Err(crate::quota::Busy(reason)) => {
+            let ((), frames) = state.input(|s| s.deferred(job_id, reason, protocol::BUSY_RETRY_MS));
+            return state.send(frames);
+        }
+    };
+    let ((), frames) = match shared.open_job(&state.tenant, open).await {
+        Ok(job) => {
+            let held = job.state.lock().expect("job lock").held_chunks();
+            slot.attach(job.clone());
+            let entry = OpenHandle {
+                job,
+                _slot: Arc::new(slot),
+            };
+            let (handle, frames) = state.input(|s| s.opened(job_id.clone(), entry, held));
+            info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, handle, "job open");
+            ((), frames)
+        }
+        Err(e) => {
+            warn!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, error = %e, "job refused");
+            shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
+            let permanent = !matches!(&e, GatewayError::Connector(c) if c.is_transient());
+            state.input(|s| s.open_failed(job_id, e.to_string(), permanent))
+        }
+    };
+    state.send(frames);
 }
-
 /// Aborts every partial destination object the job may have (idempotent).
 pub(super) async fn abort_writers(job: &HeldJob) {
     for d in 0..job.dests.len() {

@@ -26,7 +26,7 @@ use std::fs;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use trackshift_crypto::IoError;
 
@@ -40,9 +40,10 @@ use trackshift_crypto::{
     PublicKeyring, Purpose, Receipt, Signable as _, Timestamp,
 };
 
+use crate::protocol::session::{Finished, ReceiverAction, ReceiverSession, Refusal};
 use crate::protocol::{
     self, ChunkRef, ClientFrame, Disposition, FrameDecoder, OpenJob, ProtocolError, ReceiverJob,
-    ServerFrame,
+    ServerFrame, close,
 };
 use crate::tenants::{JobAsk, LiveTenants};
 use crate::tls::GatewayIdentity;

@@ -267,6 +267,17 @@ impl<J: Clone> ReceiverSession<J> {
         }
     }
 
+    /// The sender ended the control stream. Before `Hello` that is a refusal (the first
+    /// frame must be `Hello`); after it, the connection is simply over.
+    pub fn on_control_ended(&mut self) {
+        if matches!(self.phase, Phase::AwaitingHello { .. }) {
+            self.refuse(
+                ProtocolError::Unexpected("first frame must be Hello".into()).into(),
+                false,
+            );
+        }
+    }
+
     /// The token checked out as `tenant`'s (`None`: it names no tenant).
     pub fn authenticated(&mut self, tenant: Option<String>) {
         if !matches!(self.phase, Phase::Authenticating { .. }) {
