@@ -10,7 +10,7 @@ pub(super) enum Event {
     Sent(usize, ChunkRef, Hash32),
     /// A chunk stream failed: (job, handle it was sent under, error).
     SendFailed(usize, u32, ConnectionLost),
-    SourceFailed(usize, String),
+    SourceFailed(usize, SourceReadError),
 }
 
 /// Drives the send's unsettled jobs over one connection until all are settled (`Ok`) or
@@ -129,7 +129,11 @@ pub(super) async fn connection(
                         return Err(SendError::Connection(e));
                     }
                 }
-                Event::SourceFailed(job, e) => s.session.on_source_failed(job, e, now()),
+                Event::SourceFailed(job, e) => {
+                    let reason = e.to_string();
+                    s.source_errors.entry(job).or_insert_with(|| Arc::new(e));
+                    s.session.on_source_failed(job, reason, now());
+                }
             }
         }
     }
@@ -205,25 +209,24 @@ pub(super) fn spawn_chunk(
     tokio::spawn(async move {
         let result = async {
             let reading = reads.acquire_owned().await.expect("never closed");
-            let read = tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), String> {
-                let _reading = reading;
-                let file = source.file(c.file)?;
-                let mut buf = vec![0u8; layout.chunk_len(c.index) as usize];
-                file.read_exact_at(&mut buf, layout.offset(c.index))
-                    .map_err(|e| {
-                        format!(
-                            "{}: {e} (did the file change?)",
-                            source.files[c.file as usize].0.display()
-                        )
-                    })?;
-                let hash = layout.chunk_hash(c.index, &buf);
-                if !buf.is_empty() && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst) {
-                    buf[0] ^= 0x01;
-                }
-                Ok((Bytes::from(buf), hash))
-            })
-            .await
-            .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?;
+            let read =
+                tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), SourceReadError> {
+                    let _reading = reading;
+                    let file = source.file(c.file)?;
+                    let mut buf = vec![0u8; layout.chunk_len(c.index) as usize];
+                    file.read_exact_at(&mut buf, layout.offset(c.index))
+                        .map_err(|e| SourceReadError::Read {
+                            path: source.files[c.file as usize].0.clone(),
+                            source: e,
+                        })?;
+                    let hash = layout.chunk_hash(c.index, &buf);
+                    if !buf.is_empty() && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst) {
+                        buf[0] ^= 0x01;
+                    }
+                    Ok((Bytes::from(buf), hash))
+                })
+                .await
+                .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?;
             let (data, hash) = match read {
                 Ok(r) => r,
                 Err(e) => {

@@ -58,6 +58,8 @@ pub(super) struct Sending {
     /// Per session job: its index among the send's requests (for progress reports).
     pub(super) requests: Vec<usize>,
     pub(super) held: HashMap<(usize, ChunkRef), Option<BudgetPermit>>,
+    /// Per session job: why its source could not be read, if that ended it.
+    pub(super) source_errors: HashMap<usize, Arc<SourceReadError>>,
 }
 
 impl Sending {

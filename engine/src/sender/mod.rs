@@ -67,9 +67,9 @@ pub enum SendError {
     /// Endpoint set-up.
     #[error(transparent)]
     Transport(Arc<crate::transport::TransportError>),
-    /// A source file could not be read during the send (removed, truncated, I/O error).
+    /// A source file could not be read during the send (removed, changed, I/O error).
     #[error("reading the source: {0}")]
-    SourceRead(String),
+    SourceRead(Arc<SourceReadError>),
     /// The send was cancelled (see [`SendConfig::cancel`]).
     #[error("cancelled")]
     Cancelled,
@@ -85,6 +85,39 @@ pub enum SendError {
         /// The last error.
         last: String,
     },
+}
+
+/// Why a source file could not be read once the send was under way.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceReadError {
+    /// The file could not be opened (again).
+    #[error("{}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not the one listed: device, inode, size or modification time differ.
+    #[error(
+        "{}: the file changed while it was being sent (it is not the file first read: device, inode, size or modification time differ); send it again",
+        path.display()
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Reading a chunk failed (a file truncated while it was sent ends here).
+    #[error("{}: {source} (did the file change?)", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A confined source refused the open (a link, a path leaving the tenant's root).
+    #[error(transparent)]
+    Confined(#[from] crate::scan::ScanError),
 }
 
 /// Why a connection to the gateway was lost, or never made. Cheap to clone: when a
@@ -428,6 +461,7 @@ pub async fn send_jobs(
         sources: Vec::new(),
         requests: Vec::new(),
         held: HashMap::new(),
+        source_errors: HashMap::new(),
     };
     // Per request: its session job, or why it could not be prepared.
     let mut slots: Vec<Result<usize, SendError>> = Vec::with_capacity(requests.len());
@@ -449,7 +483,8 @@ pub async fn send_jobs(
         slots
             .into_iter()
             .map(|slot| {
-                let j = s.session.job(slot?);
+                let i = slot?;
+                let j = s.session.job(i);
                 match j.end() {
                     Some(JobEnd::Done { manifest, receipts }) => Ok(SendReport {
                         job_id: j.open().job_id.clone(),
@@ -468,7 +503,10 @@ pub async fn send_jobs(
                     Some(JobEnd::Busy { reason }) => Err(SendError::Busy {
                         reason: reason.clone(),
                     }),
-                    Some(JobEnd::SourceRead(e)) => Err(SendError::SourceRead(e.clone())),
+                    Some(JobEnd::SourceRead(_)) => Err(SendError::SourceRead(
+                        (s.source_errors.get(&i).cloned())
+                            .expect("a source failure is recorded before the session ends its job"),
+                    )),
                     None => Err(lost.clone()),
                 }
             })

@@ -65,7 +65,7 @@ impl OpenFiles {
 
     /// File `i` at `path`, open: kept from an earlier read, or opened now and checked to be
     /// the file first opened (device, inode, size and modification time).
-    pub(super) fn get(&self, i: u32, path: &Path) -> Result<Arc<File>, String> {
+    pub(super) fn get(&self, i: u32, path: &Path) -> Result<Arc<File>, SourceReadError> {
         {
             let mut open = self.open.lock().expect("open files lock");
             if let Some(k) = open.iter().position(|(f, _)| *f == i) {
@@ -75,17 +75,18 @@ impl OpenFiles {
                 return Ok(file);
             }
         }
-        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let open = |source| SourceReadError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open)?;
+        let meta = file.metadata().map_err(open)?;
         let seen = FileIdentity::of(&meta);
         let first = *self.identities[i as usize].get_or_init(|| seen);
         if first != seen {
-            return Err(format!(
-                "{}: the file changed while it was being sent (it is not the file first read: device, inode, size or modification time differ); send it again",
-                path.display()
-            ));
+            return Err(SourceReadError::Changed {
+                path: path.to_path_buf(),
+            });
         }
         let file = Arc::new(file);
         let mut open = self.open.lock().expect("open files lock");
@@ -105,13 +106,10 @@ impl OpenFiles {
 }
 
 impl Source {
-    pub(super) fn file(&self, i: u32) -> Result<Arc<File>, String> {
+    pub(super) fn file(&self, i: u32) -> Result<Arc<File>, SourceReadError> {
         match &self.reader {
             Reader::Plain(files) => files.get(i, &self.files[i as usize].0),
-            Reader::Confined(listing) => listing
-                .open(i as usize)
-                .map(Arc::new)
-                .map_err(|e| e.to_string()),
+            Reader::Confined(listing) => Ok(Arc::new(listing.open(i as usize)?)),
         }
     }
 

@@ -64,7 +64,11 @@ fn a_file_replaced_between_reads_is_refused_not_read() {
     std::fs::write(&other, "file 0").unwrap();
     std::fs::rename(&other, &paths[0]).unwrap();
     let err = files.get(0, &paths[0]).unwrap_err();
-    assert!(err.contains("changed while it was being sent"), "{err}");
+    assert!(matches!(err, SourceReadError::Changed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("changed while it was being sent"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -81,5 +85,9 @@ fn a_file_grown_between_reads_is_refused_not_read() {
         .unwrap();
     std::io::Write::write_all(&mut f, b" and more").unwrap();
     let err = files.get(0, &paths[0]).unwrap_err();
-    assert!(err.contains("changed while it was being sent"), "{err}");
+    assert!(matches!(err, SourceReadError::Changed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("changed while it was being sent"),
+        "{err}"
+    );
 }

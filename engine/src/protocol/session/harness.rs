@@ -4,6 +4,7 @@
 //! every chunk stream has its own delay, so chunks overtake each other and the control
 //! frames; a lost packet shows as a retransmission delay; a connection can be cut at any
 //! point and the sender reconnects. Everything is seeded: a failing seed fails again.
+//! The scenarios are in `tests.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -12,15 +13,15 @@ use super::super::retry::RetryLimits;
 use super::super::*;
 use super::*;
 
-const CHUNK: u64 = 1024;
-const TOKEN: &str = "tenant-token";
+pub(super) const CHUNK: u64 = 1024;
+pub(super) const TOKEN: &str = "tenant-token";
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 /// The bytes of chunk `index` of file `file` (a pattern, so both sides agree).
-fn chunk_data(job: &OpenJob, file: u32, index: u64) -> Vec<u8> {
+pub(super) fn chunk_data(job: &OpenJob, file: u32, index: u64) -> Vec<u8> {
     let layout = ChunkLayout::new(job.files[file as usize].size, job.chunk_size).unwrap();
     let start = layout.offset(index);
     (0..layout.chunk_len(index))
@@ -28,7 +29,7 @@ fn chunk_data(job: &OpenJob, file: u32, index: u64) -> Vec<u8> {
         .collect()
 }
 
-fn job(id: &str, sizes: &[u64]) -> OpenJob {
+pub(super) fn job(id: &str, sizes: &[u64]) -> OpenJob {
     OpenJob {
         job_id: id.into(),
         destinations: vec!["null://".into(), "file:///tmp/out".into()],
@@ -50,21 +51,21 @@ fn job(id: &str, sizes: &[u64]) -> OpenJob {
 
 /// The simulated network's behaviour.
 #[derive(Debug, Clone)]
-struct Net {
+pub(super) struct Net {
     /// One-way delay of every message.
-    latency: Duration,
+    pub(super) latency: Duration,
     /// Extra random delay of each chunk stream, up to this (reordering).
-    jitter: Duration,
+    pub(super) jitter: Duration,
     /// Chance that a message's packet is lost once (it then arrives one retransmission
     /// timeout later).
-    loss: f64,
+    pub(super) loss: f64,
     /// Retransmission timeout.
-    rto: Duration,
+    pub(super) rto: Duration,
     /// Cut the connection after this many chunk streams were sent on it (each entry once,
     /// in order: several entries cut several connections).
-    cut_after_chunks: Vec<u64>,
+    pub(super) cut_after_chunks: Vec<u64>,
     /// The gateway cannot be reached at all (every handshake fails).
-    unreachable: bool,
+    pub(super) unreachable: bool,
 }
 
 impl Default for Net {
@@ -82,26 +83,26 @@ impl Default for Net {
 
 /// The gateway's behaviour.
 #[derive(Debug, Clone, Default)]
-struct Gw {
+pub(super) struct Gw {
     /// Fail this many opens transiently, then open.
-    fail_opens: u32,
+    pub(super) fail_opens: u32,
     /// Fail every open permanently.
-    refuse_jobs: bool,
+    pub(super) refuse_jobs: bool,
     /// Defer opens of the tenant beyond this many open jobs (the tenant's job quota).
-    max_jobs: Option<usize>,
+    pub(super) max_jobs: Option<usize>,
     /// Jobs per connection.
-    max_per_connection: Option<usize>,
+    pub(super) max_per_connection: Option<usize>,
     /// Chunks whose data is corrupted in transit this many times.
-    corrupt: HashMap<(String, ChunkRef), u32>,
+    pub(super) corrupt: HashMap<(String, ChunkRef), u32>,
     /// Time the gateway takes to open these jobs (its connectors, the journal).
-    slow_opens: HashMap<String, Duration>,
+    pub(super) slow_opens: HashMap<String, Duration>,
     /// The token the gateway knows.
-    token: Option<String>,
+    pub(super) token: Option<String>,
     /// Never answer Hello (a silent sender is tested from the gateway's side).
-    silent_sender: bool,
+    pub(super) silent_sender: bool,
 }
 
-enum Msg {
+pub(super) enum Msg {
     ToGateway(ClientFrame),
     Chunk {
         header: ChunkHeader,
@@ -113,72 +114,72 @@ enum Msg {
     Cut,
 }
 
-struct Scheduled {
-    conn: u64,
-    msg: Msg,
+pub(super) struct Scheduled {
+    pub(super) conn: u64,
+    pub(super) msg: Msg,
 }
 
 /// What one run did.
 #[derive(Debug, Default)]
-struct Run {
+pub(super) struct Run {
     /// Chunk streams that reached the gateway's job.
-    delivered: u64,
+    pub(super) delivered: u64,
     /// Chunks recorded durable (first time).
-    recorded: u64,
+    pub(super) recorded: u64,
     /// Chunk streams the sender opened.
-    streams: u64,
+    pub(super) streams: u64,
     /// Most bytes in flight at once.
-    peak_in_flight: u64,
+    pub(super) peak_in_flight: u64,
     /// Connections made.
-    connections: u64,
+    pub(super) connections: u64,
     /// Rejects the gateway sent.
-    rejects: u64,
+    pub(super) rejects: u64,
     /// `Busy` answers for the tenant quota.
-    busy: u64,
+    pub(super) busy: u64,
     /// `Busy` frames the sender received (any cause).
-    busy_frames: u64,
+    pub(super) busy_frames: u64,
     /// Most jobs open on one connection at once.
-    peak_open: usize,
+    pub(super) peak_open: usize,
     /// How the connection-level run ended.
-    fatal: Option<Fatal>,
+    pub(super) fatal: Option<Fatal>,
     /// The sender gave up reconnecting.
-    gave_up: Option<Reconnect>,
+    pub(super) gave_up: Option<Reconnect>,
     /// The session ended cancelled.
-    cancelled: bool,
+    pub(super) cancelled: bool,
     /// Virtual time at the end.
-    at: Duration,
+    pub(super) at: Duration,
     /// The gateway's ends of connections it closed itself.
-    refusals: Vec<Refusal>,
+    pub(super) refusals: Vec<Refusal>,
 }
 
-struct Harness {
-    now: Duration,
-    rng: fastrand::Rng,
-    net: Net,
-    gw: Gw,
-    sender: SenderSession,
-    jobs: Vec<OpenJob>,
+pub(super) struct Harness {
+    pub(super) now: Duration,
+    pub(super) rng: fastrand::Rng,
+    pub(super) net: Net,
+    pub(super) gw: Gw,
+    pub(super) sender: SenderSession,
+    pub(super) jobs: Vec<OpenJob>,
     /// The gateway's jobs by id: what it holds survives connections (its job directory).
-    held: BTreeMap<String, ReceiverJob>,
+    pub(super) held: BTreeMap<String, ReceiverJob>,
     /// Jobs sealed at the gateway.
-    sealed: HashSet<String>,
+    pub(super) sealed: HashSet<String>,
     /// Job ids open at the gateway, for the tenant quota.
-    open_at_gateway: HashMap<String, u64>,
-    server: Option<ReceiverSession<String>>,
-    conn: u64,
-    chunks_on_conn: u64,
-    queue: BTreeMap<(Duration, u64), Scheduled>,
-    seq: u64,
+    pub(super) open_at_gateway: HashMap<String, u64>,
+    pub(super) server: Option<ReceiverSession<String>>,
+    pub(super) conn: u64,
+    pub(super) chunks_on_conn: u64,
+    pub(super) queue: BTreeMap<(Duration, u64), Scheduled>,
+    pub(super) seq: u64,
     /// Last delivery time per direction of the control stream (it is ordered).
-    control_tail: [Duration; 2],
-    reconnect_at: Option<Duration>,
-    cancel_at: Option<Duration>,
-    unreadable: Option<(usize, ChunkRef)>,
-    run: Run,
+    pub(super) control_tail: [Duration; 2],
+    pub(super) reconnect_at: Option<Duration>,
+    pub(super) cancel_at: Option<Duration>,
+    pub(super) unreadable: Option<(usize, ChunkRef)>,
+    pub(super) run: Run,
 }
 
 impl Harness {
-    fn new(seed: u64, jobs: Vec<OpenJob>, budget: u64, net: Net, gw: Gw) -> Self {
+    pub(super) fn new(seed: u64, jobs: Vec<OpenJob>, budget: u64, net: Net, gw: Gw) -> Self {
         let limits = RetryLimits {
             max_reopens: 8,
             retry_for: Duration::from_secs(60),
@@ -213,7 +214,7 @@ impl Harness {
         }
     }
 
-    fn delay(&mut self, chunk: bool) -> Duration {
+    pub(super) fn delay(&mut self, chunk: bool) -> Duration {
         let mut d = self.net.latency;
         if chunk && !self.net.jitter.is_zero() {
             d += self.net.jitter.mul_f64(self.rng.f64());
@@ -224,7 +225,7 @@ impl Harness {
         d
     }
 
-    fn schedule(&mut self, after: Duration, msg: Msg) {
+    pub(super) fn schedule(&mut self, after: Duration, msg: Msg) {
         let ordered = match &msg {
             Msg::ToGateway(_) => Some(0),
             Msg::ToSender(_) | Msg::Cut => Some(1),
@@ -245,7 +246,7 @@ impl Harness {
         );
     }
 
-    fn connect(&mut self) {
+    pub(super) fn connect(&mut self) {
         self.conn += 1;
         self.chunks_on_conn = 0;
         self.control_tail = [self.now; 2];
@@ -267,7 +268,7 @@ impl Harness {
     }
 
     /// The connection is cut (or never made): both sides forget it.
-    fn disconnect(&mut self) {
+    pub(super) fn disconnect(&mut self) {
         if let Some(mut s) = self.server.take() {
             s.closed();
         }
@@ -280,7 +281,7 @@ impl Harness {
         }
     }
 
-    fn sender_actions(&mut self) {
+    pub(super) fn sender_actions(&mut self) {
         while let Some(a) = self.sender.poll_action() {
             match a {
                 Action::Frame(f) => {
@@ -327,7 +328,7 @@ impl Harness {
         }
     }
 
-    fn server_actions(&mut self) {
+    pub(super) fn server_actions(&mut self) {
         loop {
             let Some(server) = self.server.as_mut() else {
                 return;
@@ -388,7 +389,7 @@ impl Harness {
     }
 
     /// The gateway opens (or resumes) a job.
-    fn open_job(&mut self, open: OpenJob) {
+    pub(super) fn open_job(&mut self, open: OpenJob) {
         let conn = self.conn;
         let server = self.server.as_mut().expect("connected");
         if let Some(max) = self.gw.max_jobs
@@ -420,7 +421,7 @@ impl Harness {
         self.run.peak_open = self.run.peak_open.max(server.open_jobs());
     }
 
-    fn deliver(&mut self, msg: Msg) {
+    pub(super) fn deliver(&mut self, msg: Msg) {
         match msg {
             Msg::ToGateway(f) => {
                 let server = self.server.as_mut().expect("connected");
@@ -484,7 +485,7 @@ impl Harness {
 
     /// Runs until the send is settled, cancelled, failed or given up (or `limit` of
     /// virtual time passed).
-    fn run(mut self, limit: Duration) -> (Self, Run) {
+    pub(super) fn run(mut self, limit: Duration) -> (Self, Run) {
         while self.now < limit {
             self.sender_actions();
             self.server_actions();
@@ -549,7 +550,7 @@ impl Harness {
         (self, run)
     }
 
-    fn chunks(&self) -> u64 {
+    pub(super) fn chunks(&self) -> u64 {
         self.jobs
             .iter()
             .flat_map(|j| &j.files)
@@ -557,7 +558,7 @@ impl Harness {
             .sum()
     }
 
-    fn assert_all_done(&self) {
+    pub(super) fn assert_all_done(&self) {
         for (i, j) in self.sender.jobs().iter().enumerate() {
             match j.end() {
                 Some(JobEnd::Done { manifest, receipts }) => {
@@ -577,397 +578,4 @@ impl Harness {
             assert!(self.sealed.contains(&j.open().job_id));
         }
     }
-}
-
-fn sizes(n: usize, each: u64) -> Vec<u64> {
-    vec![each; n]
-}
-
-#[test]
-fn a_clean_send_sends_every_chunk_once_within_the_budget() {
-    let jobs = vec![
-        job("a", &sizes(3, 10 * CHUNK)),
-        job("b", &[0, 1, 5 * CHUNK + 7]),
-    ];
-    let h = Harness::new(1, jobs, 8 * CHUNK, Net::default(), Gw::default());
-    let chunks = h.chunks();
-    let (h, run) = h.run(Duration::from_secs(60));
-    h.assert_all_done();
-    assert_eq!(run.streams, chunks, "each chunk once");
-    assert_eq!(run.recorded, chunks);
-    assert_eq!(run.connections, 1);
-    assert!(run.peak_in_flight <= 8 * CHUNK, "{}", run.peak_in_flight);
-    assert!(run.peak_in_flight >= 7 * CHUNK, "the budget is used");
-    assert_eq!(h.sender.in_flight_bytes(), 0);
-    // Round robin: both jobs were in flight together, so the short one ended first.
-    let a = h.sender.job(0).finished_at().unwrap();
-    let b = h.sender.job(1).finished_at().unwrap();
-    assert!(b < a, "{b:?} {a:?}");
-}
-
-#[test]
-fn the_budget_bounds_throughput_on_a_long_link() {
-    // 40 chunks over a 100 ms one-way link: with 4 chunks of budget a round trip (200 ms
-    // plus the commit) moves 4 chunks, so about 10 round trips; with 40, about one.
-    let run_with = |budget| {
-        let net = Net {
-            latency: ms(100),
-            ..Net::default()
-        };
-        let (h, run) = Harness::new(2, vec![job("a", &[40 * CHUNK])], budget, net, Gw::default())
-            .run(Duration::from_secs(60));
-        h.assert_all_done();
-        run.at
-    };
-    let narrow = run_with(4 * CHUNK);
-    let wide = run_with(40 * CHUNK);
-    assert!(narrow >= ms(2_000), "{narrow:?}");
-    assert!(wide <= ms(800), "{wide:?}");
-}
-
-#[test]
-fn loss_and_reordering_lose_nothing_and_resend_nothing() {
-    for seed in 0..40 {
-        let net = Net {
-            jitter: ms(80),
-            loss: 0.2,
-            ..Net::default()
-        };
-        let jobs = vec![job("a", &sizes(4, 6 * CHUNK)), job("b", &[13 * CHUNK + 1])];
-        let h = Harness::new(seed, jobs, 6 * CHUNK, net, Gw::default());
-        let chunks = h.chunks();
-        let (h, run) = h.run(Duration::from_secs(600));
-        h.assert_all_done();
-        // QUIC retransmits lost packets: a late chunk is not a lost one.
-        assert_eq!(run.streams, chunks, "seed {seed}");
-        assert_eq!(run.recorded, chunks, "seed {seed}");
-    }
-}
-
-#[test]
-fn a_cut_connection_resumes_with_only_what_the_gateway_lacks() {
-    for seed in 0..20 {
-        let net = Net {
-            jitter: ms(30),
-            cut_after_chunks: vec![7, 3, 11],
-            ..Net::default()
-        };
-        let jobs = vec![job("a", &sizes(3, 8 * CHUNK)), job("b", &[9 * CHUNK])];
-        let budget = 5 * CHUNK;
-        let h = Harness::new(seed, jobs, budget, net, Gw::default());
-        let chunks = h.chunks();
-        let (h, run) = h.run(Duration::from_secs(600));
-        h.assert_all_done();
-        assert_eq!(run.connections, 4, "seed {seed}");
-        assert_eq!(h.sender.reconnects(), 3);
-        // Every chunk recorded once; at most a budget's worth resent per cut.
-        assert_eq!(run.recorded, chunks, "seed {seed}");
-        assert!(
-            run.streams > chunks,
-            "seed {seed}: the cuts lost chunks in flight"
-        );
-        assert!(
-            run.streams <= chunks + 3 * (budget / CHUNK),
-            "seed {seed}: {}",
-            run.streams
-        );
-    }
-}
-
-#[test]
-fn a_corrupted_chunk_is_rejected_and_sent_again() {
-    let mut gw = Gw::default();
-    gw.corrupt
-        .insert(("a".into(), ChunkRef { file: 1, index: 2 }), 2);
-    let h = Harness::new(
-        3,
-        vec![job("a", &sizes(2, 4 * CHUNK))],
-        4 * CHUNK,
-        Net::default(),
-        gw,
-    );
-    let chunks = h.chunks();
-    let (h, run) = h.run(Duration::from_secs(60));
-    h.assert_all_done();
-    assert_eq!(run.rejects, 2);
-    assert_eq!(run.streams, chunks + 2);
-}
-
-#[test]
-fn a_chunk_rejected_too_often_ends_the_send() {
-    let mut gw = Gw::default();
-    gw.corrupt
-        .insert(("a".into(), ChunkRef { file: 0, index: 0 }), u32::MAX);
-    let (_, run) = Harness::new(
-        4,
-        vec![job("a", &[3 * CHUNK])],
-        4 * CHUNK,
-        Net::default(),
-        gw,
-    )
-    .run(Duration::from_secs(60));
-    assert_eq!(run.rejects, u64::from(MAX_CHUNK_ATTEMPTS));
-    assert!(
-        matches!(&run.fatal, Some(Fatal::Protocol(ProtocolError::InvalidChunk(m))) if m.contains("rejected 5 times")),
-        "{:?}",
-        run.fatal
-    );
-}
-
-#[test]
-fn transient_open_failures_are_reopened_on_schedule_then_succeed() {
-    let gw = Gw {
-        fail_opens: 3,
-        ..Gw::default()
-    };
-    let (h, run) = Harness::new(
-        5,
-        vec![job("a", &[2 * CHUNK])],
-        4 * CHUNK,
-        Net::default(),
-        gw,
-    )
-    .run(Duration::from_secs(60));
-    h.assert_all_done();
-    assert_eq!(h.sender.job(0).reopens(), 3);
-    assert_eq!(run.connections, 1, "reopened on the same connection");
-    // Three failures, 200 + 400 + 800 ms of backoff, each a round trip of 40 ms.
-    assert!(run.at >= ms(1_400 + 4 * 40), "{:?}", run.at);
-    assert!(run.at < ms(1_400 + 8 * 40), "{:?}", run.at);
-}
-
-#[test]
-fn a_permanent_failure_ends_only_that_job() {
-    let gw = Gw {
-        refuse_jobs: true,
-        ..Gw::default()
-    };
-    let (h, run) = Harness::new(
-        6,
-        vec![job("a", &[CHUNK]), job("b", &[CHUNK])],
-        CHUNK,
-        Net::default(),
-        gw,
-    )
-    .run(Duration::from_secs(60));
-    assert!(run.fatal.is_none());
-    for j in h.sender.jobs() {
-        assert_eq!(
-            j.end(),
-            Some(&JobEnd::Failed {
-                reason: "destination refused".into(),
-                permanent: true
-            })
-        );
-        assert_eq!(j.reopens(), 0);
-    }
-    assert_eq!(h.sender.phase(), Phase::Finished);
-}
-
-#[test]
-fn jobs_beyond_the_tenant_quota_wait_for_a_slot_and_all_finish() {
-    let gw = Gw {
-        max_jobs: Some(1),
-        ..Gw::default()
-    };
-    let jobs = (0..4)
-        .map(|i| job(&format!("j{i}"), &[6 * CHUNK]))
-        .collect();
-    let (h, run) =
-        Harness::new(7, jobs, 4 * CHUNK, Net::default(), gw).run(Duration::from_secs(600));
-    h.assert_all_done();
-    assert!(run.busy >= 3, "{}", run.busy);
-    // One at a time: no two jobs' lifetimes overlap at the gateway, so they end in turn.
-    let mut ends: Vec<_> = h
-        .sender
-        .jobs()
-        .iter()
-        .map(|j| j.finished_at().unwrap())
-        .collect();
-    ends.dedup();
-    assert_eq!(ends.len(), 4);
-}
-
-#[test]
-fn a_connection_holds_at_most_its_share_of_jobs() {
-    let gw = Gw {
-        max_per_connection: Some(2),
-        ..Gw::default()
-    };
-    let jobs = (0..5)
-        .map(|i| job(&format!("j{i}"), &[3 * CHUNK]))
-        .collect();
-    let (h, run) =
-        Harness::new(8, jobs, 4 * CHUNK, Net::default(), gw).run(Duration::from_secs(600));
-    h.assert_all_done();
-    assert_eq!(run.busy, 0, "the tenant quota was never reached");
-    assert!(run.busy_frames >= 3, "{}", run.busy_frames);
-    assert_eq!(run.peak_open, 2);
-}
-
-#[test]
-fn cancel_removes_open_jobs_and_those_that_turn_ready_during_the_grace() {
-    // Job "slow" is opened 500 ms late: cancelled before it is ready, it is cancelled as
-    // soon as the gateway answers.
-    let gw = Gw {
-        slow_opens: [("slow".to_string(), ms(500))].into(),
-        ..Gw::default()
-    };
-    let mut h = Harness::new(
-        9,
-        vec![job("a", &[50 * CHUNK]), job("slow", &[CHUNK])],
-        2 * CHUNK,
-        Net::default(),
-        gw,
-    );
-    h.cancel_at = Some(ms(300));
-    let (h, run) = h.run(Duration::from_secs(60));
-    assert!(run.cancelled);
-    assert!(run.recorded > 0, "job a was under way");
-    assert!(
-        h.held.is_empty(),
-        "the gateway removed both: {:?}",
-        h.held.keys().collect::<Vec<_>>()
-    );
-    assert!(run.at < ms(300) + CANCEL_GRACE + ms(100), "{:?}", run.at);
-    assert!(h.sender.jobs().iter().all(|j| j.end().is_none()));
-}
-
-#[test]
-fn cancel_without_an_answer_gives_up_after_the_grace() {
-    let gw = Gw {
-        slow_opens: [("a".to_string(), ms(60_000))].into(),
-        ..Gw::default()
-    };
-    let mut h = Harness::new(10, vec![job("a", &[CHUNK])], CHUNK, Net::default(), gw);
-    h.cancel_at = Some(ms(100));
-    let (_, run) = h.run(Duration::from_secs(60));
-    assert!(run.cancelled);
-    assert_eq!(run.at, ms(100) + CANCEL_GRACE);
-}
-
-#[test]
-fn an_unreadable_source_cancels_its_job_and_not_the_others() {
-    let mut h = Harness::new(
-        11,
-        vec![job("a", &[4 * CHUNK]), job("b", &[4 * CHUNK])],
-        2 * CHUNK,
-        Net::default(),
-        Gw::default(),
-    );
-    h.unreadable = Some((0, ChunkRef { file: 0, index: 2 }));
-    let (h, run) = h.run(Duration::from_secs(60));
-    assert!(run.fatal.is_none());
-    assert_eq!(
-        h.sender.job(0).end(),
-        Some(&JobEnd::SourceRead("f000: file changed".into()))
-    );
-    assert!(matches!(h.sender.job(1).end(), Some(JobEnd::Done { .. })));
-    assert!(
-        !h.held.contains_key("a"),
-        "the gateway dropped the cancelled job"
-    );
-}
-
-#[test]
-fn a_wrong_token_is_refused_and_not_retried() {
-    let gw = Gw::default();
-    let mut h = Harness::new(12, vec![job("a", &[CHUNK])], CHUNK, Net::default(), gw);
-    h.gw.token = Some("another".into());
-    let (_, run) = h.run(Duration::from_secs(60));
-    assert_eq!(
-        run.fatal,
-        Some(Fatal::Refused("unknown tenant token".into()))
-    );
-    assert_eq!(run.refusals, [Refusal::UnknownToken]);
-    assert_eq!(run.connections, 1);
-}
-
-#[test]
-fn a_sender_that_never_says_hello_is_closed_at_the_deadline() {
-    let gw = Gw {
-        silent_sender: true,
-        ..Gw::default()
-    };
-    let h = Harness::new(13, vec![job("a", &[CHUNK])], CHUNK, Net::default(), gw);
-    let (_, run) = h.run(ms(5_500));
-    assert_eq!(run.refusals, [Refusal::HelloTimeout(ms(5_000))]);
-    assert_eq!(run.refusals[0].code(), close::AUTH_TIMEOUT);
-}
-
-#[test]
-fn an_unreachable_gateway_is_given_up_within_the_retry_budget() {
-    let net = Net {
-        unreachable: true,
-        ..Net::default()
-    };
-    let (h, run) = Harness::new(14, vec![job("a", &[CHUNK])], CHUNK, net, Gw::default())
-        .run(Duration::from_secs(600));
-    let Some(Reconnect::GiveUp { attempts, seconds }) = run.gave_up else {
-        panic!("{:?}", run.gave_up);
-    };
-    // Eight reconnects (the limit), each after a handshake timeout of 1 s and a backoff.
-    assert_eq!(attempts, 9);
-    assert!((9..40).contains(&seconds), "{seconds}");
-    assert!(h.sender.jobs().iter().all(|j| j.end().is_none()));
-}
-
-#[test]
-fn the_gateway_refuses_frames_out_of_order() {
-    let mut s = ReceiverSession::<String>::new(Duration::ZERO, ms(100), 4);
-    assert_eq!(s.max_frame(), MAX_HELLO_FRAME);
-    let e = s
-        .on_frame(ClientFrame::CancelJob {
-            handle: 0,
-            reason: String::new(),
-        })
-        .unwrap_err();
-    assert_eq!(e.code(), close::EXPECTED_HELLO);
-    let mut s = ReceiverSession::<String>::new(Duration::ZERO, ms(100), 4);
-    let e = s
-        .on_frame(ClientFrame::Hello {
-            version: VERSION + 1,
-            token: Secret("t".into()),
-        })
-        .unwrap_err();
-    assert_eq!(e.code(), close::REFUSED);
-    assert!(matches!(
-        s.poll_action(),
-        Some(ReceiverAction::Frame(ServerFrame::Refused { .. }))
-    ));
-    let mut s = ReceiverSession::<String>::new(Duration::ZERO, ms(100), 4);
-    s.on_frame(ClientFrame::Hello {
-        version: VERSION,
-        token: Secret("t".into()),
-    })
-    .unwrap();
-    assert!(matches!(
-        s.poll_action(),
-        Some(ReceiverAction::Authenticate(_))
-    ));
-    s.authenticated(Some("acme".into()));
-    assert_eq!(s.tenant(), Some("acme"));
-    assert_eq!(s.max_frame(), MAX_CONTROL_FRAME);
-    assert_eq!(s.poll_timeout(), None, "no deadline once authenticated");
-    let e = s
-        .on_frame(ClientFrame::FinishJob {
-            handle: 7,
-            file_hashes: vec![],
-        })
-        .unwrap_err();
-    assert!(matches!(e, Refusal::Protocol(ProtocolError::Unexpected(_))));
-    let e = s
-        .on_frame(ClientFrame::Hello {
-            version: VERSION,
-            token: Secret("t".into()),
-        })
-        .unwrap_err();
-    assert!(e.to_string().contains("second Hello"));
-    // Reopening a job drops its earlier handle (and the job with it).
-    let h0 = s.opened("j".into(), "first".into(), vec![]);
-    s.on_frame(ClientFrame::OpenJob(job("j", &[1]))).unwrap();
-    assert!(s.job(h0).is_none());
-    let h1 = s.opened("j".into(), "second".into(), vec![]);
-    assert_ne!(h0, h1);
-    assert_eq!(s.open_jobs(), 1);
 }

@@ -14,6 +14,8 @@ pub mod sender;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod tests;
 
 pub use receiver::{Finished, ReceiverAction, ReceiverSession, Refusal};
 pub use sender::{
