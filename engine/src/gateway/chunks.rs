@@ -8,23 +8,24 @@ pub(super) async fn handle_chunk_stream(
     state: &Arc<ConnState>,
     mut recv: quinn::RecvStream,
 ) -> Result<(), GatewayError> {
-    let hlen = recv
-        .read_u32()
-        .await
-        .map_err(|e| GatewayError::stream("chunk header")(e.into()))? as usize;
-    if hlen > protocol::MAX_CHUNK_HEADER {
-        let _ = recv.stop(1u32.into());
-        return Err(ProtocolError::FrameTooLarge {
-            len: hlen,
-            max: protocol::MAX_CHUNK_HEADER,
+    // The header is a frame like the control stream's: read exactly as much as it needs,
+    // never into the payload behind it.
+    let mut dec = FrameDecoder::<protocol::ChunkHeader>::new(protocol::MAX_CHUNK_HEADER);
+    let header = loop {
+        match dec.next_frame() {
+            Ok(Some(header)) => break header,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = recv.stop(1u32.into());
+                return Err(e.into());
+            }
         }
-        .into());
-    }
-    let mut hbuf = vec![0u8; hlen];
-    recv.read_exact(&mut hbuf)
-        .await
-        .map_err(|e| GatewayError::stream("chunk header")(e.into()))?;
-    let header = protocol::decode_chunk_header(&hbuf)?;
+        let mut piece = vec![0u8; dec.wanted()];
+        recv.read_exact(&mut piece)
+            .await
+            .map_err(|e| GatewayError::stream("chunk header")(e.into()))?;
+        dec.push(&piece);
+    };
     let job = state.job(header.handle);
     let Some(job) = job else {
         let _ = recv.stop(1u32.into());

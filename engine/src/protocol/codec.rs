@@ -60,17 +60,15 @@ impl postcard::ser_flavors::Flavor for SameBytes<'_> {
     }
 }
 
-/// Encodes a chunk-stream header: `u32` big-endian length, then the postcard encoding.
-pub fn encode_chunk_header(header: &ChunkHeader) -> Vec<u8> {
-    let body = postcard::to_allocvec(header).expect("headers serialise");
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+/// Encodes a chunk-stream header: a frame like every other ([`encode_frame`]); the gateway
+/// reads it with a [`FrameDecoder`] limited to [`MAX_CHUNK_HEADER`].
+pub fn encode_chunk_header(header: &ChunkHeader) -> Bytes {
+    encode_frame(header)
 }
 
 /// Decodes a chunk-stream header body (the bytes after its length prefix, at most
-/// [`MAX_CHUNK_HEADER`]); trailing or non-canonical bytes are refused.
+/// [`MAX_CHUNK_HEADER`]); trailing or non-canonical bytes are refused (what the
+/// [`FrameDecoder`] does with a header frame).
 pub fn decode_chunk_header(body: &[u8]) -> Result<ChunkHeader, ProtocolError> {
     if body.len() > MAX_CHUNK_HEADER {
         return Err(ProtocolError::FrameTooLarge {
