@@ -24,6 +24,35 @@ pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     tlog_tiles::node_hash(Hash(*left), Hash(*right)).0
 }
 
+/// Checks a request for an inclusion proof of entry `index` in the tree of `size` entries
+/// (the tree's size against the log is the store's to check).
+pub(crate) fn inclusion_request(index: u64, size: u64) -> Result<()> {
+    if index >= size {
+        return Err(LedgerError::InvalidRequest(format!(
+            "entry {index} is not in a tree of {size} entries"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a request for a consistency proof from the tree of `old` entries to the tree of
+/// `new`; `Ok(false)` when the proof is empty (the same tree).
+pub(crate) fn consistency_request(old: u64, new: u64) -> Result<bool> {
+    if old > new {
+        return Err(LedgerError::InvalidRequest(format!(
+            "old size {old} is larger than new size {new}"
+        )));
+    }
+    if old == 0 {
+        return Err(LedgerError::InvalidRequest(
+            "no consistency proof from a tree of 0 entries (RFC 9162 defines them only \
+             from a non-empty tree)"
+                .into(),
+        ));
+    }
+    Ok(old != new)
+}
+
 fn to_hashes(proof: &[[u8; 32]]) -> Result<Vec<Hash>> {
     if proof.len() > MAX_PROOF_HASHES {
         return Err(LedgerError::Malformed(format!(

@@ -89,11 +89,7 @@ impl PgLedger {
     /// Inclusion proof of entry `index` in the tree of `size` entries.
     pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>> {
         self.check_size(size).await?;
-        if index >= size {
-            return Err(LedgerError::InvalidRequest(format!(
-                "entry {index} is not in a tree of {size} entries"
-            )));
-        }
+        crate::proof::inclusion_request(index, size)?;
         let client = self.pool.get().await.map_err(db)?;
         let proof = with_hashes(&client, &self.origin, &mut HashMap::new(), |r| {
             tlog_tiles::prove_record(size, index, r)
@@ -141,19 +137,7 @@ impl PgLedger {
     /// Consistency proof from the tree of `old` entries to the tree of `new` entries.
     pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
         self.check_size(new).await?;
-        if old > new {
-            return Err(LedgerError::InvalidRequest(format!(
-                "old size {old} is larger than new size {new}"
-            )));
-        }
-        if old == 0 {
-            return Err(LedgerError::InvalidRequest(
-                "no consistency proof from a tree of 0 entries (RFC 9162 defines them only \
-                 from a non-empty tree)"
-                    .into(),
-            ));
-        }
-        if old == new {
+        if !crate::proof::consistency_request(old, new)? {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await.map_err(db)?;

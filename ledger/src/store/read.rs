@@ -87,11 +87,7 @@ impl Ledger {
     /// Inclusion proof of entry `index` in the tree of `size` entries (RFC 9162 audit path).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>> {
         self.check_size(size)?;
-        if index >= size {
-            return Err(LedgerError::InvalidRequest(format!(
-                "entry {index} is not in a tree of {size} entries"
-            )));
-        }
+        crate::proof::inclusion_request(index, size)?;
         tlog_tiles::prove_record(size, index, &self.reader())
             .map(|p| p.into_iter().map(|h| h.0).collect())
             .map_err(|e| LedgerError::Damaged(format!("building an inclusion proof: {e}")))
@@ -100,19 +96,7 @@ impl Ledger {
     /// Consistency proof from the tree of `old` entries to the tree of `new` entries.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
         self.check_size(new)?;
-        if old > new {
-            return Err(LedgerError::InvalidRequest(format!(
-                "old size {old} is larger than new size {new}"
-            )));
-        }
-        if old == 0 {
-            return Err(LedgerError::InvalidRequest(
-                "no consistency proof from a tree of 0 entries (RFC 9162 defines them only \
-                 from a non-empty tree)"
-                    .into(),
-            ));
-        }
-        if old == new {
+        if !crate::proof::consistency_request(old, new)? {
             return Ok(Vec::new());
         }
         tlog_tiles::prove_tree(new, old, &self.reader())
