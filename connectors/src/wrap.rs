@@ -7,6 +7,9 @@
 //! - [`ThrottledConnector`]: at most a given number of bytes per second written (GCRA rate
 //!   limiter from `governor`), shared by all objects.
 //!
+//! The last two are one wrapper, [`Gated`], over the [`Gate`] a write passes (a slot, rate
+//! tokens): the delegation of every other method is written once.
+//!
 //! Each is generic over what it wraps (`PrefixConnector<LocalConnector>`), `dyn Connector`
 //! by default; [`wrap`] applies the ones a [`Wrapping`] asks for. Every one runs the
 //! conformance suite in this module's tests.
@@ -42,7 +45,7 @@ pub fn wrap(inner: Arc<dyn Connector>, w: &Wrapping) -> Result<Arc<dyn Connector
 #[derive(Clone)]
 pub struct Limits {
     prefix: Option<String>,
-    slots: Option<Arc<Semaphore>>,
+    slots: Option<Arc<Slots>>,
     rate: Option<Arc<ByteRate>>,
 }
 
@@ -50,7 +53,10 @@ impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limits")
             .field("prefix", &self.prefix)
-            .field("slots", &self.slots.as_ref().map(|s| s.available_permits()))
+            .field(
+                "slots",
+                &self.slots.as_ref().map(|s| s.0.available_permits()),
+            )
             .field("bytes_per_second", &self.rate.as_ref().map(|r| r.rate()))
             .finish()
     }
@@ -83,26 +89,26 @@ impl Limits {
         if let Some(limiter) = &self.rate {
             c = Arc::new(ThrottledConnector {
                 inner: c,
-                limiter: limiter.clone(),
+                gate: limiter.clone(),
             });
         }
         if let Some(slots) = &self.slots {
             c = Arc::new(LimitConnector {
                 inner: c,
-                slots: slots.clone(),
+                gate: slots.clone(),
             });
         }
         Ok(c)
     }
 }
 
-fn new_slots(n: usize) -> Result<Arc<Semaphore>, ConnectorError> {
+fn new_slots(n: usize) -> Result<Arc<Slots>, ConnectorError> {
     if n == 0 {
         return Err(ConnectorError::InvalidUri(
             "a concurrency limit must be at least 1".into(),
         ));
     }
-    Ok(Arc::new(Semaphore::new(n)))
+    Ok(Arc::new(Slots(Semaphore::new(n))))
 }
 
 /// Puts every object under a fixed prefix.
@@ -157,118 +163,84 @@ impl<C: Connector + ?Sized> Connector for PrefixConnector<C> {
     }
 }
 
-/// Limits how many chunk writes and read-backs are in flight at once.
-#[derive(Debug)]
-pub struct LimitConnector<C: ?Sized = dyn Connector> {
-    inner: Arc<C>,
-    slots: Arc<Semaphore>,
+/// What a gated wrapper waits for before a chunk write of `bytes` bytes (and, if the gate
+/// says so, before a read-back): a concurrency slot, or rate tokens. The one thing in which
+/// [`LimitConnector`] and [`ThrottledConnector`] differ; everything else is delegated once,
+/// by [`Gated`] and its writer.
+#[async_trait]
+pub trait Gate: Send + Sync + std::fmt::Debug + 'static {
+    /// Held for the duration of the operation (a semaphore permit; nothing for a rate).
+    type Pass<'a>: Send
+    where
+        Self: 'a;
+    /// Whether read-backs pass the gate too.
+    const GATES_READS: bool;
+    /// Waits until an operation of `bytes` bytes may go.
+    async fn pass(&self, bytes: u64) -> Result<Self::Pass<'_>, ConnectorError>;
 }
 
-impl<C: Connector + ?Sized> LimitConnector<C> {
+/// At most N operations in flight (the gate of [`LimitConnector`]).
+#[derive(Debug)]
+pub struct Slots(Semaphore);
+
+#[async_trait]
+impl Gate for Slots {
+    type Pass<'a> = tokio::sync::SemaphorePermit<'a>;
+    const GATES_READS: bool = true;
+    async fn pass(&self, _bytes: u64) -> Result<Self::Pass<'_>, ConnectorError> {
+        self.0
+            .acquire()
+            .await
+            .map_err(|_| ConnectorError::Unavailable("connector closed".into()))
+    }
+}
+
+#[async_trait]
+impl Gate for ByteRate {
+    type Pass<'a> = ();
+    const GATES_READS: bool = false;
+    async fn pass(&self, bytes: u64) -> Result<(), ConnectorError> {
+        self.take(bytes).await;
+        Ok(())
+    }
+}
+
+/// A connector whose chunk writes (and, for some gates, read-backs) pass a [`Gate`]
+/// shared by all its objects: [`LimitConnector`], [`ThrottledConnector`].
+#[derive(Debug)]
+pub struct Gated<G: Gate, C: ?Sized = dyn Connector> {
+    inner: Arc<C>,
+    gate: Arc<G>,
+}
+
+/// Limits how many chunk writes and read-backs are in flight at once.
+pub type LimitConnector<C = dyn Connector> = Gated<Slots, C>;
+
+/// Limits the bytes written per second, across all objects of the connector.
+pub type ThrottledConnector<C = dyn Connector> = Gated<ByteRate, C>;
+
+impl<C: Connector + ?Sized> Gated<Slots, C> {
     /// At most `n` (at least 1) operations in flight.
     pub fn new(inner: Arc<C>, n: usize) -> Result<Self, ConnectorError> {
         Ok(Self {
             inner,
-            slots: new_slots(n)?,
+            gate: new_slots(n)?,
         })
     }
 }
 
-async fn slot(slots: &Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, ConnectorError> {
-    slots
-        .acquire()
-        .await
-        .map_err(|_| ConnectorError::Unavailable("connector closed".into()))
-}
-
-#[async_trait]
-impl<C: Connector + ?Sized> Connector for LimitConnector<C> {
-    fn uri(&self) -> &str {
-        self.inner.uri()
-    }
-    fn min_chunk_size(&self, size: u64) -> u64 {
-        self.inner.min_chunk_size(size)
-    }
-    async fn check(&self) -> Result<(), ConnectorError> {
-        self.inner.check().await
-    }
-    async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
-        self.inner.stat(path).await
-    }
-    async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
-        let _slot = slot(&self.slots).await?;
-        self.inner.read_back(path).await
-    }
-    async fn open(
-        &self,
-        spec: &ObjectSpec,
-        resume: bool,
-    ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
-        Ok(Arc::new(LimitWriter {
-            inner: self.inner.open(spec, resume).await?,
-            slots: self.slots.clone(),
-        }))
-    }
-}
-
-struct LimitWriter {
-    inner: Arc<dyn ObjectWriter>,
-    slots: Arc<Semaphore>,
-}
-
-#[async_trait]
-impl ObjectWriter for LimitWriter {
-    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
-        let _slot = slot(&self.slots).await?;
-        self.inner.write_at(offset, data).await
-    }
-    async fn sync(&self) -> Result<(), ConnectorError> {
-        self.inner.sync().await
-    }
-    async fn commit(&self) -> Result<Confirmation, ConnectorError> {
-        self.inner.commit().await
-    }
-    async fn abort(&self) -> Result<(), ConnectorError> {
-        self.inner.abort().await
-    }
-    async fn remove(&self) -> Result<(), ConnectorError> {
-        self.inner.remove().await
-    }
-    fn holds_open(&self) -> bool {
-        self.inner.holds_open()
-    }
-    async fn close(&self) -> Result<(), ConnectorError> {
-        self.inner.close().await
-    }
-}
-
-/// Limits the bytes written per second, across all objects of the connector.
-pub struct ThrottledConnector<C: ?Sized = dyn Connector> {
-    inner: Arc<C>,
-    limiter: Arc<ByteRate>,
-}
-
-impl<C: Connector + ?Sized> std::fmt::Debug for ThrottledConnector<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThrottledConnector")
-            .field("inner", &self.inner)
-            .field("bytes_per_second", &self.limiter.rate())
-            .finish()
-    }
-}
-
-impl<C: Connector + ?Sized> ThrottledConnector<C> {
+impl<C: Connector + ?Sized> Gated<ByteRate, C> {
     /// At most `bytes_per_second` (at least 1 KiB/s) written.
     pub fn new(inner: Arc<C>, bytes_per_second: u64) -> Result<Self, ConnectorError> {
         Ok(Self {
             inner,
-            limiter: Arc::new(ByteRate::new(bytes_per_second)?),
+            gate: Arc::new(ByteRate::new(bytes_per_second)?),
         })
     }
 }
 
 #[async_trait]
-impl<C: Connector + ?Sized> Connector for ThrottledConnector<C> {
+impl<G: Gate, C: Connector + ?Sized> Connector for Gated<G, C> {
     fn uri(&self) -> &str {
         self.inner.uri()
     }
@@ -282,6 +254,11 @@ impl<C: Connector + ?Sized> Connector for ThrottledConnector<C> {
         self.inner.stat(path).await
     }
     async fn read_back(&self, path: &str) -> Result<(u64, [u8; 32]), ConnectorError> {
+        let _pass = if G::GATES_READS {
+            Some(self.gate.pass(0).await?)
+        } else {
+            None
+        };
         self.inner.read_back(path).await
     }
     async fn open(
@@ -289,22 +266,22 @@ impl<C: Connector + ?Sized> Connector for ThrottledConnector<C> {
         spec: &ObjectSpec,
         resume: bool,
     ) -> Result<Arc<dyn ObjectWriter>, ConnectorError> {
-        Ok(Arc::new(ThrottledWriter {
+        Ok(Arc::new(GatedWriter {
             inner: self.inner.open(spec, resume).await?,
-            limiter: self.limiter.clone(),
+            gate: self.gate.clone(),
         }))
     }
 }
 
-struct ThrottledWriter {
+struct GatedWriter<G> {
     inner: Arc<dyn ObjectWriter>,
-    limiter: Arc<ByteRate>,
+    gate: Arc<G>,
 }
 
 #[async_trait]
-impl ObjectWriter for ThrottledWriter {
+impl<G: Gate> ObjectWriter for GatedWriter<G> {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
-        self.limiter.take(data.len() as u64).await;
+        let _pass = self.gate.pass(data.len() as u64).await?;
         self.inner.write_at(offset, data).await
     }
     async fn sync(&self) -> Result<(), ConnectorError> {
