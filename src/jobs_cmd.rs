@@ -60,6 +60,9 @@ pub enum JobsCommand {
         /// Wait for the job to end (exit 1 unless it completed).
         #[arg(long)]
         wait: bool,
+        /// Print the job as the API returned it (one JSON object) instead of its id.
+        #[arg(long)]
+        json: bool,
     },
     /// List jobs, newest first.
     List {
@@ -72,6 +75,9 @@ pub enum JobsCommand {
         /// Cursor from a previous listing.
         #[arg(long)]
         cursor: Option<String>,
+        /// Print the page as the API returned it (one JSON object: `jobs` and `next`).
+        #[arg(long)]
+        json: bool,
     },
     /// Show a job with its state transitions (JSON).
     Status {
@@ -175,6 +181,7 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
             strict,
             max_attempts,
             wait,
+            json,
         } => {
             // Absolute and written plainly (no `.`, doubled or trailing slashes); `..` is
             // left for the server to refuse, as the path is on its machine.
@@ -203,7 +210,11 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
                 .as_str()
                 .context("the API returned no job id")?
                 .to_string();
-            println!("{id}");
+            if json {
+                crate::print_text(&format!("{job}\n"))?;
+            } else {
+                println!("{id}");
+            }
             if wait {
                 return wait_for(&c, &id, None, None).await;
             }
@@ -213,6 +224,7 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
             state,
             limit,
             cursor,
+            json,
         } => {
             let mut path = format!("/v1/jobs?limit={limit}");
             if let Some(s) = state {
@@ -222,6 +234,10 @@ pub async fn run(api: ApiArgs, cmd: JobsCommand) -> Result<u8> {
                 path.push_str(&format!("&cursor={}", urlencode(&cur)));
             }
             let page = c.get(&path).await?;
+            if json {
+                crate::print_text(&format!("{page}\n"))?;
+                return Ok(0);
+            }
             for j in page["jobs"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {:<9}  {:>3}%  {}  {}",

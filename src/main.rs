@@ -3,10 +3,12 @@
 mod api;
 mod bench;
 mod demo;
+mod exit;
 mod http;
 mod jobs_cmd;
 mod keys_cmd;
 mod ledger_cmd;
+mod send_cmd;
 mod size;
 mod soak;
 mod transfer;
@@ -16,15 +18,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use trackshift_crypto::{
-    CryptoError, Document, FileKeyStore, KeyBackend as _, Manifest, Receipt, Timestamp,
-};
+use trackshift_crypto::{Document, FileKeyStore, KeyBackend as _, Manifest, Receipt, Timestamp};
 use trackshift_engine::audit;
 
 /// Exit code when a document was checked and rejected.
-const EXIT_REJECTED: u8 = 1;
-/// Exit code for unreadable or malformed input and other errors.
-const EXIT_ERROR: u8 = 2;
+const EXIT_REJECTED: u8 = exit::VERIFICATION_FAILED;
 
 #[derive(Parser)]
 #[command(
@@ -36,13 +34,29 @@ const EXIT_ERROR: u8 = 2;
         and, per destination, a receipt signed with Ed25519. Auditors check both offline with\n\
         the public key file alone.\n\n\
         Start with `trackshift demo`, which runs the whole flow on generated data.",
-    after_help = "Exit codes: 0 success, 1 verification failed (bad signature, unknown, revoked or\n\
-        expired key, hash mismatch), 2 malformed input, I/O or usage error."
+    after_help = "Exit codes: 0 success; 1 verification failed (bad signature, unknown, revoked or\n\
+        expired key, hash mismatch); 2 usage error, malformed or unreadable input; 3 authentication\n\
+        (unknown token, gateway certificate not trusted); 4 refused by the gateway (policy,\n\
+        destination); 5 network (gateway unreachable, busy or failing for the whole retry time);\n\
+        6 partial (a destination did not confirm the data)."
 )]
 struct Cli {
+    /// Only errors on stderr (no progress, no warnings).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More on stderr: -v info, -vv debug (`RUST_LOG` wins when set).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `-q` was given: commands print no progress.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Subcommand)]
 enum Command {
@@ -51,7 +65,7 @@ enum Command {
     /// Run the receiving gateway.
     Serve(transfer::ServeArgs),
     /// Send a file or directory to a gateway.
-    Send(transfer::SendArgs),
+    Send(send_cmd::SendArgs),
     /// Create, rotate, revoke, list and export signing keys.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -149,6 +163,10 @@ struct VerifyArgs {
     /// For a manifest: the data it describes; every file is re-hashed and compared.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Print the verdict as one JSON object on stdout (`"ok": true` and what was checked);
+    /// a failure is still an error on stderr and exit code 1.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The process's Prometheus recorder (installed once; every `metrics` macro records here).
@@ -214,39 +232,40 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Serve(_)));
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    init_logging(
+        matches!(cli.command, Command::Serve(_)),
+        cli.quiet,
+        cli.verbose,
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let rejected = err.chain().any(|e| {
-                e.downcast_ref::<CryptoError>()
-                    .is_some_and(CryptoError::is_verification_failure)
-                    || e.downcast_ref::<trackshift_ledger::LedgerError>()
-                        .is_some_and(trackshift_ledger::LedgerError::is_verification_failure)
-                    || e.downcast_ref::<audit::AuditError>()
-                        .is_some_and(audit::AuditError::is_verification_failure)
-            });
-            if rejected {
-                eprintln!("FAILED: {err:#}");
-                ExitCode::from(EXIT_REJECTED)
+            let code = exit::code(&err);
+            let label = if code == EXIT_REJECTED {
+                "FAILED"
             } else {
-                eprintln!("error: {err:#}");
-                ExitCode::from(EXIT_ERROR)
-            }
+                "error"
+            };
+            eprintln!("{label}: {}", exit::message(&err));
+            ExitCode::from(code)
         }
     }
 }
 
-/// Logs to stderr: `RUST_LOG` filters (default `warn`, `info` for the gateway);
-/// `TRACKSHIFT_LOG_FORMAT=json|text` picks the format (default JSON for the gateway, one
-/// object per line with the fields of the enclosing spans, so every line of a job carries
-/// its job id, tenant and correlation id).
-fn init_logging(gateway: bool) {
+/// Logs to stderr: `RUST_LOG` filters (default `warn`, `info` for the gateway; `-q` only
+/// errors, `-v` info, `-vv` debug); `TRACKSHIFT_LOG_FORMAT=json|text` picks the format
+/// (default JSON for the gateway, one object per line with the fields of the enclosing
+/// spans, so every line of a job carries its job id, tenant and correlation id). Colour
+/// only when stderr is a terminal.
+fn init_logging(gateway: bool, quiet: bool, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if gateway {
-            "info,quinn=warn,tokio_postgres=warn"
-        } else {
-            "warn"
+        tracing_subscriber::EnvFilter::new(match (quiet, verbose) {
+            (true, _) => "error",
+            (false, 0) if gateway => "info,quinn=warn,tokio_postgres=warn",
+            (false, 0) => "warn",
+            (false, 1) => "info,quinn=warn,tokio_postgres=warn",
+            (false, _) => "debug",
         })
     });
     let json = match std::env::var("TRACKSHIFT_LOG_FORMAT").as_deref() {
@@ -256,6 +275,7 @@ fn init_logging(gateway: bool) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder
@@ -286,7 +306,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Serve(args) => runtime()?.block_on(transfer::serve(args)),
-        Command::Send(args) => runtime()?.block_on(transfer::send(args)),
+        Command::Send(args) => runtime()?.block_on(send_cmd::send(args)),
         Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Manifest(ManifestCommand::Create(args)) => manifest_create(args),
         Command::Manifest(ManifestCommand::Sign { file, keys, out }) => {
@@ -409,7 +429,8 @@ fn verify(args: VerifyArgs) -> Result<()> {
     let doc = Document::from_json(&read(&args.file)?)
         .with_context(|| format!("{}", args.file.display()))?;
     let mut report = Vec::new();
-    match doc {
+    let file = args.file.display().to_string();
+    let json = match doc {
         Document::Manifest(m) => {
             if args.manifest.is_some() {
                 bail!(
@@ -436,6 +457,19 @@ fn verify(args: VerifyArgs) -> Result<()> {
             if audit.data_checked {
                 report.push("   data re-hashed: every file matches".into());
             }
+            serde_json::json!({
+                "ok": true,
+                "kind": "manifest",
+                "file": file,
+                "job_id": m.job_id,
+                "tenant": m.tenant,
+                "files": m.files.len(),
+                "bytes": m.total_bytes(),
+                "root_hash": m.root_hash.to_string(),
+                "key": { "id": key.id.to_string(), "algorithm": key.algorithm.to_string(), "purpose": key.purpose.to_string() },
+                "signed_at": sig.signed_at.to_string(),
+                "data_checked": audit.data_checked,
+            })
         }
         Document::Receipt(r) => {
             if args.data.is_some() {
@@ -483,6 +517,14 @@ fn verify(args: VerifyArgs) -> Result<()> {
             if audit.bound {
                 report.push(format!("   bound to manifest {}", r.manifest_hash));
             }
+            let ledger = logged.as_ref().map(|(proof, cp)| {
+                serde_json::json!({
+                    "origin": cp.origin,
+                    "index": proof.index,
+                    "size": cp.size,
+                    "root": hex::encode(cp.root),
+                })
+            });
             if let Some((proof, cp)) = logged {
                 report.push(format!(
                     "   recorded in ledger {} as entry {} of {} (root {}, cosigned with ML-DSA-44 at {})",
@@ -493,7 +535,24 @@ fn verify(args: VerifyArgs) -> Result<()> {
                     trackshift_crypto::Timestamp::from_unix(cp.cosigned_at)
                 ));
             }
+            serde_json::json!({
+                "ok": true,
+                "kind": "receipt",
+                "file": file,
+                "job_id": r.job_id,
+                "tenant": r.tenant,
+                "status": r.status.as_str(),
+                "destination": r.destination,
+                "bytes": r.bytes,
+                "key": { "id": key.id.to_string(), "algorithm": key.algorithm.to_string(), "purpose": key.purpose.to_string() },
+                "signed_at": sig.signed_at.to_string(),
+                "bound_to_manifest": audit.bound.then(|| r.manifest_hash.to_string()),
+                "ledger": ledger,
+            })
         }
+    };
+    if args.json {
+        return print_text(&format!("{json}\n"));
     }
     print_lines(&report)
 }

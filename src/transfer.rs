@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use trackshift_engine::connectors::destination::{self, Destination};
 use trackshift_engine::gateway::{Gateway, GatewayConfig};
 use trackshift_engine::jobs::runner::RunnerConfig;
 use trackshift_engine::sender::{Progress, SendConfig, SendReport, send_path};
 use trackshift_engine::service::{Service, ServiceConfig, Shared};
-use trackshift_engine::tls::ServerTrust;
 
 /// Options of `trackshift serve`.
 #[derive(Args)]
@@ -127,69 +125,23 @@ pub(crate) fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Options of `trackshift send`.
-#[derive(Args)]
-pub struct SendArgs {
-    /// File or directory to send.
-    path: PathBuf,
-    /// Gateway address.
-    #[arg(long)]
-    to: SocketAddr,
-    /// Destination at the gateway: `file:///DIR`, `s3://BUCKET/PREFIX`,
-    /// `az://CONTAINER/PREFIX`, `sftp://...`, `ftps://...` or `null://` (the gateway holds
-    /// the credentials). Repeat it to fan out: the data is sent once and written to every
-    /// destination, each with its own receipt.
-    #[arg(long, required = true)]
-    dest: Vec<String>,
-    /// Pin the gateway certificate by its SHA-256 fingerprint (printed by `serve`).
-    #[arg(long, conflicts_with = "ca")]
-    fingerprint: Option<String>,
-    /// Trust gateway certificates issued by this CA (PEM).
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Name on the gateway certificate.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
-    /// Tenant token (better: the TRACKSHIFT_TOKEN environment variable or --token-file).
-    #[arg(long, env = "TRACKSHIFT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// File holding the tenant token.
-    #[arg(long, conflicts_with = "token")]
-    token_file: Option<PathBuf>,
-    /// Chunk size (power of two, 1KiB to 1GiB; default 4MiB, 8MiB for s3:// whose parts
-    /// must be at least 5 MiB).
-    #[arg(long, value_parser = crate::size::parse_size)]
-    chunk_size: Option<u64>,
-    /// Most chunk bytes read but not yet acknowledged (the sender's memory bound).
-    #[arg(long, default_value = "256MiB", value_parser = crate::size::parse_size)]
-    in_flight: u64,
-    /// Job id (reuse one to resume an interrupted send; default: a new UUID).
-    #[arg(long)]
-    job_id: Option<String>,
-    /// Where to write the signed manifest and receipt (default: ./trackshift-receipts/JOB).
-    #[arg(long)]
-    out_dir: Option<PathBuf>,
-    /// Offer only the post-quantum X25519MLKEM768 key exchange.
-    #[arg(long)]
-    pq_only: bool,
-    /// How long to keep trying to reach a gateway that went away (or was not there yet),
-    /// or to open again a job the gateway failed for a passing reason (its disk full, say),
-    /// before giving up, for example `30s` or `10m`; an interrupted send resumes where it
-    /// stopped.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
-    retry_for: std::time::Duration,
-    /// How long the gateway may be silent before the connection counts as dead
-    /// (keep-alives go out every second; raise it for links that drop out for seconds).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    idle_timeout: std::time::Duration,
-}
-
 /// Ensures the gateway has a tenant: on first start creates `default` with a fresh token
 /// written to DATA/default.token (0600). `default_dest` (from `--default-dest`) are the
 /// prefixes it may write to, added at every start; without any it writes nowhere.
 fn ensure_default_tenant(data_dir: &Path, default_dest: &[String]) -> Result<()> {
     let tenants = data_dir.join("tenants.json");
     let dests: Vec<&str> = default_dest.iter().map(String::as_str).collect();
+    // A local directory named on the command line is the operator's: made if missing
+    // (a tenant's job may then create directories beneath it, never the directory itself).
+    for d in &dests {
+        if let Ok(dest) = trackshift_engine::connectors::destination::Destination::parse(d)
+            && dest.scheme() == trackshift_engine::connectors::destination::Scheme::File
+        {
+            let dir = PathBuf::from(format!("/{}", dest.segments().join("/")));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("--default-dest: creating {}", dir.display()))?;
+        }
+    }
     let rules = dests
         .iter()
         .map(|d| trackshift_engine::tenants::DestinationRule::from_uri(d))
@@ -503,68 +455,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<ServerTrust> {
-    match (fingerprint, ca) {
-        (Some(fp), None) => {
-            let mut pin = [0u8; 32];
-            hex::decode_to_slice(fp.trim(), &mut pin)
-                .context("--fingerprint must be 64 hex digits (the SHA-256 printed by `serve`)")?;
-            Ok(ServerTrust::Fingerprint(pin))
-        }
-        (None, Some(ca)) => Ok(ServerTrust::CaFile(ca.to_path_buf())),
-        _ => bail!("say how to trust the gateway: --fingerprint HEX or --ca FILE"),
-    }
-}
-
-/// Sends a file or directory and writes the signed manifest and receipt.
-pub async fn send(args: SendArgs) -> Result<()> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), None) => t.clone(),
-        (None, Some(f)) => crate::read_secret_text(f)?,
-        _ => bail!("no tenant token: set TRACKSHIFT_TOKEN or pass --token-file"),
-    };
-    let mut cfg = SendConfig::new(
-        args.to,
-        trust(args.fingerprint.as_deref(), args.ca.as_deref())?,
-        token,
-        &args.dest[0],
-    );
-    cfg.destinations = args.dest.clone();
-    cfg.server_name = args.server_name.clone();
-    // A destination that does not parse is refused by the gateway, which names why.
-    cfg.chunk_size = args.chunk_size.unwrap_or_else(|| {
-        destination::default_chunk_size(
-            args.dest
-                .iter()
-                .filter_map(|d| Destination::parse(d).ok())
-                .map(|d| d.scheme()),
-        )
-    });
-    cfg.in_flight_bytes = args.in_flight;
-    cfg.job_id = args.job_id.clone();
-    cfg.pq_only = args.pq_only;
-    cfg.retry_for = args.retry_for;
-    cfg.idle_timeout = args.idle_timeout;
-    let report = send_with_progress(&args.path, &cfg).await?;
-    let out_dir = args
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("trackshift-receipts").join(&report.job_id));
-    let (manifest, receipts) = write_documents(&out_dir, &report)?;
-    println!(
-        "sent {} bytes in {:.2} s ({:.2} Gbit/s), job {}",
-        report.bytes,
-        report.elapsed.as_secs_f64(),
-        gbps(report.bytes, report.elapsed),
-        report.job_id
-    );
-    println!("manifest: {}", manifest.display());
-    for (dest, receipt) in args.dest.iter().zip(&receipts) {
-        println!("receipt:  {} ({dest})", receipt.display());
-    }
-    Ok(())
-}
-
 /// Writes `manifest.json` and the receipts of a finished send into `dir`: `receipt.json`
 /// for the first destination, `receipt-2.json`, `receipt-3.json`, ... for the others.
 pub fn write_documents(dir: &Path, report: &SendReport) -> Result<(PathBuf, Vec<PathBuf>)> {
@@ -591,7 +481,8 @@ pub fn gbps(bytes: u64, elapsed: Duration) -> f64 {
 
 /// Runs a send with a progress bar on a terminal, plain lines every few seconds otherwise.
 pub async fn send_with_progress(path: &Path, cfg: &SendConfig) -> Result<SendReport> {
-    let bar = std::io::stderr().is_terminal().then(|| {
+    let quiet = crate::quiet();
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -606,7 +497,7 @@ pub async fn send_with_progress(path: &Path, cfg: &SendConfig) -> Result<SendRep
         if let Some(bar) = &bar {
             bar.set_length(p.total_bytes);
             bar.set_position(p.acked_bytes);
-        } else {
+        } else if !quiet {
             let mut last = last_line.lock().expect("progress lock");
             if last.elapsed() >= Duration::from_secs(2) || p.acked_bytes == p.total_bytes {
                 *last = Instant::now();

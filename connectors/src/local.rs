@@ -169,6 +169,28 @@ impl LocalConnector {
         })
     }
 
+    /// The destination directory, opened, with what is missing beneath the trusted part
+    /// created (one component at a time, never through a link): a job may name a
+    /// directory that does not exist yet under the one its rule allows. The trusted part
+    /// itself is not created: missing, it is a misconfiguration or an unmounted volume,
+    /// and writing there would put data where the operator does not look.
+    fn open_root_creating(&self) -> Result<OwnedFd, ConnectorError> {
+        let top = rustix::fs::open(
+            &self.trusted,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            ConnectorError::Unavailable(format!(
+                "{}: {} (the directory the destination rule names must exist: create it, or check that its volume is mounted)",
+                self.trusted.display(),
+                std::io::Error::from(e)
+            ))
+        })?;
+        let (dir, _) = self.parent_of(&top, &format!("{}/.", self.sub), true)?;
+        Ok(dir)
+    }
+
     /// The directory holding object `path` (created beneath the root if missing, one
     /// component at a time, never through a link), and the object's file name.
     fn parent_of<'p>(
@@ -242,9 +264,10 @@ impl Connector for LocalConnector {
         &self.uri
     }
 
+    /// Also creates the job's directories beneath the one its rule trusts.
     async fn check(&self) -> Result<(), ConnectorError> {
         let this = self.clone();
-        blocking(move || this.open_root().map(drop)).await
+        blocking(move || this.open_root_creating().map(drop)).await
     }
 
     async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {

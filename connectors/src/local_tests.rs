@@ -110,6 +110,31 @@ async fn vanished_destination_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_missing_job_directory_beneath_the_rule_is_created_and_the_rule_directory_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    fs::create_dir_all(&allowed).unwrap();
+    let c = rule_connector(
+        &allowed,
+        &format!("file://{}/new/deeper", allowed.display()),
+    );
+    c.check().await.unwrap();
+    assert!(allowed.join("new/deeper").is_dir());
+    let w = c.open(&spec("f", 2), false).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(fs::read(allowed.join("new/deeper/f")).unwrap(), b"ok");
+    // The directory the rule names is the operator's: missing, it is an error that says
+    // so, and nothing is made in its place.
+    let gone = tmp.path().join("unmounted");
+    let c = rule_connector(&gone, &format!("file://{}/job", gone.display()));
+    let e = c.check().await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("must exist"), "{e}");
+    assert!(!gone.exists());
+}
+
+#[tokio::test]
 async fn full_disk_is_reported_not_swallowed() {
     // /dev/full fails every write with ENOSPC.
     if !Path::new("/dev/full").exists() {

@@ -284,6 +284,12 @@ impl CertPolicy for Pinned {
         if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &self.0[..])) {
             Ok(ServerCertVerified::assertion())
         } else {
+            // Both are public (the gateway prints its own): say which one it was.
+            tracing::warn!(
+                presented = %hex::encode(got),
+                pinned = %hex::encode(self.0),
+                "fingerprint mismatch: the gateway's certificate is not the pinned one"
+            );
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))

@@ -66,6 +66,18 @@ pub enum TransportError {
         #[source]
         source: std::io::Error,
     },
+    /// The gateway's certificate was refused by this side's trust (a `--fingerprint` that
+    /// is not the gateway's, a certificate not signed by `--ca` or not for the server
+    /// name): retrying cannot help.
+    #[error(
+        "the gateway at {addr} presented a certificate this sender does not trust (is --fingerprint the one the gateway printed, or --ca and --server-name right?): {reason}"
+    )]
+    Untrusted {
+        /// Gateway address.
+        addr: SocketAddr,
+        /// What TLS said.
+        reason: String,
+    },
     /// Connecting failed.
     #[error("connecting to {addr}: {reason}")]
     Connect {
@@ -201,10 +213,25 @@ pub async fn connect(
             addr,
             reason: e.to_string(),
         })?;
-    connecting.await.map_err(|e| TransportError::Connect {
-        addr,
-        reason: e.to_string(),
+    connecting.await.map_err(|e| match e {
+        // This side's TLS refused the handshake (a crypto error code is a TLS alert; the
+        // gateway's own refusals arrive as a close from the peer instead).
+        quinn::ConnectionError::TransportError(te) if is_tls_alert(te.code) => {
+            TransportError::Untrusted {
+                addr,
+                reason: te.reason,
+            }
+        }
+        e => TransportError::Connect {
+            addr,
+            reason: e.to_string(),
+        },
     })
+}
+
+/// QUIC carries TLS alerts as the transport error codes 0x100 to 0x1ff (RFC 9001, 4.8).
+fn is_tls_alert(code: quinn::TransportErrorCode) -> bool {
+    (0x100..=0x1ff).contains(&u64::from(code))
 }
 
 #[cfg(test)]

@@ -473,8 +473,9 @@ async fn several_jobs_share_one_connection_and_fail_independently() {
         trees.push((src, dest));
         requests.push(req);
     }
-    // A fourth job whose destination does not exist: it fails, the others do not.
-    let missing = tmp.path().join("out/no-such-dir");
+    // A fourth job whose destination the tenant may not write to: it fails, the others
+    // do not.
+    let missing = tmp.path().join("no-such-dir");
     requests.insert(
         1,
         JobRequest::new(&trees[0].0, format!("file://{}", missing.display())),

@@ -29,9 +29,21 @@ pub(super) async fn connection(
         Some(slots) => Some(slots.clone().acquire_owned().await.expect("never closed")),
         None => None,
     };
-    let conn = crate::transport::connect(endpoint, cfg.gateway, &cfg.server_name)
-        .await
-        .map_err(|e| SendError::Connection(ConnectionLost::Connect(Arc::new(e))))?;
+    let connecting = crate::transport::connect(endpoint, cfg.gateway, &cfg.server_name);
+    let connected = match s.session.connect_deadline() {
+        // The first connection is bounded by the connect timeout, handshake included.
+        Some(deadline) => tokio::time::timeout_at((started + deadline).into(), connecting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::transport::TransportError::Connect {
+                    addr: cfg.gateway,
+                    reason: "no answer within the connect timeout".into(),
+                })
+            }),
+        None => connecting.await,
+    };
+    let conn =
+        connected.map_err(|e| SendError::Connection(ConnectionLost::Connect(Arc::new(e))))?;
     let (mut control, recv) = conn
         .open_bi()
         .await

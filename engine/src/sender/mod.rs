@@ -180,6 +180,9 @@ impl From<Fatal> for SendError {
 impl SendError {
     fn retryable(&self) -> bool {
         match self {
+            SendError::Connection(ConnectionLost::Connect(e)) => {
+                !matches!(**e, crate::transport::TransportError::Untrusted { .. })
+            }
             SendError::Connection(_) => true,
             SendError::JobFailed { permanent, .. } => !permanent,
             _ => false,
@@ -284,6 +287,9 @@ pub struct SendConfig {
     /// exchange and idle timeout apply instead of this config's. Without it each send
     /// makes and closes its own.
     pub endpoint: Option<quinn::Endpoint>,
+    /// How long to try to make the first connection (attempts and the waits between them)
+    /// before giving up; `None`: as long as `retry_for` and `max_reconnects` allow.
+    pub connect_timeout: Option<Duration>,
 }
 
 /// Receives per-chunk latencies (see [`SendConfig::chunk_latency`]).
@@ -326,6 +332,7 @@ impl SendConfig {
             chunk_latency: None,
             rate: None,
             endpoint: None,
+            connect_timeout: None,
         }
     }
 }
@@ -463,6 +470,7 @@ pub async fn send_jobs(
         held: HashMap::new(),
         source_errors: HashMap::new(),
     };
+    s.session.set_connect_timeout(cfg.connect_timeout);
     // Per request: its session job, or why it could not be prepared.
     let mut slots: Vec<Result<usize, SendError>> = Vec::with_capacity(requests.len());
     for (r, req) in requests.iter().enumerate() {
@@ -553,6 +561,14 @@ pub async fn send_jobs(
             .session
             .disconnected(e.retryable(), started.elapsed(), fastrand::f64())
         {
+            Reconnect::After(wait) if !s.session.ever_connected() => {
+                warn!(
+                    "cannot reach the gateway at {} yet ({e}); trying again in {wait:.1?} (attempt {})",
+                    cfg.gateway,
+                    s.session.reconnects() + 1
+                );
+                tokio::time::sleep(wait).await;
+            }
             Reconnect::After(wait) => {
                 warn!(error = %e, attempt = s.session.reconnects(), backoff = ?wait, "connection lost; resuming");
                 tokio::time::sleep(wait).await;

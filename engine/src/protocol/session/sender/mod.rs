@@ -166,6 +166,10 @@ pub struct SenderSession {
     cursor: usize,
     phase: Phase,
     welcomed: bool,
+    /// Some connection of this send was authenticated.
+    ever_welcomed: bool,
+    /// How long the first connection may take, attempts and waits together.
+    connect_timeout: Option<Duration>,
     reconnects: u32,
     outage_since: Duration,
     actions: VecDeque<Action>,
@@ -186,10 +190,28 @@ impl SenderSession {
             cursor: 0,
             phase: Phase::Disconnected,
             welcomed: false,
+            ever_welcomed: false,
+            connect_timeout: None,
             reconnects: 0,
             outage_since: now,
             actions: VecDeque::new(),
         }
+    }
+
+    /// Bounds how long the send tries to make its first connection (time since the send
+    /// started); once a connection was authenticated, the retry limits govern alone.
+    pub fn set_connect_timeout(&mut self, timeout: Option<Duration>) {
+        self.connect_timeout = timeout;
+    }
+
+    /// Until when the first connection may still be made, while none has been.
+    pub fn connect_deadline(&self) -> Option<Duration> {
+        self.connect_timeout.filter(|_| !self.ever_welcomed)
+    }
+
+    /// Some connection of this send reached the gateway and was authenticated.
+    pub fn ever_connected(&self) -> bool {
+        self.ever_welcomed
     }
 
     /// Adds a job; its index is the one every [`Action`] names.
@@ -303,11 +325,17 @@ impl SenderSession {
         self.phase = Phase::Disconnected;
         if std::mem::take(&mut self.welcomed) {
             self.outage_since = now;
+            self.ever_welcomed = true;
         }
-        let remaining = self
+        let mut remaining = self
             .limits
             .retry_for
             .saturating_sub(now.saturating_sub(self.outage_since));
+        if !self.ever_welcomed
+            && let Some(timeout) = self.connect_timeout
+        {
+            remaining = remaining.min(timeout.saturating_sub(now));
+        }
         if retryable && self.reconnects < self.limits.max_reopens && !remaining.is_zero() {
             self.reconnects += 1;
             let wait = backoff(
