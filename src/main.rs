@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use trackshift_crypto::{Document, FileKeyStore, KeyBackend as _, Manifest, Receipt, Timestamp};
 use trackshift_engine::audit;
 
@@ -83,6 +83,19 @@ enum Command {
     /// Load test: many concurrent jobs from several tenants through the job service and a
     /// gateway over loopback QUIC; reports throughput, latency, CPU and memory (JSON + HTML).
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout,
+    /// for example `trackshift completions bash > /etc/bash_completion.d/trackshift`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or with `--out DIR` write one page per command
+    /// (`trackshift.1`, `trackshift-send.1`, ...) into DIR.
+    Man {
+        /// Directory for one page per command.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Submit, list, inspect, cancel and wait for jobs through a gateway's job API.
     Jobs {
         /// API location and key.
@@ -320,6 +333,12 @@ fn run(cli: Cli) -> Result<()> {
             write_doc(out.as_deref().unwrap_or(&file), &r.to_json())
         }
         Command::Verify(args) => verify(args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "trackshift", &mut out);
+            print_text(&String::from_utf8_lossy(&out))
+        }
+        Command::Man { out } => man(out.as_deref()),
         Command::Ledger(cmd) => ledger_cmd::run(cmd),
     }
 }
@@ -555,6 +574,31 @@ fn verify(args: VerifyArgs) -> Result<()> {
         return print_text(&format!("{json}\n"));
     }
     print_lines(&report)
+}
+
+/// `trackshift man`: the page of the whole CLI on stdout, or with `out` one page per command
+/// (`trackshift.1` and `trackshift-<command>.1`, sub-subcommands too) in that directory.
+fn man(out: Option<&Path>) -> Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = out else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        return print_text(&String::from_utf8_lossy(&page));
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fn write_pages(cmd: clap::Command, name: String, dir: &Path) -> Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone().name(name.clone())).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            write_pages(sub.clone(), format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    let mut cmd = cmd;
+    cmd.build();
+    write_pages(cmd, "trackshift".into(), dir)
 }
 
 /// Writes `lines` to stdout, each ending in a newline; see [`print_text`].

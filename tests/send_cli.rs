@@ -185,3 +185,27 @@ fn a_send_by_host_name_makes_missing_directories_and_reports_in_json() {
     let page: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(page["jobs"].is_array(), "{page}");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(&["completions", shell], dir);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("connect-timeout"), "{shell}: no send options");
+    }
+    let (code, _, _) = run(&["completions", "tcsh"], dir);
+    assert_eq!(code, 2, "an unknown shell is a usage error");
+    let (code, out, err) = run(&["man"], dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH trackshift"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["man", "--out", "pages"], dir);
+    assert_eq!(code, 0, "{err}");
+    let send = std::fs::read_to_string(dir.join("pages/trackshift-send.1")).unwrap();
+    assert!(send.contains("connect\\-timeout"), "{send}");
+    assert!(dir.join("pages/trackshift-ledger-verify.1").is_file());
+}
