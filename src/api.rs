@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument as _, info, info_span, warn};
 use trackshift_engine::jobs::runner::{Runner, now_ms};
-use trackshift_engine::jobs::store::{ListQuery, NewJob, StoreError};
+use trackshift_engine::jobs::store::{ListQuery, NewJob, StoreError, count_of};
 use trackshift_engine::jobs::{Job, JobSpec, JobState, JobStore, Transition};
 use trackshift_engine::tenants::{AdmissionError, JobAsk, LiveTenants, TenantEntry};
 
@@ -849,15 +849,13 @@ async fn kpi(
     let mine = ended.get(&tenant.tenant).cloned().unwrap_or_default();
     let by_state: serde_json::Map<String, serde_json::Value> = JobState::ALL
         .iter()
-        .map(|s| {
-            let n = counts
-                .iter()
-                .find(|(t, st, _)| *t == tenant.tenant && st == s)
-                .map_or(0, |c| c.2);
-            (s.as_str().to_string(), n.into())
+        .map(|&s| {
+            (
+                s.as_str().to_string(),
+                count_of(&counts, &tenant.tenant, s).into(),
+            )
         })
         .collect();
-    let ended_n = mine.completed + mine.failed;
     let p95 = state.runner.latencies.quantile(&tenant.tenant, since, 0.95);
     Ok(Json(serde_json::json!({
         "tenant": tenant.tenant,
@@ -867,8 +865,8 @@ async fn kpi(
         "failed": mine.failed,
         "cancelled": mine.cancelled,
         "bytes": mine.bytes,
-        "throughput_bytes_per_second": if mine.busy_ms > 0 { mine.bytes as f64 * 1000.0 / mine.busy_ms as f64 } else { 0.0 },
-        "failure_rate": if ended_n > 0 { mine.failed as f64 / ended_n as f64 } else { 0.0 },
+        "throughput_bytes_per_second": mine.throughput_bytes_per_second(),
+        "failure_rate": mine.failure_rate().unwrap_or(0.0),
         "p95_chunk_latency_ms": p95.map(|(d, _)| d.as_secs_f64() * 1000.0),
         "latency_samples": p95.map_or(0, |(_, n)| n),
     })))
@@ -904,11 +902,7 @@ async fn dashboard(State(state): State<AppState>, _: Operator) -> Result<Respons
     for t in &state.tenants.current().file.tenants {
         let _ = write!(html, "<tr><td>{}</td>", t.tenant);
         for st in JobState::ALL {
-            let n = counts
-                .iter()
-                .find(|(tn, s, _)| *tn == t.tenant && *s == st)
-                .map_or(0, |c| c.2);
-            let _ = write!(html, "<td>{n}</td>");
+            let _ = write!(html, "<td>{}</td>", count_of(&counts, &t.tenant, st));
         }
         html.push_str("</tr>");
     }
@@ -918,17 +912,10 @@ async fn dashboard(State(state): State<AppState>, _: Operator) -> Result<Respons
     );
     for t in &state.tenants.current().file.tenants {
         let k = ended.get(&t.tenant).cloned().unwrap_or_default();
-        let rate = if k.busy_ms > 0 {
-            k.bytes as f64 * 1000.0 / k.busy_ms as f64 / f64::from(1u32 << 20)
-        } else {
-            0.0
-        };
-        let ended_n = k.completed + k.failed;
-        let failure = if ended_n > 0 {
-            format!("{:.1} %", k.failed as f64 * 100.0 / ended_n as f64)
-        } else {
-            "-".into()
-        };
+        let rate = k.throughput_bytes_per_second() / f64::from(1u32 << 20);
+        let failure = k
+            .failure_rate()
+            .map_or_else(|| "-".into(), |r| format!("{:.1} %", r * 100.0));
         let p95 = state
             .runner
             .latencies

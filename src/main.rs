@@ -4,6 +4,7 @@ mod api;
 mod bench;
 mod demo;
 mod exit;
+mod files;
 mod http;
 mod jobs_cmd;
 mod keys_cmd;
@@ -12,6 +13,8 @@ mod send_cmd;
 mod size;
 mod soak;
 mod transfer;
+
+pub(crate) use files::{print_lines, print_text, read, read_secret_text, write_doc};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -599,53 +602,6 @@ fn man(out: Option<&Path>) -> Result<()> {
     let mut cmd = cmd;
     cmd.build();
     write_pages(cmd, "trackshift".into(), dir)
-}
-
-/// Writes `lines` to stdout, each ending in a newline; see [`print_text`].
-pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
-    let mut text = lines.join("\n");
-    text.push('\n');
-    print_text(&text)
-}
-
-/// Writes `text` to stdout as it is. A closed stdout (`verify ... | head -1`) ends the
-/// output quietly rather than in a panic: callers print only after every check passed, so
-/// the exit code still tells the verdict, and the reader asked for no more.
-pub(crate) fn print_text(text: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
-    }
-}
-
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.len() > trackshift_crypto::document::MAX_DOCUMENT_BYTES as u64 {
-        bail!(
-            "{}: {} bytes is too large for a document",
-            path.display(),
-            meta.len()
-        );
-    }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Reads a token or key file (a tenant token, an API key) with the owner-only check of
-/// every secret ([`trackshift_crypto::filestore::read_secret`]), trimmed.
-fn read_secret_text(path: &Path) -> Result<String> {
-    let raw = trackshift_crypto::filestore::read_secret(path)?;
-    let text = std::str::from_utf8(&raw)
-        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
-    Ok(text.trim().to_string())
-}
-
-pub(crate) fn write_doc(path: &Path, json: &str) -> Result<()> {
-    let mut text = json.to_string();
-    text.push('\n');
-    trackshift_crypto::filestore::write_atomic(path, text.as_bytes(), 0o644)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -124,6 +124,8 @@ fn blake3(data: &[u8]) -> [u8; 32] {
 pub async fn round_trip(s: &dyn Subject) {
     let name = s.name();
     let c = s.connector(true, VerifyMode::Size);
+    // What a job open does (prepare), then what a health probe does (check): both pass.
+    c.prepare().await.unwrap_or_else(|e| panic!("{name}: {e}"));
     c.check().await.unwrap_or_else(|e| panic!("{name}: {e}"));
     for (path, size) in [
         ("small.txt", 100usize),

@@ -154,8 +154,16 @@ pub struct Confirmation {
 pub trait Connector: Send + Sync + std::fmt::Debug {
     /// The URI this connector was created from (no credentials).
     fn uri(&self) -> &str;
-    /// Checks the destination is reachable and writable; called when a job opens.
+    /// Checks the destination is reachable and writable, changing nothing (a health
+    /// probe, `/ready`).
     async fn check(&self) -> Result<(), ConnectorError>;
+    /// Makes the destination ready for a job about to write to it, then checks it as
+    /// [`Self::check`] does; called when a job opens. The local disk creates the job's
+    /// directories beneath the one its rule allows; by default it is `check`. A wrapper
+    /// passes it on.
+    async fn prepare(&self) -> Result<(), ConnectorError> {
+        self.check().await
+    }
     /// Smallest chunk size this destination accepts for an object of `size` bytes.
     fn min_chunk_size(&self, _size: u64) -> u64 {
         1

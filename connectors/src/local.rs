@@ -264,8 +264,13 @@ impl Connector for LocalConnector {
         &self.uri
     }
 
-    /// Also creates the job's directories beneath the one its rule trusts.
     async fn check(&self) -> Result<(), ConnectorError> {
+        let this = self.clone();
+        blocking(move || this.open_root().map(drop)).await
+    }
+
+    /// Creates the job's directories beneath the one its rule trusts.
+    async fn prepare(&self) -> Result<(), ConnectorError> {
         let this = self.clone();
         blocking(move || this.open_root_creating().map(drop)).await
     }

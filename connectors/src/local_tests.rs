@@ -118,7 +118,10 @@ async fn a_missing_job_directory_beneath_the_rule_is_created_and_the_rule_direct
         &allowed,
         &format!("file://{}/new/deeper", allowed.display()),
     );
-    c.check().await.unwrap();
+    // A health probe changes nothing; a job about to write makes what is missing.
+    assert!(c.check().await.is_err());
+    assert!(!allowed.join("new").exists());
+    c.prepare().await.unwrap();
     assert!(allowed.join("new/deeper").is_dir());
     let w = c.open(&spec("f", 2), false).await.unwrap();
     w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
@@ -128,7 +131,7 @@ async fn a_missing_job_directory_beneath_the_rule_is_created_and_the_rule_direct
     // so, and nothing is made in its place.
     let gone = tmp.path().join("unmounted");
     let c = rule_connector(&gone, &format!("file://{}/job", gone.display()));
-    let e = c.check().await.unwrap_err();
+    let e = c.prepare().await.unwrap_err();
     assert!(matches!(e, ConnectorError::Unavailable(_)), "{e}");
     assert!(e.to_string().contains("must exist"), "{e}");
     assert!(!gone.exists());

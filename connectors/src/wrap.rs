@@ -146,6 +146,9 @@ impl<C: Connector + ?Sized> Connector for PrefixConnector<C> {
     async fn check(&self) -> Result<(), ConnectorError> {
         self.inner.check().await
     }
+    async fn prepare(&self) -> Result<(), ConnectorError> {
+        self.inner.prepare().await
+    }
     async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
         self.inner.stat(&self.path(path)?).await
     }
@@ -249,6 +252,9 @@ impl<G: Gate, C: Connector + ?Sized> Connector for Gated<G, C> {
     }
     async fn check(&self) -> Result<(), ConnectorError> {
         self.inner.check().await
+    }
+    async fn prepare(&self) -> Result<(), ConnectorError> {
+        self.inner.prepare().await
     }
     async fn stat(&self, path: &str) -> Result<Option<u64>, ConnectorError> {
         self.inner.stat(path).await

@@ -211,7 +211,8 @@ pub(super) async fn handle_connection(
             streams = Some((send, recv, dec));
         }
         Ok(Err(e)) => return Err(e),
-        Err(_) => session.on_timeout(start.elapsed()),
+        // The deadline passed (timers fire at it or later).
+        Err(_) => session.on_timeout(start.elapsed().max(shared.auth_timeout)),
     }
     // The session's answer: authenticate, then welcome or refuse.
     let mut tenant = None;

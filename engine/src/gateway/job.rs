@@ -491,7 +491,7 @@ impl Shared {
                     });
                 }
             }
-            connector.check().await?;
+            connector.prepare().await?;
             dests.push(Dest {
                 connector,
                 writers: touched.iter().map(|&t| WriterSlot::new(t)).collect(),

@@ -557,10 +557,15 @@ pub async fn send_jobs(
         let Err(e) = connection(&endpoint, cfg, &mut s, started, &report).await else {
             break;
         };
-        match s
+        let next = s
             .session
-            .disconnected(e.retryable(), started.elapsed(), fastrand::f64())
-        {
+            .disconnected(e.retryable(), started.elapsed(), fastrand::f64());
+        // What the lost connection's chunks held outside the session (a budget shared with
+        // other sends) goes back now, not after the backoff.
+        while let Some(action) = s.session.poll_action() {
+            s.apply(&action, cfg, &report);
+        }
+        match next {
             Reconnect::After(wait) if !s.session.ever_connected() => {
                 warn!(
                     "cannot reach the gateway at {} yet ({e}); trying again in {wait:.1?} (attempt {})",

@@ -115,6 +115,32 @@ pub struct TenantKpi {
     pub busy_ms: u64,
 }
 
+impl TenantKpi {
+    /// Bytes per second of the completed jobs while they ran (0 when none did).
+    pub fn throughput_bytes_per_second(&self) -> f64 {
+        if self.busy_ms > 0 {
+            self.bytes as f64 * 1000.0 / self.busy_ms as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// The share of the ended jobs (completed or failed) that failed; `None` when none
+    /// ended.
+    pub fn failure_rate(&self) -> Option<f64> {
+        let ended = self.completed + self.failed;
+        (ended > 0).then(|| self.failed as f64 / ended as f64)
+    }
+}
+
+/// How many of `tenant`'s jobs are in `state` per `counts` (0 when none).
+pub fn count_of(counts: &StateCounts, tenant: &str, state: JobState) -> u64 {
+    counts
+        .iter()
+        .find(|(t, s, _)| t == tenant && *s == state)
+        .map_or(0, |c| c.2)
+}
+
 /// The job queue and records.
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync {
@@ -195,4 +221,30 @@ pub trait JobStore: Send + Sync {
     async fn kpi(&self, since_ms: i64) -> Result<HashMap<String, TenantKpi>, StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_figures_of_a_window_and_the_count_of_a_state() {
+        let k = TenantKpi {
+            completed: 3,
+            failed: 1,
+            cancelled: 2,
+            bytes: 3000,
+            busy_ms: 1500,
+        };
+        assert_eq!(k.throughput_bytes_per_second(), 2000.0);
+        assert_eq!(k.failure_rate(), Some(0.25));
+        assert_eq!(TenantKpi::default().failure_rate(), None);
+        assert_eq!(TenantKpi::default().throughput_bytes_per_second(), 0.0);
+        let counts = vec![
+            ("a".to_string(), JobState::Queued, 2),
+            ("b".to_string(), JobState::Queued, 5),
+        ];
+        assert_eq!(count_of(&counts, "b", JobState::Queued), 5);
+        assert_eq!(count_of(&counts, "a", JobState::Running), 0);
+    }
 }
