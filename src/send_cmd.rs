@@ -53,9 +53,15 @@ pub struct SendArgs {
     /// must be at least 5 MiB).
     #[arg(long, value_parser = crate::size::parse_size)]
     chunk_size: Option<u64>,
-    /// Most chunk bytes read but not yet acknowledged (the sender's memory bound).
+    /// Most chunk bytes read but not yet acknowledged (the sender's memory bound). The
+    /// window starts at 16 MiB (or two chunks) and grows towards this while
+    /// acknowledgements come back on time, as on a long link; it stays small when the
+    /// gateway is the bottleneck.
     #[arg(long, default_value = "256MiB", value_parser = crate::size::parse_size)]
     in_flight: u64,
+    /// Keep the whole --in-flight window from the start instead of letting it adapt.
+    #[arg(long)]
+    fixed_window: bool,
     /// Job id (reuse one to resume an interrupted send; default: a new UUID).
     #[arg(long)]
     job_id: Option<String>,
@@ -209,6 +215,9 @@ pub async fn send(args: SendArgs) -> Result<()> {
         )
     });
     cfg.in_flight_bytes = args.in_flight;
+    if !args.fixed_window {
+        cfg.adaptive_window = Some((16 << 20).max(2 * cfg.chunk_size));
+    }
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;
     cfg.connect_timeout = Some(args.connect_timeout);

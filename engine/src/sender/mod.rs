@@ -290,6 +290,11 @@ pub struct SendConfig {
     /// How long to try to make the first connection (attempts and the waits between them)
     /// before giving up; `None`: as long as `retry_for` and `max_reconnects` allow.
     pub connect_timeout: Option<Duration>,
+    /// Start the in-flight window at this many bytes and let it adapt, up to
+    /// `in_flight_bytes` (`protocol::session::Window`): it grows while acknowledgements
+    /// come back on time (a long link) and stays small when the gateway is the bottleneck.
+    /// `None`: the window is `in_flight_bytes`, fixed.
+    pub adaptive_window: Option<u64>,
 }
 
 /// Receives per-chunk latencies (see [`SendConfig::chunk_latency`]).
@@ -333,6 +338,7 @@ impl SendConfig {
             rate: None,
             endpoint: None,
             connect_timeout: None,
+            adaptive_window: None,
         }
     }
 }
@@ -471,6 +477,9 @@ pub async fn send_jobs(
         source_errors: HashMap::new(),
     };
     s.session.set_connect_timeout(cfg.connect_timeout);
+    if let Some(initial) = cfg.adaptive_window {
+        s.session.set_adaptive_window(initial);
+    }
     // Per request: its session job, or why it could not be prepared.
     let mut slots: Vec<Result<usize, SendError>> = Vec::with_capacity(requests.len());
     for (r, req) in requests.iter().enumerate() {

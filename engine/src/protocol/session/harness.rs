@@ -100,6 +100,9 @@ pub(super) struct Gw {
     pub(super) token: Option<String>,
     /// Never answer Hello (a silent sender is tested from the gateway's side).
     pub(super) silent_sender: bool,
+    /// Time the gateway spends on each chunk, one after another (hashing and writing: a
+    /// gateway that is the bottleneck queues what arrives).
+    pub(super) service: Duration,
 }
 
 pub(super) enum Msg {
@@ -172,6 +175,8 @@ pub(super) struct Harness {
     pub(super) seq: u64,
     /// Last delivery time per direction of the control stream (it is ordered).
     pub(super) control_tail: [Duration; 2],
+    /// Until when the gateway is busy with chunks already taken.
+    pub(super) busy_until: Duration,
     pub(super) reconnect_at: Option<Duration>,
     pub(super) cancel_at: Option<Duration>,
     pub(super) unreadable: Option<(usize, ChunkRef)>,
@@ -207,6 +212,7 @@ impl Harness {
             queue: BTreeMap::new(),
             seq: 0,
             control_tail: [Duration::ZERO; 2],
+            busy_until: Duration::ZERO,
             reconnect_at: Some(Duration::ZERO),
             cancel_at: None,
             unreadable: None,
@@ -467,8 +473,10 @@ impl Harness {
                         reason: e.to_string(),
                     },
                 };
-                // The group commit's latency before the ack.
-                let d = self.delay(false) + ms(2);
+                // The chunk waits for the chunks before it, then the group commit.
+                let start = self.now.max(self.busy_until);
+                self.busy_until = start + self.gw.service;
+                let d = (self.busy_until - self.now) + self.delay(false) + ms(2);
                 self.schedule(d, Msg::ToSender(reply));
             }
             Msg::Cut => self.disconnect(),

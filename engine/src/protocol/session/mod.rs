@@ -8,9 +8,11 @@
 //!
 //! - `sender`: [`SenderSession`], every job of one send across its connections.
 //! - `receiver`: [`ReceiverSession`], one connection at the gateway.
+//! - `window`: [`Window`], the sender's in-flight window, fixed or adaptive.
 
 pub mod receiver;
 pub mod sender;
+pub mod window;
 
 #[cfg(test)]
 mod harness;
@@ -22,3 +24,4 @@ pub use sender::{
     Action, CANCEL_GRACE, ChunkOrder, Fatal, JobEnd, Phase, Reconnect, SenderSession, SessionJob,
     Want,
 };
+pub use window::Window;

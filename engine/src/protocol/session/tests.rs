@@ -55,6 +55,96 @@ fn the_budget_bounds_throughput_on_a_long_link() {
 }
 
 #[test]
+fn an_adaptive_window_grows_to_fill_a_long_link() {
+    let net = || Net {
+        latency: ms(100),
+        ..Net::default()
+    };
+    let run_with = |adaptive: Option<u64>| {
+        let mut h = Harness::new(
+            2,
+            vec![job("a", &[80 * CHUNK])],
+            40 * CHUNK,
+            net(),
+            Gw::default(),
+        );
+        if let Some(initial) = adaptive {
+            h.sender.set_adaptive_window(initial);
+        }
+        let (h, run) = h.run(Duration::from_secs(60));
+        h.assert_all_done();
+        run
+    };
+    let fixed_full = run_with(None).at;
+    let adaptive = run_with(Some(4 * CHUNK));
+    // 80 chunks over a 200 ms round trip: 4 chunks a trip would take 20 trips; growing by
+    // what each trip acknowledges it reaches the 40-chunk cap in about 4.
+    assert!(
+        adaptive.peak_in_flight >= 32 * CHUNK,
+        "{}",
+        adaptive.peak_in_flight
+    );
+    assert!(adaptive.at <= ms(1_800), "{:?}", adaptive.at);
+    let mut narrow = Harness::new(
+        2,
+        vec![job("a", &[80 * CHUNK])],
+        4 * CHUNK,
+        net(),
+        Gw::default(),
+    );
+    narrow.sender.set_adaptive_window(4 * CHUNK);
+    let (_, narrow) = narrow.run(Duration::from_secs(60));
+    assert!(
+        narrow.at >= ms(4_000),
+        "a 4-chunk cap stays 4 chunks: {:?}",
+        narrow.at
+    );
+    assert!(
+        fixed_full <= adaptive.at,
+        "the fixed full window is the fastest start"
+    );
+}
+
+#[test]
+fn an_adaptive_window_stays_small_when_the_gateway_is_the_bottleneck() {
+    // Loopback-like: 1 ms each way, but the gateway takes 5 ms per chunk. More in flight
+    // only waits in its queue: the adaptive window stays near its start, the fixed one
+    // fills, and both finish at the gateway's pace.
+    let run_with = |adaptive: bool| {
+        let net = Net {
+            latency: ms(1),
+            ..Net::default()
+        };
+        let gw = Gw {
+            service: ms(5),
+            ..Gw::default()
+        };
+        let mut h = Harness::new(3, vec![job("a", &[200 * CHUNK])], 64 * CHUNK, net, gw);
+        if adaptive {
+            h.sender.set_adaptive_window(4 * CHUNK);
+        }
+        let (h, run) = h.run(Duration::from_secs(60));
+        h.assert_all_done();
+        run
+    };
+    let fixed = run_with(false);
+    let adaptive = run_with(true);
+    assert_eq!(fixed.peak_in_flight, 64 * CHUNK);
+    assert!(
+        adaptive.peak_in_flight <= 12 * CHUNK,
+        "{}",
+        adaptive.peak_in_flight
+    );
+    assert!(
+        adaptive.at <= fixed.at + ms(100),
+        "{:?} vs {:?}",
+        adaptive.at,
+        fixed.at
+    );
+    assert!(fixed.at >= ms(1_000), "gateway-bound: {:?}", fixed.at);
+}
+
+#[test]
 fn loss_and_reordering_lose_nothing_and_resend_nothing() {
     for seed in 0..40 {
         let net = Net {

@@ -51,11 +51,14 @@ impl SenderSession {
                     let Some(f) = j.in_flight.remove(&c) else {
                         continue;
                     };
+                    let latency = now.saturating_sub(f.sent);
+                    self.window
+                        .on_ack(u64::from(f.len), latency, self.in_flight_bytes);
                     self.in_flight_bytes -= u64::from(f.len);
                     self.actions.push_back(Action::Acked {
                         job: i,
                         chunk: c,
-                        latency: now.saturating_sub(f.sent),
+                        latency,
                     });
                 }
                 self.actions.push_back(Action::Progress { job: i });

@@ -162,6 +162,7 @@ pub struct SenderSession {
     by_handle: HashMap<u32, usize>,
     limits: RetryLimits,
     budget: u32,
+    window: super::Window,
     in_flight_bytes: u64,
     cursor: usize,
     phase: Phase,
@@ -186,6 +187,7 @@ impl SenderSession {
             by_handle: HashMap::new(),
             limits,
             budget: u32::try_from(in_flight_bytes).unwrap_or(u32::MAX).max(1),
+            window: super::Window::fixed(in_flight_bytes),
             in_flight_bytes: 0,
             cursor: 0,
             phase: Phase::Disconnected,
@@ -202,6 +204,18 @@ impl SenderSession {
     /// started); once a connection was authenticated, the retry limits govern alone.
     pub fn set_connect_timeout(&mut self, timeout: Option<Duration>) {
         self.connect_timeout = timeout;
+    }
+
+    /// Starts the in-flight window at `initial` bytes and lets it adapt up to the
+    /// `in_flight_bytes` given to [`Self::new`] (see [`super::Window`]); without this call
+    /// the window is that many bytes, fixed.
+    pub fn set_adaptive_window(&mut self, initial: u64) {
+        self.window = super::Window::adaptive(initial, u64::from(self.budget));
+    }
+
+    /// The in-flight window now, in bytes.
+    pub fn window(&self) -> u64 {
+        self.window.size()
     }
 
     /// Until when the first connection may still be made, while none has been.
@@ -296,6 +310,7 @@ impl SenderSession {
         let _ = now;
         self.phase = Phase::Open;
         self.welcomed = false;
+        self.window.reset();
         self.by_handle.clear();
         self.cursor = 0;
         self.actions.push_back(Action::Frame(ClientFrame::Hello {
@@ -369,9 +384,8 @@ impl SenderSession {
         let len = u32::try_from(j.core.layout(c.file).chunk_len(c.index))
             .unwrap_or(u32::MAX)
             .clamp(1, self.budget);
-        // Room in the budget (a chunk is never counted as more than the whole budget).
-        (self.in_flight_bytes + u64::from(len) <= u64::from(self.budget))
-            .then_some(Want { job: i, len })
+        // Room in the window (a chunk is never counted as more than the whole budget).
+        (self.window.room(self.in_flight_bytes, u64::from(len))).then_some(Want { job: i, len })
     }
 
     /// Sends what [`Self::want`] offered for `job`: the chunk is now in flight. `None`
