@@ -5,6 +5,8 @@
 #
 #   scripts/compare-quinn.sh [SIZE_MIB] [ROUNDS]      (default 2048 MiB, 3 rounds)
 #
+# TRACKSHIFT_SEND_ARGS adds options to `trackshift send` (for example --fixed-window).
+#
 # Bare quinn is `engine/examples/bare_quinn.rs` (quinn's `perf` shape with Trackshift's TLS
 # provider, windows, UDP buffers and idle timeout); Trackshift is `trackshift send` of a file
 # in the page cache to `null://` at a `trackshift serve` gateway. Both run on 127.0.0.1. For
@@ -92,14 +94,14 @@ trackshift() {
     before=$(cpu_of "$gw")
     local timing
     timing=$({ /usr/bin/time -f '%e %U %S %M' "$ts" send "$work/src.bin" --to "$addr" --fingerprint "$fp" \
-        --token-file "$data/default.token" --dest null:// -q --out-dir "$data/docs" >/dev/null; } 2>&1 | tail -1)
+        --token-file "$data/default.token" --dest null:// -q --out-dir "$data/docs" ${TRACKSHIFT_SEND_ARGS:-} >/dev/null; } 2>&1 | tail -1)
     local rc rss
     rc=$(awk -v a="$(cpu_of "$gw")" -v b="$before" 'BEGIN { print a - b }')
     rss=$(rss_of "$gw")
     kill "$gw" 2>/dev/null || true
     wait "$gw" 2>/dev/null || true
     read -r wall user sys maxrss <<<"$timing"
-    row "trackshift" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')" "$rc" $((maxrss / 1024)) "$rss"
+    row "trackshift ${TRACKSHIFT_SEND_ARGS:-}" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')" "$rc" $((maxrss / 1024)) "$rss"
 }
 
 echo "$size_mib MiB from the page cache over 127.0.0.1, $rounds rounds, alternating ($(nproc) cores, $(date -u +%F))"
