@@ -62,6 +62,9 @@ pub struct SendArgs {
     /// Keep the whole --in-flight window from the start instead of letting it adapt.
     #[arg(long)]
     fixed_window: bool,
+    /// Congestion controller: cubic (default), newreno or bbr.
+    #[arg(long, default_value = "cubic")]
+    congestion: trackshift_engine::transport::Congestion,
     /// Job id (reuse one to resume an interrupted send; default: a new UUID).
     #[arg(long)]
     job_id: Option<String>,
@@ -220,6 +223,7 @@ pub async fn send(args: SendArgs) -> Result<()> {
     }
     cfg.job_id = args.job_id.clone();
     cfg.pq_only = args.pq_only;
+    cfg.congestion = args.congestion;
     cfg.connect_timeout = Some(args.connect_timeout);
     cfg.retry_for = args.retry_for;
     cfg.idle_timeout = args.idle_timeout;

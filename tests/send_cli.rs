@@ -94,6 +94,13 @@ fn each_permanent_failure_ends_at_once_with_its_own_exit_code_and_one_message() 
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("unknown tenant token"), "{err}");
 
+    // A congestion controller quinn does not have: usage (2), naming the choices.
+    let mut args = send(dir, "data.txt", &gw.quic, &fp, &dest);
+    args.extend(["--congestion".into(), "vegas".into()]);
+    let (code, _, err, _) = timed(&args, dir);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cubic, newreno or bbr"), "{err}");
+
     // A destination the tenant may not write to: refused (4).
     let (code, _, err, _) = timed(&send(dir, "data.txt", &gw.quic, &fp, "file:///etc"), dir);
     assert_eq!(code, 4, "{err}");
@@ -126,6 +133,8 @@ fn a_send_by_host_name_makes_missing_directories_and_reports_in_json() {
         "-q".into(),
         "--out-dir".into(),
         "docs".into(),
+        "--congestion".into(),
+        "bbr".into(),
     ]);
     let (code, out, err, _) = timed(&args, dir);
     assert_eq!(code, 0, "{err}");

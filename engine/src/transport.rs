@@ -12,7 +12,7 @@
 //! | concurrent unidirectional streams | 1024 | one stream per chunk in flight |
 //! | UDP socket buffers | 4 MiB (capped by `net.core.rmem_max`) | absorbs bursts; no drops at 7+ Gbps |
 //! | MTU discovery | on (quinn default), up to the path's limit | fewer packets per byte |
-//! | congestion control | CUBIC (quinn default) | robust on shared links |
+//! | congestion control | CUBIC (quinn default; [`Congestion`] picks NewReno or BBR) | robust on shared links |
 //! | keep-alive / idle timeout | 1 s / 5 s | notice a dead peer within seconds and resume |
 //!
 //! A gateway connection starts smaller, until its sender is authenticated (see
@@ -173,6 +173,57 @@ pub fn open_after_auth(conn: &quinn::Connection) {
     conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
 }
 
+/// The congestion controller of a sender's connections (quinn's three).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438): quinn's default, fair on shared links.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002's reference controller).
+    NewReno,
+    /// BBR (quinn's experimental BBRv1): paces to the measured bottleneck bandwidth, less
+    /// hurt by random loss on long links.
+    Bbr,
+}
+
+impl Congestion {
+    /// Sets this controller on `t`.
+    pub fn apply(self, t: &mut TransportConfig) {
+        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        match self {
+            Congestion::Cubic => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
+            Congestion::NewReno => {
+                t.congestion_controller_factory(Arc::new(NewRenoConfig::default()))
+            }
+            Congestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
+        };
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" | "new-reno" | "reno" => Ok(Congestion::NewReno),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: cubic, newreno or bbr"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
+            Congestion::Bbr => "bbr",
+        })
+    }
+}
+
 /// A client endpoint bound to `bind` that trusts gateways per `trust`.
 pub fn client_endpoint(
     bind: SocketAddr,
@@ -190,11 +241,24 @@ pub fn client_endpoint_with(
     pq_only: bool,
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, TransportError> {
+    client_endpoint_tuned(bind, trust, pq_only, idle_timeout, Congestion::default())
+}
+
+/// [`client_endpoint_with`] whose connections use `congestion`.
+pub fn client_endpoint_tuned(
+    bind: SocketAddr,
+    trust: &ServerTrust,
+    pq_only: bool,
+    idle_timeout: Duration,
+    congestion: Congestion,
+) -> Result<quinn::Endpoint, TransportError> {
     let tls = trust.client_config(pq_only)?;
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config_with(idle_timeout)));
+    let mut transport = transport_config_with(idle_timeout);
+    congestion.apply(&mut transport);
+    client.transport_config(Arc::new(transport));
     let mut ep = endpoint(bind, None)?;
     ep.set_default_client_config(client);
     Ok(ep)
@@ -237,6 +301,17 @@ fn is_tls_alert(code: quinn::TransportErrorCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn congestion_controllers_parse_and_print_by_name() {
+        for c in [Congestion::Cubic, Congestion::NewReno, Congestion::Bbr] {
+            assert_eq!(c.to_string().parse::<Congestion>(), Ok(c));
+            c.apply(&mut transport_config());
+        }
+        assert_eq!("BBR".parse::<Congestion>(), Ok(Congestion::Bbr));
+        let e = "vegas".parse::<Congestion>().unwrap_err();
+        assert!(e.contains("cubic, newreno or bbr"), "{e}");
+    }
 
     #[test]
     fn keep_alives_go_out_well_inside_the_idle_timeout() {

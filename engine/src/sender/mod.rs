@@ -295,6 +295,8 @@ pub struct SendConfig {
     /// come back on time (a long link) and stays small when the gateway is the bottleneck.
     /// `None`: the window is `in_flight_bytes`, fixed.
     pub adaptive_window: Option<u64>,
+    /// The congestion controller of the send's own endpoint (not of a shared `endpoint`).
+    pub congestion: crate::transport::Congestion,
 }
 
 /// Receives per-chunk latencies (see [`SendConfig::chunk_latency`]).
@@ -339,6 +341,7 @@ impl SendConfig {
             endpoint: None,
             connect_timeout: None,
             adaptive_window: None,
+            congestion: crate::transport::Congestion::default(),
         }
     }
 }
@@ -540,9 +543,13 @@ pub async fn send_jobs(
     let own_endpoint = cfg.endpoint.is_none();
     let made = match &cfg.endpoint {
         Some(shared) => Ok(shared.clone()),
-        None => {
-            crate::transport::client_endpoint_with(bind, &cfg.trust, cfg.pq_only, cfg.idle_timeout)
-        }
+        None => crate::transport::client_endpoint_tuned(
+            bind,
+            &cfg.trust,
+            cfg.pq_only,
+            cfg.idle_timeout,
+            cfg.congestion,
+        ),
     };
     let endpoint = match made {
         Ok(e) => e,
