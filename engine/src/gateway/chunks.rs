@@ -11,6 +11,8 @@ pub(super) async fn handle_chunk_stream(
     // The header is a frame like the control stream's: read exactly as much as it needs,
     // never into the payload behind it.
     let mut dec = FrameDecoder::<protocol::ChunkHeader>::new(protocol::MAX_CHUNK_HEADER);
+    // At most the prefix and a header at its limit: on the stack, not allocated per chunk.
+    let mut piece = [0u8; 4 + protocol::MAX_CHUNK_HEADER];
     let header = loop {
         match dec.next_frame() {
             Ok(Some(header)) => break header,
@@ -20,11 +22,11 @@ pub(super) async fn handle_chunk_stream(
                 return Err(e.into());
             }
         }
-        let mut piece = vec![0u8; dec.wanted()];
-        recv.read_exact(&mut piece)
+        let piece = &mut piece[..dec.wanted()];
+        recv.read_exact(piece)
             .await
             .map_err(|e| GatewayError::stream("chunk header")(e.into()))?;
-        dec.push(&piece);
+        dec.push(piece);
     };
     let job = state.job(header.handle);
     let Some(job) = job else {

@@ -92,10 +92,8 @@ impl Sending {
                 let j = self.session.job(job);
                 report(self.requests[job], j.acked_bytes(), j.total_bytes());
             }
-            Action::Settled { job } => {
-                self.held.retain(|k, _| k.0 != job);
-                self.sources[job].close();
-            }
+            // Its chunks in flight were given back by the `DroppedAll` before this.
+            Action::Settled { job } => self.sources[job].close(),
         }
     }
 }

@@ -16,6 +16,20 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait between two connection attempts.
 pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
+/// The wait before reconnect attempt `attempt` (1, 2, ...): 200 ms doubling up to
+/// [`MAX_RECONNECT_BACKOFF`], with `jitter` in `[0, 1]` picking the point in the window
+/// (see [`backoff`]) so that many senders cut off together do not come back in step; never
+/// past `remaining`.
+pub fn reconnect_backoff(attempt: u32, remaining: Duration, jitter: f64) -> Duration {
+    backoff(
+        attempt,
+        Duration::from_millis(100),
+        MAX_RECONNECT_BACKOFF,
+        jitter,
+    )
+    .min(remaining)
+}
+
 /// How one job of a send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
@@ -353,13 +367,7 @@ impl SenderSession {
         }
         if retryable && self.reconnects < self.limits.max_reopens && !remaining.is_zero() {
             self.reconnects += 1;
-            let wait = backoff(
-                self.reconnects,
-                Duration::from_millis(100),
-                MAX_RECONNECT_BACKOFF,
-                jitter,
-            )
-            .min(remaining);
+            let wait = reconnect_backoff(self.reconnects, remaining, jitter);
             return Reconnect::After(wait);
         }
         Reconnect::GiveUp {
