@@ -40,6 +40,63 @@ async fn writes_out_of_order_and_publishes_only_on_commit() {
     assert!(w.write_at(0, Bytes::from_static(b"x")).await.is_err());
 }
 
+/// `len` bytes of a pattern in page-aligned memory, as the gateway's pooled buffers are.
+fn aligned(len: usize, seed: u8) -> Bytes {
+    let mut v = vec![0u8; len + DIRECT_ALIGN];
+    let start = v.as_ptr().align_offset(DIRECT_ALIGN);
+    for (i, b) in v[start..start + len].iter_mut().enumerate() {
+        *b = seed.wrapping_add((i % 251) as u8);
+    }
+    Bytes::from(v).slice(start..start + len)
+}
+
+#[test]
+fn only_aligned_memory_at_aligned_offsets_goes_direct_and_only_whole_blocks_of_it() {
+    let a = aligned(3 * DIRECT_ALIGN + 100, 1);
+    assert_eq!(direct_part(0, &a), 3 * DIRECT_ALIGN);
+    assert_eq!(direct_part(DIRECT_ALIGN as u64, &a), 3 * DIRECT_ALIGN);
+    assert_eq!(direct_part(100, &a), 0, "unaligned offset");
+    assert_eq!(direct_part(0, &a[1..]), 0, "unaligned memory");
+    assert_eq!(direct_part(0, &a[..100]), 0, "less than a block");
+}
+
+#[tokio::test]
+async fn direct_and_page_cache_writes_of_one_file_give_its_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = 64 * DIRECT_ALIGN;
+    let size = 3 * chunk + 1000;
+    let mut expected = Vec::new();
+    let pieces: Vec<Bytes> = (0..4u8)
+        .map(|k| aligned(if k == 3 { 1000 } else { chunk }, k * 7))
+        .collect();
+    for p in &pieces {
+        expected.extend_from_slice(p);
+    }
+    for direct in [true, false] {
+        let c = connector(dir.path()).with_direct(direct);
+        let name = format!("f-{direct}.bin");
+        let s = spec(&name, size as u64);
+        let w = c.open(&s, false).await.unwrap();
+        // Out of order; one piece from unaligned memory (a copy of it, one byte in), so
+        // direct, page cache and both within one write all happen.
+        w.write_at(3 * chunk as u64, pieces[3].clone())
+            .await
+            .unwrap();
+        w.write_at(chunk as u64, pieces[1].clone()).await.unwrap();
+        let mut shifted = vec![0u8; chunk + 1];
+        shifted[1..].copy_from_slice(&pieces[2]);
+        let shifted = Bytes::from(shifted).slice(1..);
+        w.write_at(2 * chunk as u64, shifted).await.unwrap();
+        w.write_at(0, pieces[0].clone()).await.unwrap();
+        w.sync().await.unwrap();
+        w.commit().await.unwrap();
+        assert!(
+            fs::read(dir.path().join(&name)).unwrap() == expected,
+            "content of {name}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn resume_keeps_synced_data_and_fresh_open_does_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,6 +214,7 @@ async fn full_disk_is_reported_not_swallowed() {
         temp: "full".into(),
         dir: Arc::new(rustix::fs::open("/dev", OFlags::RDONLY, Mode::empty()).unwrap()),
         file: Some(file),
+        direct: None,
         committed: AtomicBool::new(false),
         verify: VerifyMode::Size,
         overwrite: false,

@@ -30,7 +30,12 @@ fn usage() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Like quinn's `perf`: one thread per process, so that on a small machine the two
+    // processes do not fight over cores or wake each other's threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     match args.first().map(String::as_str) {
         Some("serve") if args.len() == 2 => rt.block_on(serve(&args[1])),
         Some("send") if args.len() >= 4 => {
@@ -64,9 +69,11 @@ async fn serve(dir: &str) {
         let mut readers = tokio::task::JoinSet::new();
         while let Ok(mut stream) = conn.accept_uni().await {
             readers.spawn(async move {
+                // `perf` reads up to 32 pieces at a time and drops them.
+                let mut bufs: [Bytes; 32] = std::array::from_fn(|_| Bytes::new());
                 let mut n = 0u64;
-                while let Ok(Some(chunk)) = stream.read_chunk(usize::MAX, false).await {
-                    n += chunk.bytes.len() as u64;
+                while let Ok(Some(k)) = stream.read_chunks(&mut bufs).await {
+                    n += bufs[..k].iter().map(|b| b.len() as u64).sum::<u64>();
                 }
                 n
             });

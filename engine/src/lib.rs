@@ -10,6 +10,7 @@
 //! - [`jobs`]: the job service (queue, lifecycle, leases, fair scheduling, workers).
 //! - [`tenants`]: tenant keys and policy (sources, destinations, classifications, quotas).
 //! - [`quota`]: the per-tenant quotas the gateway enforces (jobs, bandwidth, memory).
+//! - [`pool`]: reusable chunk buffers (no fresh zeroed pages per chunk).
 //! - [`operator`]: the operator key of the HTTP operator endpoints.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod budget;
 pub mod gateway;
 pub mod jobs;
 pub mod operator;
+pub mod pool;
 pub mod protocol;
 pub mod quota;
 mod record;

@@ -30,8 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use trackshift_crypto::IoError;
 
-use bytes::{BufMut as _, BytesMut};
-use tokio::io::AsyncReadExt as _;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 use trackshift_connectors::{Connector, ObjectSpec, ObjectWriter, VerifyMode};

@@ -225,17 +225,20 @@ pub(super) fn spawn_chunk(
                 tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), SourceReadError> {
                     let _reading = reading;
                     let file = source.file(c.file)?;
-                    let mut buf = vec![0u8; layout.chunk_len(c.index) as usize];
-                    file.read_exact_at(&mut buf, layout.offset(c.index))
+                    // Filled completely by `read_exact_at` before anything reads it.
+                    let mut buf = BufferPool::global().take(layout.chunk_len(c.index) as usize);
+                    file.read_exact_at(buf.as_mut_slice(), layout.offset(c.index))
                         .map_err(|e| SourceReadError::Read {
                             path: source.files[c.file as usize].0.clone(),
                             source: e,
                         })?;
-                    let hash = layout.chunk_hash(c.index, &buf);
-                    if !buf.is_empty() && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst) {
-                        buf[0] ^= 0x01;
+                    let hash = layout.chunk_hash(c.index, buf.as_ref());
+                    if !buf.as_ref().is_empty()
+                        && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst)
+                    {
+                        buf.as_mut_slice()[0] ^= 0x01;
                     }
-                    Ok((Bytes::from(buf), hash))
+                    Ok((buf.freeze(), hash))
                 })
                 .await
                 .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?;

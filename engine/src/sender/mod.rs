@@ -1,6 +1,7 @@
 //! The sending side: reads a file or directory in chunks, hashes each chunk, and streams
 //! them to a gateway over QUIC, one unidirectional stream per chunk, many in flight, within a
-//! memory budget. Chunks are read into `Bytes` and handed to QUIC without another copy.
+//! memory budget. Chunks are read into pooled buffers (`crate::pool`) and handed to QUIC as
+//! `Bytes` without another copy.
 //! When the connection drops it reconnects and sends only what the gateway does not hold.
 //!
 //! Rooms: `source` (reading the files, a few open at a time), `job` (one job's state across
@@ -24,6 +25,7 @@ use trackshift_crypto::Hash32;
 
 use crate::budget::BudgetPermit;
 pub use crate::budget::SharedBudget;
+use crate::pool::BufferPool;
 use crate::protocol::retry::RetryLimits;
 use crate::protocol::session::{Action, ChunkOrder, JobEnd, Phase, Reconnect, SenderSession};
 use crate::protocol::{
