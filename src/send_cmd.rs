@@ -62,8 +62,9 @@ pub struct SendArgs {
     /// Keep the whole --in-flight window from the start instead of letting it adapt.
     #[arg(long)]
     fixed_window: bool,
-    /// Congestion controller: cubic (default), newreno or bbr.
-    #[arg(long, default_value = "cubic")]
+    /// Congestion controller: bbr (default: fills long and lossy links), cubic (fair to
+    /// other traffic on a shared link) or newreno.
+    #[arg(long, default_value = "bbr")]
     congestion: trackshift_engine::transport::Congestion,
     /// Job id (reuse one to resume an interrupted send; default: a new UUID).
     #[arg(long)]

@@ -52,8 +52,17 @@ impl SenderSession {
                         continue;
                     };
                     let latency = now.saturating_sub(f.sent);
+                    let before = self.window.size();
                     self.window
-                        .on_ack(u64::from(f.len), latency, self.in_flight_bytes);
+                        .on_ack(u64::from(f.len), latency, self.in_flight_bytes, now);
+                    if self.window.size() != before {
+                        tracing::debug!(
+                            bytes = self.window.size(),
+                            limit = self.window.limit(),
+                            latency_ms = latency.as_millis() as u64,
+                            "in-flight window"
+                        );
+                    }
                     self.in_flight_bytes -= u64::from(f.len);
                     self.actions.push_back(Action::Acked {
                         job: i,
