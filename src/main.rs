@@ -214,12 +214,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long freed memory stays with the process before mimalloc returns it to the OS.
-/// With its default (1 s), buffers freed during a transfer went back to the OS and the
-/// next chunks faulted in (and the kernel zeroed) fresh huge pages: a third of the
-/// gateway's CPU samples on an SFTP transfer. 10 s cut the gateway's CPU per GiB by about
-/// a tenth (BENCHMARKS.md); memory an idle gateway no longer uses still goes back.
+/// Set explicitly because the default differs between mimalloc versions (10 ms in v2, 1 s
+/// in v3). Before chunk buffers were pooled, freed ones went back to the OS within that
+/// delay and the next chunks faulted in (and the kernel zeroed) fresh pages: a third of
+/// the gateway's CPU samples on an SFTP transfer, which a 10 s delay cut by about a tenth.
+/// Chunk buffers now come from the engine's own pool (`trackshift_engine::pool`) and never go back; what is left is quinn's and the
+/// connectors' short-lived buffers. 1 s keeps the gateway's CPU where 10 s had it (3.9 s
+/// against 3.8 s for 2 GiB on loopback, median of three) and its peak at 109–131 MiB
+/// instead of 117–163 MiB; no delay at all costs about 30 % more CPU (BENCHMARKS.md).
 /// `MIMALLOC_PURGE_DELAY` in the environment wins.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+const PURGE_DELAY_MS: std::ffi::c_long = 1_000;
 
 /// [`PURGE_DELAY_MS`] as a duration (what an idle reading of resident memory must wait).
 pub(crate) const PURGE_DELAY: std::time::Duration =
@@ -617,6 +621,10 @@ mod tests {
         };
         // The option's default, 1000 ms, identifies it (its neighbours default to 1 and 0).
         assert_eq!(get(), 1000);
+        // Away from the value we set, so that setting it shows.
+        // SAFETY: sets one integer option.
+        unsafe { libmimalloc_sys::mi_option_set(super::MI_OPTION_PURGE_DELAY, 7) };
+        assert_eq!(get(), 7);
         super::tune_allocator();
         assert_eq!(get(), super::PURGE_DELAY_MS);
         if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {

@@ -1,11 +1,14 @@
 //! What a peer that has not authenticated can make the gateway do, over real QUIC on
 //! 127.0.0.1: connections per address are capped, a Hello must come within a deadline and
-//! fit a small frame limit, and no chunk stream can be opened before it.
+//! fit a small frame limit, and no chunk stream can be opened before it. And what an
+//! authenticated tenant speaking the protocol by hand cannot make a chunk stream do.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use trackshift_crypto::Hash32;
+use trackshift_crypto::hash::ChunkLayout;
 use trackshift_engine::gateway::{Gateway, GatewayConfig, add_tenant};
 use trackshift_engine::protocol::{self, ClientFrame, FrameDecoder, Secret, ServerFrame};
 use trackshift_engine::tls::ServerTrust;
@@ -267,5 +270,118 @@ async fn chunk_streams_cannot_be_opened_before_authentication() {
         .await
         .expect("stream credit after Hello")
         .unwrap();
+    gw.stop().await;
+}
+
+/// Reads the next frame from the control stream.
+async fn next_frame(
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder<ServerFrame>,
+) -> ServerFrame {
+    loop {
+        if let Some(f) = dec.next_frame().unwrap() {
+            return f;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), recv.read_chunk(1 << 16, true))
+            .await
+            .expect("a frame within 10 s")
+            .unwrap()
+            .unwrap();
+        dec.push(&chunk.bytes);
+    }
+}
+
+/// Sends chunk `index` of file 0 on its own stream: the header, then `payload`.
+async fn send_chunk(
+    conn: &quinn::Connection,
+    handle: u32,
+    index: u64,
+    len: u64,
+    hash: Hash32,
+    payload: &[u8],
+) {
+    let header = protocol::ChunkHeader {
+        handle,
+        chunk: protocol::ChunkRef { file: 0, index },
+        len,
+        hash,
+    };
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&protocol::encode_chunk_header(&header))
+        .await
+        .unwrap();
+    s.write_all(payload).await.unwrap();
+    s.finish().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_shorter_than_its_header_says_cannot_pass_for_stale_bytes_of_a_reused_buffer() {
+    // The gateway receives chunks into pooled buffers that keep an earlier chunk's bytes
+    // until overwritten. A tenant sends chunk 0 (its buffer goes back to the pool), then a
+    // header for chunk 1 of the same length whose hash is that of chunk 0's bytes at
+    // chunk 1's place, with no payload or half of it: if the gateway hashed or wrote the
+    // whole buffer, the stale bytes would match and be recorded as chunk 1.
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |_| {}).await;
+    let conn = gw.connect().await;
+    let (mut send, mut recv, welcome) = hello(&conn, TOKEN).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
+    let chunk = 64u64 << 10;
+    let open = protocol::OpenJob {
+        job_id: uuid::Uuid::new_v4().to_string(),
+        destinations: vec!["null://".into()],
+        chunk_size: chunk,
+        source: "file:///attack".into(),
+        files: vec![protocol::FileSpec {
+            path: "a.bin".into(),
+            size: 2 * chunk,
+        }],
+        correlation_id: None,
+        classification: None,
+        strict: None,
+    };
+    send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(open)))
+        .await
+        .unwrap();
+    let mut dec = FrameDecoder::<ServerFrame>::new(protocol::MAX_CONTROL_FRAME);
+    let handle = match next_frame(&mut recv, &mut dec).await {
+        ServerFrame::JobReady { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    };
+    let layout = ChunkLayout::new(2 * chunk, chunk).unwrap();
+    let data = vec![0xabu8; chunk as usize];
+    send_chunk(&conn, handle, 0, chunk, layout.chunk_hash(0, &data), &data).await;
+    assert_eq!(
+        next_frame(&mut recv, &mut dec).await,
+        ServerFrame::Acks {
+            handle,
+            chunks: vec![protocol::ChunkRef { file: 0, index: 0 }]
+        }
+    );
+    let stale = layout.chunk_hash(1, &data);
+    for payload in [&data[..0], &data[..data.len() / 2]] {
+        send_chunk(&conn, handle, 1, chunk, stale, payload).await;
+        match next_frame(&mut recv, &mut dec).await {
+            ServerFrame::Reject {
+                chunk: c, reason, ..
+            } => {
+                assert_eq!(c, protocol::ChunkRef { file: 0, index: 1 });
+                assert!(reason.contains("payload is not"), "{reason}");
+            }
+            other => panic!("{} bytes of payload: {other:?}", payload.len()),
+        }
+    }
+    // The honest chunk 1 is still taken.
+    send_chunk(&conn, handle, 1, chunk, stale, &data).await;
+    assert_eq!(
+        next_frame(&mut recv, &mut dec).await,
+        ServerFrame::Acks {
+            handle,
+            chunks: vec![protocol::ChunkRef { file: 0, index: 1 }]
+        }
+    );
     gw.stop().await;
 }
