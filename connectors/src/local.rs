@@ -85,6 +85,10 @@ pub struct LocalConnector {
 /// (`O_DIRECT`): the page size, a multiple of every logical block size in use.
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// Writes with less than this aligned go through the page cache: a small file's one write
+/// would wait for the disk on its own, where the page cache lets many be flushed together.
+pub const DIRECT_MIN: usize = 256 << 10;
+
 impl LocalConnector {
     /// A connector rooted at the absolute directory `root`, all of it trusted (the
     /// operator's own configuration).
@@ -139,10 +143,11 @@ impl LocalConnector {
 
     /// The same connector writing through the page cache only (`false`), or, where the
     /// data and its place allow, past it with `O_DIRECT` (`true`, the default): the
-    /// aligned part of each write (the gateway's pooled chunk buffers are page aligned, and
-    /// so are chunk offsets) goes straight to the disk, the unaligned rest (the tail of a
-    /// file) through the page cache; a file system that refuses `O_DIRECT` gets every byte
-    /// through the page cache. Durability is the same either way: `sync` is `fdatasync`.
+    /// aligned part of each write of at least [`DIRECT_MIN`] (the gateway's pooled chunk
+    /// buffers are page aligned, and so are chunk offsets) goes straight to the disk, the
+    /// unaligned rest (the tail of a file) and small writes through the page cache; a file
+    /// system that refuses `O_DIRECT` gets every byte through the page cache. Durability
+    /// is the same either way: `sync` is `fdatasync`.
     pub fn with_direct(mut self, direct: bool) -> Self {
         self.direct = direct;
         self
@@ -364,10 +369,7 @@ impl Connector for LocalConnector {
                 name: name.clone(),
                 temp: temp.clone(),
                 dir: Arc::new(dir.try_clone().expect("dup a directory descriptor")),
-                direct: match (&file, this.direct) {
-                    (Some(f), true) => reopen_direct(f).map(Arc::new),
-                    _ => None,
-                },
+                direct: AtomicBool::new(this.direct),
                 file,
                 committed: AtomicBool::new(committed),
                 verify: this.verify,
@@ -405,8 +407,9 @@ struct LocalWriter {
     /// The object's directory, resolved once beneath the root.
     dir: Arc<OwnedFd>,
     file: Option<Arc<File>>,
-    /// The same temporary file opened again with `O_DIRECT`, where the file system allows.
-    direct: Option<Arc<File>>,
+    /// Whether large aligned writes go with `O_DIRECT` (cleared when the file system
+    /// refuses it).
+    direct: AtomicBool,
     committed: AtomicBool,
     verify: VerifyMode,
     overwrite: bool,
@@ -458,26 +461,43 @@ impl ObjectWriter for LocalWriter {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ConnectorError> {
         self.spec.check_range(offset, data.len() as u64)?;
         let file = self.file()?;
-        let direct = self.direct.clone();
+        let direct = self.direct.load(Ordering::Relaxed);
         let temp = self.temp_path.clone();
-        blocking(move || {
-            let mut done = 0;
-            if let Some(direct) = direct {
-                done = direct_part(offset, &data);
-                if done > 0 {
-                    match direct.write_all_at(&data[..done], offset) {
+        let refused = blocking(move || {
+            let mut done = direct_part(offset, &data);
+            let mut refused = false;
+            if !direct || done < DIRECT_MIN {
+                done = 0;
+            }
+            if done > 0 {
+                // A descriptor of its own for the write, closed after it: a writer holds
+                // no more descriptors than without `O_DIRECT`.
+                match reopen_direct(&file) {
+                    Some(d) => match d.write_all_at(&data[..done], offset) {
                         Ok(()) => {}
                         // Refused for this write after all (alignment the device wants
                         // larger than a page): through the page cache instead.
-                        Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => done = 0,
+                        Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => {
+                            done = 0;
+                            refused = true;
+                        }
                         Err(e) => return Err(io("writing", &temp)(e)),
+                    },
+                    None => {
+                        done = 0;
+                        refused = true;
                     }
                 }
             }
             file.write_all_at(&data[done..], offset + done as u64)
-                .map_err(io("writing", &temp))
+                .map_err(io("writing", &temp))?;
+            Ok(refused)
         })
-        .await
+        .await?;
+        if refused {
+            self.direct.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn sync(&self) -> Result<(), ConnectorError> {

@@ -63,7 +63,7 @@ fn only_aligned_memory_at_aligned_offsets_goes_direct_and_only_whole_blocks_of_i
 #[tokio::test]
 async fn direct_and_page_cache_writes_of_one_file_give_its_exact_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let chunk = 64 * DIRECT_ALIGN;
+    let chunk = DIRECT_MIN;
     let size = 3 * chunk + 1000;
     let mut expected = Vec::new();
     let pieces: Vec<Bytes> = (0..4u8)
@@ -214,7 +214,7 @@ async fn full_disk_is_reported_not_swallowed() {
         temp: "full".into(),
         dir: Arc::new(rustix::fs::open("/dev", OFlags::RDONLY, Mode::empty()).unwrap()),
         file: Some(file),
-        direct: None,
+        direct: AtomicBool::new(false),
         committed: AtomicBool::new(false),
         verify: VerifyMode::Size,
         overwrite: false,
