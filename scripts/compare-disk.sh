@@ -25,31 +25,10 @@ cargo build --release --quiet --bin trackshift
 target=${CARGO_TARGET_DIR:-$root/target}
 ts=$target/release/trackshift
 
-work=$(mktemp -d "${WORK_DIR:-${TMPDIR:-/tmp}}/compare-disk.XXXXXX")
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-bytes=$((size_mib << 20))
-head -c "$bytes" /dev/urandom >"$work/src.bin"
-cat "$work/src.bin" >/dev/null # into the page cache
+# shellcheck source=scripts/measure-lib.sh
+. "$root/scripts/measure-lib.sh"
+start_work "$size_mib" "${WORK_DIR:-}"
 sync
-
-cpu_of() { awk '{ sub(/.*\) /, ""); print ($12 + $13) / 100 }' "/proc/$1/stat"; }
-rss_of() { awk '/^VmHWM:/ { print int($2 / 1024) }' "/proc/$1/status"; }
-
-wait_line() {
-    for _ in $(seq 1 200); do
-        if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "no '$2' in $1" >&2
-    cat "$1" >&2
-    return 1
-}
 
 row() { # contender wall cpu rss
     awk -v c="$1" -v w="$2" -v cpu="$3" -v r="$4" -v b="$bytes" \
@@ -67,31 +46,12 @@ copy() {
 }
 
 trackshift() {
-    local ts=${1:-$ts} label=${2:-trackshift}
-    local data=$work/ts-$RANDOM dst=$work/ts-dst
+    local bin=${1:-$ts} label=${2:-trackshift} dst=$work/ts-dst
     rm -rf "$dst" && mkdir "$dst" && sync
-    local out=$data.out
-    "$ts" serve --data-dir "$data" --listen 127.0.0.1:0 --default-dest "file://$dst" >"$out" 2>/dev/null &
-    local gw=$!
-    pids+=("$gw")
-    wait_line "$out" '^certificate fingerprint: '
-    local addr fp
-    addr=$(sed -n 's/^gateway listening on \([^ ]*\).*/\1/p' "$out")
-    fp=$(sed -n 's/^certificate fingerprint: //p' "$out")
-    local before
-    before=$(cpu_of "$gw")
-    local timing
-    timing=$({ /usr/bin/time -f '%e %U %S %M' "$ts" send "$work/src.bin" --to "$addr" --fingerprint "$fp" \
-        --token-file "$data/default.token" --dest "file://$dst" -q --out-dir "$data/docs" ${TRACKSHIFT_SEND_ARGS:-} >/dev/null; } 2>&1 | tail -1)
-    local gcpu rss
-    gcpu=$(awk -v a="$(cpu_of "$gw")" -v b="$before" 'BEGIN { print a - b }')
-    rss=$(rss_of "$gw")
-    kill "$gw" 2>/dev/null || true
-    wait "$gw" 2>/dev/null || true
-    read -r wall user sys maxrss <<<"$timing"
+    ts_send "$bin" "file://$dst"
     cmp -s "$work/src.bin" "$dst/src.bin" || { echo "trackshift's copy differs from the source" >&2; exit 1; }
-    row "$label ${TRACKSHIFT_SEND_ARGS:-}" "$wall" "$(awk -v u="$user" -v s="$sys" -v g="$gcpu" 'BEGIN { print u + s + g }')" "$((maxrss / 1024)) / $rss MiB"
-    rm -rf "$dst" "$data" && sync
+    row "$label ${TRACKSHIFT_SEND_ARGS:-}" "$wall" "$(awk -v u="$user" -v s="$sys" -v g="$gcpu" 'BEGIN { print u + s + g }')" "$((maxrss / 1024)) / $grss MiB"
+    rm -rf "$dst" && sync
 }
 
 echo "$size_mib MiB from the page cache to $(df --output=source "$work" | tail -1) ($(nproc) cores, $(date -u +%F)), $rounds rounds, alternating"

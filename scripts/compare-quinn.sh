@@ -23,33 +23,10 @@ target=${CARGO_TARGET_DIR:-$root/target}
 ts=$target/release/trackshift
 bq=$target/release/examples/bare_quinn
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-bytes=$((size_mib << 20))
-head -c "$bytes" /dev/urandom >"$work/src.bin"
-cat "$work/src.bin" >/dev/null # into the page cache
-
-# CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
-cpu_of() { awk '{ sub(/.*\) /, ""); print ($12 + $13) / 100 }' "/proc/$1/stat"; }
-rss_of() { awk '/^VmHWM:/ { print int($2 / 1024) }' "/proc/$1/status"; }
+# shellcheck source=scripts/measure-lib.sh
+. "$root/scripts/measure-lib.sh"
+start_work "$size_mib"
 gib=$(awk -v b="$bytes" 'BEGIN { print b / 1073741824 }')
-
-# Waits until FILE has a line matching PATTERN (the child printed its address).
-wait_line() {
-    for _ in $(seq 1 200); do
-        if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "no '$2' in $1" >&2
-    cat "$1" >&2
-    return 1
-}
 
 row() { # contender wall send_cpu recv_cpu send_rss recv_rss
     awk -v c="$1" -v w="$2" -v sc="$3" -v rc="$4" -v sr="$5" -v rr="$6" -v b="$bytes" -v g="$gib" \
@@ -81,27 +58,8 @@ bare() {
 }
 
 trackshift() {
-    local data=$work/ts-$RANDOM
-    local out=$data.out
-    "$ts" serve --data-dir "$data" --listen 127.0.0.1:0 --default-dest null:// >"$out" 2>/dev/null &
-    local gw=$!
-    pids+=("$gw")
-    wait_line "$out" '^certificate fingerprint: '
-    local addr fp
-    addr=$(sed -n 's/^gateway listening on \([^ ]*\).*/\1/p' "$out")
-    fp=$(sed -n 's/^certificate fingerprint: //p' "$out")
-    local before
-    before=$(cpu_of "$gw")
-    local timing
-    timing=$({ /usr/bin/time -f '%e %U %S %M' "$ts" send "$work/src.bin" --to "$addr" --fingerprint "$fp" \
-        --token-file "$data/default.token" --dest null:// -q --out-dir "$data/docs" ${TRACKSHIFT_SEND_ARGS:-} >/dev/null; } 2>&1 | tail -1)
-    local rc rss
-    rc=$(awk -v a="$(cpu_of "$gw")" -v b="$before" 'BEGIN { print a - b }')
-    rss=$(rss_of "$gw")
-    kill "$gw" 2>/dev/null || true
-    wait "$gw" 2>/dev/null || true
-    read -r wall user sys maxrss <<<"$timing"
-    row "trackshift ${TRACKSHIFT_SEND_ARGS:-}" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')" "$rc" $((maxrss / 1024)) "$rss"
+    ts_send "$ts" null://
+    row "trackshift ${TRACKSHIFT_SEND_ARGS:-}" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')" "$gcpu" $((maxrss / 1024)) "$grss"
 }
 
 echo "$size_mib MiB from the page cache over 127.0.0.1, $rounds rounds, alternating ($(nproc) cores, $(date -u +%F))"

@@ -20,6 +20,9 @@ use bytes::Bytes;
 use trackshift_engine::tls::{GatewayIdentity, ServerTrust};
 use trackshift_engine::transport;
 
+#[path = "common/proc_self.rs"]
+mod proc_self;
+
 /// The buffer every write sends (quinn's `perf` does the same with its own).
 const BLOCK: usize = 1 << 20;
 
@@ -121,28 +124,10 @@ async fn send(addr: SocketAddr, fingerprint: &str, bytes: u64, streams: u64) {
 /// One line with the bytes moved, the wall time and this process's CPU and peak memory
 /// (from `/proc/self`).
 fn report(bytes: u64, started: Instant) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th
-    // and 13th, in clock ticks (100 per second on Linux).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 100.0
-    };
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let (user, sys) = proc_self::cpu_seconds();
     println!(
-        "bytes={bytes} seconds={:.3} cpu_user={:.2} cpu_sys={:.2} max_rss_kib={rss}",
+        "bytes={bytes} seconds={:.3} cpu_user={user:.2} cpu_sys={sys:.2} max_rss_kib={}",
         started.elapsed().as_secs_f64(),
-        tick(11),
-        tick(12)
+        proc_self::max_rss_kib()
     );
 }

@@ -19,6 +19,8 @@
 //!   --seeds N           table: seeds per lossy cell, median and range shown (3)
 //! ```
 
+#[path = "common/proc_self.rs"]
+mod proc_self;
 #[path = "long_link/sim.rs"]
 mod sim;
 
@@ -98,20 +100,10 @@ fn parse_args() -> Args {
     args
 }
 
-/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`.
+/// CPU seconds (user + system) this process has used so far.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th
-    // and 13th, in clock ticks (100 per second on Linux).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (tick(11) + tick(12)) / 100.0
+    let (user, sys) = proc_self::cpu_seconds();
+    user + sys
 }
 
 /// One run, with the CPU seconds it took.
