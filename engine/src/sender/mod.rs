@@ -56,6 +56,11 @@ impl std::fmt::Debug for TestHook {
     }
 }
 
+/// The most a send waits, at its end, for its own endpoint's connections to finish
+/// closing: enough for the close frames to leave and, on a LAN, for quinn's draining
+/// period (three probe timeouts); not long enough to hold up a script's next command.
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(250);
+
 /// How long a send keeps trying to reach a gateway it lost, by default.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
 
@@ -449,6 +454,11 @@ pub async fn send_jobs(
     }
     if own_endpoint {
         endpoint.close(0u32.into(), b"done");
+        // Let the endpoint send what the closes queued before it goes: a CONNECTION_CLOSE
+        // queued behind a full congestion window (quinn holds it back while stream data is
+        // pending) would otherwise never leave, and the gateway would hold the jobs until
+        // its idle timeout.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
     }
     finish(&s, slots, last)
 }
