@@ -387,6 +387,12 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
         metrics.contains("trackshift_bytes_acknowledged_total{tenant=\"acme\"} 3000012"),
         "{metrics}"
     );
+    // The chunks went through pooled buffers, some made fresh.
+    assert!(
+        metrics.contains("trackshift_buffer_pool_made_total ")
+            && metrics.contains("trackshift_buffer_pool_idle_bytes "),
+        "{metrics}"
+    );
     let (s, page, headers) = api
         .call("GET", "/dashboard", Some(&gw.operator_key), None)
         .await;

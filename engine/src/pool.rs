@@ -34,6 +34,12 @@ pub const DEFAULT_MAX_IDLE: usize = 32 << 20;
 /// size `O_DIRECT` asks of memory on every disk in use).
 pub const ALIGN: usize = 4096;
 
+/// Gauge: bytes of buffers idle in the pools (the process-wide one in practice).
+pub const IDLE_METRIC: &str = "trackshift_buffer_pool_idle_bytes";
+/// Counter: buffers made because none of the size was idle (steadily rising during a
+/// transfer: the pool keeps too few; flat: every chunk reuses a buffer).
+pub const MADE_METRIC: &str = "trackshift_buffer_pool_made_total";
+
 /// Number of size classes: `MIN_CLASS << k` for `k < CLASSES` covers up to `MAX_POOLED`.
 const CLASSES: usize = (MAX_POOLED / MIN_CLASS).trailing_zeros() as usize + 1;
 
@@ -97,15 +103,19 @@ impl BufferPool {
                 pool: None,
             };
         };
-        let reused = {
+        let (reused, idle_now) = {
             let mut idle = self.inner.idle.lock().expect("pool lock");
             let got = idle.classes[class].pop();
             match &got {
                 Some(_) => idle.bytes -= MIN_CLASS << class,
                 None => idle.made += 1,
             }
-            got
+            (got, idle.bytes)
         };
+        if reused.is_none() {
+            metrics::counter!(MADE_METRIC).increment(1);
+        }
+        metrics::gauge!(IDLE_METRIC).set(idle_now as f64);
         // One page more than the class, to start the buffer on a page boundary.
         let buf = reused.unwrap_or_else(|| vec![0u8; (MIN_CLASS << class) + ALIGN]);
         let start = buf.as_ptr().align_offset(ALIGN);
@@ -183,11 +193,15 @@ impl Drop for PooledBuf {
         let Some(pool) = self.pool.take() else { return };
         let buf = std::mem::take(&mut self.buf);
         let size = MIN_CLASS << self.class;
-        let mut idle = pool.idle.lock().expect("pool lock");
-        if idle.bytes + size <= pool.max_idle {
-            idle.bytes += size;
-            idle.classes[self.class].push(buf);
-        }
+        let idle_now = {
+            let mut idle = pool.idle.lock().expect("pool lock");
+            if idle.bytes + size <= pool.max_idle {
+                idle.bytes += size;
+                idle.classes[self.class].push(buf);
+            }
+            idle.bytes
+        };
+        metrics::gauge!(IDLE_METRIC).set(idle_now as f64);
     }
 }
 

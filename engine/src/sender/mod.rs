@@ -454,10 +454,11 @@ pub async fn send_jobs(
     }
     if own_endpoint {
         endpoint.close(0u32.into(), b"done");
-        // Let the endpoint send what the closes queued before it goes: a CONNECTION_CLOSE
-        // queued behind a full congestion window (quinn holds it back while stream data is
-        // pending) would otherwise never leave, and the gateway would hold the jobs until
-        // its idle timeout.
+        // Let the endpoint's driver send the closes before the process (and its runtime)
+        // may end; otherwise the gateway learns of the end only at its idle timeout. (A
+        // close made while the congestion window is full never leaves in quinn-proto
+        // 0.11.19, quinn-rs/quinn#2785, fixed after it: the gateway then waits for its
+        // idle timeout whatever this does.)
         let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
     }
     finish(&s, slots, last)
