@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// chunk latency as LEDBAT does). `off` keeps the budget fixed at `--jobs-memory`.
     #[arg(long, default_value = "100ms", value_parser = parse_latency_target)]
     jobs_latency_target: LatencyTarget,
+    /// Congestion controller of the job service's connections: cubic (default: its many
+    /// connections share one path, where BBR doubled chunk latency), bbr (a long, lossy
+    /// link to the gateway) or newreno.
+    #[arg(long, default_value = "cubic")]
+    jobs_congestion: trackshift_engine::transport::Congestion,
     /// How long jobs that ended stay in the job store (status, transitions, manifest and
     /// receipts through the API; the ledger keeps its entries forever). `never` keeps them.
     #[arg(long, default_value = "90d", value_parser = parse_retention)]
@@ -444,6 +449,7 @@ fn worker_config(args: &ServeArgs) -> RunnerConfig {
     rc.lease = Duration::from_secs(args.lease_secs.max(2));
     rc.heartbeat = (rc.lease / 6).max(Duration::from_millis(300));
     rc.pq_only = args.pq_only;
+    rc.congestion = args.jobs_congestion;
     rc
 }
 

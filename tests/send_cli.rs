@@ -100,6 +100,20 @@ fn each_permanent_failure_ends_at_once_with_its_own_exit_code_and_one_message() 
     let (code, _, err, _) = timed(&args, dir);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cubic, newreno or bbr"), "{err}");
+    // The job service's controller is checked the same way, before the gateway starts.
+    let (code, _, err, _) = timed(
+        &[
+            "serve".into(),
+            "--data-dir".into(),
+            dir.join("never").to_str().unwrap().into(),
+            "--jobs-congestion".into(),
+            "vegas".into(),
+        ],
+        dir,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cubic, newreno or bbr"), "{err}");
+    assert!(!dir.join("never").exists(), "nothing was set up");
 
     // A destination the tenant may not write to: refused (4).
     let (code, _, err, _) = timed(&send(dir, "data.txt", &gw.quic, &fp, "file:///etc"), dir);

@@ -86,6 +86,9 @@ pub struct RunnerConfig {
     pub retry_max: Duration,
     /// Offer only the post-quantum key exchange.
     pub pq_only: bool,
+    /// The congestion controller of the endpoint the jobs share (CUBIC by default: the
+    /// jobs' connections share one path, where BBR's queues doubled chunk latency).
+    pub congestion: crate::transport::Congestion,
     /// Most jobs setting up their connection at once (handshake until the gateway has the
     /// job open): when many jobs start together, the rest wait, so that the chunks of the
     /// jobs already sending keep their share of the CPU (their latency).
@@ -118,6 +121,7 @@ impl RunnerConfig {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             pq_only: false,
+            congestion: crate::transport::Congestion::default(),
             max_connecting: DEFAULT_MAX_CONNECTING,
         }
     }
@@ -198,7 +202,13 @@ impl Runner {
             } else {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             };
-            match crate::transport::client_endpoint(bind, &self.cfg.trust, self.cfg.pq_only) {
+            match crate::transport::client_endpoint_tuned(
+                bind,
+                &self.cfg.trust,
+                self.cfg.pq_only,
+                crate::transport::IDLE_TIMEOUT,
+                self.cfg.congestion,
+            ) {
                 Ok(e) => *held = Some(e),
                 Err(e) => warn!(error = %e, "making the shared client endpoint"),
             }
