@@ -1,5 +1,7 @@
 //! Tests of the local-disk connector: commit, resume, and the attacks on paths and names.
+use super::writer::{DIRECT_ALIGN, DIRECT_MIN, direct_part};
 use super::*;
+use bytes::Bytes;
 use std::fs;
 
 fn spec(path: &str, size: u64) -> ObjectSpec {

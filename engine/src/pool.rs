@@ -30,9 +30,9 @@ pub const MAX_POOLED: usize = 64 << 20;
 /// Idle bytes the process-wide pool keeps by default (eight 4 MiB chunks).
 pub const DEFAULT_MAX_IDLE: usize = 32 << 20;
 
-/// Alignment of every pooled buffer's start (the page size, which covers the logical block
-/// size `O_DIRECT` asks of memory on every disk in use).
-pub const ALIGN: usize = 4096;
+/// Alignment of every pooled buffer's start: what the local-disk connector needs to write
+/// it with `O_DIRECT` (the page size).
+pub const ALIGN: usize = trackshift_connectors::DIRECT_ALIGN;
 
 /// Gauge: bytes of buffers idle in the pools (the process-wide one in practice).
 pub const IDLE_METRIC: &str = "trackshift_buffer_pool_idle_bytes";
