@@ -596,20 +596,28 @@ fn verify_prints_ok_only_when_every_check_passed_and_survives_a_closed_stdout() 
         assert_eq!(code, 2, "case {i}: {out}\n{err}");
         assert!(err.contains("lower-case"), "case {i}: {err}");
     }
-    let upper_keys = dir.join("upper-keys.json");
-    edit_json(&keys, &upper_keys, |v| upper(&mut v["keys"][0]["id"]));
-    let (code, _, err) = verify(&receipt, &upper_keys);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("lower-case"), "{err}");
-    let upper_vkey = dir.join("upper-vkey.json");
-    edit_json(&keys, &upper_vkey, |v| {
-        let vkey = v["ledger"]["log_key"].as_str().unwrap().to_string();
-        let (name, rest) = vkey.split_once('+').unwrap();
-        let (id, key) = rest.split_once('+').unwrap();
-        v["ledger"]["log_key"] = Value::String(format!("{name}+{}+{key}", id.to_uppercase()));
-    });
-    let (code, _, err) = verify(&receipt, &upper_vkey);
-    assert_eq!(code, 2, "{err}");
+    // A key id of digits only has no upper case (about one id in forty): nothing to test.
+    let has_letter = |s: &str| s.chars().any(|c| c.is_ascii_lowercase());
+    let key_file: Value = serde_json::from_slice(&std::fs::read(&keys).unwrap()).unwrap();
+    if has_letter(key_file["keys"][0]["id"].as_str().unwrap()) {
+        let upper_keys = dir.join("upper-keys.json");
+        edit_json(&keys, &upper_keys, |v| upper(&mut v["keys"][0]["id"]));
+        let (code, _, err) = verify(&receipt, &upper_keys);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("lower-case"), "{err}");
+    }
+    let vkey = key_file["ledger"]["log_key"].as_str().unwrap().to_string();
+    let (name, rest) = vkey.split_once('+').unwrap();
+    let (id, key) = rest.split_once('+').unwrap();
+    if has_letter(id) {
+        let upper_vkey = dir.join("upper-vkey.json");
+        let upper = format!("{name}+{}+{key}", id.to_uppercase());
+        edit_json(&keys, &upper_vkey, |v| {
+            v["ledger"]["log_key"] = Value::String(upper.clone());
+        });
+        let (code, _, err) = verify(&receipt, &upper_vkey);
+        assert_eq!(code, 2, "{err}");
+    }
 
     // Piped into a reader that is gone (`| head -1`): no panic; the verdict is the exit code.
     let gw = dir.join("demo/gateway");
