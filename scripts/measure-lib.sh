@@ -28,12 +28,12 @@ start_work() {
     cat "$work/src.bin" >/dev/null # into the page cache
 }
 
-# ts_send BIN DEST: `BIN serve` on 127.0.0.1 with DEST as its default destination, then
-# `BIN send` of $work/src.bin to DEST (with $TRACKSHIFT_SEND_ARGS), then the gateway
-# stopped. Sets wall, user, sys, maxrss (the sender's: seconds and KiB), gcpu and grss
+# ts_send BIN DEST [SRC]: `BIN serve` on 127.0.0.1 with DEST as its default destination,
+# then `BIN send` of SRC (default $work/src.bin) to DEST (with $TRACKSHIFT_SEND_ARGS), then
+# the gateway stopped. Sets wall, user, sys, maxrss (the sender's: seconds and KiB), gcpu and grss
 # (the gateway's CPU seconds during the send and peak resident MiB).
 ts_send() {
-    local bin=$1 dest=$2 data=$work/ts-$RANDOM
+    local bin=$1 dest=$2 src=${3:-$work/src.bin} data=$work/ts-$RANDOM
     local out=$data.out
     "$bin" serve --data-dir "$data" --listen 127.0.0.1:0 --default-dest "$dest" >"$out" 2>/dev/null &
     local gw=$!
@@ -44,7 +44,7 @@ ts_send() {
     fp=$(sed -n 's/^certificate fingerprint: //p' "$out")
     before=$(cpu_of "$gw")
     # shellcheck disable=SC2086 # TRACKSHIFT_SEND_ARGS is a list of options
-    timing=$({ /usr/bin/time -f '%e %U %S %M' "$bin" send "$work/src.bin" --to "$addr" --fingerprint "$fp" \
+    timing=$({ /usr/bin/time -f '%e %U %S %M' "$bin" send "$src" --to "$addr" --fingerprint "$fp" \
         --token-file "$data/default.token" --dest "$dest" -q --out-dir "$data/docs" ${TRACKSHIFT_SEND_ARGS:-} >/dev/null; } 2>&1 | tail -1)
     gcpu=$(awk -v a="$(cpu_of "$gw")" -v b="$before" 'BEGIN { print a - b }')
     grss=$(rss_of "$gw")

@@ -36,7 +36,7 @@ use bytes::Bytes;
 pub use destination::{Authority, Destination, DestinationError, OptionKind, Scheme};
 pub use error::ConnectorError;
 pub use ftps::FtpsConnector;
-pub use local::{DIRECT_ALIGN, LocalConnector};
+pub use local::{COMMIT_XATTR, DIRECT_ALIGN, LocalConnector};
 pub use memory::MemoryConnector;
 pub use null::NullConnector;
 pub use object::ObjectStoreConnector;

@@ -2,9 +2,11 @@
 //!
 //! Each object is written to a temporary file beside its final name, named by
 //! [`ObjectSpec::temp_name`] (one per tenant, job and path, in names no tenant file may
-//! take), synced with `fdatasync` on [`ObjectWriter::sync`], and on commit fully synced,
-//! size-checked, renamed into place and the directory synced, so the final name only ever
-//! shows a complete file. The rename never replaces an object the job did not create
+//! take) and marked with it ([`COMMIT_XATTR`], so a resumed job knows a file it renamed),
+//! synced with `fsync` on [`ObjectWriter::sync`], and on commit synced if anything changed
+//! since, size-checked, renamed into place and the directory synced (one sync for the
+//! commits side by side in that directory), so the final name only ever shows a complete
+//! file. The rename never replaces an object the job did not create
 //! (`renameat2(RENAME_NOREPLACE)`), unless the destination says `overwrite=true`.
 //!
 //! Every path is resolved at the moment of use beneath the directory the operator vouches
@@ -18,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use trackshift_crypto::IoError;
 
 use async_trait::async_trait;
@@ -78,6 +80,8 @@ pub struct LocalConnector {
     verify: VerifyMode,
     overwrite: bool,
     direct: bool,
+    /// Directory syncs its writers' commits share.
+    dir_syncs: Arc<dirsync::DirSyncs>,
 }
 
 impl LocalConnector {
@@ -97,6 +101,7 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: false,
             direct: true,
+            dir_syncs: Arc::default(),
         })
     }
 
@@ -116,6 +121,7 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: dest.overwrite(),
             direct: true,
+            dir_syncs: Arc::default(),
         })
     }
 
@@ -348,27 +354,40 @@ impl Connector for LocalConnector {
             };
             let temp_exists = stat(&temp)?.is_some();
             let existing = stat(&name)?;
-            let began_commit = match &spec.state_file {
-                Some(p) => std::fs::read(p).is_ok_and(|b| b == COMMITTING),
-                // Without a state file (direct use), a complete file counts as ours.
-                None => true,
-            };
-            let writer = |file: Option<Arc<File>>, committed| LocalWriter {
+            let dir_key = dirsync::dir_key(&dir)
+                .map_err(|e| resolve_err("checking", &this.root(), &spec.path, e))?;
+            let dir = Arc::new(dir);
+            let writer = |file: Option<Arc<File>>, marker, committed| LocalWriter {
                 spec: spec.clone(),
                 final_path: final_path.clone(),
                 temp_path: temp_path.clone(),
                 name: name.clone(),
                 temp: temp.clone(),
-                dir: Arc::new(dir.try_clone().expect("dup a directory descriptor")),
+                dir: dir.clone(),
+                dir_key,
+                dir_syncs: this.dir_syncs.clone(),
                 direct: AtomicBool::new(this.direct),
                 file,
+                marker,
+                // Its creation (or whatever an earlier run left unsynced) is a change.
+                changes: AtomicU64::new(1),
+                synced: AtomicU64::new(0),
                 committed: AtomicBool::new(committed),
                 verify: this.verify,
                 overwrite: this.overwrite,
             };
-            if resume && !temp_exists && began_commit && existing == Some((true, spec.size)) {
-                // Committed before an interruption: nothing left to write.
-                return Ok(writer(None, true));
+            if resume && !temp_exists && existing == Some((true, spec.size)) {
+                // A complete file and no temporary one: committed before an interruption
+                // when it carries this object's mark (or its state file says so).
+                let began_commit = writer::marked(&dir, &name, &temp)
+                    || match &spec.state_file {
+                        Some(p) => std::fs::read(p).is_ok_and(|b| b == COMMITTING),
+                        // Without a state file (direct use), a complete file counts as ours.
+                        None => true,
+                    };
+                if began_commit {
+                    return Ok(writer(None, writer::Marker::Xattr, true));
+                }
             }
             if existing.is_some() && !this.overwrite {
                 return Err(ConnectorError::Exists(spec.path.clone()));
@@ -381,16 +400,18 @@ impl Connector for LocalConnector {
                 .map_err(|e| resolve_err("creating", &this.root(), &spec.path, e))?;
             let file = File::from(fd);
             file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
-            Ok(writer(Some(Arc::new(file)), false))
+            let marker = writer::mark(&file, &temp, &temp_path)?;
+            Ok(writer(Some(Arc::new(file)), marker, false))
         })
         .await?;
         Ok(Arc::new(writer))
     }
 }
 
+mod dirsync;
 mod writer;
-pub use writer::DIRECT_ALIGN;
 use writer::LocalWriter;
+pub use writer::{COMMIT_XATTR, DIRECT_ALIGN};
 
 #[cfg(test)]
 #[path = "local_tests.rs"]

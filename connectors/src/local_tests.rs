@@ -215,7 +215,12 @@ async fn full_disk_is_reported_not_swallowed() {
         name: "full".into(),
         temp: "full".into(),
         dir: Arc::new(rustix::fs::open("/dev", OFlags::RDONLY, Mode::empty()).unwrap()),
+        dir_key: (0, 0),
+        dir_syncs: Arc::default(),
         file: Some(file),
+        marker: super::writer::Marker::StateFile,
+        changes: std::sync::atomic::AtomicU64::new(1),
+        synced: std::sync::atomic::AtomicU64::new(0),
         direct: AtomicBool::new(false),
         committed: AtomicBool::new(false),
         verify: VerifyMode::Size,
@@ -386,6 +391,68 @@ async fn resume_does_not_claim_a_file_it_never_renamed() {
         c.open(&s, true).await,
         Err(ConnectorError::Exists(_))
     ));
+}
+
+#[tokio::test]
+async fn resume_knows_its_own_commit_by_the_mark_and_writes_no_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let c = connector(&out);
+    let s = ObjectSpec {
+        state_file: Some(state.clone()),
+        ..spec("f", 2)
+    };
+    let w = c.open(&s, false).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+    w.sync().await.unwrap();
+    w.commit().await.unwrap();
+    drop(w);
+    // The mark replaced the state file (no file created, synced and renamed per object).
+    assert!(!state.exists());
+    let mut value = [0u8; 64];
+    let f = fs::File::open(out.join("f")).unwrap();
+    let n = rustix::fs::fgetxattr(&f, crate::COMMIT_XATTR, &mut value[..]).unwrap();
+    assert_eq!(&value[..n], s.temp_name().as_bytes());
+    // A commit retried after a restart finds it committed, not "exists".
+    let again = c.open(&s, true).await.unwrap();
+    assert_eq!(again.commit().await.unwrap().size, 2);
+    // Another job's object at that name is not this one's, mark or not.
+    let other = ObjectSpec {
+        job_id: "another-job".into(),
+        ..s.clone()
+    };
+    assert!(matches!(
+        c.open(&other, true).await,
+        Err(ConnectorError::Exists(_))
+    ));
+}
+
+#[tokio::test]
+async fn without_user_attributes_the_state_file_marks_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let s = ObjectSpec {
+        state_file: Some(state.clone()),
+        ..spec("f", 2)
+    };
+    let w = connector(&out).open(&s, false).await.unwrap();
+    w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+    drop(w);
+    // What a gateway on a file system without user attributes leaves at a crash after
+    // the rename: the file, unmarked, and the state file saying "committing".
+    fs::rename(out.join(s.temp_name()), out.join("f")).unwrap();
+    rustix::fs::removexattr(out.join("f"), crate::COMMIT_XATTR).unwrap();
+    assert!(matches!(
+        connector(&out).open(&s, true).await,
+        Err(ConnectorError::Exists(_))
+    ));
+    fs::write(&state, super::COMMITTING).unwrap();
+    let again = connector(&out).open(&s, true).await.unwrap();
+    assert_eq!(again.commit().await.unwrap().size, 2);
 }
 
 /// Local disk in a fresh directory, as the conformance suite sees it (the workspace's

@@ -7,13 +7,14 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use super::dirsync::{DirKey, DirSyncs};
 use super::{COMMITTING, blocking, hash_file, io, write_state};
 use crate::beneath::open_beneath;
 use crate::{Confirmation, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode};
@@ -35,15 +36,67 @@ pub(super) struct LocalWriter {
     /// File names inside `dir`.
     pub(super) name: String,
     pub(super) temp: String,
-    /// The object's directory, resolved once beneath the root.
+    /// The object's directory, resolved once beneath the root, and its key among the
+    /// connector's directory syncs.
     pub(super) dir: Arc<OwnedFd>,
+    pub(super) dir_key: DirKey,
+    /// The connector's directory syncs, shared by its writers' commits.
+    pub(super) dir_syncs: Arc<DirSyncs>,
     pub(super) file: Option<Arc<File>>,
+    /// How a resumed job will know this object's commit began (see [`Marker`]).
+    pub(super) marker: Marker,
+    /// Changes made to the file (its creation counts as one), and how many of them the
+    /// last completed sync covered: a commit syncs again only when they differ.
+    pub(super) changes: AtomicU64,
+    pub(super) synced: AtomicU64,
     /// Whether large aligned writes go with `O_DIRECT` (cleared when the file system
     /// refuses it).
     pub(super) direct: AtomicBool,
     pub(super) committed: AtomicBool,
     pub(super) verify: VerifyMode,
     pub(super) overwrite: bool,
+}
+
+/// The extended attribute a temporary file carries from its creation, naming it (its
+/// [`ObjectSpec::temp_name`]): kept through the rename, it tells a resumed job that a
+/// complete file under the final name is the one it renamed there, with no file of its own.
+pub const COMMIT_XATTR: &str = "user.trackshift.temp";
+
+/// How a resumed job recognises a file it committed itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Marker {
+    /// The file carries [`COMMIT_XATTR`] (set when it was created, synced with its data).
+    Xattr,
+    /// The file system keeps no user attributes: the object's state file says
+    /// "committing" (written and synced before the rename).
+    StateFile,
+}
+
+/// Marks the new temporary file `file` as `temp`: [`Marker::Xattr`], or
+/// [`Marker::StateFile`] where the file system keeps no user attributes.
+pub(super) fn mark(file: &File, temp: &str, temp_path: &Path) -> Result<Marker, ConnectorError> {
+    match rustix::fs::fsetxattr(
+        file,
+        COMMIT_XATTR,
+        temp.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        Ok(()) => Ok(Marker::Xattr),
+        Err(Errno::OPNOTSUPP | Errno::PERM) => Ok(Marker::StateFile),
+        Err(e) => Err(io("marking", temp_path)(e.into())),
+    }
+}
+
+/// Whether the file `name` in `dir` carries the mark of temporary file `temp`.
+pub(super) fn marked(dir: &OwnedFd, name: &str, temp: &str) -> bool {
+    let Ok(fd) = open_beneath(dir, name, OFlags::RDONLY, Mode::empty()) else {
+        return false;
+    };
+    let mut value = [0u8; 64];
+    matches!(
+        rustix::fs::fgetxattr(&fd, COMMIT_XATTR, &mut value[..]),
+        Ok(n) if &value[..n] == temp.as_bytes()
+    )
 }
 
 impl LocalWriter {
@@ -125,6 +178,7 @@ impl ObjectWriter for LocalWriter {
             Ok(refused)
         })
         .await?;
+        self.changes.fetch_add(1, Ordering::AcqRel);
         if refused {
             self.direct.store(false, Ordering::Relaxed);
         }
@@ -137,7 +191,13 @@ impl ObjectWriter for LocalWriter {
         }
         let file = self.file()?;
         let temp = self.temp_path.clone();
-        blocking(move || file.sync_data().map_err(io("syncing", &temp))).await
+        // What this sync covers: every change made before it starts.
+        let changes = self.changes.load(Ordering::Acquire);
+        // `fsync`, not `fdatasync`: the file's mark (an attribute) becomes durable with
+        // its data, so its commit needs no sync of its own.
+        blocking(move || file.sync_all().map_err(io("syncing", &temp))).await?;
+        self.synced.fetch_max(changes, Ordering::AcqRel);
+        Ok(())
     }
 
     async fn commit(&self) -> Result<Confirmation, ConnectorError> {
@@ -154,11 +214,17 @@ impl ObjectWriter for LocalWriter {
         let file = self.file()?;
         let (temp, temp_path, overwrite) =
             (self.temp.clone(), self.temp_path.clone(), self.overwrite);
+        let clean = self.synced.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire);
+        let (marker, dir_key, dir_syncs) = (self.marker, self.dir_key, self.dir_syncs.clone());
         let conf = blocking(move || {
-            file.sync_all().map_err(io("syncing", &temp_path))?;
+            if !clean {
+                file.sync_all().map_err(io("syncing", &temp_path))?;
+            }
             let len = file.metadata().map_err(io("checking", &temp_path))?.len();
             spec.check_size(len)?;
-            if let Some(state) = &spec.state_file {
+            if marker == Marker::StateFile
+                && let Some(state) = &spec.state_file
+            {
                 write_state(state, COMMITTING)?;
             }
             let flags = if overwrite {
@@ -171,8 +237,21 @@ impl ObjectWriter for LocalWriter {
                 Err(Errno::EXIST) => return Err(ConnectorError::Exists(spec.path.clone())),
                 Err(e) => return Err(io("renaming into place", &final_path)(e.into())),
             }
-            rustix::fs::fsync(&*dir).map_err(|e| io("syncing directory", &final_path)(e.into()))?;
-            Self::confirm(&dir, &name, &final_path, &spec, verify)
+            // Shared with the commits beside this one in the same directory.
+            dir_syncs
+                .sync(dir_key, &dir)
+                .map_err(|e| io("syncing directory", &final_path)(e.into()))?;
+            // The file under the final name is the one this writer holds open.
+            let blake3 = if verify == VerifyMode::Size {
+                None
+            } else {
+                Some(hash_open_file(&file, &final_path)?)
+            };
+            Ok(Confirmation {
+                size: len,
+                etag: None,
+                blake3,
+            })
         })
         .await?;
         self.committed.store(true, Ordering::Release);
@@ -209,6 +288,24 @@ impl ObjectWriter for LocalWriter {
             rustix::fs::fsync(&*dir).map_err(|e| io("syncing directory", &final_path)(e.into()))
         })
         .await
+    }
+}
+
+/// BLAKE3 of `file`, read back from the disk through its own descriptor (`pread`: the
+/// descriptor's offset is not used).
+fn hash_open_file(file: &File, path: &Path) -> Result<[u8; 32], ConnectorError> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file
+            .read_at(&mut buf, at)
+            .map_err(io("reading back", path))?;
+        if n == 0 {
+            return Ok(*h.finalize().as_bytes());
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
     }
 }
 

@@ -176,43 +176,69 @@ pub(super) async fn sign_finish(
 
 /// Commits every file of the job at destination `d` and checks what it confirms against
 /// the manifest's entries (size, and the read-back hash when there is one).
+/// Most files of a job committed at once at one destination.
+const COMMITS_AT_ONCE: usize = 32;
+
+/// Commits file `i` (`entry`) at destination `d` and checks what it confirms.
+async fn commit_file(
+    job: &Arc<HeldJob>,
+    d: usize,
+    i: u32,
+    entry: &trackshift_crypto::manifest::FileEntry,
+) -> Result<trackshift_connectors::Confirmation, GatewayError> {
+    let w = job.writer(d, i).await?;
+    let conf = w.commit().await;
+    // Committed (or failed): the writer need not stay open (`w` serves a removal).
+    job.close_writer(d, i, false).await;
+    let conf = conf?;
+    // The destination must hold what the manifest says: its size, and its hash when it
+    // read the object back.
+    let wrong = if conf.size != entry.size {
+        Some(trackshift_connectors::ConnectorError::SizeMismatch {
+            path: entry.path.clone(),
+            expected: entry.size,
+            actual: conf.size,
+        })
+    } else if conf.blake3.is_some_and(|seen| seen != entry.blake3.0) {
+        Some(trackshift_connectors::ConnectorError::HashMismatch {
+            path: entry.path.clone(),
+            what: "the BLAKE3 of the object read back differs from the file's".into(),
+        })
+    } else {
+        None
+    };
+    if let Some(e) = wrong {
+        // Wrong bytes do not stay under the final name: this writer takes back what it
+        // committed (never an object it did not create).
+        if let Err(re) = w.remove().await {
+            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, destination = %job.dests[d].connector.uri(), path = %entry.path, error = %re, "could not remove an object that failed verification");
+        }
+        return Err(e.into());
+    }
+    Ok(conf)
+}
+
 pub(super) async fn commit_dest(
     job: &Arc<HeldJob>,
     d: usize,
     entries: &[trackshift_crypto::manifest::FileEntry],
 ) -> Result<Confirmation, GatewayError> {
+    use futures::StreamExt as _;
+    // Side by side: a destination that syncs (local disk's directories, a remote's round
+    // trips) serves many commits at once.
+    let mut commits = futures::stream::FuturesOrdered::new();
+    let mut next = entries.iter().enumerate();
     let mut size = 0u64;
     let mut etag = None;
-    for (i, entry) in entries.iter().enumerate() {
-        let w = job.writer(d, i as u32).await?;
-        let conf = w.commit().await;
-        // Committed (or failed): the writer need not stay open (`w` serves a removal).
-        job.close_writer(d, i as u32, false).await;
-        let conf = conf?;
-        // The destination must hold what the manifest says: its size, and its hash when it
-        // read the object back.
-        let wrong = if conf.size != entry.size {
-            Some(trackshift_connectors::ConnectorError::SizeMismatch {
-                path: entry.path.clone(),
-                expected: entry.size,
-                actual: conf.size,
-            })
-        } else if conf.blake3.is_some_and(|seen| seen != entry.blake3.0) {
-            Some(trackshift_connectors::ConnectorError::HashMismatch {
-                path: entry.path.clone(),
-                what: "the BLAKE3 of the object read back differs from the file's".into(),
-            })
-        } else {
-            None
-        };
-        if let Some(e) = wrong {
-            // Wrong bytes do not stay under the final name: this writer takes back what
-            // it committed (never an object it did not create).
-            if let Err(re) = w.remove().await {
-                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, destination = %job.dests[d].connector.uri(), path = %entry.path, error = %re, "could not remove an object that failed verification");
-            }
-            return Err(e.into());
+    loop {
+        while commits.len() < COMMITS_AT_ONCE {
+            let Some((i, entry)) = next.next() else { break };
+            commits.push_back(commit_file(job, d, i as u32, entry));
         }
+        let Some(conf) = commits.next().await else {
+            break;
+        };
+        let conf = conf?;
         size += conf.size;
         if entries.len() == 1 {
             etag = conf.etag;
