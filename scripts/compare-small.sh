@@ -55,33 +55,34 @@ same() { # DIR: the copy holds exactly the source's files and bytes
     diff -rq "$src" "$1" >/dev/null || { echo "$2's copy differs from the source" >&2; exit 1; }
 }
 
+# Every copy goes to a directory of its own, removed only at the end: ext4 without a
+# journal passes over inodes freed in the last seconds when it allocates new ones, so a
+# contender writing just after another's copy was removed would pay for that removal.
 copy() {
-    local dst=$work/rclone-dst
-    rm -rf "$dst" && mkdir "$dst" && sync
+    local dst=$work/rclone-dst-$1
+    mkdir "$dst" && sync
     local timing
     # shellcheck disable=SC2086 # RCLONE_ARGS is a list of options
     timing=$({ /usr/bin/time -f '%e %U %S %M' bash -c "rclone copy ${RCLONE_ARGS:-} '$src' '$dst' && sync"; } 2>&1 | tail -1)
     read -r wall user sys maxrss <<<"$timing"
     same "$dst" rclone
     row "rclone copy ${RCLONE_ARGS:-}+ sync" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')" "$((maxrss / 1024)) MiB"
-    rm -rf "$dst" && sync
 }
 
 trackshift() {
-    local bin=${1:-$ts} label=${2:-trackshift} dst=$work/ts-dst
-    rm -rf "$dst" && mkdir "$dst" && sync
+    local bin=$2 label=$3 dst=$work/$3-dst-$1
+    mkdir "$dst" && sync
     ts_send "$bin" "file://$dst" "$src"
     same "$dst" "$label"
     row "$label ${TRACKSHIFT_SEND_ARGS:-}" "$wall" "$(awk -v u="$user" -v s="$sys" -v g="$gcpu" 'BEGIN { print u + s + g }')" "$((maxrss / 1024)) / $grss MiB"
-    rm -rf "$dst" && sync
 }
 
 echo "$count files of $size_kib KiB from the page cache to $(df --output=source "$work" | tail -1) ($(nproc) cores, $(date -u +%F), $(rclone version | head -1)), $rounds rounds, alternating"
 echo
 echo "| contender | wall | files/s | speed | CPU (all processes) | resident |"
 echo "|---|---|---|---|---|---|"
-for _ in $(seq 1 "$rounds"); do
-    copy
-    trackshift
-    if [ -n "${BASELINE:-}" ]; then trackshift "$BASELINE" "baseline"; fi
+for r in $(seq 1 "$rounds"); do
+    copy "$r"
+    trackshift "$r" "$ts" trackshift
+    if [ -n "${BASELINE:-}" ]; then trackshift "$r" "$BASELINE" baseline; fi
 done

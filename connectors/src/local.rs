@@ -221,20 +221,24 @@ impl LocalConnector {
     ) -> Result<(OwnedFd, &'p str), ConnectorError> {
         let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
         let mut cur = rustix::io::dup(root).map_err(|e| io("opening", &self.root())(e.into()))?;
+        let open = |cur: &OwnedFd, comp: &str| {
+            open_beneath(cur, comp, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        };
         for comp in dirs.split('/').filter(|c| !c.is_empty()) {
-            if create {
-                match rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(resolve_err("creating directory", &self.root(), dirs, e)),
+            // Opened when it is there (the usual case: one call), made when it is not.
+            let next = match open(&cur, comp) {
+                Err(Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(resolve_err("creating directory", &self.root(), dirs, e));
+                        }
+                    }
+                    open(&cur, comp)
                 }
-            }
-            cur = open_beneath(
-                &cur,
-                comp,
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                Mode::empty(),
-            )
-            .map_err(|e| resolve_err("opening directory", &self.root(), dirs, e))?;
+                r => r,
+            };
+            cur = next.map_err(|e| resolve_err("opening directory", &self.root(), dirs, e))?;
         }
         Ok((cur, name))
     }
@@ -399,8 +403,19 @@ impl Connector for LocalConnector {
             let fd = open_beneath(&dir, &temp, flags, Mode::from_raw_mode(0o644))
                 .map_err(|e| resolve_err("creating", &this.root(), &spec.path, e))?;
             let file = File::from(fd);
-            file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
-            let marker = writer::mark(&file, &temp, &temp_path)?;
+            // A temporary file resumed as it was left changes nothing (sizing or marking it
+            // again would make its next sync write its inode for nothing).
+            let resumed = resume && temp_exists;
+            let sized =
+                resumed && file.metadata().map_err(io("checking", &temp_path))?.len() == spec.size;
+            if !sized {
+                file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
+            }
+            let marker = if resumed && writer::marked_file(&file, &temp) {
+                writer::Marker::Xattr
+            } else {
+                writer::mark(&file, &temp, &temp_path)?
+            };
             Ok(writer(Some(Arc::new(file)), marker, false))
         })
         .await?;

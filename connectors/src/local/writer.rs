@@ -89,12 +89,14 @@ pub(super) fn mark(file: &File, temp: &str, temp_path: &Path) -> Result<Marker, 
 
 /// Whether the file `name` in `dir` carries the mark of temporary file `temp`.
 pub(super) fn marked(dir: &OwnedFd, name: &str, temp: &str) -> bool {
-    let Ok(fd) = open_beneath(dir, name, OFlags::RDONLY, Mode::empty()) else {
-        return false;
-    };
+    open_beneath(dir, name, OFlags::RDONLY, Mode::empty()).is_ok_and(|fd| marked_file(&fd, temp))
+}
+
+/// Whether `file` carries the mark of temporary file `temp`.
+pub(super) fn marked_file(file: impl std::os::fd::AsFd, temp: &str) -> bool {
     let mut value = [0u8; 64];
     matches!(
-        rustix::fs::fgetxattr(&fd, COMMIT_XATTR, &mut value[..]),
+        rustix::fs::fgetxattr(file, COMMIT_XATTR, &mut value[..]),
         Ok(n) if &value[..n] == temp.as_bytes()
     )
 }

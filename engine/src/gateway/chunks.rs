@@ -46,7 +46,7 @@ pub(super) async fn handle_chunk_stream(
         // already written, and the sender would wait for an ack that never comes.
         let _ = state.out.send(ServerFrame::JobFailed {
             handle: header.handle,
-            job_id: job.open().job_id,
+            job_id: job.job_id(),
             reason: reason.clone(),
             permanent: true,
         });
@@ -147,7 +147,7 @@ pub(super) async fn handle_chunk_stream(
         job.fail(reason.clone());
         let _ = state.out.send(ServerFrame::JobFailed {
             handle: header.handle,
-            job_id: job.open().job_id,
+            job_id: job.job_id(),
             reason,
             permanent: !matches!(&e, GatewayError::Connector(c) if c.is_transient()),
         });

@@ -354,7 +354,7 @@ pub(super) async fn control_loop(
                                 }
                             }
                         };
-                        let job_id = job.open().job_id;
+                        let job_id = job.job_id();
                         let ((), frames) = state.input(|s| s.finished(handle, job_id, outcome));
                         state.send(frames);
                     });
@@ -367,7 +367,7 @@ pub(super) async fn control_loop(
                     job.cancelled.store(true, Ordering::Relaxed);
                     job.fail(format!("cancelled: {reason}"));
                     abort_writers(&job).await;
-                    let key = (job.tenant.clone(), job.open().job_id);
+                    let key = (job.tenant.clone(), job.job_id());
                     shared.jobs.lock().expect("jobs lock").remove(&key);
                     let _ = fs::remove_dir_all(&job.dir);
                 }

@@ -81,13 +81,16 @@ impl HeldJob {
 
     /// What the connector of destination `dest` is told about file `file`.
     pub(super) fn spec(&self, dest: usize, file: u32) -> ObjectSpec {
-        let open = self.open();
-        let f = &open.files[file as usize];
         let state = if dest == 0 {
             format!("upload-{file}.json")
         } else {
             format!("upload-{dest}-{file}.json")
         };
+        // Only what this file needs, under the lock: not a copy of the whole job (a job
+        // of many files would copy every file's entry for each file it opens).
+        let held = self.state.lock().expect("job lock");
+        let open = held.open();
+        let f = &open.files[file as usize];
         ObjectSpec {
             tenant: self.tenant.clone(),
             job_id: open.job_id.clone(),
@@ -96,6 +99,11 @@ impl HeldJob {
             chunk_size: open.chunk_size,
             state_file: Some(self.dir.join(state)),
         }
+    }
+
+    /// The job's id.
+    pub(super) fn job_id(&self) -> String {
+        self.state.lock().expect("job lock").open().job_id.clone()
     }
 
     pub(super) async fn writer(

@@ -138,7 +138,7 @@ pub(super) async fn committer(
                 for p in &batch {
                     let _ = p.reply.send(ServerFrame::JobFailed {
                         handle: p.handle,
-                        job_id: job.open().job_id,
+                        job_id: job.job_id(),
                         reason: reason.clone(),
                         permanent: false,
                     });

@@ -95,6 +95,7 @@ pub(super) async fn sign_finish(
     // Commit every live destination; a destination that fails here is dropped like one
     // that failed a write (or fails the job, in strict mode or when it is the only one).
     let mut outcomes: Vec<Result<Confirmation, String>> = Vec::with_capacity(job.dests.len());
+    let started = std::time::Instant::now();
     for d in 0..job.dests.len() {
         if let Some(reason) = job.dests[d].failed.lock().expect("dest lock").clone() {
             outcomes.push(Err(reason));
@@ -112,6 +113,7 @@ pub(super) async fn sign_finish(
             }
         }
     }
+    debug!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, files = entries.len(), ms = started.elapsed().as_millis() as u64, "destinations committed");
     let now = Timestamp::now();
     let mut manifest = Manifest::new(
         open.job_id.clone(),
