@@ -179,7 +179,7 @@ pub(super) async fn sign_finish(
 /// Commits every file of the job at destination `d` and checks what it confirms against
 /// the manifest's entries (size, and the read-back hash when there is one).
 /// Most files of a job committed at once at one destination.
-const COMMITS_AT_ONCE: usize = 32;
+const COMMITS_AT_ONCE: usize = 128;
 
 /// Commits file `i` (`entry`) at destination `d` and checks what it confirms.
 async fn commit_file(
