@@ -393,17 +393,24 @@ async fn resume_does_not_claim_a_file_it_never_renamed() {
     ));
 }
 
-#[tokio::test]
-async fn resume_knows_its_own_commit_by_the_mark_and_writes_no_state_file() {
+/// A destination directory `out` beside a job's `state` file, and a 2-byte object `f`
+/// whose spec names that state file.
+fn with_state_file() -> (tempfile::TempDir, PathBuf, PathBuf, ObjectSpec) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let out = dir.path().join("out");
     fs::create_dir(&out).unwrap();
-    let c = connector(&out);
     let s = ObjectSpec {
         state_file: Some(state.clone()),
         ..spec("f", 2)
     };
+    (dir, state, out, s)
+}
+
+#[tokio::test]
+async fn resume_knows_its_own_commit_by_the_mark_and_writes_no_state_file() {
+    let (_dir, state, out, s) = with_state_file();
+    let c = connector(&out);
     let w = c.open(&s, false).await.unwrap();
     w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
     w.sync().await.unwrap();
@@ -431,14 +438,7 @@ async fn resume_knows_its_own_commit_by_the_mark_and_writes_no_state_file() {
 
 #[tokio::test]
 async fn without_user_attributes_the_state_file_marks_the_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
-    let out = dir.path().join("out");
-    fs::create_dir(&out).unwrap();
-    let s = ObjectSpec {
-        state_file: Some(state.clone()),
-        ..spec("f", 2)
-    };
+    let (_dir, state, out, s) = with_state_file();
     let w = connector(&out).open(&s, false).await.unwrap();
     w.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
     drop(w);

@@ -164,13 +164,21 @@ pub(super) async fn commit_batch(
         // time of one.
         let mut syncs = futures::stream::FuturesUnordered::new();
         let mut next = files.iter();
+        let mut failed = None;
         loop {
-            while syncs.len() < SYNCS_AT_ONCE {
+            while failed.is_none() && syncs.len() < SYNCS_AT_ONCE {
                 let Some(&f) = next.next() else { break };
                 syncs.push(job.sync_all(f));
             }
             let Some(r) = syncs.next().await else { break };
-            r?;
+            // The syncs under way finish (a failing one drops its destination
+            // completely), none is dropped halfway.
+            if let Err(e) = r {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     let mut records = Vec::with_capacity(batch.len() * protocol::LOG_RECORD_LEN);

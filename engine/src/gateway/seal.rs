@@ -232,19 +232,31 @@ pub(super) async fn commit_dest(
     let mut next = entries.iter().enumerate();
     let mut size = 0u64;
     let mut etag = None;
+    let mut failed = None;
     loop {
-        while commits.len() < COMMITS_AT_ONCE {
+        while failed.is_none() && commits.len() < COMMITS_AT_ONCE {
             let Some((i, entry)) = next.next() else { break };
             commits.push_back(commit_file(job, d, i as u32, entry));
         }
         let Some(conf) = commits.next().await else {
             break;
         };
-        let conf = conf?;
-        size += conf.size;
-        if entries.len() == 1 {
-            etag = conf.etag;
+        // After a failure no commit starts, and those under way finish (each removing
+        // its object if it fails verification too): none is dropped halfway.
+        match conf {
+            Ok(conf) => {
+                size += conf.size;
+                if entries.len() == 1 {
+                    etag = conf.etag;
+                }
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     // The job's root hash is set once the manifest is built.
     Ok(Confirmation {
