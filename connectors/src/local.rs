@@ -358,8 +358,6 @@ impl Connector for LocalConnector {
             };
             let temp_exists = stat(&temp)?.is_some();
             let existing = stat(&name)?;
-            let dir_key = dirsync::dir_key(&dir)
-                .map_err(|e| resolve_err("checking", &this.root(), &spec.path, e))?;
             let dir = Arc::new(dir);
             let writer = |file: Option<Arc<File>>, marker, committed| LocalWriter {
                 spec: spec.clone(),
@@ -368,7 +366,6 @@ impl Connector for LocalConnector {
                 name: name.clone(),
                 temp: temp.clone(),
                 dir: dir.clone(),
-                dir_key,
                 dir_syncs: this.dir_syncs.clone(),
                 direct: AtomicBool::new(this.direct),
                 file,

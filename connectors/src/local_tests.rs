@@ -215,7 +215,6 @@ async fn full_disk_is_reported_not_swallowed() {
         name: "full".into(),
         temp: "full".into(),
         dir: Arc::new(rustix::fs::open("/dev", OFlags::RDONLY, Mode::empty()).unwrap()),
-        dir_key: (0, 0),
         dir_syncs: Arc::default(),
         file: Some(file),
         marker: super::writer::Marker::StateFile,

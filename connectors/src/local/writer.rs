@@ -14,7 +14,7 @@ use bytes::Bytes;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::dirsync::{DirKey, DirSyncs};
+use super::dirsync::{DirSyncs, dir_key};
 use super::{COMMITTING, blocking, hash_file, io, write_state};
 use crate::beneath::open_beneath;
 use crate::{Confirmation, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode};
@@ -36,10 +36,8 @@ pub(super) struct LocalWriter {
     /// File names inside `dir`.
     pub(super) name: String,
     pub(super) temp: String,
-    /// The object's directory, resolved once beneath the root, and its key among the
-    /// connector's directory syncs.
+    /// The object's directory, resolved once beneath the root.
     pub(super) dir: Arc<OwnedFd>,
-    pub(super) dir_key: DirKey,
     /// The connector's directory syncs, shared by its writers' commits.
     pub(super) dir_syncs: Arc<DirSyncs>,
     pub(super) file: Option<Arc<File>>,
@@ -217,7 +215,7 @@ impl ObjectWriter for LocalWriter {
         let (temp, temp_path, overwrite) =
             (self.temp.clone(), self.temp_path.clone(), self.overwrite);
         let clean = self.synced.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire);
-        let (marker, dir_key, dir_syncs) = (self.marker, self.dir_key, self.dir_syncs.clone());
+        let (marker, dir_syncs) = (self.marker, self.dir_syncs.clone());
         let conf = blocking(move || {
             if !clean {
                 file.sync_all().map_err(io("syncing", &temp_path))?;
@@ -240,14 +238,18 @@ impl ObjectWriter for LocalWriter {
                 Err(e) => return Err(io("renaming into place", &final_path)(e.into())),
             }
             // Shared with the commits beside this one in the same directory.
-            dir_syncs
-                .sync(dir_key, &dir)
+            dir_key(&dir)
+                .and_then(|key| dir_syncs.sync(key, &dir))
                 .map_err(|e| io("syncing directory", &final_path)(e.into()))?;
             // The file under the final name is the one this writer holds open.
             let blake3 = if verify == VerifyMode::Size {
                 None
             } else {
-                Some(hash_open_file(&file, &final_path)?)
+                // A second descriptor of this writer's file, read from its start (writes
+                // are positioned, so only an earlier read back could have moved it).
+                let mut own = file.try_clone().map_err(io("reading back", &final_path))?;
+                std::io::Seek::rewind(&mut own).map_err(io("reading back", &final_path))?;
+                Some(hash_file(own, &final_path)?.1)
             };
             Ok(Confirmation {
                 size: len,
@@ -290,24 +292,6 @@ impl ObjectWriter for LocalWriter {
             rustix::fs::fsync(&*dir).map_err(|e| io("syncing directory", &final_path)(e.into()))
         })
         .await
-    }
-}
-
-/// BLAKE3 of `file`, read back from the disk through its own descriptor (`pread`: the
-/// descriptor's offset is not used).
-fn hash_open_file(file: &File, path: &Path) -> Result<[u8; 32], ConnectorError> {
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        let n = file
-            .read_at(&mut buf, at)
-            .map_err(io("reading back", path))?;
-        if n == 0 {
-            return Ok(*h.finalize().as_bytes());
-        }
-        h.update(&buf[..n]);
-        at += n as u64;
     }
 }
 

@@ -158,29 +158,14 @@ pub(super) async fn commit_batch(
     let mut files: Vec<u32> = batch.iter().map(|p| p.chunk.file).collect();
     files.sort_unstable();
     files.dedup();
-    {
-        use futures::StreamExt as _;
-        // Side by side: the disk and its file system take many syncs at once in about the
-        // time of one.
-        let mut syncs = futures::stream::FuturesUnordered::new();
-        let mut next = files.iter();
-        let mut failed = None;
-        loop {
-            while failed.is_none() && syncs.len() < SYNCS_AT_ONCE {
-                let Some(&f) = next.next() else { break };
-                syncs.push(job.sync_all(f));
-            }
-            let Some(r) = syncs.next().await else { break };
-            // The syncs under way finish (a failing one drops its destination
-            // completely), none is dropped halfway.
-            if let Err(e) = r {
-                failed.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-    }
+    // Side by side: the disk and its file system take many syncs at once in about the time
+    // of one; a failing sync drops its destination completely before the error returns.
+    bounded(
+        files.iter().map(|&f| job.sync_all(f)),
+        SYNCS_AT_ONCE,
+        |()| {},
+    )
+    .await?;
     let mut records = Vec::with_capacity(batch.len() * protocol::LOG_RECORD_LEN);
     for p in batch {
         records.extend_from_slice(&protocol::encode_log_record(p.chunk, &p.hash));

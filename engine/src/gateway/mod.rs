@@ -174,6 +174,33 @@ impl GatewayError {
     }
 }
 
+/// Runs the futures `work` yields, at most `at_once` at a time, handing each result to
+/// `each`. After the first error no further one starts and those under way finish (none is
+/// dropped halfway, each cleans up after itself); that error is returned.
+async fn bounded<T, F: std::future::Future<Output = Result<T, GatewayError>>>(
+    mut work: impl Iterator<Item = F>,
+    at_once: usize,
+    mut each: impl FnMut(T),
+) -> Result<(), GatewayError> {
+    use futures::StreamExt as _;
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut failed = None;
+    loop {
+        while failed.is_none() && running.len() < at_once {
+            let Some(f) = work.next() else { break };
+            running.push(f);
+        }
+        match running.next().await {
+            None => break,
+            Some(Ok(t)) => each(t),
+            Some(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
 fn io<'a>(
     action: &'static str,
     path: &'a Path,

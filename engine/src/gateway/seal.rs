@@ -225,39 +225,21 @@ pub(super) async fn commit_dest(
     d: usize,
     entries: &[trackshift_crypto::manifest::FileEntry],
 ) -> Result<Confirmation, GatewayError> {
-    use futures::StreamExt as _;
     // Side by side: a destination that syncs (local disk's directories, a remote's round
-    // trips) serves many commits at once.
-    let mut commits = futures::stream::FuturesOrdered::new();
-    let mut next = entries.iter().enumerate();
-    let mut size = 0u64;
-    let mut etag = None;
-    let mut failed = None;
-    loop {
-        while failed.is_none() && commits.len() < COMMITS_AT_ONCE {
-            let Some((i, entry)) = next.next() else { break };
-            commits.push_back(commit_file(job, d, i as u32, entry));
+    // trips) serves many commits at once; after a failure those under way finish (each
+    // removing its object if it fails verification too).
+    let (mut size, mut etag) = (0u64, None);
+    let commits = entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| commit_file(job, d, i as u32, entry));
+    bounded(commits, COMMITS_AT_ONCE, |conf| {
+        size += conf.size;
+        if entries.len() == 1 {
+            etag = conf.etag;
         }
-        let Some(conf) = commits.next().await else {
-            break;
-        };
-        // After a failure no commit starts, and those under way finish (each removing
-        // its object if it fails verification too): none is dropped halfway.
-        match conf {
-            Ok(conf) => {
-                size += conf.size;
-                if entries.len() == 1 {
-                    etag = conf.etag;
-                }
-            }
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    })
+    .await?;
     // The job's root hash is set once the manifest is built.
     Ok(Confirmation {
         size,
