@@ -3,10 +3,12 @@
 //! Each object is written to a temporary file beside its final name, named by
 //! [`ObjectSpec::temp_name`] (one per tenant, job and path, in names no tenant file may
 //! take) and marked with it ([`COMMIT_XATTR`], so a resumed job knows a file it renamed),
-//! synced with `fsync` on [`ObjectWriter::sync`], and on commit synced if anything changed
-//! since, size-checked, renamed into place and the directory synced (one sync for the
-//! commits side by side in that directory), so the final name only ever shows a complete
-//! file. The rename never replaces an object the job did not create
+//! made durable on [`ObjectWriter::sync`], and on commit synced again if anything changed
+//! since, size-checked, renamed into place and the rename made durable, so the final name
+//! only ever shows a complete file. Syncs and commits requested side by side run in
+//! batches, one blocking thread each (`local/batch.rs`): a batch with enough files on one
+//! file system makes them durable with one `syncfs`, else each file gets its `fsync` and
+//! each directory one `fsync` (`local/filesync.rs`). The rename never replaces an object the job did not create
 //! (`renameat2(RENAME_NOREPLACE)`), unless the destination says `overwrite=true`.
 //!
 //! Every path is resolved at the moment of use beneath the directory the operator vouches
@@ -80,8 +82,9 @@ pub struct LocalConnector {
     verify: VerifyMode,
     overwrite: bool,
     direct: bool,
-    /// Directory syncs its writers' commits share.
-    dir_syncs: Arc<dirsync::DirSyncs>,
+    /// File syncs and commits its writers share.
+    syncs: Arc<batch::Batcher<filesync::FileSyncs>>,
+    commits: Arc<batch::Batcher<writer::Commits>>,
 }
 
 impl LocalConnector {
@@ -94,6 +97,7 @@ impl LocalConnector {
                 "file:// destinations need an absolute path, got {root:?}"
             )));
         }
+        let fs = Arc::<filesync::SyncFs>::default();
         Ok(Self {
             uri: format!("file://{root}"),
             trusted: path,
@@ -101,7 +105,8 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: false,
             direct: true,
-            dir_syncs: Arc::default(),
+            syncs: Arc::new(batch::Batcher::new(filesync::FileSyncs { fs: fs.clone() })),
+            commits: Arc::new(batch::Batcher::new(writer::Commits { fs })),
         })
     }
 
@@ -114,6 +119,7 @@ impl LocalConnector {
             )));
         }
         let (trusted, sub) = dest.segments().split_at(dest.trusted_segments());
+        let fs = Arc::<filesync::SyncFs>::default();
         Ok(Self {
             uri: dest.to_string(),
             trusted: PathBuf::from(format!("/{}", trusted.join("/"))),
@@ -121,7 +127,8 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: dest.overwrite(),
             direct: true,
-            dir_syncs: Arc::default(),
+            syncs: Arc::new(batch::Batcher::new(filesync::FileSyncs { fs: fs.clone() })),
+            commits: Arc::new(batch::Batcher::new(writer::Commits { fs })),
         })
     }
 
@@ -359,15 +366,18 @@ impl Connector for LocalConnector {
             let temp_exists = stat(&temp)?.is_some();
             let existing = stat(&name)?;
             let dir = Arc::new(dir);
-            let writer = |file: Option<Arc<File>>, marker, committed| LocalWriter {
+            let writer = |file: Option<Arc<File>>, dev, opened, marker, committed| LocalWriter {
                 spec: spec.clone(),
                 final_path: final_path.clone(),
                 temp_path: temp_path.clone(),
                 name: name.clone(),
                 temp: temp.clone(),
                 dir: dir.clone(),
-                dir_syncs: this.dir_syncs.clone(),
+                syncs: this.syncs.clone(),
+                commits: this.commits.clone(),
                 direct: AtomicBool::new(this.direct),
+                dev,
+                opened,
                 file,
                 marker,
                 // Its creation (or whatever an earlier run left unsynced) is a change.
@@ -387,7 +397,7 @@ impl Connector for LocalConnector {
                         None => true,
                     };
                 if began_commit {
-                    return Ok(writer(None, writer::Marker::Xattr, true));
+                    return Ok(writer(None, 0, 0, writer::Marker::Xattr, true));
                 }
             }
             if existing.is_some() && !this.overwrite {
@@ -397,14 +407,16 @@ impl Connector for LocalConnector {
             if !resume {
                 flags |= OFlags::TRUNC;
             }
+            // Before the file is opened, so before anything is written to it.
+            let opened = filesync::next_opened();
             let fd = open_beneath(&dir, &temp, flags, Mode::from_raw_mode(0o644))
                 .map_err(|e| resolve_err("creating", &this.root(), &spec.path, e))?;
+            let st = rustix::fs::fstat(&fd).map_err(|e| io("checking", &temp_path)(e.into()))?;
             let file = File::from(fd);
             // A temporary file resumed as it was left changes nothing (sizing or marking it
             // again would make its next sync write its inode for nothing).
             let resumed = resume && temp_exists;
-            let sized =
-                resumed && file.metadata().map_err(io("checking", &temp_path))?.len() == spec.size;
+            let sized = resumed && u64::try_from(st.st_size).ok() == Some(spec.size);
             if !sized {
                 file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
             }
@@ -413,16 +425,24 @@ impl Connector for LocalConnector {
             } else {
                 writer::mark(&file, &temp, &temp_path)?
             };
-            Ok(writer(Some(Arc::new(file)), marker, false))
+            Ok(writer(
+                Some(Arc::new(file)),
+                st.st_dev,
+                opened,
+                marker,
+                false,
+            ))
         })
         .await?;
         Ok(Arc::new(writer))
     }
 }
 
-mod dirsync;
+mod batch;
+mod filesync;
 mod writer;
 use writer::LocalWriter;
+
 pub use writer::{COMMIT_XATTR, DIRECT_ALIGN};
 
 #[cfg(test)]

@@ -215,8 +215,11 @@ async fn full_disk_is_reported_not_swallowed() {
         name: "full".into(),
         temp: "full".into(),
         dir: Arc::new(rustix::fs::open("/dev", OFlags::RDONLY, Mode::empty()).unwrap()),
-        dir_syncs: Arc::default(),
+        syncs: Arc::new(super::batch::Batcher::new(Default::default())),
+        commits: Arc::new(super::batch::Batcher::new(Default::default())),
         file: Some(file),
+        dev: 0,
+        opened: 0,
         marker: super::writer::Marker::StateFile,
         changes: std::sync::atomic::AtomicU64::new(1),
         synced: std::sync::atomic::AtomicU64::new(0),
@@ -510,4 +513,80 @@ async fn local_disk_keeps_the_connector_contract() {
         }
     }
     assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+/// Opens `n` files of 4 KiB under `a/` at `c`, each written with its own bytes.
+async fn written(c: &LocalConnector, n: usize) -> Vec<Arc<dyn ObjectWriter>> {
+    let mut ws = Vec::new();
+    for i in 0..n {
+        let w = c
+            .open(&spec(&format!("a/f{i}"), 4096), false)
+            .await
+            .unwrap();
+        w.write_at(0, Bytes::from(vec![i as u8; 4096]))
+            .await
+            .unwrap();
+        ws.push(w);
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_side_by_side_share_a_syncfs_and_after_a_failed_one_each_file_syncs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path());
+    let fs_syncs = c.syncs.batch().fs.clone();
+    let ws = written(&c, 64).await;
+    let all = futures::future::join_all(ws.iter().map(|w| w.sync())).await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    let calls = fs_syncs.calls();
+    // 64 syncs side by side: at least one batch of 8 or more files took one syncfs.
+    assert!((1..=8).contains(&calls), "{calls} syncfs calls");
+
+    // A write-back error reported by syncfs: the group's files are synced one by one
+    // (here they all succeed), and the connector gives up syncfs for good.
+    fs_syncs
+        .fail_next
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in &ws {
+        w.write_at(0, Bytes::from(vec![9u8; 4096])).await.unwrap();
+    }
+    let all = futures::future::join_all(ws.iter().map(|w| w.sync())).await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    let after_failure = fs_syncs.calls();
+    assert!(after_failure > calls, "the failing syncfs was made");
+    let all = futures::future::join_all(ws.iter().map(|w| w.sync())).await;
+    assert!(all.iter().all(Result::is_ok));
+    assert_eq!(
+        fs_syncs.calls(),
+        after_failure,
+        "no syncfs after a failed one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_side_by_side_each_publish_their_own_file_and_confirm_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path()).with_verify(VerifyMode::Full);
+    let ws = written(&c, 40).await;
+    // One of them is taken: its commit alone fails, the others publish.
+    fs::create_dir_all(dir.path().join("a")).unwrap();
+    fs::write(dir.path().join("a/f7"), b"someone else's").unwrap();
+    let confs = futures::future::join_all(ws.iter().map(|w| w.commit())).await;
+    for (i, conf) in confs.into_iter().enumerate() {
+        let path = dir.path().join(format!("a/f{i}"));
+        if i == 7 {
+            assert!(matches!(conf, Err(ConnectorError::Exists(_))), "{conf:?}");
+            assert_eq!(fs::read(&path).unwrap(), b"someone else's");
+            continue;
+        }
+        let conf = conf.unwrap();
+        assert_eq!(conf.size, 4096);
+        let bytes = vec![i as u8; 4096];
+        assert_eq!(conf.blake3, Some(*blake3::hash(&bytes).as_bytes()));
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+    // Nothing temporary is left but the refused file's.
+    let left: Vec<_> = fs::read_dir(dir.path().join("a")).unwrap().collect();
+    assert_eq!(left.len(), 41);
 }

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::dirsync::{DirSyncs, dir_key};
+use super::batch::{Batch, Batcher};
+use super::filesync::{FileSyncs, SyncFs, SyncOp};
 use super::{COMMITTING, blocking, hash_file, io, write_state};
 use crate::beneath::open_beneath;
 use crate::{Confirmation, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode};
@@ -38,9 +39,14 @@ pub(super) struct LocalWriter {
     pub(super) temp: String,
     /// The object's directory, resolved once beneath the root.
     pub(super) dir: Arc<OwnedFd>,
-    /// The connector's directory syncs, shared by its writers' commits.
-    pub(super) dir_syncs: Arc<DirSyncs>,
+    /// The connector's file syncs and commits, shared by its writers.
+    pub(super) syncs: Arc<Batcher<FileSyncs>>,
+    pub(super) commits: Arc<Batcher<Commits>>,
     pub(super) file: Option<Arc<File>>,
+    /// The file's file system (`st_dev`) and place in the order files were opened
+    /// (see [`SyncOp`]).
+    pub(super) dev: u64,
+    pub(super) opened: u64,
     /// How a resumed job will know this object's commit began (see [`Marker`]).
     pub(super) marker: Marker,
     /// Changes made to the file (its creation counts as one), and how many of them the
@@ -189,13 +195,18 @@ impl ObjectWriter for LocalWriter {
         if self.committed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let file = self.file()?;
-        let temp = self.temp_path.clone();
+        let op = SyncOp {
+            file: self.file()?,
+            path: self.temp_path.clone(),
+            dev: self.dev,
+            opened: self.opened,
+        };
         // What this sync covers: every change made before it starts.
         let changes = self.changes.load(Ordering::Acquire);
-        // `fsync`, not `fdatasync`: the file's mark (an attribute) becomes durable with
-        // its data, so its commit needs no sync of its own.
-        blocking(move || file.sync_all().map_err(io("syncing", &temp))).await?;
+        // With the syncs beside it: `syncfs` or `fsync`, not `fdatasync`: the file's mark
+        // (an attribute) becomes durable with its data, so its commit needs no sync of its
+        // own.
+        self.syncs.run(op).await?;
         self.synced.fetch_max(changes, Ordering::AcqRel);
         Ok(())
     }
@@ -211,53 +222,23 @@ impl ObjectWriter for LocalWriter {
         if self.committed.load(Ordering::Acquire) {
             return blocking(move || Self::confirm(&dir, &name, &final_path, &spec, verify)).await;
         }
-        let file = self.file()?;
-        let (temp, temp_path, overwrite) =
-            (self.temp.clone(), self.temp_path.clone(), self.overwrite);
-        let clean = self.synced.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire);
-        let (marker, dir_syncs) = (self.marker, self.dir_syncs.clone());
-        let conf = blocking(move || {
-            if !clean {
-                file.sync_all().map_err(io("syncing", &temp_path))?;
-            }
-            let len = file.metadata().map_err(io("checking", &temp_path))?.len();
-            spec.check_size(len)?;
-            if marker == Marker::StateFile
-                && let Some(state) = &spec.state_file
-            {
-                write_state(state, COMMITTING)?;
-            }
-            let flags = if overwrite {
-                RenameFlags::empty()
-            } else {
-                RenameFlags::NOREPLACE
-            };
-            match rustix::fs::renameat_with(&*dir, &temp, &*dir, &name, flags) {
-                Ok(()) => {}
-                Err(Errno::EXIST) => return Err(ConnectorError::Exists(spec.path.clone())),
-                Err(e) => return Err(io("renaming into place", &final_path)(e.into())),
-            }
-            // Shared with the commits beside this one in the same directory.
-            dir_key(&dir)
-                .and_then(|key| dir_syncs.sync(key, &dir))
-                .map_err(|e| io("syncing directory", &final_path)(e.into()))?;
-            // The file under the final name is the one this writer holds open.
-            let blake3 = if verify == VerifyMode::Size {
-                None
-            } else {
-                // A second descriptor of this writer's file, read from its start (writes
-                // are positioned, so only an earlier read back could have moved it).
-                let mut own = file.try_clone().map_err(io("reading back", &final_path))?;
-                std::io::Seek::rewind(&mut own).map_err(io("reading back", &final_path))?;
-                Some(hash_file(own, &final_path)?.1)
-            };
-            Ok(Confirmation {
-                size: len,
-                etag: None,
-                blake3,
-            })
-        })
-        .await?;
+        let op = CommitOp {
+            file: self.file()?,
+            dir,
+            temp: self.temp.clone(),
+            temp_path: self.temp_path.clone(),
+            name,
+            final_path,
+            spec,
+            verify,
+            overwrite: self.overwrite,
+            clean: self.synced.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire),
+            marker: self.marker,
+            dev: self.dev,
+            opened: self.opened,
+        };
+        // With the commits beside it (see [`Commits`]).
+        let conf = self.commits.run(op).await?;
         self.committed.store(true, Ordering::Release);
         Ok(conf)
     }
@@ -292,6 +273,144 @@ impl ObjectWriter for LocalWriter {
             rustix::fs::fsync(&*dir).map_err(|e| io("syncing directory", &final_path)(e.into()))
         })
         .await
+    }
+}
+
+/// A directory as a batch of commits knows it: device and inode.
+type DirKey = (u64, u64);
+
+/// The key of directory `dir`.
+fn dir_key(dir: &OwnedFd) -> Result<DirKey, Errno> {
+    let st = rustix::fs::fstat(dir)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// One writer's commit, as a batch of [`Commits`] runs it.
+pub(super) struct CommitOp {
+    file: Arc<File>,
+    dir: Arc<OwnedFd>,
+    temp: String,
+    temp_path: PathBuf,
+    name: String,
+    final_path: PathBuf,
+    spec: ObjectSpec,
+    verify: VerifyMode,
+    overwrite: bool,
+    /// Nothing changed since the file's last sync.
+    clean: bool,
+    marker: Marker,
+    dev: u64,
+    opened: u64,
+}
+
+impl CommitOp {
+    /// Checks the file's size, marks the commit (state-file marker) and renames the file
+    /// into place (once it is durable); its size.
+    fn rename(&self) -> Result<u64, ConnectorError> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(io("checking", &self.temp_path))?
+            .len();
+        self.spec.check_size(len)?;
+        if self.marker == Marker::StateFile
+            && let Some(state) = &self.spec.state_file
+        {
+            write_state(state, COMMITTING)?;
+        }
+        let flags = if self.overwrite {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        match rustix::fs::renameat_with(&*self.dir, &self.temp, &*self.dir, &self.name, flags) {
+            Ok(()) => Ok(len),
+            Err(Errno::EXIST) => Err(ConnectorError::Exists(self.spec.path.clone())),
+            Err(e) => Err(io("renaming into place", &self.final_path)(e.into())),
+        }
+    }
+
+    /// What the renamed, durable file confirms: its size, and its hash read back.
+    fn confirm(&self, len: u64) -> Result<Confirmation, ConnectorError> {
+        // The file under the final name is the one this writer holds open.
+        let blake3 = if self.verify == VerifyMode::Size {
+            None
+        } else {
+            // A second descriptor of this writer's file, read from its start (writes are
+            // positioned, so only an earlier read back could have moved it).
+            let mut own = self
+                .file
+                .try_clone()
+                .map_err(io("reading back", &self.final_path))?;
+            std::io::Seek::rewind(&mut own).map_err(io("reading back", &self.final_path))?;
+            Some(hash_file(own, &self.final_path)?.1)
+        };
+        Ok(Confirmation {
+            size: len,
+            etag: None,
+            blake3,
+        })
+    }
+}
+
+/// The commits of one connector's files, run as a [`Batch`]: each file renamed into
+/// place, then every rename made durable together (one `syncfs` where enough of them
+/// share a file system, else one `fsync` per directory), then each file read back.
+#[derive(Debug, Default)]
+pub(super) struct Commits {
+    pub(super) fs: Arc<SyncFs>,
+}
+
+impl Batch for Commits {
+    type Op = CommitOp;
+    type Out = Result<Confirmation, ConnectorError>;
+
+    fn run(&self, ops: Vec<CommitOp>) -> Vec<Self::Out> {
+        // Files that changed since their last sync (or were reopened: that counts as a
+        // change) are made durable before they get their final name.
+        let dirty: Vec<usize> = (0..ops.len()).filter(|&i| !ops[i].clean).collect();
+        let synced = self.fs.sync_groups(dirty.iter().map(|&i| {
+            let op = &ops[i];
+            (&*op.file, op.dev, op.opened, op.temp_path.as_path())
+        }));
+        let mut unsynced: Vec<Option<std::io::Error>> = (0..ops.len()).map(|_| None).collect();
+        for (&i, synced) in dirty.iter().zip(synced) {
+            if !synced && let Err(e) = ops[i].file.sync_all() {
+                unsynced[i] = Some(e);
+            }
+        }
+        let mut out: Vec<_> = ops
+            .iter()
+            .zip(unsynced)
+            .map(|(op, failed)| match failed {
+                Some(e) => Err(io("syncing", &op.temp_path)(e)),
+                None => op.rename(),
+            })
+            .collect();
+        let renamed: Vec<usize> = (0..ops.len()).filter(|&i| out[i].is_ok()).collect();
+        let durable = self.fs.sync_groups(renamed.iter().map(|&i| {
+            let op = &ops[i];
+            (&*op.file, op.dev, op.opened, op.final_path.as_path())
+        }));
+        let mut dirs: std::collections::HashMap<DirKey, Result<(), Errno>> = Default::default();
+        for (&i, durable) in renamed.iter().zip(durable) {
+            if durable {
+                continue;
+            }
+            let op = &ops[i];
+            let synced = dir_key(&op.dir).and_then(|key| {
+                *dirs
+                    .entry(key)
+                    .or_insert_with(|| rustix::fs::fsync(&*op.dir))
+            });
+            if let Err(e) = synced {
+                out[i] = Err(io("syncing directory", &op.final_path)(e.into()));
+            }
+        }
+        ops.iter()
+            .zip(out)
+            .map(|(op, len)| len.and_then(|len| op.confirm(len)))
+            .collect()
     }
 }
 

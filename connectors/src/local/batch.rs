@@ -1,0 +1,176 @@
+//! Blocking work on local files, gathered into batches: requests made side by side queue,
+//! and one blocking thread runs every request queued so far in one go, then the next
+//! ones, until the queue is empty (a group commit). A batch costs one hand-off to a
+//! blocking thread, not one per request, and lets the work be shared (one `syncfs` for
+//! many files' syncs).
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Work that runs many requests in one blocking call.
+pub(super) trait Batch: Send + Sync + 'static {
+    /// One request.
+    type Op: Send + 'static;
+    /// Its answer.
+    type Out: Send + 'static;
+    /// Runs `ops`, blocking; one answer per request, in their order.
+    fn run(&self, ops: Vec<Self::Op>) -> Vec<Self::Out>;
+}
+
+/// Most requests one batch takes (the rest wait for the next one, run at once after it).
+pub(super) const MAX_BATCH: usize = 512;
+
+/// Requests to a [`Batch`], run by one blocking thread at a time.
+pub(super) struct Batcher<B: Batch> {
+    shared: Arc<Shared<B>>,
+}
+
+struct Shared<B: Batch> {
+    batch: B,
+    state: Mutex<State<B>>,
+}
+
+type Queue<B> = Vec<(<B as Batch>::Op, oneshot::Sender<<B as Batch>::Out>)>;
+
+struct State<B: Batch> {
+    queue: Queue<B>,
+    /// A blocking thread is running batches.
+    running: bool,
+}
+
+impl<B: Batch> std::fmt::Debug for Batcher<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<B: Batch> Batcher<B> {
+    /// Batches of `batch`.
+    pub(super) fn new(batch: B) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                batch,
+                state: Mutex::new(State {
+                    queue: Vec::new(),
+                    running: false,
+                }),
+            }),
+        }
+    }
+
+    /// The work itself (for what it holds).
+    #[cfg(test)]
+    pub(super) fn batch(&self) -> &B {
+        &self.shared.batch
+    }
+
+    /// Runs `op` in the next batch and returns its answer. A panic in the batch is
+    /// raised here, in every request of that batch.
+    pub(super) async fn run(&self, op: B::Op) -> B::Out {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut state = self.shared.state.lock().expect("batch lock");
+            state.queue.push((op, tx));
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            let shared = self.shared.clone();
+            // Not awaited: the thread answers every request through its channel.
+            drop(tokio::task::spawn_blocking(move || drain(shared)));
+        }
+        match rx.await {
+            Ok(out) => out,
+            Err(_) => panic!("a batch of local file work panicked"),
+        }
+    }
+}
+
+/// Runs batches until the queue is empty, then lets the next request start a thread.
+fn drain<B: Batch>(shared: Arc<Shared<B>>) {
+    /// When a batch panics: another thread takes over the requests queued meanwhile.
+    struct Running<B: Batch>(Arc<Shared<B>>);
+    impl<B: Batch> Drop for Running<B> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let shared = self.0.clone();
+                drop(tokio::task::spawn_blocking(move || drain(shared)));
+            }
+        }
+    }
+    let running = Running(shared);
+    let shared = &running.0;
+    loop {
+        let taken: Queue<B> = {
+            let mut state = shared.state.lock().expect("batch lock");
+            if state.queue.is_empty() {
+                state.running = false;
+                return;
+            }
+            let n = state.queue.len().min(MAX_BATCH);
+            state.queue.drain(..n).collect()
+        };
+        let (ops, replies): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
+        let outs = shared.batch.run(ops);
+        debug_assert_eq!(outs.len(), replies.len());
+        for (reply, out) in replies.into_iter().zip(outs) {
+            // A requester that went away (its job was dropped) needs no answer.
+            let _ = reply.send(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Doubles numbers, counting its batches; panics on 13.
+    #[derive(Default)]
+    struct Double {
+        batches: AtomicUsize,
+    }
+
+    impl Batch for Double {
+        type Op = u32;
+        type Out = u32;
+        fn run(&self, ops: Vec<u32>) -> Vec<u32> {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            // Long enough for the requests behind the first to queue.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!ops.contains(&13), "unlucky");
+            ops.into_iter().map(|n| n * 2).collect()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_side_by_side_share_batches_and_each_gets_its_own_answer() {
+        let b = Arc::new(Batcher::new(Double::default()));
+        let tasks: Vec<_> = (100..1100u32)
+            .map(|n| {
+                let b = b.clone();
+                tokio::spawn(async move { (n, b.run(n).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (n, out) = t.await.unwrap();
+            assert_eq!(out, n * 2);
+        }
+        let batches = b.batch().batches.load(Ordering::Relaxed);
+        // 1,000 requests at 512 at most a batch: at least two batches, far fewer than 1,000.
+        assert!((2..=50).contains(&batches), "{batches} batches");
+        // Idle again: the next request starts a thread of its own.
+        assert_eq!(b.run(7).await, 14);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_batch_fails_its_requests_and_the_next_ones_run() {
+        let b = Arc::new(Batcher::new(Double::default()));
+        let bad = {
+            let b = b.clone();
+            tokio::spawn(async move { b.run(13).await })
+        };
+        assert!(bad.await.unwrap_err().is_panic());
+        assert_eq!(b.run(4).await, 8);
+    }
+}

@@ -1,0 +1,137 @@
+//! Syncs of many files at once. Syncs requested side by side (a group commit's files, and
+//! every job writing to the same connector) run as one [`Batch`]: where at least
+//! [`SYNCFS_MIN`] of its files are on one file system, one `syncfs` makes all of them
+//! durable (data, attributes and directory entries: what `rclone copy` followed by `sync`
+//! pays once), else each file gets its own `fsync`.
+//!
+//! Errors: `syncfs` reports a write-back error of its file system that happened since the
+//! descriptor it is called on was opened (Linux 5.8 and later). It is called on the
+//! descriptor of the group's file opened first, so an error of any file in the group is
+//! reported; it cannot say which file failed, so a failed `syncfs` falls back to each
+//! file's own `fsync`, which reports its own file's error exactly, and the connector
+//! never uses `syncfs` again (an error it consumed may belong to a file outside the
+//! group, whose own `fsync` will report it).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::batch::Batch;
+use super::io;
+use crate::ConnectorError;
+
+/// Fewest files of one file system in a batch for one `syncfs` instead of their `fsync`s.
+pub(super) const SYNCFS_MIN: usize = 8;
+
+/// Order in which files were opened (see [`SyncOp::opened`]).
+static OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// The next number in the order files are opened.
+pub(super) fn next_opened() -> u64 {
+    OPENED.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One file to make durable.
+pub(super) struct SyncOp {
+    /// The file.
+    pub(super) file: Arc<File>,
+    /// Its path, for errors.
+    pub(super) path: PathBuf,
+    /// Its file system (`st_dev`).
+    pub(super) dev: u64,
+    /// When it was opened ([`next_opened`]), before any write to it.
+    pub(super) opened: u64,
+}
+
+/// A connector's use of `syncfs`, shared by its syncs and its commits.
+#[derive(Debug, Default)]
+pub(super) struct SyncFs {
+    /// A `syncfs` failed: every file is synced on its own from now on.
+    per_file: AtomicBool,
+    /// `syncfs` calls made (for tests).
+    calls: AtomicU64,
+    /// Tests: the next `syncfs` fails as a write-back error would.
+    #[cfg(test)]
+    pub(super) fail_next: AtomicBool,
+}
+
+impl SyncFs {
+    /// How many `syncfs` calls this connector made.
+    #[cfg(test)]
+    pub(super) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Makes durable, one `syncfs` per file system, every file system holding at least
+    /// [`SYNCFS_MIN`] of `files` (each: file, `st_dev`, order opened, path); says which
+    /// files are durable now (the others need their own sync).
+    pub(super) fn sync_groups<'a>(
+        &self,
+        files: impl Iterator<Item = (&'a File, u64, u64, &'a Path)>,
+    ) -> Vec<bool> {
+        let files: Vec<_> = files.collect();
+        let mut done = vec![false; files.len()];
+        if self.per_file.load(Ordering::Relaxed) {
+            return done;
+        }
+        let mut by_dev: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            by_dev.entry(f.1).or_default().push(i);
+        }
+        for group in by_dev.values().filter(|g| g.len() >= SYNCFS_MIN) {
+            let first = *group
+                .iter()
+                .min_by_key(|&&i| files[i].2)
+                .expect("groups are not empty");
+            match self.syncfs(files[first].0) {
+                Ok(()) => group.iter().for_each(|&i| done[i] = true),
+                Err(e) => {
+                    tracing::warn!(path = %files[first].3.display(), error = %e, "syncing a file system failed; syncing each file on its own from now on");
+                    self.per_file.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        done
+    }
+
+    fn syncfs(&self, file: &File) -> Result<(), rustix::io::Errno> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        if self.fail_next.swap(false, Ordering::Relaxed) {
+            return Err(rustix::io::Errno::IO);
+        }
+        rustix::fs::syncfs(file.as_fd())
+    }
+}
+
+/// The syncs of one connector's files, a [`Batch`].
+#[derive(Debug, Default)]
+pub(super) struct FileSyncs {
+    pub(super) fs: Arc<SyncFs>,
+}
+
+impl Batch for FileSyncs {
+    type Op = SyncOp;
+    type Out = Result<(), ConnectorError>;
+
+    fn run(&self, ops: Vec<SyncOp>) -> Vec<Self::Out> {
+        let done = self.fs.sync_groups(
+            ops.iter()
+                .map(|op| (&*op.file, op.dev, op.opened, op.path.as_path())),
+        );
+        ops.iter()
+            .zip(done)
+            .map(|(op, done)| {
+                if done {
+                    Ok(())
+                } else {
+                    op.file.sync_all().map_err(io("syncing", &op.path))
+                }
+            })
+            .collect()
+    }
+}
