@@ -12,6 +12,7 @@
 //! - Reopening an object with `resume = true` keeps every byte already synced.
 //! - Errors are typed ([`ConnectorError`]) and never contain credentials.
 
+pub mod batch;
 pub mod beneath;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

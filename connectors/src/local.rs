@@ -6,7 +6,7 @@
 //! made durable on [`ObjectWriter::sync`], and on commit synced again if anything changed
 //! since, size-checked, renamed into place and the rename made durable, so the final name
 //! only ever shows a complete file. Syncs and commits requested side by side run in
-//! batches, one blocking thread each (`local/batch.rs`): a batch with enough files on one
+//! batches, one blocking thread each (`batch.rs`): a batch with enough files on one
 //! file system makes them durable with one `syncfs`, else each file gets its `fsync` and
 //! each directory one `fsync` (`local/filesync.rs`). The rename never replaces an object the job did not create
 //! (`renameat2(RENAME_NOREPLACE)`), unless the destination says `overwrite=true`.
@@ -83,8 +83,23 @@ pub struct LocalConnector {
     overwrite: bool,
     direct: bool,
     /// File syncs and commits its writers share.
-    syncs: Arc<batch::Batcher<filesync::FileSyncs>>,
-    commits: Arc<batch::Batcher<writer::Commits>>,
+    syncs: Arc<crate::batch::Batcher<filesync::FileSyncs>>,
+    commits: Arc<crate::batch::Batcher<writer::Commits>>,
+    /// Blocking threads for opens and small writes, shared by its writers.
+    pool: Arc<crate::batch::Batcher<crate::batch::Closures>>,
+}
+
+/// Threads of a connector's pool for opens and small writes, and the most of them one
+/// hand-off to a thread takes.
+const POOL_THREADS: usize = 4;
+const POOL_BATCH: usize = 16;
+
+fn pool() -> Arc<crate::batch::Batcher<crate::batch::Closures>> {
+    Arc::new(crate::batch::Batcher::with_threads(
+        crate::batch::Closures,
+        POOL_THREADS,
+        POOL_BATCH,
+    ))
 }
 
 impl LocalConnector {
@@ -105,8 +120,11 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: false,
             direct: true,
-            syncs: Arc::new(batch::Batcher::new(filesync::FileSyncs { fs: fs.clone() })),
-            commits: Arc::new(batch::Batcher::new(writer::Commits { fs })),
+            syncs: Arc::new(crate::batch::Batcher::new(filesync::FileSyncs {
+                fs: fs.clone(),
+            })),
+            commits: Arc::new(crate::batch::Batcher::new(writer::Commits { fs })),
+            pool: pool(),
         })
     }
 
@@ -127,8 +145,11 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: dest.overwrite(),
             direct: true,
-            syncs: Arc::new(batch::Batcher::new(filesync::FileSyncs { fs: fs.clone() })),
-            commits: Arc::new(batch::Batcher::new(writer::Commits { fs })),
+            syncs: Arc::new(crate::batch::Batcher::new(filesync::FileSyncs {
+                fs: fs.clone(),
+            })),
+            commits: Arc::new(crate::batch::Batcher::new(writer::Commits { fs })),
+            pool: pool(),
         })
     }
 
@@ -351,94 +372,99 @@ impl Connector for LocalConnector {
         check_object_path(&spec.job_id)?;
         let this = self.clone();
         let spec = spec.clone();
-        let writer = blocking(move || {
-            // The root must still exist: a vanished destination fails instead of being
-            // silently re-created somewhere the operator no longer looks.
-            let root = this.open_root()?;
-            let (dir, name) = this.parent_of(&root, &spec.path, true)?;
-            let name = name.to_string();
-            let temp = spec.temp_name();
-            let final_path = this.root().join(&spec.path);
-            let temp_path = final_path.with_file_name(&temp);
-            let stat = |n: &str| {
-                stat_at(&dir, n).map_err(|e| resolve_err("checking", &this.root(), &spec.path, e))
-            };
-            let temp_exists = stat(&temp)?.is_some();
-            let existing = stat(&name)?;
-            let dir = Arc::new(dir);
-            let writer = |file: Option<Arc<File>>, dev, opened, marker, committed| LocalWriter {
-                spec: spec.clone(),
-                final_path: final_path.clone(),
-                temp_path: temp_path.clone(),
-                name: name.clone(),
-                temp: temp.clone(),
-                dir: dir.clone(),
-                syncs: this.syncs.clone(),
-                commits: this.commits.clone(),
-                direct: AtomicBool::new(this.direct),
-                dev,
-                opened,
-                file,
-                marker,
-                // Its creation (or whatever an earlier run left unsynced) is a change.
-                changes: AtomicU64::new(1),
-                synced: AtomicU64::new(0),
-                committed: AtomicBool::new(committed),
-                verify: this.verify,
-                overwrite: this.overwrite,
-            };
-            if resume && !temp_exists && existing == Some((true, spec.size)) {
-                // A complete file and no temporary one: committed before an interruption
-                // when it carries this object's mark (or its state file says so).
-                let began_commit = writer::marked(&dir, &name, &temp)
-                    || match &spec.state_file {
-                        Some(p) => std::fs::read(p).is_ok_and(|b| b == COMMITTING),
-                        // Without a state file (direct use), a complete file counts as ours.
-                        None => true,
+        let pool = self.pool.clone();
+        let writer = pool
+            .call(move || {
+                // The root must still exist: a vanished destination fails instead of being
+                // silently re-created somewhere the operator no longer looks.
+                let root = this.open_root()?;
+                let (dir, name) = this.parent_of(&root, &spec.path, true)?;
+                let name = name.to_string();
+                let temp = spec.temp_name();
+                let final_path = this.root().join(&spec.path);
+                let temp_path = final_path.with_file_name(&temp);
+                let stat = |n: &str| {
+                    stat_at(&dir, n)
+                        .map_err(|e| resolve_err("checking", &this.root(), &spec.path, e))
+                };
+                let temp_exists = stat(&temp)?.is_some();
+                let existing = stat(&name)?;
+                let dir = Arc::new(dir);
+                let writer =
+                    |file: Option<Arc<File>>, dev, opened, marker, committed| LocalWriter {
+                        spec: spec.clone(),
+                        final_path: final_path.clone(),
+                        temp_path: temp_path.clone(),
+                        name: name.clone(),
+                        temp: temp.clone(),
+                        dir: dir.clone(),
+                        syncs: this.syncs.clone(),
+                        commits: this.commits.clone(),
+                        pool: this.pool.clone(),
+                        direct: AtomicBool::new(this.direct),
+                        dev,
+                        opened,
+                        file,
+                        marker,
+                        // Its creation (or whatever an earlier run left unsynced) is a change.
+                        changes: AtomicU64::new(1),
+                        synced: AtomicU64::new(0),
+                        committed: AtomicBool::new(committed),
+                        verify: this.verify,
+                        overwrite: this.overwrite,
                     };
-                if began_commit {
-                    return Ok(writer(None, 0, 0, writer::Marker::Xattr, true));
+                if resume && !temp_exists && existing == Some((true, spec.size)) {
+                    // A complete file and no temporary one: committed before an interruption
+                    // when it carries this object's mark (or its state file says so).
+                    let began_commit = writer::marked(&dir, &name, &temp)
+                        || match &spec.state_file {
+                            Some(p) => std::fs::read(p).is_ok_and(|b| b == COMMITTING),
+                            // Without a state file (direct use), a complete file counts as ours.
+                            None => true,
+                        };
+                    if began_commit {
+                        return Ok(writer(None, 0, 0, writer::Marker::Xattr, true));
+                    }
                 }
-            }
-            if existing.is_some() && !this.overwrite {
-                return Err(ConnectorError::Exists(spec.path.clone()));
-            }
-            let mut flags = OFlags::CREATE | OFlags::RDWR;
-            if !resume {
-                flags |= OFlags::TRUNC;
-            }
-            // Before the file is opened, so before anything is written to it.
-            let opened = filesync::next_opened();
-            let fd = open_beneath(&dir, &temp, flags, Mode::from_raw_mode(0o644))
-                .map_err(|e| resolve_err("creating", &this.root(), &spec.path, e))?;
-            let st = rustix::fs::fstat(&fd).map_err(|e| io("checking", &temp_path)(e.into()))?;
-            let file = File::from(fd);
-            // A temporary file resumed as it was left changes nothing (sizing or marking it
-            // again would make its next sync write its inode for nothing).
-            let resumed = resume && temp_exists;
-            let sized = resumed && u64::try_from(st.st_size).ok() == Some(spec.size);
-            if !sized {
-                file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
-            }
-            let marker = if resumed && writer::marked_file(&file, &temp) {
-                writer::Marker::Xattr
-            } else {
-                writer::mark(&file, &temp, &temp_path)?
-            };
-            Ok(writer(
-                Some(Arc::new(file)),
-                st.st_dev,
-                opened,
-                marker,
-                false,
-            ))
-        })
-        .await?;
+                if existing.is_some() && !this.overwrite {
+                    return Err(ConnectorError::Exists(spec.path.clone()));
+                }
+                let mut flags = OFlags::CREATE | OFlags::RDWR;
+                if !resume {
+                    flags |= OFlags::TRUNC;
+                }
+                // Before the file is opened, so before anything is written to it.
+                let opened = filesync::next_opened();
+                let fd = open_beneath(&dir, &temp, flags, Mode::from_raw_mode(0o644))
+                    .map_err(|e| resolve_err("creating", &this.root(), &spec.path, e))?;
+                let st =
+                    rustix::fs::fstat(&fd).map_err(|e| io("checking", &temp_path)(e.into()))?;
+                let file = File::from(fd);
+                // A temporary file resumed as it was left changes nothing (sizing or marking it
+                // again would make its next sync write its inode for nothing).
+                let resumed = resume && temp_exists;
+                let sized = resumed && u64::try_from(st.st_size).ok() == Some(spec.size);
+                if !sized {
+                    file.set_len(spec.size).map_err(io("sizing", &temp_path))?;
+                }
+                let marker = if resumed && writer::marked_file(&file, &temp) {
+                    writer::Marker::Xattr
+                } else {
+                    writer::mark(&file, &temp, &temp_path)?
+                };
+                Ok(writer(
+                    Some(Arc::new(file)),
+                    st.st_dev,
+                    opened,
+                    marker,
+                    false,
+                ))
+            })
+            .await?;
         Ok(Arc::new(writer))
     }
 }
 
-mod batch;
 mod filesync;
 mod writer;
 use writer::LocalWriter;

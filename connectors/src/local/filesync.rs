@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::batch::Batch;
 use super::io;
 use crate::ConnectorError;
+use crate::batch::Batch;
 
 /// Fewest files of one file system in a batch for one `syncfs` instead of their `fsync`s.
 pub(super) const SYNCFS_MIN: usize = 8;

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::batch::{Batch, Batcher};
 use super::filesync::{FileSyncs, SyncFs, SyncOp};
 use super::{COMMITTING, blocking, hash_file, io, write_state};
+use crate::batch::{Batch, Batcher, Closures};
 use crate::beneath::open_beneath;
 use crate::{Confirmation, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode};
 
@@ -42,6 +42,8 @@ pub(super) struct LocalWriter {
     /// The connector's file syncs and commits, shared by its writers.
     pub(super) syncs: Arc<Batcher<FileSyncs>>,
     pub(super) commits: Arc<Batcher<Commits>>,
+    /// The connector's threads for small writes.
+    pub(super) pool: Arc<Batcher<Closures>>,
     pub(super) file: Option<Arc<File>>,
     /// The file's file system (`st_dev`) and place in the order files were opened
     /// (see [`SyncOp`]).
@@ -153,7 +155,8 @@ impl ObjectWriter for LocalWriter {
         let file = self.file()?;
         let direct = self.direct.load(Ordering::Relaxed);
         let temp = self.temp_path.clone();
-        let refused = blocking(move || {
+        let small = data.len() < DIRECT_MIN;
+        let write = move || {
             let mut done = direct_part(offset, &data);
             let mut refused = false;
             if !direct || done < DIRECT_MIN {
@@ -182,8 +185,14 @@ impl ObjectWriter for LocalWriter {
             file.write_all_at(&data[done..], offset + done as u64)
                 .map_err(io("writing", &temp))?;
             Ok(refused)
-        })
-        .await?;
+        };
+        // A small write (a small file's whole content) with the others beside it on the
+        // connector's few threads; a large one on a thread of its own.
+        let refused = if small {
+            self.pool.call(write).await?
+        } else {
+            blocking(write).await?
+        };
         self.changes.fetch_add(1, Ordering::AcqRel);
         if refused {
             self.direct.store(false, Ordering::Relaxed);

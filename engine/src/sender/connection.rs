@@ -204,6 +204,24 @@ pub(super) async fn read_control(
     }
 }
 
+/// Chunks shorter than this are read on the [`small_reads`] pool.
+const SMALL_READ: u64 = 256 << 10;
+
+/// The process's threads for reading small chunks: at most 4, a few reads per hand-off.
+fn small_reads()
+-> &'static trackshift_connectors::batch::Batcher<trackshift_connectors::batch::Closures> {
+    static POOL: std::sync::OnceLock<
+        trackshift_connectors::batch::Batcher<trackshift_connectors::batch::Closures>,
+    > = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        trackshift_connectors::batch::Batcher::with_threads(
+            trackshift_connectors::batch::Closures,
+            4,
+            8,
+        )
+    })
+}
+
 pub(super) fn spawn_chunk(
     conn: quinn::Connection,
     source: Arc<Source>,
@@ -221,27 +239,34 @@ pub(super) fn spawn_chunk(
     tokio::spawn(async move {
         let result = async {
             let reading = reads.acquire_owned().await.expect("never closed");
-            let read =
-                tokio::task::spawn_blocking(move || -> Result<(Bytes, Hash32), SourceReadError> {
-                    let _reading = reading;
-                    let file = source.file(c.file)?;
-                    // Filled completely by `read_exact_at` before anything reads it.
-                    let mut buf = BufferPool::global().take(layout.chunk_len(c.index) as usize);
-                    file.read_exact_at(buf.as_mut_slice(), layout.offset(c.index))
-                        .map_err(|e| SourceReadError::Read {
-                            path: source.files[c.file as usize].0.clone(),
-                            source: e,
-                        })?;
-                    let hash = layout.chunk_hash(c.index, buf.as_ref());
-                    if !buf.as_ref().is_empty()
-                        && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst)
-                    {
-                        buf.as_mut_slice()[0] ^= 0x01;
-                    }
-                    Ok((buf.freeze(), hash))
-                })
-                .await
-                .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?;
+            let len = layout.chunk_len(c.index);
+            let read_chunk = move || -> Result<(Bytes, Hash32), SourceReadError> {
+                let _reading = reading;
+                let file = source.file(c.file)?;
+                // Filled completely by `read_exact_at` before anything reads it.
+                let mut buf = BufferPool::global().take(layout.chunk_len(c.index) as usize);
+                file.read_exact_at(buf.as_mut_slice(), layout.offset(c.index))
+                    .map_err(|e| SourceReadError::Read {
+                        path: source.files[c.file as usize].0.clone(),
+                        source: e,
+                    })?;
+                let hash = layout.chunk_hash(c.index, buf.as_ref());
+                if !buf.as_ref().is_empty()
+                    && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst)
+                {
+                    buf.as_mut_slice()[0] ^= 0x01;
+                }
+                Ok((buf.freeze(), hash))
+            };
+            // A small chunk (a small file) read with those beside it on a few shared
+            // threads: one hand-off for many; a large one on a blocking thread of its own.
+            let read = if len < SMALL_READ {
+                small_reads().call(read_chunk).await
+            } else {
+                tokio::task::spawn_blocking(read_chunk)
+                    .await
+                    .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?
+            };
             let (data, hash) = match read {
                 Ok(r) => r,
                 Err(e) => {

@@ -1,4 +1,4 @@
-//! Blocking work on local files, gathered into batches: requests made side by side queue,
+//! Blocking work (on local files), gathered into batches: requests made side by side queue,
 //! and one blocking thread runs every request queued so far in one go, then the next
 //! ones, until the queue is empty (a group commit). A batch costs one hand-off to a
 //! blocking thread, not one per request, and lets the work be shared (one `syncfs` for
@@ -9,34 +9,54 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// Work that runs many requests in one blocking call.
-pub(super) trait Batch: Send + Sync + 'static {
+pub trait Batch: Send + Sync + 'static {
     /// One request.
     type Op: Send + 'static;
     /// Its answer.
     type Out: Send + 'static;
     /// Runs `ops`, blocking; one answer per request, in their order.
     fn run(&self, ops: Vec<Self::Op>) -> Vec<Self::Out>;
+
+    /// Runs `ops` and answers each (by default: all of them once [`Self::run`] returns;
+    /// work whose requests are independent answers each as soon as it is done).
+    fn run_and_answer(&self, ops: Queue<Self>)
+    where
+        Self: Sized,
+    {
+        let (ops, replies): (Vec<_>, Vec<_>) = ops.into_iter().unzip();
+        let outs = self.run(ops);
+        debug_assert_eq!(outs.len(), replies.len());
+        for (reply, out) in replies.into_iter().zip(outs) {
+            // A requester that went away (its job was dropped) needs no answer.
+            let _ = reply.send(out);
+        }
+    }
 }
 
 /// Most requests one batch takes (the rest wait for the next one, run at once after it).
-pub(super) const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 512;
 
-/// Requests to a [`Batch`], run by one blocking thread at a time.
-pub(super) struct Batcher<B: Batch> {
+/// Requests to a [`Batch`], run by one blocking thread at a time (or a few: see
+/// [`Batcher::with_threads`]).
+pub struct Batcher<B: Batch> {
     shared: Arc<Shared<B>>,
 }
 
 struct Shared<B: Batch> {
     batch: B,
+    /// Most threads running batches at once, and most requests a batch takes.
+    threads: usize,
+    max_batch: usize,
     state: Mutex<State<B>>,
 }
 
-type Queue<B> = Vec<(<B as Batch>::Op, oneshot::Sender<<B as Batch>::Out>)>;
+/// Requests waiting, each with where its answer goes.
+pub type Queue<B> = Vec<(<B as Batch>::Op, oneshot::Sender<<B as Batch>::Out>)>;
 
 struct State<B: Batch> {
     queue: Queue<B>,
-    /// A blocking thread is running batches.
-    running: bool,
+    /// Blocking threads running batches.
+    running: usize,
 }
 
 impl<B: Batch> std::fmt::Debug for Batcher<B> {
@@ -46,14 +66,22 @@ impl<B: Batch> std::fmt::Debug for Batcher<B> {
 }
 
 impl<B: Batch> Batcher<B> {
-    /// Batches of `batch`.
-    pub(super) fn new(batch: B) -> Self {
+    /// Batches of `batch`, one thread at a time, up to [`MAX_BATCH`] requests each.
+    pub fn new(batch: B) -> Self {
+        Self::with_threads(batch, 1, MAX_BATCH)
+    }
+
+    /// Batches of `batch` run by up to `threads` threads at once, `max_batch` requests
+    /// at most each (so that a slow request holds up few others).
+    pub fn with_threads(batch: B, threads: usize, max_batch: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 batch,
+                threads: threads.max(1),
+                max_batch: max_batch.max(1),
                 state: Mutex::new(State {
                     queue: Vec::new(),
-                    running: false,
+                    running: 0,
                 }),
             }),
         }
@@ -61,18 +89,25 @@ impl<B: Batch> Batcher<B> {
 
     /// The work itself (for what it holds).
     #[cfg(test)]
-    pub(super) fn batch(&self) -> &B {
+    pub fn batch(&self) -> &B {
         &self.shared.batch
     }
 
     /// Runs `op` in the next batch and returns its answer. A panic in the batch is
     /// raised here, in every request of that batch.
-    pub(super) async fn run(&self, op: B::Op) -> B::Out {
+    pub async fn run(&self, op: B::Op) -> B::Out {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut state = self.shared.state.lock().expect("batch lock");
             state.queue.push((op, tx));
-            !std::mem::replace(&mut state.running, true)
+            // Another thread when every running one has a batch's worth waiting.
+            let wanted = state.running == 0
+                || (state.running < self.shared.threads
+                    && state.queue.len() > state.running * self.shared.max_batch / 2);
+            if wanted {
+                state.running += 1;
+            }
+            wanted
         };
         if start {
             let shared = self.shared.clone();
@@ -81,7 +116,7 @@ impl<B: Batch> Batcher<B> {
         }
         match rx.await {
             Ok(out) => out,
-            Err(_) => panic!("a batch of local file work panicked"),
+            Err(_) => panic!("a batch of blocking work panicked"),
         }
     }
 }
@@ -104,19 +139,46 @@ fn drain<B: Batch>(shared: Arc<Shared<B>>) {
         let taken: Queue<B> = {
             let mut state = shared.state.lock().expect("batch lock");
             if state.queue.is_empty() {
-                state.running = false;
+                state.running -= 1;
                 return;
             }
-            let n = state.queue.len().min(MAX_BATCH);
+            let n = state.queue.len().min(shared.max_batch);
             state.queue.drain(..n).collect()
         };
-        let (ops, replies): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
-        let outs = shared.batch.run(ops);
-        debug_assert_eq!(outs.len(), replies.len());
-        for (reply, out) in replies.into_iter().zip(outs) {
-            // A requester that went away (its job was dropped) needs no answer.
-            let _ = reply.send(out);
+        shared.batch.run_and_answer(taken);
+    }
+}
+
+/// A blocking closure's answer, of whatever type it has.
+pub type Answer = Box<dyn std::any::Any + Send>;
+
+/// Blocking closures as a [`Batch`]: the hand-off to a blocking thread shared by every
+/// closure queued meanwhile, each answered as soon as it has run.
+#[derive(Debug, Default)]
+pub struct Closures;
+
+impl Batch for Closures {
+    type Op = Box<dyn FnOnce() -> Answer + Send>;
+    type Out = Answer;
+
+    fn run(&self, ops: Vec<Self::Op>) -> Vec<Answer> {
+        ops.into_iter().map(|f| f()).collect()
+    }
+
+    fn run_and_answer(&self, ops: Queue<Self>) {
+        for (f, reply) in ops {
+            let _ = reply.send(f());
         }
+    }
+}
+
+impl Batcher<Closures> {
+    /// Runs `f` on one of the pool's blocking threads, with the closures queued beside it.
+    pub async fn call<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let answer = self.run(Box::new(move || Box::new(f()) as Answer)).await;
+        *answer
+            .downcast::<T>()
+            .expect("a closure's answer has the closure's type")
     }
 }
 
