@@ -65,8 +65,10 @@ async fn serve(dir: &str) {
     );
     while let Some(incoming) = endpoint.accept().await {
         let Ok(conn) = incoming.await else { continue };
-        // What Trackshift's gateway grants once a sender is authenticated.
+        // What Trackshift's gateway grants once a sender is authenticated, and its
+        // window sized to the path.
         transport::open_after_auth(&conn);
+        tokio::spawn(transport::tune_receive_window(conn.clone()));
         let started = Instant::now();
         let mut total = 0u64;
         let mut readers = tokio::task::JoinSet::new();

@@ -218,7 +218,7 @@ fn main() {
         println!(
             "delivered={} B (second half {} B) goodput={:.1} Mbit/s steady={:.1} Mbit/s in_flight/BDP={:.2} cwnd/BDP={:.2} \
 chunks={} acks={} datagrams={} queue_drops={} random_drops={} lost_packets={} congestion_events={} \
-srtt={:?} connected_after={:?} cpu={cpu:.2}s",
+srtt={:?} connected_after={:?} max_receive_window={:.1} MiB cpu={cpu:.2}s",
             r.delivered,
             r.delivered_second_half,
             r.goodput_bps / 1e6,
@@ -234,6 +234,7 @@ srtt={:?} connected_after={:?} cpu={cpu:.2}s",
             r.congestion_events,
             r.srtt,
             r.connected_after,
+            f64::from(r.max_receive_window) / 1048576.0,
         );
         if let Some(f) = &r.failure {
             println!("failure: {f}");

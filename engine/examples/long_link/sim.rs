@@ -12,7 +12,9 @@
 //!
 //! TLS and transport are Trackshift's own: the gateway identity, the pinned-fingerprint
 //! client trust (aws-lc-rs, X25519MLKEM768), `transport::transport_config()` with the
-//! sender's controller set by `Congestion::apply`.
+//! sender's controller set by `Congestion::apply`; the gateway's receive window starts at
+//! `transport::MIN_RECEIVE_WINDOW` and is sized by `transport::WindowTuner` every
+//! `transport::WINDOW_TICK`, as a gateway's connection is.
 //!
 //! The workload is shaped like `trackshift send`: one unidirectional stream per chunk, at
 //! most [`Scenario::in_flight`] bytes of chunks open at application level; the receiver
@@ -32,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig,
-    Event, ReadError, ServerConfig, StreamEvent, StreamId, WriteError,
+    Event, ReadError, ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
 };
 use trackshift_engine::tls::{GatewayIdentity, ServerTrust};
 use trackshift_engine::transport::{self, Congestion};
@@ -131,6 +133,8 @@ pub struct Report {
     pub srtt: Duration,
     /// When the sender's handshake completed, from the start.
     pub connected_after: Option<Duration>,
+    /// The largest receive window the gateway's tuner set, bytes.
+    pub max_receive_window: u32,
     /// The connection failed (with why), if it did.
     pub failure: Option<String>,
 }
@@ -572,6 +576,12 @@ struct Sim {
     cwnd_sum: f64,
     cwnd_samples: u64,
     next_sample: Instant,
+    /// The gateway's receive window, sized as a gateway sizes it.
+    tuner: transport::WindowTuner,
+    next_tune: Instant,
+    received: u64,
+    /// The largest receive window it reached.
+    max_window: u32,
     failure: Option<String>,
 }
 
@@ -599,7 +609,9 @@ impl Sim {
         let client_crypto =
             QuicClientConfig::try_from(client_tls).expect("a TLS 1.3 client configuration");
         let mut server_config = ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(Arc::new(transport::transport_config()));
+        let mut st = transport::transport_config();
+        st.receive_window(VarInt::from_u32(transport::MIN_RECEIVE_WINDOW));
+        server_config.transport_config(Arc::new(st));
         let mut client_config = ClientConfig::new(Arc::new(client_crypto));
         let mut t = transport::transport_config();
         sc.congestion.apply(&mut t);
@@ -659,6 +671,10 @@ impl Sim {
             cwnd_sum: 0.0,
             cwnd_samples: 0,
             next_sample: now + sc.duration / 2,
+            tuner: transport::WindowTuner::new(),
+            next_tune: now + transport::WINDOW_TICK,
+            received: 0,
+            max_window: transport::MIN_RECEIVE_WINDOW,
             failure: None,
         }
     }
@@ -704,6 +720,20 @@ impl Sim {
             }
             self.next_sample = now + SAMPLE_EVERY;
         }
+        if now >= self.next_tune {
+            if let Some((_, conn)) = self.server.conn.as_mut() {
+                let received = conn.stats().udp_rx.bytes;
+                let window = self.tuner.on_tick(
+                    received - self.received,
+                    transport::WINDOW_TICK,
+                    conn.rtt(),
+                );
+                self.received = received;
+                self.max_window = self.max_window.max(window);
+                conn.set_receive_window(VarInt::from_u32(window));
+            }
+            self.next_tune = now + transport::WINDOW_TICK;
+        }
         Ok(())
     }
 
@@ -714,6 +744,7 @@ impl Sim {
             self.up.next_arrival(),
             self.down.next_arrival(),
             Some(self.next_sample),
+            Some(self.next_tune),
         ]
         .into_iter()
         .flatten()
@@ -779,6 +810,7 @@ impl Sim {
             congestion_events,
             srtt,
             connected_after: self.sender.connected_at.map(|t| t - start),
+            max_receive_window: self.max_window,
             failure: self.failure,
         }
     }

@@ -258,6 +258,8 @@ pub(super) async fn handle_connection(
     drop(unauthenticated);
     dec.set_max(session.max_frame());
     crate::transport::open_after_auth(&conn);
+    // Ends with the connection (or aborted below with the rest of it).
+    let window = tokio::spawn(crate::transport::tune_receive_window(conn.clone()));
     info!(tenant = %tenant, peer = %conn.remote_address(), "sender authenticated");
     let (out, mut out_rx) = mpsc::unbounded_channel::<ServerFrame>();
     // The Welcome (and anything else queued with it) goes first.
@@ -299,6 +301,7 @@ pub(super) async fn handle_connection(
     };
     let result = control_loop(&shared, &state, &mut recv, &mut dec).await;
     uni.abort();
+    window.abort();
     // The connection's jobs no longer occupy their tenant's slots.
     state.session.lock().expect("session lock").closed();
     result

@@ -149,7 +149,7 @@ pub(super) async fn committer(
 }
 
 /// Most files of a group commit synced at once.
-const SYNCS_AT_ONCE: usize = 128;
+const SYNCS_AT_ONCE: usize = 512;
 
 pub(super) async fn commit_batch(
     job: &Arc<HeldJob>,
