@@ -252,6 +252,16 @@ impl SharedBudget {
         }
     }
 
+    /// `n` bytes of the budget if they are free now (at most its capacity), else `None`.
+    pub(crate) fn try_acquire(&self, n: u32) -> Option<BudgetPermit> {
+        let n = n.min(self.inner.capacity);
+        let permit = self.inner.sem.clone().try_acquire_many_owned(n).ok()?;
+        Some(BudgetPermit {
+            permit: Some(permit),
+            inner: self.inner.clone(),
+        })
+    }
+
     /// As [`BudgetPermit::observe`], for a chunk of `bytes` (tests drive it directly).
     #[cfg(test)]
     fn observe(&self, latency: Duration, bytes: u64) {

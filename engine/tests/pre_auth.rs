@@ -385,3 +385,127 @@ async fn a_chunk_shorter_than_its_header_says_cannot_pass_for_stale_bytes_of_a_r
     );
     gw.stop().await;
 }
+
+/// Sends `chunks` (index, hash, payload) of file 0 back to back on one stream, then
+/// `trailer`, then FIN.
+async fn send_packed(
+    conn: &quinn::Connection,
+    handle: u32,
+    chunks: &[(u64, Hash32, &[u8])],
+    trailer: &[u8],
+) {
+    let mut s = conn.open_uni().await.unwrap();
+    for &(index, hash, payload) in chunks {
+        let header = protocol::ChunkHeader {
+            handle,
+            chunk: protocol::ChunkRef { file: 0, index },
+            len: payload.len() as u64,
+            hash,
+        };
+        s.write_all(&protocol::encode_chunk_header(&header))
+            .await
+            .unwrap();
+        s.write_all(payload).await.unwrap();
+    }
+    s.write_all(trailer).await.unwrap();
+    s.finish().unwrap();
+}
+
+/// Reads frames until every chunk of `acked` was acknowledged and every one of `rejected`
+/// rejected; fails on any other acknowledgement or rejection.
+async fn expect_outcomes(
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder<ServerFrame>,
+    acked: &[u64],
+    rejected: &[u64],
+) {
+    let (mut a, mut r) = (Vec::new(), Vec::new());
+    while a.len() < acked.len() || r.len() < rejected.len() {
+        match next_frame(recv, dec).await {
+            ServerFrame::Acks { chunks, .. } => a.extend(chunks.iter().map(|c| c.index)),
+            ServerFrame::Reject { chunk, reason, .. } => {
+                assert!(reason.contains("hash"), "{reason}");
+                r.push(chunk.index);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    a.sort_unstable();
+    r.sort_unstable();
+    assert_eq!((a.as_slice(), r.as_slice()), (acked, rejected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_several_chunks_is_read_chunk_by_chunk_and_one_bad_chunk_takes_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Running::start(tmp.path(), |_| {}).await;
+    let conn = gw.connect().await;
+    let (mut send, mut recv, welcome) = hello(&conn, TOKEN).await;
+    // The gateway says it reads packed streams.
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { version, .. } if version == protocol::PACKED_VERSION),
+        "{welcome:?}"
+    );
+    let chunk = 4096u64;
+    let open = protocol::OpenJob {
+        job_id: uuid::Uuid::new_v4().to_string(),
+        destinations: vec!["null://".into()],
+        chunk_size: chunk,
+        source: "file:///packed".into(),
+        files: vec![protocol::FileSpec {
+            path: "a.bin".into(),
+            size: 6 * chunk,
+        }],
+        correlation_id: None,
+        classification: None,
+        strict: None,
+    };
+    send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(open)))
+        .await
+        .unwrap();
+    let mut dec = FrameDecoder::<ServerFrame>::new(protocol::MAX_CONTROL_FRAME);
+    let handle = match next_frame(&mut recv, &mut dec).await {
+        ServerFrame::JobReady { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    };
+    let layout = ChunkLayout::new(6 * chunk, chunk).unwrap();
+    let data: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; chunk as usize]).collect();
+    let hash = |i: u64| layout.chunk_hash(i, &data[i as usize]);
+    let wrong = layout.chunk_hash(1, &data[0]);
+
+    // A chunk whose hash does not match in the middle: rejected, the ones around it kept.
+    send_packed(
+        &conn,
+        handle,
+        &[
+            (0, hash(0), &data[0]),
+            (1, wrong, &data[1]),
+            (2, hash(2), &data[2]),
+        ],
+        &[],
+    )
+    .await;
+    expect_outcomes(&mut recv, &mut dec, &[0, 2], &[1]).await;
+
+    // A chunk already held, then new ones: acknowledged again, read past, the next taken.
+    send_packed(
+        &conn,
+        handle,
+        &[
+            (0, hash(0), &data[0]),
+            (1, hash(1), &data[1]),
+            (3, hash(3), &data[3]),
+        ],
+        &[],
+    )
+    .await;
+    expect_outcomes(&mut recv, &mut dec, &[0, 1, 3], &[]).await;
+
+    // Bytes after a chunk that are no header: that chunk counts, the stream is stopped,
+    // the connection goes on.
+    send_packed(&conn, handle, &[(4, hash(4), &data[4])], &[0xff; 9]).await;
+    expect_outcomes(&mut recv, &mut dec, &[4], &[]).await;
+    send_chunk(&conn, handle, 5, chunk, hash(5), &data[5]).await;
+    expect_outcomes(&mut recv, &mut dec, &[5], &[]).await;
+    gw.stop().await;
+}

@@ -1,5 +1,6 @@
-//! A chunk stream: header and data read, the BLAKE3 hash checked, the bytes written to
-//! every live destination, then queued for the group commit.
+//! A chunk stream: one chunk or several back to back (the sender packs small files), each
+//! header and payload read, the BLAKE3 hash checked, the bytes written to every live
+//! destination, then queued for the group commit.
 
 use super::*;
 
@@ -7,19 +8,47 @@ use super::*;
 /// enough for its widest SIMD path, small enough to be still in cache).
 const HASH_STEP: usize = 256 << 10;
 
+/// What became of one chunk of a stream.
+enum Next {
+    /// Read to its end: the stream may carry another.
+    More,
+    /// The stream is done with (stopped, or nothing more is read from it).
+    Done,
+}
+
 pub(super) async fn handle_chunk_stream(
     shared: &Arc<Shared>,
     state: &Arc<ConnState>,
     mut recv: quinn::RecvStream,
 ) -> Result<(), GatewayError> {
+    let mut first = true;
+    loop {
+        let Some(header) = read_header(&mut recv, first).await? else {
+            return Ok(());
+        };
+        first = false;
+        match handle_chunk(shared, state, &mut recv, header).await? {
+            Next::More => {}
+            Next::Done => return Ok(()),
+        }
+    }
+}
+
+/// Reads the next chunk header of `recv`; `None` when the stream ends cleanly before it
+/// (never for its `first` one).
+async fn read_header(
+    recv: &mut quinn::RecvStream,
+    first: bool,
+) -> Result<Option<protocol::ChunkHeader>, GatewayError> {
     // The header is a frame like the control stream's: read exactly as much as it needs,
     // never into the payload behind it.
     let mut dec = FrameDecoder::<protocol::ChunkHeader>::new(protocol::MAX_CHUNK_HEADER);
     // At most the prefix and a header at its limit: on the stack, not allocated per chunk.
     let mut piece = [0u8; 4 + protocol::MAX_CHUNK_HEADER];
-    let header = loop {
+    let mut start = true;
+    loop {
         match dec.next_frame() {
-            Ok(Some(header)) => break header,
+            Ok(Some(header)) => return Ok(Some(header)),
             Ok(None) => {}
             Err(e) => {
                 let _ = recv.stop(1u32.into());
@@ -27,11 +56,25 @@ pub(super) async fn handle_chunk_stream(
             }
         }
         let piece = &mut piece[..dec.wanted()];
-        recv.read_exact(piece)
-            .await
-            .map_err(|e| GatewayError::stream("chunk header")(e.into()))?;
+        match recv.read_exact(piece).await {
+            Ok(()) => {}
+            // The stream ended where a header would begin: its last chunk was read.
+            Err(quinn::ReadExactError::FinishedEarly(0)) if start && !first => return Ok(None),
+            Err(e) => return Err(GatewayError::stream("chunk header")(e.into())),
+        }
+        start = false;
         dec.push(piece);
-    };
+    }
+}
+
+/// One chunk of a stream, its header read: checked, its payload read and hashed, written
+/// to every live destination and queued for the group commit.
+async fn handle_chunk(
+    shared: &Arc<Shared>,
+    state: &Arc<ConnState>,
+    recv: &mut quinn::RecvStream,
+    header: protocol::ChunkHeader,
+) -> Result<Next, GatewayError> {
     let job = state.job(header.handle);
     let Some(job) = job else {
         let _ = recv.stop(1u32.into());
@@ -56,12 +99,24 @@ pub(super) async fn handle_chunk_stream(
     let layout = match disposition {
         Ok(Disposition::Accept(layout)) => layout,
         Ok(Disposition::AlreadyHeld) => {
-            let _ = recv.stop(0u32.into());
             let _ = state.out.send(ServerFrame::Acks {
                 handle: header.handle,
                 chunks: vec![header.chunk],
             });
-            return Ok(());
+            // A large chunk has its stream to itself: stopped, the sender sends no more
+            // of it. Small ones may have others behind them on the stream: their payload
+            // is read past (a length checked to fit its file), not written.
+            if header.len >= protocol::PACKED_BELOW {
+                let _ = recv.stop(0u32.into());
+                return Ok(Next::Done);
+            }
+            return match skip(recv, header.len).await {
+                Ok(()) => Ok(Next::More),
+                Err(_) => {
+                    let _ = recv.stop(0u32.into());
+                    Ok(Next::Done)
+                }
+            };
         }
         Err(e) => {
             let _ = recv.stop(1u32.into());
@@ -116,8 +171,7 @@ pub(super) async fn handle_chunk_stream(
             hashed = filled;
         }
     }
-    let extra = recv.read_chunk(1, true).await;
-    if filled != len || !matches!(extra, Ok(None)) {
+    if filled != len {
         let _ = state.out.send(ServerFrame::Reject {
             handle: header.handle,
             chunk: header.chunk,
@@ -137,7 +191,7 @@ pub(super) async fn handle_chunk_stream(
             chunk: header.chunk,
             reason: "chunk hash mismatch".into(),
         });
-        return Ok(());
+        return Ok(Next::More);
     }
     if let Err(e) = job
         .write_all(header.chunk.file, layout.offset(header.chunk.index), data)
@@ -160,5 +214,21 @@ pub(super) async fn handle_chunk_stream(
         reply: state.out.clone(),
         _permit: permit,
     });
+    Ok(Next::More)
+}
+
+/// Reads `len` bytes of `recv` and drops them.
+async fn skip(recv: &mut quinn::RecvStream, len: u64) -> Result<(), GatewayError> {
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX);
+        match recv.read_chunk(want, true).await {
+            Ok(Some(c)) => left -= c.bytes.len() as u64,
+            Ok(None) => {
+                return Err(ProtocolError::InvalidChunk("payload length mismatch".into()).into());
+            }
+            Err(e) => return Err(GatewayError::stream("chunk payload")(e.into())),
+        }
+    }
     Ok(())
 }

@@ -25,6 +25,14 @@ pub const MAX_CONTROL_FRAME: usize = 64 << 20;
 pub const MAX_HELLO_FRAME: usize = 4 << 10;
 /// Largest chunk-stream header.
 pub const MAX_CHUNK_HEADER: usize = 1024;
+/// The version a gateway says in its `Welcome` when it reads several chunks per stream
+/// (a sender still says [`VERSION`] in its `Hello`; an older gateway says [`VERSION`] in
+/// its `Welcome`, and gets one chunk per stream).
+pub const PACKED_VERSION: u16 = 2;
+/// Chunks shorter than this may share a chunk stream with other chunks of their job,
+/// back to back (a sender packs small files); a chunk of this size or more has its stream
+/// to itself.
+pub const PACKED_BELOW: u64 = 256 << 10;
 /// Most files in one job.
 pub const MAX_FILES_PER_JOB: usize = 1 << 20;
 /// Most chunks in one job (bounds the receiver's per-job bookkeeping to ~600 MiB worst case).

@@ -115,7 +115,33 @@ pub(super) async fn connection(
                 let Some(order) = s.session.send_chunk(want.job, now()) else { continue };
                 s.held.insert((order.job, order.chunk), shared);
                 chunks_this_conn += 1;
-                spawn_chunk(conn.clone(), s.sources[order.job].clone(), order, cfg.faults.clone(), events.clone(), reads.clone());
+                let job = order.job;
+                let mut pack = vec![order];
+                // Small chunks of the job that are ready now go with it on one stream
+                // (many small files: one stream, one task and one read hand-off for many).
+                if s.session.packs() && u64::from(want.len) < PACK_SMALL && cfg.rate.is_none() {
+                    let mut bytes = u64::from(want.len);
+                    while pack.len() < PACK_CHUNKS {
+                        let Some(next) = s.session.want() else { break };
+                        let len = u64::from(next.len);
+                        if next.job != job || len >= PACK_SMALL || bytes + len > PACK_BYTES {
+                            break;
+                        }
+                        let shared = match &cfg.shared_budget {
+                            Some(b) => match b.try_acquire(next.len) {
+                                Some(p) => Some(p),
+                                None => break,
+                            },
+                            None => None,
+                        };
+                        let Some(order) = s.session.send_chunk(job, now()) else { break };
+                        s.held.insert((order.job, order.chunk), shared);
+                        chunks_this_conn += 1;
+                        bytes += len;
+                        pack.push(order);
+                    }
+                }
+                spawn_chunks(conn.clone(), s.sources[job].clone(), pack, cfg.faults.clone(), events.clone(), reads.clone());
                 let drop_now = {
                     let mut d = cfg.faults.drop_connection_after.lock().expect("fault lock");
                     match *d {
@@ -222,71 +248,102 @@ fn small_reads()
     })
 }
 
-pub(super) fn spawn_chunk(
+/// Most chunks one stream carries, and most bytes of them; only chunks under
+/// [`PACK_SMALL`] share a stream.
+const PACK_CHUNKS: usize = 32;
+const PACK_BYTES: u64 = 1 << 20;
+const PACK_SMALL: u64 = protocol::PACKED_BELOW;
+
+/// Reads chunk `order` of `source` and hashes it (blocking).
+fn read_chunk(
+    source: &Source,
+    order: &ChunkOrder,
+    faults: &FaultInjection,
+) -> Result<(Bytes, Hash32), SourceReadError> {
+    let (c, layout) = (order.chunk, &order.layout);
+    let file = source.file(c.file)?;
+    // Filled completely by `read_exact_at` before anything reads it.
+    let mut buf = BufferPool::global().take(layout.chunk_len(c.index) as usize);
+    file.read_exact_at(buf.as_mut_slice(), layout.offset(c.index))
+        .map_err(|e| SourceReadError::Read {
+            path: source.files[c.file as usize].0.clone(),
+            source: e,
+        })?;
+    let hash = layout.chunk_hash(c.index, buf.as_ref());
+    if !buf.as_ref().is_empty() && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst) {
+        buf.as_mut_slice()[0] ^= 0x01;
+    }
+    Ok((buf.freeze(), hash))
+}
+
+/// Sends `orders` (chunks of one job, in order) on one chunk stream: each read and hashed,
+/// its hash reported, then its header and payload written; the stream finished after the
+/// last. A chunk that cannot be read ends the stream there (the job ends with it).
+pub(super) fn spawn_chunks(
     conn: quinn::Connection,
     source: Arc<Source>,
-    order: ChunkOrder,
+    orders: Vec<ChunkOrder>,
     faults: Arc<FaultInjection>,
     events: mpsc::UnboundedSender<Event>,
     reads: Arc<Semaphore>,
 ) {
-    let ChunkOrder {
-        job,
-        handle,
-        chunk: c,
-        layout,
-    } = order;
+    let (job, handle) = (orders[0].job, orders[0].handle);
     tokio::spawn(async move {
         let result = async {
             let reading = reads.acquire_owned().await.expect("never closed");
-            let len = layout.chunk_len(c.index);
-            let read_chunk = move || -> Result<(Bytes, Hash32), SourceReadError> {
+            let small = orders
+                .iter()
+                .all(|o| o.layout.chunk_len(o.chunk.index) < SMALL_READ);
+            let read_all = move || {
                 let _reading = reading;
-                let file = source.file(c.file)?;
-                // Filled completely by `read_exact_at` before anything reads it.
-                let mut buf = BufferPool::global().take(layout.chunk_len(c.index) as usize);
-                file.read_exact_at(buf.as_mut_slice(), layout.offset(c.index))
-                    .map_err(|e| SourceReadError::Read {
-                        path: source.files[c.file as usize].0.clone(),
-                        source: e,
-                    })?;
-                let hash = layout.chunk_hash(c.index, buf.as_ref());
-                if !buf.as_ref().is_empty()
-                    && faults.corrupt_first_chunk.swap(false, Ordering::SeqCst)
-                {
-                    buf.as_mut_slice()[0] ^= 0x01;
+                let mut out = Vec::with_capacity(orders.len());
+                for o in orders {
+                    let read = read_chunk(&source, &o, &faults);
+                    let failed = read.is_err();
+                    out.push((o, read));
+                    if failed {
+                        break;
+                    }
                 }
-                Ok((buf.freeze(), hash))
+                out
             };
-            // A small chunk (a small file) read with those beside it on a few shared
+            // Small chunks (small files) read with those beside them on a few shared
             // threads: one hand-off for many; a large one on a blocking thread of its own.
-            let read = if len < SMALL_READ {
-                small_reads().call(read_chunk).await
+            let read = if small {
+                small_reads().call(read_all).await
             } else {
-                tokio::task::spawn_blocking(read_chunk)
+                tokio::task::spawn_blocking(read_all)
                     .await
                     .map_err(|e| ConnectionLost::ReadTask(Arc::new(e)))?
             };
-            let (data, hash) = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = events.send(Event::SourceFailed(job, e));
-                    return Ok(());
-                }
-            };
-            // Report the hash before the data leaves, so it is recorded before any ack.
-            let _ = events.send(Event::Sent(job, c, hash));
-            let header = ChunkHeader {
-                handle,
-                chunk: c,
-                len: data.len() as u64,
-                hash,
-            };
-            let prefix = protocol::encode_chunk_header(&header);
-            let mut stream = conn.open_uni().await?;
-            stream.write_all(&prefix).await?;
-            stream.write_chunk(data).await?;
-            stream.finish()?;
+            let mut stream = None;
+            for (order, read) in read {
+                let (data, hash) = match read {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = events.send(Event::SourceFailed(order.job, e));
+                        break;
+                    }
+                };
+                // Report the hash before the data leaves, so it is recorded before any ack.
+                let _ = events.send(Event::Sent(order.job, order.chunk, hash));
+                let header = ChunkHeader {
+                    handle: order.handle,
+                    chunk: order.chunk,
+                    len: data.len() as u64,
+                    hash,
+                };
+                let prefix = protocol::encode_chunk_header(&header);
+                let stream = match &mut stream {
+                    Some(s) => s,
+                    None => stream.insert(conn.open_uni().await?),
+                };
+                stream.write_all(&prefix).await?;
+                stream.write_chunk(data).await?;
+            }
+            if let Some(mut stream) = stream {
+                stream.finish()?;
+            }
             Ok::<(), ConnectionLost>(())
         }
         .await;

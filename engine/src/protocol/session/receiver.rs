@@ -288,7 +288,7 @@ impl<J: Clone> ReceiverSession<J> {
                 self.actions.push_back(ReceiverAction::Admit);
                 self.actions
                     .push_back(ReceiverAction::Frame(ServerFrame::Welcome {
-                        version: VERSION,
+                        version: PACKED_VERSION,
                         tenant: tenant.clone(),
                     }));
                 self.phase = Phase::Open { tenant };

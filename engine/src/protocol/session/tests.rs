@@ -490,3 +490,29 @@ fn the_gateway_refuses_frames_out_of_order() {
     assert_ne!(h0, h1);
     assert_eq!(s.open_jobs(), 1);
 }
+
+#[test]
+fn a_sender_packs_small_chunks_only_for_a_gateway_that_says_it_reads_them() {
+    use super::super::retry::RetryLimits;
+    let limits = RetryLimits {
+        max_reopens: 8,
+        retry_for: Duration::from_secs(60),
+    };
+    let mut s = SenderSession::new(limits, 1 << 20, Duration::ZERO);
+    s.add_job(job("j", &[1])).unwrap();
+    let token = Secret("t".into());
+    let welcome = |version| ServerFrame::Welcome {
+        version,
+        tenant: "acme".into(),
+    };
+    s.connected(&token, Duration::ZERO);
+    assert!(!s.packs(), "not before the Welcome");
+    s.on_frame(welcome(VERSION), Duration::ZERO).unwrap();
+    assert!(!s.packs(), "an older gateway reads one chunk per stream");
+    s.connected(&token, ms(1));
+    s.on_frame(welcome(PACKED_VERSION), ms(1)).unwrap();
+    assert!(s.packs());
+    // A new connection (perhaps to another gateway) asks again.
+    s.connected(&token, ms(2));
+    assert!(!s.packs());
+}

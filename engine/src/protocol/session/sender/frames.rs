@@ -17,9 +17,10 @@ impl SenderSession {
             return Ok(());
         }
         match frame {
-            ServerFrame::Welcome { tenant, .. } => {
-                tracing::debug!(%tenant, "authenticated");
+            ServerFrame::Welcome { version, tenant } => {
+                tracing::debug!(%tenant, version, "authenticated");
                 self.welcomed = true;
+                self.gateway_version = version;
             }
             ServerFrame::Refused { reason } => return Err(Fatal::Refused(reason)),
             ServerFrame::JobReady {

@@ -181,6 +181,8 @@ pub struct SenderSession {
     cursor: usize,
     phase: Phase,
     welcomed: bool,
+    /// The protocol version this connection's gateway said in its `Welcome`.
+    gateway_version: u16,
     /// Some connection of this send was authenticated.
     ever_welcomed: bool,
     /// How long the first connection may take, attempts and waits together.
@@ -206,6 +208,7 @@ impl SenderSession {
             cursor: 0,
             phase: Phase::Disconnected,
             welcomed: false,
+            gateway_version: 0,
             ever_welcomed: false,
             connect_timeout: None,
             reconnects: 0,
@@ -274,6 +277,12 @@ impl SenderSession {
         &self.jobs
     }
 
+    /// Whether this connection's gateway reads several chunks per stream (its `Welcome`
+    /// said [`crate::protocol::PACKED_VERSION`] or later).
+    pub fn packs(&self) -> bool {
+        self.gateway_version >= crate::protocol::PACKED_VERSION
+    }
+
     /// Where the current connection stands.
     pub fn phase(&self) -> Phase {
         self.phase
@@ -324,6 +333,7 @@ impl SenderSession {
         let _ = now;
         self.phase = Phase::Open;
         self.welcomed = false;
+        self.gateway_version = 0;
         self.window.reset();
         self.by_handle.clear();
         self.cursor = 0;
