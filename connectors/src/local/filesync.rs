@@ -1,8 +1,9 @@
 //! Syncs of many files at once. Syncs requested side by side (a group commit's files, and
 //! every job writing to the same connector) run as one [`Batch`]: where at least
-//! [`SYNCFS_MIN`] of its files are on one file system, one `syncfs` makes all of them
-//! durable (data, attributes and directory entries: what `rclone copy` followed by `sync`
-//! pays once), else each file gets its own `fsync`.
+//! [`SYNCFS_MIN`] of its files are on one local file system of a kind whose `syncfs` is
+//! known to keep them (ext4, XFS, Btrfs, F2FS), one `syncfs` makes all of them durable
+//! (data, attributes and directory entries: what `rclone copy` followed by `sync` pays
+//! once), else each file gets its own `fsync`.
 //!
 //! Errors: `syncfs` reports a write-back error of its file system that happened since the
 //! descriptor it is called on was opened (Linux 5.8 and later). It is called on the
@@ -25,6 +26,21 @@ use crate::batch::Batch;
 
 /// Fewest files of one file system in a batch for one `syncfs` instead of their `fsync`s.
 pub(super) const SYNCFS_MIN: usize = 8;
+
+/// File systems (`statfs` magic numbers) whose `syncfs` makes every file durable: ext4
+/// (also ext2 and ext3), XFS, Btrfs, F2FS. On others `syncfs` may promise less (a FUSE
+/// file system whose server does not implement it returns success having synced
+/// nothing), so their files keep their own `fsync`.
+const SYNCFS_FILE_SYSTEMS: [u64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010];
+
+/// Whether `file`'s file system is one of [`SYNCFS_FILE_SYSTEMS`].
+pub(super) fn syncfs_keeps_files(file: &File) -> bool {
+    rustix::fs::fstatfs(file.as_fd()).is_ok_and(|st| {
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let magic = st.f_type as u64;
+        SYNCFS_FILE_SYSTEMS.contains(&magic)
+    })
+}
 
 /// Order in which files were opened (see [`SyncOp::opened`]).
 static OPENED: AtomicU64 = AtomicU64::new(0);
@@ -51,6 +67,8 @@ pub(super) struct SyncOp {
 pub(super) struct SyncFs {
     /// A `syncfs` failed: every file is synced on its own from now on.
     per_file: AtomicBool,
+    /// Per file system (`st_dev`): whether `syncfs` may stand for its files' `fsync`s.
+    kinds: std::sync::Mutex<HashMap<u64, bool>>,
     /// `syncfs` calls made (for tests).
     calls: AtomicU64,
     /// Tests: the next `syncfs` fails as a write-back error would.
@@ -81,7 +99,16 @@ impl SyncFs {
         for (i, f) in files.iter().enumerate() {
             by_dev.entry(f.1).or_default().push(i);
         }
-        for group in by_dev.values().filter(|g| g.len() >= SYNCFS_MIN) {
+        for (&dev, group) in by_dev.iter().filter(|(_, g)| g.len() >= SYNCFS_MIN) {
+            let keeps = *self
+                .kinds
+                .lock()
+                .expect("file systems lock")
+                .entry(dev)
+                .or_insert_with(|| syncfs_keeps_files(files[group[0]].0));
+            if !keeps {
+                continue;
+            }
             let first = *group
                 .iter()
                 .min_by_key(|&&i| files[i].2)
