@@ -613,3 +613,30 @@ async fn commits_side_by_side_each_publish_their_own_file_and_confirm_it() {
     let left: Vec<_> = fs::read_dir(dir.path().join("a")).unwrap().collect();
     assert_eq!(left.len(), 41);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_committed_side_by_side_are_each_read_back_and_confirmed() {
+    // 4 × 24 MiB with read-back: more than a batch hashes on one thread.
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path()).with_verify(VerifyMode::Full);
+    let size = 24u64 << 20;
+    let mut ws = Vec::new();
+    for i in 0..4u8 {
+        let w = c.open(&spec(&format!("big/f{i}"), size), false).await.unwrap();
+        w.write_at(0, aligned(size as usize, i)).await.unwrap();
+        ws.push(w);
+    }
+    fs::write(dir.path().join("big/f2"), b"taken").unwrap();
+    let confs = futures::future::join_all(ws.iter().map(|w| w.commit())).await;
+    for (i, conf) in confs.into_iter().enumerate() {
+        if i == 2 {
+            assert!(matches!(conf, Err(ConnectorError::Exists(_))), "{conf:?}");
+            continue;
+        }
+        let conf = conf.unwrap();
+        let expected = aligned(size as usize, i as u8);
+        assert_eq!(conf.size, size);
+        assert_eq!(conf.blake3, Some(*blake3::hash(&expected).as_bytes()), "file {i}");
+        assert_eq!(fs::read(dir.path().join(format!("big/f{i}"))).unwrap(), expected);
+    }
+}

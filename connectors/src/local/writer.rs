@@ -416,11 +416,67 @@ impl Batch for Commits {
                 out[i] = Err(io("syncing directory", &op.final_path)(e.into()));
             }
         }
-        ops.iter()
+        confirm_all(&ops, out)
+    }
+}
+
+/// Bytes of files read back in a batch above which they are hashed on several threads.
+const PARALLEL_READ_BACK: u64 = 64 << 20;
+
+/// Each renamed file's confirmation (`out`: its size, or why it was not renamed): read back
+/// and hashed where its writer verifies, on up to as many threads as there are cores when
+/// there is much to read (a batch of large files is not hashed one after another).
+fn confirm_all(
+    ops: &[CommitOp],
+    out: Vec<Result<u64, ConnectorError>>,
+) -> Vec<Result<Confirmation, ConnectorError>> {
+    let reading: u64 = ops
+        .iter()
+        .zip(&out)
+        .filter(|(op, len)| op.verify != VerifyMode::Size && len.is_ok())
+        .map(|(_, len)| *len.as_ref().unwrap_or(&0))
+        .sum();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if reading < PARALLEL_READ_BACK || threads < 2 || ops.len() < 2 {
+        return ops
+            .iter()
             .zip(out)
             .map(|(op, len)| len.and_then(|len| op.confirm(len)))
-            .collect()
+            .collect();
     }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<u64, ConnectorError>>>> = out
+        .into_iter()
+        .map(|r| std::sync::Mutex::new(Some(r)))
+        .collect();
+    let done: Vec<std::sync::Mutex<Option<Result<Confirmation, ConnectorError>>>> =
+        ops.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(ops.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= ops.len() {
+                        return;
+                    }
+                    let len = slots[i]
+                        .lock()
+                        .expect("slot lock")
+                        .take()
+                        .expect("taken once");
+                    let conf = len.and_then(|len| ops[i].confirm(len));
+                    *done[i].lock().expect("slot lock") = Some(conf);
+                }
+            });
+        }
+    });
+    done.into_iter()
+        .map(|d| {
+            d.into_inner()
+                .expect("slot lock")
+                .expect("every file confirmed")
+        })
+        .collect()
 }
 
 /// How many leading bytes of `data`, written at `offset`, may go with `O_DIRECT`: all whole
