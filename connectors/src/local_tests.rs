@@ -622,7 +622,10 @@ async fn large_files_committed_side_by_side_are_each_read_back_and_confirmed() {
     let size = 24u64 << 20;
     let mut ws = Vec::new();
     for i in 0..4u8 {
-        let w = c.open(&spec(&format!("big/f{i}"), size), false).await.unwrap();
+        let w = c
+            .open(&spec(&format!("big/f{i}"), size), false)
+            .await
+            .unwrap();
         w.write_at(0, aligned(size as usize, i)).await.unwrap();
         ws.push(w);
     }
@@ -636,7 +639,14 @@ async fn large_files_committed_side_by_side_are_each_read_back_and_confirmed() {
         let conf = conf.unwrap();
         let expected = aligned(size as usize, i as u8);
         assert_eq!(conf.size, size);
-        assert_eq!(conf.blake3, Some(*blake3::hash(&expected).as_bytes()), "file {i}");
-        assert_eq!(fs::read(dir.path().join(format!("big/f{i}"))).unwrap(), expected);
+        assert_eq!(
+            conf.blake3,
+            Some(*blake3::hash(&expected).as_bytes()),
+            "file {i}"
+        );
+        assert_eq!(
+            fs::read(dir.path().join(format!("big/f{i}"))).unwrap(),
+            expected
+        );
     }
 }
