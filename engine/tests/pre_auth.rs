@@ -291,6 +291,36 @@ async fn next_frame(
     }
 }
 
+/// Opens a job of one file of `size` bytes in chunks of `chunk` to `null://`; its handle.
+async fn open_job(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder<ServerFrame>,
+    chunk: u64,
+    size: u64,
+) -> u32 {
+    let open = protocol::OpenJob {
+        job_id: uuid::Uuid::new_v4().to_string(),
+        destinations: vec!["null://".into()],
+        chunk_size: chunk,
+        source: "file:///attack".into(),
+        files: vec![protocol::FileSpec {
+            path: "a.bin".into(),
+            size,
+        }],
+        correlation_id: None,
+        classification: None,
+        strict: None,
+    };
+    send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(open)))
+        .await
+        .unwrap();
+    match next_frame(recv, dec).await {
+        ServerFrame::JobReady { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Sends chunk `index` of file 0 on its own stream: the header, then `payload`.
 async fn send_chunk(
     conn: &quinn::Connection,
@@ -330,27 +360,8 @@ async fn a_chunk_shorter_than_its_header_says_cannot_pass_for_stale_bytes_of_a_r
         "{welcome:?}"
     );
     let chunk = 64u64 << 10;
-    let open = protocol::OpenJob {
-        job_id: uuid::Uuid::new_v4().to_string(),
-        destinations: vec!["null://".into()],
-        chunk_size: chunk,
-        source: "file:///attack".into(),
-        files: vec![protocol::FileSpec {
-            path: "a.bin".into(),
-            size: 2 * chunk,
-        }],
-        correlation_id: None,
-        classification: None,
-        strict: None,
-    };
-    send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(open)))
-        .await
-        .unwrap();
     let mut dec = FrameDecoder::<ServerFrame>::new(protocol::MAX_CONTROL_FRAME);
-    let handle = match next_frame(&mut recv, &mut dec).await {
-        ServerFrame::JobReady { handle, .. } => handle,
-        other => panic!("{other:?}"),
-    };
+    let handle = open_job(&mut send, &mut recv, &mut dec, chunk, 2 * chunk).await;
     let layout = ChunkLayout::new(2 * chunk, chunk).unwrap();
     let data = vec![0xabu8; chunk as usize];
     send_chunk(&conn, handle, 0, chunk, layout.chunk_hash(0, &data), &data).await;
@@ -447,27 +458,8 @@ async fn a_stream_of_several_chunks_is_read_chunk_by_chunk_and_one_bad_chunk_tak
         "{welcome:?}"
     );
     let chunk = 4096u64;
-    let open = protocol::OpenJob {
-        job_id: uuid::Uuid::new_v4().to_string(),
-        destinations: vec!["null://".into()],
-        chunk_size: chunk,
-        source: "file:///packed".into(),
-        files: vec![protocol::FileSpec {
-            path: "a.bin".into(),
-            size: 6 * chunk,
-        }],
-        correlation_id: None,
-        classification: None,
-        strict: None,
-    };
-    send.write_all(&protocol::encode_frame(&ClientFrame::OpenJob(open)))
-        .await
-        .unwrap();
     let mut dec = FrameDecoder::<ServerFrame>::new(protocol::MAX_CONTROL_FRAME);
-    let handle = match next_frame(&mut recv, &mut dec).await {
-        ServerFrame::JobReady { handle, .. } => handle,
-        other => panic!("{other:?}"),
-    };
+    let handle = open_job(&mut send, &mut recv, &mut dec, chunk, 6 * chunk).await;
     let layout = ChunkLayout::new(6 * chunk, chunk).unwrap();
     let data: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; chunk as usize]).collect();
     let hash = |i: u64| layout.chunk_hash(i, &data[i as usize]);
