@@ -82,11 +82,17 @@ pub struct LocalConnector {
     verify: VerifyMode,
     overwrite: bool,
     direct: bool,
-    /// File syncs and commits its writers share.
-    syncs: Arc<crate::batch::Batcher<filesync::FileSyncs>>,
-    commits: Arc<crate::batch::Batcher<writer::Commits>>,
-    /// Blocking threads for opens and small writes, shared by its writers.
-    pool: Arc<crate::batch::Batcher<crate::batch::Closures>>,
+    /// The blocking work its writers share.
+    batches: Arc<Batches>,
+}
+
+/// A connector's blocking work, run in batches and shared by its writers: file syncs,
+/// commits, and a few threads for opens and small writes.
+#[derive(Debug)]
+struct Batches {
+    syncs: crate::batch::Batcher<filesync::FileSyncs>,
+    commits: crate::batch::Batcher<writer::Commits>,
+    pool: crate::batch::Batcher<crate::batch::Closures>,
 }
 
 /// Threads of a connector's pool for opens and small writes, and the most of them one
@@ -94,12 +100,19 @@ pub struct LocalConnector {
 const POOL_THREADS: usize = 4;
 const POOL_BATCH: usize = 16;
 
-fn pool() -> Arc<crate::batch::Batcher<crate::batch::Closures>> {
-    Arc::new(crate::batch::Batcher::with_threads(
-        crate::batch::Closures,
-        POOL_THREADS,
-        POOL_BATCH,
-    ))
+impl Batches {
+    fn new() -> Arc<Self> {
+        let fs = Arc::<filesync::SyncFs>::default();
+        Arc::new(Self {
+            syncs: crate::batch::Batcher::new(filesync::FileSyncs { fs: fs.clone() }),
+            commits: crate::batch::Batcher::new(writer::Commits { fs }),
+            pool: crate::batch::Batcher::with_threads(
+                crate::batch::Closures,
+                POOL_THREADS,
+                POOL_BATCH,
+            ),
+        })
+    }
 }
 
 impl LocalConnector {
@@ -112,7 +125,6 @@ impl LocalConnector {
                 "file:// destinations need an absolute path, got {root:?}"
             )));
         }
-        let fs = Arc::<filesync::SyncFs>::default();
         Ok(Self {
             uri: format!("file://{root}"),
             trusted: path,
@@ -120,11 +132,7 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: false,
             direct: true,
-            syncs: Arc::new(crate::batch::Batcher::new(filesync::FileSyncs {
-                fs: fs.clone(),
-            })),
-            commits: Arc::new(crate::batch::Batcher::new(writer::Commits { fs })),
-            pool: pool(),
+            batches: Batches::new(),
         })
     }
 
@@ -137,7 +145,6 @@ impl LocalConnector {
             )));
         }
         let (trusted, sub) = dest.segments().split_at(dest.trusted_segments());
-        let fs = Arc::<filesync::SyncFs>::default();
         Ok(Self {
             uri: dest.to_string(),
             trusted: PathBuf::from(format!("/{}", trusted.join("/"))),
@@ -145,11 +152,7 @@ impl LocalConnector {
             verify: VerifyMode::Size,
             overwrite: dest.overwrite(),
             direct: true,
-            syncs: Arc::new(crate::batch::Batcher::new(filesync::FileSyncs {
-                fs: fs.clone(),
-            })),
-            commits: Arc::new(crate::batch::Batcher::new(writer::Commits { fs })),
-            pool: pool(),
+            batches: Batches::new(),
         })
     }
 
@@ -372,8 +375,9 @@ impl Connector for LocalConnector {
         check_object_path(&spec.job_id)?;
         let this = self.clone();
         let spec = spec.clone();
-        let pool = self.pool.clone();
-        let writer = pool
+        let batches = self.batches.clone();
+        let writer = batches
+            .pool
             .call(move || {
                 // The root must still exist: a vanished destination fails instead of being
                 // silently re-created somewhere the operator no longer looks.
@@ -398,9 +402,7 @@ impl Connector for LocalConnector {
                         name: name.clone(),
                         temp: temp.clone(),
                         dir: dir.clone(),
-                        syncs: this.syncs.clone(),
-                        commits: this.commits.clone(),
-                        pool: this.pool.clone(),
+                        batches: this.batches.clone(),
                         direct: AtomicBool::new(this.direct),
                         dev,
                         opened,
@@ -474,3 +476,7 @@ pub use writer::{COMMIT_XATTR, DIRECT_ALIGN};
 #[cfg(test)]
 #[path = "local_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "local_batch_tests.rs"]
+mod batch_tests;

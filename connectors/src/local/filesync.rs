@@ -125,6 +125,27 @@ impl SyncFs {
         done
     }
 
+    /// Makes every one of `files` durable: by [`Self::sync_groups`] where it can, else by
+    /// its own `fsync`; one result per file, in order.
+    pub(super) fn sync_each<'a>(
+        &self,
+        files: impl Iterator<Item = (&'a File, u64, u64, &'a Path)>,
+    ) -> Vec<Result<(), ConnectorError>> {
+        let files: Vec<_> = files.collect();
+        let done = self.sync_groups(files.iter().copied());
+        files
+            .iter()
+            .zip(done)
+            .map(|(&(file, _, _, path), done)| {
+                if done {
+                    Ok(())
+                } else {
+                    file.sync_all().map_err(io("syncing", path))
+                }
+            })
+            .collect()
+    }
+
     fn syncfs(&self, file: &File) -> Result<(), rustix::io::Errno> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         #[cfg(test)]
@@ -146,19 +167,9 @@ impl Batch for FileSyncs {
     type Out = Result<(), ConnectorError>;
 
     fn run(&self, ops: Vec<SyncOp>) -> Vec<Self::Out> {
-        let done = self.fs.sync_groups(
+        self.fs.sync_each(
             ops.iter()
                 .map(|op| (&*op.file, op.dev, op.opened, op.path.as_path())),
-        );
-        ops.iter()
-            .zip(done)
-            .map(|(op, done)| {
-                if done {
-                    Ok(())
-                } else {
-                    op.file.sync_all().map_err(io("syncing", &op.path))
-                }
-            })
-            .collect()
+        )
     }
 }

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::filesync::{FileSyncs, SyncFs, SyncOp};
+use super::filesync::{SyncFs, SyncOp};
 use super::{COMMITTING, blocking, hash_file, io, write_state};
-use crate::batch::{Batch, Batcher, Closures};
+use crate::batch::Batch;
 use crate::beneath::open_beneath;
 use crate::{Confirmation, ConnectorError, ObjectSpec, ObjectWriter, VerifyMode};
 
@@ -39,11 +39,8 @@ pub(super) struct LocalWriter {
     pub(super) temp: String,
     /// The object's directory, resolved once beneath the root.
     pub(super) dir: Arc<OwnedFd>,
-    /// The connector's file syncs and commits, shared by its writers.
-    pub(super) syncs: Arc<Batcher<FileSyncs>>,
-    pub(super) commits: Arc<Batcher<Commits>>,
-    /// The connector's threads for small writes.
-    pub(super) pool: Arc<Batcher<Closures>>,
+    /// The connector's syncs, commits and threads for small writes.
+    pub(super) batches: Arc<super::Batches>,
     pub(super) file: Option<Arc<File>>,
     /// The file's file system (`st_dev`) and place in the order files were opened
     /// (see [`SyncOp`]).
@@ -189,7 +186,7 @@ impl ObjectWriter for LocalWriter {
         // A small write (a small file's whole content) with the others beside it on the
         // connector's few threads; a large one on a thread of its own.
         let refused = if small {
-            self.pool.call(write).await?
+            self.batches.pool.call(write).await?
         } else {
             blocking(write).await?
         };
@@ -215,7 +212,7 @@ impl ObjectWriter for LocalWriter {
         // With the syncs beside it: `syncfs` or `fsync`, not `fdatasync`: the file's mark
         // (an attribute) becomes durable with its data, so its commit needs no sync of its
         // own.
-        self.syncs.run(op).await?;
+        self.batches.syncs.run(op).await?;
         self.synced.fetch_max(changes, Ordering::AcqRel);
         Ok(())
     }
@@ -247,7 +244,7 @@ impl ObjectWriter for LocalWriter {
             opened: self.opened,
         };
         // With the commits beside it (see [`Commits`]).
-        let conf = self.commits.run(op).await?;
+        let conf = self.batches.commits.run(op).await?;
         self.committed.store(true, Ordering::Release);
         Ok(conf)
     }
@@ -378,21 +375,19 @@ impl Batch for Commits {
         // Files that changed since their last sync (or were reopened: that counts as a
         // change) are made durable before they get their final name.
         let dirty: Vec<usize> = (0..ops.len()).filter(|&i| !ops[i].clean).collect();
-        let synced = self.fs.sync_groups(dirty.iter().map(|&i| {
+        let synced = self.fs.sync_each(dirty.iter().map(|&i| {
             let op = &ops[i];
             (&*op.file, op.dev, op.opened, op.temp_path.as_path())
         }));
-        let mut unsynced: Vec<Option<std::io::Error>> = (0..ops.len()).map(|_| None).collect();
+        let mut unsynced: Vec<Option<ConnectorError>> = (0..ops.len()).map(|_| None).collect();
         for (&i, synced) in dirty.iter().zip(synced) {
-            if !synced && let Err(e) = ops[i].file.sync_all() {
-                unsynced[i] = Some(e);
-            }
+            unsynced[i] = synced.err();
         }
         let mut out: Vec<_> = ops
             .iter()
             .zip(unsynced)
             .map(|(op, failed)| match failed {
-                Some(e) => Err(io("syncing", &op.temp_path)(e)),
+                Some(e) => Err(e),
                 None => op.rename(),
             })
             .collect();
@@ -444,38 +439,31 @@ fn confirm_all(
             .map(|(op, len)| len.and_then(|len| op.confirm(len)))
             .collect();
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<u64, ConnectorError>>>> = out
-        .into_iter()
-        .map(|r| std::sync::Mutex::new(Some(r)))
-        .collect();
-    let done: Vec<std::sync::Mutex<Option<Result<Confirmation, ConnectorError>>>> =
-        ops.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    // Each thread takes every `threads`-th file; the answers go back in their places.
+    let lens: Vec<Option<u64>> = out.iter().map(|r| r.as_ref().ok().copied()).collect();
+    let mut confirmed: Vec<Option<Result<Confirmation, ConnectorError>>> =
+        (0..ops.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
-        for _ in 0..threads.min(ops.len()) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= ops.len() {
-                        return;
-                    }
-                    let len = slots[i]
-                        .lock()
-                        .expect("slot lock")
-                        .take()
-                        .expect("taken once");
-                    let conf = len.and_then(|len| ops[i].confirm(len));
-                    *done[i].lock().expect("slot lock") = Some(conf);
-                }
-            });
+        let workers: Vec<_> = (0..threads.min(ops.len()))
+            .map(|t| {
+                let (ops, lens) = (&ops, &lens);
+                scope.spawn(move || {
+                    (t..ops.len())
+                        .step_by(threads)
+                        .filter_map(|i| lens[i].map(|len| (i, ops[i].confirm(len))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for w in workers {
+            for (i, conf) in w.join().expect("a read back does not panic") {
+                confirmed[i] = Some(conf);
+            }
         }
     });
-    done.into_iter()
-        .map(|d| {
-            d.into_inner()
-                .expect("slot lock")
-                .expect("every file confirmed")
-        })
+    out.into_iter()
+        .zip(confirmed)
+        .map(|(len, conf)| len.and_then(|_| conf.expect("every renamed file is confirmed")))
         .collect()
 }
 
