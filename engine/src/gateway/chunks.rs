@@ -110,6 +110,14 @@ async fn handle_chunk(
                 let _ = recv.stop(0u32.into());
                 return Ok(Next::Done);
             }
+            // Bytes read past count against the tenant's receive rate like any others
+            // (chunks it holds already, sent again and again, are no way around it).
+            if let Some(rate) = shared
+                .quotas
+                .rate(&state.tenant, tenant_quotas(shared, state).0)
+            {
+                rate.take(header.len).await;
+            }
             return match skip(recv, header.len).await {
                 Ok(()) => Ok(Next::More),
                 Err(_) => {
@@ -135,21 +143,7 @@ async fn handle_chunk(
     // The tenant's quotas before the gateway spends anything on the payload: its receive
     // rate (the stream is not read meanwhile: QUIC flow control holds the sender), then
     // its part of the memory budget, then the budget.
-    let (limit, cap) = {
-        let tenants = shared.tenants.current();
-        let entry = tenants.file.get(&state.tenant);
-        let total: u64 = tenants
-            .file
-            .tenants
-            .iter()
-            .map(|t| u64::from(t.share))
-            .sum();
-        let share = entry.map_or(1, |t| t.share);
-        (
-            entry.and_then(|t| t.bytes_per_second),
-            shared.quotas.memory_cap(share, total),
-        )
-    };
+    let (limit, cap) = tenant_quotas(shared, state);
     if let Some(rate) = shared.quotas.rate(&state.tenant, limit) {
         rate.take(header.len).await;
     }
@@ -215,6 +209,24 @@ async fn handle_chunk(
         _permit: permit,
     });
     Ok(Next::More)
+}
+
+/// The tenant's receive rate limit (bytes per second, if any) and its part of the memory
+/// budget.
+fn tenant_quotas(shared: &Shared, state: &ConnState) -> (Option<u64>, u32) {
+    let tenants = shared.tenants.current();
+    let entry = tenants.file.get(&state.tenant);
+    let total: u64 = tenants
+        .file
+        .tenants
+        .iter()
+        .map(|t| u64::from(t.share))
+        .sum();
+    let share = entry.map_or(1, |t| t.share);
+    (
+        entry.and_then(|t| t.bytes_per_second),
+        shared.quotas.memory_cap(share, total),
+    )
 }
 
 /// Reads `len` bytes of `recv` and drops them.

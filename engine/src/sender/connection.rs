@@ -119,12 +119,12 @@ pub(super) async fn connection(
                 let mut pack = vec![order];
                 // Small chunks of the job that are ready now go with it on one stream
                 // (many small files: one stream, one task and one read hand-off for many).
-                if s.session.packs() && u64::from(want.len) < PACK_SMALL && cfg.rate.is_none() {
+                if s.session.packs() && u64::from(want.len) < protocol::PACKED_BELOW && cfg.rate.is_none() {
                     let mut bytes = u64::from(want.len);
                     while pack.len() < PACK_CHUNKS {
                         let Some(next) = s.session.want() else { break };
                         let len = u64::from(next.len);
-                        if next.job != job || len >= PACK_SMALL || bytes + len > PACK_BYTES {
+                        if next.job != job || len >= protocol::PACKED_BELOW || bytes + len > PACK_BYTES {
                             break;
                         }
                         let shared = match &cfg.shared_budget {
@@ -230,10 +230,8 @@ pub(super) async fn read_control(
     }
 }
 
-/// Chunks shorter than this are read on the [`small_reads`] pool.
-const SMALL_READ: u64 = 256 << 10;
-
-/// The process's threads for reading small chunks: at most 4, a few reads per hand-off.
+/// The process's threads for reading small chunks (shorter than
+/// [`protocol::PACKED_BELOW`]): at most 4, a few reads per hand-off.
 fn small_reads()
 -> &'static trackshift_connectors::batch::Batcher<trackshift_connectors::batch::Closures> {
     static POOL: std::sync::OnceLock<
@@ -249,10 +247,9 @@ fn small_reads()
 }
 
 /// Most chunks one stream carries, and most bytes of them; only chunks under
-/// [`PACK_SMALL`] share a stream.
+/// [`protocol::PACKED_BELOW`] share a stream.
 const PACK_CHUNKS: usize = 32;
 const PACK_BYTES: u64 = 1 << 20;
-const PACK_SMALL: u64 = protocol::PACKED_BELOW;
 
 /// Reads chunk `order` of `source` and hashes it (blocking).
 fn read_chunk(
@@ -293,7 +290,7 @@ pub(super) fn spawn_chunks(
             let reading = reads.acquire_owned().await.expect("never closed");
             let small = orders
                 .iter()
-                .all(|o| o.layout.chunk_len(o.chunk.index) < SMALL_READ);
+                .all(|o| o.layout.chunk_len(o.chunk.index) < protocol::PACKED_BELOW);
             let read_all = move || {
                 let _reading = reading;
                 let mut out = Vec::with_capacity(orders.len());
