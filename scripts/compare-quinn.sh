@@ -8,7 +8,8 @@
 # TRACKSHIFT_SEND_ARGS adds options to `trackshift send` (for example --fixed-window).
 #
 # Bare quinn is `engine/examples/bare_quinn.rs` (quinn's `perf` shape with Trackshift's TLS
-# provider, windows, UDP buffers and idle timeout); Trackshift is `trackshift send` of a file
+# provider, windows, UDP buffers and idle timeout); the floor is the same with the file read
+# and BLAKE3 on both sides, the work Trackshift cannot leave out; Trackshift is `trackshift send` of a file
 # in the page cache to `null://` at a `trackshift serve` gateway. Both run on 127.0.0.1. For
 # each run: wall time, Gbit/s, CPU seconds per GiB of each side, peak resident memory.
 set -euo pipefail
@@ -34,16 +35,23 @@ row() { # contender wall send_cpu recv_cpu send_rss recv_rss
                  c, w, b * 8 / w / 1e9, sc / g, rc / g, (sc + rc) / g, sr, rr }'
 }
 
+# bare [floor]: bare quinn; with `floor`, the sender reads and hashes the file and the
+# receiver hashes what it receives (the least work a transfer that proves what arrived does).
 bare() {
-    local out=$work/bq-serve.out
+    local out=$work/bq-serve.out name="bare quinn" serve_args=() send_args=()
+    if [[ ${1:-} == floor ]]; then
+        name="floor: quinn + pread + BLAKE3"
+        serve_args=(--hash)
+        send_args=("$work/src.bin")
+    fi
     rm -f "$out"
-    "$bq" serve "$work/bq-tls" >"$out" &
+    "$bq" serve "$work/bq-tls" "${serve_args[@]}" >"$out" &
     local server=$!
     pids+=("$server")
     wait_line "$out" '^listening'
     read -r _ addr fp < <(grep '^listening' "$out")
     local client
-    client=$("$bq" send "$addr" "$fp" "$bytes" 8)
+    client=$("$bq" send "$addr" "$fp" "$bytes" 8 "${send_args[@]}")
     wait_line "$out" '^bytes='
     local line
     line=$(grep '^bytes=' "$out")
@@ -54,7 +62,7 @@ bare() {
     wall=$(field seconds "$client")
     sc=$(awk -v u="$(field cpu_user "$client")" -v s="$(field cpu_sys "$client")" 'BEGIN { print u + s }')
     rc=$(awk -v u="$(field cpu_user "$line")" -v s="$(field cpu_sys "$line")" 'BEGIN { print u + s }')
-    row "bare quinn" "$wall" "$sc" "$rc" $(($(field max_rss_kib "$client") / 1024)) $(($(field max_rss_kib "$line") / 1024))
+    row "$name" "$wall" "$sc" "$rc" $(($(field max_rss_kib "$client") / 1024)) $(($(field max_rss_kib "$line") / 1024))
 }
 
 trackshift() {
@@ -68,5 +76,6 @@ echo "| contender | wall | speed | CPU s/GiB, send + receive | resident, send / 
 echo "|---|---|---|---|---|"
 for _ in $(seq 1 "$rounds"); do
     bare
+    bare floor
     trackshift
 done

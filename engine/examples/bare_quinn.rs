@@ -6,9 +6,15 @@
 //! acknowledgements or signatures: what is left is the ceiling. `scripts/compare-quinn.sh`
 //! runs it alternately with `trackshift send` (`BENCHMARKS.md`).
 //!
+//! A second contender, the *floor*, adds only the work Trackshift cannot leave out: the
+//! sender reads a file (4 MiB at a time, `pread` into a pooled buffer on a blocking thread)
+//! and hashes what it read with BLAKE3; the receiver hashes what it receives (copied into a
+//! 256 KiB staging buffer so that BLAKE3 gets its SIMD width). No framing, acknowledgements,
+//! manifests or destinations: what a transfer that proves what arrived costs at least.
+//!
 //! ```text
-//! bare_quinn serve DIR                # prints `listening ADDR FINGERPRINT`, then one line per connection
-//! bare_quinn send ADDR FINGERPRINT BYTES [STREAMS]
+//! bare_quinn serve DIR [--hash]       # prints `listening ADDR FINGERPRINT`, then one line per connection
+//! bare_quinn send ADDR FINGERPRINT BYTES [STREAMS [FILE]]
 //! ```
 //!
 //! Each prints `bytes=N seconds=S cpu_user=U cpu_sys=S max_rss_kib=K` (its own process).
@@ -25,9 +31,15 @@ mod proc_self;
 
 /// The buffer every write sends (quinn's `perf` does the same with its own).
 const BLOCK: usize = 1 << 20;
+/// What the floor reads and hashes at a time (Trackshift's default chunk).
+const FILE_BLOCK: usize = 4 << 20;
+/// The receiver's staging buffer for hashing in the floor.
+const HASH_STEP: usize = 256 << 10;
 
 fn usage() -> ! {
-    eprintln!("usage: bare_quinn serve DIR | bare_quinn send ADDR FINGERPRINT BYTES [STREAMS]");
+    eprintln!(
+        "usage: bare_quinn serve DIR [--hash] | bare_quinn send ADDR FINGERPRINT BYTES [STREAMS [FILE]]"
+    );
     std::process::exit(2)
 }
 
@@ -40,20 +52,24 @@ fn main() {
         .build()
         .expect("runtime");
     match args.first().map(String::as_str) {
-        Some("serve") if args.len() == 2 => rt.block_on(serve(&args[1])),
+        Some("serve") if args.len() == 2 => rt.block_on(serve(&args[1], false)),
+        Some("serve") if args.len() == 3 && args[2] == "--hash" => {
+            rt.block_on(serve(&args[1], true))
+        }
         Some("send") if args.len() >= 4 => {
             let addr: SocketAddr = args[1].parse().unwrap_or_else(|_| usage());
             let bytes: u64 = args[3].parse().unwrap_or_else(|_| usage());
             let streams: u64 = args
                 .get(4)
                 .map_or(8, |s| s.parse().unwrap_or_else(|_| usage()));
-            rt.block_on(send(addr, &args[2], bytes, streams.max(1)));
+            let file = args.get(5).map(std::path::PathBuf::from);
+            rt.block_on(send(addr, &args[2], bytes, streams.max(1), file));
         }
         _ => usage(),
     }
 }
 
-async fn serve(dir: &str) {
+async fn serve(dir: &str, hash: bool) {
     let identity = GatewayIdentity::load_or_generate(std::path::Path::new(dir)).expect("identity");
     let endpoint =
         transport::server_endpoint("127.0.0.1:0".parse().expect("addr"), &identity, false)
@@ -77,9 +93,18 @@ async fn serve(dir: &str) {
                 // `perf` reads up to 32 pieces at a time and drops them.
                 let mut bufs: [Bytes; 32] = std::array::from_fn(|_| Bytes::new());
                 let mut n = 0u64;
+                let mut hasher = blake3::Hasher::new();
+                let mut staged = Vec::with_capacity(if hash { HASH_STEP } else { 0 });
                 while let Ok(Some(k)) = stream.read_chunks(&mut bufs).await {
                     n += bufs[..k].iter().map(|b| b.len() as u64).sum::<u64>();
+                    if hash {
+                        for piece in &bufs[..k] {
+                            stage(&mut hasher, &mut staged, piece);
+                        }
+                    }
                 }
+                hasher.update(&staged);
+                std::hint::black_box(hasher.finalize());
                 n
             });
         }
@@ -90,7 +115,38 @@ async fn serve(dir: &str) {
     }
 }
 
-async fn send(addr: SocketAddr, fingerprint: &str, bytes: u64, streams: u64) {
+/// Copies `piece` into the staging buffer, hashing it each time it fills.
+fn stage(hasher: &mut blake3::Hasher, staged: &mut Vec<u8>, mut piece: &[u8]) {
+    while !piece.is_empty() {
+        let n = piece.len().min(HASH_STEP - staged.len());
+        staged.extend_from_slice(&piece[..n]);
+        piece = &piece[n..];
+        if staged.len() == HASH_STEP {
+            hasher.update(staged);
+            staged.clear();
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of `file` into a pooled buffer and hashes them, as
+/// Trackshift's sender does with a chunk.
+fn read_block(file: &std::fs::File, offset: u64, len: usize) -> Bytes {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = trackshift_engine::pool::BufferPool::global().take(len);
+    file.read_exact_at(buf.as_mut_slice(), offset)
+        .expect("read");
+    std::hint::black_box(blake3::hash(buf.as_mut_slice()));
+    buf.freeze()
+}
+
+async fn send(
+    addr: SocketAddr,
+    fingerprint: &str,
+    bytes: u64,
+    streams: u64,
+    file: Option<std::path::PathBuf>,
+) {
+    let file = file.map(|p| std::sync::Arc::new(std::fs::File::open(p).expect("open")));
     let trust = ServerTrust::fingerprint(fingerprint).expect("fingerprint");
     let endpoint = transport::client_endpoint("0.0.0.0:0".parse().expect("addr"), &trust, false)
         .expect("endpoint");
@@ -102,10 +158,23 @@ async fn send(addr: SocketAddr, fingerprint: &str, bytes: u64, streams: u64) {
     let mut writers = tokio::task::JoinSet::new();
     for k in 0..streams {
         let share = bytes / streams + u64::from(k < bytes % streams);
-        let (conn, block) = (conn.clone(), block.clone());
+        // The floor: stream k sends every `streams`-th block of the file.
+        let (conn, block, file) = (conn.clone(), block.clone(), file.clone());
         writers.spawn(async move {
             let mut s = conn.open_uni().await.expect("stream");
-            let mut left = share;
+            let mut left = if file.is_some() { 0 } else { share };
+            if let Some(file) = file {
+                let mut offset = k * FILE_BLOCK as u64;
+                while offset < bytes {
+                    let n = (bytes - offset).min(FILE_BLOCK as u64) as usize;
+                    let f = file.clone();
+                    let data = tokio::task::spawn_blocking(move || read_block(&f, offset, n))
+                        .await
+                        .expect("reader");
+                    s.write_chunk(data).await.expect("write");
+                    offset += streams * FILE_BLOCK as u64;
+                }
+            }
             while left > 0 {
                 let n = left.min(BLOCK as u64) as usize;
                 s.write_chunk(block.slice(..n)).await.expect("write");
