@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [garage]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [garage]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
@@ -13,7 +13,9 @@
 # key (needs root, as CI has). FTPS: vsftpd (Debian package) with explicit TLS, a test CA
 # and a leaf certificate for 127.0.0.1, and its own user. PostgreSQL (Debian package
 # postgresql; the job store shared by several gateways): a fresh cluster run as the
-# postgres user, trust authentication on 127.0.0.1 only. Installs are cached in
+# postgres user, trust authentication on 127.0.0.1 only. SoftHSM2 (Debian package softhsm2;
+# a PKCS#11 module, so no process): its own configuration and token directory, the tests
+# initialise their tokens through PKCS#11 itself (no PIN on a command line). Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently. The SFTP and FTPS data
@@ -391,6 +393,25 @@ ENV
     log "PostgreSQL on 127.0.0.1:$PG_PORT, user trackshift (trust, loopback only; TLS offered)"
 }
 
+start_softhsm() {
+    local module=/usr/lib/softhsm/libsofthsm2.so
+    [ -e "$module" ] || apt_install softhsm2
+    [ -e "$module" ] || die "SoftHSM2 did not install ($module is missing)"
+    local d="$RUN/softhsm"
+    install -d -m 700 "$d" "$d/tokens"
+    cat >"$d/softhsm2.conf" <<CONF
+directories.tokendir = $d/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+CONF
+    cat >>"$RUN/env.partial" <<ENV
+export SOFTHSM2_CONF=$d/softhsm2.conf
+export TRACKSHIFT_TEST_PKCS11=$module
+ENV
+    log "SoftHSM2: PKCS#11 module $module, tokens in $d/tokens (the tests initialise them)"
+}
+
 descendants() { # PID: every process below it
     local child
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
@@ -425,7 +446,7 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
@@ -434,7 +455,8 @@ case "$cmd" in
                 sftp) start_sftp ;;
                 ftps) start_ftps ;;
                 postgres) start_postgres ;;
-                *) die "unknown server $s (known: s3 azure sftp ftps postgres garage)" ;;
+                softhsm) start_softhsm ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm garage)" ;;
             esac
         done
         printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s GARAGE_PORT=%s\n' \

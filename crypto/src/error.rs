@@ -95,6 +95,17 @@ pub enum CryptoError {
     /// The cryptographic backend failed (key generation, signing).
     #[error("crypto backend: {0}")]
     Backend(&'static str),
+    /// A PKCS#11 module or token refused an operation (the PIN never appears here).
+    #[error("HSM {token}: {action}: {source}")]
+    Hsm {
+        /// The token (by label) or the module (by path).
+        token: String,
+        /// What was being done.
+        action: &'static str,
+        /// The module's answer.
+        #[source]
+        source: Box<cryptoki::error::Error>,
+    },
 }
 
 impl CryptoError {

@@ -4,8 +4,10 @@
 //! ```text
 //! DIR/                   0700
 //!   keyring.json         public records of every key (the same format auditors receive)
+//!   pkcs11.json          only for a store whose Ed25519 keys are on a token (crate::pkcs11)
 //!   secret/              0700
-//!     <key id>.json      0600, {"format","key_id","algorithm","seed": base64 of 32 bytes}
+//!     <key id>.json      0600, {"format","key_id","algorithm","seed": base64 of 32 bytes},
+//!                        or for a key on the token {"format","key_id","algorithm","token"}
 //! ```
 //!
 //! Every write goes to a temporary file that is fsynced and renamed into place, so a crash
@@ -26,6 +28,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{CryptoError, Result};
 use crate::keys::{Algorithm, KeyId, KeyStatus, PublicKeyRecord, PublicKeyring, Purpose, b64};
+use crate::pkcs11::{HsmConfig, TOKEN_KEY_FORMAT, Token, TokenKeyRef};
 use crate::signer::{KeyBackend, SecretSeed, Signer, SoftwareSigner};
 use crate::timestamp::Timestamp;
 
@@ -49,11 +52,18 @@ impl Drop for SecretFile {
     }
 }
 
+/// What a key's file under `secret/` holds: its seed, or where on the token it is.
+enum KeyFile {
+    Seed(SecretSeed),
+    Token(TokenKeyRef),
+}
+
 /// A key store in a local directory. See the module docs for the layout.
 #[derive(Debug)]
 pub struct FileKeyStore {
     dir: PathBuf,
     ring: PublicKeyring,
+    hsm: Option<HsmConfig>,
 }
 
 impl FileKeyStore {
@@ -61,15 +71,35 @@ impl FileKeyStore {
     ///
     /// Refuses to overwrite an existing store.
     pub fn init(dir: impl AsRef<Path>, now: Timestamp) -> Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::create(dir.as_ref(), now, None)
+    }
+
+    /// Creates a new store in `dir` whose Ed25519 (receipt) keys are generated and held on
+    /// the PKCS#11 token `hsm` names, non-extractable; the ML-DSA-65 manifest key is kept
+    /// in software (module docs of [`crate::pkcs11`]). Later rotations of the receipt key
+    /// make the new key on the token too.
+    pub fn init_with_hsm(dir: impl AsRef<Path>, now: Timestamp, hsm: HsmConfig) -> Result<Self> {
+        Self::create(dir.as_ref(), now, Some(hsm))
+    }
+
+    fn create(dir: &Path, now: Timestamp, hsm: Option<HsmConfig>) -> Result<Self> {
+        let dir = dir.to_path_buf();
         if dir.join(KEYRING_FILE).exists() {
             return Err(CryptoError::AlreadyExists(dir));
         }
+        // The token is reached before anything is written.
+        if let Some(cfg) = &hsm {
+            Token::open(cfg)?;
+        }
         create_private_dir(&dir)?;
         create_private_dir(&dir.join(SECRET_DIR))?;
+        if let Some(cfg) = &hsm {
+            cfg.save(&dir)?;
+        }
         let mut store = Self {
             dir,
             ring: PublicKeyring::default(),
+            hsm,
         };
         for purpose in Purpose::ALL {
             store.add_new_key(purpose, now)?;
@@ -84,7 +114,18 @@ impl FileKeyStore {
         let path = dir.join(KEYRING_FILE);
         let bytes = fs::read(&path).map_err(|e| CryptoError::io("reading", &path, e))?;
         let ring = PublicKeyring::from_json(&bytes)?;
-        Ok(Self { dir, ring })
+        let hsm = HsmConfig::load(&dir)?;
+        Ok(Self { dir, ring, hsm })
+    }
+
+    /// The token this store keeps its Ed25519 keys on, if any.
+    pub fn hsm(&self) -> Option<&HsmConfig> {
+        self.hsm.as_ref()
+    }
+
+    /// Whether key `id` is held on the token (its private key never in this process).
+    pub fn is_on_token(&self, id: &KeyId) -> Result<bool> {
+        Ok(matches!(self.load_key_file(id)?, KeyFile::Token(_)))
     }
 
     /// The store's directory.
@@ -146,7 +187,9 @@ impl FileKeyStore {
     }
 
     /// Revokes a key: nothing it signed verifies any more. Revoking the active key leaves
-    /// its purpose without one until the next [`Self::rotate`].
+    /// its purpose without one until the next [`Self::rotate`]. A key held on the token is
+    /// then destroyed there (after the revocation is written: a failure to reach the token
+    /// leaves the key revoked, and the error says so).
     pub fn revoke(&mut self, id: &KeyId, now: Timestamp) -> Result<()> {
         let key = self
             .ring
@@ -156,7 +199,25 @@ impl FileKeyStore {
             .ok_or(CryptoError::UnknownKey(*id))?;
         key.status = KeyStatus::Revoked;
         key.revoked_at = Some(now);
-        self.save_ring()
+        self.save_ring()?;
+        if let Some(KeyFile::Token(_)) = self.load_key_file_if_exists(id)? {
+            self.token()?.destroy(id)?;
+        }
+        Ok(())
+    }
+
+    fn token(&self) -> Result<Arc<Token>> {
+        let cfg = self.hsm.as_ref().ok_or_else(|| {
+            CryptoError::malformed(
+                "key store",
+                format!(
+                    "{} holds keys on a PKCS#11 token but has no {}",
+                    self.dir.display(),
+                    crate::pkcs11::HSM_CONFIG_FILE
+                ),
+            )
+        })?;
+        Token::open(cfg)
     }
 
     fn secret_path(&self, id: &KeyId) -> PathBuf {
@@ -164,6 +225,21 @@ impl FileKeyStore {
     }
 
     fn add_new_key(&mut self, purpose: Purpose, now: Timestamp) -> Result<KeyId> {
+        if self.hsm.is_some() && purpose.algorithm() == Algorithm::Ed25519 {
+            let token = self.token()?;
+            let record = token.generate_ed25519(purpose, now)?;
+            let file = TokenKeyRef {
+                format: TOKEN_KEY_FORMAT.into(),
+                key_id: record.id,
+                algorithm: record.algorithm,
+                token: token.label().into(),
+            };
+            let json = serde_json::to_vec_pretty(&file).expect("reference serialises");
+            write_atomic(&self.secret_path(&record.id), &json, 0o600)?;
+            let id = record.id;
+            self.ring.keys.push(record);
+            return Ok(id);
+        }
         let (signer, seed) = SoftwareSigner::generate(purpose, now)?;
         let record = signer.public().clone();
         let file = SecretFile {
@@ -190,9 +266,43 @@ impl FileKeyStore {
         )
     }
 
-    fn load_seed(&self, id: &KeyId) -> Result<SecretSeed> {
+    fn load_key_file(&self, id: &KeyId) -> Result<KeyFile> {
+        self.load_key_file_if_exists(id)?.ok_or_else(|| {
+            CryptoError::io(
+                "reading secret file",
+                self.secret_path(id),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })
+    }
+
+    fn load_key_file_if_exists(&self, id: &KeyId) -> Result<Option<KeyFile>> {
         let path = self.secret_path(id);
-        let bytes = read_secret(&path)?;
+        let Some(bytes) = read_secret_if_exists(&path)? else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Format {
+            format: String,
+        }
+        let format = serde_json::from_slice::<Format>(&bytes).map(|f| f.format);
+        if format.as_deref().ok() == Some(TOKEN_KEY_FORMAT) {
+            let r: TokenKeyRef = serde_json::from_slice(&bytes).map_err(|e| {
+                CryptoError::malformed("token key reference", format!("{}: {e}", path.display()))
+            })?;
+            if r.key_id != *id || r.algorithm != Algorithm::Ed25519 {
+                return Err(CryptoError::malformed(
+                    "token key reference",
+                    format!("{} does not name Ed25519 key {id}", path.display()),
+                ));
+            }
+            return Ok(Some(KeyFile::Token(r)));
+        }
+        self.parse_seed(id, &path, bytes)
+            .map(|s| Some(KeyFile::Seed(s)))
+    }
+
+    fn parse_seed(&self, id: &KeyId, path: &Path, bytes: Zeroizing<Vec<u8>>) -> Result<SecretSeed> {
         let parsed: std::result::Result<SecretFile, _> = serde_json::from_slice(&bytes);
         drop(bytes);
         // The serde error could quote input; report only its position, never the content.
@@ -244,10 +354,27 @@ impl FileKeyStore {
         }
     }
 
-    /// A signer for `record` (a key of this store), its secret file read and checked.
+    /// A signer for `record` (a key of this store), its secret file read and checked; for
+    /// a key on the token, a signer that signs there.
     pub fn load_signer(&self, record: &PublicKeyRecord) -> Result<Arc<dyn Signer>> {
-        let seed = self.load_seed(&record.id)?;
-        Ok(Arc::new(SoftwareSigner::new(record.clone(), &seed)?))
+        match self.load_key_file(&record.id)? {
+            KeyFile::Seed(seed) => Ok(Arc::new(SoftwareSigner::new(record.clone(), &seed)?)),
+            KeyFile::Token(r) => {
+                let token = self.token()?;
+                if r.token != token.label() {
+                    return Err(CryptoError::malformed(
+                        "token key reference",
+                        format!(
+                            "key {} was made on token {:?}, the store names {:?}",
+                            record.id,
+                            r.token,
+                            token.label()
+                        ),
+                    ));
+                }
+                token.signer(record)
+            }
+        }
     }
 }
 

@@ -23,6 +23,8 @@
 //! * [`signer`]: the [`Signer`] / [`KeyBackend`] traits (a KMS or HSM can implement them)
 //!   and the in-process [`SoftwareSigner`].
 //! * [`filestore`]: the on-disk key store (secret files 0600, atomic writes, rotation).
+//! * [`pkcs11`]: Ed25519 keys held on a PKCS#11 token (an HSM), for a key store that
+//!   names one.
 //! * [`live`]: the key store a running gateway signs with, following rotations on disk.
 //! * [`canonical`]: the byte encoding signatures cover (`docs/FORMATS.md`).
 //! * [`manifest`], [`receipt`], [`document`]: the signed documents.
@@ -37,6 +39,7 @@ pub mod keys;
 pub mod live;
 pub mod lowhex;
 pub mod manifest;
+pub mod pkcs11;
 pub mod receipt;
 pub mod reserved;
 pub mod signer;
