@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
+use trackshift_crypto::pkcs11::{HsmConfig, Token};
 use trackshift_crypto::{FileKeyStore, KeyBackend as _, KeyId, Purpose, Timestamp};
 
 use crate::{read, write_doc};
@@ -12,10 +13,26 @@ use crate::{read, write_doc};
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create a key store with one active key per purpose (manifest: ML-DSA-65, receipt: Ed25519).
+    ///
+    /// With `--pkcs11`, the receipt key is generated on an HSM's token (non-extractable,
+    /// never in this process) and so is every later rotation of it; the gateway signs
+    /// receipts there. The ML-DSA-65 manifest key stays in software (docs/RUNBOOK.md, "HSM
+    /// operations"). The token must exist (made with the HSM's own tools) and the PIN file
+    /// must be owner-only; the store keeps the file's path, never the PIN.
     Init {
-        /// Directory for the key store (created 0700; secret files are 0600).
+        /// Directory for the key store (created 0700; secret files are 0600). A gateway's
+        /// is `DATA/keys`: initialise it before the first `serve`.
         #[arg(long)]
         dir: PathBuf,
+        /// The HSM's PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+        #[arg(long, value_name = "MODULE", requires_all = ["token", "pin_file"])]
+        pkcs11: Option<PathBuf>,
+        /// The label of the token the receipt keys go on.
+        #[arg(long, value_name = "LABEL", requires = "pkcs11")]
+        token: Option<String>,
+        /// File holding the token's user PIN (one line, mode 0600).
+        #[arg(long, value_name = "FILE", requires = "pkcs11")]
+        pin_file: Option<PathBuf>,
     },
     /// Retire the active key of a purpose and activate a new one; old signatures keep verifying.
     ///
@@ -85,9 +102,34 @@ pub enum KeysCommand {
 pub fn run(cmd: KeysCommand) -> Result<()> {
     let now = Timestamp::now();
     match cmd {
-        KeysCommand::Init { dir } => {
-            let store = FileKeyStore::init(&dir, now)?;
-            println!("created key store {}", dir.display());
+        KeysCommand::Init {
+            dir,
+            pkcs11,
+            token,
+            pin_file,
+        } => {
+            let store = match (pkcs11, token, pin_file) {
+                (Some(module), Some(token), Some(pin_file)) => {
+                    let cfg = HsmConfig::new(&module, &token, &pin_file)?;
+                    let ml_dsa = Token::open(&cfg)?.offers_ml_dsa()?;
+                    let store = FileKeyStore::init_with_hsm(&dir, now, cfg)?;
+                    println!(
+                        "created key store {}: receipt keys on PKCS#11 token {token:?}                          (non-extractable), the manifest key in software ({})",
+                        dir.display(),
+                        if ml_dsa {
+                            "the token lists ML-DSA, which Trackshift does not use on tokens yet"
+                        } else {
+                            "the token offers no ML-DSA"
+                        }
+                    );
+                    store
+                }
+                _ => {
+                    let store = FileKeyStore::init(&dir, now)?;
+                    println!("created key store {}", dir.display());
+                    store
+                }
+            };
             print_keys(&store)?;
         }
         KeysCommand::Rotate {
@@ -131,11 +173,20 @@ fn print_keys(store: &FileKeyStore) -> Result<()> {
             .not_after
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
+        // Where the private key is: a file of the store, the token, or gone (a revoked
+        // token key, a retired key's file deleted on purpose).
+        let held = match store.is_on_token(&k.id) {
+            Ok(true) if k.status == trackshift_crypto::KeyStatus::Revoked => "destroyed",
+            Ok(true) => "token",
+            Ok(false) => "file",
+            Err(_) => "-",
+        };
         println!(
-            "{:<8} {:<9} {:<8} {}  from {} until {}",
+            "{:<8} {:<9} {:<8} {:<9} {}  from {} until {}",
             k.purpose.as_str(),
             k.algorithm.as_str(),
             format!("{:?}", k.status).to_lowercase(),
+            held,
             k.id,
             k.not_before,
             until

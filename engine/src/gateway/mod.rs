@@ -332,6 +332,9 @@ impl Gateway {
             FileKeyStore::init(&keys_dir, Timestamp::now())?;
         }
         let keys = LiveKeyStore::open(&keys_dir)?;
+        if let Some(hsm) = trackshift_crypto::pkcs11::HsmConfig::load(&keys_dir)? {
+            info!(token = %hsm.token, module = %hsm.module.display(), "receipt keys on a PKCS#11 token; manifest keys in software");
+        }
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
         let tenants = match &cfg.tenants {
