@@ -1,6 +1,7 @@
 //! `trackshift keys`: the key store's keys and the ledger's checkpoint keys (rotation on a
 //! running gateway, file ledger or shared through PostgreSQL).
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -112,7 +113,8 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                 (Some(module), Some(token), Some(pin_file)) => {
                     let cfg = HsmConfig::new(&module, &token, &pin_file)?;
                     let ml_dsa = Token::open(&cfg)?.offers_ml_dsa()?;
-                    let store = FileKeyStore::init_with_hsm(&dir, now, cfg)?;
+                    let store = FileKeyStore::init_with_hsm(&dir, now, cfg.clone())?;
+                    let ledger = hsm_for_ledger(&dir, &cfg)?;
                     println!(
                         "created key store {}: receipt keys on PKCS#11 token {token:?}                          (non-extractable), the manifest key in software ({})",
                         dir.display(),
@@ -122,6 +124,7 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                             "the token offers no ML-DSA"
                         }
                     );
+                    println!("{ledger}");
                     store
                 }
                 _ => {
@@ -165,6 +168,41 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Puts the ledger next to a key store (`DIR/../ledger`, as a gateway's `DATA/ledger`) on
+/// the same token, when it has no log key yet: its first start makes the checkpoint key
+/// there. Returns what to tell the operator.
+fn hsm_for_ledger(dir: &Path, cfg: &HsmConfig) -> Result<String> {
+    let Some(keys) = dir.parent().map(|p| p.join("ledger").join("keys")) else {
+        return Ok("no ledger next to the key store: its checkpoint keys are not affected".into());
+    };
+    let has_keys = [
+        trackshift_ledger::rotation::ROTATED_KEYS_FILE,
+        "log-ed25519.key",
+        trackshift_ledger::ED25519_TOKEN_FILE,
+    ]
+    .iter()
+    .any(|f| keys.join(f).exists());
+    if has_keys {
+        return Ok(format!(
+            "the ledger in {} has its checkpoint keys already: they stay where they are \
+             (put {} there and run `keys rotate --purpose ledger` to move the log key to the token)",
+            keys.display(),
+            trackshift_crypto::pkcs11::HSM_CONFIG_FILE
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&keys)
+        .with_context(|| format!("creating {}", keys.display()))?;
+    cfg.save(&keys)?;
+    Ok(format!(
+        "the ledger's checkpoint (log) key: made on the same token at the gateway's first \
+         start ({}); its ML-DSA-44 cosigner key in software",
+        keys.display()
+    ))
 }
 
 fn print_keys(store: &FileKeyStore) -> Result<()> {

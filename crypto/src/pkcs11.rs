@@ -311,7 +311,7 @@ impl Token {
     /// the private key non-extractable and sensitive, both objects labelled and identified
     /// by the key id. Returns the public record.
     pub fn generate_ed25519(
-        &self,
+        self: &Arc<Self>,
         purpose: Purpose,
         not_before: Timestamp,
     ) -> Result<PublicKeyRecord> {
@@ -321,13 +321,31 @@ impl Token {
                 format!("{purpose} keys are {}, not Ed25519", purpose.algorithm()),
             ));
         }
-        let label = format!("trackshift {purpose}");
+        let key = self.generate_ed25519_key(&format!("trackshift {purpose}"))?;
+        let record = PublicKeyRecord {
+            id: key.id(),
+            purpose,
+            algorithm: Algorithm::Ed25519,
+            public_key: key.public_key().to_vec(),
+            not_before,
+            not_after: None,
+            status: KeyStatus::Active,
+            revoked_at: None,
+        };
+        record.validate()?;
+        Ok(record)
+    }
+
+    /// Generates an Ed25519 key pair on the token labelled `label` (the private key
+    /// non-extractable and sensitive; both objects identified by the key id, SHA-256 of the
+    /// public key): for keys outside the key store's purposes, such as the ledger's log key.
+    pub fn generate_ed25519_key(self: &Arc<Self>, label: &str) -> Result<TokenKey> {
         let public_template = [
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
             Attribute::EcParams(ED25519_PARAMS.to_vec()),
-            Attribute::Label(label.clone().into_bytes()),
+            Attribute::Label(label.as_bytes().to_vec()),
         ];
         let private_template = [
             Attribute::Token(true),
@@ -335,7 +353,7 @@ impl Token {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
-            Attribute::Label(label.into_bytes()),
+            Attribute::Label(label.as_bytes().to_vec()),
         ];
         let (public, private) = self.with_session("generating an Ed25519 key", |s| {
             s.generate_key_pair(
@@ -360,18 +378,7 @@ impl Token {
             s.update_attributes(public, &[Attribute::Id(id.0.to_vec())])?;
             s.update_attributes(private, &[Attribute::Id(id.0.to_vec())])
         })?;
-        let record = PublicKeyRecord {
-            id,
-            purpose,
-            algorithm: Algorithm::Ed25519,
-            public_key,
-            not_before,
-            not_after: None,
-            status: KeyStatus::Active,
-            revoked_at: None,
-        };
-        record.validate()?;
-        Ok(record)
+        self.ed25519_key(&id, &public_key)
     }
 
     /// The private key object of key `id`, if the token holds it.
@@ -385,35 +392,72 @@ impl Token {
         Ok(found.into_iter().next())
     }
 
-    /// A signer for `record`, a key on this token: its private key found by id.
-    pub fn signer(self: &Arc<Self>, record: &PublicKeyRecord) -> Result<Arc<dyn Signer>> {
-        let handle = self.find_private(&record.id)?.ok_or_else(|| {
+    /// The Ed25519 key `id` on this token, whose public key is `public_key`: checked with
+    /// one signature now, so a key that does not match fails at load, not at its first use.
+    pub fn ed25519_key(self: &Arc<Self>, id: &KeyId, public_key: &[u8]) -> Result<TokenKey> {
+        if KeyId::of_public_key(public_key) != *id {
+            return Err(CryptoError::malformed(
+                "token key",
+                format!("key id {id} is not the SHA-256 of its public key"),
+            ));
+        }
+        let handle = self.find_private(id)?.ok_or_else(|| {
             CryptoError::malformed(
                 "token key",
-                format!(
-                    "token {:?} holds no private key {}",
-                    self.cfg.token, record.id
-                ),
+                format!("token {:?} holds no private key {id}", self.cfg.token),
             )
         })?;
         let verifying = ed25519_dalek::VerifyingKey::from_bytes(
-            record
-                .public_key
-                .as_slice()
+            public_key
                 .try_into()
                 .map_err(|_| CryptoError::malformed("token key", "public key is not 32 bytes"))?,
         )
         .map_err(|_| CryptoError::malformed("token key", "public key is not an Ed25519 point"))?;
-        let signer = TokenSigner {
+        let key = TokenKey {
             token: self.clone(),
-            record: record.clone(),
+            id: *id,
             handle: Mutex::new(handle),
             verifying,
         };
-        // One signature now: a token key that does not match its record fails at load,
-        // not at the first receipt.
-        signer.sign(b"trackshift token key check")?;
-        Ok(Arc::new(signer))
+        key.sign(b"trackshift token key check")?;
+        Ok(key)
+    }
+
+    /// The Ed25519 key `id` on this token, its public key read off the token (for a key
+    /// known by id alone, such as the ledger's log key).
+    pub fn ed25519_key_by_id(self: &Arc<Self>, id: &KeyId) -> Result<TokenKey> {
+        let template = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::Id(id.0.to_vec()),
+        ];
+        let found = self.with_session("finding a key", |s| s.find_objects(&template))?;
+        let handle = found.into_iter().next().ok_or_else(|| {
+            CryptoError::malformed(
+                "token key",
+                format!("token {:?} holds no public key {id}", self.cfg.token),
+            )
+        })?;
+        let point = self.with_session("reading the public key", |s| {
+            s.get_attributes(handle, &[AttributeType::EcPoint])
+        })?;
+        let point = point
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            })
+            .ok_or_else(|| CryptoError::malformed("token key", "no CKA_EC_POINT"))?;
+        self.ed25519_key(id, &ed25519_point(&point)?)
+    }
+
+    /// A signer for `record`, a key on this token: its private key found by id.
+    pub fn signer(self: &Arc<Self>, record: &PublicKeyRecord) -> Result<Arc<dyn Signer>> {
+        let key = self.ed25519_key(&record.id, &record.public_key)?;
+        Ok(Arc::new(TokenSigner {
+            record: record.clone(),
+            key,
+        }))
     }
 
     /// Destroys key `id`'s objects on the token (a revoked key never signs again).
@@ -473,22 +517,38 @@ fn ed25519_point(v: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// Signs with a private key on a token (`CKM_EDDSA`). Every signature is checked with the
-/// public key before it is returned: a token fault never yields a receipt that does not
-/// verify.
-struct TokenSigner {
+/// An Ed25519 private key on a token, signing with `CKM_EDDSA`. Every signature is checked
+/// with the public key before it is returned: a token fault never yields a receipt or a
+/// checkpoint that does not verify.
+pub struct TokenKey {
     token: Arc<Token>,
-    record: PublicKeyRecord,
+    id: KeyId,
     handle: Mutex<ObjectHandle>,
     verifying: ed25519_dalek::VerifyingKey,
 }
 
-impl Signer for TokenSigner {
-    fn public(&self) -> &PublicKeyRecord {
-        &self.record
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("token", &self.token.cfg.token)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKey {
+    /// The key id (SHA-256 of the public key, also its `CKA_ID`).
+    pub fn id(&self) -> KeyId {
+        self.id
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+    /// The raw 32-byte public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.verifying.to_bytes()
+    }
+
+    /// Signs `message` on the token (Ed25519, RFC 8032) and checks the signature.
+    pub fn sign(&self, message: &[u8]) -> Result<[u8; 64]> {
         let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
         let handle = *self.handle.lock().expect("handle lock");
         let signed = self
@@ -499,12 +559,12 @@ impl Signer for TokenSigner {
         let signature = match signed {
             Ok(sig) => sig,
             Err(_) => {
-                let fresh = self.token.find_private(&self.record.id)?.ok_or_else(|| {
+                let fresh = self.token.find_private(&self.id)?.ok_or_else(|| {
                     CryptoError::malformed(
                         "token key",
                         format!(
                             "token {:?} no longer holds private key {}",
-                            self.token.cfg.token, self.record.id
+                            self.token.cfg.token, self.id
                         ),
                     )
                 })?;
@@ -518,7 +578,23 @@ impl Signer for TokenSigner {
         self.verifying
             .verify_strict(message, &sig)
             .map_err(|_| CryptoError::Backend("the token's signature does not verify"))?;
-        Ok(signature)
+        Ok(sig.to_bytes())
+    }
+}
+
+/// A key store's Ed25519 key on a token, behind the [`Signer`] seam.
+struct TokenSigner {
+    record: PublicKeyRecord,
+    key: TokenKey,
+}
+
+impl Signer for TokenSigner {
+    fn public(&self) -> &PublicKeyRecord {
+        &self.record
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.key.sign(message).map(|s| s.to_vec())
     }
 }
 

@@ -20,7 +20,9 @@ pub mod store;
 
 pub use error::{LedgerError, Result};
 pub use log::Log;
-pub use note::{LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint};
+pub use note::{
+    ED25519_TOKEN_FILE, LedgerKeys, LedgerPublicKeys, VerifiedCheckpoint, verify_checkpoint,
+};
 pub use pg::PgLedger;
 pub use proof::{TlogProof, leaf_hash, verify_consistency, verify_inclusion};
 pub use rotation::{LiveLedgerKeys, promote_staged, rotate_ledger_keys, stage_ledger_keys};

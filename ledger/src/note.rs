@@ -111,10 +111,37 @@ impl VerifierKey {
 
 pub use trackshift_crypto::LedgerPublicKeys;
 
+/// The log's Ed25519 key: a seed in a file, or a key on a PKCS#11 token.
+pub(crate) enum LogKey {
+    Seed(ed25519_dalek::SigningKey),
+    Token(trackshift_crypto::pkcs11::TokenKey),
+}
+
+impl LogKey {
+    fn public_key(&self) -> [u8; 32] {
+        match self {
+            LogKey::Seed(k) => k.verifying_key().to_bytes(),
+            LogKey::Token(k) => k.public_key(),
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64]> {
+        match self {
+            LogKey::Seed(k) => {
+                use ed25519_dalek::Signer as _;
+                Ok(k.sign(message).to_bytes())
+            }
+            LogKey::Token(k) => k
+                .sign(message)
+                .map_err(|e| LedgerError::Key(format!("signing the checkpoint: {e}"))),
+        }
+    }
+}
+
 /// The ledger's signing keys (Ed25519 for the log, ML-DSA-44 for the cosigner).
 pub struct LedgerKeys {
     origin: String,
-    ed25519: ed25519_dalek::SigningKey,
+    ed25519: LogKey,
     mldsa: PqdsaKeyPair,
 }
 
@@ -127,11 +154,22 @@ impl std::fmt::Debug for LedgerKeys {
 }
 
 pub(crate) const ED25519_FILE: &str = "log-ed25519.key";
+/// Instead of [`ED25519_FILE`] for a log key on a PKCS#11 token: its key id (hex, not secret).
+pub const ED25519_TOKEN_FILE: &str = "log-ed25519.token";
 pub(crate) const MLDSA_FILE: &str = "cosigner-mldsa44.key";
 
 impl LedgerKeys {
     /// Keys from 32-byte seeds (tests and key import).
     pub fn from_seeds(origin: &str, ed25519: &[u8; 32], mldsa: &[u8; 32]) -> Result<Self> {
+        Self::with_log_key(
+            origin,
+            LogKey::Seed(ed25519_dalek::SigningKey::from_bytes(ed25519)),
+            mldsa,
+        )
+    }
+
+    /// Keys whose log key is `log` (a seed or a key on a token).
+    pub(crate) fn with_log_key(origin: &str, log: LogKey, mldsa: &[u8; 32]) -> Result<Self> {
         if !valid_key_name(origin) {
             return Err(LedgerError::Key(format!(
                 "origin {origin:?} is not a valid key name (no spaces or '+')"
@@ -141,17 +179,27 @@ impl LedgerKeys {
             .map_err(|_| LedgerError::Key("ML-DSA-44 key from seed".into()))?;
         Ok(Self {
             origin: origin.to_string(),
-            ed25519: ed25519_dalek::SigningKey::from_bytes(ed25519),
+            ed25519: log,
             mldsa,
         })
     }
 
-    /// Loads the keys from `dir`, generating them (files 0600) on first use.
+    /// Loads the keys from `dir`, generating them (files 0600) on first use. When `dir`
+    /// holds a PKCS#11 configuration ([`trackshift_crypto::pkcs11::HSM_CONFIG_FILE`]) and
+    /// no log seed, the log key is made on (and used from) that token, and `dir` keeps its
+    /// id in [`ED25519_TOKEN_FILE`].
     pub fn load_or_generate(dir: &Path, origin: &str) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(LedgerError::io("creating", dir))?;
-        let ed = load_or_create_seed(&dir.join(ED25519_FILE))?;
         let ml = load_or_create_seed(&dir.join(MLDSA_FILE))?;
-        Self::from_seeds(origin, &ed, &ml)
+        let hsm = trackshift_crypto::pkcs11::HsmConfig::load(dir).map_err(key_error)?;
+        let on_token = dir.join(ED25519_TOKEN_FILE);
+        let log = if on_token.exists() || (hsm.is_some() && !dir.join(ED25519_FILE).exists()) {
+            LogKey::Token(load_or_create_token_key(dir, hsm.as_ref())?)
+        } else {
+            let ed = load_or_create_seed(&dir.join(ED25519_FILE))?;
+            LogKey::Seed(ed25519_dalek::SigningKey::from_bytes(&ed))
+        };
+        Self::with_log_key(origin, log, &ml)
     }
 
     /// The log's origin.
@@ -163,11 +211,7 @@ impl LedgerKeys {
     pub fn public_keys(&self) -> LedgerPublicKeys {
         LedgerPublicKeys {
             origin: self.origin.clone(),
-            log_key: encode_vkey(
-                &self.origin,
-                ALG_ED25519,
-                self.ed25519.verifying_key().as_bytes(),
-            ),
+            log_key: encode_vkey(&self.origin, ALG_ED25519, &self.ed25519.public_key()),
             cosigner_key: encode_vkey(
                 &cosigner_name(&self.origin),
                 ALG_MLDSA44_COSIGNATURE,
@@ -182,10 +226,7 @@ impl LedgerKeys {
         let cp = Checkpoint::new(&self.origin, size, Hash(root), "")
             .map_err(|e| LedgerError::Checkpoint(e.to_string()))?;
         let text = cp.to_bytes();
-        let ed_sig = {
-            use ed25519_dalek::Signer as _;
-            self.ed25519.sign(&text).to_bytes()
-        };
+        let ed_sig = self.ed25519.sign(&text)?;
         let cosigner = cosigner_name(&self.origin);
         let msg = cosigned_message(&cosigner, timestamp, &self.origin, size, &root)?;
         let mut ml_sig = vec![0u8; MLDSA44_SIGNATURE_LEN];
@@ -197,11 +238,7 @@ impl LedgerKeys {
         let mut cosig = Vec::with_capacity(8 + n);
         cosig.extend_from_slice(&timestamp.to_be_bytes());
         cosig.extend_from_slice(&ml_sig);
-        let ed_id = key_id(
-            &self.origin,
-            ALG_ED25519,
-            self.ed25519.verifying_key().as_bytes(),
-        );
+        let ed_id = key_id(&self.origin, ALG_ED25519, &self.ed25519.public_key());
         let ml_id = key_id(
             &cosigner,
             ALG_MLDSA44_COSIGNATURE,
@@ -218,6 +255,56 @@ impl LedgerKeys {
         String::from_utf8(note.to_bytes())
             .map_err(|_| LedgerError::Checkpoint("note is not UTF-8".into()))
     }
+}
+
+pub(crate) fn key_error(e: trackshift_crypto::CryptoError) -> LedgerError {
+    LedgerError::Key(e.to_string())
+}
+
+/// The log key on the token `hsm` names: the one [`ED25519_TOKEN_FILE`] in `dir` names, or
+/// a new one (its id then written there, 0600).
+fn load_or_create_token_key(
+    dir: &Path,
+    hsm: Option<&trackshift_crypto::pkcs11::HsmConfig>,
+) -> Result<trackshift_crypto::pkcs11::TokenKey> {
+    let path = dir.join(ED25519_TOKEN_FILE);
+    let hsm = hsm.ok_or_else(|| {
+        LedgerError::Key(format!(
+            "{} names a log key on a PKCS#11 token, but {} has no {}",
+            path.display(),
+            dir.display(),
+            trackshift_crypto::pkcs11::HSM_CONFIG_FILE
+        ))
+    })?;
+    let token = trackshift_crypto::pkcs11::Token::open(hsm).map_err(key_error)?;
+    match trackshift_crypto::filestore::read_secret_if_exists(&path).map_err(key_error)? {
+        Some(bytes) => {
+            let id = token_key_id(&bytes, &path)?;
+            token.ed25519_key_by_id(&id).map_err(key_error)
+        }
+        None => {
+            let key = token
+                .generate_ed25519_key("trackshift ledger log")
+                .map_err(key_error)?;
+            trackshift_crypto::filestore::write_atomic(
+                &path,
+                format!("{}\n", key.id()).as_bytes(),
+                0o600,
+            )
+            .map_err(key_error)?;
+            Ok(key)
+        }
+    }
+}
+
+/// The key id in a token key file (64 hex digits).
+pub(crate) fn token_key_id(bytes: &[u8], path: &Path) -> Result<trackshift_crypto::KeyId> {
+    trackshift_crypto::KeyId::from_hex(String::from_utf8_lossy(bytes).trim()).map_err(|_| {
+        LedgerError::Key(format!(
+            "{} does not hold a 64-hex-digit key id",
+            path.display()
+        ))
+    })
 }
 
 fn load_or_create_seed(path: &Path) -> Result<[u8; 32]> {

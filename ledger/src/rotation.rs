@@ -33,8 +33,12 @@ use trackshift_crypto::{RetiredLedgerKeys, Timestamp};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::error::{LedgerError, Result};
-use crate::note::{ED25519_FILE, LedgerKeys, LedgerPublicKeys, MLDSA_FILE};
+use crate::note::{
+    ED25519_FILE, ED25519_TOKEN_FILE, LedgerKeys, LedgerPublicKeys, LogKey, MLDSA_FILE, key_error,
+};
 use crate::store::now_secs;
+use trackshift_crypto::KeyId;
+use trackshift_crypto::pkcs11::{HSM_CONFIG_FILE, HsmConfig, Token};
 
 /// File in the ledger's key directory holding the keys after the first rotation.
 pub const ROTATED_KEYS_FILE: &str = "ledger-keys.json";
@@ -44,7 +48,12 @@ const ROTATED_KEYS_FORMAT: &str = "trackshift.ledger-keys.v1";
 #[serde(deny_unknown_fields)]
 struct RotatedKeys {
     format: String,
+    /// The log key's seed (hex), or empty when the key is on a PKCS#11 token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     log_seed: String,
+    /// The id of the log key on the token `pkcs11.json` names, instead of a seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_token_key: Option<KeyId>,
     cosigner_seed: String,
     retired: Vec<RetiredLedgerKeys>,
     /// A pair staged for a log shared through PostgreSQL ([`stage_ledger_keys`]): held,
@@ -137,8 +146,16 @@ fn load_keys(dir: &Path, origin: &str) -> Result<KeyFile> {
             &*seed_from_hex(cosigner, &path)?,
         )
     };
+    let keys = match &file.log_token_key {
+        Some(id) => LedgerKeys::with_log_key(
+            origin,
+            LogKey::Token(token_log_key(dir, id)?),
+            &*seed_from_hex(&file.cosigner_seed, &path)?,
+        )?,
+        None => pair(&file.log_seed, &file.cosigner_seed)?,
+    };
     Ok(KeyFile {
-        keys: pair(&file.log_seed, &file.cosigner_seed)?,
+        keys,
         retired: file.retired.clone(),
         staged: file
             .staged
@@ -146,6 +163,20 @@ fn load_keys(dir: &Path, origin: &str) -> Result<KeyFile> {
             .map(|s| pair(&s.log_seed, &s.cosigner_seed))
             .transpose()?,
     })
+}
+
+/// The log key `id` on the token the configuration in `dir` names.
+fn token_log_key(dir: &Path, id: &KeyId) -> Result<trackshift_crypto::pkcs11::TokenKey> {
+    let hsm = HsmConfig::load(dir).map_err(key_error)?.ok_or_else(|| {
+        LedgerError::Key(format!(
+            "{} names log key {id} on a PKCS#11 token, but {} has no {HSM_CONFIG_FILE}",
+            dir.join(ROTATED_KEYS_FILE).display(),
+            dir.display()
+        ))
+    })?;
+    Token::open(&hsm)
+        .and_then(|t| t.ed25519_key_by_id(id))
+        .map_err(key_error)
 }
 
 fn public_with_history(keys: &LedgerKeys, retired: Vec<RetiredLedgerKeys>) -> LedgerPublicKeys {
@@ -158,22 +189,28 @@ fn public_with_history(keys: &LedgerKeys, retired: Vec<RetiredLedgerKeys>) -> Le
 type Stamp = Vec<Option<(u64, u64, u64, i64, i64, i64, i64)>>;
 
 fn stamp(keys_dir: &Path) -> Stamp {
-    [ROTATED_KEYS_FILE, ED25519_FILE, MLDSA_FILE]
-        .iter()
-        .map(|name| {
-            std::fs::metadata(keys_dir.join(name)).ok().map(|m| {
-                (
-                    m.dev(),
-                    m.ino(),
-                    m.len(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                )
-            })
+    [
+        ROTATED_KEYS_FILE,
+        ED25519_FILE,
+        ED25519_TOKEN_FILE,
+        MLDSA_FILE,
+        HSM_CONFIG_FILE,
+    ]
+    .iter()
+    .map(|name| {
+        std::fs::metadata(keys_dir.join(name)).ok().map(|m| {
+            (
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
         })
-        .collect()
+    })
+    .collect()
 }
 
 struct Loaded {
@@ -366,10 +403,17 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
         .map_err(|e| LedgerError::Damaged(format!("{}: {e}", pk_path.display())))?;
     // The current keys must be there and owner-only: a rotation never creates a first key.
     if !keys_dir.join(ROTATED_KEYS_FILE).exists() {
-        for name in [ED25519_FILE, MLDSA_FILE] {
+        let log = if keys_dir.join(ED25519_TOKEN_FILE).exists() {
+            ED25519_TOKEN_FILE
+        } else {
+            ED25519_FILE
+        };
+        for name in [log, MLDSA_FILE] {
             read_secret(&keys_dir.join(name)).map_err(|e| LedgerError::Key(e.to_string()))?;
         }
     }
+    // With a PKCS#11 configuration in the key directory, the new log key is made on its token.
+    let hsm = HsmConfig::load(&keys_dir).map_err(key_error)?;
     let KeyFile {
         keys: current,
         mut retired,
@@ -382,23 +426,34 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
         not_after: Timestamp::from_unix(now_secs().saturating_add(1)),
     });
     // A staged pair is the one the operator prepared: it becomes the new pair.
-    let (log_seed, cosigner_seed) = match read_rotated(&keys_dir)?.and_then(|mut f| f.staged.take())
-    {
-        Some(s) => (s.log_seed.clone(), s.cosigner_seed.clone()),
-        None => (new_seed()?.to_string(), new_seed()?.to_string()),
+    let staged = read_rotated(&keys_dir)?.and_then(|mut f| f.staged.take());
+    let (log_seed, log_token, cosigner_seed) = match (staged, &hsm) {
+        (Some(s), _) => (s.log_seed.clone(), None, s.cosigner_seed.clone()),
+        (None, Some(hsm)) => {
+            let key = Token::open(hsm)
+                .and_then(|t| t.generate_ed25519_key("trackshift ledger log"))
+                .map_err(key_error)?;
+            (String::new(), Some(key), new_seed()?.to_string())
+        }
+        (None, None) => (new_seed()?.to_string(), None, new_seed()?.to_string()),
     };
     let mut file = RotatedKeys {
         format: ROTATED_KEYS_FORMAT.to_string(),
         log_seed,
+        log_token_key: log_token.as_ref().map(|k| k.id()),
         cosigner_seed,
         retired,
         staged: None,
     };
-    let new = LedgerKeys::from_seeds(
-        &old.origin,
-        &*seed_from_hex(&file.log_seed, &keys_dir)?,
-        &*seed_from_hex(&file.cosigner_seed, &keys_dir)?,
-    )?;
+    let cosigner = seed_from_hex(&file.cosigner_seed, &keys_dir)?;
+    let new = match log_token {
+        Some(key) => LedgerKeys::with_log_key(&old.origin, LogKey::Token(key), &cosigner)?,
+        None => LedgerKeys::from_seeds(
+            &old.origin,
+            &*seed_from_hex(&file.log_seed, &keys_dir)?,
+            &cosigner,
+        )?,
+    };
     // The commit point: one rename replaces the old pair by the new one and its history.
     // The writer may sign with the old pair until it sees the file, so the old window must
     // end after the second the file appeared in: when the write ended in a later second
@@ -423,7 +478,7 @@ pub fn rotate_ledger_keys(log_dir: &Path) -> Result<LedgerPublicKeys> {
 /// Removes the first seed files once `ledger-keys.json` holds the keys: they are no longer
 /// read, and their secrets need not stay on disk.
 fn remove_first_seeds(keys_dir: &Path) {
-    for name in [ED25519_FILE, MLDSA_FILE] {
+    for name in [ED25519_FILE, ED25519_TOKEN_FILE, MLDSA_FILE] {
         match std::fs::remove_file(keys_dir.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -437,8 +492,23 @@ fn remove_first_seeds(keys_dir: &Path) {
 /// The key file of `keys_dir` as a rotation rewrites it: `ledger-keys.json`, or the first
 /// seed files' pair in that form (they must be there: a rotation never creates a first key).
 fn rotated_or_first(keys_dir: &Path) -> Result<RotatedKeys> {
+    // Every gateway sharing a log signs with the same pair, copied to each as a file: a
+    // key that cannot leave its token cannot be shared that way.
+    let on_token = || {
+        LedgerError::Key(format!(
+            "the log key in {} is on a PKCS#11 token: a ledger shared through PostgreSQL \
+             keeps its checkpoint keys in files copied to every gateway",
+            keys_dir.display()
+        ))
+    };
     if let Some(file) = read_rotated(keys_dir)? {
+        if file.log_token_key.is_some() {
+            return Err(on_token());
+        }
         return Ok(file);
+    }
+    if keys_dir.join(ED25519_TOKEN_FILE).exists() {
+        return Err(on_token());
     }
     let seed = |name: &str| -> Result<String> {
         let path = keys_dir.join(name);
@@ -450,6 +520,7 @@ fn rotated_or_first(keys_dir: &Path) -> Result<RotatedKeys> {
     Ok(RotatedKeys {
         format: ROTATED_KEYS_FORMAT.to_string(),
         log_seed: seed(ED25519_FILE)?,
+        log_token_key: None,
         cosigner_seed: seed(MLDSA_FILE)?,
         retired: Vec::new(),
         staged: None,
