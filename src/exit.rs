@@ -57,7 +57,11 @@ pub fn code(err: &anyhow::Error) -> u8 {
             || e.downcast_ref::<trackshift_ledger::LedgerError>()
                 .is_some_and(trackshift_ledger::LedgerError::is_verification_failure)
             || e.downcast_ref::<audit::AuditError>()
-                .is_some_and(audit::AuditError::is_verification_failure);
+                .is_some_and(audit::AuditError::is_verification_failure)
+            || matches!(
+                e.downcast_ref::<trackshift_engine::keybundle::KeyBundleError>(),
+                Some(trackshift_engine::keybundle::KeyBundleError::Rejected(_))
+            );
         if verification {
             return VERIFICATION_FAILED;
         }

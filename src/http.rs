@@ -77,6 +77,36 @@ pub fn router(ledger: Log) -> Router {
 
 /// Binds `addr` and serves [`router`] until the future is dropped. Returns the bound address
 /// and the serving future.
+/// The key set service over HTTP (`GET /v1/keys[?since=N]`, also at
+/// `/.well-known/trackshift-keys`): the key bundle of `trackshift_engine::keybundle`,
+/// anonymous like the ledger's endpoints (everything in it is verifiable offline).
+pub fn keys_router(gateway: std::sync::Arc<trackshift_engine::gateway::Gateway>) -> Router {
+    Router::new()
+        .route("/v1/keys", get(keys))
+        .route("/.well-known/trackshift-keys", get(keys))
+        .with_state(gateway)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysQuery {
+    since: Option<u64>,
+}
+
+async fn keys(
+    State(gateway): State<std::sync::Arc<trackshift_engine::gateway::Gateway>>,
+    Query(q): Query<KeysQuery>,
+) -> Result<Response, ApiError> {
+    let bundle = gateway.key_bundle(q.since).await.map_err(|e| {
+        tracing::error!(error = %e, "key bundle not served");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key set could not be recorded or proved; see the gateway's log".into(),
+        )
+    })?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(bundle)).into_response())
+}
+
 pub async fn bind(
     addr: SocketAddr,
     router: Router,

@@ -78,6 +78,36 @@ pub enum KeysCommand {
         #[arg(long)]
         key_id: String,
     },
+    /// Fetch a gateway's public keys for auditing, checked against its ledger.
+    ///
+    /// Asks the gateway (over QUIC, its certificate pinned as for `send`) for the key set
+    /// its ledger records last, with the proof that the entry is in a checkpoint signed by
+    /// the ledger keys it names. With `--previous`, the file an earlier fetch saved: the
+    /// gateway must also prove the log only grew since that fetch's checkpoint, and the
+    /// new key set must carry on from the old one (no key dropped, no status moved back,
+    /// no window changed). Saves the key file `trackshift verify --public-keys` takes, and
+    /// beside it OUT.checkpoint, for the next `--previous`. Exit 1 when the gateway's
+    /// answer does not hold.
+    Fetch {
+        /// The gateway: HOST[:PORT], IPv4[:PORT] or [IPv6][:PORT] (default port 4433).
+        #[arg(long)]
+        gateway: String,
+        /// SHA-256 fingerprint of the gateway's certificate (printed by `serve`).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// CA certificate (PEM) the gateway's certificate chains to, instead of a fingerprint.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Server name to expect in the certificate (with --ca; default: the host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Where to save the key file (OUT.checkpoint goes beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// A key file saved by an earlier fetch (with its .checkpoint beside it).
+        #[arg(long)]
+        previous: Option<PathBuf>,
+    },
     /// List keys with their purpose, status and validity window.
     List {
         /// The key store directory.
@@ -150,6 +180,20 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
             println!("revoked {id}; export the public keys again for auditors");
         }
         KeysCommand::List { dir } => print_keys(&FileKeyStore::open(&dir)?)?,
+        KeysCommand::Fetch {
+            gateway,
+            fingerprint,
+            ca,
+            server_name,
+            out,
+            previous,
+        } => fetch(
+            &gateway,
+            crate::send_cmd::trust(fingerprint.as_deref(), ca.as_deref())?,
+            server_name,
+            &out,
+            previous.as_deref(),
+        )?,
         KeysCommand::ExportPublic { dir, out, ledger } => {
             let mut ring = FileKeyStore::open(&dir)?.public_keyring()?;
             let ledger = ledger.or_else(|| {
@@ -165,6 +209,100 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
             }
             write_doc(&out, &ring.to_json())?;
             println!("wrote {} public keys to {}", ring.keys.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint file saved beside a fetched key file.
+fn checkpoint_beside(keys: &Path) -> PathBuf {
+    let mut name = keys.as_os_str().to_os_string();
+    name.push(".checkpoint");
+    PathBuf::from(name)
+}
+
+/// `keys fetch`: see its help.
+fn fetch(
+    gateway: &str,
+    trust: trackshift_engine::tls::ServerTrust,
+    server_name: Option<String>,
+    out: &Path,
+    previous: Option<&Path>,
+) -> Result<()> {
+    use trackshift_engine::keybundle::{KeyBundle, MAX_KEY_BUNDLE, verify_bundle};
+    let to = crate::send_cmd::GatewayAddr::parse(gateway)?;
+    let previous = previous
+        .map(|p| -> Result<(trackshift_crypto::PublicKeyring, String)> {
+            let ring = trackshift_crypto::PublicKeyring::from_json(&read(p)?)
+                .with_context(|| format!("previous key file {}", p.display()))?;
+            let note_path = checkpoint_beside(p);
+            let note = String::from_utf8(read(&note_path)?)
+                .with_context(|| format!("{} is not text", note_path.display()))?;
+            Ok((ring, note))
+        })
+        .transpose()?;
+    // The tree size the auditor saw last: the checkpoint's second line (checked below).
+    let since = previous
+        .as_ref()
+        .and_then(|(_, note)| note.lines().nth(1)?.parse::<u64>().ok());
+    let name = server_name
+        .or_else(|| to.dns_name().map(str::to_string))
+        .unwrap_or_else(|| "localhost".into());
+    let rt = crate::runtime()?;
+    let body = rt.block_on(async {
+        let addr = to.resolve().await?;
+        let endpoint =
+            trackshift_engine::transport::keys_client_endpoint("[::]:0".parse()?, &trust).or_else(
+                |_| {
+                    trackshift_engine::transport::keys_client_endpoint("0.0.0.0:0".parse()?, &trust)
+                        .map_err(anyhow::Error::from)
+                },
+            )?;
+        let exchange = async {
+            let conn = trackshift_engine::transport::connect(&endpoint, addr, &name).await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let request = match since {
+                Some(n) => serde_json::json!({ "since": n }),
+                None => serde_json::json!({}),
+            };
+            send.write_all(request.to_string().as_bytes()).await?;
+            send.finish()?;
+            let body = recv.read_to_end(MAX_KEY_BUNDLE).await?;
+            conn.close(0u32.into(), b"done");
+            anyhow::Ok(body)
+        };
+        let body = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+            .await
+            .with_context(|| format!("no key bundle from {gateway} within 30 s"))??;
+        endpoint.wait_idle().await;
+        anyhow::Ok(body)
+    })?;
+    let bundle: KeyBundle = serde_json::from_slice(&body).context("the gateway's key bundle")?;
+    let fetched = verify_bundle(&bundle, previous.as_ref().map(|(r, n)| (r, n.as_str())))
+        .map_err(anyhow::Error::new)?;
+    // Both byte for byte as the ledger and the checkpoint have them.
+    trackshift_crypto::filestore::write_atomic(out, &fetched.entry.json, 0o644)?;
+    let cp = checkpoint_beside(out);
+    trackshift_crypto::filestore::write_atomic(&cp, fetched.checkpoint_note.as_bytes(), 0o644)?;
+    println!(
+        "saved {} keys to {}: the key set recorded at {} as ledger entry {}, in the checkpoint \
+         of {} entries of {} (saved to {})",
+        fetched.entry.keys.keys.len(),
+        out.display(),
+        fetched.entry.recorded_at,
+        fetched.index,
+        fetched.checkpoint.size,
+        fetched.checkpoint.origin,
+        cp.display()
+    );
+    if previous.is_some() {
+        if fetched.changes.is_empty() {
+            println!("no key changed since the previous fetch; the log only grew");
+        } else {
+            println!("since the previous fetch (the log only grew):");
+            for c in &fetched.changes {
+                println!("  {c}");
+            }
         }
     }
     Ok(())

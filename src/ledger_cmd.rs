@@ -65,18 +65,53 @@ pub struct Source {
     gateway: Option<String>,
 }
 
-/// Manifests and receipts seen while re-checking a ledger.
+/// Manifests, receipts and key sets seen while re-checking a ledger.
 #[derive(Default)]
 struct DocumentCount {
     manifests: u64,
     receipts: u64,
+    key_sets: u64,
+    /// The last key set seen, when each must carry on from the one before (a ledger one
+    /// gateway writes; gateways sharing a log each record their own).
+    history: Option<Option<PublicKeyring>>,
 }
 
 impl DocumentCount {
-    /// Checks one entry's document signature against `ring` and counts it.
+    /// A count that also checks the key sets form one history (docs/FORMATS.md 8.7).
+    fn with_history() -> Self {
+        Self {
+            history: Some(None),
+            ..Self::default()
+        }
+    }
+
+    /// Checks one entry (a document's signature against `ring`, or a key set) and counts it.
     fn check(&mut self, entry: &[u8], ring: &PublicKeyring) -> std::result::Result<(), String> {
-        let (format, _) = trackshift_crypto::verify_signed_bytes(entry, ring)
+        if let Some(set) =
+            trackshift_crypto::keyset::decode_key_set(entry).map_err(|e| format!("key set: {e}"))?
+        {
+            self.key_sets += 1;
+            if let Some(last) = &mut self.history {
+                if let Some(before) = last.as_ref() {
+                    trackshift_crypto::keyset::check_history(before, &set.keys)
+                        .map_err(|e| format!("key set recorded at {}: {e}", set.recorded_at))?;
+                }
+                *last = Some(set.keys);
+            }
+            return Ok(());
+        }
+        let (format, key) = trackshift_crypto::verify_signed_bytes(entry, ring)
             .map_err(|e| format!("document signature: {e}"))?;
+        // Once the ledger records key sets, a document's key must have been published in
+        // the one recorded before it.
+        if let Some(Some(published)) = &self.history
+            && published.get(&key.id).is_none()
+        {
+            return Err(format!(
+                "the {format} is signed with key {}, which no key set recorded before it lists",
+                key.id
+            ));
+        }
         if format.contains("manifest") {
             self.manifests += 1;
         } else {
@@ -88,11 +123,12 @@ impl DocumentCount {
     fn report(&self, location: &str, v: &trackshift_ledger::VerifiedCheckpoint) -> Result<()> {
         crate::print_lines(&[
             format!(
-                "OK ledger {location} ({}): {} entries ({} manifests, {} receipts), root {}",
+                "OK ledger {location} ({}): {} entries ({} manifests, {} receipts, {} key sets), root {}",
                 v.origin,
                 v.size,
                 self.manifests,
                 self.receipts,
+                self.key_sets,
                 hex::encode(v.root)
             ),
             "   every signature, hash and the signed checkpoint verify".into(),
@@ -114,7 +150,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
         } => {
             let ring = FileKeyStore::open(data_dir.join("keys"))?.public_keyring()?;
             let ledger = Ledger::open_read_only(ledger_dir(&data_dir), None)?;
-            let mut count = DocumentCount::default();
+            let mut count = DocumentCount::with_history();
             let v = ledger.verify_all(|_, entry| count.check(entry, &ring))?;
             count.report(&ledger.dir().display().to_string(), &v)?;
         }

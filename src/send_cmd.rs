@@ -177,7 +177,7 @@ impl GatewayAddr {
     }
 }
 
-fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<ServerTrust> {
+pub(crate) fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> Result<ServerTrust> {
     match (fingerprint, ca) {
         (Some(fp), None) => {
             let mut pin = [0u8; 32];

@@ -330,6 +330,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             };
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
             let router = crate::http::router(gateway.ledger().clone())
+                .merge(crate::http::keys_router(gateway.clone()))
                 .merge(crate::api::router(state.clone()));
             let (local, serving) = crate::http::bind(addr, router).await?;
             println!(

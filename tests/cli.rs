@@ -351,7 +351,7 @@ fn ledger_records_every_job_and_auditors_check_it_offline() {
     demo("1MiB");
     let (code, old, err) = run(&["ledger", "checkpoint", "--data-dir", gw], dir);
     assert_eq!(code, 0, "{err}");
-    assert!(old.starts_with("trackshift.local/ledger\n2\n"), "{old}");
+    assert!(old.starts_with("trackshift.local/ledger\n3\n"), "{old}");
     fs::write(dir.join("old.checkpoint"), &old).unwrap();
     demo("512KiB");
     let (_, new, _) = run(&["ledger", "checkpoint", "--data-dir", gw], dir);
@@ -372,7 +372,7 @@ fn ledger_records_every_job_and_auditors_check_it_offline() {
         dir,
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("grew from 2 to 4 entries"), "{out}");
+    assert!(out.contains("grew from 3 to 5 entries"), "{out}");
     // Checkpoints in the wrong order are a usage error; a forged one is rejected.
     let (code, _, _) = run(
         &[
@@ -390,7 +390,7 @@ fn ledger_records_every_job_and_auditors_check_it_offline() {
     assert_eq!(code, 2);
     fs::write(
         dir.join("forged.checkpoint"),
-        new.replacen("\n4\n", "\n5\n", 1),
+        new.replacen("\n5\n", "\n6\n", 1),
     )
     .unwrap();
     let (code, _, err) = run(
@@ -444,7 +444,10 @@ fn ledger_records_every_job_and_auditors_check_it_offline() {
     // The whole ledger re-verifies; a flipped byte in it is reported with its entry.
     let (code, out, err) = run(&["ledger", "verify", "--data-dir", gw], dir);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("4 entries (2 manifests, 2 receipts)"), "{out}");
+    assert!(
+        out.contains("5 entries (2 manifests, 2 receipts, 1 key sets)"),
+        "{out}"
+    );
     let entries = dir.join("demo/gateway/ledger/entries.log");
     let mut bytes = fs::read(&entries).unwrap();
     let last = bytes.len() - 10;
@@ -452,7 +455,7 @@ fn ledger_records_every_job_and_auditors_check_it_offline() {
     fs::write(&entries, &bytes).unwrap();
     let (code, _, err) = run(&["ledger", "verify", "--data-dir", gw], dir);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("entry 3"), "{err}");
+    assert!(err.contains("entry 4"), "{err}");
 }
 
 /// Runs the binary with its stdout a pipe nobody reads (`... | head -0`): every write to it

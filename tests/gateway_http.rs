@@ -40,11 +40,11 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
     send("a.txt");
     let (code, old, err) = run(&["ledger", "checkpoint", "--gateway", &gw.http], dir);
     assert_eq!(code, 0, "{err}");
-    assert!(old.starts_with("trackshift.local/ledger\n2\n"), "{old}");
+    assert!(old.starts_with("trackshift.local/ledger\n3\n"), "{old}");
     std::fs::write(dir.join("old.cp"), &old).unwrap();
     send("b.txt");
     let (_, new, _) = run(&["ledger", "checkpoint", "--gateway", &gw.http], dir);
-    assert!(new.starts_with("trackshift.local/ledger\n4\n"), "{new}");
+    assert!(new.starts_with("trackshift.local/ledger\n5\n"), "{new}");
     std::fs::write(dir.join("new.cp"), &new).unwrap();
     // The served checkpoint is the one on disk.
     let (_, on_disk, _) = run(
@@ -71,8 +71,8 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
     };
     let (code, out, err) = consistency("old.cp", "new.cp");
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("grew from 2 to 4 entries"), "{out}");
-    std::fs::write(dir.join("forged.cp"), new.replacen("\n4\n", "\n3\n", 1)).unwrap();
+    assert!(out.contains("grew from 3 to 5 entries"), "{out}");
+    std::fs::write(dir.join("forged.cp"), new.replacen("\n5\n", "\n4\n", 1)).unwrap();
     let (code, _, err) = consistency("old.cp", "forged.cp");
     assert_eq!(code, 1, "{err}");
 
@@ -82,7 +82,10 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
         dir,
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("4 entries (2 manifests, 2 receipts)"), "{out}");
+    assert!(
+        out.contains("5 entries (2 manifests, 2 receipts, 1 key sets)"),
+        "{out}"
+    );
 
     // Raw endpoints: health, checkpoint, a partial tile of 4 leaf hashes, proofs, errors.
     assert_eq!(
@@ -94,27 +97,28 @@ fn a_running_gateway_serves_its_ledger_and_auditors_verify_it() {
         (status, String::from_utf8(body).unwrap()),
         (200, new.clone())
     );
-    let (status, tile) = get(&gw.http, "/tile/0/000.p/4");
-    assert_eq!((status, tile.len()), (200, 4 * 32));
-    let (status, proof) = get(&gw.http, "/v1/ledger/proof/inclusion?index=3");
+    let (status, tile) = get(&gw.http, "/tile/0/000.p/5");
+    assert_eq!((status, tile.len()), (200, 5 * 32));
+    let (status, proof) = get(&gw.http, "/v1/ledger/proof/inclusion?index=4");
     assert_eq!(status, 200);
     let proof = trackshift_ledger::TlogProof::parse(&String::from_utf8(proof).unwrap()).unwrap();
-    assert_eq!((proof.index, proof.proof.len()), (3, 2));
-    // The tile's fourth hash is the leaf the inclusion proof is for.
-    let leaf: [u8; 32] = tile[96..128].try_into().unwrap();
+    assert_eq!((proof.index, proof.proof.len()), (4, 1));
+    // The tile's fifth hash is the leaf the inclusion proof is for (the first is the key
+    // set recorded before the first job's documents).
+    let leaf: [u8; 32] = tile[128..160].try_into().unwrap();
     let pk = std::fs::read(dir.join("pk.json")).unwrap();
     let ring = trackshift_crypto::PublicKeyring::from_json(&pk).unwrap();
     let cp = trackshift_ledger::verify_checkpoint(&proof.checkpoint, ring.ledger.as_ref().unwrap())
         .unwrap();
-    trackshift_ledger::verify_inclusion(3, cp.size, &leaf, &proof.proof, &cp.root).unwrap();
+    trackshift_ledger::verify_inclusion(4, cp.size, &leaf, &proof.proof, &cp.root).unwrap();
     for (path, want) in [
-        ("/tile/0/000.p/5", 404),
+        ("/tile/0/000.p/6", 404),
         ("/tile/0/000", 404),
         ("/tile/entries/000.p/1", 404),
-        ("/v1/ledger/proof/inclusion?index=4", 400),
+        ("/v1/ledger/proof/inclusion?index=5", 400),
         ("/v1/ledger/proof/inclusion?index=x", 400),
         ("/v1/ledger/proof/inclusion?index=1&extra=2", 400),
-        ("/v1/ledger/proof/consistency?old=5", 400),
+        ("/v1/ledger/proof/consistency?old=6", 400),
         ("/v1/nothing", 404),
     ] {
         let (status, body) = get(&gw.http, path);

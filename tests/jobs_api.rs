@@ -930,9 +930,10 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         "one queue, seen from A"
     );
     // One ledger sequence: both gateways serve the same log, holding every job's manifest
-    // and receipt once.
-    assert_eq!(ledger_size(&gw_a), 2 * 12);
-    assert_eq!(ledger_size(&gw_b), 2 * 12);
+    // and receipt once, and the key set of each gateway that finished one (one or two).
+    let size = ledger_size(&gw_a);
+    assert_eq!(ledger_size(&gw_b), size);
+    assert!((2 * 12 + 1..=2 * 12 + 2).contains(&size), "{size}");
     let (code, old_cp, err) = run(&["ledger", "checkpoint", "--gateway", &gw_a.http], root);
     assert_eq!(code, 0, "{err}");
     std::fs::write(root.join("old.cp"), &old_cp).unwrap();
@@ -1072,10 +1073,7 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
     };
     let (code, out, err) = verify(&[&key_files[0], &key_files[1]]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("26 entries (13 manifests, 13 receipts)"),
-        "{out}"
-    );
+    assert!(out.contains("(13 manifests, 13 receipts,"), "{out}");
     // Without the keys of a gateway that ran jobs, its documents do not verify.
     let ran = (0..2)
         .find(|&k| {

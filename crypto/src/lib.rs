@@ -20,6 +20,7 @@
 //! # Layout
 //!
 //! * [`keys`]: purposes, algorithms, key ids, validity windows, the public key set.
+//! * [`keyset`]: the key set as the ledger records it, and the rules of a key history.
 //! * [`signer`]: the [`Signer`] / [`KeyBackend`] traits (a KMS or HSM can implement them)
 //!   and the in-process [`SoftwareSigner`].
 //! * [`filestore`]: the on-disk key store (secret files 0600, atomic writes, rotation).
@@ -36,6 +37,7 @@ pub mod error;
 pub mod filestore;
 pub mod hash;
 pub mod keys;
+pub mod keyset;
 pub mod live;
 pub mod lowhex;
 pub mod manifest;

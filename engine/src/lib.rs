@@ -17,6 +17,7 @@ pub mod audit;
 pub mod budget;
 pub mod gateway;
 pub mod jobs;
+pub mod keybundle;
 pub mod operator;
 pub mod pool;
 pub mod protocol;

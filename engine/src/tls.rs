@@ -197,13 +197,17 @@ impl GatewayIdentity {
         &self.dir
     }
 
-    /// rustls server configuration: TLS 1.3 only, ALPN `trackshift/1`.
+    /// rustls server configuration: TLS 1.3 only, ALPN `trackshift/1` (the wire protocol)
+    /// or `trackshift-keys/1` (the key set for auditors, `keys fetch`).
     pub fn server_config(&self, pq_only: bool) -> Result<rustls::ServerConfig, TlsError> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider(pq_only))
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        cfg.alpn_protocols = vec![crate::transport::ALPN.to_vec()];
+        cfg.alpn_protocols = vec![
+            crate::transport::ALPN.to_vec(),
+            crate::transport::KEYS_ALPN.to_vec(),
+        ];
         cfg.max_early_data_size = 0;
         Ok(cfg)
     }
@@ -229,6 +233,15 @@ impl ServerTrust {
 
     /// rustls client configuration for this trust: TLS 1.3 only, ALPN `trackshift/1`.
     pub fn client_config(&self, pq_only: bool) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config_for(pq_only, crate::transport::ALPN)
+    }
+
+    /// [`Self::client_config`] offering `alpn` instead.
+    pub fn client_config_for(
+        &self,
+        pq_only: bool,
+        alpn: &[u8],
+    ) -> Result<rustls::ClientConfig, TlsError> {
         let provider = provider(pq_only);
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -259,7 +272,7 @@ impl ServerTrust {
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
         };
-        cfg.alpn_protocols = vec![crate::transport::ALPN.to_vec()];
+        cfg.alpn_protocols = vec![alpn.to_vec()];
         cfg.enable_early_data = false;
         Ok(cfg)
     }

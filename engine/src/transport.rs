@@ -31,6 +31,33 @@ use crate::tls::{GatewayIdentity, ServerTrust, TlsError};
 
 /// ALPN protocol id of the Trackshift wire protocol, version 1.
 pub const ALPN: &[u8] = b"trackshift/1";
+/// ALPN protocol id of the key set service (`keys fetch`): one request, one key bundle,
+/// no authentication (the keys are public; the pinned certificate says whose they are).
+pub const KEYS_ALPN: &[u8] = b"trackshift-keys/1";
+
+/// The ALPN protocol the handshake of `conn` settled on.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// A client endpoint for the key set service: [`client_endpoint`]'s TLS and transport,
+/// offering only [`KEYS_ALPN`].
+pub fn keys_client_endpoint(
+    bind: SocketAddr,
+    trust: &ServerTrust,
+) -> Result<quinn::Endpoint, TransportError> {
+    let tls = trust.client_config_for(false, KEYS_ALPN)?;
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config_with(Duration::from_secs(10))));
+    let mut ep = endpoint(bind, None)?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
 
 /// Per-stream receive window.
 pub const STREAM_WINDOW: u32 = 32 << 20;

@@ -171,6 +171,10 @@ pub(super) async fn handle_connection(
         conn.close(close::TOO_MANY_CONNECTIONS.into(), e.to_string().as_bytes());
         return Err(e);
     };
+    // An auditor asking for the key set: answered, no session.
+    if crate::transport::negotiated_alpn(&conn).as_deref() == Some(crate::transport::KEYS_ALPN) {
+        return super::keyset::serve_keys(&shared, conn).await;
+    }
     let start = tokio::time::Instant::now();
     let mut session = ReceiverSession::new(
         std::time::Duration::ZERO,

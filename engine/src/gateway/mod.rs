@@ -219,6 +219,7 @@ mod config;
 mod connection;
 mod job;
 mod journal;
+pub mod keyset;
 mod retention;
 mod seal;
 
@@ -267,6 +268,8 @@ struct Shared {
     /// One lock per job being opened now, so opens of one job run one at a time.
     opening: Mutex<HashMap<JobKey, Arc<tokio::sync::Mutex<()>>>>,
     ledger: trackshift_ledger::Log,
+    /// The key set last recorded in the ledger (recorded again when it changes).
+    key_history: keyset::KeyHistory,
     verify: VerifyMode,
     connectors: ConnectorFactory,
     /// Connectors by destination URI, shared by every job that writes there (so jobs to
@@ -361,6 +364,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             data_dir: data.clone(),
             ledger,
+            key_history: keyset::KeyHistory::load(data),
             verify: cfg.verify,
             connectors: cfg.connectors.clone(),
             connector_cache: Mutex::new(HashMap::new()),
@@ -541,6 +545,19 @@ impl Gateway {
                 }
             });
         }
+    }
+
+    /// The key bundle auditors fetch (`crate::keybundle`): the key set in force, recorded
+    /// in the ledger first if it changed, with its proofs; `since`, a tree size the auditor
+    /// saw, adds the consistency proof from it.
+    pub async fn key_bundle(
+        &self,
+        since: Option<u64>,
+    ) -> Result<crate::keybundle::KeyBundle, GatewayError> {
+        self.shared
+            .key_history
+            .bundle(&self.shared.keys, &self.shared.ledger, since)
+            .await
     }
 
     /// Stops accepting and closes every connection.

@@ -73,6 +73,13 @@ pub(super) async fn finish_job(
         }
     };
     let bytes = signed.manifest.total_bytes();
+    // The key set in force first, when it changed: a document signed with a new key comes
+    // after the entry that published it (gateway/keyset.rs).
+    shared
+        .key_history
+        .ensure(&shared.keys, &shared.ledger)
+        .await
+        .map_err(FinishFailure::of)?;
     // Record them in the ledger once (adjacent: the manifest, then the receipts in
     // destination order), each receipt with its inclusion proof, then the job's files.
     let (m, texts) = crate::record::record(&shared.ledger, &job.dir, signed, receipt_file)
