@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [garage]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [tsa] [garage]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
@@ -15,7 +15,10 @@
 # postgresql; the job store shared by several gateways): a fresh cluster run as the
 # postgres user, trust authentication on 127.0.0.1 only. SoftHSM2 (Debian package softhsm2;
 # a PKCS#11 module, so no process): its own configuration and token directory, the tests
-# initialise their tokens through PKCS#11 itself (no PIN on a command line). Installs are cached in
+# initialise their tokens through PKCS#11 itself (no PIN on a command line). The time-stamp
+# authority: OpenSSL's `ts -reply` (RFC 3161) behind a small HTTP front (Python's
+# http.server), a test CA and a TSA certificate (RSA 2048, extendedKeyUsage timeStamping,
+# critical). Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently. The SFTP and FTPS data
@@ -32,6 +35,7 @@ FTPS_PORT=${TRACKSHIFT_FTPS_PORT:-39021}
 FTPS_PASV_MIN=${TRACKSHIFT_FTPS_PASV_MIN:-39100}
 FTPS_USER=tsftps
 PG_PORT=${TRACKSHIFT_PG_PORT:-39032}
+TSA_PORT=${TRACKSHIFT_TSA_PORT:-39050}
 GARAGE_PORT=${TRACKSHIFT_GARAGE_PORT:-39040}
 GARAGE_VERSION=2.5.0
 MOTO_VERSION=5.2.5
@@ -412,6 +416,91 @@ ENV
     log "SoftHSM2: PKCS#11 module $module, tokens in $d/tokens (the tests initialise them)"
 }
 
+launch_tsa() {
+    local d="$RUN/tsa"
+    python3 "$d/front.py" "$TSA_PORT" "$d/tsa.cnf" >>"$d/server.log" 2>&1 &
+    echo $! >"$RUN/tsa.pid"
+    wait_ready TSA "$d/server.log" \
+        bash -c "openssl ts -query -digest $(printf '%064d' 0) -sha256 -cert -out $d/probe.tsq 2>/dev/null \
+            && curl -sf -H 'Content-Type: application/timestamp-query' --data-binary @$d/probe.tsq \
+               http://127.0.0.1:$TSA_PORT/ -o $d/probe.tsr"
+}
+
+start_tsa() {
+    command -v openssl >/dev/null || apt_install openssl
+    port_free "$TSA_PORT" || die "port $TSA_PORT (TSA) is busy; set TRACKSHIFT_TSA_PORT"
+    local d="$RUN/tsa"
+    install -d -m 700 "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=trackshift-test-tsa-ca \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+        -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=trackshift-test-tsa \
+        -keyout "$d/tsa.key" -out "$d/tsa.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=critical,timeStamping\n' >"$d/ext.cnf"
+    openssl x509 -req -in "$d/tsa.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/ext.cnf" -out "$d/tsa.pem" 2>/dev/null
+    echo 01 >"$d/serial"
+    cat >"$d/tsa.cnf" <<CONF
+[ tsa ]
+default_tsa = tsa_config
+[ tsa_config ]
+serial = $d/serial
+crypto_device = builtin
+signer_cert = $d/tsa.pem
+certs = $d/ca.pem
+signer_key = $d/tsa.key
+signer_digest = sha256
+default_policy = 1.3.6.1.4.1.55555.1
+digests = sha256, sha384, sha512
+accuracy = secs:1
+ordering = yes
+tsa_name = yes
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+CONF
+    cat >"$d/front.py" <<'PY'
+# RFC 3161 over HTTP (RFC 3161 section 3.4): POST a TimeStampReq, get a TimeStampResp,
+# answered by `openssl ts -reply`. One request at a time; 127.0.0.1 only.
+import http.server, os, subprocess, sys, tempfile
+
+PORT, CONF = int(sys.argv[1]), sys.argv[2]
+
+class Front(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        if self.headers.get("Content-Type") != "application/timestamp-query":
+            self.send_error(415, "expected application/timestamp-query")
+            return
+        n = int(self.headers.get("Content-Length", "0"))
+        if n <= 0 or n > 65536:
+            self.send_error(400, "bad length")
+            return
+        query = self.rfile.read(n)
+        with tempfile.TemporaryDirectory() as t:
+            q, r = os.path.join(t, "q.tsq"), os.path.join(t, "r.tsr")
+            open(q, "wb").write(query)
+            done = subprocess.run(["openssl", "ts", "-reply", "-config", CONF, "-queryfile", q,
+                                   "-out", r], capture_output=True)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr.decode(errors="replace"))
+                self.send_error(500, "openssl ts -reply failed")
+                return
+            body = open(r, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/timestamp-reply")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.HTTPServer(("127.0.0.1", PORT), Front).serve_forever()
+PY
+    launch_tsa
+    cat >>"$RUN/env.partial" <<ENV
+export TRACKSHIFT_TEST_TSA=http://127.0.0.1:$TSA_PORT/
+export TRACKSHIFT_TEST_TSA_CA=$d/ca.pem
+ENV
+    log "TSA (openssl ts -reply behind HTTP) on 127.0.0.1:$TSA_PORT, CA $d/ca.pem"
+}
+
 descendants() { # PID: every process below it
     local child
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
@@ -446,7 +535,7 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm tsa)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
@@ -456,11 +545,12 @@ case "$cmd" in
                 ftps) start_ftps ;;
                 postgres) start_postgres ;;
                 softhsm) start_softhsm ;;
-                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm garage)" ;;
+                tsa) start_tsa ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm tsa garage)" ;;
             esac
         done
-        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s GARAGE_PORT=%s\n' \
-            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" "$PG_PORT" "$GARAGE_PORT" >"$RUN/ports"
+        printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s GARAGE_PORT=%s TSA_PORT=%s\n' \
+            "$S3_PORT" "$AZURE_PORT" "$SFTP_PORT" "$FTPS_PORT" "$PG_PORT" "$GARAGE_PORT" "$TSA_PORT" >"$RUN/ports"
         mv "$RUN/env.partial" "$RUN/env"
         ;;
     env)
@@ -478,7 +568,7 @@ case "$cmd" in
         for s in "$@"; do
             stop_pid "$RUN/$s.pid"
             case "$s" in
-                s3 | azure | sftp | ftps | postgres | garage) "launch_$s" ;;
+                s3 | azure | sftp | ftps | postgres | garage | tsa) "launch_$s" ;;
                 *) die "unknown server $s" ;;
             esac
         done

@@ -56,6 +56,8 @@ pub struct AppState {
     pub operator: Arc<trackshift_engine::operator::OperatorKey>,
     /// The last readiness check, shared by every `/ready` caller for [`READY_MAX_AGE`].
     pub readiness: Arc<Readiness>,
+    /// The checkpoints' time-stamps, with `serve --tsa`.
+    pub stamps: Option<Arc<crate::tsa::Stamps>>,
 }
 
 /// How long one readiness check answers every anonymous `/ready` request: however often
@@ -783,6 +785,9 @@ async fn ready(State(state): State<AppState>, IsOperator(operator): IsOperator) 
         },
         "tenants": state.tenants.current().file.tenants.len(),
         "running_jobs": state.runner.running(),
+        // A time-stamp authority that is down delays stamps, never transfers: shown, not
+        // counted against readiness.
+        "timestamps": state.stamps.as_ref().map(|s| s.details(state.ledger.size())),
     });
     (status, Json(body)).into_response()
 }
@@ -806,6 +811,9 @@ async fn prometheus(State(state): State<AppState>, _: Operator) -> Response {
         Err(e) => warn!(error = %e, "job counts unavailable for /metrics"),
     }
     metrics::gauge!("trackshift_ledger_size").set(state.ledger.size() as f64);
+    if let Some(stamps) = &state.stamps {
+        stamps.export_metrics(state.ledger.size());
+    }
     metrics::gauge!("trackshift_running_jobs").set(state.runner.running() as f64);
     // This worker's part of each tenant's bandwidth quota (split across gateways).
     for t in &state.tenants.current().file.tenants {

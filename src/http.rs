@@ -107,6 +107,68 @@ async fn keys(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(bundle)).into_response())
 }
 
+/// `GET /v1/ledger/timestamp?size=N`: the first time-stamp of a checkpoint of N entries or
+/// more, with the consistency proof from N to it (docs/FORMATS.md 8.8); 404 when none covers
+/// N yet, or when the gateway has no time-stamp authority.
+pub fn timestamp_router(ledger: Log, stamps: Option<std::sync::Arc<crate::tsa::Stamps>>) -> Router {
+    Router::new()
+        .route("/v1/ledger/timestamp", get(timestamp))
+        .with_state((ledger, stamps))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimestampQuery {
+    size: u64,
+}
+
+async fn timestamp(
+    State((ledger, stamps)): State<(Log, Option<std::sync::Arc<crate::tsa::Stamps>>)>,
+    Query(q): Query<TimestampQuery>,
+) -> Result<Response, ApiError> {
+    let Some(stamps) = stamps else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this gateway has no time-stamp authority (serve --tsa)".into(),
+        ));
+    };
+    if q.size == 0 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "size must be at least 1".into(),
+        ));
+    }
+    let found = stamps.covering(q.size).map_err(|e| {
+        tracing::error!(error = %format!("{e:#}"), "time-stamp not read");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the time-stamp could not be read; see the gateway's log".into(),
+        )
+    })?;
+    let Some(mut stamp) = found else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no time-stamp covers {} entries yet (the last covers {}); ask again later",
+                q.size,
+                stamps.last_size()
+            ),
+        ));
+    };
+    if stamp.size > q.size {
+        let proof = ledger.consistency_proof(q.size, stamp.size).await?;
+        stamp.consistency = Some(trackshift_engine::keybundle::Consistency {
+            old_size: q.size,
+            new_size: stamp.size,
+            proof: proof
+                .iter()
+                .map(|h| base64::engine::general_purpose::STANDARD.encode(h))
+                .collect(),
+        });
+    }
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(stamp)).into_response())
+}
+
 pub async fn bind(
     addr: SocketAddr,
     router: Router,

@@ -33,6 +33,22 @@ pub enum LedgerCommand {
         #[arg(long)]
         public_keys: Vec<PathBuf>,
     },
+    /// Fetch the time-stamp of a receipt's checkpoint from a gateway with `serve --tsa`:
+    /// the first time-stamp at or after the checkpoint the receipt's ledger proof is in,
+    /// with the consistency proof from it. Saves OUT (for `verify --timestamp`) and, for
+    /// `openssl ts -verify -data OUT.checkpoint -in OUT.tsr -CAfile tsa-ca.pem`, the stamped
+    /// checkpoint and the authority's response beside it.
+    Timestamp {
+        /// The gateway's HTTP endpoint, e.g. http://127.0.0.1:8480 (`serve --http`).
+        #[arg(long)]
+        gateway: String,
+        /// The receipt (with its ledger proof).
+        #[arg(long)]
+        receipt: PathBuf,
+        /// Where to save the time-stamp.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the latest signed checkpoint (save it to check consistency later).
     Checkpoint {
         #[command(flatten)]
@@ -201,6 +217,54 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             count.report("(shared, PostgreSQL)", &v)?;
         }
         LedgerCommand::Verify { .. } => unreachable!("clap requires --data-dir or --store"),
+        LedgerCommand::Timestamp {
+            gateway,
+            receipt,
+            out,
+        } => {
+            let r = trackshift_crypto::Receipt::from_json(&crate::read(&receipt)?)
+                .with_context(|| format!("{}", receipt.display()))?;
+            let proof = r.ledger_proof.as_deref().with_context(|| {
+                format!(
+                    "{} has no ledger proof to find its checkpoint",
+                    receipt.display()
+                )
+            })?;
+            let proof = trackshift_ledger::TlogProof::parse(proof)?;
+            let size: u64 = proof
+                .checkpoint
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .context("the receipt's checkpoint has no tree size")?;
+            let body = fetch(&gateway, &format!("/v1/ledger/timestamp?size={size}"))?;
+            let stamp: crate::tsa::Stamp =
+                serde_json::from_str(&body).context("the gateway's time-stamp")?;
+            let der =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &stamp.response)
+                    .context("the time-stamp response is not base64")?;
+            trackshift_crypto::filestore::write_atomic(&out, body.as_bytes(), 0o644)?;
+            let beside = |ext: &str| {
+                let mut p = out.as_os_str().to_os_string();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            trackshift_crypto::filestore::write_atomic(&beside(".tsr"), &der, 0o644)?;
+            trackshift_crypto::filestore::write_atomic(
+                &beside(".checkpoint"),
+                stamp.checkpoint.as_bytes(),
+                0o644,
+            )?;
+            crate::print_lines(&[format!(
+                "saved the time-stamp of the checkpoint of {} entries (the receipt's has {size}) to {}, with {} and {}: {} by {}",
+                stamp.size,
+                out.display(),
+                beside(".tsr").display(),
+                beside(".checkpoint").display(),
+                stamp.time,
+                stamp.tsa
+            )])?;
+        }
         LedgerCommand::Checkpoint { from } => {
             let note = match (&from.data_dir, &from.gateway) {
                 (Some(dir), _) => {

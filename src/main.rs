@@ -13,6 +13,7 @@ mod send_cmd;
 mod size;
 mod soak;
 mod transfer;
+mod tsa;
 
 pub(crate) use files::{print_lines, print_text, read, read_secret_text, write_doc};
 
@@ -183,6 +184,25 @@ struct VerifyArgs {
     /// a failure is still an error on stderr and exit code 1.
     #[arg(long)]
     json: bool,
+    /// For a receipt: its checkpoint's time-stamp from `trackshift ledger timestamp`
+    /// (checked against --tsa-ca: the time the authority saw the ledger holding it).
+    #[arg(long, value_name = "FILE", requires = "tsa_ca")]
+    timestamp: Option<PathBuf>,
+    /// The time-stamp authority's CA certificate (PEM).
+    #[arg(long, value_name = "PEM", requires = "timestamp")]
+    tsa_ca: Option<PathBuf>,
+}
+
+/// "valid from A until B (status)" for a key, as `verify` reports it.
+fn key_window(key: &trackshift_crypto::PublicKeyRecord) -> String {
+    format!(
+        "valid from {} {}, {}",
+        key.not_before,
+        key.not_after
+            .map(|t| format!("until {t}"))
+            .unwrap_or_else(|| "with no end".into()),
+        format!("{:?}", key.status).to_lowercase()
+    )
 }
 
 /// The process's Prometheus recorder (installed once; every `metrics` macro records here).
@@ -485,9 +505,19 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 m.root_hash
             ));
             report.push(format!(
-                "   signed {} by {} key {} at {}",
-                key.algorithm, key.purpose, key.id, sig.signed_at
+                "   signed {} by {} key {} at {} (the key {})",
+                key.algorithm,
+                key.purpose,
+                key.id,
+                sig.signed_at,
+                key_window(key)
             ));
+            if args.timestamp.is_some() {
+                bail!(
+                    "--timestamp applies to receipts; {} is a manifest",
+                    args.file.display()
+                );
+            }
             if audit.data_checked {
                 report.push("   data re-hashed: every file matches".into());
             }
@@ -545,8 +575,12 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 r.bytes
             ));
             report.push(format!(
-                "   signed {} by {} key {} at {}",
-                key.algorithm, key.purpose, key.id, sig.signed_at
+                "   signed {} by {} key {} at {} (the key {})",
+                key.algorithm,
+                key.purpose,
+                key.id,
+                sig.signed_at,
+                key_window(key)
             ));
             if audit.bound {
                 report.push(format!("   bound to manifest {}", r.manifest_hash));
@@ -559,6 +593,27 @@ fn verify(args: VerifyArgs) -> Result<()> {
                     "root": hex::encode(cp.root),
                 })
             });
+            let stamped = match (&args.timestamp, &args.tsa_ca, &logged) {
+                (Some(t), Some(ca), Some((_, cp))) => {
+                    let stamp: crate::tsa::Stamp = serde_json::from_slice(&read(t)?)
+                        .with_context(|| format!("time-stamp file {}", t.display()))?;
+                    let trust = trackshift_ledger::tsa::TsaTrust::from_pem(&read(ca)?)
+                        .with_context(|| format!("--tsa-ca {}", ca.display()))?;
+                    let ledger_keys = ring
+                        .ledger
+                        .as_ref()
+                        .expect("a logged receipt's keys name the ledger");
+                    let ts =
+                        crate::tsa::verify_stamp(&stamp, cp.size, &cp.root, ledger_keys, &trust)
+                            .with_context(|| format!("time-stamp {}", t.display()))?;
+                    Some((ts, stamp.size))
+                }
+                (Some(_), _, None) => bail!(
+                    "--timestamp needs the receipt's ledger proof, and key file {} names no ledger",
+                    args.public_keys.display()
+                ),
+                _ => None,
+            };
             if let Some((proof, cp)) = logged {
                 report.push(format!(
                     "   recorded in ledger {} as entry {} of {} (root {}, cosigned with ML-DSA-44 at {})",
@@ -569,6 +624,22 @@ fn verify(args: VerifyArgs) -> Result<()> {
                     trackshift_crypto::Timestamp::from_unix(cp.cosigned_at)
                 ));
             }
+            if let Some((ts, size)) = &stamped {
+                report.push(format!(
+                    "   time-stamped: the ledger held it by {} (time-stamp authority {}, serial {}, checkpoint of {size} entries)",
+                    trackshift_crypto::Timestamp::from_unix(ts.time),
+                    ts.signer,
+                    ts.serial
+                ));
+            }
+            let stamped_json = stamped.as_ref().map(|(ts, size)| {
+                serde_json::json!({
+                    "time": trackshift_crypto::Timestamp::from_unix(ts.time).to_string(),
+                    "tsa": ts.signer,
+                    "serial": ts.serial,
+                    "checkpoint_size": size,
+                })
+            });
             serde_json::json!({
                 "ok": true,
                 "kind": "receipt",
@@ -582,6 +653,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 "signed_at": sig.signed_at.to_string(),
                 "bound_to_manifest": audit.bound.then(|| r.manifest_hash.to_string()),
                 "ledger": ledger,
+                "timestamp": stamped_json,
             })
         }
     };

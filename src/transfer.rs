@@ -124,6 +124,18 @@ pub struct ServeArgs {
     /// added to its rules at every start. Without one it writes nowhere.
     #[arg(long = "default-dest", value_name = "URI_PREFIX")]
     default_dest: Vec<String>,
+    /// An RFC 3161 time-stamp authority (`http://...`): the latest checkpoint is
+    /// time-stamped there whenever the log grew, at most every --tsa-interval, the answers
+    /// kept in DATA/timestamps. One that is down delays stamps, never a transfer.
+    #[arg(long, value_name = "URL", requires = "tsa_ca")]
+    tsa: Option<reqwest::Url>,
+    /// The authority's CA certificate (PEM; or its signing certificate): every answer is
+    /// checked against it before it is kept.
+    #[arg(long, value_name = "PEM", requires = "tsa")]
+    tsa_ca: Option<PathBuf>,
+    /// Least time between two time-stamps (seconds).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    tsa_interval: u64,
 }
 
 pub(crate) fn is_postgres(url: &str) -> bool {
@@ -309,9 +321,29 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     println!("certificate fingerprint: {}", gateway.fingerprint());
     println!(
-        "auditors: trackshift keys export-public --dir {} --out public-keys.json",
-        args.data_dir.join("keys").display()
+        "auditors: trackshift keys fetch --gateway {} --fingerprint {} --out keys.json",
+        gateway.local_addr(),
+        gateway.fingerprint()
     );
+    let stamps = match (&args.tsa, &args.tsa_ca) {
+        (Some(url), Some(ca)) => {
+            let trust = trackshift_ledger::tsa::TsaTrust::from_pem(&crate::read(ca)?)
+                .with_context(|| format!("--tsa-ca {}", ca.display()))?;
+            let stamps = std::sync::Arc::new(crate::tsa::Stamps::open(&args.data_dir)?);
+            tokio::spawn(crate::tsa::run(
+                gateway.ledger().clone(),
+                stamps.clone(),
+                crate::tsa::TsaConfig {
+                    url: url.clone(),
+                    trust,
+                    interval: Duration::from_secs(args.tsa_interval),
+                },
+            ));
+            tracing::info!(tsa = %url, interval_secs = args.tsa_interval, "checkpoints time-stamped by an outside authority (DATA/timestamps)");
+            Some(stamps)
+        }
+        _ => None,
+    };
     let (stop_jobs, stop_rx) = tokio::sync::watch::channel(false);
     let mut runner_task = None;
     let http = match (args.http, operator, jobs) {
@@ -327,10 +359,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 metrics: crate::metrics_handle()?,
                 operator,
                 readiness: Default::default(),
+                stamps: stamps.clone(),
             };
             runner_task = Some(tokio::spawn(runner.run(stop_rx)));
             let router = crate::http::router(gateway.ledger().clone())
                 .merge(crate::http::keys_router(gateway.clone()))
+                .merge(crate::http::timestamp_router(
+                    gateway.ledger().clone(),
+                    stamps.clone(),
+                ))
                 .merge(crate::api::router(state.clone()));
             let (local, serving) = crate::http::bind(addr, router).await?;
             println!(

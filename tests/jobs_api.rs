@@ -1038,10 +1038,12 @@ async fn two_gateways_share_one_postgresql_queue_and_survive_losing_one() {
         root,
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        ledger_size(&survivor),
-        2 * 13,
-        "the big job's documents joined the shared log once"
+    // 13 jobs' documents (pairs) and one key set per gateway that finished a job (one or
+    // two): 27 or 28 entries, where a duplicated job would make 29 or 30.
+    let size = ledger_size(&survivor);
+    assert!(
+        (2 * 13 + 1..=2 * 13 + 2).contains(&size),
+        "the big job's documents joined the shared log once: {size} entries"
     );
     // An auditor re-checks the whole shared log in the database: every document's
     // signature (either gateway's keys), every hash, the signed root.

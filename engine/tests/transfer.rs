@@ -810,7 +810,11 @@ async fn one_job_fans_out_to_several_destinations_with_a_receipt_each() {
         assert_eq!(r.status.as_str(), "confirmed");
         assert_eq!(r.confirmation.size, manifest.total_bytes());
     }
-    assert_eq!(gw.gateway.ledger().size(), 3, "manifest and two receipts");
+    assert_eq!(
+        gw.gateway.ledger().size(),
+        4,
+        "the key set, the manifest and two receipts"
+    );
     let files = walk(&src).len() as u64;
     assert!(
         chunks >= files && chunks < 2 * files + 10,

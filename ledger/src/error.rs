@@ -46,6 +46,9 @@ pub enum LedgerError {
     /// The ledger takes no appends: it is closed, or open read-only.
     #[error("ledger stopped: {0}")]
     Stopped(String),
+    /// A time-stamp does not hold (a signature, the certificate chain, the message).
+    #[error("time-stamp rejected: {0}")]
+    TimeStamp(String),
 }
 
 impl LedgerError {
@@ -55,7 +58,11 @@ impl LedgerError {
     pub fn is_verification_failure(&self) -> bool {
         matches!(
             self,
-            Self::Proof(_) | Self::Checkpoint(_) | Self::Corrupt { .. } | Self::Damaged(_)
+            Self::Proof(_)
+                | Self::Checkpoint(_)
+                | Self::Corrupt { .. }
+                | Self::Damaged(_)
+                | Self::TimeStamp(_)
         )
     }
 
@@ -90,6 +97,7 @@ impl LedgerError {
             },
             Self::InvalidRequest(s) => Self::InvalidRequest(s.clone()),
             Self::Stopped(s) => Self::Stopped(s.clone()),
+            Self::TimeStamp(s) => Self::TimeStamp(s.clone()),
         }
     }
 

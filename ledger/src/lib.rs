@@ -17,6 +17,7 @@ pub mod pg;
 pub mod proof;
 pub mod rotation;
 pub mod store;
+pub mod tsa;
 
 pub use error::{LedgerError, Result};
 pub use log::Log;
