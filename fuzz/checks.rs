@@ -31,7 +31,34 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("tile_path", tile_path),
     ("job_spec", job_spec),
     ("destination", destination),
+    ("key_set", key_set),
+    ("tsa_response", tsa_response),
 ];
+
+/// A key-set ledger entry (what `ledger verify` and `keys fetch` read from a gateway's log):
+/// one that decodes always carries on from itself, and re-encodes to the same bytes.
+pub fn key_set(data: &[u8]) {
+    if let Ok(Some(set)) = trackshift_crypto::keyset::decode_key_set(data) {
+        assert!(trackshift_crypto::keyset::check_history(&set.keys, &set.keys).is_ok());
+        let again = trackshift_crypto::keyset::encode_key_set(&set.json, set.recorded_at);
+        assert_eq!(again, data, "a key-set entry re-encodes to its bytes");
+    }
+}
+
+/// An RFC 3161 response or token (what the gateway reads from a time-stamp authority, and
+/// `verify --timestamp` from a stamp file), checked against a fixed test CA and the digest
+/// the committed response is for, so that mutations reach the signature and chain checks.
+/// Never panics; a token that verifies is for that digest.
+pub fn tsa_response(data: &[u8]) {
+    use trackshift_ledger::tsa::{TsaTrust, token_of_response, verify_token};
+    const CA: &[u8] = include_bytes!("corpus_support/tsa-ca.pem");
+    const DIGEST: &[u8; 32] = include_bytes!("corpus_support/tsa-digest.bin");
+    let trust = TsaTrust::from_pem(CA).expect("the fixed CA parses");
+    if let Ok(token) = token_of_response(data) {
+        let _ = verify_token(&token, DIGEST, &trust);
+    }
+    let _ = verify_token(data, DIGEST, &trust);
+}
 
 /// Decodes `data` as a stream of frames with limit `max`, as one read. Every frame must
 /// re-encode to exactly the bytes it came from; decoding stops at the first error.

@@ -407,6 +407,16 @@ pub fn verify_token(token: &[u8], digest: &[u8; 32], trust: &TsaTrust) -> Result
         .decode_as()
         .map_err(|e| bad(e.to_string()))?;
     let dalg = digest_alg(&si.digest_alg.oid)?;
+    // The SignedData lists the digest algorithms its signers use (RFC 5652 5.1).
+    if !sd
+        .digest_algorithms
+        .iter()
+        .any(|a| a.oid == si.digest_alg.oid)
+    {
+        return Err(bad(
+            "the signer's digest algorithm is not among the SignedData's",
+        ));
+    }
     if digest::digest(dalg, &content).as_ref() != md.as_bytes() {
         return Err(rejected("the signed digest is not the TSTInfo's"));
     }
