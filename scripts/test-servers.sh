@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [tsa] [garage]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [tsa] [promtool] [garage]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
@@ -18,7 +18,8 @@
 # initialise their tokens through PKCS#11 itself (no PIN on a command line). The time-stamp
 # authority: OpenSSL's `ts -reply` (RFC 3161) behind a small HTTP front (Python's
 # http.server), a test CA and a TSA certificate (RSA 2048, extendedKeyUsage timeStamping,
-# critical). Installs are cached in
+# critical). promtool: Prometheus's checker, taken out of Debian's `prometheus` package
+# (downloaded and unpacked, not installed: no service starts). Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently. The SFTP and FTPS data
@@ -501,6 +502,23 @@ ENV
     log "TSA (openssl ts -reply behind HTTP) on 127.0.0.1:$TSA_PORT, CA $d/ca.pem"
 }
 
+start_promtool() {
+    local d="$CACHE/prometheus"
+    if [ ! -x "$d/usr/bin/promtool" ]; then
+        log "unpacking promtool from Debian's prometheus package into $d"
+        mkdir -p "$d/deb"
+        (cd "$d/deb" && apt-get download prometheus >/dev/null 2>&1) || {
+            apt-get update >/dev/null 2>&1
+            (cd "$d/deb" && apt-get download prometheus >/dev/null 2>&1)
+        } || die "could not download Debian's prometheus package"
+        dpkg-deb -x "$d"/deb/prometheus_*.deb "$d"
+        rm -rf "$d/deb"
+    fi
+    "$d/usr/bin/promtool" --version >/dev/null 2>&1 || die "promtool does not run"
+    echo "export TRACKSHIFT_TEST_PROMTOOL=$d/usr/bin/promtool" >>"$RUN/env.partial"
+    log "promtool ($("$d/usr/bin/promtool" --version 2>&1 | head -1))"
+}
+
 descendants() { # PID: every process below it
     local child
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
@@ -535,7 +553,7 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm tsa)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm tsa promtool)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
@@ -546,7 +564,8 @@ case "$cmd" in
                 postgres) start_postgres ;;
                 softhsm) start_softhsm ;;
                 tsa) start_tsa ;;
-                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm tsa garage)" ;;
+                promtool) start_promtool ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm tsa promtool garage)" ;;
             esac
         done
         printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s GARAGE_PORT=%s TSA_PORT=%s\n' \

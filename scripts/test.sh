@@ -17,7 +17,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "test servers (S3: moto, Azure Blob: Azurite, SFTP: sshd, FTPS: vsftpd, PostgreSQL) on 127.0.0.1"
 scripts/test-servers.sh stop
 trap 'scripts/test-servers.sh stop' EXIT
-scripts/test-servers.sh start s3 azure sftp ftps postgres softhsm tsa
+scripts/test-servers.sh start s3 azure sftp ftps postgres softhsm tsa promtool
 # shellcheck disable=SC1090
 source <(scripts/test-servers.sh env)
 

@@ -815,6 +815,7 @@ async fn prometheus(State(state): State<AppState>, _: Operator) -> Response {
         stamps.export_metrics(state.ledger.size());
     }
     metrics::gauge!("trackshift_running_jobs").set(state.runner.running() as f64);
+    crate::metrics_catalog::process().collect();
     // This worker's part of each tenant's bandwidth quota (split across gateways).
     for t in &state.tenants.current().file.tenants {
         if let Some(rate) = state.runner.tenant_rate(&t.tenant) {

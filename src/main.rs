@@ -9,6 +9,7 @@ mod http;
 mod jobs_cmd;
 mod keys_cmd;
 mod ledger_cmd;
+mod metrics_catalog;
 mod send_cmd;
 mod size;
 mod soak;
@@ -220,6 +221,7 @@ pub fn metrics_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle>
             ],
         )?
         .install_recorder()?;
+    crate::metrics_catalog::describe();
     Ok(HANDLE.get_or_init(|| h).clone())
 }
 

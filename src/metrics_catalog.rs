@@ -1,0 +1,89 @@
+//! Every metric family the process exports, described once with its HELP text and unit
+//! (`promtool check metrics` takes the exposition as it is), the build information, and
+//! the process's own figures (CPU, memory, descriptors, threads) collected at each scrape.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Registers the descriptions and `trackshift_build_info` (called once, with the recorder).
+pub fn describe() {
+    describe_histogram!(
+        "trackshift_chunk_latency_seconds",
+        Unit::Seconds,
+        "Time from sending a chunk to its acknowledgement by the gateway (durable at every destination), per tenant."
+    );
+    describe_counter!(
+        "trackshift_bytes_acknowledged_total",
+        Unit::Bytes,
+        "Bytes of job data the gateway acknowledged as durable, per tenant."
+    );
+    describe_counter!(
+        "trackshift_job_attempts_total",
+        "Job attempts ended by this worker, per tenant and outcome."
+    );
+    describe_counter!(
+        "trackshift_jobs_purged_total",
+        "Finished jobs removed from the job store past the job history (serve --job-history)."
+    );
+    describe_gauge!(
+        "trackshift_jobs",
+        "Jobs in the job store, per tenant and state (read from the store at scrape time)."
+    );
+    describe_gauge!("trackshift_running_jobs", "Jobs this worker runs now.");
+    describe_gauge!(
+        "trackshift_ledger_size",
+        "Entries in the ledger (the latest signed checkpoint's tree size)."
+    );
+    describe_gauge!(
+        "trackshift_tenant_rate_bytes_per_second",
+        "This worker's part of a tenant's bandwidth quota, in bytes per second."
+    );
+    describe_gauge!(
+        "trackshift_worker_in_flight_budget_bytes",
+        Unit::Bytes,
+        "Bytes of chunks this worker may have in flight at once (the budget that follows latency)."
+    );
+    describe_counter!(
+        trackshift_engine::pool::MADE_METRIC,
+        "Chunk buffers allocated because the pool had none of the size free."
+    );
+    describe_gauge!(
+        trackshift_engine::pool::IDLE_METRIC,
+        Unit::Bytes,
+        "Bytes of chunk buffers idle in the pool."
+    );
+    describe_gauge!(
+        "trackshift_tsa_last_stamped_size",
+        "Tree size of the last checkpoint time-stamped by the outside authority (serve --tsa)."
+    );
+    describe_gauge!(
+        "trackshift_tsa_unstamped_entries",
+        "Ledger entries newer than the last time-stamp."
+    );
+    describe_gauge!(
+        "trackshift_tsa_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the time-stamp authority last gave a checkpoint a time-stamp (Unix time)."
+    );
+    describe_counter!(
+        "trackshift_tsa_failures_total",
+        "Time-stamp requests that failed (authority down, refused, or an answer that does not verify)."
+    );
+    describe_gauge!(
+        "trackshift_build_info",
+        "Always 1; the labels say which build runs."
+    );
+    metrics::gauge!(
+        "trackshift_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "target" => std::env::consts::ARCH,
+    )
+    .set(1.0);
+    process().describe();
+}
+
+/// The process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_threads`, ...).
+pub fn process() -> &'static metrics_process::Collector {
+    static C: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    C.get_or_init(metrics_process::Collector::default)
+}

@@ -1,0 +1,112 @@
+//! `/metrics` as Prometheus takes it: every family with HELP text (and its unit where it
+//! has one), `promtool check metrics` clean, build information and the process's own
+//! figures present. promtool comes from Debian's `prometheus` package
+//! (`scripts/test-servers.sh start promtool`).
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use common::{get_with_key, run, start_gateway_full};
+
+#[test]
+fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
+    let promtool = std::env::var("TRACKSHIFT_TEST_PROMTOOL")
+        .expect("TRACKSHIFT_TEST_PROMTOOL (scripts/test-servers.sh start promtool)");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let dest = format!("file://{}", dir.join("out").display());
+    let (url, ca) = (
+        std::env::var("TRACKSHIFT_TEST_TSA").expect("the test TSA"),
+        std::env::var("TRACKSHIFT_TEST_TSA_CA").expect("the test TSA's CA"),
+    );
+    // With the time-stamper, so that its families are there too.
+    let gw = start_gateway_full(
+        &dir.join("gw"),
+        &[],
+        &[
+            "--default-dest",
+            &dest,
+            "--tsa",
+            &url,
+            "--tsa-ca",
+            &ca,
+            "--tsa-interval",
+            "1",
+        ],
+        None,
+    );
+    std::fs::write(dir.join("a.txt"), b"metrics").unwrap();
+    let token = dir.join("gw/default.token");
+    let (code, out, err) = run(
+        &[
+            "send",
+            "a.txt",
+            "--to",
+            &gw.quic,
+            "--fingerprint",
+            &gw.fingerprint,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--dest",
+            &dest,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (status, body) = get_with_key(&gw.http, "/metrics", Some(&gw.operator_key));
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    for family in [
+        "trackshift_build_info",
+        "trackshift_ledger_size",
+        "trackshift_running_jobs",
+        "trackshift_tsa_last_stamped_size",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}:\n{text}"
+        );
+    }
+    assert!(text.contains("trackshift_build_info{"), "{text}");
+    // Every family that has samples has its HELP and TYPE.
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .map(|n| {
+            n.strip_suffix("_bucket")
+                .or_else(|| n.strip_suffix("_sum"))
+                .or_else(|| n.strip_suffix("_count"))
+                .unwrap_or(n)
+        })
+        .collect();
+    for f in &families {
+        assert!(text.contains(&format!("# HELP {f} ")), "no HELP for {f}");
+        assert!(text.contains(&format!("# TYPE {f} ")), "no TYPE for {f}");
+    }
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics:\n{}{}\n--- the exposition:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
