@@ -816,6 +816,17 @@ async fn prometheus(State(state): State<AppState>, _: Operator) -> Response {
     }
     metrics::gauge!("trackshift_running_jobs").set(state.runner.running() as f64);
     crate::metrics_catalog::process().collect();
+    if let Some(t) = state.gateway.certificate_not_after() {
+        metrics::gauge!("trackshift_tls_certificate_expiry_timestamp_seconds").set(t as f64);
+    }
+    // When the latest checkpoint was signed (its cosignature's time): a ledger that stops
+    // advancing shows here.
+    let cp = state.ledger.checkpoint();
+    if cp.size > 0
+        && let Ok(v) = trackshift_ledger::verify_checkpoint(&cp.note, &state.ledger.public_keys())
+    {
+        metrics::gauge!("trackshift_ledger_checkpoint_timestamp_seconds").set(v.cosigned_at as f64);
+    }
     // This worker's part of each tenant's bandwidth quota (split across gateways).
     for t in &state.tenants.current().file.tenants {
         if let Some(rate) = state.runner.tenant_rate(&t.tenant) {

@@ -68,6 +68,42 @@ pub fn describe() {
         "trackshift_tsa_failures_total",
         "Time-stamp requests that failed (authority down, refused, or an answer that does not verify)."
     );
+    describe_counter!(
+        "trackshift_destination_bytes_total",
+        Unit::Bytes,
+        "Bytes written to a destination (label: its scheme and host only)."
+    );
+    describe_counter!(
+        "trackshift_destination_writes_total",
+        "Chunk writes to a destination."
+    );
+    describe_counter!(
+        "trackshift_destination_errors_total",
+        "Failed writes, syncs and commits at a destination, by operation and kind (transient: retried; permanent)."
+    );
+    describe_counter!(
+        "trackshift_destination_dropped_total",
+        "Times a destination was dropped from a job (non-strict fan-out)."
+    );
+    describe_counter!(
+        "trackshift_destination_receipts_total",
+        "Receipts per destination and status (confirmed or failed)."
+    );
+    describe_histogram!(
+        "trackshift_destination_commit_seconds",
+        Unit::Seconds,
+        "Time a job's commit at a destination took (files made durable and visible under their names)."
+    );
+    describe_gauge!(
+        "trackshift_tls_certificate_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the gateway's TLS certificate expires (Unix time)."
+    );
+    describe_gauge!(
+        "trackshift_ledger_checkpoint_timestamp_seconds",
+        Unit::Seconds,
+        "When the latest ledger checkpoint was signed (its cosignature's time, Unix time)."
+    );
     describe_gauge!(
         "trackshift_build_info",
         "Always 1; the labels say which build runs."

@@ -66,6 +66,11 @@ fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
         "trackshift_tsa_last_stamped_size",
         "process_resident_memory_bytes",
         "process_open_fds",
+        "trackshift_destination_bytes_total",
+        "trackshift_destination_commit_seconds",
+        "trackshift_destination_receipts_total",
+        "trackshift_tls_certificate_expiry_timestamp_seconds",
+        "trackshift_ledger_checkpoint_timestamp_seconds",
     ] {
         assert!(
             text.contains(&format!("# HELP {family} ")),
@@ -73,6 +78,15 @@ fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
         );
     }
     assert!(text.contains("trackshift_build_info{"), "{text}");
+    // The destination label is the scheme and host only: no path of the tenant's.
+    assert!(
+        text.contains("trackshift_destination_bytes_total{destination=\"file://\"} 7"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(dir.to_str().unwrap()),
+        "a path in the labels:\n{text}"
+    );
     // Every family that has samples has its HELP and TYPE.
     let families: std::collections::BTreeSet<&str> = text
         .lines()

@@ -187,6 +187,19 @@ impl GatewayIdentity {
         fingerprint_of(&self.chain[0])
     }
 
+    /// When the leaf certificate expires (seconds since 1970), if it parses.
+    pub fn not_after(&self) -> Option<u64> {
+        use x509_cert::der::Decode as _;
+        let cert = x509_cert::Certificate::from_der(&self.chain[0]).ok()?;
+        Some(
+            cert.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs(),
+        )
+    }
+
     /// What a sender pins this identity with (its leaf certificate's SHA-256).
     pub fn pin(&self) -> ServerTrust {
         ServerTrust::Fingerprint(sha256(&self.chain[0]))

@@ -47,6 +47,8 @@ pub(super) struct HeldJob {
 /// One destination of a job.
 pub(super) struct Dest {
     pub(super) connector: Arc<dyn Connector>,
+    /// Its counters (label: scheme and host of the URI).
+    pub(super) metrics: super::dest_metrics::DestMetrics,
     /// One slot per file of the job.
     pub(super) writers: Vec<WriterSlot>,
     /// Why this destination was dropped (non-strict fan-out).
@@ -282,6 +284,7 @@ impl HeldJob {
             return Err(GatewayError::RecordingDrop { uri, source: err });
         }
         warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %uri, error = %e, "destination dropped from the job");
+        self.dests[d].metrics.dropped();
         // Leave nothing behind there: partial objects are aborted.
         self.abort_dest(d).await;
         if self.live().is_empty() {
@@ -310,8 +313,14 @@ impl HeldJob {
         });
         let results = futures::future::join_all(writes).await;
         for (d, r) in live.into_iter().zip(results) {
-            if let Err(e) = r {
-                self.drop_dest(d, e).await?;
+            match r {
+                Ok(()) => self.dests[d].metrics.written(data.len()),
+                Err(e) => {
+                    self.dests[d]
+                        .metrics
+                        .error("write", super::dest_metrics::is_transient(&e));
+                    self.drop_dest(d, e).await?;
+                }
             }
         }
         Ok(())
@@ -328,6 +337,9 @@ impl HeldJob {
                     .map_err(GatewayError::from)
             };
             if let Err(e) = r.await {
+                self.dests[d]
+                    .metrics
+                    .error("sync", super::dest_metrics::is_transient(&e));
                 self.drop_dest(d, e).await?;
             }
         }
@@ -479,6 +491,7 @@ impl Shared {
                 // Dropped before a restart: it stays dropped (it lacks chunks acknowledged
                 // since), and its server need not even be reachable now.
                 dests.push(Dest {
+                    metrics: super::dest_metrics::DestMetrics::for_uri(connector.uri()),
                     connector,
                     writers: (0..open.files.len())
                         .map(|_| WriterSlot::new(false))
@@ -501,6 +514,7 @@ impl Shared {
             }
             connector.prepare().await?;
             dests.push(Dest {
+                metrics: super::dest_metrics::DestMetrics::for_uri(connector.uri()),
                 connector,
                 writers: touched.iter().map(|&t| WriterSlot::new(t)).collect(),
                 failed: Mutex::new(None),

@@ -217,6 +217,7 @@ fn io<'a>(
 mod chunks;
 mod config;
 mod connection;
+pub mod dest_metrics;
 mod job;
 mod journal;
 pub mod keyset;
@@ -407,6 +408,11 @@ impl Gateway {
     /// SHA-256 fingerprint of the gateway certificate (what senders pin).
     pub fn fingerprint(&self) -> String {
         self.identity.fingerprint()
+    }
+
+    /// When the gateway's TLS certificate expires (seconds since 1970), if it parses.
+    pub fn certificate_not_after(&self) -> Option<u64> {
+        self.identity.not_after()
     }
 
     /// What a sender on this host pins this gateway with.

@@ -108,9 +108,14 @@ pub(super) async fn sign_finish(
             outcomes.push(Err(reason));
             continue;
         }
-        match commit_dest(shared, job, d, &entries).await {
+        let at = std::time::Instant::now();
+        let committed = commit_dest(shared, job, d, &entries).await;
+        let m = &job.dests[d].metrics;
+        m.committed(at.elapsed().as_secs_f64(), committed.is_ok());
+        match committed {
             Ok(c) => outcomes.push(Ok(c)),
             Err(e) => {
+                m.error("commit", super::dest_metrics::is_transient(&e));
                 let reason = e.to_string();
                 if let Err(e) = job.drop_dest(d, e).await {
                     job.fail(e.to_string());
