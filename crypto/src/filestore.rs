@@ -225,9 +225,21 @@ impl FileKeyStore {
     }
 
     fn add_new_key(&mut self, purpose: Purpose, now: Timestamp) -> Result<KeyId> {
-        if self.hsm.is_some() && purpose.algorithm() == Algorithm::Ed25519 {
-            let token = self.token()?;
-            let record = token.generate_ed25519(purpose, now)?;
+        // On the token: Ed25519 keys always, ML-DSA-65 keys when the token offers ML-DSA.
+        let token = match &self.hsm {
+            Some(_) => Some(self.token()?),
+            None => None,
+        };
+        let on_token = match (&token, purpose.algorithm()) {
+            (Some(_), Algorithm::Ed25519) => true,
+            (Some(t), Algorithm::MlDsa65) => t.offers_ml_dsa()?,
+            (None, _) => false,
+        };
+        if let (Some(token), true) = (token, on_token) {
+            let record = match purpose.algorithm() {
+                Algorithm::Ed25519 => token.generate_ed25519(purpose, now)?,
+                Algorithm::MlDsa65 => token.generate_ml_dsa_65(purpose, now)?,
+            };
             let file = TokenKeyRef {
                 format: TOKEN_KEY_FORMAT.into(),
                 key_id: record.id,
@@ -290,10 +302,10 @@ impl FileKeyStore {
             let r: TokenKeyRef = serde_json::from_slice(&bytes).map_err(|e| {
                 CryptoError::malformed("token key reference", format!("{}: {e}", path.display()))
             })?;
-            if r.key_id != *id || r.algorithm != Algorithm::Ed25519 {
+            if r.key_id != *id {
                 return Err(CryptoError::malformed(
                     "token key reference",
-                    format!("{} does not name Ed25519 key {id}", path.display()),
+                    format!("{} does not name key {id}", path.display()),
                 ));
             }
             return Ok(Some(KeyFile::Token(r)));
@@ -361,6 +373,15 @@ impl FileKeyStore {
             KeyFile::Seed(seed) => Ok(Arc::new(SoftwareSigner::new(record.clone(), &seed)?)),
             KeyFile::Token(r) => {
                 let token = self.token()?;
+                if r.algorithm != record.algorithm {
+                    return Err(CryptoError::malformed(
+                        "token key reference",
+                        format!(
+                            "key {} is {}, its reference says {}",
+                            record.id, record.algorithm, r.algorithm
+                        ),
+                    ));
+                }
                 if r.token != token.label() {
                     return Err(CryptoError::malformed(
                         "token key reference",

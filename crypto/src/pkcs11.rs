@@ -25,9 +25,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, KeyType, MlDsaParameterSetType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -295,9 +298,8 @@ impl Token {
         unreachable!("the second attempt returns")
     }
 
-    /// Whether the token offers PKCS#11 3.2's ML-DSA key generation and signing. Trackshift
-    /// keeps ML-DSA-65 manifest keys in software either way (no token it was tested with
-    /// offers ML-DSA yet); `keys init --pkcs11` reports the answer.
+    /// Whether the token offers PKCS#11 3.2's ML-DSA key generation and signing: then a key
+    /// store on it keeps its ML-DSA-65 manifest keys there too, else in software.
     pub fn offers_ml_dsa(&self) -> Result<bool> {
         let list = self
             .ctx
@@ -381,11 +383,16 @@ impl Token {
         self.ed25519_key(&id, &public_key)
     }
 
-    /// The private key object of key `id`, if the token holds it.
+    /// The Ed25519 private key object of key `id`, if the token holds it.
     fn find_private(&self, id: &KeyId) -> Result<Option<ObjectHandle>> {
+        self.find_private_of(id, KeyType::EC_EDWARDS)
+    }
+
+    /// The private key object of key `id` and type `key_type`, if the token holds it.
+    fn find_private_of(&self, id: &KeyId, key_type: KeyType) -> Result<Option<ObjectHandle>> {
         let template = [
             Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::KeyType(key_type),
             Attribute::Id(id.0.to_vec()),
         ];
         let found = self.with_session("finding a key", |s| s.find_objects(&template))?;
@@ -451,9 +458,110 @@ impl Token {
         self.ed25519_key(id, &ed25519_point(&point)?)
     }
 
+    /// Generates an ML-DSA-65 key pair (PKCS#11 3.2, `CKM_ML_DSA_KEY_PAIR_GEN`) on the token
+    /// for `purpose`, valid from `not_before`, the private key non-extractable and sensitive;
+    /// for a token that [offers ML-DSA](Self::offers_ml_dsa). Returns the public record.
+    pub fn generate_ml_dsa_65(
+        self: &Arc<Self>,
+        purpose: Purpose,
+        not_before: Timestamp,
+    ) -> Result<PublicKeyRecord> {
+        if purpose.algorithm() != Algorithm::MlDsa65 {
+            return Err(CryptoError::malformed(
+                "token key",
+                format!("{purpose} keys are {}, not ML-DSA-65", purpose.algorithm()),
+            ));
+        }
+        if !self.offers_ml_dsa()? {
+            return Err(CryptoError::malformed(
+                "token key",
+                format!("token {:?} offers no ML-DSA", self.cfg.token),
+            ));
+        }
+        let label = format!("trackshift {purpose}");
+        let public_template = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_65.into()),
+            Attribute::Label(label.clone().into_bytes()),
+        ];
+        let private_template = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Label(label.into_bytes()),
+        ];
+        let (public, private) = self.with_session("generating an ML-DSA-65 key", |s| {
+            s.generate_key_pair(
+                &Mechanism::MlDsaKeyPairGen,
+                &public_template,
+                &private_template,
+            )
+        })?;
+        let value = self.with_session("reading the public key", |s| {
+            s.get_attributes(public, &[AttributeType::Value])
+        })?;
+        let public_key = value
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            })
+            .ok_or_else(|| CryptoError::malformed("token key", "no CKA_VALUE on the public key"))?;
+        let id = KeyId::of_public_key(&public_key);
+        self.with_session("labelling the key", |s| {
+            s.update_attributes(public, &[Attribute::Id(id.0.to_vec())])?;
+            s.update_attributes(private, &[Attribute::Id(id.0.to_vec())])
+        })?;
+        let record = PublicKeyRecord {
+            id,
+            purpose,
+            algorithm: Algorithm::MlDsa65,
+            public_key,
+            not_before,
+            not_after: None,
+            status: KeyStatus::Active,
+            revoked_at: None,
+        };
+        record.validate()?;
+        self.ml_dsa_key(&record)?;
+        Ok(record)
+    }
+
+    /// The ML-DSA-65 key of `record` on this token, checked with one signature now.
+    fn ml_dsa_key(self: &Arc<Self>, record: &PublicKeyRecord) -> Result<TokenMlDsaKey> {
+        let handle = self
+            .find_private_of(&record.id, KeyType::ML_DSA)?
+            .ok_or_else(|| {
+                CryptoError::malformed(
+                    "token key",
+                    format!(
+                        "token {:?} holds no private key {}",
+                        self.cfg.token, record.id
+                    ),
+                )
+            })?;
+        let key = TokenMlDsaKey {
+            token: self.clone(),
+            id: record.id,
+            public_key: record.public_key.clone(),
+            handle: Mutex::new(handle),
+        };
+        key.sign(b"trackshift token key check")?;
+        Ok(key)
+    }
+
     /// A signer for `record`, a key on this token: its private key found by id.
     pub fn signer(self: &Arc<Self>, record: &PublicKeyRecord) -> Result<Arc<dyn Signer>> {
-        let key = self.ed25519_key(&record.id, &record.public_key)?;
+        let key = match record.algorithm {
+            Algorithm::Ed25519 => {
+                TokenKeyKind::Ed25519(self.ed25519_key(&record.id, &record.public_key)?)
+            }
+            Algorithm::MlDsa65 => TokenKeyKind::MlDsa(self.ml_dsa_key(record)?),
+        };
         Ok(Arc::new(TokenSigner {
             record: record.clone(),
             key,
@@ -582,10 +690,60 @@ impl TokenKey {
     }
 }
 
-/// A key store's Ed25519 key on a token, behind the [`Signer`] seam.
+/// An ML-DSA-65 private key on a token, signing with `CKM_ML_DSA` (pure, empty context, as
+/// Trackshift's manifests are signed); every signature checked with the public key.
+struct TokenMlDsaKey {
+    token: Arc<Token>,
+    id: KeyId,
+    public_key: Vec<u8>,
+    handle: Mutex<ObjectHandle>,
+}
+
+impl TokenMlDsaKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let mechanism = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
+        let handle = *self.handle.lock().expect("handle lock");
+        let signature = match self
+            .token
+            .with_session("signing", |s| s.sign(&mechanism, handle, message))
+        {
+            Ok(sig) => sig,
+            Err(_) => {
+                let fresh = self
+                    .token
+                    .find_private_of(&self.id, KeyType::ML_DSA)?
+                    .ok_or_else(|| {
+                        CryptoError::malformed(
+                            "token key",
+                            format!(
+                                "token {:?} no longer holds private key {}",
+                                self.token.cfg.token, self.id
+                            ),
+                        )
+                    })?;
+                *self.handle.lock().expect("handle lock") = fresh;
+                self.token
+                    .with_session("signing", |s| s.sign(&mechanism, fresh, message))?
+            }
+        };
+        if !Algorithm::MlDsa65.verify(&self.public_key, message, &signature) {
+            return Err(CryptoError::Backend(
+                "the token's ML-DSA-65 signature does not verify",
+            ));
+        }
+        Ok(signature)
+    }
+}
+
+enum TokenKeyKind {
+    Ed25519(TokenKey),
+    MlDsa(TokenMlDsaKey),
+}
+
+/// A key store's key on a token, behind the [`Signer`] seam.
 struct TokenSigner {
     record: PublicKeyRecord,
-    key: TokenKey,
+    key: TokenKeyKind,
 }
 
 impl Signer for TokenSigner {
@@ -594,7 +752,10 @@ impl Signer for TokenSigner {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        self.key.sign(message).map(|s| s.to_vec())
+        match &self.key {
+            TokenKeyKind::Ed25519(k) => k.sign(message).map(|s| s.to_vec()),
+            TokenKeyKind::MlDsa(k) => k.sign(message),
+        }
     }
 }
 
