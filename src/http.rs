@@ -177,7 +177,48 @@ pub async fn bind(
         .await
         .with_context(|| format!("binding the HTTP endpoint {addr}"))?;
     let local = listener.local_addr()?;
+    let router = router.layer(axum::middleware::from_fn(access_log));
     Ok((local, axum::serve(listener, router).into_future()))
+}
+
+/// The access log and the HTTP metrics: one line per request (method, the path without its
+/// query, status, duration; never a header, so no key), and `trackshift_http_requests_total`
+/// and `trackshift_http_request_duration_seconds` by route template (not the raw path: job
+/// ids would make the series unbounded), method and status class.
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(target: "trackshift::access", method = %method, path = %path, route = %route, status, ms = (secs * 1000.0).round() as u64, "http request");
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let method: &'static str = match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    metrics::counter!("trackshift_http_requests_total", "route" => route.clone(), "method" => method, "status" => class)
+        .increment(1);
+    metrics::histogram!("trackshift_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(secs);
+    resp
 }
 
 fn text(body: String, cache: &'static str) -> Response {

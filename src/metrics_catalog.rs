@@ -104,6 +104,15 @@ pub fn describe() {
         Unit::Seconds,
         "When the latest ledger checkpoint was signed (its cosignature's time, Unix time)."
     );
+    describe_counter!(
+        "trackshift_http_requests_total",
+        "HTTP requests answered, by route template, method and status class."
+    );
+    describe_histogram!(
+        "trackshift_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route template and method."
+    );
     describe_gauge!(
         "trackshift_build_info",
         "Always 1; the labels say which build runs."

@@ -56,6 +56,9 @@ fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
     );
     assert_eq!(code, 0, "{out}{err}");
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A request before, so the HTTP families are there (by route, not by raw path).
+    let (status, _) = get_with_key(&gw.http, "/v1/jobs/no-such-job", Some(&gw.operator_key));
+    assert_ne!(status, 200);
     let (status, body) = get_with_key(&gw.http, "/metrics", Some(&gw.operator_key));
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
