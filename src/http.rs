@@ -181,14 +181,14 @@ pub async fn bind(
     Ok((local, axum::serve(listener, router).into_future()))
 }
 
-/// The access log and the HTTP metrics: one line per request (method, the path without its
-/// query, status, duration; never a header, so no key), and `trackshift_http_requests_total`
+/// The access log and the HTTP metrics: one line per request (method, route template,
+/// status, duration; never a header, so no key, and not the raw path: a job id in it would
+/// make a line about a job that lacks the job's correlation id), and `trackshift_http_requests_total`
 /// and `trackshift_http_request_duration_seconds` by route template (not the raw path: job
 /// ids would make the series unbounded), method and status class.
 async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -196,7 +196,7 @@ async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
-    tracing::info!(target: "trackshift::access", method = %method, path = %path, route = %route, status, ms = (secs * 1000.0).round() as u64, "http request");
+    tracing::info!(target: "trackshift::access", method = %method, route = %route, status, ms = (secs * 1000.0).round() as u64, "http request");
     let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
