@@ -61,24 +61,7 @@ fn send_and_verify(dir: &Path, log: &Path, sub: &str) -> String {
     let dest = format!("{base}/{sub}");
     let gw = start_gateway_full(&dir.join("gw"), &[], &["--default-dest", &base], Some(log));
     let token = dir.join("gw/default.token");
-    let (code, sent, err) = run(
-        &[
-            "send",
-            "data.txt",
-            "--to",
-            &gw.quic,
-            "--fingerprint",
-            &gw.fingerprint,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--dest",
-            &dest,
-            "--out-dir",
-            "docs",
-        ],
-        dir,
-    );
-    assert_eq!(code, 0, "{sent}{err}");
+    common::send_ok(dir, &gw, &token, "data.txt", &dest, Some("docs"));
     drop(gw);
     let (code, _, err) = run(
         &[

@@ -20,24 +20,14 @@ fn send(dir: &Path, gw: &Gateway, name: &str, file: &str) {
     std::fs::write(dir.join(file), format!("content of {file}")).unwrap();
     let token = dir.join(format!("{name}/default.token"));
     let dest = format!("file://{}", dir.join(format!("{name}-out")).display());
-    let (code, out, err) = run(
-        &[
-            "send",
-            file,
-            "--to",
-            &gw.quic,
-            "--fingerprint",
-            &gw.fingerprint,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--dest",
-            &dest,
-            "--out-dir",
-            &format!("docs-{file}"),
-        ],
+    common::send_ok(
         dir,
+        gw,
+        &token,
+        file,
+        &dest,
+        Some(format!("docs-{file}").as_str()),
     );
-    assert_eq!(code, 0, "{out}{err}");
 }
 
 fn fetch(dir: &Path, gw: &Gateway, out: &str, previous: Option<&str>) -> (i32, String, String) {

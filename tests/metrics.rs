@@ -8,7 +8,7 @@ mod common;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use common::{get_with_key, run, start_gateway_full};
+use common::{get_with_key, start_gateway_full};
 
 #[test]
 fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
@@ -39,22 +39,7 @@ fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
     );
     std::fs::write(dir.join("a.txt"), b"metrics").unwrap();
     let token = dir.join("gw/default.token");
-    let (code, out, err) = run(
-        &[
-            "send",
-            "a.txt",
-            "--to",
-            &gw.quic,
-            "--fingerprint",
-            &gw.fingerprint,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--dest",
-            &dest,
-        ],
-        dir,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    common::send_ok(dir, &gw, &token, "a.txt", &dest, None);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // A request before, so the HTTP families are there (by route, not by raw path).
     let (status, _) = get_with_key(&gw.http, "/v1/jobs/no-such-job", Some(&gw.operator_key));

@@ -44,24 +44,14 @@ fn send(dir: &Path, gw: &Gateway, file: &str) {
     std::fs::write(dir.join(file), format!("data of {file}")).unwrap();
     let dest = format!("file://{}", dir.join("out").display());
     let token = dir.join("gw/default.token");
-    let (code, out, err) = run(
-        &[
-            "send",
-            file,
-            "--to",
-            &gw.quic,
-            "--fingerprint",
-            &gw.fingerprint,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--dest",
-            &dest,
-            "--out-dir",
-            &format!("docs-{file}"),
-        ],
+    common::send_ok(
         dir,
+        gw,
+        &token,
+        file,
+        &dest,
+        Some(format!("docs-{file}").as_str()),
     );
-    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// `ledger timestamp` for a receipt, retried until a stamp covers it (the stamper runs

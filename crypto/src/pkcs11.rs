@@ -342,11 +342,34 @@ impl Token {
     /// non-extractable and sensitive; both objects identified by the key id, SHA-256 of the
     /// public key): for keys outside the key store's purposes, such as the ledger's log key.
     pub fn generate_ed25519_key(self: &Arc<Self>, label: &str) -> Result<TokenKey> {
+        let (public, private) = self.generate_pair(
+            "generating an Ed25519 key",
+            &Mechanism::EccEdwardsKeyPairGen,
+            Attribute::EcParams(ED25519_PARAMS.to_vec()),
+            label,
+        )?;
+        let point = self.read_attribute(public, AttributeType::EcPoint)?;
+        let public_key = ed25519_point(&point)?;
+        let id = KeyId::of_public_key(&public_key);
+        self.identify_pair(public, private, &id)?;
+        self.ed25519_key(&id, &public_key)
+    }
+
+    /// Generates a key pair with `mechanism` on the token, both objects labelled `label`, the
+    /// public one with `param` (its curve or parameter set), the private one sensitive,
+    /// non-extractable and for signing only.
+    fn generate_pair(
+        &self,
+        what: &'static str,
+        mechanism: &Mechanism,
+        param: Attribute,
+        label: &str,
+    ) -> Result<(ObjectHandle, ObjectHandle)> {
         let public_template = [
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
-            Attribute::EcParams(ED25519_PARAMS.to_vec()),
+            param,
             Attribute::Label(label.as_bytes().to_vec()),
         ];
         let private_template = [
@@ -357,30 +380,33 @@ impl Token {
             Attribute::Sign(true),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let (public, private) = self.with_session("generating an Ed25519 key", |s| {
-            s.generate_key_pair(
-                &Mechanism::EccEdwardsKeyPairGen,
-                &public_template,
-                &private_template,
-            )
+        self.with_session(what, |s| {
+            s.generate_key_pair(mechanism, &public_template, &private_template)
+        })
+    }
+
+    /// The bytes of attribute `what` (`CKA_EC_POINT`, `CKA_VALUE`) of a public key object.
+    fn read_attribute(&self, object: ObjectHandle, what: AttributeType) -> Result<Vec<u8>> {
+        let attrs = self.with_session("reading the public key", |s| {
+            s.get_attributes(object, &[what])
         })?;
-        let point = self.with_session("reading the public key", |s| {
-            s.get_attributes(public, &[AttributeType::EcPoint])
-        })?;
-        let key = point
+        attrs
             .into_iter()
             .find_map(|a| match a {
-                Attribute::EcPoint(p) => Some(p),
+                Attribute::EcPoint(v) | Attribute::Value(v) => Some(v),
                 _ => None,
             })
-            .ok_or_else(|| CryptoError::malformed("token key", "no CKA_EC_POINT"))?;
-        let public_key = ed25519_point(&key)?;
-        let id = KeyId::of_public_key(&public_key);
+            .ok_or_else(|| {
+                CryptoError::malformed("token key", format!("no {what} on the public key"))
+            })
+    }
+
+    /// Gives both objects of a new pair the key id as `CKA_ID`.
+    fn identify_pair(&self, public: ObjectHandle, private: ObjectHandle, id: &KeyId) -> Result<()> {
         self.with_session("labelling the key", |s| {
             s.update_attributes(public, &[Attribute::Id(id.0.to_vec())])?;
             s.update_attributes(private, &[Attribute::Id(id.0.to_vec())])
-        })?;
-        self.ed25519_key(&id, &public_key)
+        })
     }
 
     /// The Ed25519 private key object of key `id`, if the token holds it.
@@ -445,16 +471,7 @@ impl Token {
                 format!("token {:?} holds no public key {id}", self.cfg.token),
             )
         })?;
-        let point = self.with_session("reading the public key", |s| {
-            s.get_attributes(handle, &[AttributeType::EcPoint])
-        })?;
-        let point = point
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::EcPoint(p) => Some(p),
-                _ => None,
-            })
-            .ok_or_else(|| CryptoError::malformed("token key", "no CKA_EC_POINT"))?;
+        let point = self.read_attribute(handle, AttributeType::EcPoint)?;
         self.ed25519_key(id, &ed25519_point(&point)?)
     }
 
@@ -478,44 +495,15 @@ impl Token {
                 format!("token {:?} offers no ML-DSA", self.cfg.token),
             ));
         }
-        let label = format!("trackshift {purpose}");
-        let public_template = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
+        let (public, private) = self.generate_pair(
+            "generating an ML-DSA-65 key",
+            &Mechanism::MlDsaKeyPairGen,
             Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_65.into()),
-            Attribute::Label(label.clone().into_bytes()),
-        ];
-        let private_template = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Label(label.into_bytes()),
-        ];
-        let (public, private) = self.with_session("generating an ML-DSA-65 key", |s| {
-            s.generate_key_pair(
-                &Mechanism::MlDsaKeyPairGen,
-                &public_template,
-                &private_template,
-            )
-        })?;
-        let value = self.with_session("reading the public key", |s| {
-            s.get_attributes(public, &[AttributeType::Value])
-        })?;
-        let public_key = value
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::Value(v) => Some(v),
-                _ => None,
-            })
-            .ok_or_else(|| CryptoError::malformed("token key", "no CKA_VALUE on the public key"))?;
+            &format!("trackshift {purpose}"),
+        )?;
+        let public_key = self.read_attribute(public, AttributeType::Value)?;
         let id = KeyId::of_public_key(&public_key);
-        self.with_session("labelling the key", |s| {
-            s.update_attributes(public, &[Attribute::Id(id.0.to_vec())])?;
-            s.update_attributes(private, &[Attribute::Id(id.0.to_vec())])
-        })?;
+        self.identify_pair(public, private, &id)?;
         let record = PublicKeyRecord {
             id,
             purpose,

@@ -231,6 +231,22 @@ pub fn send_args(
     args
 }
 
+/// Runs `trackshift send SRC` (in `dir`) to `dest` at `gw` with the tenant token in
+/// `token_file`, documents into `out_dir` when given, and asserts it succeeded.
+pub fn send_ok(
+    dir: &Path,
+    gw: &Gateway,
+    token_file: &Path,
+    src: &str,
+    dest: &str,
+    out_dir: Option<&str>,
+) {
+    let args = send_args(gw, token_file, src, &[dest], out_dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&args, dir);
+    assert_eq!(code, 0, "send {src}: {out}{err}");
+}
+
 /// Runs `trackshift serve` on `data` (loopback QUIC and HTTP) and waits for it to exit,
 /// for starts that must be refused: (exit code, stdout, stderr). Panics if it is still
 /// running after 30 s (it started when it should not have).
