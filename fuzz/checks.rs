@@ -53,11 +53,12 @@ pub fn tsa_response(data: &[u8]) {
     use trackshift_ledger::tsa::{TsaTrust, token_of_response, verify_token};
     const CA: &[u8] = include_bytes!("corpus_support/tsa-ca.pem");
     const DIGEST: &[u8; 32] = include_bytes!("corpus_support/tsa-digest.bin");
-    let trust = TsaTrust::from_pem(CA).expect("the fixed CA parses");
+    static TRUST: std::sync::OnceLock<TsaTrust> = std::sync::OnceLock::new();
+    let trust = TRUST.get_or_init(|| TsaTrust::from_pem(CA).expect("the fixed CA parses"));
     if let Ok(token) = token_of_response(data) {
-        let _ = verify_token(&token, DIGEST, &trust);
+        let _ = verify_token(&token, DIGEST, trust);
     }
-    let _ = verify_token(data, DIGEST, &trust);
+    let _ = verify_token(data, DIGEST, trust);
 }
 
 /// Decodes `data` as a stream of frames with limit `max`, as one read. Every frame must

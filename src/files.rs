@@ -55,3 +55,10 @@ pub(crate) fn write_doc(path: &Path, json: &str) -> Result<()> {
     trackshift_crypto::filestore::write_atomic(path, text.as_bytes(), 0o644)?;
     Ok(())
 }
+
+/// `path` with `ext` appended to its file name (`keys.json` → `keys.json.checkpoint`).
+pub(crate) fn beside(path: &Path, ext: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(ext);
+    std::path::PathBuf::from(name)
+}

@@ -23,19 +23,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use trackshift_ledger::{LedgerError, Log};
 
 /// A consistency proof as served at `/v1/ledger/proof/consistency`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ConsistencyProof {
-    /// The older tree size.
-    pub old_size: u64,
-    /// The newer tree size.
-    pub new_size: u64,
-    /// Proof hashes, standard base64 (RFC 9162 section 2.1.4 order).
-    pub proof: Vec<String>,
-}
+pub use trackshift_engine::keybundle::Consistency as ConsistencyProof;
 
 /// Errors as JSON: `{"error": "..."}` with a 4xx status for bad requests.
 struct ApiError(StatusCode, String);
@@ -328,18 +320,4 @@ pub async fn fetch(base: &str, path: &str) -> Result<String> {
         bail!("{url}: {status}: {reason}");
     }
     Ok(body)
-}
-
-/// Decodes a served consistency proof.
-pub fn decode_proof(p: &ConsistencyProof) -> Result<Vec<[u8; 32]>> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    p.proof
-        .iter()
-        .map(|h| {
-            b64.decode(h)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .context("the gateway's proof holds a malformed hash")
-        })
-        .collect()
 }

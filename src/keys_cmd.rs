@@ -216,9 +216,7 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
 
 /// The checkpoint file saved beside a fetched key file.
 fn checkpoint_beside(keys: &Path) -> PathBuf {
-    let mut name = keys.as_os_str().to_os_string();
-    name.push(".checkpoint");
-    PathBuf::from(name)
+    crate::files::beside(keys, ".checkpoint")
 }
 
 /// `keys fetch`: see its help.

@@ -244,11 +244,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &stamp.response)
                     .context("the time-stamp response is not base64")?;
             trackshift_crypto::filestore::write_atomic(&out, body.as_bytes(), 0o644)?;
-            let beside = |ext: &str| {
-                let mut p = out.as_os_str().to_os_string();
-                p.push(ext);
-                PathBuf::from(p)
-            };
+            let beside = |ext: &str| crate::files::beside(&out, ext);
             trackshift_crypto::filestore::write_atomic(&beside(".tsr"), &der, 0o644)?;
             trackshift_crypto::filestore::write_atomic(
                 &beside(".checkpoint"),
@@ -324,7 +320,9 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                     )?;
                     let served: crate::http::ConsistencyProof = serde_json::from_str(&body)
                         .context("the gateway's consistency proof is malformed")?;
-                    crate::http::decode_proof(&served)?
+                    served
+                        .hashes()
+                        .context("the gateway's proof holds a malformed hash")?
                 }
                 (None, None) => unreachable!("clap requires one source"),
             };

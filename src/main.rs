@@ -195,6 +195,21 @@ struct VerifyArgs {
 }
 
 /// "valid from A until B (status)" for a key, as `verify` reports it.
+/// The report line naming the key that signed a document and when it was valid.
+fn signed_line(
+    key: &trackshift_crypto::PublicKeyRecord,
+    signed_at: &impl std::fmt::Display,
+) -> String {
+    format!(
+        "   signed {} by {} key {} at {} (the key {})",
+        key.algorithm,
+        key.purpose,
+        key.id,
+        signed_at,
+        key_window(key)
+    )
+}
+
 fn key_window(key: &trackshift_crypto::PublicKeyRecord) -> String {
     format!(
         "valid from {} {}, {}",
@@ -506,14 +521,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 m.total_bytes(),
                 m.root_hash
             ));
-            report.push(format!(
-                "   signed {} by {} key {} at {} (the key {})",
-                key.algorithm,
-                key.purpose,
-                key.id,
-                sig.signed_at,
-                key_window(key)
-            ));
+            report.push(signed_line(key, &sig.signed_at));
             if args.timestamp.is_some() {
                 bail!(
                     "--timestamp applies to receipts; {} is a manifest",
@@ -576,14 +584,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 r.destination,
                 r.bytes
             ));
-            report.push(format!(
-                "   signed {} by {} key {} at {} (the key {})",
-                key.algorithm,
-                key.purpose,
-                key.id,
-                sig.signed_at,
-                key_window(key)
-            ));
+            report.push(signed_line(key, &sig.signed_at));
             if audit.bound {
                 report.push(format!("   bound to manifest {}", r.manifest_hash));
             }

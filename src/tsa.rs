@@ -286,16 +286,8 @@ pub fn verify_stamp(
     }
     let proof: Vec<[u8; 32]> = match &stamp.consistency {
         Some(c) if c.old_size == size && c.new_size == cp.size => c
-            .proof
-            .iter()
-            .map(|h| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(h)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .context("a consistency hash is not 32 bytes of base64")
-            })
-            .collect::<Result<_>>()?,
+            .hashes()
+            .context("a consistency hash is not 32 bytes of base64")?,
         None if cp.size == size => Vec::new(),
         _ => {
             return Err(trackshift_ledger::LedgerError::TimeStamp(format!(

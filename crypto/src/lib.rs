@@ -23,7 +23,9 @@
 //! * [`keyset`]: the key set as the ledger records it, and the rules of a key history.
 //! * [`signer`]: the [`Signer`] / [`KeyBackend`] traits (a KMS or HSM can implement them)
 //!   and the in-process [`SoftwareSigner`].
-//! * [`filestore`]: the on-disk key store (secret files 0600, atomic writes, rotation).
+//! * [`filestore`]: the on-disk key store (rotation, keys on a token or in files).
+//! * [`secretfile`]: reading secret files (owner-only, checked on the descriptor) and
+//!   atomic writes.
 //! * [`pkcs11`]: Ed25519 keys held on a PKCS#11 token (an HSM), for a key store that
 //!   names one.
 //! * [`live`]: the key store a running gateway signs with, following rotations on disk.
@@ -44,6 +46,7 @@ pub mod manifest;
 pub mod pkcs11;
 pub mod receipt;
 pub mod reserved;
+pub mod secretfile;
 pub mod signer;
 pub mod timestamp;
 

@@ -38,6 +38,21 @@ pub struct Consistency {
     pub proof: Vec<String>,
 }
 
+impl Consistency {
+    /// The proof's hashes, or `None` when one is not 32 bytes of base64.
+    pub fn hashes(&self) -> Option<Vec<[u8; 32]>> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.proof
+            .iter()
+            .map(|h| {
+                b64.decode(h)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            })
+            .collect()
+    }
+}
+
 /// What the gateway sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,16 +151,8 @@ pub fn verify_bundle(
             )));
         }
         let hashes = c
-            .proof
-            .iter()
-            .map(|h| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(h)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| Malformed("a consistency hash is not 32 bytes of base64".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .hashes()
+            .ok_or_else(|| Malformed("a consistency hash is not 32 bytes of base64".into()))?;
         verify_consistency(old.size, checkpoint.size, &old.root, &checkpoint.root, &hashes)
             .map_err(|e| {
                 Rejected(format!(
