@@ -229,6 +229,27 @@ pub fn metrics_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle>
         return Ok(h.clone());
     }
     let h = metrics_exporter_prometheus::PrometheusBuilder::new()
+        // Prefix matchers win over suffix ones: jobs take seconds to hours.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Prefix("trackshift_job_".into()),
+            &[
+                0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                14400.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
+            &[
+                16384.0,
+                65536.0,
+                262144.0,
+                1048576.0,
+                4194304.0,
+                16777216.0,
+                67108864.0,
+                268435456.0,
+            ],
+        )?
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             &[

@@ -20,6 +20,60 @@ pub fn describe() {
         "trackshift_job_attempts_total",
         "Job attempts ended by this worker, per tenant and outcome."
     );
+    describe_histogram!(
+        "trackshift_job_attempt_duration_seconds",
+        Unit::Seconds,
+        "Time one attempt of a job took on this worker, per tenant and outcome."
+    );
+    describe_histogram!(
+        "trackshift_job_duration_seconds",
+        Unit::Seconds,
+        "Time from a job's submission to its completion (queueing, attempts and backoffs), per tenant."
+    );
+    describe_histogram!(
+        "trackshift_job_queue_wait_seconds",
+        Unit::Seconds,
+        "Time a job waited to be claimed (since submission, or since its retry's backoff ended), per tenant."
+    );
+    describe_counter!(
+        "trackshift_jobs_sealed_total",
+        "Jobs whose manifest and receipts the gateway recorded in the ledger, per tenant, fail-closed mode (strict), data classification and manifest signature algorithm."
+    );
+    describe_counter!(
+        "trackshift_tls_key_exchanges_total",
+        "TLS handshakes the gateway completed, by key-exchange group (X25519MLKEM768 is the post-quantum hybrid)."
+    );
+    describe_gauge!(
+        "trackshift_quic_connections",
+        "Open QUIC connections, by side (gateway: accepted; sender: opened by this process's workers)."
+    );
+    describe_histogram!(
+        "trackshift_quic_rtt_seconds",
+        Unit::Seconds,
+        "Smoothed round-trip time of each open QUIC connection, sampled every second, by side."
+    );
+    describe_histogram!(
+        "trackshift_quic_congestion_window_bytes",
+        Unit::Bytes,
+        "Congestion window of each open QUIC connection, sampled every second, by side."
+    );
+    describe_counter!(
+        "trackshift_quic_sent_packets_total",
+        "QUIC packets sent, by side."
+    );
+    describe_counter!(
+        "trackshift_quic_lost_packets_total",
+        "QUIC packets declared lost, by side."
+    );
+    describe_counter!(
+        "trackshift_quic_lost_bytes_total",
+        Unit::Bytes,
+        "Bytes in QUIC packets declared lost, by side."
+    );
+    describe_counter!(
+        "trackshift_quic_congestion_events_total",
+        "Congestion events (the controller cut its window), by side."
+    );
     describe_counter!(
         "trackshift_jobs_purged_total",
         "Finished jobs removed from the job store past the job history (serve --job-history)."

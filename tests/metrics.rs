@@ -75,6 +75,138 @@ fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
         !text.contains(dir.to_str().unwrap()),
         "a path in the labels:\n{text}"
     );
+    promtool_finds_nothing(&promtool, &text);
+}
+
+/// The job service's and the connections' families, with values a job of the service put
+/// there: queue wait, attempt and job durations, the sealed job's compliance posture and
+/// manifest algorithm, the post-quantum key exchange, and QUIC figures of both sides.
+#[test]
+fn a_served_job_shows_in_job_compliance_and_connection_families() {
+    use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
+    const KEY: &str = "acme-metrics-key-0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (src, out) = (root.join("src"), root.join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(src.join("a.bin"), vec![7u8; 300_000]).unwrap();
+    let data = root.join("gw");
+    TenantFile {
+        tenants: vec![TenantEntry {
+            sources: vec![src.clone()],
+            destinations: Some(vec![DestinationRule {
+                classifications: vec!["phi".into()],
+                ..DestinationRule::prefix(format!("file://{}/", out.display()))
+            }]),
+            ..TenantEntry::new("acme", KEY)
+        }],
+    }
+    .save(&data)
+    .unwrap();
+    let gw = start_gateway_full(&data, &[], &[], None);
+    let dest = format!("file://{}/job", out.display());
+    let src_file = src.join("a.bin");
+    let (code, stdout, stderr) = common::run(
+        &[
+            "jobs",
+            "submit",
+            "--api",
+            &gw.http,
+            "--key",
+            KEY,
+            "--dest",
+            &dest,
+            "--classification",
+            "phi",
+            "--strict",
+            "--wait",
+            src_file.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // The sender's connection figures are sampled when its connection ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let (status, body) = get_with_key(&gw.http, "/metrics", Some(&gw.operator_key));
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).unwrap();
+        if text.contains("trackshift_quic_sent_packets_total{side=\"sender\"}")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}:\n{text}"))
+    };
+    assert_eq!(
+        value("trackshift_job_queue_wait_seconds_count{tenant=\"acme\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "trackshift_job_attempt_duration_seconds_count{tenant=\"acme\",outcome=\"completed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("trackshift_job_duration_seconds_count{tenant=\"acme\"}"),
+        1.0
+    );
+    assert!(value("trackshift_job_duration_seconds_sum{tenant=\"acme\"}") > 0.0);
+    assert_eq!(
+        value(
+            "trackshift_jobs_sealed_total{tenant=\"acme\",strict=\"true\",classification=\"phi\",manifest_algorithm=\"ML-DSA-65\"}"
+        ),
+        1.0
+    );
+    // Every handshake with this gateway took the post-quantum hybrid (the job service's
+    // own connection among them), none a classical group.
+    assert!(value("trackshift_tls_key_exchanges_total{group=\"X25519MLKEM768\"}") >= 1.0);
+    assert!(
+        !text.contains("trackshift_tls_key_exchanges_total{group=\"x25519\"}"),
+        "{text}"
+    );
+    for side in ["gateway", "sender"] {
+        assert!(
+            value(&format!(
+                "trackshift_quic_sent_packets_total{{side=\"{side}\"}}"
+            )) > 0.0,
+            "{side}"
+        );
+        let rtt = value(&format!(
+            "trackshift_quic_rtt_seconds_count{{side=\"{side}\"}}"
+        ));
+        assert!(rtt >= 1.0, "{side}: {rtt}");
+        assert!(
+            value(&format!(
+                "trackshift_quic_congestion_window_bytes_sum{{side=\"{side}\"}}"
+            )) > 0.0
+        );
+        assert!(
+            text.contains(&format!(
+                "trackshift_quic_lost_packets_total{{side=\"{side}\"}}"
+            )),
+            "{text}"
+        );
+    }
+    // The sender's connection is gone; the gauge went back down.
+    assert_eq!(value("trackshift_quic_connections{side=\"sender\"}"), 0.0);
+    let promtool = std::env::var("TRACKSHIFT_TEST_PROMTOOL")
+        .expect("TRACKSHIFT_TEST_PROMTOOL (scripts/test-servers.sh start promtool)");
+    promtool_finds_nothing(&promtool, &text);
+}
+
+/// Every family with samples in `text` has HELP and TYPE, and `promtool check metrics`
+/// has nothing to say about it.
+fn promtool_finds_nothing(promtool: &str, text: &str) {
     // Every family that has samples has its HELP and TYPE.
     let families: std::collections::BTreeSet<&str> = text
         .lines()
@@ -91,7 +223,7 @@ fn every_metric_family_is_described_and_promtool_finds_nothing_to_fix() {
         assert!(text.contains(&format!("# HELP {f} ")), "no HELP for {f}");
         assert!(text.contains(&format!("# TYPE {f} ")), "no TYPE for {f}");
     }
-    let mut check = Command::new(&promtool)
+    let mut check = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -26,6 +26,7 @@ mod record;
 pub mod scan;
 pub mod sender;
 pub mod service;
+pub mod telemetry;
 pub mod tenants;
 pub mod tls;
 pub mod transport;

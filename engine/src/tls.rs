@@ -82,6 +82,87 @@ pub fn provider(pq_only: bool) -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
+/// A key-exchange group that counts the handshakes a server completes with it
+/// (`trackshift_tls_key_exchanges_total{group}`: the share of connections with the
+/// post-quantum key exchange).
+#[derive(Debug)]
+struct CountedGroup(&'static dyn rustls::crypto::SupportedKxGroup);
+
+impl rustls::crypto::SupportedKxGroup for CountedGroup {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        self.0.start()
+    }
+
+    fn start_and_complete(
+        &self,
+        peer_pub_key: &[u8],
+    ) -> Result<rustls::crypto::CompletedKeyExchange, rustls::Error> {
+        let done = self.0.start_and_complete(peer_pub_key)?;
+        metrics::counter!("trackshift_tls_key_exchanges_total", "group" => group_name(self.0.name()))
+            .increment(1);
+        Ok(done)
+    }
+
+    fn ffdhe_group(&self) -> Option<rustls::ffdhe_groups::FfdheGroup<'static>> {
+        self.0.ffdhe_group()
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        self.0.name()
+    }
+
+    fn fips(&self) -> bool {
+        self.0.fips()
+    }
+
+    fn usable_for_version(&self, version: rustls::ProtocolVersion) -> bool {
+        self.0.usable_for_version(version)
+    }
+}
+
+/// The label of a key-exchange group (its IANA name).
+fn group_name(g: rustls::NamedGroup) -> &'static str {
+    match g {
+        rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
+        rustls::NamedGroup::X25519 => "x25519",
+        rustls::NamedGroup::secp256r1 => "secp256r1",
+        _ => "other",
+    }
+}
+
+/// [`provider`] for a server: the same groups, each counting the handshakes it completes.
+fn server_provider(pq_only: bool) -> Arc<CryptoProvider> {
+    let mut p = Arc::unwrap_or_clone(provider(pq_only));
+    p.kx_groups = p
+        .kx_groups
+        .into_iter()
+        .map(|g| {
+            let counted: &'static dyn rustls::crypto::SupportedKxGroup =
+                counted_group(g.name()).unwrap_or(g);
+            counted
+        })
+        .collect();
+    Arc::new(p)
+}
+
+/// The counting wrapper of one of [`provider`]'s groups (made once per group).
+fn counted_group(
+    name: rustls::NamedGroup,
+) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
+    static GROUPS: std::sync::OnceLock<[CountedGroup; 3]> = std::sync::OnceLock::new();
+    GROUPS
+        .get_or_init(|| {
+            [
+                CountedGroup(aws_lc_rs::kx_group::X25519MLKEM768),
+                CountedGroup(aws_lc_rs::kx_group::X25519),
+                CountedGroup(aws_lc_rs::kx_group::SECP256R1),
+            ]
+        })
+        .iter()
+        .find(|g| g.0.name() == name)
+        .map(|g| g as &'static dyn rustls::crypto::SupportedKxGroup)
+}
+
 /// SHA-256 of a DER certificate, lower-case hex.
 pub fn fingerprint_of(cert: &[u8]) -> String {
     hex::encode(sha256(cert))
@@ -213,7 +294,7 @@ impl GatewayIdentity {
     /// rustls server configuration: TLS 1.3 only, ALPN `trackshift/1` (the wire protocol)
     /// or `trackshift-keys/1` (the key set for auditors, `keys fetch`).
     pub fn server_config(&self, pq_only: bool) -> Result<rustls::ServerConfig, TlsError> {
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider(pq_only))
+        let mut cfg = rustls::ServerConfig::builder_with_provider(server_provider(pq_only))
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;

@@ -264,6 +264,10 @@ pub(super) async fn handle_connection(
     crate::transport::open_after_auth(&conn);
     // Ends with the connection (or aborted below with the rest of it).
     let window = tokio::spawn(crate::transport::tune_receive_window(conn.clone()));
+    let watched = tokio::spawn(crate::telemetry::watch_connection(
+        conn.clone(),
+        crate::telemetry::Side::Gateway,
+    ));
     info!(tenant = %tenant, peer = %conn.remote_address(), "sender authenticated");
     let (out, mut out_rx) = mpsc::unbounded_channel::<ServerFrame>();
     // The Welcome (and anything else queued with it) goes first.
@@ -306,6 +310,7 @@ pub(super) async fn handle_connection(
     let result = control_loop(&shared, &state, &mut recv, &mut dec).await;
     uni.abort();
     window.abort();
+    watched.abort();
     // The connection's jobs no longer occupy their tenant's slots.
     state.session.lock().expect("session lock").closed();
     result

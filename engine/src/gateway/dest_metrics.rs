@@ -5,8 +5,9 @@
 //! [`MAX_LABELS`] distinct values are used (then `other`), so a tenant naming many hosts
 //! cannot grow the series without bound.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use crate::telemetry::BoundedLabels;
 
 use metrics::{Counter, Histogram};
 
@@ -36,20 +37,9 @@ pub fn label(uri: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
         .take(128)
         .collect();
-    let candidate = format!("{scheme}://{host}");
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let mut seen = SEEN
-        .get_or_init(Default::default)
-        .lock()
-        .expect("label lock");
-    if seen.contains(&candidate) {
-        return candidate;
-    }
-    if seen.len() >= MAX_LABELS {
-        return "other".into();
-    }
-    seen.insert(candidate.clone());
-    candidate
+    static SEEN: OnceLock<BoundedLabels> = OnceLock::new();
+    SEEN.get_or_init(|| BoundedLabels::new(MAX_LABELS))
+        .admit(format!("{scheme}://{host}"))
 }
 
 impl DestMetrics {
@@ -119,4 +109,33 @@ mod tests {
         assert_eq!(label("ftps://u@[::1]:21/x"), "ftps://[::1]:21");
         assert_eq!(label("weird"), "unknown://");
     }
+}
+
+/// Most distinct `classification` label values (then `other`).
+pub const MAX_CLASSIFICATIONS: usize = 32;
+
+/// A job's documents recorded in the ledger: its compliance posture (fail-closed or not,
+/// its data classification) and the algorithm of its manifest's signature, per tenant
+/// (`trackshift_jobs_sealed_total`).
+pub(super) fn job_sealed(
+    tenant: &str,
+    strict: bool,
+    classification: Option<&str>,
+    algorithm: Option<&str>,
+) {
+    static CLASSES: OnceLock<BoundedLabels> = OnceLock::new();
+    let classification = match classification {
+        None => "none".to_string(),
+        Some(c) => CLASSES
+            .get_or_init(|| BoundedLabels::new(MAX_CLASSIFICATIONS))
+            .admit(c.chars().take(64).collect()),
+    };
+    metrics::counter!(
+        "trackshift_jobs_sealed_total",
+        "tenant" => tenant.to_string(),
+        "strict" => if strict { "true" } else { "false" },
+        "classification" => classification,
+        "manifest_algorithm" => algorithm.unwrap_or("unsigned").to_string(),
+    )
+    .increment(1);
 }

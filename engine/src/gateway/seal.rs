@@ -73,6 +73,7 @@ pub(super) async fn finish_job(
         }
     };
     let bytes = signed.manifest.total_bytes();
+    let algorithm = (signed.manifest.signature.as_ref()).map(|s| s.algorithm.as_str());
     // The key set in force first, when it changed: a document signed with a new key comes
     // after the entry that published it (gateway/keyset.rs).
     shared
@@ -85,6 +86,12 @@ pub(super) async fn finish_job(
     let (m, texts) = crate::record::record(&shared.ledger, &job.dir, signed, receipt_file)
         .await
         .map_err(FinishFailure::of)?;
+    super::dest_metrics::job_sealed(
+        &job.tenant,
+        job.strict,
+        open.classification.as_deref(),
+        algorithm,
+    );
     info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, bytes, destinations = texts.len(), "job complete; manifest and receipts signed");
     *finished = Some((m.clone(), texts.clone()));
     Ok((m, texts))

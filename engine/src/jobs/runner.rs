@@ -337,6 +337,10 @@ impl Runner {
                     .await
                 {
                     Ok(Some(job)) => {
+                        // Waiting since it was submitted, or since its retry's backoff ended.
+                        let waited = now - job.created_ms.max(job.not_before_ms);
+                        metrics::histogram!("trackshift_job_queue_wait_seconds", "tenant" => job.tenant.clone())
+                            .record(waited.max(0) as f64 / 1000.0);
                         let me = self.clone();
                         let span = info_span!("job", job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id);
                         self.running.fetch_add(1, Ordering::Relaxed);
@@ -398,13 +402,22 @@ impl Runner {
                 info!(reason = %r, retry_in_ms = delay.as_millis() as u64, "job deferred (the gateway is at the tenant's quota)")
             }
         }
-        metrics::counter!("trackshift_job_attempts_total", "tenant" => job.tenant.clone(), "outcome" => match &outcome {
+        let outcome_label = match &outcome {
             Outcome::Completed { .. } => "completed",
             Outcome::Permanent(_) => "failed",
             Outcome::Transient(_) => "retried",
             Outcome::Deferred(_) => "deferred",
-        })
-        .increment(1);
+        };
+        metrics::counter!("trackshift_job_attempts_total", "tenant" => job.tenant.clone(), "outcome" => outcome_label)
+            .increment(1);
+        metrics::histogram!("trackshift_job_attempt_duration_seconds", "tenant" => job.tenant.clone(), "outcome" => outcome_label)
+            .record(started.elapsed().as_secs_f64());
+        if let Outcome::Completed { .. } = &outcome {
+            // Submission to completion: queueing, every attempt and the backoffs between.
+            let total = now_ms() - job.created_ms;
+            metrics::histogram!("trackshift_job_duration_seconds", "tenant" => job.tenant.clone())
+                .record(total.max(0) as f64 / 1000.0);
+        }
         match self
             .store
             .finish(&job.id, &self.cfg.worker_id, outcome, now_ms(), delay)

@@ -44,6 +44,10 @@ pub(super) async fn connection(
     };
     let conn =
         connected.map_err(|e| SendError::Connection(ConnectionLost::Connect(Arc::new(e))))?;
+    let _watched = AbortOnDrop(tokio::spawn(crate::telemetry::watch_connection(
+        conn.clone(),
+        crate::telemetry::Side::Sender,
+    )));
     let (mut control, recv) = conn
         .open_bi()
         .await
