@@ -75,10 +75,14 @@ impl DestMetrics {
             .increment(1);
     }
 
-    /// A job's commit there, with its duration and outcome.
-    pub(super) fn committed(&self, seconds: f64, ok: bool) {
+    /// A job's commit there took `seconds` (whether it succeeded or not).
+    pub(super) fn committed(&self, seconds: f64) {
         let h: Histogram = metrics::histogram!("trackshift_destination_commit_seconds", "destination" => self.label.clone());
         h.record(seconds);
+    }
+
+    /// A receipt signed for this destination: confirmed (`ok`) or failed.
+    pub(super) fn receipt(&self, ok: bool) {
         metrics::counter!(
             "trackshift_destination_receipts_total",
             "destination" => self.label.clone(),

@@ -118,7 +118,7 @@ pub(super) async fn sign_finish(
         let at = std::time::Instant::now();
         let committed = commit_dest(shared, job, d, &entries).await;
         let m = &job.dests[d].metrics;
-        m.committed(at.elapsed().as_secs_f64(), committed.is_ok());
+        m.committed(at.elapsed().as_secs_f64());
         match committed {
             Ok(c) => outcomes.push(Ok(c)),
             Err(e) => {
@@ -148,7 +148,9 @@ pub(super) async fn sign_finish(
     let receipt_signer = shared.keys.signer(Purpose::Receipt, now)?;
     manifest.sign_with(manifest_signer.as_ref(), now)?;
     let mut receipts = Vec::with_capacity(outcomes.len());
-    for (uri, outcome) in open.destinations.iter().zip(outcomes) {
+    for ((uri, outcome), dest) in open.destinations.iter().zip(outcomes).zip(&job.dests) {
+        // Every receipt counts, also that of a destination dropped before the commit.
+        dest.metrics.receipt(outcome.is_ok());
         let (confirmation, status, detail) = match outcome {
             Ok(mut c) => {
                 c.blake3 = Some(manifest.root_hash);
