@@ -9,6 +9,7 @@ mod http;
 mod jobs_cmd;
 mod keys_cmd;
 mod ledger_cmd;
+mod logfmt;
 mod metrics_catalog;
 mod send_cmd;
 mod size;
@@ -334,7 +335,8 @@ fn main() -> ExitCode {
 /// Logs to stderr: `RUST_LOG` filters (default `warn`, `info` for the gateway; `-q` only
 /// errors, `-v` info, `-vv` debug); `TRACKSHIFT_LOG_FORMAT=json|text` picks the format
 /// (default JSON for the gateway, one object per line with the fields of the enclosing
-/// spans, so every line of a job carries its job id, tenant and correlation id). Colour
+/// spans at the top level, so every line of a job carries its job id, tenant and
+/// correlation id: [`logfmt`]). Colour
 /// only when stderr is a terminal.
 fn init_logging(gateway: bool, quiet: bool, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -357,10 +359,8 @@ fn init_logging(gateway: bool, quiet: bool, verbose: u8) {
         .with_writer(std::io::stderr);
     if json {
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(logfmt::FlatJson)
             .init();
     } else {
         builder.init();

@@ -414,7 +414,8 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/jobs/{id}/cancel"]["post"].is_object());
 
-    // Every log line about the job carries its correlation id.
+    // Every log line about the job carries its job id, tenant and correlation id as
+    // top-level fields (what a SIEM indexes), whichever part of the gateway wrote it.
     let corr = job["correlation_id"].as_str().unwrap();
     let lines: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -425,8 +426,16 @@ async fn jobs_run_end_to_end_and_tenants_are_isolated() {
     assert!(lines.len() >= 4, "{lines:?}");
     for l in &lines {
         assert!(
-            l.to_string().contains(corr),
-            "log line without the correlation id: {l}"
+            l["job"] == id.as_str() && l["tenant"] == "acme" && l["correlation_id"] == corr,
+            "a log line without the job's fields at the top level: {l}"
+        );
+    }
+    let targets: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l["target"].as_str()).collect();
+    for part in ["trackshift::api", "trackshift_engine::jobs::runner"] {
+        assert!(
+            targets.iter().any(|t| t.starts_with(part)),
+            "no line from {part}: {targets:?}"
         );
     }
     assert!(
