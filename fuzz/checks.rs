@@ -113,7 +113,7 @@ pub fn client_frames(data: &[u8]) {
                     version == protocol::VERSION
                 );
             }
-            ClientFrame::OpenJob(open) => open_job(open),
+            ClientFrame::OpenJob(open) | ClientFrame::OpenTracedJob { open, .. } => open_job(open),
             ClientFrame::FinishJob { .. } | ClientFrame::CancelJob { .. } => {}
         }
     }
@@ -172,6 +172,7 @@ pub fn frame_decoder_splits(data: &[u8]) {
 /// file of several chunks with a short last one.
 fn fixed_job() -> OpenJob {
     OpenJob {
+        traceparent: None,
         job_id: "fuzz-job".into(),
         destinations: vec!["null://".into()],
         chunk_size: 1024,

@@ -361,6 +361,9 @@ pub struct JobView {
     pub bytes_total: u64,
     /// Bytes acknowledged by the gateway.
     pub bytes_done: u64,
+    /// The W3C `traceparent` the job was submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// State changes, oldest first (single-job responses only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transitions: Option<Vec<TransitionView>>,
@@ -405,6 +408,7 @@ fn view(job: Job, transitions: Option<Vec<Transition>>) -> JobView {
         worker: job.worker,
         bytes_total: job.bytes_total,
         bytes_done: job.bytes_done,
+        traceparent: job.traceparent.map(|t| t.to_string()),
         transitions: transitions.map(|ts| {
             ts.into_iter()
                 .map(|t| TransitionView {
@@ -415,6 +419,24 @@ fn view(job: Job, transitions: Option<Vec<Transition>>) -> JobView {
                 })
                 .collect()
         }),
+    }
+}
+
+/// The request's W3C `traceparent`, if it has a valid one. An invalid one is ignored (the
+/// job starts no trace of its own), as the Trace Context specification asks of receivers;
+/// the log says why, without the value.
+fn traceparent_of(headers: &HeaderMap) -> Option<trackshift_engine::trace::TraceParent> {
+    let v = headers.get("traceparent")?;
+    match v
+        .to_str()
+        .map_err(|_| "not visible ASCII".to_string())
+        .and_then(|s| trackshift_engine::trace::TraceParent::parse(s).map_err(|e| e.to_string()))
+    {
+        Ok(t) => Some(t),
+        Err(why) => {
+            info!(reason = %why, "ignoring the request's traceparent header");
+            None
+        }
     }
 }
 
@@ -440,6 +462,7 @@ async fn create_job(
                 .to_string(),
         ),
     };
+    let traceparent = traceparent_of(&request_headers);
     let Json(spec) = body.map_err(json_rejection)?;
     spec.validate()
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.0))?;
@@ -482,6 +505,7 @@ async fn create_job(
         .store
         .create(
             NewJob {
+                traceparent,
                 tenant: tenant.tenant.clone(),
                 spec,
                 correlation_id: Some(correlation),
@@ -492,7 +516,7 @@ async fn create_job(
         )
         .await?;
     if created {
-        info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, "job submitted");
+        info!(job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, trace_id = job.traceparent.map(|t| t.trace_id()), "job submitted");
         state.runner.wake();
     }
     let mut headers = HeaderMap::new();

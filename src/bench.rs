@@ -263,6 +263,7 @@ impl Rig {
         self.store
             .create(
                 NewJob {
+                    traceparent: None,
                     tenant: t.clone(),
                     spec: JobSpec {
                         source: self.sources.join(t).join("data.bin"),

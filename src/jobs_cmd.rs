@@ -144,6 +144,13 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b.to_string());
         }
+        // A script running inside a trace passes it on (the OpenTelemetry convention for
+        // processes: the TRACEPARENT environment variable); the gateway checks it.
+        if let Ok(t) = std::env::var("TRACEPARENT") {
+            let t = trackshift_engine::trace::TraceParent::parse(&t)
+                .context("the TRACEPARENT environment variable")?;
+            req = req.header("traceparent", t.to_string());
+        }
         let resp = req
             .send()
             .await

@@ -1190,3 +1190,106 @@ async fn a_tenant_flooding_the_queue_gets_429_with_retry_after_at_max_queued_job
             .await;
     }
 }
+
+/// A W3C `traceparent` on the submission is kept with the job (shown by the API), and its
+/// trace id is on the job's lines from the API, the worker and the gateway; one that is not
+/// valid is ignored (the job has none) and the log says so without repeating it. The
+/// `jobs submit` command passes `TRACEPARENT` on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_follows_the_job_through_the_worker_and_the_gateway() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tenants(root);
+    let log = root.join("gw.log");
+    let gw = start_gateway_full(&data, &[], &[], Some(&log));
+    let api = Api::new(&gw);
+    let src = root.join("src-acme/t.bin");
+    write_random(&src, 100_000, 3);
+    let submit = async |traceparent: &'static str| -> Value {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", gw.http))
+            .bearer_auth(ACME)
+            .header("content-type", "application/json")
+            .header("traceparent", traceparent)
+            .body(json!({ "source": src, "destinations": ["null://"] }).to_string())
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+    };
+    let traced = submit("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").await;
+    assert_eq!(
+        traced["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    let id = traced["id"].as_str().unwrap().to_string();
+    let done = api.wait(ACME, &id, |j| j["state"] == "completed").await;
+    assert_eq!(done["traceparent"], traced["traceparent"]);
+    let bad = submit("00-not-a-trace-01").await;
+    assert!(bad.get("traceparent").is_none(), "{bad}");
+
+    // `jobs submit` inside a trace.
+    let (code, out, err) = common::run_with_env(
+        &[
+            "jobs",
+            "submit",
+            "--api",
+            &gw.http,
+            "--key",
+            ACME,
+            "--dest",
+            "null://",
+            "--json",
+            src.to_str().unwrap(),
+        ],
+        root,
+        &[(
+            "TRACEPARENT",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let via_cli: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        via_cli["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of_job: Vec<&Value> = lines.iter().filter(|l| l["job"] == id.as_str()).collect();
+    let targets: std::collections::BTreeSet<&str> =
+        of_job.iter().filter_map(|l| l["target"].as_str()).collect();
+    for part in [
+        "trackshift::api",
+        "trackshift_engine::jobs::runner",
+        "trackshift_engine::gateway",
+    ] {
+        assert!(
+            targets.iter().any(|t| t.starts_with(part)),
+            "no line of the job from {part}: {targets:?}"
+        );
+    }
+    for l in &of_job {
+        assert_eq!(
+            l["trace_id"], TRACE,
+            "a line of the traced job without its trace: {l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "ignoring the request's traceparent header"),
+        "the invalid header is noted"
+    );
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("not-a-trace"),
+        "the invalid value itself is not logged"
+    );
+}

@@ -29,6 +29,7 @@ pub mod service;
 pub mod telemetry;
 pub mod tenants;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 pub use scan::{ScanError, scan_path};

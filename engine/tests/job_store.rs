@@ -67,6 +67,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    a_jobs_trace_context_is_kept_and_is_not_part_of_its_identity,
     a_job_runs_through_its_lifecycle_with_every_transition_recorded,
     transient_failures_back_off_then_dead_letter_and_permanent_ones_fail_at_once,
     an_expired_lease_puts_the_job_back_for_another_worker,
@@ -87,6 +88,7 @@ on_both!(
 async fn submit(s: &SqlStore, tenant: &str, at: i64) -> String {
     s.create(
         NewJob {
+            traceparent: None,
             tenant: tenant.into(),
             spec: spec(None, Some(3)),
             correlation_id: None,
@@ -455,6 +457,7 @@ async fn claims_share_workers_fairly_and_respect_quotas_and_priority(s: SqlStore
     let urgent = s
         .create(
             NewJob {
+                traceparent: None,
                 tenant: "big".into(),
                 spec: spec(Some(9), None),
                 correlation_id: Some("c-1".into()),
@@ -636,6 +639,7 @@ async fn concurrent_claimers_never_take_the_same_job(s: SqlStore) {
 
 async fn an_idempotency_key_makes_a_resubmission_return_the_first_job(s: SqlStore) {
     let new = |tenant: &str, key: &str, priority: Option<u8>| NewJob {
+        traceparent: None,
         tenant: tenant.into(),
         spec: spec(priority, None),
         correlation_id: None,
@@ -678,6 +682,7 @@ async fn an_idempotency_key_makes_a_resubmission_return_the_first_job(s: SqlStor
 
 fn capped(tenant: &str, limit: u32) -> NewJob {
     NewJob {
+        traceparent: None,
         tenant: tenant.into(),
         spec: spec(None, Some(1)),
         correlation_id: None,
@@ -886,4 +891,94 @@ async fn purging_removes_only_jobs_that_ended_before_the_cutoff(s: SqlStore) {
         s.heartbeat(&running, "w", 2_000_000, 1, 2).await.unwrap(),
         Heartbeat::Held
     );
+}
+
+/// A job with a W3C trace context: kept and read back; an idempotent resubmission with
+/// another trace still returns the first job.
+async fn a_jobs_trace_context_is_kept_and_is_not_part_of_its_identity(s: SqlStore) {
+    use trackshift_engine::trace::TraceParent;
+    let t1 = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let t2 = TraceParent::parse("00-11111111111111111111111111111111-2222222222222222-00").unwrap();
+    let new = |t| NewJob {
+        traceparent: Some(t),
+        tenant: "acme".into(),
+        spec: spec(None, None),
+        correlation_id: None,
+        idempotency_key: Some("k1".into()),
+        max_queued: None,
+    };
+    let (job, created) = s.create(new(t1), 1).await.unwrap();
+    assert!(created);
+    assert_eq!(job.traceparent, Some(t1));
+    let (again, created) = s.create(new(t2), 2).await.unwrap();
+    assert!(!created, "the same idempotency key and spec: the first job");
+    assert_eq!((again.id, again.traceparent), (job.id.clone(), Some(t1)));
+    assert_eq!(s.get("acme", &job.id).await.unwrap().traceparent, Some(t1));
+}
+
+/// A store made before schema versions were kept (no `traceparent` column, no
+/// `schema_version`): opening it migrates it, its jobs stay readable, and the version is
+/// recorded. A store a newer trackshift made that this one cannot use is refused, naming
+/// both versions, and left as it was.
+#[test]
+fn an_old_store_is_migrated_and_one_too_new_is_refused() {
+    use trackshift_engine::jobs::schema::SCHEMA_VERSION;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let id = {
+        let s = SqlStore::open(&path).unwrap();
+        futures_lite_block_on(submit(&s, "acme", 5))
+    };
+    // Back to the schema of before: the column and the version gone.
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN traceparent;
+             DELETE FROM store_meta WHERE key LIKE 'schema%';",
+        )
+        .unwrap();
+    }
+    let s = SqlStore::open(&path).unwrap();
+    let job = futures_lite_block_on(s.get("acme", &id)).unwrap();
+    assert_eq!((job.state, job.traceparent), (JobState::Queued, None));
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let meta = |key: &str| -> String {
+        c.query_row("SELECT value FROM store_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(meta("schema_version"), SCHEMA_VERSION.to_string());
+    assert_eq!(meta("schema_readable_from"), "1");
+    // A later trackshift's store: readable by this one when it says so, else refused.
+    let later = (SCHEMA_VERSION + 1).to_string();
+    c.execute(
+        "UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'",
+        [&later],
+    )
+    .unwrap();
+    SqlStore::open(&path).expect("a newer store this version can still use");
+    c.execute(
+        "UPDATE store_meta SET value = ?1 WHERE key = 'schema_readable_from'",
+        [&later],
+    )
+    .unwrap();
+    let e = SqlStore::open(&path).err().expect("refused");
+    assert!(matches!(e, StoreError::SchemaTooNew { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("schema version {later}"))
+            && text.contains(&format!("knows up to {SCHEMA_VERSION}")),
+        "{text}"
+    );
+    assert_eq!(meta("schema_version"), later, "left as it was");
+}
+
+/// Runs a future to its end on this thread (the SQLite store needs no runtime).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
 }

@@ -300,6 +300,7 @@ async fn open_job(
     size: u64,
 ) -> u32 {
     let open = protocol::OpenJob {
+        traceparent: None,
         job_id: uuid::Uuid::new_v4().to_string(),
         destinations: vec!["null://".into()],
         chunk_size: chunk,

@@ -298,6 +298,7 @@ async fn a_worker_job_refused_at_the_gateway_cap_is_deferred_not_dead_lettered()
     let job = store
         .create(
             NewJob {
+                traceparent: None,
                 tenant: "a".into(),
                 spec: JobSpec {
                     source: small,
@@ -411,6 +412,7 @@ async fn the_workers_and_the_gateways_rate_limits_together_do_not_halve_the_rate
     let job = store
         .create(
             NewJob {
+                traceparent: None,
                 tenant: "a".into(),
                 spec: JobSpec {
                     source: src,

@@ -169,6 +169,7 @@ impl Setup {
             .store
             .create(
                 NewJob {
+                    traceparent: None,
                     tenant: tenant.into(),
                     spec: JobSpec {
                         source: path,

@@ -55,6 +55,7 @@ async fn a_service_from_one_configuration_runs_a_tenants_job_end_to_end() {
         .store
         .create(
             NewJob {
+                traceparent: None,
                 tenant: "acme".into(),
                 spec: JobSpec {
                     source: src.clone(),

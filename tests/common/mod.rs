@@ -12,8 +12,14 @@ pub fn bin() -> &'static str {
 }
 
 pub fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    run_with_env(args, cwd, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .output()
         .unwrap();

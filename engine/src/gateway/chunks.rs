@@ -179,7 +179,7 @@ async fn handle_chunk(
         &hash.0[..],
         &header.hash.0[..],
     )) {
-        warn!(tenant = %state.tenant, job = %job.id, correlation_id = %job.correlation, chunk = ?header.chunk, "chunk failed verification; asking for it again");
+        warn!(tenant = %state.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), chunk = ?header.chunk, "chunk failed verification; asking for it again");
         let _ = state.out.send(ServerFrame::Reject {
             handle: header.handle,
             chunk: header.chunk,

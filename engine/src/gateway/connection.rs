@@ -350,7 +350,7 @@ pub(super) async fn control_loop(
                                 error,
                                 retryable: true,
                             }) => {
-                                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job finish failed; the sender may retry it");
+                                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), %error, "job finish failed; the sender may retry it");
                                 Finished::Failed {
                                     reason: error.to_string(),
                                     permanent: false,
@@ -358,7 +358,7 @@ pub(super) async fn control_loop(
                             }
                             Err(FinishFailure { error, .. }) => {
                                 shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %error, "job failed at finish");
+                                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), %error, "job failed at finish");
                                 job.fail(error.to_string());
                                 Finished::Failed {
                                     reason: error.to_string(),
@@ -373,7 +373,7 @@ pub(super) async fn control_loop(
                 }
                 ReceiverAction::Cancel { job, reason } => {
                     let job = job.job;
-                    info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, %reason, "job cancelled");
+                    info!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), %reason, "job cancelled");
                     // Marked first: a writer opened from here on aborts itself (see
                     // `HeldJob::writer`); the ones open now are aborted here.
                     job.cancelled.store(true, Ordering::Relaxed);
@@ -399,6 +399,7 @@ pub(super) async fn control_loop(
 async fn open_job(shared: &Arc<Shared>, state: &Arc<ConnState>, open: OpenJob) {
     let job_id = open.job_id.clone();
     let correlation = open.correlation_id.clone().unwrap_or_else(|| "-".into());
+    let trace = open.trace_id();
     let max =
         (shared.tenants.current().file.get(&state.tenant)).and_then(|t| t.max_concurrent_jobs);
     let slot = match shared.quotas.reserve_job(&state.tenant, &job_id, max) {
@@ -417,11 +418,11 @@ async fn open_job(shared: &Arc<Shared>, state: &Arc<ConnState>, open: OpenJob) {
                 _slot: Arc::new(slot),
             };
             let (handle, frames) = state.input(|s| s.opened(job_id.clone(), entry, held));
-            info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, handle, "job open");
+            info!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, trace_id = trace.as_deref(), handle, "job open");
             ((), frames)
         }
         Err(e) => {
-            warn!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, error = %e, "job refused");
+            warn!(tenant = %state.tenant, job = %job_id, correlation_id = %correlation, trace_id = trace.as_deref(), error = %e, "job refused");
             shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
             let permanent = !matches!(&e, GatewayError::Connector(c) if c.is_transient());
             state.input(|s| s.open_failed(job_id, e.to_string(), permanent))

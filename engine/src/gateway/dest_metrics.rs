@@ -97,24 +97,6 @@ pub(super) fn is_transient(e: &super::GatewayError) -> bool {
     matches!(e, super::GatewayError::Connector(c) if c.is_transient())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_keep_scheme_and_host_only() {
-        assert_eq!(label("s3://bucket/tenant/a?endpoint=x"), "s3://bucket");
-        assert_eq!(
-            label("sftp://user@host.example:22/in?key=/etc/k"),
-            "sftp://host.example:22"
-        );
-        assert_eq!(label("file:///srv/data"), "file://");
-        assert_eq!(label("az://c/p"), "az://c");
-        assert_eq!(label("ftps://u@[::1]:21/x"), "ftps://[::1]:21");
-        assert_eq!(label("weird"), "unknown://");
-    }
-}
-
 /// Most distinct `classification` label values (then `other`).
 pub const MAX_CLASSIFICATIONS: usize = 32;
 
@@ -142,4 +124,22 @@ pub(super) fn job_sealed(
         "manifest_algorithm" => algorithm.unwrap_or("unsigned").to_string(),
     )
     .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_keep_scheme_and_host_only() {
+        assert_eq!(label("s3://bucket/tenant/a?endpoint=x"), "s3://bucket");
+        assert_eq!(
+            label("sftp://user@host.example:22/in?key=/etc/k"),
+            "sftp://host.example:22"
+        );
+        assert_eq!(label("file:///srv/data"), "file://");
+        assert_eq!(label("az://c/p"), "az://c");
+        assert_eq!(label("ftps://u@[::1]:21/x"), "ftps://[::1]:21");
+        assert_eq!(label("weird"), "unknown://");
+    }
 }

@@ -27,6 +27,8 @@ pub(super) struct HeldJob {
     /// Job id and correlation id, for log lines.
     pub(super) id: String,
     pub(super) correlation: String,
+    /// The trace id of the job's W3C trace context, if it came with one.
+    pub(super) trace: Option<String>,
     pub(super) dir: PathBuf,
     pub(super) state: Mutex<ReceiverJob>,
     /// Where the job writes: one or more destinations, each chunk to all of them.
@@ -232,7 +234,7 @@ impl HeldJob {
                     match dest.connector.open(&self.spec(d, file as u32), true).await {
                         Ok(w) => w,
                         Err(e) => {
-                            warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %dest.connector.uri(), error = %e, "could not reopen a partial object to discard it");
+                            warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, trace_id = self.trace.as_deref(), destination = %dest.connector.uri(), error = %e, "could not reopen a partial object to discard it");
                             if e.is_transient()
                                 || matches!(
                                     e,
@@ -283,7 +285,7 @@ impl HeldJob {
         {
             return Err(GatewayError::RecordingDrop { uri, source: err });
         }
-        warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, destination = %uri, error = %e, "destination dropped from the job");
+        warn!(tenant = %self.tenant, job = %self.id, correlation_id = %self.correlation, trace_id = self.trace.as_deref(), destination = %uri, error = %e, "destination dropped from the job");
         self.dests[d].metrics.dropped();
         // Leave nothing behind there: partial objects are aborted.
         self.abort_dest(d).await;
@@ -460,7 +462,7 @@ impl Shared {
                 jobs.remove(&key);
             }
             if let Some(job) = jobs.get(&key) {
-                if job.open() != open {
+                if !job.open().same_job(&open) {
                     return Err(GatewayError::JobConflict(open.job_id.clone()));
                 }
                 return Ok(job);
@@ -525,6 +527,7 @@ impl Shared {
             tenant: tenant.to_string(),
             id: open.job_id.clone(),
             correlation: open.correlation_id.clone().unwrap_or_else(|| "-".into()),
+            trace: open.trace_id(),
             dir,
             state: Mutex::new(state),
             dests,

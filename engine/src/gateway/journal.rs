@@ -27,7 +27,7 @@ pub(super) fn load_job_dir(
             path: job_file.clone(),
             source: e.into(),
         })?;
-        if stored != *open {
+        if !stored.same_job(open) {
             return Err(GatewayError::JobConflict(open.job_id.clone()));
         }
         let log_path = dir.join("chunks.log");
@@ -133,7 +133,7 @@ pub(super) async fn committer(
             }
             Err(e) => {
                 let reason = format!("making chunks durable failed: {e}");
-                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, error = %e, "job failed");
+                warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), error = %e, "job failed");
                 job.fail(reason.clone());
                 for p in &batch {
                     let _ = p.reply.send(ServerFrame::JobFailed {

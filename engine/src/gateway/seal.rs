@@ -92,7 +92,7 @@ pub(super) async fn finish_job(
         open.classification.as_deref(),
         algorithm,
     );
-    info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, bytes, destinations = texts.len(), "job complete; manifest and receipts signed");
+    info!(tenant = %job.tenant, job = %open.job_id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), bytes, destinations = texts.len(), "job complete; manifest and receipts signed");
     *finished = Some((m.clone(), texts.clone()));
     Ok((m, texts))
 }
@@ -132,7 +132,7 @@ pub(super) async fn sign_finish(
             }
         }
     }
-    debug!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, files = entries.len(), ms = started.elapsed().as_millis() as u64, "destinations committed");
+    debug!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), files = entries.len(), ms = started.elapsed().as_millis() as u64, "destinations committed");
     let now = Timestamp::now();
     let mut manifest = Manifest::new(
         open.job_id.clone(),
@@ -244,7 +244,7 @@ async fn commit_file(
         // Wrong bytes do not stay under the final name: this writer takes back what it
         // committed (never an object it did not create).
         if let Err(re) = w.remove().await {
-            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, destination = %job.dests[d].connector.uri(), path = %entry.path, error = %re, "could not remove an object that failed verification");
+            warn!(tenant = %job.tenant, job = %job.id, correlation_id = %job.correlation, trace_id = job.trace.as_deref(), destination = %job.dests[d].connector.uri(), path = %entry.path, error = %re, "could not remove an object that failed verification");
         }
         return Err(e.into());
     }

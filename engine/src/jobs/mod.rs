@@ -8,6 +8,7 @@
 
 pub mod model;
 pub mod runner;
+pub mod schema;
 pub mod sql;
 pub mod store;
 

@@ -265,6 +265,9 @@ pub struct Job {
     pub bytes_total: u64,
     /// Bytes acknowledged by the gateway.
     pub bytes_done: u64,
+    /// The W3C trace context the job was submitted with (its `traceparent` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<crate::trace::TraceParent>,
 }
 
 /// How a worker's attempt ended.

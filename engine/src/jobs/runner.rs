@@ -342,7 +342,7 @@ impl Runner {
                         metrics::histogram!("trackshift_job_queue_wait_seconds", "tenant" => job.tenant.clone())
                             .record(waited.max(0) as f64 / 1000.0);
                         let me = self.clone();
-                        let span = info_span!("job", job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id);
+                        let span = info_span!("job", job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, trace_id = job.traceparent.map(|t| t.trace_id()));
                         self.running.fetch_add(1, Ordering::Relaxed);
                         tasks.spawn(
                             async move {
@@ -454,6 +454,7 @@ impl Runner {
             correlation_id: Some(job.correlation_id.clone()),
             classification: job.spec.classification.clone(),
             strict: job.spec.strict,
+            traceparent: job.traceparent,
             ..JobRequest::confined(source, String::new())
         })
     }

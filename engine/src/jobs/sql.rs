@@ -38,6 +38,12 @@ impl From<String> for Val {
     }
 }
 
+impl From<Option<String>> for Val {
+    fn from(v: Option<String>) -> Self {
+        v.map_or(Val::NullT, Val::T)
+    }
+}
+
 impl From<Option<&str>> for Val {
     fn from(v: Option<&str>) -> Self {
         v.map_or(Val::NullT, Val::from)

@@ -29,6 +29,10 @@ pub const MAX_CHUNK_HEADER: usize = 1024;
 /// (a sender still says [`VERSION`] in its `Hello`; an older gateway says [`VERSION`] in
 /// its `Welcome`, and gets one chunk per stream).
 pub const PACKED_VERSION: u16 = 2;
+/// The version a gateway says in its `Welcome` when it also reads
+/// [`ClientFrame::OpenTracedJob`] (and packs, as [`PACKED_VERSION`]). The newest this
+/// gateway speaks.
+pub const TRACED_VERSION: u16 = 3;
 /// Chunks shorter than this may share a chunk stream with other chunks of their job,
 /// back to back (a sender packs small files); a chunk of this size or more has its stream
 /// to itself.
@@ -114,6 +118,29 @@ pub struct OpenJob {
     /// relax a strict gateway.
     #[serde(default)]
     pub strict: Option<bool>,
+    /// The W3C trace context of the job's submission, logged (`trace_id`) with the job's
+    /// lines at the gateway. Not part of the job's identity ([`OpenJob::same_job`]), nor of
+    /// this frame's encoding: it travels in [`ClientFrame::OpenTracedJob`], to gateways
+    /// that say [`TRACED_VERSION`].
+    #[serde(skip)]
+    pub traceparent: Option<crate::trace::TraceParent>,
+}
+
+impl OpenJob {
+    /// Whether `other` opens the same job as `self` (everything but the trace context,
+    /// which a resumed or retried job may carry anew, must match).
+    pub fn same_job(&self, other: &OpenJob) -> bool {
+        let strip = |o: &OpenJob| OpenJob {
+            traceparent: None,
+            ..o.clone()
+        };
+        strip(self) == strip(other)
+    }
+
+    /// The trace id of [`OpenJob::traceparent`], for log lines.
+    pub fn trace_id(&self) -> Option<String> {
+        self.traceparent.map(|t| t.trace_id())
+    }
 }
 
 /// Most destinations one job may write to.
@@ -170,6 +197,14 @@ pub enum ClientFrame {
         handle: u32,
         /// Why.
         reason: String,
+    },
+    /// [`ClientFrame::OpenJob`] with the job's W3C trace context (only to a gateway that
+    /// said [`TRACED_VERSION`] or later: an older one cannot read this frame).
+    OpenTracedJob {
+        /// The job.
+        open: OpenJob,
+        /// Its trace context.
+        traceparent: crate::trace::TraceParent,
     },
 }
 

@@ -4,6 +4,7 @@ use super::*;
 
 fn job(sizes: &[u64], chunk_size: u64) -> OpenJob {
     OpenJob {
+        traceparent: None,
         job_id: "job-1".into(),
         destinations: vec!["null://".into()],
         chunk_size,

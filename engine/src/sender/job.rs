@@ -39,6 +39,7 @@ pub(super) fn prepare(req: &JobRequest, chunk_size: u64) -> Result<(OpenJob, Sou
         correlation_id: req.correlation_id.clone(),
         classification: req.classification.clone(),
         strict: req.strict,
+        traceparent: req.traceparent,
     };
     Ok((
         open,

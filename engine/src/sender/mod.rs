@@ -247,6 +247,8 @@ pub struct JobRequest {
     pub classification: Option<String>,
     /// Fail-closed for this job (see [`OpenJob::strict`]).
     pub strict: Option<bool>,
+    /// The W3C trace context to carry to the gateway (see [`OpenJob::traceparent`]).
+    pub traceparent: Option<crate::trace::TraceParent>,
     /// Read the source only beneath a tenant's source directory (the job service, reading
     /// on a tenant's behalf): `path` is then only the name shown in the manifest, and every
     /// listing and read resolves `confined` beneath its root without following links
@@ -264,6 +266,7 @@ impl JobRequest {
             correlation_id: None,
             classification: None,
             strict: None,
+            traceparent: None,
             confined: None,
         }
     }
@@ -291,6 +294,7 @@ pub async fn send_path(
         correlation_id: cfg.correlation_id.clone(),
         classification: None,
         strict: None,
+        traceparent: None,
         confined: None,
     };
     send_jobs(vec![request], cfg, |_, p| progress(p))

@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) const JOB_COLUMNS: &str = "id, tenant, correlation_id, spec, state, attempts, created_ms, updated_ms, \
-     not_before_ms, last_error, dead_letter, worker, bytes_total, bytes_done, max_attempts";
+     not_before_ms, last_error, dead_letter, worker, bytes_total, bytes_done, max_attempts, traceparent";
 
 pub(super) fn row_to_job(row: &Row) -> Result<Job, StoreError> {
     let id = row.str(0);
@@ -32,6 +32,13 @@ pub(super) fn row_to_job(row: &Row) -> Result<Job, StoreError> {
         worker: row.opt_str(11),
         bytes_total: u64::try_from(row.i64(12)).unwrap_or(0),
         bytes_done: u64::try_from(row.i64(13)).unwrap_or(0),
+        traceparent: match row.opt_str(15) {
+            None => None,
+            Some(t) => Some(
+                crate::trace::TraceParent::parse(&t)
+                    .map_err(|e| corrupt(format!("traceparent: {e}")))?,
+            ),
+        },
         id,
     })
 }
@@ -229,6 +236,7 @@ impl SqlStore {
             db: Arc::new(crate::jobs::sql::Sqlite::open(path)?),
         };
         // Runs on the connection's thread: no runtime needed (none may be running yet).
+        futures::executor::block_on(me.migrate(""))?;
         futures::executor::block_on(me.init_counts())?;
         Ok(me)
     }
@@ -238,8 +246,50 @@ impl SqlStore {
         let me = Self {
             db: Arc::new(crate::jobs::sql::Postgres::connect(url, max_connections).await?),
         };
+        // Gateways starting at once on a shared store migrate it one at a time.
+        me.migrate("SELECT pg_advisory_xact_lock(7395001)").await?;
         me.init_counts().await?;
         Ok(me)
+    }
+
+    /// Brings the schema to [`crate::jobs::schema::SCHEMA_VERSION`] in one transaction
+    /// (after `lock`, a statement that serialises openers; empty: none needed), or refuses
+    /// a store a newer trackshift made that this one cannot use.
+    pub(super) async fn migrate(&self, lock: &str) -> Result<(), StoreError> {
+        use crate::jobs::schema;
+        let mut tx = self.db.begin().await?;
+        if !lock.is_empty() {
+            tx.exec(lock, &[]).await?;
+        }
+        let rows = tx.query(schema::READ, &[]).await?;
+        let meta = |key: &str| rows.iter().find(|r| r.str(0) == key).map(|r| r.str(1));
+        let plan = schema::plan(
+            meta("schema_version").as_deref(),
+            meta("schema_readable_from").as_deref(),
+        )?;
+        for (done_if, sql) in &plan.statements {
+            // Probed in a savepoint: on PostgreSQL a failed statement spoils the transaction.
+            tx.exec("SAVEPOINT schema_step", &[]).await?;
+            if tx.exec(done_if, &[]).await.is_err() {
+                tx.exec("ROLLBACK TO SAVEPOINT schema_step", &[]).await?;
+                tx.exec(sql, &[]).await?;
+            }
+            tx.exec("RELEASE SAVEPOINT schema_step", &[]).await?;
+        }
+        if let Some((version, readable)) = plan.meta {
+            for (key, value) in [
+                ("schema_version", version),
+                ("schema_readable_from", readable),
+            ] {
+                tx.exec(schema::RECORD, &[key.into(), value.to_string().into()])
+                    .await?;
+            }
+            tx.commit().await?;
+            tracing::info!(from = plan.from, to = version, "job store schema migrated");
+        } else {
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Fills the job counts from the jobs once, in a store made before they were kept.
@@ -273,8 +323,8 @@ impl SqlStore {
         let spec = serde_json::to_string(&job.spec).expect("specs serialise");
         tx.exec(
             "INSERT INTO jobs (id, tenant, correlation_id, spec, state, priority, max_attempts,
-             created_ms, updated_ms, idempotency_key)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7, $8)",
+             created_ms, updated_ms, idempotency_key, traceparent)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7, $8, $9)",
             &[
                 id.as_str().into(),
                 job.tenant.as_str().into(),
@@ -284,6 +334,7 @@ impl SqlStore {
                 i64::from(job.spec.max_attempts.unwrap_or(limits::DEFAULT_ATTEMPTS)).into(),
                 now_ms.into(),
                 job.idempotency_key.as_deref().into(),
+                job.traceparent.map(|t| t.to_string()).into(),
             ],
         )
         .await?;

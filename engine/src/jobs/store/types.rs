@@ -30,6 +30,18 @@ pub enum StoreError {
     /// The database failed.
     #[error("job store: {0}")]
     Backend(String),
+    /// The store was written by a newer trackshift whose schema this one cannot use.
+    #[error(
+        "the job store is at schema version {found}, which needs a trackshift that knows version {needs} or later; this one knows up to {supported}: upgrade trackshift (or restore the store from before the upgrade)"
+    )]
+    SchemaTooNew {
+        /// The store's schema version.
+        found: u32,
+        /// The oldest schema version code must know to use it.
+        needs: u32,
+        /// The newest version this build knows ([`super::super::schema::SCHEMA_VERSION`]).
+        supported: u32,
+    },
     /// A stored record could not be read back.
     #[error("job store record {id}: {message}")]
     Corrupt {
@@ -55,6 +67,9 @@ pub struct NewJob {
     /// Most jobs the tenant may have queued, running or verifying, this one included
     /// (its `max_queued_jobs`); `None`: no cap.
     pub max_queued: Option<u32>,
+    /// The submitter's W3C trace context (not part of the job's identity: a resubmission
+    /// with the same idempotency key and another trace returns the first job).
+    pub traceparent: Option<crate::trace::TraceParent>,
 }
 
 /// Filters and paging of a job listing (newest first).

@@ -31,6 +31,7 @@ pub(super) fn chunk_data(job: &OpenJob, file: u32, index: u64) -> Vec<u8> {
 
 pub(super) fn job(id: &str, sizes: &[u64]) -> OpenJob {
     OpenJob {
+        traceparent: None,
         job_id: id.into(),
         destinations: vec!["null://".into(), "file:///tmp/out".into()],
         chunk_size: CHUNK,

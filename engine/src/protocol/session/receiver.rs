@@ -220,6 +220,13 @@ impl<J: Clone> ReceiverSession<J> {
             (Phase::Open { .. }, ClientFrame::Hello { .. }) => {
                 Err(ProtocolError::Unexpected("second Hello".into()).into())
             }
+            (Phase::Open { .. }, ClientFrame::OpenTracedJob { open, traceparent }) => {
+                let open = OpenJob {
+                    traceparent: Some(traceparent),
+                    ..open
+                };
+                self.on_frame(ClientFrame::OpenJob(open))
+            }
             (Phase::Open { .. }, ClientFrame::OpenJob(open)) => {
                 // Opening a job again on this connection (after it failed, or was busy)
                 // abandons its earlier handle: that handle and its slot go, so handles do
@@ -288,7 +295,7 @@ impl<J: Clone> ReceiverSession<J> {
                 self.actions.push_back(ReceiverAction::Admit);
                 self.actions
                     .push_back(ReceiverAction::Frame(ServerFrame::Welcome {
-                        version: PACKED_VERSION,
+                        version: TRACED_VERSION,
                         tenant: tenant.clone(),
                     }));
                 self.phase = Phase::Open { tenant };

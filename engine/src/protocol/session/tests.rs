@@ -516,3 +516,80 @@ fn a_sender_packs_small_chunks_only_for_a_gateway_that_says_it_reads_them() {
     s.connected(&token, ms(2));
     assert!(!s.packs());
 }
+
+#[test]
+fn a_traced_job_opens_with_its_trace_only_at_a_gateway_that_reads_it() {
+    use super::super::retry::RetryLimits;
+    let tp =
+        crate::trace::TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap();
+    let limits = RetryLimits {
+        max_reopens: 8,
+        retry_for: Duration::from_secs(60),
+    };
+    let mut s = SenderSession::new(limits, 1 << 20, Duration::ZERO);
+    s.add_job(OpenJob {
+        traceparent: Some(tp),
+        ..job("traced", &[1])
+    })
+    .unwrap();
+    s.add_job(job("plain", &[1])).unwrap();
+    let token = Secret("t".into());
+    let frames = |s: &mut SenderSession| {
+        let mut out = Vec::new();
+        while let Some(a) = s.poll_action() {
+            if let Action::Frame(f) = a {
+                out.push(f);
+            }
+        }
+        out
+    };
+    let welcome = |version| ServerFrame::Welcome {
+        version,
+        tenant: "acme".into(),
+    };
+    for (version, traced) in [(TRACED_VERSION, true), (PACKED_VERSION, false)] {
+        s.connected(&token, ms(1));
+        let first = frames(&mut s);
+        assert!(matches!(first[0], ClientFrame::Hello { .. }));
+        let opened: Vec<&str> = first[1..]
+            .iter()
+            .map(|f| match f {
+                ClientFrame::OpenJob(o) => o.job_id.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(opened, ["plain"], "the traced job waits for the Welcome");
+        assert!(s.setting_up());
+        s.on_frame(welcome(version), ms(2)).unwrap();
+        match (frames(&mut s).as_slice(), traced) {
+            ([ClientFrame::OpenTracedJob { open, traceparent }], true) => {
+                assert_eq!((open.job_id.as_str(), *traceparent), ("traced", tp));
+            }
+            ([ClientFrame::OpenJob(open)], false) => assert_eq!(open.job_id, "traced"),
+            (other, _) => panic!("gateway version {version}: {other:?}"),
+        }
+    }
+    // The gateway's side: the traced open arrives with its trace, the same job otherwise.
+    let mut r = ReceiverSession::<String>::new(Duration::ZERO, ms(100), 4);
+    r.on_frame(ClientFrame::Hello {
+        version: VERSION,
+        token: token.clone(),
+    })
+    .unwrap();
+    r.authenticated(Some("acme".into()));
+    while r.poll_action().is_some() {}
+    r.on_frame(ClientFrame::OpenTracedJob {
+        open: job("traced", &[1]),
+        traceparent: tp,
+    })
+    .unwrap();
+    let opened = std::iter::from_fn(|| r.poll_action())
+        .find_map(|a| match a {
+            ReceiverAction::Open(o) => Some(o),
+            _ => None,
+        })
+        .expect("an open");
+    assert_eq!(opened.traceparent, Some(tp));
+    assert!(opened.same_job(&job("traced", &[1])));
+}

@@ -21,6 +21,12 @@ impl SenderSession {
                 tracing::debug!(%tenant, version, "authenticated");
                 self.welcomed = true;
                 self.gateway_version = version;
+                for i in std::mem::take(&mut self.opens_after_welcome) {
+                    if !self.jobs[i].settled() {
+                        let frame = super::open_frame(&self.jobs[i].open, version);
+                        self.actions.push_back(Action::Frame(frame));
+                    }
+                }
             }
             ServerFrame::Refused { reason } => return Err(Fatal::Refused(reason)),
             ServerFrame::JobReady {

@@ -183,6 +183,9 @@ pub struct SenderSession {
     welcomed: bool,
     /// The protocol version this connection's gateway said in its `Welcome`.
     gateway_version: u16,
+    /// Jobs with a trace context whose open waits for this connection's `Welcome`: only
+    /// then is it known whether the gateway reads [`ClientFrame::OpenTracedJob`].
+    opens_after_welcome: Vec<usize>,
     /// Some connection of this send was authenticated.
     ever_welcomed: bool,
     /// How long the first connection may take, attempts and waits together.
@@ -209,6 +212,7 @@ impl SenderSession {
             phase: Phase::Disconnected,
             welcomed: false,
             gateway_version: 0,
+            opens_after_welcome: Vec::new(),
             ever_welcomed: false,
             connect_timeout: None,
             reconnects: 0,
@@ -341,12 +345,18 @@ impl SenderSession {
             version: VERSION,
             token: token.clone(),
         }));
+        self.opens_after_welcome.clear();
         for i in 0..self.jobs.len() {
             self.detach(i);
             let j = &mut self.jobs[i];
             if !j.settled() {
-                self.actions
-                    .push_back(Action::Frame(ClientFrame::OpenJob(j.open.clone())));
+                // Untraced jobs open at once, with the Hello; traced ones after the Welcome.
+                if j.open.traceparent.is_some() {
+                    self.opens_after_welcome.push(i);
+                } else {
+                    self.actions
+                        .push_back(Action::Frame(ClientFrame::OpenJob(j.open.clone())));
+                }
                 j.awaiting_ready = true;
             }
         }
@@ -473,8 +483,8 @@ impl SenderSession {
             Phase::Open => {
                 for j in self.jobs.iter_mut().filter(|j| !j.settled()) {
                     if j.retry.take_due(now) {
-                        self.actions
-                            .push_back(Action::Frame(ClientFrame::OpenJob(j.open.clone())));
+                        let frame = open_frame(&j.open, self.gateway_version);
+                        self.actions.push_back(Action::Frame(frame));
                         j.awaiting_ready = true;
                     }
                 }
@@ -569,5 +579,19 @@ impl SenderSession {
         self.by_handle.get(&handle).copied().ok_or_else(|| {
             ProtocolError::Unexpected(format!("frame for unknown job handle {handle}")).into()
         })
+    }
+}
+
+/// The frame that opens `open` at a gateway that said `gateway_version`: with its trace
+/// context where the gateway reads one.
+fn open_frame(open: &OpenJob, gateway_version: u16) -> ClientFrame {
+    match open.traceparent {
+        Some(traceparent) if gateway_version >= crate::protocol::TRACED_VERSION => {
+            ClientFrame::OpenTracedJob {
+                open: open.clone(),
+                traceparent,
+            }
+        }
+        _ => ClientFrame::OpenJob(open.clone()),
     }
 }
