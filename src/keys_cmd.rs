@@ -17,8 +17,9 @@ pub enum KeysCommand {
     ///
     /// With `--pkcs11`, the receipt key is generated on an HSM's token (non-extractable,
     /// never in this process) and so is every later rotation of it; the gateway signs
-    /// receipts there. The ML-DSA-65 manifest key stays in software (docs/RUNBOOK.md, "HSM
-    /// operations"). The token must exist (made with the HSM's own tools) and the PIN file
+    /// receipts there, and the gateway's ledger (checkpoint) key goes on the same token. The
+    /// ML-DSA-65 manifest key goes there too when the token offers PKCS#11 3.2 ML-DSA, else
+    /// it stays in software (docs/RUNBOOK.md, "HSM operations"). The token must exist (made with the HSM's own tools) and the PIN file
     /// must be owner-only; the store keeps the file's path, never the PIN.
     Init {
         /// Directory for the key store (created 0700; secret files are 0600). A gateway's
@@ -146,12 +147,12 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                     let store = FileKeyStore::init_with_hsm(&dir, now, cfg.clone())?;
                     let ledger = hsm_for_ledger(&dir, &cfg)?;
                     println!(
-                        "created key store {}: receipt keys on PKCS#11 token {token:?}                          (non-extractable), the manifest key in software ({})",
+                        "created key store {}: receipt keys on PKCS#11 token {token:?} (non-extractable), {}",
                         dir.display(),
                         if ml_dsa {
-                            "the token lists ML-DSA, which Trackshift does not use on tokens yet"
+                            "the manifest key too (the token offers ML-DSA)"
                         } else {
-                            "the token offers no ML-DSA"
+                            "the manifest key in software (the token offers no ML-DSA)"
                         }
                     );
                     println!("{ledger}");

@@ -9,7 +9,7 @@ pub fn describe() {
     describe_histogram!(
         "trackshift_chunk_latency_seconds",
         Unit::Seconds,
-        "Time from sending a chunk to its acknowledgement by the gateway (durable at every destination), per tenant."
+        "Time from sending a chunk to its acknowledgement by the gateway (written and synced at every destination of the job), per tenant."
     );
     describe_counter!(
         "trackshift_bytes_acknowledged_total",

@@ -110,8 +110,9 @@ pub struct ServeArgs {
     /// worker died is taken over after this.
     #[arg(long, default_value_t = 30)]
     lease_secs: u64,
-    /// Job store and ledger shared with other gateways: `postgres://USER@HOST:PORT/DB` (no
-    /// TLS: use a private network). Default: SQLite in DATA/jobs.db and the ledger in
+    /// Job store and ledger shared with other gateways: `postgres://USER@HOST:PORT/DB`
+    /// (TLS as libpq's `?sslmode=verify-full&sslrootcert=CA.pem`; docs/RUNBOOK.md,
+    /// "PostgreSQL"). Default: SQLite in DATA/jobs.db and the ledger in
     /// DATA/ledger, for this gateway alone.
     #[arg(long, env = "TRACKSHIFT_STORE", hide_env_values = true)]
     store: Option<String>,

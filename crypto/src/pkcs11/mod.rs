@@ -1,4 +1,4 @@
-//! Ed25519 keys held on a PKCS#11 token (a hardware security module; SoftHSM2 in tests),
+//! Keys held on a PKCS#11 token (a hardware security module; SoftHSM2 in tests),
 //! through the `cryptoki` crate.
 //!
 //! A key store whose directory holds [`HSM_CONFIG_FILE`] keeps its receipt keys on the
@@ -6,8 +6,9 @@
 //! private keys (`CKA_EXTRACTABLE` false, `CKA_SENSITIVE` true), found again by `CKA_ID`
 //! (the key id, SHA-256 of the public key) and used through `CKM_EDDSA`. The key store
 //! keeps only a reference (`secret/<id>.json` of format [`TOKEN_KEY_FORMAT`]) and the
-//! public record. ML-DSA-65 manifest keys stay in software (see [`Token::offers_ml_dsa`]):
-//! SoftHSM2 2.6 and most HSMs in service do not implement PKCS#11 3.2's ML-DSA.
+//! public record. ML-DSA-65 manifest keys go on the token only when it offers PKCS#11 3.2's
+//! ML-DSA ([`Token::offers_ml_dsa`]), else they stay in software: SoftHSM2 2.6 and most HSMs
+//! in service do not implement it.
 //!
 //! The user PIN is read from a file (owner-only, [`crate::filestore::read_secret`]) each
 //! time the token needs a login, handed to the module and wiped; it is never in an
