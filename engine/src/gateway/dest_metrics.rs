@@ -85,10 +85,16 @@ impl DestMetrics {
             .increment(1);
     }
 
-    /// A job's commit there, with its duration and outcome.
+    /// A job's commit there, with its duration and outcome (and so its receipt's status).
     pub(super) fn committed(&self, seconds: f64, ok: bool) {
         let h: Histogram = metrics::histogram!("trackshift_destination_commit_seconds", "destination" => self.label.clone());
         h.record(seconds);
+        self.receipt(ok);
+    }
+
+    /// A receipt signed for this destination: `confirmed` or `failed` (also for a
+    /// destination dropped before the commit, which gets a failed receipt too).
+    pub(super) fn receipt(&self, ok: bool) {
         metrics::counter!(
             "trackshift_destination_receipts_total",
             "destination" => self.label.clone(),

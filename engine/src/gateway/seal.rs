@@ -105,6 +105,8 @@ pub(super) async fn sign_finish(
     let started = std::time::Instant::now();
     for d in 0..job.dests.len() {
         if let Some(reason) = job.dests[d].failed.lock().expect("dest lock").clone() {
+            // Dropped earlier (a failed write or sync): its receipt says failed.
+            job.dests[d].metrics.receipt(false);
             outcomes.push(Err(reason));
             continue;
         }
