@@ -404,6 +404,7 @@ async fn a_slow_and_a_failing_destination_fire_their_alerts_through_alertmanager
         disk.display()
     );
     let sftp = env("TRACKSHIFT_TEST_SFTP");
+    // The client key the gateway (inheriting this environment) logs in to SFTP with.
     env("TRACKSHIFT_SFTP_KEY");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
