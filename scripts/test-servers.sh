@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real servers for the connector tests, on 127.0.0.1 only, data in a temporary directory.
 #
-#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [tsa] [promtool] [garage]
+#   scripts/test-servers.sh start [s3] [azure] [sftp] [ftps] [postgres] [softhsm] [tsa] [promtool]
+#                                 [alerting] [garage]
 #                                                install what is missing, start, wait until ready
 #   scripts/test-servers.sh env                  print the environment the tests need (source it)
 #   scripts/test-servers.sh stop                 stop every server by its PID, remove the data
@@ -19,7 +20,9 @@
 # authority: OpenSSL's `ts -reply` (RFC 3161) behind a small HTTP front (Python's
 # http.server), a test CA and a TSA certificate (RSA 2048, extendedKeyUsage timeStamping,
 # critical). promtool: Prometheus's checker, taken out of Debian's `prometheus` package
-# (downloaded and unpacked, not installed: no service starts). Installs are cached in
+# (downloaded and unpacked, not installed: no service starts). alerting: Prometheus and
+# Alertmanager from Debian's prometheus and prometheus-alertmanager packages, unpacked the
+# same way; the live alert test starts them itself. Installs are cached in
 # $TRACKSHIFT_SERVERS_CACHE (default ~/.cache/trackshift-test-servers); state lives in
 # $TRACKSHIFT_SERVERS_RUN (default /tmp/trackshift-test-servers). A server that cannot
 # start makes `start` fail with its log: tests never skip silently. The SFTP and FTPS data
@@ -502,21 +505,63 @@ ENV
     log "TSA (openssl ts -reply behind HTTP) on 127.0.0.1:$TSA_PORT, CA $d/ca.pem"
 }
 
-start_promtool() {
-    local d="$CACHE/prometheus"
-    if [ ! -x "$d/usr/bin/promtool" ]; then
-        log "unpacking promtool from Debian's prometheus package into $d"
+# A Debian package unpacked (downloaded and unpacked, not installed: no service starts)
+# into $CACHE/NAME, once.
+deb_unpack() { # PACKAGE NAME BINARY
+    local d="$CACHE/$2"
+    if [ ! -x "$d/$3" ]; then
+        log "unpacking Debian's $1 package into $d"
+        rm -rf "$d/deb"
         mkdir -p "$d/deb"
-        (cd "$d/deb" && apt-get download prometheus >/dev/null 2>&1) || {
+        (cd "$d/deb" && apt-get download "$1" >/dev/null 2>&1) || {
             apt-get update >/dev/null 2>&1
-            (cd "$d/deb" && apt-get download prometheus >/dev/null 2>&1)
-        } || die "could not download Debian's prometheus package"
-        dpkg-deb -x "$d"/deb/prometheus_*.deb "$d"
+            (cd "$d/deb" && apt-get download "$1" >/dev/null 2>&1)
+        } || die "could not download Debian's $1 package"
+        dpkg-deb -x "$d"/deb/"$1"_*.deb "$d"
         rm -rf "$d/deb"
     fi
+}
+
+start_promtool() {
+    local d="$CACHE/prometheus"
+    deb_unpack prometheus prometheus usr/bin/promtool
     "$d/usr/bin/promtool" --version >/dev/null 2>&1 || die "promtool does not run"
     echo "export TRACKSHIFT_TEST_PROMTOOL=$d/usr/bin/promtool" >>"$RUN/env.partial"
     log "promtool ($("$d/usr/bin/promtool" --version 2>&1 | head -1))"
+}
+
+# Prometheus and Alertmanager for the live alert test (tests/alerts_live.rs): the binaries
+# only, from Debian's prometheus and prometheus-alertmanager packages. The test starts them
+# itself, on 127.0.0.1 and free ports, with a configuration that scrapes its own gateway,
+# and stops them by PID when it ends. Also a 16 MiB file system at $RUN/alerting/full
+# (its failing destination: a full disk).
+start_alerting() {
+    deb_unpack prometheus prometheus usr/bin/prometheus
+    deb_unpack prometheus-alertmanager alertmanager usr/bin/prometheus-alertmanager
+    local prom="$CACHE/prometheus/usr/bin/prometheus"
+    local am="$CACHE/alertmanager/usr/bin/prometheus-alertmanager"
+    "$prom" --version >/dev/null 2>&1 || die "prometheus does not run"
+    "$am" --version >/dev/null 2>&1 || die "alertmanager does not run"
+    # Debian's Alertmanager reads its notification templates from this fixed place (its
+    # patch 02-Do_not_embed_blobs); put the package's there, as installing it would (the
+    # installed package, which would also start a service on every interface, is avoided).
+    local tmpl=/usr/share/prometheus/alertmanager
+    if [ ! -e "$tmpl/default.tmpl" ]; then
+        [ "$(id -u)" = 0 ] || die "Alertmanager's templates go to $tmpl: needs root"
+        install -d "$tmpl"
+        install -m 644 "$CACHE/alertmanager$tmpl"/*.tmpl "$tmpl/"
+        log "Alertmanager's templates copied to $tmpl"
+    fi
+    mkdir -p "$RUN/alerting"
+    small_disk "$RUN/alerting" root
+    local disk="$RUN/alerting/full"
+    findmnt -rn "$disk" >/dev/null || disk="unavailable: cannot mount a tmpfs at $disk"
+    cat >>"$RUN/env.partial" <<ENV
+export TRACKSHIFT_TEST_PROMETHEUS=$prom
+export TRACKSHIFT_TEST_ALERTMANAGER=$am
+export TRACKSHIFT_TEST_ALERTING_DISK='$disk'
+ENV
+    log "Prometheus ($("$prom" --version 2>&1 | head -1 | cut -d' ' -f1-3)) and Alertmanager ($("$am" --version 2>&1 | head -1 | cut -d' ' -f1-3)) for the tests to start"
 }
 
 descendants() { # PID: every process below it
@@ -553,7 +598,7 @@ case "$cmd" in
         mkdir -p "$RUN" "$CACHE"
         : >"$RUN/env.partial"
         services=("$@")
-        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm tsa promtool)
+        [ ${#services[@]} -eq 0 ] && services=(s3 azure sftp ftps postgres softhsm tsa promtool alerting)
         for s in "${services[@]}"; do
             case "$s" in
                 s3) start_s3 ;;
@@ -565,7 +610,8 @@ case "$cmd" in
                 softhsm) start_softhsm ;;
                 tsa) start_tsa ;;
                 promtool) start_promtool ;;
-                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm tsa promtool garage)" ;;
+                alerting) start_alerting ;;
+                *) die "unknown server $s (known: s3 azure sftp ftps postgres softhsm tsa promtool alerting garage)" ;;
             esac
         done
         printf 'S3_PORT=%s AZURE_PORT=%s SFTP_PORT=%s FTPS_PORT=%s PG_PORT=%s GARAGE_PORT=%s TSA_PORT=%s\n' \

@@ -14,10 +14,10 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "test servers (S3: moto, Azure Blob: Azurite, SFTP: sshd, FTPS: vsftpd, PostgreSQL) on 127.0.0.1"
+step "test servers (S3: moto, Azure Blob: Azurite, SFTP: sshd, FTPS: vsftpd, PostgreSQL; Prometheus and Alertmanager binaries) on 127.0.0.1"
 scripts/test-servers.sh stop
 trap 'scripts/test-servers.sh stop' EXIT
-scripts/test-servers.sh start s3 azure sftp ftps postgres softhsm tsa promtool
+scripts/test-servers.sh start s3 azure sftp ftps postgres softhsm tsa promtool alerting
 # shellcheck disable=SC1090
 source <(scripts/test-servers.sh env)
 
