@@ -14,9 +14,12 @@
 //! ```
 //!
 //! The order makes the copy consistent while jobs run: the job store first (a job it calls
-//! completed has its documents in the ledger already), then the ledger up to its latest
-//! signed checkpoint (which covers them), then the other files. The restored ledger is a
-//! prefix of the original log, so its checkpoint is consistent with every later one.
+//! completed has its documents in the ledger already), then job directories and
+//! time-stamps (their documents and stamped checkpoints are in the ledger already), then
+//! the ledger up to its latest signed checkpoint (which covers all of them), then the key
+//! store (naming every key those documents were signed with) and the secrets. The
+//! restored ledger is a prefix of the original log, so its checkpoint is consistent with
+//! every later one.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -132,8 +135,9 @@ struct FileEntry {
     sha256: String,
 }
 
-/// One secret file inside [`KEYS_FILE`] (path relative to the data directory).
-#[derive(Serialize, Deserialize)]
+/// One secret file inside [`KEYS_FILE`] (path relative to the data directory), wiped
+/// from memory when dropped.
+#[derive(Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct SecretFile {
     path: String,
     mode: u32,
@@ -186,96 +190,36 @@ pub fn backup(args: BackupArgs) -> Result<()> {
         trackshift_engine::jobs::sql::backup_sqlite(&data.join(JOB_STORE), &copy.join(JOB_STORE))
             .with_context(|| format!("backing up the job store {}", JOB_STORE))?;
     }
-    // 2. The ledger, up to its latest signed checkpoint (which covers every job the job
+    // 2. Job directories, tenants, certificates, time-stamps: before the ledger, so that
+    //    every document they hold (written after its append) and every time-stamped
+    //    checkpoint is within the ledger copy.
+    let mut walk = Walk {
+        data: &data,
+        copy: &copy,
+        with_keys: passphrase.is_some(),
+        dirs: Vec::new(),
+        secrets: Vec::new(),
+        skipped_secrets: Vec::new(),
+        on_token: false,
+    };
+    walk.run(false)?;
+    // 3. The ledger, up to its latest signed checkpoint (which covers every job the job
     //    store copy calls completed).
     let ledger = trackshift_ledger::Ledger::open_read_only(data.join("ledger"), None)?;
     mkdir(&copy.join("ledger"), mode_of(&data.join("ledger"))?)?;
     let cp = ledger.copy_to(&copy.join("ledger"))?;
     let verified = trackshift_ledger::verify_checkpoint(&cp.note, &ledger.public_keys())?;
     drop(ledger);
-    // 3. Everything else: job directories, tenants, public keys, certificates, time-stamps;
-    //    secrets only into the encrypted bundle.
-    let mut dirs = Vec::new();
-    let mut secrets: Vec<SecretFile> = Vec::new();
-    let mut skipped_secrets = Vec::new();
-    let mut on_token = false;
-    for entry in walkdir::WalkDir::new(&data)
-        .min_depth(1)
-        .sort_by_file_name()
-    {
-        let entry = match entry {
-            Ok(e) => e,
-            // A job directory removed by retention while we walk.
-            Err(e) if e.io_error().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound) => {
-                continue;
-            }
-            Err(e) => return Err(e).context(format!("reading {}", data.display())),
-        };
-        let rel = entry.path().strip_prefix(&data)?.to_path_buf();
-        let rel_s = rel_string(&rel)?;
-        if skip(&rel) {
-            continue;
-        }
-        let meta = match entry.path().symlink_metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).context(format!("reading {}", entry.path().display())),
-        };
-        let mode = meta.mode() & 0o7777;
-        if meta.is_dir() {
-            if !rel.starts_with("ledger")
-                || rel == Path::new("ledger")
-                || rel.starts_with("ledger/keys")
-            {
-                dirs.push(DirEntry {
-                    path: rel_s.clone(),
-                    mode,
-                });
-            }
-            if !rel.starts_with("ledger") && !is_secret_dir(&rel) {
-                mkdir(&copy.join(&rel), mode)?;
-            }
-            continue;
-        }
-        if !meta.is_file() {
-            eprintln!(
-                "warning: {} is not a regular file; not backed up",
-                entry.path().display()
-            );
-            continue;
-        }
-        if rel.starts_with("ledger") && !rel.starts_with("ledger/keys") {
-            continue; // copied above, to its checkpoint
-        }
-        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if rel.starts_with("ledger/keys") && name.ends_with(".token")
-            || rel == Path::new("keys").join(trackshift_crypto::pkcs11::HSM_CONFIG_FILE)
-        {
-            on_token = true;
-        }
-        if is_secret(&rel, mode) {
-            if passphrase.is_some() {
-                let bytes = match trackshift_crypto::filestore::read_secret_if_exists(entry.path())?
-                {
-                    Some(b) => b,
-                    None => continue,
-                };
-                secrets.push(SecretFile {
-                    path: rel_s,
-                    mode,
-                    data: base64::engine::general_purpose::STANDARD.encode(&*bytes),
-                });
-            } else {
-                skipped_secrets.push(rel_s);
-            }
-            continue;
-        }
-        match std::fs::copy(entry.path(), copy.join(&rel)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).context(format!("copying {}", entry.path().display())),
-        }
-    }
+    // 4. The key store (its public records must name every key the ledger copy's
+    //    documents were signed with) and the other secrets, into the encrypted bundle.
+    walk.run(true)?;
+    let Walk {
+        dirs,
+        mut secrets,
+        skipped_secrets,
+        mut on_token,
+        ..
+    } = walk;
     // Keys held on a token are never in a file: a key file that references the token says so.
     on_token |= secrets.iter().any(|s| {
         base64::engine::general_purpose::STANDARD
@@ -293,9 +237,7 @@ pub fn backup(args: BackupArgs) -> Result<()> {
         Some(p) => {
             let count = secrets.len();
             let plain = Zeroizing::new(serde_json::to_vec(&secrets)?);
-            for s in &mut secrets {
-                s.data.zeroize();
-            }
+            secrets.clear();
             let sealed = seal(p, &plain)?;
             trackshift_crypto::filestore::write_atomic(&out.join(KEYS_FILE), &sealed, 0o600)?;
             Some(KeysInfo {
@@ -306,7 +248,7 @@ pub fn backup(args: BackupArgs) -> Result<()> {
         }
         None => None,
     };
-    // 4. The manifest, last: what is on disk in OUT now, hashed.
+    // 5. The manifest, last: what is on disk in OUT now, hashed.
     let files = hash_tree(&out)?;
     let manifest = Manifest {
         format: BACKUP_FORMAT.into(),
@@ -513,6 +455,106 @@ pub fn restore(args: RestoreArgs) -> Result<()> {
         ));
     }
     crate::print_lines(&report)
+}
+
+/// Copies the files of a data directory beside the ledger into the backup.
+struct Walk<'a> {
+    data: &'a Path,
+    copy: &'a Path,
+    /// Secrets go into the bundle (else they are only counted).
+    with_keys: bool,
+    dirs: Vec<DirEntry>,
+    secrets: Vec<SecretFile>,
+    skipped_secrets: Vec<String>,
+    on_token: bool,
+}
+
+impl Walk<'_> {
+    /// Copies the plain files outside `keys/` (`late` false), or the key store and every
+    /// secret (`late` true). The ledger's own files are left to [`Ledger::copy_to`];
+    /// files and job directories that vanish meanwhile (retention) are passed over.
+    ///
+    /// [`Ledger::copy_to`]: trackshift_ledger::Ledger::copy_to
+    fn run(&mut self, late: bool) -> Result<()> {
+        let data = self.data;
+        for entry in walkdir::WalkDir::new(data).min_depth(1).sort_by_file_name() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.io_error().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound) => {
+                    continue;
+                }
+                Err(e) => return Err(e).context(format!("reading {}", data.display())),
+            };
+            let rel = entry.path().strip_prefix(data)?.to_path_buf();
+            let rel_s = rel_string(&rel)?;
+            if skip(&rel) {
+                continue;
+            }
+            let meta = match entry.path().symlink_metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).context(format!("reading {}", entry.path().display())),
+            };
+            let mode = meta.mode() & 0o7777;
+            let in_ledger = rel.starts_with("ledger");
+            let ledger_keys = rel.starts_with("ledger/keys");
+            if meta.is_dir() {
+                if late != (rel.starts_with("keys") || ledger_keys) {
+                    continue;
+                }
+                if !in_ledger || rel == Path::new("ledger") || ledger_keys {
+                    self.dirs.push(DirEntry { path: rel_s, mode });
+                }
+                if !in_ledger && !is_secret_dir(&rel) {
+                    mkdir(&self.copy.join(&rel), mode)?;
+                }
+                continue;
+            }
+            if in_ledger && !ledger_keys {
+                continue; // copied by the ledger, to its checkpoint
+            }
+            let secret = is_secret(&rel, mode);
+            if late != (secret || rel.starts_with("keys")) {
+                continue;
+            }
+            if !meta.is_file() {
+                eprintln!(
+                    "warning: {} is not a regular file; not backed up",
+                    entry.path().display()
+                );
+                continue;
+            }
+            let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if ledger_keys && name.ends_with(".token")
+                || rel == Path::new("keys").join(trackshift_crypto::pkcs11::HSM_CONFIG_FILE)
+            {
+                self.on_token = true;
+            }
+            if secret {
+                if !self.with_keys {
+                    self.skipped_secrets.push(rel_s);
+                    continue;
+                }
+                let Some(bytes) =
+                    trackshift_crypto::filestore::read_secret_if_exists(entry.path())?
+                else {
+                    continue;
+                };
+                self.secrets.push(SecretFile {
+                    path: rel_s,
+                    mode,
+                    data: base64::engine::general_purpose::STANDARD.encode(&*bytes),
+                });
+                continue;
+            }
+            match std::fs::copy(entry.path(), self.copy.join(&rel)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).context(format!("copying {}", entry.path().display())),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Refuses an `out` that exists and is not empty, else creates it (owner-only).

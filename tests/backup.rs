@@ -329,6 +329,13 @@ async fn a_backup_taken_under_load_restores_into_a_gateway_whose_ledger_carries_
         let out = cli(&["verify", &file, "--public-keys", "pk.json"], root);
         assert!(out.starts_with("OK receipt"), "{out}");
     }
+    eprintln!(
+        "{} jobs, {} submitted when the backup ended; backup at {n} entries, original at {}; \
+         receipts logged before it {before}, after {after}",
+        ids.len(),
+        submitted_during,
+        size_of(&original_later)
+    );
     assert!(before >= 8, "{before} receipts before the backup");
     assert!(after > 0, "{after} receipts after the backup");
     drop(log);
