@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::api::Api;
 use common::{run, start_gateway_full, write_secret};
-use serde_json::{Value, json};
+use serde_json::Value;
 use trackshift_crypto::{PublicKeyring, Receipt, Signable as _};
 use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
 use trackshift_ledger::{Ledger, TlogProof, leaf_hash, verify_checkpoint};
@@ -46,90 +47,14 @@ fn setup(root: &Path) -> PathBuf {
     data
 }
 
-#[derive(Clone)]
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: &str) -> Self {
-        Self {
-            base: base.to_string(),
-            http: reqwest::Client::new(),
-        }
+/// Submits job `i` as acme: to null:// and, every other one, to a local directory too.
+async fn submit(api: &Api, root: &Path, i: usize) -> String {
+    let mut dests = vec!["null://".to_string()];
+    if !i.is_multiple_of(2) {
+        dests.push(format!("file://{}/job{i}", root.join("out").display()));
     }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(ACME);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
-    }
-
-    /// Submits job `i`: to null:// and, every other one, to a local directory too.
-    async fn submit(&self, root: &Path, i: usize) -> String {
-        let dests = if i.is_multiple_of(2) {
-            json!(["null://"])
-        } else {
-            json!([
-                format!("file://{}/job{i}", root.join("out").display()),
-                "null://"
-            ])
-        };
-        let src = root.join(format!("src/f{}.bin", i % FILES));
-        let (s, body) = self
-            .call(
-                "POST",
-                "/v1/jobs",
-                Some(json!({ "source": src, "destinations": dests })),
-            )
-            .await;
-        assert_eq!(s, 201, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["id"].as_str().unwrap().to_string()
-    }
-
-    async fn state(&self, id: &str) -> String {
-        let (s, body) = self.call("GET", &format!("/v1/jobs/{id}"), None).await;
-        assert_eq!(s, 200, "{body}");
-        let job: Value = serde_json::from_str(&body).unwrap();
-        job["state"].as_str().unwrap().to_string()
-    }
-
-    async fn wait(&self, id: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let state = self.state(id).await;
-            if matches!(state.as_str(), "completed" | "failed" | "cancelled") {
-                return state;
-            }
-            assert!(Instant::now() < deadline, "job {id} never finished");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn receipts(&self, id: &str) -> Vec<String> {
-        let (s, r) = self
-            .call("GET", &format!("/v1/jobs/{id}/receipts"), None)
-            .await;
-        assert_eq!(s, 200, "{r}");
-        let v: Value = serde_json::from_str(&r).unwrap();
-        v["receipts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.to_string())
-            .collect()
-    }
+    api.submit(&root.join(format!("src/f{}.bin", i % FILES)), &dests)
+        .await
 }
 
 fn cli(args: &[&str], cwd: &Path) -> String {
@@ -155,7 +80,7 @@ async fn a_backup_taken_under_load_restores_into_a_gateway_whose_ledger_carries_
     let pass = root.join("pass");
     write_secret(&pass, PASSPHRASE);
     let gw = start_gateway_full(&data, &[], &[], Some(&root.join("gw.log")));
-    let api = Api::new(&gw.http);
+    let api = Api::new(&gw.http, ACME);
 
     // Jobs go in every 25 ms from a task of their own until told to stop.
     let ids = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -165,7 +90,7 @@ async fn a_backup_taken_under_load_restores_into_a_gateway_whose_ledger_carries_
         tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let id = api.submit(&root, i).await;
+                let id = submit(&api, &root, i).await;
                 ids.lock().unwrap().push(id);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -343,13 +268,13 @@ async fn a_backup_taken_under_load_restores_into_a_gateway_whose_ledger_carries_
     // A gateway starts on the restored directory: the jobs done before the backup are
     // there, new jobs run, and its later checkpoint is consistent with the backup's.
     let gw = start_gateway_full(&restored, &[], &[], Some(&root.join("restored.log")));
-    let api = Api::new(&gw.http);
+    let api = Api::new(&gw.http, ACME);
     for id in &before_backup {
         assert_eq!(api.state(id).await, "completed", "job {id}");
         assert!(!api.receipts(id).await.is_empty());
     }
     for i in 0..3 {
-        let id = api.submit(root, 100 + i).await;
+        let id = submit(&api, root, 100 + i).await;
         assert_eq!(api.wait(&id).await, "completed");
     }
     let restored_later = cli(&["ledger", "checkpoint", "--data-dir", s(&restored)], root);
