@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize as _, Zeroizing};
+use zeroize::Zeroizing;
 
 /// `format` of `backup.json`.
 const BACKUP_FORMAT: &str = "trackshift.backup.v1";
@@ -225,12 +225,9 @@ pub fn backup(args: BackupArgs) -> Result<()> {
         base64::engine::general_purpose::STANDARD
             .decode(&s.data)
             .is_ok_and(|d| {
-                let mut d = Zeroizing::new(d);
-                let hit = d
-                    .windows(trackshift_crypto::pkcs11::TOKEN_KEY_FORMAT.len())
-                    .any(|w| w == trackshift_crypto::pkcs11::TOKEN_KEY_FORMAT.as_bytes());
-                d.zeroize();
-                hit
+                let d = Zeroizing::new(d);
+                d.windows(trackshift_crypto::pkcs11::TOKEN_KEY_FORMAT.len())
+                    .any(|w| w == trackshift_crypto::pkcs11::TOKEN_KEY_FORMAT.as_bytes())
             })
     });
     let keys = match &passphrase {
@@ -266,7 +263,7 @@ pub fn backup(args: BackupArgs) -> Result<()> {
         files,
     };
     // Every entry's document checked before the backup is called complete.
-    let (_, _) = crate::ledger_cmd::verify_data_dir(&copy).context("checking the backup")?;
+    crate::ledger_cmd::verify_data_dir(&copy).context("checking the backup")?;
     let mut text = serde_json::to_string_pretty(&manifest)?;
     text.push('\n');
     trackshift_crypto::filestore::write_atomic(&out.join(MANIFEST_FILE), text.as_bytes(), 0o600)?;
