@@ -172,8 +172,8 @@ pub fn backup(args: BackupArgs) -> Result<()> {
         Some(p) => Some(read_passphrase(p)?),
         None => None,
     };
-    prepare_out(&args.out)?;
-    let out = std::fs::canonicalize(&args.out)?;
+    // Checked before OUT is created: nothing is written in DATA.
+    let out = resolve(&args.out)?;
     if out.starts_with(&data) || data.starts_with(&out) {
         bail!(
             "the backup directory {} and the data directory {} must not contain each other",
@@ -181,6 +181,7 @@ pub fn backup(args: BackupArgs) -> Result<()> {
             data.display()
         );
     }
+    prepare_out(&out)?;
     let copy = out.join(DATA);
     mkdir(&copy, 0o700)?;
 
@@ -551,6 +552,30 @@ impl Walk<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// `path` made absolute with its links resolved, for a path that need not exist yet: its
+/// nearest existing ancestor canonicalized, the rest appended.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    let mut rest = Vec::new();
+    let mut at = abs.as_path();
+    loop {
+        match std::fs::canonicalize(at) {
+            Ok(mut p) => {
+                p.extend(rest.iter().rev());
+                return Ok(p);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (at.parent(), at.file_name()) else {
+                    return Err(e).context(format!("{}", path.display()));
+                };
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            Err(e) => return Err(e).context(format!("{}", path.display())),
+        }
     }
 }
 

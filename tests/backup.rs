@@ -328,8 +328,17 @@ fn backups_refuse_readable_passphrases_and_restores_refuse_altered_or_partial_ba
     assert!(err.contains("--passphrase-file"), "{err}");
 
     write_secret(&pass, PASSPHRASE);
+    // Into the data directory itself: refused.
+    let (code, _, err) = run(&["backup", s(&data), s(&data.join("bk"))], root);
+    assert_eq!(code, 2);
+    assert!(err.contains("must not contain each other"), "{err}");
+    assert!(!data.join("bk").exists());
+    // A backup writes nothing in the data directory (but for its read marks in SQLite's
+    // shared-memory index, `jobs.db-shm`, which every reader of a WAL database updates).
+    let before = listing(&data);
     let out = cli(&args, root);
     assert!(out.starts_with("OK backup"), "{out}");
+    assert_eq!(listing(&data), before);
     let text = std::fs::read_to_string(bk.join("keys.enc")).unwrap_or_default();
     assert!(!text.contains(PASSPHRASE.trim()));
     // Into a backup that is there already: refused.
@@ -447,4 +456,23 @@ fn backups_refuse_readable_passphrases_and_restores_refuse_altered_or_partial_ba
         root,
     );
     assert!(out.contains("no keys in the backup"), "{out}");
+}
+
+/// Every file under `dir` with its size and modification time.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else if !e.path().ends_with("jobs.db-shm") {
+                all.push((e.path(), meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    all.sort();
+    all
 }
