@@ -137,7 +137,12 @@ impl DocumentCount {
     }
 
     fn report(&self, location: &str, v: &trackshift_ledger::VerifiedCheckpoint) -> Result<()> {
-        crate::print_lines(&[
+        crate::print_lines(&self.lines(location, v))
+    }
+
+    /// What `ledger verify` prints for a ledger that passed.
+    fn lines(&self, location: &str, v: &trackshift_ledger::VerifiedCheckpoint) -> Vec<String> {
+        vec![
             format!(
                 "OK ledger {location} ({}): {} entries ({} manifests, {} receipts, {} key sets), root {}",
                 v.origin,
@@ -148,8 +153,22 @@ impl DocumentCount {
                 hex::encode(v.root)
             ),
             "   every signature, hash and the signed checkpoint verify".into(),
-        ])
+        ]
     }
+}
+
+/// `ledger verify --data-dir`: re-checks the whole ledger of an embedded data directory
+/// (every entry's signature with the keys in `DATA/keys`, every hash, the checkpoint).
+/// Returns the checkpoint verified and the lines reporting it.
+pub(crate) fn verify_data_dir(
+    data_dir: &Path,
+) -> Result<(trackshift_ledger::VerifiedCheckpoint, Vec<String>)> {
+    let ring = FileKeyStore::open(data_dir.join("keys"))?.public_keyring()?;
+    let ledger = Ledger::open_read_only(ledger_dir(data_dir), None)?;
+    let mut count = DocumentCount::with_history();
+    let v = ledger.verify_all(|_, entry| count.check(entry, &ring))?;
+    let lines = count.lines(&ledger.dir().display().to_string(), &v);
+    Ok((v, lines))
 }
 
 /// The ledger directory of a gateway data directory.
@@ -164,11 +183,8 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             data_dir: Some(data_dir),
             ..
         } => {
-            let ring = FileKeyStore::open(data_dir.join("keys"))?.public_keyring()?;
-            let ledger = Ledger::open_read_only(ledger_dir(&data_dir), None)?;
-            let mut count = DocumentCount::with_history();
-            let v = ledger.verify_all(|_, entry| count.check(entry, &ring))?;
-            count.report(&ledger.dir().display().to_string(), &v)?;
+            let (_, lines) = verify_data_dir(&data_dir)?;
+            crate::print_lines(&lines)?;
         }
         LedgerCommand::Verify {
             store: Some(url),

@@ -1,6 +1,7 @@
 //! `trackshift`: the command-line interface and the gateway.
 
 mod api;
+mod backup_cmd;
 mod bench;
 mod demo;
 mod exit;
@@ -102,6 +103,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Back up an embedded gateway's data directory while it runs: the SQLite job store
+    /// (online backup API), the ledger up to a signed checkpoint, job directories; keys only
+    /// with --with-keys, encrypted. Writes a manifest (sizes, SHA-256) last.
+    Backup(backup_cmd::BackupArgs),
+    /// Restore a backup from `trackshift backup` into a new data directory: every file is
+    /// checked against the backup's manifest first, the restored ledger verified after.
+    Restore(backup_cmd::RestoreArgs),
     /// Submit, list, inspect, cancel and wait for jobs through a gateway's job API.
     Jobs {
         /// API location and key.
@@ -405,6 +413,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Man { out } => man(out.as_deref()),
         Command::Ledger(cmd) => ledger_cmd::run(cmd),
+        Command::Backup(args) => backup_cmd::backup(args),
+        Command::Restore(args) => backup_cmd::restore(args),
     }
 }
 

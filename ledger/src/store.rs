@@ -146,11 +146,13 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+mod backup;
 mod files;
 mod read;
 mod recovery;
 mod writer;
 
+pub use backup::COPIED_FILES;
 pub use files::*;
 use recovery::*;
 use writer::*;

@@ -2,6 +2,8 @@
 //! HTTP GETs.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;

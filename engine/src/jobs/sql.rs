@@ -251,6 +251,59 @@ impl Sqlite {
     }
 }
 
+/// Copies the SQLite job store at `src` into a new file `dst` (owner-only) through
+/// SQLite's online backup API, while a gateway may be writing to it: the copy is one
+/// consistent snapshot of the database (its committed transactions, those in the `-wal`
+/// file included), taken in one step under a read transaction, so a writer neither waits
+/// for it nor makes it start over. The source is opened read-only; the copy is then
+/// checked with `PRAGMA integrity_check`.
+pub fn backup_sqlite(src: &Path, dst: &Path) -> Result<(), StoreError> {
+    use rusqlite::OpenFlags;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let from = rusqlite::Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    from.busy_timeout(std::time::Duration::from_secs(30))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)
+        .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dst.display())))?;
+    let mut to = rusqlite::Connection::open(dst)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if std::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Backend(format!(
+                        "backing up {}: the database stayed locked for 60 s",
+                        src.display()
+                    )));
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+    let check: String = to.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(StoreError::Backend(format!(
+            "the copy of {} fails SQLite's integrity check: {check}",
+            src.display()
+        )));
+    }
+    // One file, no -wal beside it, whatever journal mode the source has.
+    to.pragma_update(None, "journal_mode", "DELETE")?;
+    to.close().map_err(|(_, e)| StoreError::from(e))?;
+    std::fs::File::open(dst)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Backend(format!("syncing {}: {e}", dst.display())))?;
+    Ok(())
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Backend(e.to_string())
