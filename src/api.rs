@@ -843,6 +843,21 @@ async fn prometheus(State(state): State<AppState>, _: Operator) -> Response {
     if let Some(t) = state.gateway.certificate_not_after() {
         metrics::gauge!("trackshift_tls_certificate_expiry_timestamp_seconds").set(t as f64);
     }
+    // The active signing keys' age and, where they have one, their end: rotations due.
+    match state.gateway.public_keyring() {
+        Ok(ring) => {
+            for p in trackshift_crypto::Purpose::ALL {
+                let Some(k) = ring.active(p) else { continue };
+                metrics::gauge!("trackshift_signing_key_activated_timestamp_seconds", "purpose" => p.as_str())
+                    .set(k.not_before.unix() as f64);
+                if let Some(end) = k.not_after {
+                    metrics::gauge!("trackshift_signing_key_expiry_timestamp_seconds", "purpose" => p.as_str())
+                        .set(end.unix() as f64);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "the key ring is unreadable for /metrics"),
+    }
     // When the latest checkpoint was signed (its cosignature's time): a ledger that stops
     // advancing shows here.
     let cp = state.ledger.checkpoint();

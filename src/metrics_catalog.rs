@@ -154,6 +154,16 @@ pub fn describe() {
         "When the gateway's TLS certificate expires (Unix time)."
     );
     describe_gauge!(
+        "trackshift_signing_key_activated_timestamp_seconds",
+        Unit::Seconds,
+        "When the active manifest or receipt signing key became valid (Unix time), by purpose: its age says when a rotation is due."
+    );
+    describe_gauge!(
+        "trackshift_signing_key_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the active signing key stops being valid (Unix time), by purpose; only for keys with an end."
+    );
+    describe_gauge!(
         "trackshift_ledger_checkpoint_timestamp_seconds",
         Unit::Seconds,
         "When the latest ledger checkpoint was signed (its cosignature's time, Unix time)."
