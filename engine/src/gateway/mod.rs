@@ -49,6 +49,9 @@ use crate::tls::GatewayIdentity;
 /// Why the gateway could not start or a job failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The job directories were laid out by a gateway this one cannot follow.
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
     /// A file-system operation failed.
     #[error(transparent)]
     Io(#[from] trackshift_crypto::IoError),
@@ -220,6 +223,7 @@ mod connection;
 pub mod dest_metrics;
 mod job;
 mod journal;
+pub mod layout;
 pub mod keyset;
 mod retention;
 mod seal;
@@ -331,13 +335,14 @@ impl Gateway {
     pub async fn bind(cfg: GatewayConfig) -> Result<Self, GatewayError> {
         let data = &cfg.data_dir;
         fs::create_dir_all(data.join("jobs")).map_err(io("creating", data))?;
+        layout::check_jobs_layout(&data.join("jobs"))?;
         let keys_dir = data.join("keys");
         if !keys_dir.join("keyring.json").exists() {
             FileKeyStore::init(&keys_dir, Timestamp::now())?;
         }
         let keys = LiveKeyStore::open(&keys_dir)?;
         if let Some(hsm) = trackshift_crypto::pkcs11::HsmConfig::load(&keys_dir)? {
-            info!(token = %hsm.token, module = %hsm.module.display(), "receipt keys on a PKCS#11 token; manifest keys in software");
+            info!(token = %hsm.token, module = %hsm.module.display(), "receipt keys on a PKCS#11 token, and the ledger's (manifest keys too when it offers ML-DSA)");
         }
         let identity = GatewayIdentity::load_or_generate(&data.join("tls"))
             .map_err(crate::transport::TransportError::from)?;
