@@ -64,11 +64,10 @@ pub fn check_jobs_layout(jobs: &Path) -> Result<u32, LayoutError> {
     };
     let found = match std::fs::read(&path) {
         Ok(bytes) => {
-            let l: Layout =
-                serde_json::from_slice(&bytes).map_err(|e| LayoutError::Malformed {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let l: Layout = serde_json::from_slice(&bytes).map_err(|e| LayoutError::Malformed {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             if l.format != LAYOUT_FORMAT {
                 return Err(LayoutError::Malformed {
                     path,
@@ -128,7 +127,10 @@ mod tests {
             std::fs::write(&path, serde_json::to_vec(&l).unwrap()).unwrap();
         };
         later(1);
-        assert_eq!(check_jobs_layout(dir.path()).unwrap(), JOBS_LAYOUT_VERSION + 1);
+        assert_eq!(
+            check_jobs_layout(dir.path()).unwrap(),
+            JOBS_LAYOUT_VERSION + 1
+        );
         later(JOBS_LAYOUT_VERSION + 1);
         let e = check_jobs_layout(dir.path()).unwrap_err().to_string();
         assert!(

@@ -223,8 +223,8 @@ mod connection;
 pub mod dest_metrics;
 mod job;
 mod journal;
-pub mod layout;
 pub mod keyset;
+pub mod layout;
 mod retention;
 mod seal;
 
