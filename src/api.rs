@@ -282,6 +282,11 @@ async fn correlate(mut req: axum::extract::Request, next: axum::middleware::Next
     let id = correlation_of(req.headers());
     req.extensions_mut().insert(Correlation(id.clone()));
     let span = info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
+    // Exported spans (serve --otlp-endpoint) join the caller's trace.
+    let caller = (req.headers().get("traceparent"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| trackshift_engine::trace::TraceParent::parse(v).ok());
+    crate::otlp::adopt(&span, caller);
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-correlation-id", v);

@@ -12,6 +12,7 @@ mod keys_cmd;
 mod ledger_cmd;
 mod logfmt;
 mod metrics_catalog;
+mod otlp;
 mod send_cmd;
 mod size;
 mod soak;
@@ -320,12 +321,30 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
-    init_logging(
+    let otlp = match &cli.command {
+        Command::Serve(a) => a.otlp_endpoint.clone(),
+        _ => None,
+    };
+    let traces = match init_logging(
         matches!(cli.command, Command::Serve(_)),
         cli.quiet,
         cli.verbose,
-    );
-    match run(cli) {
+        otlp.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("error: {}", exit::message(&err));
+            return ExitCode::from(exit::code(&err));
+        }
+    };
+    let result = run(cli);
+    // The spans still batched go out before the process ends.
+    if let Some(p) = traces
+        && let Err(e) = p.shutdown()
+    {
+        eprintln!("warning: exporting the last spans failed: {e}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let code = exit::code(&err);
@@ -346,7 +365,15 @@ fn main() -> ExitCode {
 /// spans at the top level, so every line of a job carries its job id, tenant and
 /// correlation id: [`logfmt`]). Colour
 /// only when stderr is a terminal.
-fn init_logging(gateway: bool, quiet: bool, verbose: u8) {
+fn init_logging(
+    gateway: bool,
+    quiet: bool,
+    verbose: u8,
+    otlp: Option<&str>,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match (quiet, verbose) {
             (true, _) => "error",
@@ -361,18 +388,29 @@ fn init_logging(gateway: bool, quiet: bool, verbose: u8) {
         Ok("text") => false,
         _ => gateway,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder
+    let lines = if json {
+        tracing_subscriber::fmt::layer()
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(logfmt::FlatJson)
-            .init();
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder.init();
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let provider = otlp.map(otlp::provider).transpose()?;
+    let spans = provider.as_ref().map(otlp::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(spans)
+        .init();
+    if let Some(url) = otlp {
+        tracing::info!(collector = %otlp::shown(url), "exporting spans over OTLP/HTTP");
     }
+    Ok(provider)
 }
 
 fn run(cli: Cli) -> Result<()> {

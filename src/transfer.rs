@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// worker died is taken over after this.
     #[arg(long, default_value_t = 30)]
     lease_secs: u64,
+    /// Export the HTTP API's request spans and the job service's job spans to an
+    /// OpenTelemetry collector over OTLP/HTTP (`http://collector:4318`; a URL without a
+    /// path gets `/v1/traces`). A job submitted with a W3C `traceparent` joins that trace.
+    #[arg(long, env = "TRACKSHIFT_OTLP_ENDPOINT", hide_env_values = true)]
+    pub otlp_endpoint: Option<String>,
     /// Job store and ledger shared with other gateways: `postgres://USER@HOST:PORT/DB`
     /// (TLS as libpq's `?sslmode=verify-full&sslrootcert=CA.pem`; docs/RUNBOOK.md,
     /// "PostgreSQL"). Default: SQLite in DATA/jobs.db and the ledger in
@@ -489,6 +494,8 @@ fn worker_config(args: &ServeArgs) -> RunnerConfig {
     rc.heartbeat = (rc.lease / 6).max(Duration::from_millis(300));
     rc.pq_only = args.pq_only;
     rc.congestion = args.jobs_congestion;
+    rc.job_span =
+        trackshift_engine::jobs::runner::JobSpanHook(std::sync::Arc::new(crate::otlp::job_span));
     rc
 }
 

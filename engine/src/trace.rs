@@ -81,6 +81,21 @@ impl TraceParent {
         hex::encode(self.trace_id)
     }
 
+    /// The trace id's 16 bytes.
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The parent (the caller's span) id's 8 bytes.
+    pub fn parent_id_bytes(&self) -> [u8; 8] {
+        self.parent_id
+    }
+
+    /// The trace flags.
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
     /// Whether the caller sampled the trace (flag bit 0).
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1

@@ -50,6 +50,23 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Makes the span a job runs in (the default: [`job_span`]). A process exporting traces
+/// installs one that also makes the span a child of the job's W3C trace context.
+#[derive(Clone)]
+pub struct JobSpanHook(pub Arc<dyn Fn(&Job) -> tracing::Span + Send + Sync>);
+
+impl std::fmt::Debug for JobSpanHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSpanHook")
+    }
+}
+
+/// The span a job runs in: its id, tenant, correlation id and trace id, on every line
+/// logged while it runs.
+pub fn job_span(job: &Job) -> tracing::Span {
+    info_span!("job", job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, trace_id = job.traceparent.map(|t| t.trace_id()))
+}
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -93,6 +110,8 @@ pub struct RunnerConfig {
     /// job open): when many jobs start together, the rest wait, so that the chunks of the
     /// jobs already sending keep their share of the CPU (their latency).
     pub max_connecting: usize,
+    /// Makes the span each job runs in.
+    pub job_span: JobSpanHook,
 }
 
 /// Default [`RunnerConfig::latency_target`] (RFC 6817's upper bound for LEDBAT's target).
@@ -123,6 +142,7 @@ impl RunnerConfig {
             pq_only: false,
             congestion: crate::transport::Congestion::default(),
             max_connecting: DEFAULT_MAX_CONNECTING,
+            job_span: JobSpanHook(Arc::new(job_span)),
         }
     }
 }
@@ -306,6 +326,10 @@ impl Runner {
     /// Claims and runs jobs until `shutdown` turns true; then stops claiming and waits
     /// for running jobs to end (their leases lapse if the process is killed instead).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        // Made here, in no job's span: quinn's endpoint driver keeps the span it starts
+        // in, and would hold the first job's span open (never closed, never exported) for
+        // the endpoint's whole life.
+        drop(self.endpoint());
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut last_expiry = Instant::now() - self.cfg.heartbeat;
         let mut last_purge = Instant::now() - HISTORY_SWEEP;
@@ -342,7 +366,7 @@ impl Runner {
                         metrics::histogram!("trackshift_job_queue_wait_seconds", "tenant" => job.tenant.clone())
                             .record(waited.max(0) as f64 / 1000.0);
                         let me = self.clone();
-                        let span = info_span!("job", job = %job.id, tenant = %job.tenant, correlation_id = %job.correlation_id, trace_id = job.traceparent.map(|t| t.trace_id()));
+                        let span = (self.cfg.job_span.0)(&job);
                         self.running.fetch_add(1, Ordering::Relaxed);
                         tasks.spawn(
                             async move {
