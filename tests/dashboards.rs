@@ -257,39 +257,24 @@ fn exercised_gateway(root: &Path) -> String {
         None,
     );
     let dest = |sub: &str| format!("file://{}/{sub}", out.display());
-    let (code, o, e) = run(
-        &[
-            "jobs",
-            "submit",
-            "--api",
-            &gw.http,
-            "--key",
-            KEY,
-            "--dest",
-            &dest("served"),
-            "--classification",
-            "phi",
-            "--strict",
-            "--wait",
-            src.join("a.bin").to_str().unwrap(),
-        ],
+    let (code, o, e) = common::submit_job(
+        &gw,
+        KEY,
+        &dest("served"),
+        &src.join("a.bin"),
+        &["--classification", "phi", "--strict", "--wait"],
+        &[],
         root,
     );
     assert_eq!(code, 0, "{o}{e}");
     // A job of the service that fails: its only destination cannot take the file.
-    let (code, o, e) = run(
-        &[
-            "jobs",
-            "submit",
-            "--api",
-            &gw.http,
-            "--key",
-            KEY,
-            "--dest",
-            &dest("taken"),
-            "--wait",
-            src.join("a.bin").to_str().unwrap(),
-        ],
+    let (code, o, e) = common::submit_job(
+        &gw,
+        KEY,
+        &dest("taken"),
+        &src.join("a.bin"),
+        &["--wait"],
+        &[],
         root,
     );
     assert_ne!(code, 0, "{o}{e}");

@@ -1230,24 +1230,17 @@ async fn a_traceparent_follows_the_job_through_the_worker_and_the_gateway() {
     assert!(bad.get("traceparent").is_none(), "{bad}");
 
     // `jobs submit` inside a trace.
-    let (code, out, err) = common::run_with_env(
-        &[
-            "jobs",
-            "submit",
-            "--api",
-            &gw.http,
-            "--key",
-            ACME,
-            "--dest",
-            "null://",
-            "--json",
-            src.to_str().unwrap(),
-        ],
-        root,
+    let (code, out, err) = common::submit_job(
+        &gw,
+        ACME,
+        "null://",
+        &src,
+        &["--json"],
         &[(
             "TRACEPARENT",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         )],
+        root,
     );
     assert_eq!(code, 0, "{out}{err}");
     let via_cli: Value = serde_json::from_str(&out).unwrap();

@@ -107,22 +107,13 @@ fn a_served_job_shows_in_job_compliance_and_connection_families() {
     let gw = start_gateway_full(&data, &[], &[], None);
     let dest = format!("file://{}/job", out.display());
     let src_file = src.join("a.bin");
-    let (code, stdout, stderr) = common::run(
-        &[
-            "jobs",
-            "submit",
-            "--api",
-            &gw.http,
-            "--key",
-            KEY,
-            "--dest",
-            &dest,
-            "--classification",
-            "phi",
-            "--strict",
-            "--wait",
-            src_file.to_str().unwrap(),
-        ],
+    let (code, stdout, stderr) = common::submit_job(
+        &gw,
+        KEY,
+        &dest,
+        &src_file,
+        &["--classification", "phi", "--strict", "--wait"],
+        &[],
         root,
     );
     assert_eq!(code, 0, "{stdout}{stderr}");

@@ -132,22 +132,14 @@ fn a_traced_jobs_spans_reach_the_collector_in_the_callers_trace() {
         &["--otlp-endpoint", &url],
         Some(&root.join("gw.log")),
     );
-    let (code, out, err) = common::run_with_env(
-        &[
-            "jobs",
-            "submit",
-            "--api",
-            &gw.http,
-            "--key",
-            KEY,
-            "--dest",
-            "null://",
-            "--wait",
-            "--json",
-            src.join("a.bin").to_str().unwrap(),
-        ],
-        root,
+    let (code, out, err) = common::submit_job(
+        &gw,
+        KEY,
+        "null://",
+        &src.join("a.bin"),
+        &["--wait", "--json"],
         &[("TRACEPARENT", &format!("00-{TRACE}-{PARENT}-01"))],
+        root,
     );
     assert_eq!(code, 0, "{out}{err}");
     let job: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

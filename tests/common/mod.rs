@@ -17,6 +17,25 @@ pub fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
     run_with_env(args, cwd, &[])
 }
 
+/// `trackshift jobs submit SOURCE --dest DEST` at `gw` as the tenant with `key`, with
+/// `extra` flags and `env`, run in `cwd`.
+pub fn submit_job(
+    gw: &Gateway,
+    key: &str,
+    dest: &str,
+    source: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+) -> (i32, String, String) {
+    let mut args = vec![
+        "jobs", "submit", "--api", &gw.http, "--key", key, "--dest", dest,
+    ];
+    args.extend_from_slice(extra);
+    args.push(source.to_str().unwrap());
+    run_with_env(&args, cwd, env)
+}
+
 /// [`run`] with extra environment variables.
 pub fn run_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin())
