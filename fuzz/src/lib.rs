@@ -6,6 +6,10 @@
 #[path = "../../engine/src/protocol/mod.rs"]
 pub mod protocol;
 
+/// `trackshift_engine::trace`: the W3C trace context frames and jobs carry.
+#[path = "../../engine/src/trace.rs"]
+pub mod trace;
+
 /// `trackshift_engine::jobs`' submission model (`JobSpec`).
 #[path = "../../engine/src/jobs/model.rs"]
 pub mod jobs;
