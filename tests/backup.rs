@@ -17,7 +17,6 @@ use common::api::Api;
 use common::{run, start_gateway_full, write_secret};
 use serde_json::Value;
 use trackshift_crypto::{PublicKeyring, Receipt, Signable as _};
-use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
 use trackshift_ledger::{Ledger, TlogProof, leaf_hash, verify_checkpoint};
 
 const ACME: &str = "acme-key-0123456789";
@@ -25,20 +24,7 @@ const FILES: usize = 20;
 const PASSPHRASE: &str = "correct horse battery staple\n";
 
 fn setup(root: &Path) -> PathBuf {
-    std::fs::create_dir_all(root.join("src")).unwrap();
-    let data = root.join("gw");
-    TenantFile {
-        tenants: vec![TenantEntry {
-            sources: vec![root.join("src")],
-            destinations: Some(vec![
-                DestinationRule::prefix(format!("file://{}/", root.join("out").display())),
-                DestinationRule::prefix("null://"),
-            ]),
-            ..TenantEntry::new("acme", ACME)
-        }],
-    }
-    .save(&data)
-    .unwrap();
+    let data = common::acme_tenant(root, ACME);
     for i in 0..FILES {
         let body: Vec<u8> = (0..8192 + i * 101).map(|b| (b * 13 + i) as u8).collect();
         std::fs::write(root.join(format!("src/f{i}.bin")), body).unwrap();

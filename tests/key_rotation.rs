@@ -15,26 +15,12 @@ use common::api::Api;
 use common::{Gateway, postgres_database, run, start_gateway_full};
 use serde_json::Value;
 use trackshift_crypto::{Manifest, PublicKeyring, Receipt, Signable as _, verify_signed_bytes};
-use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
 
 const ACME: &str = "acme-key-0123456789";
 const JOBS: usize = 50;
 
 fn setup(root: &Path) -> PathBuf {
-    std::fs::create_dir_all(root.join("src")).unwrap();
-    let data = root.join("gw");
-    TenantFile {
-        tenants: vec![TenantEntry {
-            sources: vec![root.join("src")],
-            destinations: Some(vec![
-                DestinationRule::prefix(format!("file://{}/", root.join("out").display())),
-                DestinationRule::prefix("null://"),
-            ]),
-            ..TenantEntry::new("acme", ACME)
-        }],
-    }
-    .save(&data)
-    .unwrap();
+    let data = common::acme_tenant(root, ACME);
     for i in 0..JOBS {
         let body: Vec<u8> = (0..4096 + i * 37).map(|b| (b * 31 + i) as u8).collect();
         std::fs::write(root.join(format!("src/f{i}.bin")), body).unwrap();
@@ -49,7 +35,8 @@ async fn submit(api: &Api, root: &Path, i: usize) -> String {
     if !i.is_multiple_of(2) {
         dests.insert(0, format!("file://{}/job{i}", root.join("out").display()));
     }
-    api.submit(&root.join(format!("src/f{i}.bin")), &dests).await
+    api.submit(&root.join(format!("src/f{i}.bin")), &dests)
+        .await
 }
 
 fn cli(args: &[&str], cwd: &Path) -> String {

@@ -15,7 +15,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
-use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
 
 const KEY: &str = "acme-otlp-key-0123456789";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -113,19 +112,9 @@ fn a_traced_jobs_spans_reach_the_collector_in_the_callers_trace() {
     let (url, got) = receiver();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
+    let data = common::acme_tenant(root, KEY);
     let src = root.join("src");
-    std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.bin"), vec![1u8; 50_000]).unwrap();
-    let data = root.join("gw");
-    TenantFile {
-        tenants: vec![TenantEntry {
-            sources: vec![src.clone()],
-            destinations: Some(vec![DestinationRule::prefix("null://")]),
-            ..TenantEntry::new("acme", KEY)
-        }],
-    }
-    .save(&data)
-    .unwrap();
     let gw = common::start_gateway_full(
         &data,
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],

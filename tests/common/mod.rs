@@ -337,3 +337,26 @@ pub async fn postgres_database() -> String {
         url.rsplit_once('/').unwrap().0
     )
 }
+
+/// Makes `root/src` and `root/out` and the gateway data directory `root/gw` with one tenant,
+/// `acme` (key `key`), reading beneath `root/src` and writing beneath `file://root/out/`
+/// and to `null://`. Returns the data directory.
+pub fn acme_tenant(root: &Path, key: &str) -> std::path::PathBuf {
+    use trackshift_engine::tenants::{DestinationRule, TenantEntry, TenantFile};
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::create_dir_all(root.join("out")).unwrap();
+    let data = root.join("gw");
+    TenantFile {
+        tenants: vec![TenantEntry {
+            sources: vec![root.join("src")],
+            destinations: Some(vec![
+                DestinationRule::prefix(format!("file://{}/", root.join("out").display())),
+                DestinationRule::prefix("null://"),
+            ]),
+            ..TenantEntry::new("acme", key)
+        }],
+    }
+    .save(&data)
+    .unwrap();
+    data
+}
