@@ -130,11 +130,26 @@ impl OpenJob {
     /// Whether `other` opens the same job as `self` (everything but the trace context,
     /// which a resumed or retried job may carry anew, must match).
     pub fn same_job(&self, other: &OpenJob) -> bool {
-        let strip = |o: &OpenJob| OpenJob {
-            traceparent: None,
-            ..o.clone()
-        };
-        strip(self) == strip(other)
+        // Field by field, without copying the file list; a new field must be named here.
+        let OpenJob {
+            job_id,
+            destinations,
+            chunk_size,
+            source,
+            files,
+            correlation_id,
+            classification,
+            strict,
+            traceparent: _,
+        } = self;
+        *job_id == other.job_id
+            && *destinations == other.destinations
+            && *chunk_size == other.chunk_size
+            && *source == other.source
+            && *files == other.files
+            && *correlation_id == other.correlation_id
+            && *classification == other.classification
+            && *strict == other.strict
     }
 
     /// The trace id of [`OpenJob::traceparent`], for log lines.
